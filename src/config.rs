@@ -1,0 +1,254 @@
+//! Configuration: typed [`Settings`] built from `config/default.toml` (compiled in), an
+//! optional file, then `ACCTOR__SECTION__KEY` environment variables, then command-line
+//! flags. Validated once at start; every later use can trust the values.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// The compiled-in defaults.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// All settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    /// HTTP server.
+    pub server: ServerSettings,
+    /// Store.
+    pub store: StoreSettings,
+    /// Plaid client.
+    pub plaid: PlaidSettings,
+    /// Account actors.
+    pub actors: ActorSettings,
+    /// Simulated providers.
+    pub sandbox: SandboxSettings,
+}
+
+/// HTTP server settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerSettings {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Largest webhook body.
+    pub webhook_body_limit_bytes: usize,
+    /// Largest API body.
+    pub api_body_limit_bytes: usize,
+}
+
+/// Store settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StoreSettings {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// sled cache size.
+    pub cache_capacity_bytes: u64,
+    /// Webhook dedup window.
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+}
+
+/// Plaid client settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PlaidSettings {
+    /// Base URL; empty means the embedded sandbox.
+    pub base_url: String,
+    /// Client id.
+    pub client_id: String,
+    /// Secret (never printed).
+    pub secret: SecretString,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// `/transactions/sync` page size.
+    pub sync_page_size: u32,
+    /// `/transactions/get` page size.
+    pub window_page_size: u32,
+    /// Oldest accepted webhook `iat`.
+    #[serde(with = "humantime_serde")]
+    pub max_webhook_age: Duration,
+}
+
+/// Account actor settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ActorSettings {
+    /// Idle time before passivation.
+    #[serde(with = "humantime_serde")]
+    pub passivate_after: Duration,
+    /// Timeout of calls into actors.
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    /// First retry delay after a failed sync.
+    #[serde(with = "humantime_serde")]
+    pub sync_retry_initial: Duration,
+    /// Retry delay cap.
+    #[serde(with = "humantime_serde")]
+    pub sync_retry_max: Duration,
+}
+
+/// Simulated provider settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SandboxSettings {
+    /// Run inside `acctor serve` when no Plaid base URL is set.
+    pub embedded: bool,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Accepted client id.
+    pub client_id: String,
+    /// Accepted secret.
+    pub secret: SecretString,
+    /// Webhook target; empty means the embedding acctor.
+    pub webhook_url: String,
+    /// Demo items linked at start-up.
+    pub demo_items: u32,
+    /// Generated history per demo item.
+    pub demo_history: u32,
+    /// Demo activity interval (zero: none).
+    #[serde(with = "humantime_serde")]
+    pub demo_tick: Duration,
+    /// Seed for generated data.
+    pub seed: u64,
+}
+
+/// Why configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type.
+    #[error("invalid configuration: {0}")]
+    Load(String),
+    /// A value is out of range.
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid {
+        /// Dotted field path.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then `ACCTOR__…` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("ACCTOR__").split("__"));
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Load(e.to_string()))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The compiled-in defaults alone (tests start from these).
+    pub fn defaults() -> Settings {
+        let settings: Settings = Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            // The defaults are compiled in and covered by a unit test.
+            .expect("compiled-in defaults parse");
+        settings
+    }
+
+    /// Checks ranges and relations between values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                field,
+                reason: reason.into(),
+            }
+        }
+        if self.server.webhook_body_limit_bytes < 256 {
+            return Err(invalid("server.webhook_body_limit_bytes", "must be at least 256"));
+        }
+        if self.server.api_body_limit_bytes < 1024 {
+            return Err(invalid("server.api_body_limit_bytes", "must be at least 1024"));
+        }
+        if self.store.data_dir.as_os_str().is_empty() {
+            return Err(invalid("store.data_dir", "must not be empty"));
+        }
+        if self.store.dedup_ttl.is_zero() {
+            return Err(invalid("store.dedup_ttl", "must be greater than zero"));
+        }
+        if !(1..=500).contains(&self.plaid.sync_page_size) {
+            return Err(invalid("plaid.sync_page_size", "must be between 1 and 500"));
+        }
+        if !(1..=500).contains(&self.plaid.window_page_size) {
+            return Err(invalid("plaid.window_page_size", "must be between 1 and 500"));
+        }
+        if !self.plaid.base_url.is_empty()
+            && !(self.plaid.base_url.starts_with("http://")
+                || self.plaid.base_url.starts_with("https://"))
+        {
+            return Err(invalid("plaid.base_url", "must start with http:// or https://"));
+        }
+        if self.plaid.base_url.is_empty() && !self.sandbox.embedded {
+            return Err(invalid(
+                "plaid.base_url",
+                "is empty and sandbox.embedded is false: set a Plaid URL or enable the sandbox",
+            ));
+        }
+        if self.plaid.request_timeout.is_zero() {
+            return Err(invalid("plaid.request_timeout", "must be greater than zero"));
+        }
+        if self.plaid.max_webhook_age.is_zero() {
+            return Err(invalid("plaid.max_webhook_age", "must be greater than zero"));
+        }
+        if self.actors.call_timeout.is_zero() {
+            return Err(invalid("actors.call_timeout", "must be greater than zero"));
+        }
+        if self.actors.sync_retry_initial.is_zero()
+            || self.actors.sync_retry_initial > self.actors.sync_retry_max
+        {
+            return Err(invalid(
+                "actors.sync_retry_initial",
+                "must be greater than zero and at most actors.sync_retry_max",
+            ));
+        }
+        if !self.sandbox.webhook_url.is_empty()
+            && !self.sandbox.webhook_url.starts_with("http://")
+            && !self.sandbox.webhook_url.starts_with("https://")
+        {
+            return Err(invalid("sandbox.webhook_url", "must start with http:// or https://"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compiled_in_defaults_are_valid() {
+        let settings = Settings::defaults();
+        settings.validate().expect("defaults validate");
+        assert_eq!(settings.store.dedup_ttl, Duration::from_secs(15 * 60));
+    }
+
+    #[test]
+    fn out_of_range_page_size_is_rejected_with_its_field() {
+        let mut settings = Settings::defaults();
+        settings.plaid.sync_page_size = 501;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("plaid.sync_page_size"), "{err}");
+    }
+
+    #[test]
+    fn missing_config_file_is_a_clear_error() {
+        let err = Settings::load(Some(Path::new("/nonexistent/acctor.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

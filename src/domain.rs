@@ -1,0 +1,193 @@
+//! Domain types shared by every layer: account identity, linked-account records,
+//! transactions and inbox entries. They carry no storage or transport detail, so the
+//! store, the providers and the HTTP layer can all speak them without leaking their own
+//! types into each other.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The canonical identity of a linked account. Every alias, provider item id and owner
+/// id resolves to exactly one of these, so every path reads and writes the same records.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccountId(pub String);
+
+impl AccountId {
+    /// A fresh random id (`acc_` followed by 32 hex digits).
+    pub fn generate() -> Self {
+        AccountId(format!("acc_{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// Whether `s` has the shape of a canonical id (as opposed to an alias).
+    pub fn looks_canonical(s: &str) -> bool {
+        s.len() == 36 && s.starts_with("acc_") && s[4..].bytes().all(|b| b.is_ascii_hexdigit())
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Which provider holds an account's data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Plaid (or the built-in Plaid-compatible sandbox bank).
+    Plaid,
+}
+
+impl ProviderKind {
+    /// The lowercase name used in URLs, config and store keys.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::Plaid => "plaid",
+        }
+    }
+
+    /// Parses the lowercase name; `None` for providers acctor does not know.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "plaid" => Some(ProviderKind::Plaid),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ProviderKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A provider access token. It must be stored to call the provider, but it never
+/// appears in logs, `Debug` output or API responses: `Debug`/`Display` print a mask.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    /// Wraps a raw token.
+    pub fn new(raw: impl Into<String>) -> Self {
+        AccessToken(raw.into())
+    }
+
+    /// The raw token, for the one place that sends it to the provider.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AccessToken(***)")
+    }
+}
+
+/// Whether an account is linked or has been unlinked (its data kept).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkStatus {
+    /// Linked: webhooks are routed to it and it syncs.
+    Linked,
+    /// Unlinked with its data kept; no syncs, webhooks for it are rejected as unknown.
+    Unlinked,
+}
+
+/// How the last sync of an account ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum SyncOutcome {
+    /// Committed: counts of rows applied.
+    Committed {
+        /// Rows added.
+        added: u64,
+        /// Rows modified.
+        modified: u64,
+        /// Rows removed.
+        removed: u64,
+        /// Pages fetched, including restarted loops.
+        pages: u64,
+        /// Whether the cursor was rejected and rebuilt through the fallback path.
+        fallback: bool,
+    },
+    /// Failed: nothing committed.
+    Failed {
+        /// Provider error code or a short internal code.
+        code: String,
+        /// Human-readable message (no secrets).
+        message: String,
+        /// The provider's request id, when there was one.
+        request_id: Option<String>,
+    },
+}
+
+/// A linked account as stored. `access_token` is the only secret in it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Account {
+    /// Canonical id.
+    pub id: AccountId,
+    /// Provider holding the data.
+    pub provider: ProviderKind,
+    /// The provider's id of the linked object (a Plaid `item_id`).
+    pub item_id: String,
+    /// The provider's access token.
+    pub access_token: AccessToken,
+    /// The id of the user owning the account in the caller's system.
+    pub owner_id: String,
+    /// Extra lookup keys (e.g. an email) that resolve to this account.
+    pub aliases: Vec<String>,
+    /// Linked or unlinked.
+    pub status: LinkStatus,
+    /// When it was linked.
+    pub created_at: DateTime<Utc>,
+    /// The provider cursor after the last committed sync (`None`: never synced).
+    pub cursor: Option<String>,
+    /// When the cursor was last advanced.
+    pub cursor_updated_at: Option<DateTime<Utc>>,
+    /// When the last sync started.
+    pub last_sync_started_at: Option<DateTime<Utc>>,
+    /// When the last sync ended (committed or failed).
+    pub last_sync_finished_at: Option<DateTime<Utc>>,
+    /// How the last sync ended.
+    pub last_sync_outcome: Option<SyncOutcome>,
+    /// Committed syncs so far.
+    pub sync_count: u64,
+}
+
+/// A transaction as kept locally: the provider's id and date (for ordering and date
+/// filters) and the provider's full object, so the local copy equals the provider's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transaction {
+    /// The provider's transaction id.
+    pub id: String,
+    /// The transaction's date (Plaid `date`).
+    pub date: NaiveDate,
+    /// The provider's object, verbatim.
+    pub body: serde_json::Value,
+}
+
+/// A durable, acknowledged webhook waiting to be consumed by a committed sync.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InboxEntry {
+    /// Monotonic sequence number assigned by the store (global across accounts).
+    pub seq: u64,
+    /// The account it was routed to.
+    pub account_id: AccountId,
+    /// Provider that sent it.
+    pub provider: ProviderKind,
+    /// Provider event kind, e.g. `TRANSACTIONS/SYNC_UPDATES_AVAILABLE`.
+    pub kind: String,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+    /// The verified webhook body.
+    pub body: serde_json::Value,
+}

@@ -1,0 +1,18 @@
+//! acctor keeps an always-correct local copy of financial data held by third-party
+//! providers, driven by their webhooks.
+//!
+//! Every linked account is an actor whose mailbox serializes everything done to it; the
+//! store is the only memory that matters (actors rebuild from it at any moment). See
+//! `DESIGN.md` for the data flow; the modules mirror it:
+//! [`http`] ingests and serves, [`actors`] serialize and sync, [`store`] keeps the
+//! invariants, [`providers`] talk to the outside, [`sandbox`] simulates the outside.
+
+pub mod actors;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod http;
+pub mod providers;
+pub mod sandbox;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,239 @@
+//! Storage: the traits every other layer talks to and the sled implementation behind
+//! them. Nothing outside this module touches sled; a later PostgreSQL implementation is
+//! a second `impl Store`, not a rewrite.
+//!
+//! The invariants live here, each kept by one store transaction:
+//! - a webhook is deduplicated and appended to its account's inbox (or kept for an item
+//!   not linked yet) atomically, and is on disk before `durable()` resolves;
+//! - a sync's rows, its new cursor and the inbox entries it consumed are written
+//!   together, so a crash either keeps all of them or none (then the sync replays);
+//! - linking writes the record, every lookup key, and adopts the webhooks that arrived
+//!   for the item before it was linked.
+
+use std::time::Duration;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Account, AccountId, InboxEntry, ProviderKind, SyncOutcome, Transaction};
+
+mod group_commit;
+mod keys;
+mod sled_store;
+
+pub use sled_store::{SledStore, SledStoreConfig};
+
+/// Errors a store operation can end in.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A lookup key (alias, item id) already resolves to another linked account.
+    #[error("{key} already belongs to account {account_id}")]
+    Conflict {
+        /// The key that is taken.
+        key: String,
+        /// The account holding it.
+        account_id: AccountId,
+    },
+    /// The account does not exist.
+    #[error("account {0} not found")]
+    AccountNotFound(AccountId),
+    /// A stored value could not be decoded (unknown version or corrupt bytes).
+    #[error("corrupt record in {tree}: {detail}")]
+    Corrupt {
+        /// The tree holding it.
+        tree: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The underlying storage failed (I/O, disk full, ...).
+    #[error("storage failure: {0}")]
+    Io(String),
+    /// The store is shutting down and takes no more writes.
+    #[error("store is closed")]
+    Closed,
+}
+
+/// What resolving a lookup key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Resolved {
+    /// Exactly one account.
+    Found(AccountId),
+    /// No account has this key.
+    NotFound,
+    /// The key is an owner id shared by several accounts.
+    Ambiguous(Vec<AccountId>),
+}
+
+/// The result of linking an account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkReceipt {
+    /// Webhooks that arrived for the item before it was linked, now in its inbox.
+    pub adopted_events: u64,
+}
+
+/// A verified webhook to be ingested.
+#[derive(Clone, Debug)]
+pub struct IncomingWebhook {
+    /// Provider that sent it.
+    pub provider: ProviderKind,
+    /// The provider's id of the linked object the event is about (Plaid `item_id`).
+    pub item_id: String,
+    /// Event kind, e.g. `TRANSACTIONS/SYNC_UPDATES_AVAILABLE`.
+    pub kind: String,
+    /// Deduplication key: the same key within the TTL is a duplicate.
+    pub dedup_key: [u8; 32],
+    /// The verified body.
+    pub body: serde_json::Value,
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What ingesting a webhook did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IngestOutcome {
+    /// Appended with this sequence number. `account_id` is `None` when the item is not
+    /// linked yet: the event is kept and adopted by the account when it is linked.
+    Accepted {
+        /// Sequence number of the entry.
+        seq: u64,
+        /// The account it was routed to, if linked.
+        account_id: Option<AccountId>,
+    },
+    /// Seen within the dedup TTL: nothing written.
+    Duplicate {
+        /// The account it is about, if linked (the caller may still nudge its actor).
+        account_id: Option<AccountId>,
+    },
+}
+
+/// How a sync's rows apply to the local copy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApplyMode {
+    /// Upserts and removals on top of the existing rows (the cursor path).
+    Delta,
+    /// The upserts are the complete set: every other local row of the account goes
+    /// (the reconcile path after a rejected cursor).
+    Replace,
+}
+
+/// Everything one committed sync writes, in one transaction.
+#[derive(Clone, Debug)]
+pub struct SyncCommit {
+    /// The account synced.
+    pub account_id: AccountId,
+    /// Delta or full replace.
+    pub mode: ApplyMode,
+    /// Rows to insert or overwrite (added and modified), in provider order: a later
+    /// row with the same id wins.
+    pub upserts: Vec<Transaction>,
+    /// Ids of rows to delete. Applied after the upserts.
+    pub removals: Vec<String>,
+    /// The cursor to continue from next time.
+    pub cursor: String,
+    /// Inbox sequence numbers this sync consumed (those pending when it started).
+    pub consumed: Vec<u64>,
+    /// The outcome recorded on the account.
+    pub outcome: SyncOutcome,
+    /// When the sync started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// A page request over an account's transactions, ordered by (date, id).
+#[derive(Clone, Debug, Default)]
+pub struct TransactionQuery {
+    /// Inclusive lower date bound.
+    pub start_date: Option<NaiveDate>,
+    /// Inclusive upper date bound.
+    pub end_date: Option<NaiveDate>,
+    /// Continue after this page token (from a previous page's `next`).
+    pub after: Option<String>,
+    /// Maximum rows.
+    pub limit: usize,
+}
+
+/// A page of transactions.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TransactionPage {
+    /// The rows.
+    pub transactions: Vec<Transaction>,
+    /// Token for the next page, `None` on the last.
+    pub next: Option<String>,
+}
+
+/// The storage contract. Methods are synchronous and short (sled works in memory and
+/// writes back in the background); `durable()` is the one wait, and it is shared by
+/// every writer through group commit.
+pub trait Store: Send + Sync + 'static {
+    /// Links an account: record, lookup keys (`item_id`, `owner_id`, aliases) and the
+    /// adoption of events kept for its item, in one transaction.
+    /// `Conflict` when its item id or an alias already belongs to a linked account.
+    fn link_account(&self, account: &Account) -> Result<LinkReceipt, StoreError>;
+
+    /// The stored account record.
+    fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
+
+    /// Resolves a canonical id, an alias, a provider item id or an owner id.
+    fn resolve(&self, key: &str) -> Result<Resolved, StoreError>;
+
+    /// Accounts in id order, starting after `after`.
+    fn list_accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError>;
+
+    /// Unlinks: lookup keys go; the record is marked unlinked with its data kept, or,
+    /// with `purge`, the record, transactions and inbox entries are deleted.
+    /// Returns the account as it was, `None` if it did not exist.
+    fn unlink_account(&self, id: &AccountId, purge: bool) -> Result<Option<Account>, StoreError>;
+
+    /// Records that a sync started (for status and cursor-age reporting).
+    fn record_sync_started(&self, id: &AccountId, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Records a failed sync's outcome; nothing else changes.
+    fn record_sync_failed(
+        &self,
+        id: &AccountId,
+        outcome: SyncOutcome,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Deduplicates and appends a webhook, resolving its item to an account inside the
+    /// same transaction (so a concurrent link cannot strand it). Not durable until a
+    /// later `durable()` resolves.
+    fn ingest(&self, webhook: IncomingWebhook, dedup_ttl: Duration)
+        -> Result<IngestOutcome, StoreError>;
+
+    /// Resolves once everything written before the call is on disk (flushed and
+    /// fsynced). Many concurrent callers share one flush.
+    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// The inbox entries of an account not yet consumed by a committed sync, by seq.
+    fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
+
+    /// How many inbox entries are pending across all accounts (including those kept for
+    /// items not linked yet).
+    fn inbox_depth(&self) -> Result<u64, StoreError>;
+
+    /// Deletes dedup records older than their TTL; returns how many went.
+    fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Applies one sync atomically: rows, cursor, outcome, consumed inbox entries.
+    fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError>;
+
+    /// A page of an account's transactions ordered by (date, id).
+    fn list_transactions(
+        &self,
+        id: &AccountId,
+        query: &TransactionQuery,
+    ) -> Result<TransactionPage, StoreError>;
+
+    /// How many transactions an account has locally.
+    fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError>;
+
+    /// Number of account records (linked and unlinked).
+    fn count_accounts(&self) -> Result<u64, StoreError>;
+}
