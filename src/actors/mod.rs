@@ -1,0 +1,1 @@
+//! Account actors and the registry that activates them.

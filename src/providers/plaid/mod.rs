@@ -1,0 +1,3 @@
+//! Plaid: the client (delta pages, reconcile window, webhook verification).
+
+pub mod wire;
