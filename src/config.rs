@@ -186,10 +186,8 @@ impl Settings {
         if !(1..=500).contains(&self.plaid.window_page_size) {
             return Err(invalid("plaid.window_page_size", "must be between 1 and 500"));
         }
-        if !self.plaid.base_url.is_empty()
-            && !(self.plaid.base_url.starts_with("http://")
-                || self.plaid.base_url.starts_with("https://"))
-        {
+        let url = &self.plaid.base_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
             return Err(invalid("plaid.base_url", "must start with http:// or https://"));
         }
         if self.plaid.base_url.is_empty() && !self.sandbox.embedded {

@@ -1,1 +1,11 @@
-//! Account actors and the registry that activates them.
+//! Actors: one [`account::AccountActor`] per linked account, the [`registry::Registry`]
+//! that activates and passivates them, and the [`supervisor::Supervisor`] that is told
+//! when one dies. One actor per file.
+
+pub mod account;
+pub mod registry;
+pub mod supervisor;
+pub mod sync;
+
+pub use account::{AccountMessage, ActorSnapshot, SyncReason};
+pub use registry::{Registry, RegistryError};

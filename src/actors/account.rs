@@ -1,0 +1,387 @@
+//! The account actor: one per linked account, and the only path to it. Its mailbox
+//! serializes every sync of the account, so there are no locks and no overlapping
+//! syncs; a sync requested while one runs sets `again`, and a burst of webhooks becomes
+//! one more sync, not a pile of them.
+//!
+//! The actor holds nothing the store does not: the cursor, the rows and the pending
+//! inbox are read from the store at the start of every sync, so the actor can be
+//! passivated, killed or restarted at any moment and rebuilt on the next message.
+//!
+//! Provider I/O runs in a task the actor spawns; the task reports back with
+//! [`AccountMessage::SyncFinished`]. The mailbox stays free to answer status queries
+//! mid-sync.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rand::Rng;
+use serde::Serialize;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use super::registry::Registry;
+use super::sync::{run_sync, ProgressSnapshot, SyncError, SyncProgress, SyncReport};
+use crate::domain::{AccountId, LinkStatus};
+
+/// Why a sync was requested (for logs and status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SyncReason {
+    /// A webhook said data changed.
+    Webhook,
+    /// The account was just linked.
+    Linked,
+    /// The actor was activated with pending work (inbox entries or no cursor yet).
+    Activation,
+    /// An operator asked for it.
+    Manual,
+}
+
+/// Messages of the account actor.
+pub enum AccountMessage {
+    /// Run a sync now, or once more after the running one.
+    SyncRequested(SyncReason),
+    /// The sync task finished (internal).
+    SyncFinished(Result<SyncReport, SyncError>),
+    /// The backoff after a failed sync is over (internal).
+    RetryDue,
+    /// Periodic check whether the actor has been idle long enough to passivate (internal).
+    IdleCheck,
+    /// Describe yourself.
+    Status(RpcReplyPort<ActorSnapshot>),
+}
+
+/// Where the account's state machine is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Nothing running.
+    Idle,
+    /// A sync task runs; `again` means one more sync follows it.
+    Syncing {
+        /// Run another sync after this one.
+        again: bool,
+    },
+    /// The last sync failed; the next attempt is due at `until`.
+    Backoff {
+        /// When the retry is due.
+        until: DateTime<Utc>,
+    },
+}
+
+impl Phase {
+    /// The phase's name as reported by the API.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Phase::Idle => "idle",
+            Phase::Syncing { .. } => "syncing",
+            Phase::Backoff { .. } => "backoff",
+        }
+    }
+}
+
+/// What a live actor reports about itself.
+#[derive(Clone, Debug, Serialize)]
+pub struct ActorSnapshot {
+    /// `idle`, `syncing` or `backoff`.
+    pub state: &'static str,
+    /// Whether another sync is queued behind the running one.
+    pub again: bool,
+    /// Progress of the running sync.
+    pub progress: Option<ProgressSnapshot>,
+    /// Consecutive failed attempts.
+    pub attempt: u32,
+    /// When the next retry is due (in backoff).
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// Syncs run by this activation.
+    pub syncs_run: u64,
+    /// Sync requests received by this activation (webhooks coalesce into fewer syncs).
+    pub sync_requests: u64,
+    /// When this activation started.
+    pub active_since: DateTime<Utc>,
+}
+
+/// The actor. Read-only configuration lives in the shared [`Registry`].
+pub struct AccountActor {
+    registry: Arc<Registry>,
+}
+
+impl AccountActor {
+    /// An actor bound to `registry` (which holds the store, providers and settings).
+    pub fn new(registry: Arc<Registry>) -> Self {
+        AccountActor { registry }
+    }
+}
+
+/// The actor's state.
+pub struct AccountState {
+    id: AccountId,
+    phase: Phase,
+    attempt: u32,
+    progress: Arc<SyncProgress>,
+    task: Option<JoinHandle<()>>,
+    last_activity: Instant,
+    syncs_run: u64,
+    sync_requests: u64,
+    active_since: DateTime<Utc>,
+    idle_timer: Option<JoinHandle<()>>,
+}
+
+impl Drop for AccountState {
+    /// However the actor ends (stop, panic, kill), its sync task must not outlive it:
+    /// a new activation would otherwise sync the same account concurrently.
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        if let Some(timer) = self.idle_timer.take() {
+            timer.abort();
+        }
+    }
+}
+
+impl Actor for AccountActor {
+    type Msg = AccountMessage;
+    type State = AccountState;
+    type Arguments = AccountId;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        id: AccountId,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let store = self.registry.store();
+        let account = store
+            .get_account(&id)?
+            .ok_or_else(|| format!("account {id} does not exist"))?;
+        if account.status != LinkStatus::Linked {
+            return Err(format!("account {id} is unlinked").into());
+        }
+        // Work that arrived while passivated (or a first sync never done) starts now.
+        let pending = !store.pending_inbox(&id)?.is_empty();
+        if pending || account.cursor.is_none() {
+            myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
+        }
+        let check_every = (self.registry.settings().passivate_after / 2).max(Duration::from_millis(10));
+        let idle_timer = myself.send_interval(check_every, || AccountMessage::IdleCheck);
+        Ok(AccountState {
+            id,
+            phase: Phase::Idle,
+            attempt: 0,
+            progress: Arc::new(SyncProgress::default()),
+            task: None,
+            last_activity: Instant::now(),
+            syncs_run: 0,
+            sync_requests: 0,
+            active_since: Utc::now(),
+            idle_timer: Some(idle_timer),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            AccountMessage::SyncRequested(reason) => {
+                state.last_activity = Instant::now();
+                state.sync_requests += 1;
+                match &mut state.phase {
+                    Phase::Idle => self.start_sync(&myself, state, reason),
+                    Phase::Syncing { again } => *again = true,
+                    // The retry timer is already set; it will cover this request too.
+                    Phase::Backoff { .. } => {}
+                }
+            }
+            AccountMessage::SyncFinished(result) => {
+                state.last_activity = Instant::now();
+                state.task = None;
+                state.syncs_run += 1;
+                let again = matches!(state.phase, Phase::Syncing { again: true });
+                match result {
+                    Ok(report) => {
+                        state.attempt = 0;
+                        tracing::info!(account_id = %state.id, outcome = ?report.outcome, "sync committed");
+                        state.phase = Phase::Idle;
+                        if again || report.follow_up {
+                            self.start_sync(&myself, state, SyncReason::Webhook);
+                        }
+                    }
+                    Err(error) => self.enter_backoff(&myself, state, error),
+                }
+            }
+            AccountMessage::RetryDue => {
+                if matches!(state.phase, Phase::Backoff { .. }) {
+                    state.phase = Phase::Idle;
+                    self.start_sync(&myself, state, SyncReason::Webhook);
+                }
+            }
+            AccountMessage::IdleCheck => {
+                let idle_for = state.last_activity.elapsed();
+                if state.phase == Phase::Idle && idle_for >= self.registry.settings().passivate_after
+                {
+                    self.passivate(&myself, state)?;
+                }
+            }
+            AccountMessage::Status(reply) => {
+                let snapshot = ActorSnapshot {
+                    state: state.phase.name(),
+                    again: matches!(state.phase, Phase::Syncing { again: true }),
+                    progress: matches!(state.phase, Phase::Syncing { .. })
+                        .then(|| state.progress.snapshot()),
+                    attempt: state.attempt,
+                    next_retry_at: match state.phase {
+                        Phase::Backoff { until } => Some(until),
+                        _ => None,
+                    },
+                    syncs_run: state.syncs_run,
+                    sync_requests: state.sync_requests,
+                    active_since: state.active_since,
+                };
+                // The caller may have timed out and gone; nothing to do then.
+                let _ = reply.send(snapshot);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AccountActor {
+    /// Spawns the sync task. The task reads the account and the pending inbox fresh from
+    /// the store, so whatever arrived before it started is covered by it.
+    fn start_sync(&self, myself: &ActorRef<AccountMessage>, state: &mut AccountState, reason: SyncReason) {
+        state.phase = Phase::Syncing { again: false };
+        state.progress = Arc::new(SyncProgress::default());
+        let registry = self.registry.clone();
+        let progress = state.progress.clone();
+        let id = state.id.clone();
+        let reply_to = myself.clone();
+        let span = tracing::info_span!("sync", account_id = %id, reason = ?reason);
+        state.task = Some(tokio::spawn(
+            async move {
+                let result = sync_once(&registry, &id, &progress).await;
+                // The actor may have stopped meanwhile (unlinked); the result is then moot.
+                let _ = reply_to.send_message(AccountMessage::SyncFinished(result));
+            }
+            .instrument(span),
+        ));
+    }
+
+    fn enter_backoff(&self, myself: &ActorRef<AccountMessage>, state: &mut AccountState, error: SyncError) {
+        state.attempt = state.attempt.saturating_add(1);
+        let settings = self.registry.settings();
+        let delay = backoff_delay(
+            settings.sync_retry_initial,
+            settings.sync_retry_max,
+            state.attempt,
+            &mut rand::thread_rng(),
+        );
+        let until = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+        tracing::warn!(
+            account_id = %state.id,
+            attempt = state.attempt,
+            code = %error.code(),
+            error = %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "sync failed"
+        );
+        if let Err(store_error) =
+            self.registry
+                .store()
+                .record_sync_failed(&state.id, error.outcome(), Utc::now())
+        {
+            tracing::error!(account_id = %state.id, error = %store_error, "could not record sync failure");
+        }
+        state.phase = Phase::Backoff { until };
+        myself.send_after(delay, || AccountMessage::RetryDue);
+    }
+
+    /// Leaves the registry, then stops. Anything sent to this actor after the registry
+    /// dropped it goes to a new activation; a webhook that reached the store just before
+    /// is caught by the pending-inbox check and handed to that new activation.
+    fn passivate(
+        &self,
+        myself: &ActorRef<AccountMessage>,
+        state: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
+        if !self.registry.forget(&state.id, myself.get_id()) {
+            return Ok(());
+        }
+        let pending = !self.registry.store().pending_inbox(&state.id)?.is_empty();
+        tracing::debug!(account_id = %state.id, pending, "passivating idle actor");
+        myself.stop(Some("passivated".to_string()));
+        if pending {
+            let registry = self.registry.clone();
+            let id = state.id.clone();
+            tokio::spawn(async move {
+                if let Err(error) = registry.request_sync(&id, SyncReason::Activation).await {
+                    tracing::warn!(account_id = %id, %error, "could not hand pending work to a new activation");
+                }
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One sync: account and pending inbox read fresh, then [`run_sync`].
+async fn sync_once(
+    registry: &Registry,
+    id: &AccountId,
+    progress: &SyncProgress,
+) -> Result<SyncReport, SyncError> {
+    let store = registry.store();
+    let account = store
+        .get_account(id)?
+        .ok_or(crate::store::StoreError::AccountNotFound(id.clone()))?;
+    store.record_sync_started(id, Utc::now())?;
+    let consumed: Vec<u64> = store.pending_inbox(id)?.iter().map(|e| e.seq).collect();
+    let provider = registry.provider(account.provider);
+    run_sync(
+        provider.as_ref(),
+        store.as_ref(),
+        &account,
+        consumed,
+        registry.sync_params(),
+        progress,
+    )
+    .await
+}
+
+/// Exponential backoff with full jitter: a uniform delay in `[0, min(cap, base·2^(n-1))]`,
+/// never below 10 ms, so many accounts failing together do not retry in lockstep.
+pub fn backoff_delay(base: Duration, cap: Duration, attempt: u32, rng: &mut impl Rng) -> Duration {
+    let exponent = attempt.saturating_sub(1).min(30);
+    let ceiling = base.saturating_mul(1u32 << exponent).min(cap);
+    let millis = ceiling.as_millis().max(10) as u64;
+    Duration::from_millis(rng.gen_range(10..=millis.max(10)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_then_caps_and_stays_within_jitter_bounds() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        for attempt in 1..40 {
+            let ceiling = base.saturating_mul(1u32 << (attempt - 1).min(30)).min(cap);
+            for _ in 0..50 {
+                let d = backoff_delay(base, cap, attempt, &mut rng);
+                assert!(d <= ceiling.max(Duration::from_millis(10)), "attempt {attempt}: {d:?}");
+                assert!(d >= Duration::from_millis(10));
+            }
+        }
+        // Late attempts reach near the cap at least sometimes.
+        let max_seen = (0..200)
+            .map(|_| backoff_delay(base, cap, 20, &mut rng))
+            .max()
+            .unwrap_or_default();
+        assert!(max_seen > Duration::from_secs(4), "{max_seen:?}");
+    }
+}

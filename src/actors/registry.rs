@@ -1,0 +1,261 @@
+//! The registry maps an AccountId to its live actor, activating one on demand and
+//! forgetting it when it passivates or dies. Only active accounts cost memory here; a
+//! million linked accounts cost their store records and nothing else.
+//!
+//! Activation is race-free: the map entry for an id is created under its shard lock with
+//! a non-blocking spawn, so two webhooks for a cold account can never start two actors.
+//! An actor leaves the map only through [`Registry::forget`], which checks the actor id,
+//! so a stale exit can never remove a newer activation.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{ActorCell, ActorId, ActorRef, ActorRuntime};
+
+use super::account::{AccountActor, AccountMessage, ActorSnapshot, SyncReason};
+use super::sync::SyncParams;
+use crate::config::ActorSettings;
+use crate::domain::{AccountId, LinkStatus, ProviderKind};
+use crate::providers::DynProvider;
+use crate::store::{Store, StoreError};
+
+/// Why a message could not be delivered to an account.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// No such account, or it is unlinked.
+    #[error("account {0} is not linked")]
+    NotLinked(AccountId),
+    /// The store failed while checking the account.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The actor could not be spawned.
+    #[error("could not activate account {0}: {1}")]
+    Spawn(AccountId, String),
+    /// The registry is shutting down.
+    #[error("registry is shutting down")]
+    ShuttingDown,
+    /// The actor did not answer in time.
+    #[error("account {0} did not answer within {1:?}")]
+    Timeout(AccountId, Duration),
+}
+
+/// Counters describing the registry.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RegistryStats {
+    /// Actors alive now.
+    pub active: usize,
+    /// Activations since start.
+    pub activations: u64,
+    /// Passivations since start.
+    pub passivations: u64,
+}
+
+/// Finds or activates account actors. Shared as `Arc<Registry>`.
+pub struct Registry {
+    actors: DashMap<AccountId, ActorRef<AccountMessage>>,
+    by_actor: DashMap<ActorId, AccountId>,
+    store: Arc<dyn Store>,
+    providers: HashMap<ProviderKind, DynProvider>,
+    settings: ActorSettings,
+    sync_params: SyncParams,
+    supervisor: OnceLock<ActorCell>,
+    me: OnceLock<std::sync::Weak<Registry>>,
+    activations: AtomicU64,
+    passivations: AtomicU64,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Registry {
+    /// A registry over `store` with one client per provider.
+    pub fn new(
+        store: Arc<dyn Store>,
+        providers: HashMap<ProviderKind, DynProvider>,
+        settings: ActorSettings,
+        sync_params: SyncParams,
+    ) -> Arc<Registry> {
+        let registry = Arc::new(Registry {
+            actors: DashMap::new(),
+            by_actor: DashMap::new(),
+            store,
+            providers,
+            settings,
+            sync_params,
+            supervisor: OnceLock::new(),
+            me: OnceLock::new(),
+            activations: AtomicU64::new(0),
+            passivations: AtomicU64::new(0),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        let _ = registry.me.set(Arc::downgrade(&registry));
+        registry
+    }
+
+    /// Links every future activation to `supervisor` (set once, at start-up).
+    pub fn set_supervisor(&self, supervisor: ActorCell) {
+        let _ = self.supervisor.set(supervisor);
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// Actor settings.
+    pub fn settings(&self) -> &ActorSettings {
+        &self.settings
+    }
+
+    /// Sync tunables.
+    pub fn sync_params(&self) -> &SyncParams {
+        &self.sync_params
+    }
+
+    /// The client for `kind`. Every provider kind acctor knows is configured at start,
+    /// so a missing one is a start-up bug.
+    pub fn provider(&self, kind: ProviderKind) -> DynProvider {
+        match self.providers.get(&kind) {
+            Some(provider) => provider.clone(),
+            None => unreachable!("provider {kind} is configured at start-up"),
+        }
+    }
+
+    /// Whether the registry knows a client for `kind`.
+    pub fn has_provider(&self, kind: ProviderKind) -> bool {
+        self.providers.contains_key(&kind)
+    }
+
+    /// Asks the account's actor to sync, activating it if needed.
+    pub async fn request_sync(&self, id: &AccountId, reason: SyncReason) -> Result<(), RegistryError> {
+        // A send can only fail if the actor died between lookup and send; its exit
+        // removes it from the map, so the second attempt activates a fresh one.
+        for _ in 0..3 {
+            let actor = self.get_or_activate(id)?;
+            match actor.send_message(AccountMessage::SyncRequested(reason)) {
+                Ok(()) => return Ok(()),
+                Err(_) => {
+                    self.forget(id, actor.get_id());
+                }
+            }
+        }
+        Err(RegistryError::Spawn(id.clone(), "actor kept exiting".to_string()))
+    }
+
+    /// The live actor's self-description, or `None` when the account is passivated.
+    /// Never activates.
+    pub async fn snapshot(&self, id: &AccountId) -> Result<Option<ActorSnapshot>, RegistryError> {
+        let Some(actor) = self.actors.get(id).map(|a| a.clone()) else {
+            return Ok(None);
+        };
+        let timeout = self.settings.call_timeout;
+        match actor.call(AccountMessage::Status, Some(timeout)).await {
+            Ok(CallResult::Success(snapshot)) => Ok(Some(snapshot)),
+            Ok(CallResult::Timeout) => Err(RegistryError::Timeout(id.clone(), timeout)),
+            // It stopped while we asked: it is passivated now.
+            Ok(CallResult::SenderError) | Err(_) => Ok(None),
+        }
+    }
+
+    /// Stops the account's actor (on unlink) and waits for it to end, so no sync of it
+    /// runs afterwards.
+    pub async fn stop(&self, id: &AccountId) {
+        if let Some((_, actor)) = self.actors.remove(id) {
+            self.by_actor.remove(&actor.get_id());
+            let _ = actor
+                .stop_and_wait(Some("unlinked".to_string()), Some(self.settings.call_timeout))
+                .await;
+        }
+    }
+
+    /// Removes `id` from the map if it still maps to `actor_id`. Returns whether it did.
+    pub fn forget(&self, id: &AccountId, actor_id: ActorId) -> bool {
+        let removed = self
+            .actors
+            .remove_if(id, |_, actor| actor.get_id() == actor_id)
+            .is_some();
+        if removed {
+            self.by_actor.remove(&actor_id);
+            self.passivations.fetch_add(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
+    /// Forgets whichever account `actor_id` served (the supervisor's view: it only knows
+    /// the actor). Returns the account if the actor was still registered.
+    pub fn forget_actor(&self, actor_id: ActorId) -> Option<AccountId> {
+        let id = self.by_actor.get(&actor_id).map(|e| e.value().clone())?;
+        self.forget(&id, actor_id).then_some(id)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> RegistryStats {
+        RegistryStats {
+            active: self.actors.len(),
+            activations: self.activations.load(Ordering::Relaxed),
+            passivations: self.passivations.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether `id` has a live actor.
+    pub fn is_active(&self, id: &AccountId) -> bool {
+        self.actors.contains_key(id)
+    }
+
+    /// Stops every actor and refuses new activations.
+    pub async fn shutdown(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let actors: Vec<(AccountId, ActorRef<AccountMessage>)> = self
+            .actors
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect();
+        for (id, actor) in actors {
+            let _ = actor
+                .stop_and_wait(Some("shutdown".to_string()), Some(self.settings.call_timeout))
+                .await;
+            self.forget(&id, actor.get_id());
+        }
+    }
+
+    fn get_or_activate(&self, id: &AccountId) -> Result<ActorRef<AccountMessage>, RegistryError> {
+        if let Some(actor) = self.actors.get(id) {
+            return Ok(actor.clone());
+        }
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(RegistryError::ShuttingDown);
+        }
+        match self.store.get_account(id)? {
+            Some(account) if account.status == LinkStatus::Linked => {}
+            _ => return Err(RegistryError::NotLinked(id.clone())),
+        }
+        let Some(me) = self.me.get().and_then(|weak| weak.upgrade()) else {
+            return Err(RegistryError::ShuttingDown);
+        };
+        match self.actors.entry(id.clone()) {
+            Entry::Occupied(entry) => Ok(entry.get().clone()),
+            Entry::Vacant(entry) => {
+                // spawn_*_instant does not await pre_start, so the shard lock is never held
+                // across an await; messages queue until the actor has started.
+                let spawned = match self.supervisor.get() {
+                    Some(supervisor) => ActorRuntime::spawn_linked_instant(
+                        None,
+                        AccountActor::new(me),
+                        id.clone(),
+                        supervisor.clone(),
+                    ),
+                    None => ActorRuntime::spawn_instant(None, AccountActor::new(me), id.clone()),
+                };
+                let (actor, _startup) =
+                    spawned.map_err(|e| RegistryError::Spawn(id.clone(), e.to_string()))?;
+                self.activations.fetch_add(1, Ordering::Relaxed);
+                self.by_actor.insert(actor.get_id(), id.clone());
+                entry.insert(actor.clone());
+                Ok(actor)
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! One sync of one account against its provider, per Plaid's `/transactions/sync`
+//! contract: page from the stored cursor until `has_more` is false, restart the whole
+//! loop from its first cursor when the provider reports a mutation during pagination,
+//! and commit rows, cursor and consumed inbox entries in one store transaction only at
+//! the end — so a failure at any point commits nothing and the next sync starts over.
+//!
+//! When the provider rejects the stored cursor, the reconcile path rebuilds one: it
+//! first pages a fresh loop from the beginning to obtain a new cursor C, then lists the
+//! whole date window with `/transactions/get` and replaces the local set with it. Every
+//! change after C is replayed by the next sync from C (upserts and removals are
+//! idempotent), so both paths converge on the provider's state. The caller runs that
+//! follow-up sync at once.
+//!
+//! This runs in a task spawned by the account actor, never inside its `handle`: the
+//! mailbox keeps answering status queries while pages are fetched.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{Duration as ChronoDuration, Utc};
+use serde::Serialize;
+
+use crate::domain::{Account, SyncOutcome, Transaction};
+use crate::providers::{Provider, ProviderError};
+use crate::store::{ApplyMode, Store, StoreError, SyncCommit};
+
+/// Tunables of a sync.
+#[derive(Clone, Debug)]
+pub struct SyncParams {
+    /// `/transactions/sync` page size.
+    pub page_size: u32,
+    /// `/transactions/get` page size on the reconcile path.
+    pub window_page_size: u32,
+    /// How far back the reconcile window reaches (Plaid keeps up to 24 months).
+    pub window_days: i64,
+    /// How many times one sync restarts its loop on mutation-during-pagination before
+    /// giving up (the next sync tries again).
+    pub max_loop_restarts: u32,
+}
+
+impl Default for SyncParams {
+    fn default() -> Self {
+        SyncParams {
+            page_size: 500,
+            window_page_size: 500,
+            window_days: 731,
+            max_loop_restarts: 8,
+        }
+    }
+}
+
+/// Live progress of a running sync, shared with the actor so status queries can report
+/// it mid-sync without waiting for the task.
+#[derive(Debug, Default)]
+pub struct SyncProgress {
+    /// Pages fetched so far (all loops, both paths).
+    pub pages: AtomicU64,
+    /// Rows received so far.
+    pub rows: AtomicU64,
+    /// Loop restarts caused by mutation during pagination.
+    pub restarts: AtomicU64,
+}
+
+/// A snapshot of [`SyncProgress`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProgressSnapshot {
+    /// Pages fetched.
+    pub pages: u64,
+    /// Rows received.
+    pub rows: u64,
+    /// Loop restarts.
+    pub restarts: u64,
+}
+
+impl SyncProgress {
+    /// The current counts.
+    pub fn snapshot(&self) -> ProgressSnapshot {
+        ProgressSnapshot {
+            pages: self.pages.load(Ordering::Relaxed),
+            rows: self.rows.load(Ordering::Relaxed),
+            restarts: self.restarts.load(Ordering::Relaxed),
+        }
+    }
+
+    fn page(&self, rows: usize) {
+        self.pages.fetch_add(1, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+    }
+}
+
+/// What a committed sync did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncReport {
+    /// The outcome recorded on the account.
+    pub outcome: SyncOutcome,
+    /// Whether another sync should run at once (after the reconcile path).
+    pub follow_up: bool,
+}
+
+/// Why a sync committed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The provider failed.
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The provider kept mutating data under every pagination attempt.
+    #[error("data kept changing during pagination ({0} restarts)")]
+    TooManyRestarts(u32),
+    /// The reconcile window kept changing while it was listed.
+    #[error("window listing kept changing ({0} attempts)")]
+    UnstableWindow(u32),
+}
+
+impl SyncError {
+    /// A short code for status reports.
+    pub fn code(&self) -> String {
+        match self {
+            SyncError::Provider(e) => e.code().to_string(),
+            SyncError::Store(_) => "STORE_ERROR".to_string(),
+            SyncError::TooManyRestarts(_) => "MUTATION_RESTARTS_EXHAUSTED".to_string(),
+            SyncError::UnstableWindow(_) => "WINDOW_UNSTABLE".to_string(),
+        }
+    }
+
+    /// The provider request id, when the failure came from the provider.
+    pub fn request_id(&self) -> Option<String> {
+        match self {
+            SyncError::Provider(e) => e.request_id().map(str::to_string),
+            _ => None,
+        }
+    }
+
+    /// The failure as recorded on the account.
+    pub fn outcome(&self) -> SyncOutcome {
+        SyncOutcome::Failed {
+            code: self.code(),
+            message: self.to_string(),
+            request_id: self.request_id(),
+        }
+    }
+}
+
+/// The rows of one complete pagination loop, folded in provider order.
+struct LoopResult {
+    upserts: Vec<Transaction>,
+    removals: Vec<String>,
+    added: u64,
+    modified: u64,
+    cursor: String,
+}
+
+/// Runs one sync of `account` and commits it, consuming the inbox entries `consumed`.
+pub async fn run_sync(
+    provider: &dyn Provider,
+    store: &dyn Store,
+    account: &Account,
+    consumed: Vec<u64>,
+    params: &SyncParams,
+    progress: &SyncProgress,
+) -> Result<SyncReport, SyncError> {
+    let started_at = Utc::now();
+    match pagination_loop(provider, account, account.cursor.as_deref(), params, progress).await {
+        Ok(result) => {
+            let outcome = SyncOutcome::Committed {
+                added: result.added,
+                modified: result.modified,
+                removed: result.removals.len() as u64,
+                pages: progress.snapshot().pages,
+                fallback: false,
+            };
+            store.commit_sync(SyncCommit {
+                account_id: account.id.clone(),
+                mode: ApplyMode::Delta,
+                upserts: result.upserts,
+                removals: result.removals,
+                cursor: result.cursor,
+                consumed,
+                outcome: outcome.clone(),
+                started_at,
+                finished_at: Utc::now(),
+            })?;
+            store.durable().await?;
+            Ok(SyncReport {
+                outcome,
+                follow_up: false,
+            })
+        }
+        Err(SyncError::Provider(e)) if e.is_cursor_rejected() && account.cursor.is_some() => {
+            tracing::warn!(
+                account_id = %account.id,
+                request_id = e.request_id().unwrap_or(""),
+                "provider rejected the stored cursor, reconciling"
+            );
+            reconcile(provider, store, account, consumed, params, progress, started_at).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Pages from `start_cursor` until `has_more` is false, restarting from `start_cursor`
+/// on mutation during pagination. Nothing is written.
+async fn pagination_loop(
+    provider: &dyn Provider,
+    account: &Account,
+    start_cursor: Option<&str>,
+    params: &SyncParams,
+    progress: &SyncProgress,
+) -> Result<LoopResult, SyncError> {
+    let mut restarts = 0u32;
+    'restart: loop {
+        let mut folded = Fold::default();
+        let mut cursor: Option<String> = start_cursor.map(str::to_string);
+        loop {
+            let page = match provider
+                .sync_page(&account.access_token, cursor.as_deref(), params.page_size)
+                .await
+            {
+                Ok(page) => page,
+                Err(e) if e.is_mutation_during_pagination() => {
+                    restarts += 1;
+                    progress.restarts.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(
+                        account_id = %account.id,
+                        restarts,
+                        "data changed during pagination, restarting the loop"
+                    );
+                    if restarts > params.max_loop_restarts {
+                        return Err(SyncError::TooManyRestarts(restarts));
+                    }
+                    continue 'restart;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            progress.page(page.added.len() + page.modified.len() + page.removed.len());
+            folded.added += page.added.len() as u64;
+            folded.modified += page.modified.len() as u64;
+            for row in page.added.into_iter().chain(page.modified) {
+                folded.upsert(row);
+            }
+            for id in page.removed {
+                folded.remove(id);
+            }
+            if !page.has_more {
+                return Ok(folded.finish(page.next_cursor));
+            }
+            cursor = Some(page.next_cursor);
+        }
+    }
+}
+
+/// The reconcile path after a rejected cursor: a fresh cursor first, then the full
+/// window as the complete set, then an immediate follow-up sync from the new cursor.
+async fn reconcile(
+    provider: &dyn Provider,
+    store: &dyn Store,
+    account: &Account,
+    consumed: Vec<u64>,
+    params: &SyncParams,
+    progress: &SyncProgress,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<SyncReport, SyncError> {
+    let fresh = pagination_loop(provider, account, None, params, progress).await?;
+    let rows = list_window(provider, account, params, progress).await?;
+    let outcome = SyncOutcome::Committed {
+        added: rows.len() as u64,
+        modified: 0,
+        removed: 0,
+        pages: progress.snapshot().pages,
+        fallback: true,
+    };
+    store.commit_sync(SyncCommit {
+        account_id: account.id.clone(),
+        mode: ApplyMode::Replace,
+        upserts: rows,
+        removals: Vec::new(),
+        cursor: fresh.cursor,
+        consumed,
+        outcome: outcome.clone(),
+        started_at,
+        finished_at: Utc::now(),
+    })?;
+    store.durable().await?;
+    Ok(SyncReport {
+        outcome,
+        follow_up: true,
+    })
+}
+
+/// Lists every row dated within the window. Offset paging is only consistent while the
+/// set does not change, so the listing is retried when the total moved or ids repeat.
+async fn list_window(
+    provider: &dyn Provider,
+    account: &Account,
+    params: &SyncParams,
+    progress: &SyncProgress,
+) -> Result<Vec<Transaction>, SyncError> {
+    const ATTEMPTS: u32 = 5;
+    let today = Utc::now().date_naive();
+    let start = today - ChronoDuration::days(params.window_days);
+    let end = today + ChronoDuration::days(1);
+    'attempt: for _ in 0..ATTEMPTS {
+        let mut rows: HashMap<String, Transaction> = HashMap::new();
+        let mut offset = 0u64;
+        let mut expected_total: Option<u64> = None;
+        loop {
+            let page = provider
+                .window_page(
+                    &account.access_token,
+                    start,
+                    end,
+                    offset,
+                    params.window_page_size,
+                )
+                .await?;
+            progress.page(page.transactions.len());
+            if *expected_total.get_or_insert(page.total) != page.total {
+                continue 'attempt;
+            }
+            let received = page.transactions.len() as u64;
+            for row in page.transactions {
+                if rows.insert(row.id.clone(), row).is_some() {
+                    continue 'attempt;
+                }
+            }
+            offset += received;
+            if received == 0 || offset >= page.total {
+                break;
+            }
+        }
+        if rows.len() as u64 != expected_total.unwrap_or(0) {
+            continue 'attempt;
+        }
+        let mut rows: Vec<Transaction> = rows.into_values().collect();
+        rows.sort_by(|a, b| (a.date, &a.id).cmp(&(b.date, &b.id)));
+        return Ok(rows);
+    }
+    Err(SyncError::UnstableWindow(ATTEMPTS))
+}
+
+/// Folds pages into one ordered set of upserts and removals: a later row for the same
+/// id replaces an earlier one, a removal cancels an earlier upsert.
+#[derive(Default)]
+struct Fold {
+    order: Vec<String>,
+    rows: HashMap<String, Option<Transaction>>,
+    added: u64,
+    modified: u64,
+}
+
+impl Fold {
+    fn upsert(&mut self, row: Transaction) {
+        if !self.rows.contains_key(&row.id) {
+            self.order.push(row.id.clone());
+        }
+        self.rows.insert(row.id.clone(), Some(row));
+    }
+
+    fn remove(&mut self, id: String) {
+        if !self.rows.contains_key(&id) {
+            self.order.push(id.clone());
+        }
+        self.rows.insert(id, None);
+    }
+
+    fn finish(mut self, cursor: String) -> LoopResult {
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        for id in self.order {
+            match self.rows.remove(&id).flatten() {
+                Some(row) => upserts.push(row),
+                None => removals.push(id),
+            }
+        }
+        LoopResult {
+            upserts,
+            removals,
+            added: self.added,
+            modified: self.modified,
+            cursor,
+        }
+    }
+}
+
+/// Shares progress between the actor and its sync task.
+pub type SharedProgress = Arc<SyncProgress>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::NaiveDate;
+
+    fn row(id: &str, amount: f64) -> Transaction {
+        Transaction {
+            id: id.to_string(),
+            date: NaiveDate::from_ymd_opt(2026, 1, 2).expect("valid date"),
+            body: serde_json::json!({ "transaction_id": id, "amount": amount }),
+        }
+    }
+
+    #[test]
+    fn fold_keeps_latest_row_and_lets_removal_win() {
+        let mut fold = Fold::default();
+        fold.upsert(row("a", 1.0));
+        fold.upsert(row("b", 2.0));
+        fold.upsert(row("a", 3.0));
+        fold.remove("b".to_string());
+        fold.remove("c".to_string());
+        let result = fold.finish("cur".to_string());
+        assert_eq!(result.upserts, vec![row("a", 3.0)]);
+        assert_eq!(result.removals, vec!["b".to_string(), "c".to_string()]);
+        assert_eq!(result.cursor, "cur");
+    }
+}
