@@ -1,1 +1,247 @@
-//! Application start-up.
+//! Application start-up: [`App::build`] wires store, providers, actors and the HTTP
+//! server from [`Settings`] and binds the listener (port 0 works, so tests run in
+//! parallel); [`App::run_until_stopped`] serves until the shutdown future resolves, then
+//! stops accepting webhooks, stops the actors and makes the store durable.
+//!
+//! With no Plaid URL configured and `sandbox.embedded` on, the simulated bank runs inside
+//! the process on its own listener, its webhooks point back at this server, and demo
+//! items are linked so a newcomer sees accounts syncing at once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ractor::Actor;
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+use crate::actors::supervisor::Supervisor;
+use crate::actors::sync::SyncParams;
+use crate::actors::Registry;
+use crate::config::Settings;
+use crate::domain::ProviderKind;
+use crate::http::accounts::{link_account, LinkRequest};
+use crate::store::Resolved;
+use crate::http::{router, AppState};
+use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
+use crate::providers::DynProvider;
+use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use crate::store::{SledStore, SledStoreConfig, Store};
+
+/// A built, bound, not yet serving application.
+pub struct App {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: AppState,
+    sandbox: Option<EmbeddedSandbox>,
+    supervisor: ractor::ActorRef<crate::actors::supervisor::SupervisorMessage>,
+    store: Arc<SledStore>,
+}
+
+struct EmbeddedSandbox {
+    handle: SandboxHandle,
+    demo: Option<JoinHandle<()>>,
+}
+
+impl App {
+    /// Opens the store, starts the embedded sandbox if configured, spawns the supervisor
+    /// and binds the HTTP listener.
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        settings.validate()?;
+        let settings = Arc::new(settings);
+        let store = SledStore::open(SledStoreConfig {
+            data_dir: settings.store.data_dir.clone(),
+            cache_capacity_bytes: settings.store.cache_capacity_bytes,
+        })
+        .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+
+        let listener = TcpListener::bind(settings.server.listen)
+            .await
+            .with_context(|| format!("binding {}", settings.server.listen))?;
+        let addr = listener.local_addr()?;
+
+        let (plaid_base_url, sandbox) = if settings.plaid.base_url.is_empty() {
+            let sandbox = Sandbox::new(SandboxConfig {
+                client_id: settings.sandbox.client_id.clone(),
+                secret: settings.sandbox.secret.expose_secret().to_string(),
+                default_webhook_url: Some(webhook_url(&settings, addr)),
+                seed: settings.sandbox.seed,
+            });
+            let sandbox_listener = TcpListener::bind(settings.sandbox.listen)
+                .await
+                .with_context(|| format!("binding the sandbox on {}", settings.sandbox.listen))?;
+            let handle = sandbox.clone().serve(sandbox_listener).await;
+            tracing::info!(url = %handle.base_url(), "embedded sandbox bank listening");
+            (handle.base_url(), Some((sandbox, handle)))
+        } else {
+            (settings.plaid.base_url.clone(), None)
+        };
+
+        let plaid = Arc::new(
+            PlaidClient::new(PlaidClientConfig {
+                base_url: plaid_base_url,
+                client_id: settings.plaid.client_id.clone(),
+                secret: settings.plaid.secret.clone(),
+                request_timeout: settings.plaid.request_timeout,
+                max_webhook_age: settings.plaid.max_webhook_age,
+            })
+            .context("building the Plaid client")?,
+        );
+        let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+        providers.insert(ProviderKind::Plaid, plaid.clone());
+
+        let dyn_store: Arc<dyn Store> = store.clone();
+        let registry = Registry::new(
+            dyn_store.clone(),
+            providers.clone(),
+            settings.actors.clone(),
+            SyncParams {
+                page_size: settings.plaid.sync_page_size,
+                window_page_size: settings.plaid.window_page_size,
+                ..SyncParams::default()
+            },
+        );
+        let (supervisor, _) = Actor::spawn(None, Supervisor::new(registry.clone()), ())
+            .await
+            .context("spawning the supervisor")?;
+        registry.set_supervisor(supervisor.get_cell());
+
+        let state = AppState {
+            store: dyn_store,
+            registry,
+            providers: Arc::new(providers),
+            settings: settings.clone(),
+            shutting_down: Arc::new(AtomicBool::new(false)),
+        };
+
+        let sandbox = match sandbox {
+            Some((sandbox, handle)) => {
+                let demo = if settings.sandbox.demo_items > 0 {
+                    Some(start_demo(&state, sandbox).await?)
+                } else {
+                    None
+                };
+                Some(EmbeddedSandbox { handle, demo })
+            }
+            None => None,
+        };
+
+        Ok(App {
+            listener,
+            addr,
+            state,
+            sandbox,
+            supervisor,
+            store,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The embedded sandbox's base URL, when one runs.
+    pub fn sandbox_url(&self) -> Option<String> {
+        self.sandbox.as_ref().map(|s| s.handle.base_url())
+    }
+
+    /// The shared state (tests and benchmarks inspect the registry and store).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then shuts down in order: refuse webhooks,
+    /// finish in-flight requests, stop actors, flush the store.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let App {
+            listener,
+            addr,
+            state,
+            sandbox,
+            supervisor,
+            store,
+        } = self;
+        tracing::info!(%addr, "acctor listening");
+        let shutting_down = state.shutting_down.clone();
+        let app = router(state.clone());
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                shutting_down.store(true, Ordering::SeqCst);
+                tracing::info!("shutdown requested, draining");
+            })
+            .await
+            .context("serving HTTP")?;
+        if let Some(sandbox) = sandbox {
+            if let Some(demo) = sandbox.demo {
+                demo.abort();
+            }
+            sandbox.handle.shutdown().await;
+        }
+        state.registry.shutdown().await;
+        supervisor.stop(None);
+        store.durable().await.context("final flush")?;
+        tracing::info!("acctor stopped");
+        Ok(())
+    }
+}
+
+fn webhook_url(settings: &Settings, addr: SocketAddr) -> String {
+    if settings.sandbox.webhook_url.is_empty() {
+        format!("http://{addr}/webhooks/plaid")
+    } else {
+        settings.sandbox.webhook_url.clone()
+    }
+}
+
+/// Links the demo items (replacing a previous run's: the embedded sandbox lives in
+/// memory, so their items are gone) and starts the activity that keeps them syncing.
+async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHandle<()>> {
+    let settings = &state.settings.sandbox;
+    for n in 0..settings.demo_items {
+        let alias = format!("demo-user-{n}@example.com");
+        if let Resolved::Found(old) = state.store.resolve(&alias)? {
+            state.store.unlink_account(&old, false)?;
+            state.registry.stop(&old).await;
+            state.store.unlink_account(&old, true)?;
+        }
+        let item = sandbox.create_item(settings.demo_history, None);
+        let account = link_account(
+            state,
+            LinkRequest {
+                provider: ProviderKind::Plaid.as_str().to_string(),
+                item_id: item.item_id.clone(),
+                access_token: item.access_token.clone(),
+                owner_id: format!("demo-user-{n}"),
+                aliases: vec![alias.clone()],
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("linking demo item {n}: {}", e.message))?;
+        tracing::info!(account_id = %account.id, alias = %alias, item_id = %item.item_id, "demo account linked");
+    }
+    let tick = settings.demo_tick;
+    Ok(tokio::spawn(async move {
+        if tick.is_zero() {
+            return;
+        }
+        let mut interval = tokio::time::interval(tick);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            if let Some(item_id) = sandbox.demo_tick().await {
+                tracing::debug!(item_id = %item_id, "demo activity: new transaction");
+            }
+        }
+    }))
+}

@@ -1,1 +1,140 @@
-fn main() {}
+//! The `acctor` binary: parses the command line, sets up logging, loads configuration
+//! and hands over to the library. Everything testable lives in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use secrecy::ExposeSecret;
+
+use acctor::app::App;
+use acctor::config::Settings;
+use acctor::sandbox::{Sandbox, SandboxConfig};
+use acctor::telemetry::{self, LogFormat};
+
+#[derive(Parser, Debug)]
+#[command(name = "acctor", version, about = "Webhook-driven, always-correct local copy of provider financial data")]
+struct Cli {
+    /// Log line format.
+    #[arg(long, value_enum, default_value = "text", global = true, env = "ACCTOR_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug)]
+struct Common {
+    /// A TOML file over the compiled-in defaults (config/default.toml).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Listen address, over the configuration's.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory, over the configuration's.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service (with the embedded sandbox bank when no Plaid URL is configured).
+    Serve(Common),
+    /// Run the simulated providers alone, for a separate acctor, a benchmark or a crash test.
+    Sandbox {
+        #[command(flatten)]
+        common: Common,
+        /// Where the sandbox sends webhooks by default (e.g. http://127.0.0.1:8080/webhooks/plaid).
+        #[arg(long)]
+        webhook_url: Option<String>,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    match run(cli.command).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("acctor: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Serve(common) => {
+            let mut settings = Settings::load(common.config.as_deref())?;
+            if let Some(listen) = common.listen {
+                settings.server.listen = listen;
+            }
+            if let Some(dir) = common.data_dir {
+                settings.store.data_dir = dir;
+            }
+            settings.validate()?;
+            let app = App::build(settings).await?;
+            println!("acctor listening on http://{}", app.addr());
+            if let Some(url) = app.sandbox_url() {
+                println!("embedded sandbox bank on {url}");
+            }
+            app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::Sandbox { common, webhook_url } => {
+            let mut settings = Settings::load(common.config.as_deref())?;
+            if let Some(listen) = common.listen {
+                settings.sandbox.listen = listen;
+            }
+            if let Some(url) = webhook_url {
+                settings.sandbox.webhook_url = url;
+            }
+            settings.validate()?;
+            let sandbox = Sandbox::new(SandboxConfig {
+                client_id: settings.sandbox.client_id.clone(),
+                secret: settings.sandbox.secret.expose_secret().to_string(),
+                default_webhook_url: (!settings.sandbox.webhook_url.is_empty())
+                    .then(|| settings.sandbox.webhook_url.clone()),
+                seed: settings.sandbox.seed,
+            });
+            let _ = common.data_dir;
+            let listener = tokio::net::TcpListener::bind(settings.sandbox.listen)
+                .await
+                .with_context(|| format!("binding {}", settings.sandbox.listen))?;
+            let handle = sandbox.serve(listener).await;
+            println!("sandbox bank listening on {}", handle.base_url());
+            shutdown_signal().await;
+            handle.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+/// Resolves on ctrl-c or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "could not listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "could not listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

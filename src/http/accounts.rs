@@ -1,0 +1,433 @@
+//! `/v1/accounts`: link, list, read (by id or any alias), unlink, read transactions,
+//! sync status, and request a sync. Access tokens go in and never come out.
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::actors::{ActorSnapshot, SyncReason};
+use crate::config::Settings;
+use crate::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind, SyncOutcome};
+use crate::store::{Resolved, TransactionQuery};
+
+const MAX_KEY_LEN: usize = 256;
+const MAX_ALIASES: usize = 16;
+const MAX_PAGE: usize = 1000;
+
+/// The account routes.
+pub fn router(settings: &Settings) -> Router<AppState> {
+    Router::new()
+        .route("/v1/accounts", post(link).get(list))
+        .route("/v1/accounts/{key}", get(show).delete(unlink))
+        .route("/v1/accounts/{key}/transactions", get(transactions))
+        .route("/v1/accounts/{key}/sync", get(sync_status).post(request_sync))
+        .layer(DefaultBodyLimit::max(settings.server.api_body_limit_bytes))
+}
+
+/// `POST /v1/accounts` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkRequest {
+    /// `plaid`.
+    pub provider: String,
+    /// The provider's item id.
+    pub item_id: String,
+    /// The provider access token (stored, never returned).
+    pub access_token: String,
+    /// The owning user's id in the caller's system.
+    pub owner_id: String,
+    /// Extra lookup keys, e.g. an email.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+}
+
+/// An account as the API shows it: everything but the access token.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccountView {
+    /// Canonical id.
+    pub id: AccountId,
+    /// Provider.
+    pub provider: ProviderKind,
+    /// Provider item id.
+    pub item_id: String,
+    /// Owner id.
+    pub owner_id: String,
+    /// Aliases.
+    pub aliases: Vec<String>,
+    /// `linked` or `unlinked`.
+    pub status: LinkStatus,
+    /// When linked.
+    pub created_at: DateTime<Utc>,
+    /// Committed syncs.
+    pub sync_count: u64,
+    /// When the last sync finished.
+    pub last_sync_finished_at: Option<DateTime<Utc>>,
+    /// How it ended.
+    pub last_sync_outcome: Option<SyncOutcome>,
+}
+
+impl From<&Account> for AccountView {
+    fn from(a: &Account) -> Self {
+        AccountView {
+            id: a.id.clone(),
+            provider: a.provider,
+            item_id: a.item_id.clone(),
+            owner_id: a.owner_id.clone(),
+            aliases: a.aliases.clone(),
+            status: a.status,
+            created_at: a.created_at,
+            sync_count: a.sync_count,
+            last_sync_finished_at: a.last_sync_finished_at,
+            last_sync_outcome: a.last_sync_outcome.clone(),
+        }
+    }
+}
+
+fn check_key(field: &'static str, value: &str) -> Result<(), ApiError> {
+    if value.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_field", format!("{field} must not be empty")));
+    }
+    if value.len() > MAX_KEY_LEN {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field} is longer than {MAX_KEY_LEN} bytes"),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field} contains control characters"),
+        ));
+    }
+    Ok(())
+}
+
+async fn link(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<LinkRequest>,
+) -> Result<(StatusCode, Json<AccountView>), ApiError> {
+    let account = link_account(&state, request).await?;
+    Ok((StatusCode::CREATED, Json(AccountView::from(&account))))
+}
+
+/// Validates and links an account, then asks its actor for the initial sync.
+pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Account, ApiError> {
+    let provider = ProviderKind::parse(&request.provider).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_field",
+            format!("provider {:?} is not supported (supported: plaid)", request.provider),
+        )
+    })?;
+    if !state.registry.has_provider(provider) {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("provider {provider} is not configured"),
+        ));
+    }
+    check_key("item_id", &request.item_id)?;
+    check_key("access_token", &request.access_token)?;
+    check_key("owner_id", &request.owner_id)?;
+    if request.aliases.len() > MAX_ALIASES {
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("at most {MAX_ALIASES} aliases"),
+        ));
+    }
+    let mut aliases = Vec::with_capacity(request.aliases.len());
+    for alias in &request.aliases {
+        check_key("aliases[]", alias)?;
+        if AccountId::looks_canonical(alias) {
+            return Err(ApiError::bad_request(
+                "invalid_field",
+                format!("alias {alias:?} has the shape of an account id"),
+            ));
+        }
+        if !aliases.contains(alias) {
+            aliases.push(alias.clone());
+        }
+    }
+    let account = Account {
+        id: AccountId::generate(),
+        provider,
+        item_id: request.item_id,
+        access_token: AccessToken::new(request.access_token),
+        owner_id: request.owner_id,
+        aliases,
+        status: LinkStatus::Linked,
+        created_at: Utc::now(),
+        cursor: None,
+        cursor_updated_at: None,
+        last_sync_started_at: None,
+        last_sync_finished_at: None,
+        last_sync_outcome: None,
+        sync_count: 0,
+    };
+    let receipt = state.store.link_account(&account)?;
+    state.store.durable().await?;
+    tracing::info!(
+        account_id = %account.id,
+        provider = %provider,
+        item_id = %account.item_id,
+        adopted_events = receipt.adopted_events,
+        "account linked"
+    );
+    state
+        .registry
+        .request_sync(&account.id, SyncReason::Linked)
+        .await?;
+    Ok(account)
+}
+
+/// `GET /v1/accounts` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Continue after this account id.
+    pub after: Option<String>,
+    /// Page size (1..=1000, default 100).
+    pub limit: Option<usize>,
+}
+
+/// A page of accounts.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct AccountPage {
+    /// The accounts.
+    pub accounts: Vec<AccountView>,
+    /// Pass as `after` for the next page.
+    pub next: Option<AccountId>,
+}
+
+fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_PAGE}"),
+        ));
+    }
+    Ok(limit)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<AccountPage>, ApiError> {
+    let limit = page_limit(query.limit, 100)?;
+    let after = query.after.map(AccountId);
+    let accounts = state.store.list_accounts(after.as_ref(), limit + 1)?;
+    let has_more = accounts.len() > limit;
+    let accounts: Vec<AccountView> = accounts.iter().take(limit).map(AccountView::from).collect();
+    let next = if has_more {
+        accounts.last().map(|a| a.id.clone())
+    } else {
+        None
+    };
+    Ok(Json(AccountPage { accounts, next }))
+}
+
+/// Resolves an id or alias to a stored account, or a 404/409 error.
+fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
+    check_key("account key", key)?;
+    match state.store.resolve(key)? {
+        Resolved::Found(id) => state
+            .store
+            .get_account(&id)?
+            .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}"))),
+        Resolved::NotFound => Err(ApiError::not_found(format!("no account for {key:?}"))),
+        Resolved::Ambiguous(ids) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "ambiguous_key",
+            format!(
+                "{key:?} is shared by {} accounts; use an account id: {}",
+                ids.len(),
+                ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+            ),
+        )),
+    }
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<AccountView>, ApiError> {
+    let account = resolve(&state, &key)?;
+    Ok(Json(AccountView::from(&account)))
+}
+
+/// `DELETE /v1/accounts/{key}` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnlinkQuery {
+    /// Also delete the account's transactions, inbox and record.
+    #[serde(default)]
+    pub purge: bool,
+}
+
+/// The unlink answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnlinkResponse {
+    /// The account.
+    pub id: AccountId,
+    /// Whether its data was deleted.
+    pub purged: bool,
+}
+
+async fn unlink(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(query): ApiQuery<UnlinkQuery>,
+) -> Result<Json<UnlinkResponse>, ApiError> {
+    let account = resolve(&state, &key)?;
+    // Unlink first so nothing can activate it again, then stop its actor (which aborts
+    // a running sync), and only then delete its data.
+    state.store.unlink_account(&account.id, false)?;
+    state.registry.stop(&account.id).await;
+    if query.purge {
+        state.store.unlink_account(&account.id, true)?;
+    }
+    state.store.durable().await?;
+    tracing::info!(account_id = %account.id, purged = query.purge, "account unlinked");
+    Ok(Json(UnlinkResponse {
+        id: account.id,
+        purged: query.purge,
+    }))
+}
+
+/// `GET /v1/accounts/{key}/transactions` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransactionsQuery {
+    /// Inclusive lower date bound, `YYYY-MM-DD`.
+    pub start_date: Option<NaiveDate>,
+    /// Inclusive upper date bound, `YYYY-MM-DD`.
+    pub end_date: Option<NaiveDate>,
+    /// Page token from the previous page's `next`.
+    pub after: Option<String>,
+    /// Page size (1..=1000, default 250).
+    pub limit: Option<usize>,
+}
+
+/// A page of transactions: the provider's objects, verbatim.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TransactionsResponse {
+    /// The account.
+    pub account_id: AccountId,
+    /// The rows, ordered by (date, id).
+    pub transactions: Vec<serde_json::Value>,
+    /// Pass as `after` for the next page.
+    pub next: Option<String>,
+}
+
+async fn transactions(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(query): ApiQuery<TransactionsQuery>,
+) -> Result<Json<TransactionsResponse>, ApiError> {
+    let limit = page_limit(query.limit, 250)?;
+    if let (Some(start), Some(end)) = (query.start_date, query.end_date) {
+        if start > end {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "start_date must not be after end_date",
+            ));
+        }
+    }
+    let account = resolve(&state, &key)?;
+    let page = state.store.list_transactions(
+        &account.id,
+        &TransactionQuery {
+            start_date: query.start_date,
+            end_date: query.end_date,
+            after: query.after,
+            limit,
+        },
+    )?;
+    Ok(Json(TransactionsResponse {
+        account_id: account.id,
+        transactions: page.transactions.into_iter().map(|t| t.body).collect(),
+        next: page.next,
+    }))
+}
+
+/// An account's sync status.
+#[derive(Debug, Serialize)]
+pub struct SyncStatus {
+    /// The account.
+    pub account_id: AccountId,
+    /// `idle`, `syncing`, `backoff` (live actor) or `passivated`, or `unlinked`.
+    pub state: &'static str,
+    /// Whether an actor is live for it.
+    pub active: bool,
+    /// The live actor's report.
+    pub actor: Option<ActorSnapshot>,
+    /// When the last sync started.
+    pub last_sync_started_at: Option<DateTime<Utc>>,
+    /// When the last sync finished.
+    pub last_sync_finished_at: Option<DateTime<Utc>>,
+    /// How it ended.
+    pub last_sync_outcome: Option<SyncOutcome>,
+    /// Seconds since the cursor last advanced (`None`: never synced).
+    pub cursor_age_seconds: Option<i64>,
+    /// Inbox entries not yet consumed by a committed sync.
+    pub pending_inbox: usize,
+    /// Transactions held locally.
+    pub transactions: u64,
+    /// Committed syncs.
+    pub sync_count: u64,
+}
+
+async fn sync_status(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<SyncStatus>, ApiError> {
+    let account = resolve(&state, &key)?;
+    let actor = state.registry.snapshot(&account.id).await?;
+    let pending_inbox = state.store.pending_inbox(&account.id)?.len();
+    let transactions = state.store.count_transactions(&account.id)?;
+    let status_name = match (&account.status, &actor) {
+        (LinkStatus::Unlinked, _) => "unlinked",
+        (_, Some(snapshot)) => snapshot.state,
+        (_, None) => "passivated",
+    };
+    Ok(Json(SyncStatus {
+        account_id: account.id.clone(),
+        state: status_name,
+        active: actor.is_some(),
+        actor,
+        last_sync_started_at: account.last_sync_started_at,
+        last_sync_finished_at: account.last_sync_finished_at,
+        last_sync_outcome: account.last_sync_outcome.clone(),
+        cursor_age_seconds: account
+            .cursor_updated_at
+            .map(|at| (Utc::now() - at).num_seconds()),
+        pending_inbox,
+        transactions,
+        sync_count: account.sync_count,
+    }))
+}
+
+async fn request_sync(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let account = resolve(&state, &key)?;
+    if account.status != LinkStatus::Linked {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "unlinked",
+            format!("account {} is unlinked", account.id),
+        ));
+    }
+    state
+        .registry
+        .request_sync(&account.id, SyncReason::Manual)
+        .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "account_id": account.id, "status": "sync_requested" })),
+    ))
+}

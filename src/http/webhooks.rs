@@ -1,0 +1,139 @@
+//! `POST /webhooks/{provider}`: the one path by which providers tell us data changed.
+//!
+//! Order matters and is the whole contract: size limit → signature verification →
+//! parse → dedup + append to the inbox (one store transaction, resolving the item to its
+//! account inside it) → wait for group commit to make it durable → 200 → nudge the
+//! account's actor. A 2xx is only ever sent for an event that is on disk; an event for
+//! an item not linked yet is kept and adopted when the item is linked.
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::Utc;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{ApiError, ApiPath, AppState};
+use crate::actors::SyncReason;
+use crate::config::Settings;
+use crate::domain::ProviderKind;
+use crate::providers::WebhookError;
+use crate::store::{IncomingWebhook, IngestOutcome};
+
+/// The webhook routes, with their own body limit.
+pub fn router(settings: &Settings) -> Router<AppState> {
+    Router::new().route(
+        "/webhooks/{provider}",
+        post(receive).layer(DefaultBodyLimit::max(settings.server.webhook_body_limit_bytes)),
+    )
+}
+
+/// The acknowledgement body.
+#[derive(Debug, Serialize)]
+pub struct WebhookAck {
+    /// `accepted` or `duplicate`.
+    pub status: &'static str,
+    /// Inbox sequence number of an accepted event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Whether the event was routed to a linked account (false: kept until linking).
+    pub routed: bool,
+}
+
+async fn receive(
+    State(state): State<AppState>,
+    ApiPath(provider): ApiPath<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<WebhookAck>), ApiError> {
+    let kind = ProviderKind::parse(&provider)
+        .ok_or_else(|| ApiError::not_found(format!("unknown provider {provider:?}")))?;
+    if state.is_shutting_down() {
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down; retry later",
+            5,
+        ));
+    }
+    let body = body?;
+    let provider_client = state
+        .providers
+        .get(&kind)
+        .ok_or_else(|| ApiError::not_found(format!("provider {kind} is not configured")))?;
+    let verified = provider_client
+        .verify_webhook(&headers, &body)
+        .await
+        .map_err(|error| {
+            tracing::warn!(provider = %kind, error = %error, "webhook rejected");
+            match error {
+                WebhookError::Unauthorized(message) => {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
+                }
+                WebhookError::Malformed(message) => ApiError::bad_request("malformed_webhook", message),
+                WebhookError::KeyUnavailable(message) => {
+                    ApiError::unavailable("verification_key_unavailable", message, 5)
+                }
+            }
+        })?;
+
+    let dedup_key = dedup_key(kind, &verified.item_id, &body);
+    let outcome = state.store.ingest(
+        IncomingWebhook {
+            provider: kind,
+            item_id: verified.item_id.clone(),
+            kind: verified.kind.clone(),
+            dedup_key,
+            body: verified.body,
+            received_at: Utc::now(),
+        },
+        state.settings.store.dedup_ttl,
+    )?;
+    // A duplicate's original may still be waiting for its flush: acknowledging the
+    // duplicate before that would acknowledge an event that is not on disk yet.
+    state.store.durable().await?;
+
+    let (ack, account) = match outcome {
+        IngestOutcome::Accepted { seq, account_id } => (
+            WebhookAck {
+                status: "accepted",
+                seq: Some(seq),
+                routed: account_id.is_some(),
+            },
+            account_id,
+        ),
+        IngestOutcome::Duplicate { account_id } => (
+            WebhookAck {
+                status: "duplicate",
+                seq: None,
+                routed: account_id.is_some(),
+            },
+            None,
+        ),
+    };
+    tracing::debug!(provider = %kind, item_id = %verified.item_id, kind = %verified.kind, status = ack.status, "webhook acknowledged");
+    if let Some(id) = account {
+        // The event is durable; a failed nudge only delays it until the next activation.
+        if let Err(error) = state.registry.request_sync(&id, SyncReason::Webhook).await {
+            tracing::warn!(account_id = %id, %error, "could not nudge account actor");
+        }
+    }
+    // Plaid counts anything but exactly 200 as a failed delivery.
+    let status = match kind {
+        ProviderKind::Plaid => StatusCode::OK,
+    };
+    Ok((status, Json(ack)))
+}
+
+/// Same provider, same item, same bytes: the same event.
+fn dedup_key(provider: ProviderKind, item_id: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(provider.as_str().as_bytes());
+    hasher.update([0u8]);
+    hasher.update(item_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body);
+    hasher.finalize().into()
+}
