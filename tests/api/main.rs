@@ -1,0 +1,6 @@
+//! Integration tests: the real server and the real sandbox bank on loopback, over HTTP.
+
+mod accounts;
+mod helpers;
+mod sync;
+mod webhooks;

@@ -1,0 +1,159 @@
+//! Webhook ingest: dedup, events before linking, and every way a webhook can be bad.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde_json::{json, Value};
+
+use crate::helpers::{now_unix, spawn_env, sync_webhook_body};
+
+async fn error_code(response: reqwest::Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.expect("error body is JSON");
+    let code = body["error"]["code"].as_str().expect("error.code").to_string();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    (status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_webhook_twice_is_accepted_once() {
+    let env = spawn_env().await;
+    let (account, item) = env.linked_item(20).await;
+    env.converge(&account, &item).await;
+    let body = sync_webhook_body(&item, json!({}));
+    let jwt = env.sandbox.sign_webhook(&body, now_unix());
+    let first: Value = env.post_webhook(&body, Some(&jwt)).await.json().await.expect("json");
+    let second = env.post_webhook(&body, Some(&jwt)).await;
+    assert_eq!(second.status(), 200);
+    let second: Value = second.json().await.expect("json");
+    assert_eq!(first["status"], "accepted");
+    assert_eq!(second["status"], "duplicate");
+    env.converge(&account, &item).await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_deliveries_from_the_sandbox_are_deduplicated() {
+    let env = spawn_env().await;
+    let (account, item) = env.linked_item(20).await;
+    env.converge(&account, &item).await;
+    env.faults(&item, json!({ "duplicate_webhooks": 3 })).await;
+    let before = env.sync_status(&account).await["sync_count"].as_u64().expect("n");
+    env.mutate(&item, 5, 0, 0).await;
+    env.converge(&account, &item).await;
+    let stats = env.stats(&item).await;
+    assert!(stats["webhooks_sent"].as_u64().unwrap_or(0) >= 4, "{stats}");
+    // Four deliveries, one inbox entry: at most two syncs (one may already run).
+    let after = env.sync_status(&account).await["sync_count"].as_u64().expect("n");
+    assert!(after - before <= 2, "{} syncs for one deduplicated event", after - before);
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_before_linking_is_kept_and_delivered_after() {
+    let env = spawn_env().await;
+    let (item, token) = env.create_item(40).await;
+    let body = sync_webhook_body(&item, json!({}));
+    let jwt = env.sandbox.sign_webhook(&body, now_unix());
+    let response = env.post_webhook(&body, Some(&jwt)).await;
+    assert_eq!(response.status(), 200);
+    let ack: Value = response.json().await.expect("json");
+    assert_eq!(ack["status"], "accepted");
+    assert_eq!(ack["routed"], false);
+    assert_eq!(env.inbox_depth().await, 1, "kept on disk while unlinked");
+
+    let account = env.link(&item, &token, "owner-early", &[]).await;
+    let account = account["id"].as_str().expect("id").to_string();
+    env.converge(&account, &item).await;
+    assert_eq!(env.inbox_depth().await, 0, "consumed by the first sync");
+    env.shutdown().await;
+}
+
+/// Re-encodes a JWT with a different header, keeping claims and signature.
+fn with_header(jwt: &str, header: Value) -> String {
+    let mut parts = jwt.split('.');
+    let _ = parts.next();
+    let claims = parts.next().expect("claims");
+    let signature = parts.next().expect("signature");
+    format!(
+        "{}.{claims}.{signature}",
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).expect("header"))
+    )
+}
+
+fn header_of(jwt: &str) -> Value {
+    let first = jwt.split('.').next().expect("header");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(first).expect("b64")).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_webhooks_are_rejected_with_json_errors_and_nothing_is_written() {
+    let env = spawn_env().await;
+    let (account, item) = env.linked_item(10).await;
+    env.converge(&account, &item).await;
+    let body = sync_webhook_body(&item, json!({}));
+    let jwt = env.sandbox.sign_webhook(&body, now_unix());
+
+    // No signature.
+    assert_eq!(error_code(env.post_webhook(&body, None).await).await, (401, "invalid_signature".into()));
+    // Garbage signature.
+    assert_eq!(
+        error_code(env.post_webhook(&body, Some("not.a.jwt")).await).await,
+        (401, "invalid_signature".into())
+    );
+    // Wrong algorithm, same key id.
+    let mut header = header_of(&jwt);
+    header["alg"] = json!("HS256");
+    assert_eq!(
+        error_code(env.post_webhook(&body, Some(&with_header(&jwt, header.clone()))).await).await,
+        (401, "invalid_signature".into())
+    );
+    header["alg"] = json!("none");
+    assert_eq!(
+        error_code(env.post_webhook(&body, Some(&with_header(&jwt, header))).await).await,
+        (401, "invalid_signature".into())
+    );
+    // Stale iat (10 minutes old), correctly signed.
+    let stale = env.sandbox.sign_webhook(&body, now_unix() - 600);
+    assert_eq!(
+        error_code(env.post_webhook(&body, Some(&stale)).await).await,
+        (401, "invalid_signature".into())
+    );
+    // Tampered body under a valid signature.
+    let tampered = sync_webhook_body(&item, json!({ "environment": "production" }));
+    assert_eq!(
+        error_code(env.post_webhook(&tampered, Some(&jwt)).await).await,
+        (401, "invalid_signature".into())
+    );
+    // Oversized body.
+    let huge = vec![b' '; 70 * 1024];
+    assert_eq!(error_code(env.post_webhook(&huge, Some(&jwt)).await).await, (413, "payload_too_large".into()));
+    // Malformed JSON, correctly signed.
+    let malformed = b"{\"webhook_type\": \"TRANSACTIONS\",".to_vec();
+    let signed = env.sandbox.sign_webhook(&malformed, now_unix());
+    assert_eq!(
+        error_code(env.post_webhook(&malformed, Some(&signed)).await).await,
+        (400, "malformed_webhook".into())
+    );
+    // Valid JSON without an item id, correctly signed.
+    let incomplete = serde_json::to_vec(&json!({ "webhook_type": "TRANSACTIONS" })).expect("json");
+    let signed = env.sandbox.sign_webhook(&incomplete, now_unix());
+    assert_eq!(
+        error_code(env.post_webhook(&incomplete, Some(&signed)).await).await,
+        (400, "malformed_webhook".into())
+    );
+    // Unknown provider.
+    let response = env
+        .client
+        .post(format!("{}/webhooks/nobank", env.app_url))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(error_code(response).await, (404, "not_found".into()));
+
+    assert_eq!(env.inbox_depth().await, 0, "nothing was written");
+    // And the valid one is still accepted (nothing above poisoned the dedup table).
+    let ok: Value = env.post_webhook(&body, Some(&jwt)).await.json().await.expect("json");
+    assert_eq!(ok["status"], "accepted");
+    env.shutdown().await;
+}
