@@ -160,6 +160,23 @@ impl Registry {
         }
     }
 
+    /// Activates the account's actor if needed and asks it for its snapshot: the round
+    /// trip a webhook to a passivated account pays, plus the answer.
+    pub async fn ping(&self, id: &AccountId) -> Result<ActorSnapshot, RegistryError> {
+        let timeout = self.settings.call_timeout;
+        for _ in 0..3 {
+            let actor = self.get_or_activate(id)?;
+            match actor.call(AccountMessage::Status, Some(timeout)).await {
+                Ok(CallResult::Success(snapshot)) => return Ok(snapshot),
+                Ok(CallResult::Timeout) => return Err(RegistryError::Timeout(id.clone(), timeout)),
+                Ok(CallResult::SenderError) | Err(_) => {
+                    self.forget(id, actor.get_id());
+                }
+            }
+        }
+        Err(RegistryError::Spawn(id.clone(), "actor kept exiting".to_string()))
+    }
+
     /// Stops the account's actor (on unlink) and waits for it to end, so no sync of it
     /// runs afterwards.
     pub async fn stop(&self, id: &AccountId) {
