@@ -1,1 +1,464 @@
-fn main() {}
+//! acctor's benchmarks, run against the real server and the real sandbox bank in one
+//! process (separate runtimes for the load generator and the server), results printed
+//! as Markdown rows for BENCHMARKS.md.
+//!
+//! - `ingest`: durable, verified webhook ingest at fixed open-loop rates. Latency is
+//!   measured from each request's *intended* send time, so a stalled server is charged
+//!   for every request it delayed (coordinated-omission correction). Side by side: the
+//!   same HTTP stack answering 200 without doing anything, and the store's own durable
+//!   write ceiling (concurrent ingest + group commit, no HTTP).
+//! - `initial-sync`: link an item with 50,000 transactions, time until committed.
+//! - `accounts`: link 1,000,000 accounts, report RSS per idle (passivated) account and
+//!   the p99 time to activate a passivated account.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::http::StatusCode;
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use serde_json::json;
+
+use acctor::app::App;
+use acctor::config::Settings;
+use acctor::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind};
+use acctor::sandbox::{Sandbox, SandboxConfig};
+use acctor::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
+
+#[derive(Parser)]
+#[command(name = "acctor-bench", about = "acctor benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Webhook ingest: open-loop rates against acctor, a no-op server and the store.
+    Ingest {
+        /// Offered rates, requests per second.
+        #[arg(long, value_delimiter = ',', default_value = "2000,5000,10000,12000")]
+        rates: Vec<u64>,
+        /// Seconds per rate.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Linked accounts the webhooks are spread over.
+        #[arg(long, default_value_t = 1000)]
+        accounts: u32,
+    },
+    /// Initial sync of one item.
+    InitialSync {
+        /// Transactions in the item.
+        #[arg(long, default_value_t = 50_000)]
+        transactions: u32,
+        /// Repetitions.
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// Memory per idle account and activation latency.
+    Accounts {
+        /// Linked accounts.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Activations sampled.
+        #[arg(long, default_value_t = 20_000)]
+        samples: u64,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    match cli.command {
+        Command::Ingest {
+            rates,
+            seconds,
+            accounts,
+        } => server.block_on(ingest(rates, seconds, accounts)),
+        Command::InitialSync { transactions, runs } => {
+            server.block_on(initial_sync(transactions, runs))
+        }
+        Command::Accounts { count, samples } => server.block_on(accounts(count, samples)),
+    }
+}
+
+fn quiet_settings(dir: &std::path::Path, sandbox_url: &str) -> Settings {
+    let mut settings = Settings::defaults();
+    settings.server.listen = "127.0.0.1:0".parse().expect("literal address");
+    settings.store.data_dir = dir.to_path_buf();
+    settings.plaid.base_url = sandbox_url.to_string();
+    settings.sandbox.embedded = false;
+    settings.sandbox.demo_items = 0;
+    settings
+}
+
+async fn start_sandbox() -> anyhow::Result<(Sandbox, acctor::sandbox::SandboxHandle)> {
+    let sandbox = Sandbox::new(SandboxConfig {
+        client_id: "acctor-demo-client".into(),
+        secret: "acctor-demo-secret".into(),
+        default_webhook_url: None,
+        seed: 1,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let handle = sandbox.clone().serve(listener).await;
+    Ok((sandbox, handle))
+}
+
+// ---------------------------------------------------------------- ingest
+
+struct RateResult {
+    offered: u64,
+    completed: u64,
+    errors: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+}
+
+impl RateResult {
+    fn row(&self, target: &str) -> String {
+        let q = |p: f64| self.histogram.value_at_quantile(p) as f64 / 1000.0;
+        format!(
+            "| {target} | {} | {:.0} | {} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            self.offered,
+            self.completed as f64 / self.elapsed.as_secs_f64(),
+            self.errors,
+            q(0.5),
+            q(0.99),
+            q(0.999),
+            self.histogram.max() as f64 / 1000.0
+        )
+    }
+}
+
+/// Sends `requests` (url, headers, body) open-loop at `rate`/s from a dedicated
+/// runtime; latency from intended send time, in microseconds.
+fn open_loop(requests: Arc<Vec<(String, Option<String>, Vec<u8>)>>, rate: u64) -> RateResult {
+    let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("client runtime");
+    client_rt.block_on(async move {
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(4096)
+            .build()
+            .expect("client");
+        let histogram = Arc::new(Mutex::new(
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+        ));
+        let errors = Arc::new(AtomicU64::new(0));
+        let completed = Arc::new(AtomicU64::new(0));
+        let total = requests.len();
+        let interval = Duration::from_secs_f64(1.0 / rate as f64);
+        let start = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0usize;
+        while next < total {
+            let now = Instant::now();
+            while next < total && start + interval.mul_f64(next as f64) <= now {
+                let intended = start + interval.mul_f64(next as f64);
+                let requests = requests.clone();
+                let client = client.clone();
+                let histogram = histogram.clone();
+                let errors = errors.clone();
+                let completed = completed.clone();
+                let index = next;
+                tasks.spawn(async move {
+                    let (url, jwt, body) = &requests[index];
+                    let mut request = client.post(url).body(body.clone());
+                    if let Some(jwt) = jwt {
+                        request = request.header("Plaid-Verification", jwt);
+                    }
+                    let ok = matches!(request.send().await, Ok(r) if r.status() == StatusCode::OK);
+                    let micros = intended.elapsed().as_micros() as u64;
+                    if ok {
+                        completed.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Ok(mut h) = histogram.lock() {
+                        let _ = h.record(micros.max(1));
+                    }
+                });
+                next += 1;
+            }
+            while tasks.try_join_next().is_some() {}
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        while tasks.join_next().await.is_some() {}
+        let elapsed = start.elapsed();
+        let histogram = histogram.lock().map(|h| h.clone()).expect("histogram lock");
+        RateResult {
+            offered: rate,
+            completed: completed.load(Ordering::Relaxed),
+            errors: errors.load(Ordering::Relaxed),
+            elapsed,
+            histogram,
+        }
+    })
+}
+
+async fn ingest(rates: Vec<u64>, seconds: u64, accounts: u32) -> anyhow::Result<()> {
+    let (sandbox, sandbox_handle) = start_sandbox().await?;
+    let dir = tempfile::tempdir()?;
+    let settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    let app = App::build(settings).await?;
+    let app_url = format!("http://{}", app.addr());
+    sandbox.set_default_webhook_url(format!("{app_url}/webhooks/plaid"));
+    let state = app.state().clone();
+    let (stop_app, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app_task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    eprintln!("linking {accounts} accounts");
+    let client = reqwest::Client::new();
+    let mut items = Vec::new();
+    for _ in 0..accounts {
+        let item = sandbox.create_item(5, None);
+        let response = client
+            .post(format!("{app_url}/v1/accounts"))
+            .json(&json!({"provider": "plaid", "item_id": item.item_id,
+                "access_token": item.access_token, "owner_id": format!("o-{}", item.item_id)}))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 201, "link failed: {}", response.status());
+        items.push(item.item_id);
+    }
+
+    // The no-op server: the same axum/tokio stack, answering 200 at once.
+    let noop = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let noop_url = format!("http://{}/webhooks/plaid", noop.local_addr()?);
+    tokio::spawn(async move {
+        let router = axum::Router::new().route(
+            "/webhooks/plaid",
+            axum::routing::post(|| async { StatusCode::OK }),
+        );
+        let _ = axum::serve(noop, router).await;
+    });
+
+    println!("| target | offered/s | achieved/s | errors | p50 ms | p99 ms | p99.9 ms | max ms |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut nonce = 0u64;
+    for rate in rates {
+        let count = (rate * seconds) as usize;
+        eprintln!("signing {count} webhooks for {rate}/s");
+        let mut requests = Vec::with_capacity(count);
+        let now = chrono::Utc::now().timestamp();
+        for i in 0..count {
+            nonce += 1;
+            let item = &items[i % items.len()];
+            let body = serde_json::to_vec(&json!({
+                "webhook_type": "TRANSACTIONS", "webhook_code": "SYNC_UPDATES_AVAILABLE",
+                "item_id": item, "initial_update_complete": true,
+                "historical_update_complete": true, "environment": "sandbox", "nonce": nonce,
+            }))?;
+            let jwt = sandbox.sign_webhook(&body, now);
+            requests.push((format!("{app_url}/webhooks/plaid"), Some(jwt), body));
+        }
+        let requests = Arc::new(requests);
+        let noop_requests = Arc::new(
+            requests
+                .iter()
+                .map(|(_, jwt, body)| (noop_url.clone(), jwt.clone(), body.clone()))
+                .collect::<Vec<_>>(),
+        );
+        let result = tokio::task::spawn_blocking(move || open_loop(noop_requests, rate)).await?;
+        println!("{}", result.row("no-op 200"));
+        let result = tokio::task::spawn_blocking(move || open_loop(requests, rate)).await?;
+        println!("{}", result.row("acctor durable ingest"));
+    }
+
+    // The store's own ceiling: concurrent ingest + durable, no HTTP, no verification.
+    for writers in [64usize, 256] {
+        let store = state.store.clone();
+        let done = Arc::new(AtomicU64::new(0));
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..writers {
+            let store = store.clone();
+            let done = done.clone();
+            let item = items[w % items.len()].clone();
+            tasks.spawn(async move {
+                let mut n = 0u64;
+                while Instant::now() < deadline {
+                    n += 1;
+                    let mut key = [0u8; 32];
+                    key[..8].copy_from_slice(&(w as u64).to_be_bytes());
+                    key[8..16].copy_from_slice(&n.to_be_bytes());
+                    key[16] = 0xbe;
+                    let webhook = IncomingWebhook {
+                        provider: ProviderKind::Plaid,
+                        item_id: item.clone(),
+                        kind: "TRANSACTIONS/SYNC_UPDATES_AVAILABLE".into(),
+                        dedup_key: key,
+                        body: json!({"item_id": item, "n": n}),
+                        received_at: chrono::Utc::now(),
+                    };
+                    if store.ingest(webhook, Duration::from_secs(900)).is_ok()
+                        && store.durable().await.is_ok()
+                    {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        let start = Instant::now();
+        while tasks.join_next().await.is_some() {}
+        println!(
+            "| store ceiling ({writers} writers) | — | {:.0} | 0 | | | | |",
+            done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+        );
+    }
+    let _ = stop_app.send(());
+    let _ = app_task.await;
+    sandbox_handle.shutdown().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- initial sync
+
+async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
+    let (sandbox, sandbox_handle) = start_sandbox().await?;
+    let dir = tempfile::tempdir()?;
+    let settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    let app = App::build(settings).await?;
+    let app_url = format!("http://{}", app.addr());
+    let state = app.state().clone();
+    let (stop_app, stopped) = tokio::sync::oneshot::channel::<()>();
+    let app_task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    println!("| transactions | run | link → committed (ms) | rows stored |");
+    println!("|---|---|---|---|");
+    for run in 1..=runs {
+        let item = sandbox.create_item(transactions, None);
+        let start = Instant::now();
+        let response = client
+            .post(format!("{app_url}/v1/accounts"))
+            .json(&json!({"provider": "plaid", "item_id": item.item_id,
+                "access_token": item.access_token, "owner_id": format!("o-{run}")}))
+            .send()
+            .await?;
+        anyhow::ensure!(response.status() == 201, "link failed");
+        let view: serde_json::Value = response.json().await?;
+        let id = AccountId(view["id"].as_str().context("id")?.to_string());
+        loop {
+            let account = state.store.get_account(&id)?.context("account")?;
+            if account.sync_count >= 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let elapsed = start.elapsed();
+        let rows = state.store.count_transactions(&id)?;
+        println!("| {transactions} | {run} | {} | {rows} |", elapsed.as_millis());
+    }
+    let _ = stop_app.send(());
+    let _ = app_task.await;
+    sandbox_handle.shutdown().await;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- accounts
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
+    let (_sandbox, sandbox_handle) = start_sandbox().await?;
+    let dir = tempfile::tempdir()?;
+    let settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    let cache = settings.store.cache_capacity_bytes;
+    let rss_start = rss_bytes();
+    // Link straight into the store (the HTTP path is measured elsewhere); each account
+    // already has a cursor, so activation does not start a sync.
+    {
+        let store = SledStore::open(SledStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_capacity_bytes: cache,
+        })?;
+        let started = Instant::now();
+        for n in 0..count {
+            let account = Account {
+                id: AccountId::generate(),
+                provider: ProviderKind::Plaid,
+                item_id: format!("item-{n}"),
+                access_token: AccessToken::new(format!("access-sandbox-{n}")),
+                owner_id: format!("owner-{n}"),
+                aliases: vec![],
+                status: LinkStatus::Linked,
+                created_at: chrono::Utc::now(),
+                cursor: Some("bench".into()),
+                cursor_updated_at: Some(chrono::Utc::now()),
+                last_sync_started_at: None,
+                last_sync_finished_at: None,
+                last_sync_outcome: None,
+                sync_count: 0,
+            };
+            store.link_account(&account)?;
+            if n % 100_000 == 0 {
+                eprintln!("linked {n} in {:?}", started.elapsed());
+            }
+        }
+        store.durable().await?;
+        eprintln!("linked {count} in {:?}", started.elapsed());
+    }
+    // A fresh process view: open the app on the populated store, actors all passivated.
+    let rss_before_app = rss_bytes();
+    let app = App::build(quiet_settings(dir.path(), &sandbox_handle.base_url())).await?;
+    let state = app.state().clone();
+    let ids: Vec<AccountId> = {
+        let mut ids = Vec::new();
+        let mut after: Option<AccountId> = None;
+        while (ids.len() as u64) < samples {
+            let page = state.store.list_accounts(after.as_ref(), 1000)?;
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            ids.extend(page.into_iter().map(|a| a.id));
+        }
+        ids.truncate(samples as usize);
+        ids
+    };
+    let rss_idle = rss_bytes();
+    let mut histogram = Histogram::<u64>::new_with_bounds(1, 10_000_000, 3)?;
+    for id in &ids {
+        let start = Instant::now();
+        state.registry.ping(id).await?;
+        histogram.record(start.elapsed().as_micros().max(1) as u64)?;
+        state.registry.stop(id).await;
+    }
+    println!("| accounts | RSS at start | RSS with store open, all passivated | store cache | bytes/idle account beyond cache | activation p50 µs | p99 µs | p99.9 µs |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let beyond = rss_idle.saturating_sub(rss_start).saturating_sub(cache) as f64 / count as f64;
+    println!(
+        "| {count} | {} MiB | {} MiB | {} MiB | {:.1} | {} | {} | {} |",
+        rss_start >> 20,
+        rss_idle >> 20,
+        cache >> 20,
+        beyond,
+        histogram.value_at_quantile(0.5),
+        histogram.value_at_quantile(0.99),
+        histogram.value_at_quantile(0.999)
+    );
+    eprintln!("rss before app {} MiB", rss_before_app >> 20);
+    drop(app);
+    sandbox_handle.shutdown().await;
+    Ok(())
+}
