@@ -296,9 +296,7 @@ fn to_transaction(
     let field = |name: &str| {
         body.get(name)
             .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| {
-                ProviderError::Decode(format!("{list}[{index}] has no string {name}"))
-            })
+            .ok_or_else(|| ProviderError::Decode(format!("{list}[{index}] has no string {name}")))
     };
     let id = field("transaction_id")?.to_owned();
     let date_text = field("date")?;

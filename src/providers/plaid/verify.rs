@@ -102,7 +102,9 @@ impl WebhookVerifier {
             )));
         }
         if header.crit.is_some() {
-            return Err(unauthorized("jwt header has unsupported critical extensions"));
+            return Err(unauthorized(
+                "jwt header has unsupported critical extensions",
+            ));
         }
         let kid = match header.kid.as_deref() {
             Some(kid) if !kid.is_empty() => kid,
