@@ -1,3 +1,31 @@
-//! Plaid: the client (delta pages, reconcile window, webhook verification).
+//! Plaid: the client acctor uses to pull transaction deltas (`/transactions/sync`), list a
+//! date window for reconciliation (`/transactions/get`) and verify Plaid's signed
+//! webhooks. It speaks Plaid's real wire format ([`wire`]), so the same code runs against
+//! Plaid and against the built-in sandbox bank.
+//!
+//! - [`client`]: HTTP calls, credentials, error mapping, verbatim transactions.
+//! - `verify`: the `Plaid-Verification` JWT (ES256 only) and the webhook body.
+//! - `keys`: the verification key cache that keeps verification off the network.
 
+use base64::alphabet;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+
+pub mod client;
+mod keys;
+mod verify;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;
+
+pub use client::{PlaidClient, PlaidClientConfig};
+
+/// base64url as JWS and JWK use it: unpadded, but padding is tolerated on input because
+/// some encoders add it.
+pub(crate) const B64URL: GeneralPurpose = GeneralPurpose::new(
+    &alphabet::URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
