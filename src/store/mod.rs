@@ -22,7 +22,7 @@ mod group_commit;
 mod keys;
 mod sled_store;
 
-// pub use sled_store::{SledStore, SledStoreConfig};
+pub use sled_store::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
 #[derive(Debug, thiserror::Error)]
