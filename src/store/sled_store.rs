@@ -875,3 +875,637 @@ impl Store for SledStore {
         Ok(self.accounts.len() as u64)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AccessToken;
+    use chrono::{NaiveDate, TimeZone};
+    use tempfile::TempDir;
+
+    const TTL: Duration = Duration::from_secs(15 * 60);
+
+    fn open(dir: &TempDir) -> Arc<SledStore> {
+        SledStore::open(SledStoreConfig {
+            data_dir: dir.path().join("data"),
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        })
+        .unwrap()
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    fn minutes(n: i64) -> chrono::Duration {
+        chrono::Duration::minutes(n)
+    }
+
+    fn account(item_id: &str, owner_id: &str, aliases: &[&str]) -> Account {
+        Account {
+            id: AccountId::generate(),
+            provider: ProviderKind::Plaid,
+            item_id: item_id.into(),
+            access_token: AccessToken::new("access-sandbox-secret"),
+            owner_id: owner_id.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            status: LinkStatus::Linked,
+            created_at: t0(),
+            cursor: None,
+            cursor_updated_at: None,
+            last_sync_started_at: None,
+            last_sync_finished_at: None,
+            last_sync_outcome: None,
+            sync_count: 0,
+        }
+    }
+
+    fn webhook(item_id: &str, dedup: u32, at: DateTime<Utc>) -> IncomingWebhook {
+        let mut dedup_key = [0u8; 32];
+        dedup_key[..4].copy_from_slice(&dedup.to_be_bytes());
+        dedup_key[4..4 + item_id.len().min(28)]
+            .copy_from_slice(&item_id.as_bytes()[..item_id.len().min(28)]);
+        IncomingWebhook {
+            provider: ProviderKind::Plaid,
+            item_id: item_id.into(),
+            kind: "TRANSACTIONS/SYNC_UPDATES_AVAILABLE".into(),
+            dedup_key,
+            body: serde_json::json!({ "item_id": item_id, "n": dedup }),
+            received_at: at,
+        }
+    }
+
+    fn row(id: &str, date: &str) -> Transaction {
+        Transaction {
+            id: id.into(),
+            date: NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap(),
+            body: serde_json::json!({ "transaction_id": id, "date": date }),
+        }
+    }
+
+    fn sync(
+        account_id: &AccountId,
+        mode: ApplyMode,
+        upserts: Vec<Transaction>,
+        removals: &[&str],
+        consumed: Vec<u64>,
+        cursor: &str,
+    ) -> SyncCommit {
+        SyncCommit {
+            account_id: account_id.clone(),
+            mode,
+            upserts,
+            removals: removals.iter().map(|r| r.to_string()).collect(),
+            cursor: cursor.into(),
+            consumed,
+            outcome: SyncOutcome::Committed {
+                added: 0,
+                modified: 0,
+                removed: 0,
+                pages: 1,
+                fallback: false,
+            },
+            started_at: t0(),
+            finished_at: t0() + minutes(1),
+        }
+    }
+
+    fn all_rows(store: &SledStore, id: &AccountId) -> Vec<(String, NaiveDate)> {
+        let page = store
+            .list_transactions(
+                id,
+                &TransactionQuery {
+                    limit: 1_000_000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(page.next.is_none());
+        page.transactions.into_iter().map(|t| (t.id, t.date)).collect()
+    }
+
+    fn raw_count(tree: &Tree, id: &AccountId) -> usize {
+        tree.scan_prefix(keys::account_prefix(id)).count()
+    }
+
+    fn seq_of(outcome: IngestOutcome) -> u64 {
+        match outcome {
+            IngestOutcome::Accepted { seq, .. } => seq,
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicate_within_ttl_is_rejected_and_accepted_after_expiry() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+
+        seq_of(store.ingest(webhook("item-1", 7, t0()), TTL).unwrap());
+        let again = store.ingest(webhook("item-1", 7, t0() + minutes(14)), TTL).unwrap();
+        assert_eq!(again, IngestOutcome::Duplicate { account_id: Some(acc.id.clone()) });
+        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 1, "a duplicate writes nothing");
+        assert_eq!(store.inbox_depth().unwrap(), 1);
+
+        // Expired (15 min TTL): accepted again, and the dedup record is refreshed.
+        seq_of(store.ingest(webhook("item-1", 7, t0() + minutes(16)), TTL).unwrap());
+        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 2);
+        assert!(matches!(
+            store.ingest(webhook("item-1", 7, t0() + minutes(20)), TTL).unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+
+        // Another key expires at t0+15; the refreshed one at t0+31.
+        seq_of(store.ingest(webhook("item-1", 8, t0()), TTL).unwrap());
+        assert_eq!(store.purge_expired_dedup(t0() + minutes(20)).unwrap(), 1);
+        assert_eq!(store.purge_expired_dedup(t0() + minutes(31)).unwrap(), 1);
+        assert_eq!(store.dedup.len(), 0);
+        assert_eq!(store.inbox_depth().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn events_for_an_unlinked_item_are_adopted_on_link() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let first = store.ingest(webhook("item-early", 1, t0()), TTL).unwrap();
+        let IngestOutcome::Accepted { seq, account_id: None } = first else {
+            panic!("expected an unrouted accept, got {first:?}");
+        };
+        seq_of(store.ingest(webhook("item-other", 2, t0()), TTL).unwrap());
+        assert_eq!(store.inbox_depth().unwrap(), 2);
+
+        let acc = account("item-early", "owner-1", &[]);
+        assert_eq!(store.link_account(&acc).unwrap(), LinkReceipt { adopted_events: 1 });
+        let pending = store.pending_inbox(&acc.id).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].seq, seq);
+        assert_eq!(pending[0].account_id, acc.id);
+        assert_eq!(pending[0].body["item_id"], "item-early");
+        assert_eq!(store.inbox_depth().unwrap(), 2, "adoption moves, it does not add");
+        assert_eq!(store.unrouted.len(), 1, "other items' events stay kept");
+
+        // Once linked, events route straight to the account.
+        let next = store.ingest(webhook("item-early", 3, t0()), TTL).unwrap();
+        assert!(matches!(next, IngestOutcome::Accepted { account_id: Some(ref id), seq: s } if *id == acc.id && s > seq));
+        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn taken_alias_or_item_id_is_a_conflict_and_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let a = account("item-a", "owner-1", &["alice@example.com"]);
+        store.link_account(&a).unwrap();
+
+        let b = account("item-b", "owner-2", &["bob", "alice@example.com"]);
+        match store.link_account(&b) {
+            Err(StoreError::Conflict { key, account_id }) => {
+                assert_eq!(key, "alice@example.com");
+                assert_eq!(account_id, a.id);
+            }
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+        assert!(store.get_account(&b.id).unwrap().is_none());
+        assert_eq!(store.resolve("bob").unwrap(), Resolved::NotFound, "no partial keys");
+        assert_eq!(store.resolve("item-b").unwrap(), Resolved::NotFound);
+
+        let c = account("item-a", "owner-3", &[]);
+        assert!(matches!(store.link_account(&c), Err(StoreError::Conflict { ref key, .. }) if key == "item-a"));
+        assert_eq!(store.count_accounts().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn resolve_covers_canonical_alias_item_and_owner_ids() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let a = account("item-a", "owner-shared", &["a@example.com"]);
+        let b = account("item-b", "owner-shared", &[]);
+        let c = account("item-c", "owner-solo", &[]);
+        for acc in [&a, &b, &c] {
+            store.link_account(acc).unwrap();
+        }
+        assert_eq!(store.resolve(a.id.as_str()).unwrap(), Resolved::Found(a.id.clone()));
+        assert_eq!(store.resolve("a@example.com").unwrap(), Resolved::Found(a.id.clone()));
+        assert_eq!(store.resolve("item-b").unwrap(), Resolved::Found(b.id.clone()));
+        assert_eq!(store.resolve("owner-solo").unwrap(), Resolved::Found(c.id.clone()));
+        let mut both = vec![a.id.clone(), b.id.clone()];
+        both.sort();
+        assert_eq!(store.resolve("owner-shared").unwrap(), Resolved::Ambiguous(both));
+        assert_eq!(store.resolve("nobody").unwrap(), Resolved::NotFound);
+        // Canonical-looking but unknown ids fall through to the other lookups.
+        assert_eq!(
+            store.resolve(AccountId::generate().as_str()).unwrap(),
+            Resolved::NotFound
+        );
+
+        let listed = store.list_accounts(None, 10).unwrap();
+        let ids: Vec<_> = listed.iter().map(|x| x.id.clone()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert_eq!(ids.len(), 3);
+        let rest = store.list_accounts(Some(&ids[0]), 10).unwrap();
+        assert_eq!(rest.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), ids[1..]);
+    }
+
+    #[tokio::test]
+    async fn delta_commit_applies_upserts_in_order_then_removals() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![row("t1", "2024-01-01"), row("t2", "2024-01-02"), row("t3", "2024-01-03")],
+                &[],
+                vec![],
+                "c1",
+            ))
+            .unwrap();
+
+        // t1 modified twice (date moves, the later row wins), t2 added-then-removed in
+        // the same page, t3 removed, an unknown removal is a no-op.
+        let mut modified = row("t1", "2024-01-07");
+        modified.body["amount"] = serde_json::json!(42);
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![row("t1", "2024-01-05"), row("t2", "2024-01-09"), modified.clone()],
+                &["t2", "t3", "never-seen"],
+                vec![],
+                "c2",
+            ))
+            .unwrap();
+
+        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(all_rows(&store, &acc.id), vec![("t1".to_string(), d("2024-01-07"))]);
+        let page = store
+            .list_transactions(&acc.id, &TransactionQuery { limit: 10, ..Default::default() })
+            .unwrap();
+        assert_eq!(page.transactions[0], modified);
+        assert_eq!(store.count_transactions(&acc.id).unwrap(), 1);
+        assert_eq!(raw_count(&store.transactions, &acc.id), 1, "the old-date rows are gone");
+        assert_eq!(raw_count(&store.txn_index, &acc.id), 1);
+
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert_eq!(stored.cursor.as_deref(), Some("c2"));
+        assert_eq!(stored.sync_count, 2);
+        assert_eq!(stored.cursor_updated_at, Some(t0() + minutes(1)));
+        assert!(matches!(stored.last_sync_outcome, Some(SyncOutcome::Committed { .. })));
+    }
+
+    #[tokio::test]
+    async fn replace_commit_keeps_only_the_upserted_rows() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        let other = account("item-2", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store.link_account(&other).unwrap();
+        for id in [&acc.id, &other.id] {
+            store
+                .commit_sync(sync(
+                    id,
+                    ApplyMode::Delta,
+                    vec![row("a", "2024-01-01"), row("b", "2024-01-02"), row("c", "2024-01-03")],
+                    &[],
+                    vec![],
+                    "c1",
+                ))
+                .unwrap();
+        }
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Replace,
+                vec![row("b", "2024-02-02"), row("d", "2024-01-04")],
+                &[],
+                vec![],
+                "fresh",
+            ))
+            .unwrap();
+        let ids: Vec<_> = all_rows(&store, &acc.id).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(ids, ["d", "b"]);
+        assert_eq!(raw_count(&store.txn_index, &acc.id), 2);
+        assert_eq!(store.count_transactions(&other.id).unwrap(), 3, "other accounts untouched");
+    }
+
+    #[tokio::test]
+    async fn consumed_inbox_entries_leave_with_the_commit() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let s1 = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
+        let s2 = seq_of(store.ingest(webhook("item-1", 2, t0()), TTL).unwrap());
+        let s3 = seq_of(store.ingest(webhook("item-1", 3, t0()), TTL).unwrap());
+        seq_of(store.ingest(webhook("item-unlinked", 4, t0()), TTL).unwrap());
+        assert_eq!(store.inbox_depth().unwrap(), 4);
+
+        // s3 arrived after the sync started: it stays. A bogus seq is ignored.
+        store
+            .commit_sync(sync(&acc.id, ApplyMode::Delta, vec![], &[], vec![s1, s2, 999_999_999], "c"))
+            .unwrap();
+        let pending: Vec<_> = store.pending_inbox(&acc.id).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(pending, [s3]);
+        assert_eq!(store.inbox_depth().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn failed_and_started_syncs_touch_only_their_fields() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store.record_sync_started(&acc.id, t0()).unwrap();
+        let failed = SyncOutcome::Failed {
+            code: "ITEM_LOGIN_REQUIRED".into(),
+            message: "login required".into(),
+            request_id: Some("req-1".into()),
+        };
+        store.record_sync_failed(&acc.id, failed.clone(), t0() + minutes(2)).unwrap();
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert_eq!(stored.last_sync_started_at, Some(t0()));
+        assert_eq!(stored.last_sync_finished_at, Some(t0() + minutes(2)));
+        assert_eq!(stored.last_sync_outcome, Some(failed));
+        assert_eq!((stored.cursor, stored.sync_count), (None, 0));
+
+        let unknown = AccountId::generate();
+        assert!(matches!(
+            store.record_sync_started(&unknown, t0()),
+            Err(StoreError::AccountNotFound(ref id)) if *id == unknown
+        ));
+        assert!(matches!(
+            store.commit_sync(sync(&unknown, ApplyMode::Delta, vec![row("x", "2024-01-01")], &[], vec![], "c")),
+            Err(StoreError::AccountNotFound(_))
+        ));
+        assert_eq!(store.count_transactions(&unknown).unwrap(), 0, "aborted commit wrote nothing");
+    }
+
+    #[tokio::test]
+    async fn unlink_keeps_data_and_frees_keys_and_purge_deletes_it() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let old = account("item-1", "owner-1", &["alias-1"]);
+        store.link_account(&old).unwrap();
+        let s = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
+        store
+            .commit_sync(sync(&old.id, ApplyMode::Delta, vec![row("t1", "2024-01-01")], &[], vec![], "c1"))
+            .unwrap();
+
+        let before = store.unlink_account(&old.id, false).unwrap().unwrap();
+        assert_eq!(before.status, LinkStatus::Linked);
+        let kept = store.get_account(&old.id).unwrap().unwrap();
+        assert_eq!(kept.status, LinkStatus::Unlinked);
+        assert_eq!(kept.cursor.as_deref(), Some("c1"));
+        assert_eq!(store.count_transactions(&old.id).unwrap(), 1);
+        assert_eq!(store.pending_inbox(&old.id).unwrap()[0].seq, s);
+        for key in ["item-1", "alias-1", "owner-1"] {
+            assert_eq!(store.resolve(key).unwrap(), Resolved::NotFound, "{key} freed");
+        }
+        assert_eq!(store.resolve(old.id.as_str()).unwrap(), Resolved::Found(old.id.clone()));
+
+        // The same item and alias can be linked again as a new account.
+        let new = account("item-1", "owner-1", &["alias-1"]);
+        store.link_account(&new).unwrap();
+        assert_eq!(store.resolve("alias-1").unwrap(), Resolved::Found(new.id.clone()));
+        let routed = store.ingest(webhook("item-1", 2, t0()), TTL).unwrap();
+        assert!(matches!(routed, IngestOutcome::Accepted { account_id: Some(ref id), .. } if *id == new.id));
+        assert_eq!(store.inbox_depth().unwrap(), 2);
+
+        // Purging the old account deletes its data but not the new account's keys.
+        assert!(store.unlink_account(&old.id, true).unwrap().is_some());
+        assert!(store.get_account(&old.id).unwrap().is_none());
+        assert_eq!(store.count_transactions(&old.id).unwrap(), 0);
+        assert_eq!(raw_count(&store.transactions, &old.id), 0);
+        assert!(store.pending_inbox(&old.id).unwrap().is_empty());
+        assert_eq!(store.inbox_depth().unwrap(), 1);
+        assert_eq!(store.resolve("item-1").unwrap(), Resolved::Found(new.id.clone()));
+        assert_eq!(store.resolve("alias-1").unwrap(), Resolved::Found(new.id.clone()));
+        assert!(store.unlink_account(&old.id, true).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn everything_survives_shutdown_and_reopen() {
+        let dir = TempDir::new().unwrap();
+        let acc = account("item-1", "owner-1", &["alias-1"]);
+        let (s_pending, s_unrouted) = {
+            let store = open(&dir);
+            store.link_account(&acc).unwrap();
+            let s1 = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
+            let s2 = seq_of(store.ingest(webhook("item-1", 2, t0()), TTL).unwrap());
+            let s3 = seq_of(store.ingest(webhook("item-later", 3, t0()), TTL).unwrap());
+            store
+                .commit_sync(sync(&acc.id, ApplyMode::Delta, vec![row("t1", "2024-01-01")], &[], vec![s1], "c1"))
+                .unwrap();
+            store.durable().await.unwrap();
+            store.shutdown().await.unwrap();
+            assert!(matches!(
+                store.ingest(webhook("item-1", 9, t0()), TTL),
+                Err(StoreError::Closed)
+            ));
+            store.durable().await.unwrap();
+            (s2, s3)
+        };
+
+        let store = open(&dir);
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert_eq!(stored.cursor.as_deref(), Some("c1"));
+        assert_eq!(stored.access_token.expose(), "access-sandbox-secret");
+        assert_eq!(all_rows(&store, &acc.id).len(), 1);
+        assert_eq!(store.resolve("alias-1").unwrap(), Resolved::Found(acc.id.clone()));
+        let pending: Vec<_> = store.pending_inbox(&acc.id).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(pending, [s_pending]);
+        assert_eq!(store.inbox_depth().unwrap(), 2, "depth recounted at open");
+        assert!(matches!(
+            store.ingest(webhook("item-1", 2, t0()), TTL).unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+        // Sequence numbers stay monotonic across restarts.
+        assert!(seq_of(store.ingest(webhook("item-1", 4, t0()), TTL).unwrap()) > s_unrouted);
+        let later = account("item-later", "owner-1", &[]);
+        assert_eq!(store.link_account(&later).unwrap().adopted_events, 1);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_ingests_share_flush_rounds() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        // Everyone ingests, then all ask for durability together, as a burst of webhook
+        // requests does: the rounds must be shared.
+        let barrier = Arc::new(tokio::sync::Barrier::new(200));
+        let tasks: Vec<_> = (0..200u32)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    seq_of(store.ingest(webhook("item-1", n, t0()), TTL).unwrap());
+                    barrier.wait().await;
+                    store.durable().await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let rounds = store.flush_count();
+        assert!(rounds > 0 && rounds < 200, "flush rounds = {rounds}");
+        assert!(rounds <= 20, "200 waiters should need a handful of rounds, took {rounds}");
+        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 200);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_transactions_pages_filters_and_tolerates_any_token() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let rows = vec![
+            row("e", "2024-01-05"),
+            row("a", "2024-01-01"),
+            row("c", "2024-01-03"),
+            row("b2", "2024-01-02"),
+            row("b1", "2024-01-02"),
+        ];
+        store.commit_sync(sync(&acc.id, ApplyMode::Delta, rows, &[], vec![], "c")).unwrap();
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_transactions(&acc.id, &TransactionQuery { after: after.clone(), limit: 2, ..Default::default() })
+                .unwrap();
+            seen.extend(page.transactions.iter().map(|t| t.id.clone()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a", "b1", "b2", "c", "e"]);
+
+        let d = |s| Some(NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap());
+        let ranged = |start, end, after: Option<&str>, limit| {
+            store
+                .list_transactions(
+                    &acc.id,
+                    &TransactionQuery { start_date: start, end_date: end, after: after.map(str::to_owned), limit },
+                )
+                .unwrap()
+                .transactions
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ranged(d("2024-01-02"), d("2024-01-03"), None, 10), ["b1", "b2", "c"]);
+        assert_eq!(ranged(d("2024-01-02"), d("2024-01-03"), Some("2024-01-02|b1"), 10), ["b2", "c"]);
+        assert_eq!(ranged(d("2024-01-04"), d("2024-01-02"), None, 10), Vec::<String>::new());
+        assert_eq!(ranged(None, None, Some("zzz"), 10), Vec::<String>::new());
+        assert_eq!(ranged(None, None, Some(""), 10).len(), 5);
+        assert_eq!(ranged(None, None, Some("2024-01-02"), 10), ["b1", "b2", "c", "e"]);
+        assert_eq!(ranged(None, None, None, 0), ["a"], "limit 0 is treated as 1");
+        assert_eq!(ranged(None, None, Some("\u{0}\u{ffff}|x"), 10).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_reported_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store.accounts.insert(keys::account_key(&acc.id), &[42u8, 1, 2][..]).unwrap();
+        assert!(matches!(
+            store.get_account(&acc.id),
+            Err(StoreError::Corrupt { tree: ACCOUNTS, .. })
+        ));
+        assert!(matches!(
+            store.commit_sync(sync(&acc.id, ApplyMode::Delta, vec![], &[], vec![], "c")),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn debug_output_does_not_leak_the_access_token() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert!(!format!("{stored:?} {store:?}").contains("access-sandbox-secret"));
+    }
+
+    /// One sync of 50,000 rows in a single transaction.
+    /// `cargo test --lib store::sled_store::tests::commit_of_50k_upserts -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore = "measurement: prints how long a 50k-row commit takes"]
+    async fn commit_of_50k_upserts() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let rows: Vec<_> = (0..50_000)
+            .map(|i| row(&format!("txn_{i:06}"), &format!("2024-{:02}-{:02}", i % 12 + 1, i % 28 + 1)))
+            .collect();
+        let started = std::time::Instant::now();
+        store.commit_sync(sync(&acc.id, ApplyMode::Replace, rows.clone(), &[], vec![], "c1")).unwrap();
+        let first = started.elapsed();
+        let started = std::time::Instant::now();
+        store.commit_sync(sync(&acc.id, ApplyMode::Replace, rows, &[], vec![], "c2")).unwrap();
+        let second = started.elapsed();
+        let started = std::time::Instant::now();
+        store.durable().await.unwrap();
+        let flush = started.elapsed();
+        assert_eq!(store.count_transactions(&acc.id).unwrap(), 50_000);
+        println!("50k upserts: insert {first:?}, replace-in-place {second:?}, durable {flush:?}");
+        store.shutdown().await.unwrap();
+    }
+
+    /// Durable ingest ceiling: N tasks each looping ingest + durable().
+    /// `cargo test --lib store::sled_store::tests::durable_ingest_ceiling -- --ignored --nocapture`
+    /// (set ACCTOR_BENCH_DIR to measure on a real disk instead of the temp dir).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement: prints durable ingests per second"]
+    async fn durable_ingest_ceiling() {
+        let dir = match std::env::var_os("ACCTOR_BENCH_DIR") {
+            Some(base) => TempDir::new_in(base).unwrap(),
+            None => TempDir::new().unwrap(),
+        };
+        let store = open(&dir);
+        store.link_account(&account("item-1", "owner-1", &[])).unwrap();
+        for concurrency in [1u32, 8, 64, 256] {
+            let per_task = 4000 / concurrency.min(64) + 10;
+            let rounds_before = store.flush_count();
+            let started = std::time::Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|task| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        for i in 0..per_task {
+                            let n = concurrency * 1_000_000 + task * 10_000 + i;
+                            store.ingest(webhook("item-1", n, t0()), TTL).unwrap();
+                            store.durable().await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let elapsed = started.elapsed();
+            let ops = f64::from(concurrency * per_task);
+            println!(
+                "concurrency {concurrency}: {:.0} durable ingests/s, {} flush rounds for {ops} ops",
+                ops / elapsed.as_secs_f64(),
+                store.flush_count() - rounds_before
+            );
+        }
+        store.shutdown().await.unwrap();
+    }
+}
