@@ -70,7 +70,9 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // The lock is never held across a panic-prone call, and a poisoned Vec of
         // senders is still valid, so recover rather than propagate poisoning.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -82,10 +84,7 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Spawns the flusher on the current tokio runtime.
-    pub(super) fn start(
-        runtime: &tokio::runtime::Handle,
-        flush: FlushFn,
-    ) -> Self {
+    pub(super) fn start(runtime: &tokio::runtime::Handle, flush: FlushFn) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
@@ -223,7 +222,7 @@ mod tests {
             result.unwrap();
         }
         let rounds = group.rounds();
-        assert!(rounds >= 1 && rounds < 100, "rounds = {rounds}");
+        assert!((1..100).contains(&rounds), "rounds = {rounds}");
         assert_eq!(rounds, calls.load(Ordering::SeqCst));
         group.stop().await.unwrap();
     }
@@ -252,7 +251,11 @@ mod tests {
             counting_flush(Arc::clone(&calls), Arc::new(AtomicBool::new(false))),
         );
         group.stop().await.unwrap();
-        assert_eq!(calls.load(Ordering::SeqCst), 1, "stop flushes once even with no waiters");
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "stop flushes once even with no waiters"
+        );
         group.wait().await.unwrap();
         group.stop().await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);

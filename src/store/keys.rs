@@ -45,7 +45,10 @@ pub(super) fn encode<T: Serialize>(tree: &'static str, value: &T) -> Result<Vec<
 }
 
 /// Decodes a record written by [`encode`]; unknown versions and bad JSON are `Corrupt`.
-pub(super) fn decode<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+pub(super) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     match bytes.split_first() {
         Some((&RECORD_VERSION, body)) => {
             serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
@@ -217,9 +220,15 @@ mod tests {
         future[0] = 9;
         assert!(matches!(
             decode::<Vec<u32>>(ACCOUNTS, &future),
-            Err(StoreError::Corrupt { tree: "accounts", .. })
+            Err(StoreError::Corrupt {
+                tree: "accounts",
+                ..
+            })
         ));
-        assert!(matches!(decode::<Vec<u32>>(ACCOUNTS, &[]), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            decode::<Vec<u32>>(ACCOUNTS, &[]),
+            Err(StoreError::Corrupt { .. })
+        ));
         assert!(matches!(
             decode::<Vec<u32>>(ACCOUNTS, &[RECORD_VERSION, b'{']),
             Err(StoreError::Corrupt { .. })
@@ -238,7 +247,7 @@ mod tests {
     fn transaction_keys_sort_by_date_then_id() {
         let acc = AccountId("acc_1".into());
         let d = |y, m, d| date_component(NaiveDate::from_ymd_opt(y, m, d).unwrap());
-        let mut keys = vec![
+        let mut keys = [
             txn_key(&acc, &d(2024, 2, 1), "a"),
             txn_key(&acc, &d(2023, 12, 31), "z"),
             txn_key(&acc, &d(2024, 1, 15), "b"),
@@ -247,7 +256,15 @@ mod tests {
         keys.sort();
         let prefix = account_prefix(&acc).len();
         let tokens: Vec<_> = keys.iter().map(|k| txn_token(prefix, k).unwrap()).collect();
-        assert_eq!(tokens, ["2023-12-31|z", "2024-01-15|a", "2024-01-15|b", "2024-02-01|a"]);
+        assert_eq!(
+            tokens,
+            [
+                "2023-12-31|z",
+                "2024-01-15|a",
+                "2024-01-15|b",
+                "2024-02-01|a"
+            ]
+        );
         assert_eq!(txn_id_from_key(prefix, &keys[1]).unwrap(), "a");
     }
 

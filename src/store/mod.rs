@@ -204,8 +204,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deduplicates and appends a webhook, resolving its item to an account inside the
     /// same transaction (so a concurrent link cannot strand it). Not durable until a
     /// later `durable()` resolves.
-    fn ingest(&self, webhook: IncomingWebhook, dedup_ttl: Duration)
-        -> Result<IngestOutcome, StoreError>;
+    fn ingest(
+        &self,
+        webhook: IncomingWebhook,
+        dedup_ttl: Duration,
+    ) -> Result<IngestOutcome, StoreError>;
 
     /// Resolves once everything written before the call is on disk (flushed and
     /// fsynced). Many concurrent callers share one flush.

@@ -233,8 +233,9 @@ impl SledStore {
     /// Opens (or creates) the store in `config.data_dir` and starts its flusher task.
     /// Must be called inside a tokio runtime; outside one it returns `StoreError::Io`.
     pub fn open(config: SledStoreConfig) -> Result<Arc<SledStore>, StoreError> {
-        let runtime = tokio::runtime::Handle::try_current()
-            .map_err(|_| StoreError::Io("the sled store must be opened inside a tokio runtime".into()))?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::Io("the sled store must be opened inside a tokio runtime".into())
+        })?;
         std::fs::create_dir_all(&config.data_dir).map_err(io)?;
         let db = sled::Config::new()
             .path(&config.data_dir)
@@ -381,7 +382,12 @@ impl Store for SledStore {
             record.item_id.clone(),
             keys::item_key(record.provider, &record.item_id),
         )];
-        claimed.extend(record.aliases.iter().map(|a| (a.clone(), keys::alias_key(a))));
+        claimed.extend(
+            record
+                .aliases
+                .iter()
+                .map(|a| (a.clone(), keys::alias_key(a))),
+        );
         let owner_key = keys::owner_key(&record.owner_id, id);
         let unrouted_prefix = keys::unrouted_prefix(record.provider, &record.item_id);
         let kept = Self::scan_keys(&self.unrouted, &unrouted_prefix)?;
@@ -450,10 +456,7 @@ impl Store for SledStore {
 
     fn resolve(&self, key: &str) -> Result<Resolved, StoreError> {
         if AccountId::looks_canonical(key)
-            && self
-                .accounts
-                .contains_key(key.as_bytes())
-                .map_err(io)?
+            && self.accounts.contains_key(key.as_bytes()).map_err(io)?
         {
             return Ok(Resolved::Found(AccountId(key.to_owned())));
         }
@@ -532,7 +535,8 @@ impl Store for SledStore {
                 } else {
                     let mut record = previous.clone();
                     record.status = LinkStatus::Unlinked;
-                    accounts.insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &record))?)?;
+                    accounts
+                        .insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &record))?)?;
                 }
                 Ok(Some((previous, inbox_removed)))
             })
@@ -740,7 +744,12 @@ impl Store for SledStore {
             .map(|seq| keys::inbox_key(account_id, *seq))
             .collect();
 
-        let inbox_removed = (&self.accounts, &self.transactions, &self.txn_index, &self.inbox)
+        let inbox_removed = (
+            &self.accounts,
+            &self.transactions,
+            &self.txn_index,
+            &self.inbox,
+        )
             .transaction(|(accounts, transactions, txn_index, inbox)| {
                 let Some(bytes) = accounts.get(&account_key)? else {
                     return Err(ConflictableTransactionError::Abort(
@@ -776,7 +785,10 @@ impl Store for SledStore {
                 account.last_sync_finished_at = Some(commit.finished_at);
                 account.last_sync_outcome = Some(commit.outcome.clone());
                 account.sync_count += 1;
-                accounts.insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                accounts.insert(
+                    account_key.as_slice(),
+                    tx(keys::encode(ACCOUNTS, &account))?,
+                )?;
 
                 let mut removed = 0u64;
                 for key in &consumed {
@@ -819,7 +831,9 @@ impl Store for SledStore {
         }
         // '}' follows '|', so this bound is above every id on the end date.
         let upper = match query.end_date {
-            Some(end) => Some(with_prefix(format!("{}}}", keys::date_component(end)).as_bytes())),
+            Some(end) => Some(with_prefix(
+                format!("{}}}", keys::date_component(end)).as_bytes(),
+            )),
             None => keys::prefix_end(&prefix),
         };
         let empty = match (&lower, &upper) {
@@ -848,12 +862,14 @@ impl Store for SledStore {
             last_key = Some(key);
         }
         let next = match (more, last_key) {
-            (true, Some(key)) => Some(keys::txn_token(prefix.len(), &key).ok_or_else(|| {
-                StoreError::Corrupt {
-                    tree: TRANSACTIONS,
-                    detail: "transaction key is not UTF-8".into(),
-                }
-            })?),
+            (true, Some(key)) => {
+                Some(
+                    keys::txn_token(prefix.len(), &key).ok_or_else(|| StoreError::Corrupt {
+                        tree: TRANSACTIONS,
+                        detail: "transaction key is not UTF-8".into(),
+                    })?,
+                )
+            }
             _ => None,
         };
         Ok(TransactionPage {
@@ -981,7 +997,10 @@ mod tests {
             )
             .unwrap();
         assert!(page.next.is_none());
-        page.transactions.into_iter().map(|t| (t.id, t.date)).collect()
+        page.transactions
+            .into_iter()
+            .map(|t| (t.id, t.date))
+            .collect()
     }
 
     fn raw_count(tree: &Tree, id: &AccountId) -> usize {
@@ -1003,16 +1022,33 @@ mod tests {
         store.link_account(&acc).unwrap();
 
         seq_of(store.ingest(webhook("item-1", 7, t0()), TTL).unwrap());
-        let again = store.ingest(webhook("item-1", 7, t0() + minutes(14)), TTL).unwrap();
-        assert_eq!(again, IngestOutcome::Duplicate { account_id: Some(acc.id.clone()) });
-        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 1, "a duplicate writes nothing");
+        let again = store
+            .ingest(webhook("item-1", 7, t0() + minutes(14)), TTL)
+            .unwrap();
+        assert_eq!(
+            again,
+            IngestOutcome::Duplicate {
+                account_id: Some(acc.id.clone())
+            }
+        );
+        assert_eq!(
+            store.pending_inbox(&acc.id).unwrap().len(),
+            1,
+            "a duplicate writes nothing"
+        );
         assert_eq!(store.inbox_depth().unwrap(), 1);
 
         // Expired (15 min TTL): accepted again, and the dedup record is refreshed.
-        seq_of(store.ingest(webhook("item-1", 7, t0() + minutes(16)), TTL).unwrap());
+        seq_of(
+            store
+                .ingest(webhook("item-1", 7, t0() + minutes(16)), TTL)
+                .unwrap(),
+        );
         assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 2);
         assert!(matches!(
-            store.ingest(webhook("item-1", 7, t0() + minutes(20)), TTL).unwrap(),
+            store
+                .ingest(webhook("item-1", 7, t0() + minutes(20)), TTL)
+                .unwrap(),
             IngestOutcome::Duplicate { .. }
         ));
 
@@ -1029,25 +1065,38 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let store = open(&dir);
         let first = store.ingest(webhook("item-early", 1, t0()), TTL).unwrap();
-        let IngestOutcome::Accepted { seq, account_id: None } = first else {
+        let IngestOutcome::Accepted {
+            seq,
+            account_id: None,
+        } = first
+        else {
             panic!("expected an unrouted accept, got {first:?}");
         };
         seq_of(store.ingest(webhook("item-other", 2, t0()), TTL).unwrap());
         assert_eq!(store.inbox_depth().unwrap(), 2);
 
         let acc = account("item-early", "owner-1", &[]);
-        assert_eq!(store.link_account(&acc).unwrap(), LinkReceipt { adopted_events: 1 });
+        assert_eq!(
+            store.link_account(&acc).unwrap(),
+            LinkReceipt { adopted_events: 1 }
+        );
         let pending = store.pending_inbox(&acc.id).unwrap();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].seq, seq);
         assert_eq!(pending[0].account_id, acc.id);
         assert_eq!(pending[0].body["item_id"], "item-early");
-        assert_eq!(store.inbox_depth().unwrap(), 2, "adoption moves, it does not add");
+        assert_eq!(
+            store.inbox_depth().unwrap(),
+            2,
+            "adoption moves, it does not add"
+        );
         assert_eq!(store.unrouted.len(), 1, "other items' events stay kept");
 
         // Once linked, events route straight to the account.
         let next = store.ingest(webhook("item-early", 3, t0()), TTL).unwrap();
-        assert!(matches!(next, IngestOutcome::Accepted { account_id: Some(ref id), seq: s } if *id == acc.id && s > seq));
+        assert!(
+            matches!(next, IngestOutcome::Accepted { account_id: Some(ref id), seq: s } if *id == acc.id && s > seq)
+        );
         assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 2);
     }
 
@@ -1067,11 +1116,17 @@ mod tests {
             other => panic!("expected Conflict, got {other:?}"),
         }
         assert!(store.get_account(&b.id).unwrap().is_none());
-        assert_eq!(store.resolve("bob").unwrap(), Resolved::NotFound, "no partial keys");
+        assert_eq!(
+            store.resolve("bob").unwrap(),
+            Resolved::NotFound,
+            "no partial keys"
+        );
         assert_eq!(store.resolve("item-b").unwrap(), Resolved::NotFound);
 
         let c = account("item-a", "owner-3", &[]);
-        assert!(matches!(store.link_account(&c), Err(StoreError::Conflict { ref key, .. }) if key == "item-a"));
+        assert!(
+            matches!(store.link_account(&c), Err(StoreError::Conflict { ref key, .. }) if key == "item-a")
+        );
         assert_eq!(store.count_accounts().unwrap(), 1);
     }
 
@@ -1085,13 +1140,28 @@ mod tests {
         for acc in [&a, &b, &c] {
             store.link_account(acc).unwrap();
         }
-        assert_eq!(store.resolve(a.id.as_str()).unwrap(), Resolved::Found(a.id.clone()));
-        assert_eq!(store.resolve("a@example.com").unwrap(), Resolved::Found(a.id.clone()));
-        assert_eq!(store.resolve("item-b").unwrap(), Resolved::Found(b.id.clone()));
-        assert_eq!(store.resolve("owner-solo").unwrap(), Resolved::Found(c.id.clone()));
+        assert_eq!(
+            store.resolve(a.id.as_str()).unwrap(),
+            Resolved::Found(a.id.clone())
+        );
+        assert_eq!(
+            store.resolve("a@example.com").unwrap(),
+            Resolved::Found(a.id.clone())
+        );
+        assert_eq!(
+            store.resolve("item-b").unwrap(),
+            Resolved::Found(b.id.clone())
+        );
+        assert_eq!(
+            store.resolve("owner-solo").unwrap(),
+            Resolved::Found(c.id.clone())
+        );
         let mut both = vec![a.id.clone(), b.id.clone()];
         both.sort();
-        assert_eq!(store.resolve("owner-shared").unwrap(), Resolved::Ambiguous(both));
+        assert_eq!(
+            store.resolve("owner-shared").unwrap(),
+            Resolved::Ambiguous(both)
+        );
         assert_eq!(store.resolve("nobody").unwrap(), Resolved::NotFound);
         // Canonical-looking but unknown ids fall through to the other lookups.
         assert_eq!(
@@ -1106,7 +1176,10 @@ mod tests {
         assert_eq!(ids, sorted);
         assert_eq!(ids.len(), 3);
         let rest = store.list_accounts(Some(&ids[0]), 10).unwrap();
-        assert_eq!(rest.iter().map(|x| x.id.clone()).collect::<Vec<_>>(), ids[1..]);
+        assert_eq!(
+            rest.iter().map(|x| x.id.clone()).collect::<Vec<_>>(),
+            ids[1..]
+        );
     }
 
     #[tokio::test]
@@ -1119,7 +1192,11 @@ mod tests {
             .commit_sync(sync(
                 &acc.id,
                 ApplyMode::Delta,
-                vec![row("t1", "2024-01-01"), row("t2", "2024-01-02"), row("t3", "2024-01-03")],
+                vec![
+                    row("t1", "2024-01-01"),
+                    row("t2", "2024-01-02"),
+                    row("t3", "2024-01-03"),
+                ],
                 &[],
                 vec![],
                 "c1",
@@ -1134,7 +1211,11 @@ mod tests {
             .commit_sync(sync(
                 &acc.id,
                 ApplyMode::Delta,
-                vec![row("t1", "2024-01-05"), row("t2", "2024-01-09"), modified.clone()],
+                vec![
+                    row("t1", "2024-01-05"),
+                    row("t2", "2024-01-09"),
+                    modified.clone(),
+                ],
                 &["t2", "t3", "never-seen"],
                 vec![],
                 "c2",
@@ -1142,20 +1223,36 @@ mod tests {
             .unwrap();
 
         let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
-        assert_eq!(all_rows(&store, &acc.id), vec![("t1".to_string(), d("2024-01-07"))]);
+        assert_eq!(
+            all_rows(&store, &acc.id),
+            vec![("t1".to_string(), d("2024-01-07"))]
+        );
         let page = store
-            .list_transactions(&acc.id, &TransactionQuery { limit: 10, ..Default::default() })
+            .list_transactions(
+                &acc.id,
+                &TransactionQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
             .unwrap();
         assert_eq!(page.transactions[0], modified);
         assert_eq!(store.count_transactions(&acc.id).unwrap(), 1);
-        assert_eq!(raw_count(&store.transactions, &acc.id), 1, "the old-date rows are gone");
+        assert_eq!(
+            raw_count(&store.transactions, &acc.id),
+            1,
+            "the old-date rows are gone"
+        );
         assert_eq!(raw_count(&store.txn_index, &acc.id), 1);
 
         let stored = store.get_account(&acc.id).unwrap().unwrap();
         assert_eq!(stored.cursor.as_deref(), Some("c2"));
         assert_eq!(stored.sync_count, 2);
         assert_eq!(stored.cursor_updated_at, Some(t0() + minutes(1)));
-        assert!(matches!(stored.last_sync_outcome, Some(SyncOutcome::Committed { .. })));
+        assert!(matches!(
+            stored.last_sync_outcome,
+            Some(SyncOutcome::Committed { .. })
+        ));
     }
 
     #[tokio::test]
@@ -1171,7 +1268,11 @@ mod tests {
                 .commit_sync(sync(
                     id,
                     ApplyMode::Delta,
-                    vec![row("a", "2024-01-01"), row("b", "2024-01-02"), row("c", "2024-01-03")],
+                    vec![
+                        row("a", "2024-01-01"),
+                        row("b", "2024-01-02"),
+                        row("c", "2024-01-03"),
+                    ],
                     &[],
                     vec![],
                     "c1",
@@ -1188,10 +1289,17 @@ mod tests {
                 "fresh",
             ))
             .unwrap();
-        let ids: Vec<_> = all_rows(&store, &acc.id).into_iter().map(|(id, _)| id).collect();
+        let ids: Vec<_> = all_rows(&store, &acc.id)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(ids, ["d", "b"]);
         assert_eq!(raw_count(&store.txn_index, &acc.id), 2);
-        assert_eq!(store.count_transactions(&other.id).unwrap(), 3, "other accounts untouched");
+        assert_eq!(
+            store.count_transactions(&other.id).unwrap(),
+            3,
+            "other accounts untouched"
+        );
     }
 
     #[tokio::test]
@@ -1203,14 +1311,30 @@ mod tests {
         let s1 = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
         let s2 = seq_of(store.ingest(webhook("item-1", 2, t0()), TTL).unwrap());
         let s3 = seq_of(store.ingest(webhook("item-1", 3, t0()), TTL).unwrap());
-        seq_of(store.ingest(webhook("item-unlinked", 4, t0()), TTL).unwrap());
+        seq_of(
+            store
+                .ingest(webhook("item-unlinked", 4, t0()), TTL)
+                .unwrap(),
+        );
         assert_eq!(store.inbox_depth().unwrap(), 4);
 
         // s3 arrived after the sync started: it stays. A bogus seq is ignored.
         store
-            .commit_sync(sync(&acc.id, ApplyMode::Delta, vec![], &[], vec![s1, s2, 999_999_999], "c"))
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![],
+                &[],
+                vec![s1, s2, 999_999_999],
+                "c",
+            ))
             .unwrap();
-        let pending: Vec<_> = store.pending_inbox(&acc.id).unwrap().iter().map(|e| e.seq).collect();
+        let pending: Vec<_> = store
+            .pending_inbox(&acc.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(pending, [s3]);
         assert_eq!(store.inbox_depth().unwrap(), 2);
     }
@@ -1227,7 +1351,9 @@ mod tests {
             message: "login required".into(),
             request_id: Some("req-1".into()),
         };
-        store.record_sync_failed(&acc.id, failed.clone(), t0() + minutes(2)).unwrap();
+        store
+            .record_sync_failed(&acc.id, failed.clone(), t0() + minutes(2))
+            .unwrap();
         let stored = store.get_account(&acc.id).unwrap().unwrap();
         assert_eq!(stored.last_sync_started_at, Some(t0()));
         assert_eq!(stored.last_sync_finished_at, Some(t0() + minutes(2)));
@@ -1240,10 +1366,21 @@ mod tests {
             Err(StoreError::AccountNotFound(ref id)) if *id == unknown
         ));
         assert!(matches!(
-            store.commit_sync(sync(&unknown, ApplyMode::Delta, vec![row("x", "2024-01-01")], &[], vec![], "c")),
+            store.commit_sync(sync(
+                &unknown,
+                ApplyMode::Delta,
+                vec![row("x", "2024-01-01")],
+                &[],
+                vec![],
+                "c"
+            )),
             Err(StoreError::AccountNotFound(_))
         ));
-        assert_eq!(store.count_transactions(&unknown).unwrap(), 0, "aborted commit wrote nothing");
+        assert_eq!(
+            store.count_transactions(&unknown).unwrap(),
+            0,
+            "aborted commit wrote nothing"
+        );
     }
 
     #[tokio::test]
@@ -1254,7 +1391,14 @@ mod tests {
         store.link_account(&old).unwrap();
         let s = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
         store
-            .commit_sync(sync(&old.id, ApplyMode::Delta, vec![row("t1", "2024-01-01")], &[], vec![], "c1"))
+            .commit_sync(sync(
+                &old.id,
+                ApplyMode::Delta,
+                vec![row("t1", "2024-01-01")],
+                &[],
+                vec![],
+                "c1",
+            ))
             .unwrap();
 
         let before = store.unlink_account(&old.id, false).unwrap().unwrap();
@@ -1265,16 +1409,28 @@ mod tests {
         assert_eq!(store.count_transactions(&old.id).unwrap(), 1);
         assert_eq!(store.pending_inbox(&old.id).unwrap()[0].seq, s);
         for key in ["item-1", "alias-1", "owner-1"] {
-            assert_eq!(store.resolve(key).unwrap(), Resolved::NotFound, "{key} freed");
+            assert_eq!(
+                store.resolve(key).unwrap(),
+                Resolved::NotFound,
+                "{key} freed"
+            );
         }
-        assert_eq!(store.resolve(old.id.as_str()).unwrap(), Resolved::Found(old.id.clone()));
+        assert_eq!(
+            store.resolve(old.id.as_str()).unwrap(),
+            Resolved::Found(old.id.clone())
+        );
 
         // The same item and alias can be linked again as a new account.
         let new = account("item-1", "owner-1", &["alias-1"]);
         store.link_account(&new).unwrap();
-        assert_eq!(store.resolve("alias-1").unwrap(), Resolved::Found(new.id.clone()));
+        assert_eq!(
+            store.resolve("alias-1").unwrap(),
+            Resolved::Found(new.id.clone())
+        );
         let routed = store.ingest(webhook("item-1", 2, t0()), TTL).unwrap();
-        assert!(matches!(routed, IngestOutcome::Accepted { account_id: Some(ref id), .. } if *id == new.id));
+        assert!(
+            matches!(routed, IngestOutcome::Accepted { account_id: Some(ref id), .. } if *id == new.id)
+        );
         assert_eq!(store.inbox_depth().unwrap(), 2);
 
         // Purging the old account deletes its data but not the new account's keys.
@@ -1284,8 +1440,14 @@ mod tests {
         assert_eq!(raw_count(&store.transactions, &old.id), 0);
         assert!(store.pending_inbox(&old.id).unwrap().is_empty());
         assert_eq!(store.inbox_depth().unwrap(), 1);
-        assert_eq!(store.resolve("item-1").unwrap(), Resolved::Found(new.id.clone()));
-        assert_eq!(store.resolve("alias-1").unwrap(), Resolved::Found(new.id.clone()));
+        assert_eq!(
+            store.resolve("item-1").unwrap(),
+            Resolved::Found(new.id.clone())
+        );
+        assert_eq!(
+            store.resolve("alias-1").unwrap(),
+            Resolved::Found(new.id.clone())
+        );
         assert!(store.unlink_account(&old.id, true).unwrap().is_none());
     }
 
@@ -1300,7 +1462,14 @@ mod tests {
             let s2 = seq_of(store.ingest(webhook("item-1", 2, t0()), TTL).unwrap());
             let s3 = seq_of(store.ingest(webhook("item-later", 3, t0()), TTL).unwrap());
             store
-                .commit_sync(sync(&acc.id, ApplyMode::Delta, vec![row("t1", "2024-01-01")], &[], vec![s1], "c1"))
+                .commit_sync(sync(
+                    &acc.id,
+                    ApplyMode::Delta,
+                    vec![row("t1", "2024-01-01")],
+                    &[],
+                    vec![s1],
+                    "c1",
+                ))
                 .unwrap();
             store.durable().await.unwrap();
             store.shutdown().await.unwrap();
@@ -1317,8 +1486,16 @@ mod tests {
         assert_eq!(stored.cursor.as_deref(), Some("c1"));
         assert_eq!(stored.access_token.expose(), "access-sandbox-secret");
         assert_eq!(all_rows(&store, &acc.id).len(), 1);
-        assert_eq!(store.resolve("alias-1").unwrap(), Resolved::Found(acc.id.clone()));
-        let pending: Vec<_> = store.pending_inbox(&acc.id).unwrap().iter().map(|e| e.seq).collect();
+        assert_eq!(
+            store.resolve("alias-1").unwrap(),
+            Resolved::Found(acc.id.clone())
+        );
+        let pending: Vec<_> = store
+            .pending_inbox(&acc.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(pending, [s_pending]);
         assert_eq!(store.inbox_depth().unwrap(), 2, "depth recounted at open");
         assert!(matches!(
@@ -1357,7 +1534,10 @@ mod tests {
         }
         let rounds = store.flush_count();
         assert!(rounds > 0 && rounds < 200, "flush rounds = {rounds}");
-        assert!(rounds <= 20, "200 waiters should need a handful of rounds, took {rounds}");
+        assert!(
+            rounds <= 20,
+            "200 waiters should need a handful of rounds, took {rounds}"
+        );
         assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 200);
         store.shutdown().await.unwrap();
     }
@@ -1375,13 +1555,22 @@ mod tests {
             row("b2", "2024-01-02"),
             row("b1", "2024-01-02"),
         ];
-        store.commit_sync(sync(&acc.id, ApplyMode::Delta, rows, &[], vec![], "c")).unwrap();
+        store
+            .commit_sync(sync(&acc.id, ApplyMode::Delta, rows, &[], vec![], "c"))
+            .unwrap();
 
         let mut seen = Vec::new();
         let mut after = None;
         loop {
             let page = store
-                .list_transactions(&acc.id, &TransactionQuery { after: after.clone(), limit: 2, ..Default::default() })
+                .list_transactions(
+                    &acc.id,
+                    &TransactionQuery {
+                        after: after.clone(),
+                        limit: 2,
+                        ..Default::default()
+                    },
+                )
                 .unwrap();
             seen.extend(page.transactions.iter().map(|t| t.id.clone()));
             match page.next {
@@ -1396,7 +1585,12 @@ mod tests {
             store
                 .list_transactions(
                     &acc.id,
-                    &TransactionQuery { start_date: start, end_date: end, after: after.map(str::to_owned), limit },
+                    &TransactionQuery {
+                        start_date: start,
+                        end_date: end,
+                        after: after.map(str::to_owned),
+                        limit,
+                    },
                 )
                 .unwrap()
                 .transactions
@@ -1404,13 +1598,29 @@ mod tests {
                 .map(|t| t.id)
                 .collect::<Vec<_>>()
         };
-        assert_eq!(ranged(d("2024-01-02"), d("2024-01-03"), None, 10), ["b1", "b2", "c"]);
-        assert_eq!(ranged(d("2024-01-02"), d("2024-01-03"), Some("2024-01-02|b1"), 10), ["b2", "c"]);
-        assert_eq!(ranged(d("2024-01-04"), d("2024-01-02"), None, 10), Vec::<String>::new());
+        assert_eq!(
+            ranged(d("2024-01-02"), d("2024-01-03"), None, 10),
+            ["b1", "b2", "c"]
+        );
+        assert_eq!(
+            ranged(d("2024-01-02"), d("2024-01-03"), Some("2024-01-02|b1"), 10),
+            ["b2", "c"]
+        );
+        assert_eq!(
+            ranged(d("2024-01-04"), d("2024-01-02"), None, 10),
+            Vec::<String>::new()
+        );
         assert_eq!(ranged(None, None, Some("zzz"), 10), Vec::<String>::new());
         assert_eq!(ranged(None, None, Some(""), 10).len(), 5);
-        assert_eq!(ranged(None, None, Some("2024-01-02"), 10), ["b1", "b2", "c", "e"]);
-        assert_eq!(ranged(None, None, None, 0), ["a"], "limit 0 is treated as 1");
+        assert_eq!(
+            ranged(None, None, Some("2024-01-02"), 10),
+            ["b1", "b2", "c", "e"]
+        );
+        assert_eq!(
+            ranged(None, None, None, 0),
+            ["a"],
+            "limit 0 is treated as 1"
+        );
         assert_eq!(ranged(None, None, Some("\u{0}\u{ffff}|x"), 10).len(), 5);
     }
 
@@ -1420,7 +1630,10 @@ mod tests {
         let store = open(&dir);
         let acc = account("item-1", "owner-1", &[]);
         store.link_account(&acc).unwrap();
-        store.accounts.insert(keys::account_key(&acc.id), &[42u8, 1, 2][..]).unwrap();
+        store
+            .accounts
+            .insert(keys::account_key(&acc.id), &[42u8, 1, 2][..])
+            .unwrap();
         assert!(matches!(
             store.get_account(&acc.id),
             Err(StoreError::Corrupt { tree: ACCOUNTS, .. })
@@ -1451,13 +1664,29 @@ mod tests {
         let acc = account("item-1", "owner-1", &[]);
         store.link_account(&acc).unwrap();
         let rows: Vec<_> = (0..50_000)
-            .map(|i| row(&format!("txn_{i:06}"), &format!("2024-{:02}-{:02}", i % 12 + 1, i % 28 + 1)))
+            .map(|i| {
+                row(
+                    &format!("txn_{i:06}"),
+                    &format!("2024-{:02}-{:02}", i % 12 + 1, i % 28 + 1),
+                )
+            })
             .collect();
         let started = std::time::Instant::now();
-        store.commit_sync(sync(&acc.id, ApplyMode::Replace, rows.clone(), &[], vec![], "c1")).unwrap();
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Replace,
+                rows.clone(),
+                &[],
+                vec![],
+                "c1",
+            ))
+            .unwrap();
         let first = started.elapsed();
         let started = std::time::Instant::now();
-        store.commit_sync(sync(&acc.id, ApplyMode::Replace, rows, &[], vec![], "c2")).unwrap();
+        store
+            .commit_sync(sync(&acc.id, ApplyMode::Replace, rows, &[], vec![], "c2"))
+            .unwrap();
         let second = started.elapsed();
         let started = std::time::Instant::now();
         store.durable().await.unwrap();
@@ -1478,7 +1707,9 @@ mod tests {
             None => TempDir::new().unwrap(),
         };
         let store = open(&dir);
-        store.link_account(&account("item-1", "owner-1", &[])).unwrap();
+        store
+            .link_account(&account("item-1", "owner-1", &[]))
+            .unwrap();
         for concurrency in [1u32, 8, 64, 256] {
             let per_task = 4000 / concurrency.min(64) + 10;
             let rounds_before = store.flush_count();
