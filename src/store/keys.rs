@@ -1,1 +1,291 @@
-//! Placeholder: filled in by the store implementation.
+//! Byte layout of the sled store: tree names, key encodings and the versioned record
+//! envelope. Kept apart from the transactions so the on-disk format can be read (and
+//! migrated) in one place.
+//!
+//! Keys that combine several strings length-prefix every component but the last, so no
+//! id can contain a separator that makes one key a prefix of another account's keys.
+//! Transaction keys end in `YYYY-MM-DD|id`: a fixed-width date then the id, so byte
+//! order is (date, id) order and the same string doubles as the public page token.
+
+use chrono::{Datelike, NaiveDate};
+use serde::{de::DeserializeOwned, Serialize};
+
+use crate::domain::{AccountId, ProviderKind};
+use crate::store::StoreError;
+
+/// Account records by canonical id.
+pub(super) const ACCOUNTS: &str = "accounts";
+/// Lookup keys (item ids, aliases, owner ids) to account ids.
+pub(super) const LOOKUP: &str = "lookup";
+/// Transactions by (account, date, id).
+pub(super) const TRANSACTIONS: &str = "transactions";
+/// (account, transaction id) to the date part of the transaction's key.
+pub(super) const TXN_INDEX: &str = "txn_index";
+/// Pending webhooks by (account, seq).
+pub(super) const INBOX: &str = "inbox";
+/// Webhooks for items not linked yet, by (provider, item id, seq).
+pub(super) const UNROUTED: &str = "unrouted";
+/// Dedup keys to their expiry.
+pub(super) const DEDUP: &str = "dedup";
+
+/// Version byte written in front of every record; bump it with a migration.
+const RECORD_VERSION: u8 = 1;
+
+/// Length of the date component of a transaction key (`YYYY-MM-DD`).
+pub(super) const DATE_LEN: usize = 10;
+
+/// Encodes a record: one version byte, then JSON.
+pub(super) fn encode<T: Serialize>(tree: &'static str, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![RECORD_VERSION];
+    serde_json::to_writer(&mut out, value).map_err(|e| StoreError::Corrupt {
+        tree,
+        detail: format!("cannot encode record: {e}"),
+    })?;
+    Ok(out)
+}
+
+/// Decodes a record written by [`encode`]; unknown versions and bad JSON are `Corrupt`.
+pub(super) fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&RECORD_VERSION, body)) => {
+            serde_json::from_slice(body).map_err(|e| StoreError::Corrupt {
+                tree,
+                detail: format!("bad record body: {e}"),
+            })
+        }
+        Some((version, _)) => Err(StoreError::Corrupt {
+            tree,
+            detail: format!("unknown record version {version}"),
+        }),
+        None => Err(StoreError::Corrupt {
+            tree,
+            detail: "empty record".to_owned(),
+        }),
+    }
+}
+
+/// Appends `s` with a 4-byte big-endian length in front.
+fn push_prefixed(buf: &mut Vec<u8>, s: &str) {
+    // Ids longer than 4 GiB cannot reach here (request size limits); saturate rather
+    // than panic so the function stays total.
+    let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+    buf.extend_from_slice(&len.to_be_bytes());
+    buf.extend_from_slice(s.as_bytes());
+}
+
+fn prefixed(s: &str) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(4 + s.len() + 32);
+    push_prefixed(&mut buf, s);
+    buf
+}
+
+/// Key of an account record: the id's bytes, so the tree iterates in id order.
+pub(super) fn account_key(id: &AccountId) -> Vec<u8> {
+    id.as_str().as_bytes().to_vec()
+}
+
+/// Prefix of every provider's lookup key for `item_id`.
+pub(super) fn item_prefix(item_id: &str) -> Vec<u8> {
+    let mut k = vec![b'i'];
+    push_prefixed(&mut k, item_id);
+    k
+}
+
+/// Lookup key of a provider item id.
+pub(super) fn item_key(provider: ProviderKind, item_id: &str) -> Vec<u8> {
+    let mut k = item_prefix(item_id);
+    k.extend_from_slice(provider.as_str().as_bytes());
+    k
+}
+
+/// Lookup key of an alias.
+pub(super) fn alias_key(alias: &str) -> Vec<u8> {
+    let mut k = vec![b'a'];
+    k.extend_from_slice(alias.as_bytes());
+    k
+}
+
+/// Prefix of the lookup keys of every account owned by `owner_id`.
+pub(super) fn owner_prefix(owner_id: &str) -> Vec<u8> {
+    let mut k = vec![b'o'];
+    push_prefixed(&mut k, owner_id);
+    k
+}
+
+/// Lookup key saying that `owner_id` owns `account`; owners may own several accounts,
+/// so the account is part of the key.
+pub(super) fn owner_key(owner_id: &str, account: &AccountId) -> Vec<u8> {
+    let mut k = owner_prefix(owner_id);
+    k.extend_from_slice(account.as_str().as_bytes());
+    k
+}
+
+/// Prefix shared by everything one account owns in the transactions, index and inbox trees.
+pub(super) fn account_prefix(account: &AccountId) -> Vec<u8> {
+    prefixed(account.as_str())
+}
+
+/// The `YYYY-MM-DD` component of a transaction key. Years outside 0..=9999 are clamped
+/// so the component stays fixed-width (and ordered); the row keeps its real date.
+pub(super) fn date_component(date: NaiveDate) -> String {
+    let clamped = if date.year() < 0 {
+        NaiveDate::from_ymd_opt(0, 1, 1)
+    } else if date.year() > 9999 {
+        NaiveDate::from_ymd_opt(9999, 12, 31)
+    } else {
+        Some(date)
+    };
+    // from_ymd_opt of those two constants is always Some; fall back to the date itself.
+    clamped.unwrap_or(date).format("%Y-%m-%d").to_string()
+}
+
+/// Key of a transaction row: account prefix, `YYYY-MM-DD|`, id.
+pub(super) fn txn_key(account: &AccountId, date_component: &str, id: &str) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(date_component.as_bytes());
+    k.push(b'|');
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// The page token of a transaction key: everything after the account prefix
+/// (`YYYY-MM-DD|id`). `None` when the key does not carry UTF-8 after the prefix.
+pub(super) fn txn_token(prefix_len: usize, key: &[u8]) -> Option<String> {
+    key.get(prefix_len..)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .map(str::to_owned)
+}
+
+/// The transaction id inside a transaction key.
+pub(super) fn txn_id_from_key(prefix_len: usize, key: &[u8]) -> Option<String> {
+    key.get(prefix_len + DATE_LEN + 1..)
+        .and_then(|rest| std::str::from_utf8(rest).ok())
+        .map(str::to_owned)
+}
+
+/// Key of the (account, transaction id) → date index.
+pub(super) fn txn_index_key(account: &AccountId, id: &str) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Key of an inbox entry: account prefix then the big-endian seq, so entries sort by seq.
+pub(super) fn inbox_key(account: &AccountId, seq: u64) -> Vec<u8> {
+    let mut k = account_prefix(account);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Prefix of the events kept for one not-yet-linked item.
+pub(super) fn unrouted_prefix(provider: ProviderKind, item_id: &str) -> Vec<u8> {
+    let mut k = prefixed(provider.as_str());
+    push_prefixed(&mut k, item_id);
+    k
+}
+
+/// Key of an event kept for a not-yet-linked item.
+pub(super) fn unrouted_key(provider: ProviderKind, item_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = unrouted_prefix(provider, item_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The smallest key greater than every key starting with `prefix` (`None`: no bound).
+pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_and_rejects_unknown_versions() {
+        let bytes = encode(ACCOUNTS, &vec![1u32, 2]).unwrap();
+        assert_eq!(bytes[0], RECORD_VERSION);
+        assert_eq!(decode::<Vec<u32>>(ACCOUNTS, &bytes).unwrap(), vec![1, 2]);
+
+        let mut future = bytes.clone();
+        future[0] = 9;
+        assert!(matches!(
+            decode::<Vec<u32>>(ACCOUNTS, &future),
+            Err(StoreError::Corrupt {
+                tree: "accounts",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode::<Vec<u32>>(ACCOUNTS, &[]),
+            Err(StoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            decode::<Vec<u32>>(ACCOUNTS, &[RECORD_VERSION, b'{']),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn account_prefixes_do_not_overlap() {
+        let a = AccountId("acc_a".into());
+        let ab = AccountId("acc_ab".into());
+        assert!(!txn_key(&ab, "2024-01-01", "x").starts_with(&account_prefix(&a)));
+        assert!(!inbox_key(&ab, 1).starts_with(&account_prefix(&a)));
+    }
+
+    #[test]
+    fn transaction_keys_sort_by_date_then_id() {
+        let acc = AccountId("acc_1".into());
+        let d = |y, m, d| date_component(NaiveDate::from_ymd_opt(y, m, d).unwrap());
+        let mut keys = [
+            txn_key(&acc, &d(2024, 2, 1), "a"),
+            txn_key(&acc, &d(2023, 12, 31), "z"),
+            txn_key(&acc, &d(2024, 1, 15), "b"),
+            txn_key(&acc, &d(2024, 1, 15), "a"),
+        ];
+        keys.sort();
+        let prefix = account_prefix(&acc).len();
+        let tokens: Vec<_> = keys.iter().map(|k| txn_token(prefix, k).unwrap()).collect();
+        assert_eq!(
+            tokens,
+            [
+                "2023-12-31|z",
+                "2024-01-15|a",
+                "2024-01-15|b",
+                "2024-02-01|a"
+            ]
+        );
+        assert_eq!(txn_id_from_key(prefix, &keys[1]).unwrap(), "a");
+    }
+
+    #[test]
+    fn out_of_range_years_are_clamped_to_fixed_width() {
+        let far = NaiveDate::from_ymd_opt(12345, 1, 1).unwrap();
+        assert_eq!(date_component(far), "9999-12-31");
+        let before = NaiveDate::from_ymd_opt(-5, 1, 1).unwrap();
+        assert_eq!(date_component(before), "0000-01-01");
+    }
+
+    #[test]
+    fn inbox_keys_sort_by_seq() {
+        let acc = AccountId("acc_1".into());
+        assert!(inbox_key(&acc, 255) < inbox_key(&acc, 256));
+    }
+
+    #[test]
+    fn prefix_end_bounds_the_prefix() {
+        assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_end(&[1, 0xff]), Some(vec![2]));
+        assert_eq!(prefix_end(&[0xff]), None);
+    }
+}

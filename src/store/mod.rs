@@ -22,7 +22,7 @@ mod group_commit;
 mod keys;
 mod sled_store;
 
-// pub use sled_store::{SledStore, SledStoreConfig};
+pub use sled_store::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
 #[derive(Debug, thiserror::Error)]
@@ -204,8 +204,11 @@ pub trait Store: Send + Sync + 'static {
     /// Deduplicates and appends a webhook, resolving its item to an account inside the
     /// same transaction (so a concurrent link cannot strand it). Not durable until a
     /// later `durable()` resolves.
-    fn ingest(&self, webhook: IncomingWebhook, dedup_ttl: Duration)
-        -> Result<IngestOutcome, StoreError>;
+    fn ingest(
+        &self,
+        webhook: IncomingWebhook,
+        dedup_ttl: Duration,
+    ) -> Result<IngestOutcome, StoreError>;
 
     /// Resolves once everything written before the call is on disk (flushed and
     /// fsynced). Many concurrent callers share one flush.

@@ -1,1 +1,1742 @@
-//! Placeholder: filled in by the store implementation.
+//! The sled implementation of [`Store`]: typed trees, versioned records and the
+//! multi-tree transactions that keep the store's invariants.
+//!
+//! sled 0.34.7 shapes several choices here:
+//! - its multi-tree transactions take one process-wide lock and may re-run their
+//!   closure, so closures only move prepared bytes (values are encoded beforehand where
+//!   possible) and have no side effects; counters are updated after the commit from the
+//!   closure's return value;
+//! - a transaction closure must never call a non-transactional sled method: those take
+//!   the same global lock for reading and would deadlock (`Db::generate_id` included,
+//!   hence `TransactionalTree::generate_id`);
+//! - transactional trees cannot range-scan, so scans happen before the transaction and
+//!   what they found is re-checked (or swept again) around it;
+//! - durability is ours: sled's own periodic flusher is off and [`GroupCommit`] flushes
+//!   and fsyncs from one task.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs::File;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
+use sled::{IVec, Tree};
+
+use super::group_commit::{FlushFn, GroupCommit};
+use super::keys::{self, ACCOUNTS, DEDUP, INBOX, LOOKUP, TRANSACTIONS, TXN_INDEX, UNROUTED};
+use super::{
+    ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, Resolved, Store, StoreError,
+    SyncCommit, TransactionPage, TransactionQuery,
+};
+use crate::domain::{
+    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, SyncOutcome, Transaction,
+};
+
+/// Where and how to open the sled store.
+#[derive(Clone, Debug)]
+pub struct SledStoreConfig {
+    /// Directory holding sled's files; created if missing.
+    pub data_dir: PathBuf,
+    /// sled page cache size in bytes.
+    pub cache_capacity_bytes: u64,
+}
+
+/// A webhook kept for an item that is not linked yet, adopted into an inbox on link.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct UnroutedEvent {
+    seq: u64,
+    provider: ProviderKind,
+    item_id: String,
+    kind: String,
+    received_at: DateTime<Utc>,
+    body: serde_json::Value,
+}
+
+/// A dedup key's record: duplicates are rejected until `expires_at`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DedupRecord {
+    expires_at: DateTime<Utc>,
+}
+
+/// The sled database plus open handles on the files the group commit fsyncs.
+struct DbFiles {
+    db: sled::Db,
+    db_file: File,
+    dir: File,
+    blobs_dir: PathBuf,
+}
+
+impl DbFiles {
+    /// sled's `flush` ends in `sync_file_range`, which does not persist metadata or
+    /// survive every crash; follow it with real fsyncs of the log, any blob files and
+    /// the directories that list them.
+    fn flush_and_sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map_err(io)?;
+        self.db_file.sync_all().map_err(io)?;
+        match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => {
+                for entry in entries {
+                    let path = entry.map_err(io)?.path();
+                    match File::open(&path) {
+                        Ok(f) => f.sync_all().map_err(io)?,
+                        // sled garbage-collects blobs concurrently; a gone blob needs no sync.
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(io(e)),
+                    }
+                }
+                File::open(&self.blobs_dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io)?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io(e)),
+        }
+        self.dir.sync_all().map_err(io)
+    }
+}
+
+/// The sled-backed [`Store`]. Open with [`SledStore::open`]; stop with
+/// [`SledStore::shutdown`], after which writes answer [`StoreError::Closed`].
+pub struct SledStore {
+    /// Owns the database; the flusher holds only a weak reference so dropping the
+    /// store closes sled. Never read otherwise.
+    _files: Arc<DbFiles>,
+    data_dir: PathBuf,
+    accounts: Tree,
+    lookup: Tree,
+    transactions: Tree,
+    txn_index: Tree,
+    inbox: Tree,
+    unrouted: Tree,
+    dedup: Tree,
+    /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
+    inbox_depth: AtomicU64,
+    /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
+    /// (which takes the write guard) knows no write can land after its final flush.
+    closed: RwLock<bool>,
+    group: GroupCommit,
+}
+
+impl fmt::Debug for SledStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SledStore")
+            .field("data_dir", &self.data_dir)
+            .field("inbox_depth", &self.inbox_depth.load(Ordering::Relaxed))
+            .field("flush_count", &self.group.rounds())
+            .finish_non_exhaustive()
+    }
+}
+
+fn io(e: impl fmt::Display) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+fn from_tx(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => io(e),
+    }
+}
+
+type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
+
+/// Lifts a store result into a transaction closure: errors abort the transaction.
+fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
+    result.map_err(ConflictableTransactionError::Abort)
+}
+
+fn saturating_sub(counter: &AtomicU64, n: u64) {
+    if n > 0 {
+        // fetch_update with a closure that always returns Some cannot fail.
+        let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub(n))
+        });
+    }
+}
+
+/// Removes `key` from the lookup tree if it still points at `id` (after an unlink and
+/// relink, the same item id belongs to another account and must stay).
+fn remove_if_points_to(lookup: &TransactionalTree, key: &[u8], id: &AccountId) -> TxResult<()> {
+    if let Some(value) = lookup.get(key)? {
+        let holder: AccountId = tx(keys::decode(LOOKUP, &value))?;
+        if &holder == id {
+            lookup.remove(key)?;
+        }
+    }
+    Ok(())
+}
+
+fn remove_lookup_keys(lookup: &TransactionalTree, account: &Account) -> TxResult<()> {
+    remove_if_points_to(
+        lookup,
+        &keys::item_key(account.provider, &account.item_id),
+        &account.id,
+    )?;
+    for alias in &account.aliases {
+        remove_if_points_to(lookup, &keys::alias_key(alias), &account.id)?;
+    }
+    lookup.remove(keys::owner_key(&account.owner_id, &account.id))?;
+    Ok(())
+}
+
+/// Moves the given unrouted events into `account`'s inbox; returns how many moved
+/// (keys already gone, e.g. adopted by an earlier pass, are skipped).
+fn adopt(
+    unrouted: &TransactionalTree,
+    inbox: &TransactionalTree,
+    found: &[IVec],
+    account: &AccountId,
+) -> TxResult<u64> {
+    let mut moved = 0;
+    for key in found {
+        let Some(value) = unrouted.remove(key)? else {
+            continue;
+        };
+        let event: UnroutedEvent = tx(keys::decode(UNROUTED, &value))?;
+        let entry = InboxEntry {
+            seq: event.seq,
+            account_id: account.clone(),
+            provider: event.provider,
+            kind: event.kind,
+            received_at: event.received_at,
+            body: event.body,
+        };
+        inbox.insert(
+            keys::inbox_key(account, event.seq),
+            tx(keys::encode(INBOX, &entry))?,
+        )?;
+        moved += 1;
+    }
+    Ok(moved)
+}
+
+/// A transaction row prepared outside the transaction so the closure only moves bytes.
+struct PreparedUpsert<'a> {
+    id: &'a str,
+    date: String,
+    key: IVec,
+    value: IVec,
+    index_key: IVec,
+    index_value: IVec,
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `config.data_dir` and starts its flusher task.
+    /// Must be called inside a tokio runtime; outside one it returns `StoreError::Io`.
+    pub fn open(config: SledStoreConfig) -> Result<Arc<SledStore>, StoreError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            StoreError::Io("the sled store must be opened inside a tokio runtime".into())
+        })?;
+        std::fs::create_dir_all(&config.data_dir).map_err(io)?;
+        let db = sled::Config::new()
+            .path(&config.data_dir)
+            .cache_capacity(config.cache_capacity_bytes)
+            // Our group commit is the only flusher (sled's would race it).
+            .flush_every_ms(None)
+            .open()
+            .map_err(io)?;
+        let tree = |name: &str| db.open_tree(name).map_err(io);
+        let accounts = tree(ACCOUNTS)?;
+        let lookup = tree(LOOKUP)?;
+        let transactions = tree(TRANSACTIONS)?;
+        let txn_index = tree(TXN_INDEX)?;
+        let inbox = tree(INBOX)?;
+        let unrouted = tree(UNROUTED)?;
+        let dedup = tree(DEDUP)?;
+
+        let depth = (inbox.len() + unrouted.len()) as u64;
+        let files = Arc::new(DbFiles {
+            db_file: File::open(config.data_dir.join("db")).map_err(io)?,
+            dir: File::open(&config.data_dir).map_err(io)?,
+            blobs_dir: config.data_dir.join("blobs"),
+            db,
+        });
+        // The flusher must not keep the database open after the store is dropped (a
+        // reopen of the same directory would fail on sled's file lock).
+        let weak = Arc::downgrade(&files);
+        let flush: FlushFn = Arc::new(move || match weak.upgrade() {
+            Some(files) => files.flush_and_sync(),
+            None => Err(StoreError::Closed),
+        });
+        let group = GroupCommit::start(&runtime, flush);
+        tracing::info!(data_dir = %config.data_dir.display(), inbox_depth = depth, "store opened");
+
+        Ok(Arc::new(SledStore {
+            _files: files,
+            data_dir: config.data_dir,
+            accounts,
+            lookup,
+            transactions,
+            txn_index,
+            inbox,
+            unrouted,
+            dedup,
+            inbox_depth: AtomicU64::new(depth),
+            closed: RwLock::new(false),
+            group,
+        }))
+    }
+
+    /// Physical flush rounds done so far (each one flush + fsync, shared by every
+    /// `durable()` caller waiting at the time).
+    pub fn flush_count(&self) -> u64 {
+        self.group.rounds()
+    }
+
+    /// The directory the store lives in.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Stops taking writes, waits for in-flight ones, makes everything durable and stops
+    /// the flusher. Afterwards writes answer `Closed` and `durable()` answers with the
+    /// final flush's result. Idempotent.
+    pub async fn shutdown(&self) -> Result<(), StoreError> {
+        {
+            let mut closed = self.closed.write().unwrap_or_else(|p| p.into_inner());
+            *closed = true;
+        }
+        let result = self.group.stop().await;
+        tracing::info!(data_dir = %self.data_dir.display(), ok = result.is_ok(), "store closed");
+        result
+    }
+
+    /// Admits one write, or `Closed`. Hold the guard until the write is done.
+    fn write_gate(&self) -> Result<RwLockReadGuard<'_, bool>, StoreError> {
+        let guard = self.closed.read().unwrap_or_else(|p| p.into_inner());
+        if *guard {
+            return Err(StoreError::Closed);
+        }
+        Ok(guard)
+    }
+
+    fn scan_keys(tree: &Tree, prefix: &[u8]) -> Result<Vec<IVec>, StoreError> {
+        tree.scan_prefix(prefix)
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(io)
+    }
+
+    /// Read-modify-write of one account record.
+    fn update_account(
+        &self,
+        id: &AccountId,
+        change: impl Fn(&mut Account),
+    ) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let key = keys::account_key(id);
+        self.accounts
+            .transaction(|accounts| {
+                let Some(bytes) = accounts.get(&key)? else {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::AccountNotFound(id.clone()),
+                    ));
+                };
+                let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                change(&mut account);
+                accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    /// Ids found under a lookup prefix (item ids of any provider, owner ids), sorted
+    /// and deduplicated.
+    fn ids_under(&self, prefix: &[u8]) -> Result<Vec<AccountId>, StoreError> {
+        let mut ids = Vec::new();
+        for item in self.lookup.scan_prefix(prefix).values() {
+            ids.push(keys::decode::<AccountId>(LOOKUP, &item.map_err(io)?)?);
+        }
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
+    }
+}
+
+impl Drop for SledStore {
+    fn drop(&mut self) {
+        // Without a shutdown, still let the flusher exit instead of waiting forever.
+        self.group.request_stop();
+    }
+}
+
+impl Store for SledStore {
+    fn link_account(&self, account: &Account) -> Result<LinkReceipt, StoreError> {
+        let _gate = self.write_gate()?;
+        let mut record = account.clone();
+        record.status = LinkStatus::Linked;
+        let id = &record.id;
+        let account_key = keys::account_key(id);
+        let record_bytes = keys::encode(ACCOUNTS, &record)?;
+        let id_value = keys::encode(LOOKUP, id)?;
+        let mut claimed = vec![(
+            record.item_id.clone(),
+            keys::item_key(record.provider, &record.item_id),
+        )];
+        claimed.extend(
+            record
+                .aliases
+                .iter()
+                .map(|a| (a.clone(), keys::alias_key(a))),
+        );
+        let owner_key = keys::owner_key(&record.owner_id, id);
+        let unrouted_prefix = keys::unrouted_prefix(record.provider, &record.item_id);
+        let kept = Self::scan_keys(&self.unrouted, &unrouted_prefix)?;
+
+        let adopted = (&self.accounts, &self.lookup, &self.inbox, &self.unrouted)
+            .transaction(|(accounts, lookup, inbox, unrouted)| {
+                // Relinking the same id replaces its keys rather than adding to them.
+                if let Some(previous) = accounts.get(&account_key)? {
+                    let previous: Account = tx(keys::decode(ACCOUNTS, &previous))?;
+                    remove_lookup_keys(lookup, &previous)?;
+                }
+                for (name, key) in &claimed {
+                    let Some(holder) = lookup.get(key)? else {
+                        continue;
+                    };
+                    let holder: AccountId = tx(keys::decode(LOOKUP, &holder))?;
+                    if &holder == id {
+                        continue;
+                    }
+                    let holder_linked = match accounts.get(keys::account_key(&holder))? {
+                        Some(bytes) => {
+                            tx(keys::decode::<Account>(ACCOUNTS, &bytes))?.status
+                                == LinkStatus::Linked
+                        }
+                        None => false,
+                    };
+                    if holder_linked {
+                        return Err(ConflictableTransactionError::Abort(StoreError::Conflict {
+                            key: name.clone(),
+                            account_id: holder,
+                        }));
+                    }
+                }
+                accounts.insert(account_key.as_slice(), record_bytes.as_slice())?;
+                for (_, key) in &claimed {
+                    lookup.insert(key.as_slice(), id_value.as_slice())?;
+                }
+                lookup.insert(owner_key.as_slice(), id_value.as_slice())?;
+                adopt(unrouted, inbox, &kept, id)
+            })
+            .map_err(from_tx)?;
+
+        // An ingest that committed between the scan and the link left its event under
+        // the prefix; none can arrive now that the item resolves inside ingest.
+        let stragglers = Self::scan_keys(&self.unrouted, &unrouted_prefix)?;
+        let late = if stragglers.is_empty() {
+            0
+        } else {
+            (&self.inbox, &self.unrouted)
+                .transaction(|(inbox, unrouted)| adopt(unrouted, inbox, &stragglers, id))
+                .map_err(from_tx)?
+        };
+        tracing::info!(account_id = %id, adopted = adopted + late, "account linked");
+        Ok(LinkReceipt {
+            adopted_events: adopted + late,
+        })
+    }
+
+    fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        self.accounts
+            .get(keys::account_key(id))
+            .map_err(io)?
+            .map(|bytes| keys::decode(ACCOUNTS, &bytes))
+            .transpose()
+    }
+
+    fn resolve(&self, key: &str) -> Result<Resolved, StoreError> {
+        if AccountId::looks_canonical(key)
+            && self.accounts.contains_key(key.as_bytes()).map_err(io)?
+        {
+            return Ok(Resolved::Found(AccountId(key.to_owned())));
+        }
+        if let Some(bytes) = self.lookup.get(keys::alias_key(key)).map_err(io)? {
+            return Ok(Resolved::Found(keys::decode(LOOKUP, &bytes)?));
+        }
+        for prefix in [keys::item_prefix(key), keys::owner_prefix(key)] {
+            let mut ids = self.ids_under(&prefix)?;
+            match ids.len() {
+                0 => continue,
+                1 => return Ok(Resolved::Found(ids.remove(0))),
+                _ => return Ok(Resolved::Ambiguous(ids)),
+            }
+        }
+        Ok(Resolved::NotFound)
+    }
+
+    fn list_accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError> {
+        let iter = match after {
+            Some(after) => self
+                .accounts
+                .range::<Vec<u8>, _>((Bound::Excluded(keys::account_key(after)), Bound::Unbounded)),
+            None => self.accounts.iter(),
+        };
+        iter.values()
+            .take(limit)
+            .map(|bytes| keys::decode(ACCOUNTS, &bytes.map_err(io)?))
+            .collect()
+    }
+
+    fn unlink_account(&self, id: &AccountId, purge: bool) -> Result<Option<Account>, StoreError> {
+        let _gate = self.write_gate()?;
+        let account_key = keys::account_key(id);
+        let prefix = keys::account_prefix(id);
+        let (rows, index, inbox_keys) = if purge {
+            (
+                Self::scan_keys(&self.transactions, &prefix)?,
+                Self::scan_keys(&self.txn_index, &prefix)?,
+                Self::scan_keys(&self.inbox, &prefix)?,
+            )
+        } else {
+            Default::default()
+        };
+
+        let outcome = (
+            &self.accounts,
+            &self.lookup,
+            &self.transactions,
+            &self.txn_index,
+            &self.inbox,
+        )
+            .transaction(|(accounts, lookup, transactions, txn_index, inbox)| {
+                let Some(bytes) = accounts.get(&account_key)? else {
+                    return Ok(None);
+                };
+                let previous: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                remove_lookup_keys(lookup, &previous)?;
+                let mut inbox_removed = 0u64;
+                if purge {
+                    accounts.remove(account_key.as_slice())?;
+                    for key in &rows {
+                        transactions.remove(key)?;
+                    }
+                    for key in &index {
+                        txn_index.remove(key)?;
+                    }
+                    for key in &inbox_keys {
+                        if inbox.remove(key)?.is_some() {
+                            inbox_removed += 1;
+                        }
+                    }
+                } else {
+                    let mut record = previous.clone();
+                    record.status = LinkStatus::Unlinked;
+                    accounts
+                        .insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &record))?)?;
+                }
+                Ok(Some((previous, inbox_removed)))
+            })
+            .map_err(from_tx)?;
+        let Some((previous, mut inbox_removed)) = outcome else {
+            return Ok(None);
+        };
+
+        if purge {
+            // Rows or entries written between the scans and the transaction. Nothing can
+            // add more now: syncs need the record, ingest needs the lookup keys.
+            for tree in [&self.transactions, &self.txn_index] {
+                for key in Self::scan_keys(tree, &prefix)? {
+                    tree.remove(key).map_err(io)?;
+                }
+            }
+            for key in Self::scan_keys(&self.inbox, &prefix)? {
+                if self.inbox.remove(key).map_err(io)?.is_some() {
+                    inbox_removed += 1;
+                }
+            }
+        }
+        saturating_sub(&self.inbox_depth, inbox_removed);
+        tracing::info!(account_id = %id, purge, "account unlinked");
+        Ok(Some(previous))
+    }
+
+    fn record_sync_started(&self, id: &AccountId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.update_account(id, |account| account.last_sync_started_at = Some(at))
+    }
+
+    fn record_sync_failed(
+        &self,
+        id: &AccountId,
+        outcome: SyncOutcome,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.update_account(id, |account| {
+            account.last_sync_finished_at = Some(at);
+            account.last_sync_outcome = Some(outcome.clone());
+        })
+    }
+
+    fn ingest(
+        &self,
+        webhook: IncomingWebhook,
+        dedup_ttl: Duration,
+    ) -> Result<IngestOutcome, StoreError> {
+        let _gate = self.write_gate()?;
+        let item_key = keys::item_key(webhook.provider, &webhook.item_id);
+        let ttl = chrono::Duration::from_std(dedup_ttl).unwrap_or(chrono::Duration::MAX);
+        let expires_at = webhook
+            .received_at
+            .checked_add_signed(ttl)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let dedup_value = keys::encode(DEDUP, &DedupRecord { expires_at })?;
+        let dedup_key = webhook.dedup_key;
+
+        let outcome = (&self.lookup, &self.inbox, &self.unrouted, &self.dedup)
+            .transaction(|(lookup, inbox, unrouted, dedup)| {
+                let account_id: Option<AccountId> = match lookup.get(&item_key)? {
+                    Some(bytes) => Some(tx(keys::decode(LOOKUP, &bytes))?),
+                    None => None,
+                };
+                if let Some(bytes) = dedup.get(dedup_key)? {
+                    let seen: DedupRecord = tx(keys::decode(DEDUP, &bytes))?;
+                    if seen.expires_at > webhook.received_at {
+                        return Ok(IngestOutcome::Duplicate { account_id });
+                    }
+                }
+                let seq = inbox.generate_id()?;
+                match &account_id {
+                    Some(account) => {
+                        let entry = InboxEntry {
+                            seq,
+                            account_id: account.clone(),
+                            provider: webhook.provider,
+                            kind: webhook.kind.clone(),
+                            received_at: webhook.received_at,
+                            body: webhook.body.clone(),
+                        };
+                        inbox.insert(
+                            keys::inbox_key(account, seq),
+                            tx(keys::encode(INBOX, &entry))?,
+                        )?;
+                    }
+                    None => {
+                        let event = UnroutedEvent {
+                            seq,
+                            provider: webhook.provider,
+                            item_id: webhook.item_id.clone(),
+                            kind: webhook.kind.clone(),
+                            received_at: webhook.received_at,
+                            body: webhook.body.clone(),
+                        };
+                        unrouted.insert(
+                            keys::unrouted_key(webhook.provider, &webhook.item_id, seq),
+                            tx(keys::encode(UNROUTED, &event))?,
+                        )?;
+                    }
+                }
+                dedup.insert(&dedup_key[..], dedup_value.as_slice())?;
+                Ok(IngestOutcome::Accepted { seq, account_id })
+            })
+            .map_err(from_tx)?;
+        if matches!(outcome, IngestOutcome::Accepted { .. }) {
+            self.inbox_depth.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(outcome)
+    }
+
+    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.group.wait()
+    }
+
+    fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
+        self.inbox
+            .scan_prefix(keys::account_prefix(id))
+            .values()
+            .map(|bytes| keys::decode(INBOX, &bytes.map_err(io)?))
+            .collect()
+    }
+
+    fn inbox_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.inbox_depth.load(Ordering::Relaxed))
+    }
+
+    fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        let _gate = self.write_gate()?;
+        let mut purged = 0;
+        for item in self.dedup.iter() {
+            let (key, value) = item.map_err(io)?;
+            let expired = match keys::decode::<DedupRecord>(DEDUP, &value) {
+                Ok(record) => record.expires_at <= now,
+                // A dedup record only saves a redundant sync (effects are idempotent), so
+                // an unreadable one is dropped rather than blocking the sweep forever.
+                Err(e) => {
+                    tracing::warn!(error = %e, "dropping unreadable dedup record");
+                    true
+                }
+            };
+            // Compare-and-swap: an ingest may have refreshed the key since the scan.
+            if expired
+                && self
+                    .dedup
+                    .compare_and_swap(&key, Some(&value), None as Option<&[u8]>)
+                    .map_err(io)?
+                    .is_ok()
+            {
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+
+    fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let account_id = &commit.account_id;
+        let account_key = keys::account_key(account_id);
+
+        let upserts = commit
+            .upserts
+            .iter()
+            .map(|row| {
+                let date = keys::date_component(row.date);
+                Ok(PreparedUpsert {
+                    id: &row.id,
+                    key: keys::txn_key(account_id, &date, &row.id).into(),
+                    value: keys::encode(TRANSACTIONS, row)?.into(),
+                    index_key: keys::txn_index_key(account_id, &row.id).into(),
+                    index_value: keys::encode(TXN_INDEX, &date)?.into(),
+                    date,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let removals: Vec<(IVec, &str)> = commit
+            .removals
+            .iter()
+            .map(|id| (keys::txn_index_key(account_id, id).into(), id.as_str()))
+            .collect();
+        // Replace: every existing row whose id is not upserted goes. The account actor
+        // serializes syncs, so nothing else writes these rows between scan and commit.
+        let victims: Vec<(IVec, IVec)> = if commit.mode == ApplyMode::Replace {
+            let keep: HashSet<&str> = upserts.iter().map(|u| u.id).collect();
+            let prefix = keys::account_prefix(account_id);
+            let mut victims = Vec::new();
+            for key in Self::scan_keys(&self.transactions, &prefix)? {
+                let id = keys::txn_id_from_key(prefix.len(), &key).ok_or_else(|| {
+                    StoreError::Corrupt {
+                        tree: TRANSACTIONS,
+                        detail: "transaction key without a UTF-8 id".into(),
+                    }
+                })?;
+                if !keep.contains(id.as_str()) {
+                    victims.push((key, keys::txn_index_key(account_id, &id).into()));
+                }
+            }
+            victims
+        } else {
+            Vec::new()
+        };
+        let consumed: Vec<Vec<u8>> = commit
+            .consumed
+            .iter()
+            .map(|seq| keys::inbox_key(account_id, *seq))
+            .collect();
+
+        let inbox_removed = (
+            &self.accounts,
+            &self.transactions,
+            &self.txn_index,
+            &self.inbox,
+        )
+            .transaction(|(accounts, transactions, txn_index, inbox)| {
+                let Some(bytes) = accounts.get(&account_key)? else {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::AccountNotFound(account_id.clone()),
+                    ));
+                };
+                let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+
+                for row in &upserts {
+                    if let Some(old) = txn_index.get(&row.index_key)? {
+                        let old_date: String = tx(keys::decode(TXN_INDEX, &old))?;
+                        if old_date != row.date {
+                            transactions.remove(keys::txn_key(account_id, &old_date, row.id))?;
+                        }
+                    }
+                    transactions.insert(row.key.clone(), row.value.clone())?;
+                    txn_index.insert(row.index_key.clone(), row.index_value.clone())?;
+                }
+                for (index_key, id) in &removals {
+                    if let Some(old) = txn_index.remove(index_key.clone())? {
+                        let old_date: String = tx(keys::decode(TXN_INDEX, &old))?;
+                        transactions.remove(keys::txn_key(account_id, &old_date, id))?;
+                    }
+                }
+                for (key, index_key) in &victims {
+                    transactions.remove(key.clone())?;
+                    txn_index.remove(index_key.clone())?;
+                }
+
+                account.cursor = Some(commit.cursor.clone());
+                account.cursor_updated_at = Some(commit.finished_at);
+                account.last_sync_started_at = Some(commit.started_at);
+                account.last_sync_finished_at = Some(commit.finished_at);
+                account.last_sync_outcome = Some(commit.outcome.clone());
+                account.sync_count += 1;
+                accounts.insert(
+                    account_key.as_slice(),
+                    tx(keys::encode(ACCOUNTS, &account))?,
+                )?;
+
+                let mut removed = 0u64;
+                for key in &consumed {
+                    if inbox.remove(key.as_slice())?.is_some() {
+                        removed += 1;
+                    }
+                }
+                Ok(removed)
+            })
+            .map_err(from_tx)?;
+        saturating_sub(&self.inbox_depth, inbox_removed);
+        Ok(())
+    }
+
+    fn list_transactions(
+        &self,
+        id: &AccountId,
+        query: &TransactionQuery,
+    ) -> Result<TransactionPage, StoreError> {
+        let prefix = keys::account_prefix(id);
+        let with_prefix = |tail: &[u8]| {
+            let mut key = prefix.clone();
+            key.extend_from_slice(tail);
+            key
+        };
+        // Page tokens are `YYYY-MM-DD|id`, i.e. the key without its account prefix, so
+        // any string is a valid exclusive lower bound: garbage cannot panic or error, it
+        // just starts the page somewhere in (date, id) order.
+        let mut lower = Bound::Included(match query.start_date {
+            Some(start) => with_prefix(format!("{}|", keys::date_component(start)).as_bytes()),
+            None => prefix.clone(),
+        });
+        if let Some(after) = &query.after {
+            let after = with_prefix(after.as_bytes());
+            if let Bound::Included(current) = &lower {
+                if &after >= current {
+                    lower = Bound::Excluded(after);
+                }
+            }
+        }
+        // '}' follows '|', so this bound is above every id on the end date.
+        let upper = match query.end_date {
+            Some(end) => Some(with_prefix(
+                format!("{}}}", keys::date_component(end)).as_bytes(),
+            )),
+            None => keys::prefix_end(&prefix),
+        };
+        let empty = match (&lower, &upper) {
+            (Bound::Included(lo) | Bound::Excluded(lo), Some(hi)) => lo >= hi,
+            _ => false,
+        };
+        if empty {
+            return Ok(TransactionPage {
+                transactions: Vec::new(),
+                next: None,
+            });
+        }
+        let upper = upper.map_or(Bound::Unbounded, Bound::Excluded);
+
+        let limit = query.limit.max(1);
+        let mut rows = Vec::with_capacity(limit.min(1024));
+        let mut last_key = None;
+        let mut more = false;
+        for item in self.transactions.range::<Vec<u8>, _>((lower, upper)) {
+            let (key, value) = item.map_err(io)?;
+            if rows.len() == limit {
+                more = true;
+                break;
+            }
+            rows.push(keys::decode::<Transaction>(TRANSACTIONS, &value)?);
+            last_key = Some(key);
+        }
+        let next = match (more, last_key) {
+            (true, Some(key)) => {
+                Some(
+                    keys::txn_token(prefix.len(), &key).ok_or_else(|| StoreError::Corrupt {
+                        tree: TRANSACTIONS,
+                        detail: "transaction key is not UTF-8".into(),
+                    })?,
+                )
+            }
+            _ => None,
+        };
+        Ok(TransactionPage {
+            transactions: rows,
+            next,
+        })
+    }
+
+    fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError> {
+        let mut n = 0;
+        for key in self.txn_index.scan_prefix(keys::account_prefix(id)).keys() {
+            key.map_err(io)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn count_accounts(&self) -> Result<u64, StoreError> {
+        Ok(self.accounts.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AccessToken;
+    use chrono::{NaiveDate, TimeZone};
+    use tempfile::TempDir;
+
+    const TTL: Duration = Duration::from_secs(15 * 60);
+
+    fn open(dir: &TempDir) -> Arc<SledStore> {
+        SledStore::open(SledStoreConfig {
+            data_dir: dir.path().join("data"),
+            cache_capacity_bytes: 64 * 1024 * 1024,
+        })
+        .unwrap()
+    }
+
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
+    }
+
+    fn minutes(n: i64) -> chrono::Duration {
+        chrono::Duration::minutes(n)
+    }
+
+    fn account(item_id: &str, owner_id: &str, aliases: &[&str]) -> Account {
+        Account {
+            id: AccountId::generate(),
+            provider: ProviderKind::Plaid,
+            item_id: item_id.into(),
+            access_token: AccessToken::new("access-sandbox-secret"),
+            owner_id: owner_id.into(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            status: LinkStatus::Linked,
+            created_at: t0(),
+            cursor: None,
+            cursor_updated_at: None,
+            last_sync_started_at: None,
+            last_sync_finished_at: None,
+            last_sync_outcome: None,
+            sync_count: 0,
+        }
+    }
+
+    fn webhook(item_id: &str, dedup: u32, at: DateTime<Utc>) -> IncomingWebhook {
+        let mut dedup_key = [0u8; 32];
+        dedup_key[..4].copy_from_slice(&dedup.to_be_bytes());
+        dedup_key[4..4 + item_id.len().min(28)]
+            .copy_from_slice(&item_id.as_bytes()[..item_id.len().min(28)]);
+        IncomingWebhook {
+            provider: ProviderKind::Plaid,
+            item_id: item_id.into(),
+            kind: "TRANSACTIONS/SYNC_UPDATES_AVAILABLE".into(),
+            dedup_key,
+            body: serde_json::json!({ "item_id": item_id, "n": dedup }),
+            received_at: at,
+        }
+    }
+
+    fn row(id: &str, date: &str) -> Transaction {
+        Transaction {
+            id: id.into(),
+            date: NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap(),
+            body: serde_json::json!({ "transaction_id": id, "date": date }),
+        }
+    }
+
+    fn sync(
+        account_id: &AccountId,
+        mode: ApplyMode,
+        upserts: Vec<Transaction>,
+        removals: &[&str],
+        consumed: Vec<u64>,
+        cursor: &str,
+    ) -> SyncCommit {
+        SyncCommit {
+            account_id: account_id.clone(),
+            mode,
+            upserts,
+            removals: removals.iter().map(|r| r.to_string()).collect(),
+            cursor: cursor.into(),
+            consumed,
+            outcome: SyncOutcome::Committed {
+                added: 0,
+                modified: 0,
+                removed: 0,
+                pages: 1,
+                fallback: false,
+            },
+            started_at: t0(),
+            finished_at: t0() + minutes(1),
+        }
+    }
+
+    fn all_rows(store: &SledStore, id: &AccountId) -> Vec<(String, NaiveDate)> {
+        let page = store
+            .list_transactions(
+                id,
+                &TransactionQuery {
+                    limit: 1_000_000,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(page.next.is_none());
+        page.transactions
+            .into_iter()
+            .map(|t| (t.id, t.date))
+            .collect()
+    }
+
+    fn raw_count(tree: &Tree, id: &AccountId) -> usize {
+        tree.scan_prefix(keys::account_prefix(id)).count()
+    }
+
+    fn seq_of(outcome: IngestOutcome) -> u64 {
+        match outcome {
+            IngestOutcome::Accepted { seq, .. } => seq,
+            other => panic!("expected Accepted, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn duplicate_within_ttl_is_rejected_and_accepted_after_expiry() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+
+        seq_of(store.ingest(webhook("item-1", 7, t0()), TTL).unwrap());
+        let again = store
+            .ingest(webhook("item-1", 7, t0() + minutes(14)), TTL)
+            .unwrap();
+        assert_eq!(
+            again,
+            IngestOutcome::Duplicate {
+                account_id: Some(acc.id.clone())
+            }
+        );
+        assert_eq!(
+            store.pending_inbox(&acc.id).unwrap().len(),
+            1,
+            "a duplicate writes nothing"
+        );
+        assert_eq!(store.inbox_depth().unwrap(), 1);
+
+        // Expired (15 min TTL): accepted again, and the dedup record is refreshed.
+        seq_of(
+            store
+                .ingest(webhook("item-1", 7, t0() + minutes(16)), TTL)
+                .unwrap(),
+        );
+        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 2);
+        assert!(matches!(
+            store
+                .ingest(webhook("item-1", 7, t0() + minutes(20)), TTL)
+                .unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+
+        // Another key expires at t0+15; the refreshed one at t0+31.
+        seq_of(store.ingest(webhook("item-1", 8, t0()), TTL).unwrap());
+        assert_eq!(store.purge_expired_dedup(t0() + minutes(20)).unwrap(), 1);
+        assert_eq!(store.purge_expired_dedup(t0() + minutes(31)).unwrap(), 1);
+        assert_eq!(store.dedup.len(), 0);
+        assert_eq!(store.inbox_depth().unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn events_for_an_unlinked_item_are_adopted_on_link() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let first = store.ingest(webhook("item-early", 1, t0()), TTL).unwrap();
+        let IngestOutcome::Accepted {
+            seq,
+            account_id: None,
+        } = first
+        else {
+            panic!("expected an unrouted accept, got {first:?}");
+        };
+        seq_of(store.ingest(webhook("item-other", 2, t0()), TTL).unwrap());
+        assert_eq!(store.inbox_depth().unwrap(), 2);
+
+        let acc = account("item-early", "owner-1", &[]);
+        assert_eq!(
+            store.link_account(&acc).unwrap(),
+            LinkReceipt { adopted_events: 1 }
+        );
+        let pending = store.pending_inbox(&acc.id).unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].seq, seq);
+        assert_eq!(pending[0].account_id, acc.id);
+        assert_eq!(pending[0].body["item_id"], "item-early");
+        assert_eq!(
+            store.inbox_depth().unwrap(),
+            2,
+            "adoption moves, it does not add"
+        );
+        assert_eq!(store.unrouted.len(), 1, "other items' events stay kept");
+
+        // Once linked, events route straight to the account.
+        let next = store.ingest(webhook("item-early", 3, t0()), TTL).unwrap();
+        assert!(
+            matches!(next, IngestOutcome::Accepted { account_id: Some(ref id), seq: s } if *id == acc.id && s > seq)
+        );
+        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn taken_alias_or_item_id_is_a_conflict_and_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let a = account("item-a", "owner-1", &["alice@example.com"]);
+        store.link_account(&a).unwrap();
+
+        let b = account("item-b", "owner-2", &["bob", "alice@example.com"]);
+        match store.link_account(&b) {
+            Err(StoreError::Conflict { key, account_id }) => {
+                assert_eq!(key, "alice@example.com");
+                assert_eq!(account_id, a.id);
+            }
+            other => panic!("expected Conflict, got {other:?}"),
+        }
+        assert!(store.get_account(&b.id).unwrap().is_none());
+        assert_eq!(
+            store.resolve("bob").unwrap(),
+            Resolved::NotFound,
+            "no partial keys"
+        );
+        assert_eq!(store.resolve("item-b").unwrap(), Resolved::NotFound);
+
+        let c = account("item-a", "owner-3", &[]);
+        assert!(
+            matches!(store.link_account(&c), Err(StoreError::Conflict { ref key, .. }) if key == "item-a")
+        );
+        assert_eq!(store.count_accounts().unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn resolve_covers_canonical_alias_item_and_owner_ids() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let a = account("item-a", "owner-shared", &["a@example.com"]);
+        let b = account("item-b", "owner-shared", &[]);
+        let c = account("item-c", "owner-solo", &[]);
+        for acc in [&a, &b, &c] {
+            store.link_account(acc).unwrap();
+        }
+        assert_eq!(
+            store.resolve(a.id.as_str()).unwrap(),
+            Resolved::Found(a.id.clone())
+        );
+        assert_eq!(
+            store.resolve("a@example.com").unwrap(),
+            Resolved::Found(a.id.clone())
+        );
+        assert_eq!(
+            store.resolve("item-b").unwrap(),
+            Resolved::Found(b.id.clone())
+        );
+        assert_eq!(
+            store.resolve("owner-solo").unwrap(),
+            Resolved::Found(c.id.clone())
+        );
+        let mut both = vec![a.id.clone(), b.id.clone()];
+        both.sort();
+        assert_eq!(
+            store.resolve("owner-shared").unwrap(),
+            Resolved::Ambiguous(both)
+        );
+        assert_eq!(store.resolve("nobody").unwrap(), Resolved::NotFound);
+        // Canonical-looking but unknown ids fall through to the other lookups.
+        assert_eq!(
+            store.resolve(AccountId::generate().as_str()).unwrap(),
+            Resolved::NotFound
+        );
+
+        let listed = store.list_accounts(None, 10).unwrap();
+        let ids: Vec<_> = listed.iter().map(|x| x.id.clone()).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted);
+        assert_eq!(ids.len(), 3);
+        let rest = store.list_accounts(Some(&ids[0]), 10).unwrap();
+        assert_eq!(
+            rest.iter().map(|x| x.id.clone()).collect::<Vec<_>>(),
+            ids[1..]
+        );
+    }
+
+    #[tokio::test]
+    async fn delta_commit_applies_upserts_in_order_then_removals() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![
+                    row("t1", "2024-01-01"),
+                    row("t2", "2024-01-02"),
+                    row("t3", "2024-01-03"),
+                ],
+                &[],
+                vec![],
+                "c1",
+            ))
+            .unwrap();
+
+        // t1 modified twice (date moves, the later row wins), t2 added-then-removed in
+        // the same page, t3 removed, an unknown removal is a no-op.
+        let mut modified = row("t1", "2024-01-07");
+        modified.body["amount"] = serde_json::json!(42);
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![
+                    row("t1", "2024-01-05"),
+                    row("t2", "2024-01-09"),
+                    modified.clone(),
+                ],
+                &["t2", "t3", "never-seen"],
+                vec![],
+                "c2",
+            ))
+            .unwrap();
+
+        let d = |s| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(
+            all_rows(&store, &acc.id),
+            vec![("t1".to_string(), d("2024-01-07"))]
+        );
+        let page = store
+            .list_transactions(
+                &acc.id,
+                &TransactionQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(page.transactions[0], modified);
+        assert_eq!(store.count_transactions(&acc.id).unwrap(), 1);
+        assert_eq!(
+            raw_count(&store.transactions, &acc.id),
+            1,
+            "the old-date rows are gone"
+        );
+        assert_eq!(raw_count(&store.txn_index, &acc.id), 1);
+
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert_eq!(stored.cursor.as_deref(), Some("c2"));
+        assert_eq!(stored.sync_count, 2);
+        assert_eq!(stored.cursor_updated_at, Some(t0() + minutes(1)));
+        assert!(matches!(
+            stored.last_sync_outcome,
+            Some(SyncOutcome::Committed { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn replace_commit_keeps_only_the_upserted_rows() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        let other = account("item-2", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store.link_account(&other).unwrap();
+        for id in [&acc.id, &other.id] {
+            store
+                .commit_sync(sync(
+                    id,
+                    ApplyMode::Delta,
+                    vec![
+                        row("a", "2024-01-01"),
+                        row("b", "2024-01-02"),
+                        row("c", "2024-01-03"),
+                    ],
+                    &[],
+                    vec![],
+                    "c1",
+                ))
+                .unwrap();
+        }
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Replace,
+                vec![row("b", "2024-02-02"), row("d", "2024-01-04")],
+                &[],
+                vec![],
+                "fresh",
+            ))
+            .unwrap();
+        let ids: Vec<_> = all_rows(&store, &acc.id)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(ids, ["d", "b"]);
+        assert_eq!(raw_count(&store.txn_index, &acc.id), 2);
+        assert_eq!(
+            store.count_transactions(&other.id).unwrap(),
+            3,
+            "other accounts untouched"
+        );
+    }
+
+    #[tokio::test]
+    async fn consumed_inbox_entries_leave_with_the_commit() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let s1 = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
+        let s2 = seq_of(store.ingest(webhook("item-1", 2, t0()), TTL).unwrap());
+        let s3 = seq_of(store.ingest(webhook("item-1", 3, t0()), TTL).unwrap());
+        seq_of(
+            store
+                .ingest(webhook("item-unlinked", 4, t0()), TTL)
+                .unwrap(),
+        );
+        assert_eq!(store.inbox_depth().unwrap(), 4);
+
+        // s3 arrived after the sync started: it stays. A bogus seq is ignored.
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![],
+                &[],
+                vec![s1, s2, 999_999_999],
+                "c",
+            ))
+            .unwrap();
+        let pending: Vec<_> = store
+            .pending_inbox(&acc.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(pending, [s3]);
+        assert_eq!(store.inbox_depth().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn failed_and_started_syncs_touch_only_their_fields() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store.record_sync_started(&acc.id, t0()).unwrap();
+        let failed = SyncOutcome::Failed {
+            code: "ITEM_LOGIN_REQUIRED".into(),
+            message: "login required".into(),
+            request_id: Some("req-1".into()),
+        };
+        store
+            .record_sync_failed(&acc.id, failed.clone(), t0() + minutes(2))
+            .unwrap();
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert_eq!(stored.last_sync_started_at, Some(t0()));
+        assert_eq!(stored.last_sync_finished_at, Some(t0() + minutes(2)));
+        assert_eq!(stored.last_sync_outcome, Some(failed));
+        assert_eq!((stored.cursor, stored.sync_count), (None, 0));
+
+        let unknown = AccountId::generate();
+        assert!(matches!(
+            store.record_sync_started(&unknown, t0()),
+            Err(StoreError::AccountNotFound(ref id)) if *id == unknown
+        ));
+        assert!(matches!(
+            store.commit_sync(sync(
+                &unknown,
+                ApplyMode::Delta,
+                vec![row("x", "2024-01-01")],
+                &[],
+                vec![],
+                "c"
+            )),
+            Err(StoreError::AccountNotFound(_))
+        ));
+        assert_eq!(
+            store.count_transactions(&unknown).unwrap(),
+            0,
+            "aborted commit wrote nothing"
+        );
+    }
+
+    #[tokio::test]
+    async fn unlink_keeps_data_and_frees_keys_and_purge_deletes_it() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let old = account("item-1", "owner-1", &["alias-1"]);
+        store.link_account(&old).unwrap();
+        let s = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
+        store
+            .commit_sync(sync(
+                &old.id,
+                ApplyMode::Delta,
+                vec![row("t1", "2024-01-01")],
+                &[],
+                vec![],
+                "c1",
+            ))
+            .unwrap();
+
+        let before = store.unlink_account(&old.id, false).unwrap().unwrap();
+        assert_eq!(before.status, LinkStatus::Linked);
+        let kept = store.get_account(&old.id).unwrap().unwrap();
+        assert_eq!(kept.status, LinkStatus::Unlinked);
+        assert_eq!(kept.cursor.as_deref(), Some("c1"));
+        assert_eq!(store.count_transactions(&old.id).unwrap(), 1);
+        assert_eq!(store.pending_inbox(&old.id).unwrap()[0].seq, s);
+        for key in ["item-1", "alias-1", "owner-1"] {
+            assert_eq!(
+                store.resolve(key).unwrap(),
+                Resolved::NotFound,
+                "{key} freed"
+            );
+        }
+        assert_eq!(
+            store.resolve(old.id.as_str()).unwrap(),
+            Resolved::Found(old.id.clone())
+        );
+
+        // The same item and alias can be linked again as a new account.
+        let new = account("item-1", "owner-1", &["alias-1"]);
+        store.link_account(&new).unwrap();
+        assert_eq!(
+            store.resolve("alias-1").unwrap(),
+            Resolved::Found(new.id.clone())
+        );
+        let routed = store.ingest(webhook("item-1", 2, t0()), TTL).unwrap();
+        assert!(
+            matches!(routed, IngestOutcome::Accepted { account_id: Some(ref id), .. } if *id == new.id)
+        );
+        assert_eq!(store.inbox_depth().unwrap(), 2);
+
+        // Purging the old account deletes its data but not the new account's keys.
+        assert!(store.unlink_account(&old.id, true).unwrap().is_some());
+        assert!(store.get_account(&old.id).unwrap().is_none());
+        assert_eq!(store.count_transactions(&old.id).unwrap(), 0);
+        assert_eq!(raw_count(&store.transactions, &old.id), 0);
+        assert!(store.pending_inbox(&old.id).unwrap().is_empty());
+        assert_eq!(store.inbox_depth().unwrap(), 1);
+        assert_eq!(
+            store.resolve("item-1").unwrap(),
+            Resolved::Found(new.id.clone())
+        );
+        assert_eq!(
+            store.resolve("alias-1").unwrap(),
+            Resolved::Found(new.id.clone())
+        );
+        assert!(store.unlink_account(&old.id, true).unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn everything_survives_shutdown_and_reopen() {
+        let dir = TempDir::new().unwrap();
+        let acc = account("item-1", "owner-1", &["alias-1"]);
+        let (s_pending, s_unrouted) = {
+            let store = open(&dir);
+            store.link_account(&acc).unwrap();
+            let s1 = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
+            let s2 = seq_of(store.ingest(webhook("item-1", 2, t0()), TTL).unwrap());
+            let s3 = seq_of(store.ingest(webhook("item-later", 3, t0()), TTL).unwrap());
+            store
+                .commit_sync(sync(
+                    &acc.id,
+                    ApplyMode::Delta,
+                    vec![row("t1", "2024-01-01")],
+                    &[],
+                    vec![s1],
+                    "c1",
+                ))
+                .unwrap();
+            store.durable().await.unwrap();
+            store.shutdown().await.unwrap();
+            assert!(matches!(
+                store.ingest(webhook("item-1", 9, t0()), TTL),
+                Err(StoreError::Closed)
+            ));
+            store.durable().await.unwrap();
+            (s2, s3)
+        };
+
+        let store = open(&dir);
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert_eq!(stored.cursor.as_deref(), Some("c1"));
+        assert_eq!(stored.access_token.expose(), "access-sandbox-secret");
+        assert_eq!(all_rows(&store, &acc.id).len(), 1);
+        assert_eq!(
+            store.resolve("alias-1").unwrap(),
+            Resolved::Found(acc.id.clone())
+        );
+        let pending: Vec<_> = store
+            .pending_inbox(&acc.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(pending, [s_pending]);
+        assert_eq!(store.inbox_depth().unwrap(), 2, "depth recounted at open");
+        assert!(matches!(
+            store.ingest(webhook("item-1", 2, t0()), TTL).unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+        // Sequence numbers stay monotonic across restarts.
+        assert!(seq_of(store.ingest(webhook("item-1", 4, t0()), TTL).unwrap()) > s_unrouted);
+        let later = account("item-later", "owner-1", &[]);
+        assert_eq!(store.link_account(&later).unwrap().adopted_events, 1);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_durable_ingests_share_flush_rounds() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        // Everyone ingests, then all ask for durability together, as a burst of webhook
+        // requests does: the rounds must be shared.
+        let barrier = Arc::new(tokio::sync::Barrier::new(200));
+        let tasks: Vec<_> = (0..200u32)
+            .map(|n| {
+                let store = Arc::clone(&store);
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    seq_of(store.ingest(webhook("item-1", n, t0()), TTL).unwrap());
+                    barrier.wait().await;
+                    store.durable().await
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let rounds = store.flush_count();
+        assert!(rounds > 0 && rounds < 200, "flush rounds = {rounds}");
+        assert!(
+            rounds <= 20,
+            "200 waiters should need a handful of rounds, took {rounds}"
+        );
+        assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 200);
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn list_transactions_pages_filters_and_tolerates_any_token() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let rows = vec![
+            row("e", "2024-01-05"),
+            row("a", "2024-01-01"),
+            row("c", "2024-01-03"),
+            row("b2", "2024-01-02"),
+            row("b1", "2024-01-02"),
+        ];
+        store
+            .commit_sync(sync(&acc.id, ApplyMode::Delta, rows, &[], vec![], "c"))
+            .unwrap();
+
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .list_transactions(
+                    &acc.id,
+                    &TransactionQuery {
+                        after: after.clone(),
+                        limit: 2,
+                        ..Default::default()
+                    },
+                )
+                .unwrap();
+            seen.extend(page.transactions.iter().map(|t| t.id.clone()));
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, ["a", "b1", "b2", "c", "e"]);
+
+        let d = |s| Some(NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap());
+        let ranged = |start, end, after: Option<&str>, limit| {
+            store
+                .list_transactions(
+                    &acc.id,
+                    &TransactionQuery {
+                        start_date: start,
+                        end_date: end,
+                        after: after.map(str::to_owned),
+                        limit,
+                    },
+                )
+                .unwrap()
+                .transactions
+                .into_iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            ranged(d("2024-01-02"), d("2024-01-03"), None, 10),
+            ["b1", "b2", "c"]
+        );
+        assert_eq!(
+            ranged(d("2024-01-02"), d("2024-01-03"), Some("2024-01-02|b1"), 10),
+            ["b2", "c"]
+        );
+        assert_eq!(
+            ranged(d("2024-01-04"), d("2024-01-02"), None, 10),
+            Vec::<String>::new()
+        );
+        assert_eq!(ranged(None, None, Some("zzz"), 10), Vec::<String>::new());
+        assert_eq!(ranged(None, None, Some(""), 10).len(), 5);
+        assert_eq!(
+            ranged(None, None, Some("2024-01-02"), 10),
+            ["b1", "b2", "c", "e"]
+        );
+        assert_eq!(
+            ranged(None, None, None, 0),
+            ["a"],
+            "limit 0 is treated as 1"
+        );
+        assert_eq!(ranged(None, None, Some("\u{0}\u{ffff}|x"), 10).len(), 5);
+    }
+
+    #[tokio::test]
+    async fn unreadable_records_are_reported_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        store
+            .accounts
+            .insert(keys::account_key(&acc.id), &[42u8, 1, 2][..])
+            .unwrap();
+        assert!(matches!(
+            store.get_account(&acc.id),
+            Err(StoreError::Corrupt { tree: ACCOUNTS, .. })
+        ));
+        assert!(matches!(
+            store.commit_sync(sync(&acc.id, ApplyMode::Delta, vec![], &[], vec![], "c")),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn debug_output_does_not_leak_the_access_token() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let stored = store.get_account(&acc.id).unwrap().unwrap();
+        assert!(!format!("{stored:?} {store:?}").contains("access-sandbox-secret"));
+    }
+
+    /// One sync of 50,000 rows in a single transaction.
+    /// `cargo test --lib store::sled_store::tests::commit_of_50k_upserts -- --ignored --nocapture`
+    #[tokio::test]
+    #[ignore = "measurement: prints how long a 50k-row commit takes"]
+    async fn commit_of_50k_upserts() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let rows: Vec<_> = (0..50_000)
+            .map(|i| {
+                row(
+                    &format!("txn_{i:06}"),
+                    &format!("2024-{:02}-{:02}", i % 12 + 1, i % 28 + 1),
+                )
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Replace,
+                rows.clone(),
+                &[],
+                vec![],
+                "c1",
+            ))
+            .unwrap();
+        let first = started.elapsed();
+        let started = std::time::Instant::now();
+        store
+            .commit_sync(sync(&acc.id, ApplyMode::Replace, rows, &[], vec![], "c2"))
+            .unwrap();
+        let second = started.elapsed();
+        let started = std::time::Instant::now();
+        store.durable().await.unwrap();
+        let flush = started.elapsed();
+        assert_eq!(store.count_transactions(&acc.id).unwrap(), 50_000);
+        println!("50k upserts: insert {first:?}, replace-in-place {second:?}, durable {flush:?}");
+        store.shutdown().await.unwrap();
+    }
+
+    /// Durable ingest ceiling: N tasks each looping ingest + durable().
+    /// `cargo test --lib store::sled_store::tests::durable_ingest_ceiling -- --ignored --nocapture`
+    /// (set ACCTOR_BENCH_DIR to measure on a real disk instead of the temp dir).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement: prints durable ingests per second"]
+    async fn durable_ingest_ceiling() {
+        let dir = match std::env::var_os("ACCTOR_BENCH_DIR") {
+            Some(base) => TempDir::new_in(base).unwrap(),
+            None => TempDir::new().unwrap(),
+        };
+        let store = open(&dir);
+        store
+            .link_account(&account("item-1", "owner-1", &[]))
+            .unwrap();
+        for concurrency in [1u32, 8, 64, 256] {
+            let per_task = 4000 / concurrency.min(64) + 10;
+            let rounds_before = store.flush_count();
+            let started = std::time::Instant::now();
+            let tasks: Vec<_> = (0..concurrency)
+                .map(|task| {
+                    let store = Arc::clone(&store);
+                    tokio::spawn(async move {
+                        for i in 0..per_task {
+                            let n = concurrency * 1_000_000 + task * 10_000 + i;
+                            store.ingest(webhook("item-1", n, t0()), TTL).unwrap();
+                            store.durable().await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for task in tasks {
+                task.await.unwrap();
+            }
+            let elapsed = started.elapsed();
+            let ops = f64::from(concurrency * per_task);
+            println!(
+                "concurrency {concurrency}: {:.0} durable ingests/s, {} flush rounds for {ops} ops",
+                ops / elapsed.as_secs_f64(),
+                store.flush_count() - rounds_before
+            );
+        }
+        store.shutdown().await.unwrap();
+    }
+}
