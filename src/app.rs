@@ -190,7 +190,7 @@ impl App {
         }
         state.registry.shutdown().await;
         supervisor.stop(None);
-        store.durable().await.context("final flush")?;
+        store.shutdown().await.context("final flush")?;
         tracing::info!("acctor stopped");
         Ok(())
     }
