@@ -329,7 +329,8 @@ mod tests {
         let mut rng = item_rng(1, 1);
         let accounts = accounts(&mut rng);
         for _ in 0..500 {
-            let txn = transaction(&mut rng, &accounts, today(), history_age(&mut rng));
+            let age = history_age(&mut rng);
+            let txn = transaction(&mut rng, &accounts, today(), age);
             let text = serde_json::to_value(txn.amount).unwrap().to_string();
             let decimals = text.split('.').nth(1).map_or(0, str::len);
             assert!(decimals <= 2, "{text}");

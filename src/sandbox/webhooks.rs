@@ -195,45 +195,45 @@ pub(crate) fn body(
     serde_json::Value::Object(object).to_string().into_bytes()
 }
 
+/// Verifies a webhook like a client would, from the JWK and the JWT only; panics on
+/// any mismatch. Shared by this module's tests and the HTTP tests.
+#[cfg(test)]
+pub(crate) fn verify_webhook(jwk: &PlaidJwk, jwt: &str, body: &[u8]) -> crate::providers::plaid::wire::VerificationClaims {
+    let parts: Vec<&str> = jwt.split('.').collect();
+    assert_eq!(parts.len(), 3);
+    let header: serde_json::Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
+    assert_eq!(header["alg"], "ES256");
+    assert_eq!(header["typ"], "JWT");
+    assert_eq!(header["kid"], jwk.kid.as_str());
+    let mut point = vec![4u8];
+    point.extend(URL_SAFE_NO_PAD.decode(&jwk.x).unwrap());
+    point.extend(URL_SAFE_NO_PAD.decode(&jwk.y).unwrap());
+    let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+    assert_eq!(signature.len(), 64, "raw r||s");
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &point)
+        .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
+        .expect("signature verifies");
+    let claims: crate::providers::plaid::wire::VerificationClaims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    assert_eq!(
+        claims.request_body_sha256,
+        hex::encode(ring::digest::digest(&ring::digest::SHA256, body))
+    );
+    claims
+}
+
 #[cfg(test)]
 mod tests {
-    use ring::signature::{UnparsedPublicKey, ECDSA_P256_SHA256_FIXED};
-
     use super::*;
     use crate::providers::plaid::wire::VerificationClaims;
-
-    /// Verifies like a client would: only from the JWK and the JWT.
-    pub(crate) fn verify(jwk: &PlaidJwk, jwt: &str, body: &[u8]) -> VerificationClaims {
-        let parts: Vec<&str> = jwt.split('.').collect();
-        assert_eq!(parts.len(), 3);
-        let header: serde_json::Value =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[0]).unwrap()).unwrap();
-        assert_eq!(header["alg"], "ES256");
-        assert_eq!(header["typ"], "JWT");
-        assert_eq!(header["kid"], jwk.kid.as_str());
-        let mut point = vec![4u8];
-        point.extend(URL_SAFE_NO_PAD.decode(&jwk.x).unwrap());
-        point.extend(URL_SAFE_NO_PAD.decode(&jwk.y).unwrap());
-        let signature = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
-        assert_eq!(signature.len(), 64, "raw r||s");
-        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
-            .verify(format!("{}.{}", parts[0], parts[1]).as_bytes(), &signature)
-            .expect("signature verifies");
-        let claims: VerificationClaims =
-            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
-        assert_eq!(
-            claims.request_body_sha256,
-            hex::encode(ring::digest::digest(&ring::digest::SHA256, body))
-        );
-        claims
-    }
 
     #[test]
     fn signature_verifies_with_the_jwk_and_binds_the_body() {
         let signer = WebhookSigner::generate("kid-1".into(), 1).unwrap();
         let body = body("TRANSACTIONS", "SYNC_UPDATES_AVAILABLE", "item", Default::default());
         let jwt = signer.sign(&body, 1_700_000_000).unwrap();
-        assert_eq!(verify(signer.jwk(), &jwt, &body).iat, 1_700_000_000);
+        assert_eq!(verify_webhook(signer.jwk(), &jwt, &body).iat, 1_700_000_000);
 
         // A different body does not match the signed hash.
         let claims_part = jwt.split('.').nth(1).unwrap();
@@ -245,7 +245,7 @@ mod tests {
         );
         // Another key does not verify it.
         let other = WebhookSigner::generate("kid-1".into(), 1).unwrap();
-        let result = std::panic::catch_unwind(|| verify(other.jwk(), &jwt, &body));
+        let result = std::panic::catch_unwind(|| verify_webhook(other.jwk(), &jwt, &body));
         assert!(result.is_err());
     }
 }
