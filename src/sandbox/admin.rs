@@ -43,7 +43,11 @@ impl IntoResponse for AdminError {
             AdminError::BadRequest { code, message } => (StatusCode::BAD_REQUEST, code, message),
             AdminError::NotFound(message) => (StatusCode::NOT_FOUND, "not_found", message),
         };
-        (status, Json(json!({"error": {"code": code, "message": message}}))).into_response()
+        (
+            status,
+            Json(json!({"error": {"code": code, "message": message}})),
+        )
+            .into_response()
     }
 }
 
@@ -60,7 +64,10 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/admin/items", post(create_item))
         .route("/admin/items/{item_id}/transactions", get(transactions))
         .route("/admin/items/{item_id}/mutate", post(mutate))
-        .route("/admin/items/{item_id}/faults", post(set_faults).get(get_faults))
+        .route(
+            "/admin/items/{item_id}/faults",
+            post(set_faults).get(get_faults),
+        )
         .route("/admin/items/{item_id}/stats", get(stats))
         .route("/admin/items/{item_id}/webhook", post(fire_webhook))
         .route("/admin/webhook_url", post(set_webhook_url))
@@ -87,7 +94,10 @@ fn check_url(url: &str) -> Result<(), AdminError> {
     if url.starts_with("http://") || url.starts_with("https://") {
         Ok(())
     } else {
-        Err(bad_request("invalid_url", "webhook URLs must start with http:// or https://"))
+        Err(bad_request(
+            "invalid_url",
+            "webhook URLs must start with http:// or https://",
+        ))
     }
 }
 
@@ -104,10 +114,16 @@ fn default_history() -> u32 {
     super::DEFAULT_HISTORY
 }
 
-async fn create_item(State(sandbox): State<Sandbox>, body: Bytes) -> Result<Json<Value>, AdminError> {
+async fn create_item(
+    State(sandbox): State<Sandbox>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
     let request: CreateItem = parse(&body)?;
     if request.history > MAX_BATCH {
-        return Err(bad_request("too_large", format!("history must be at most {MAX_BATCH}")));
+        return Err(bad_request(
+            "too_large",
+            format!("history must be at most {MAX_BATCH}"),
+        ));
     }
     if let Some(url) = &request.webhook {
         check_url(url)?;
@@ -149,7 +165,10 @@ async fn mutate(
     let item = item(&sandbox, &item_id)?;
     let request: Mutate = parse(&body)?;
     if request.add > MAX_BATCH {
-        return Err(bad_request("too_large", format!("add must be at most {MAX_BATCH}")));
+        return Err(bad_request(
+            "too_large",
+            format!("add must be at most {MAX_BATCH}"),
+        ));
     }
     let report = item
         .mutate(

@@ -140,7 +140,8 @@ impl Bank {
 
     /// Where webhooks for `item` go: its own URL, else the default.
     pub fn webhook_url_for(&self, item: &Item) -> Option<String> {
-        item.webhook().or_else(|| read(&self.default_webhook).clone())
+        item.webhook()
+            .or_else(|| read(&self.default_webhook).clone())
     }
 
     /// Registers a public token for a later exchange.
@@ -368,7 +369,8 @@ impl Item {
             })
             .collect();
         // The history enters the log oldest first, as a bank would have recorded it.
-        history_txns.sort_by(|a, b| (&a.date, &a.transaction_id).cmp(&(&b.date, &b.transaction_id)));
+        history_txns
+            .sort_by(|a, b| (&a.date, &a.transaction_id).cmp(&(&b.date, &b.transaction_id)));
         let mut state = ItemState {
             accounts,
             txns: HashMap::with_capacity(history as usize),
@@ -726,7 +728,8 @@ impl ItemState {
         };
         record.removed = true;
         record.last_change = index;
-        self.by_date.remove(&(record.txn.date.clone(), id.to_string()));
+        self.by_date
+            .remove(&(record.txn.date.clone(), id.to_string()));
         self.log.push(id.to_string());
     }
 }
@@ -747,7 +750,12 @@ mod tests {
         item: &Item,
         cursor: &str,
         count: usize,
-    ) -> (String, Vec<PlaidTransaction>, Vec<PlaidTransaction>, Vec<String>) {
+    ) -> (
+        String,
+        Vec<PlaidTransaction>,
+        Vec<PlaidTransaction>,
+        Vec<String>,
+    ) {
         let (mut added, mut modified, mut removed) = (vec![], vec![], vec![]);
         let mut cursor = cursor.to_string();
         loop {
@@ -804,7 +812,10 @@ mod tests {
         expect_modified.dedup();
         let mut got_modified: Vec<_> = modified.iter().map(|t| t.transaction_id.clone()).collect();
         got_modified.sort();
-        assert_eq!(got_modified, expect_modified, "each modified txn reported once");
+        assert_eq!(
+            got_modified, expect_modified,
+            "each modified txn reported once"
+        );
         for t in added.iter().chain(&modified) {
             assert_eq!(&current[&t.transaction_id], t, "current state is emitted");
         }

@@ -155,15 +155,33 @@ mod tests {
     fn refuses_foreign_tampered_garbage_and_out_of_range() {
         let c = SyncCursor::settled(5);
         let text = codec(1).encode("item-a", c);
-        assert_eq!(codec(1).decode("item-b", &text, 5), Err(CursorError::Foreign));
-        assert_eq!(codec(2).decode("item-a", &text, 5), Err(CursorError::Foreign));
+        assert_eq!(
+            codec(1).decode("item-b", &text, 5),
+            Err(CursorError::Foreign)
+        );
+        assert_eq!(
+            codec(2).decode("item-a", &text, 5),
+            Err(CursorError::Foreign)
+        );
         let mut bytes = URL_SAFE_NO_PAD.decode(&text).unwrap();
         bytes[7] ^= 1;
         let tampered = URL_SAFE_NO_PAD.encode(bytes);
-        assert_eq!(codec(1).decode("item-a", &tampered, 5), Err(CursorError::Foreign));
-        assert_eq!(codec(1).decode("item-a", "not a cursor!", 5), Err(CursorError::Undecodable));
-        assert_eq!(codec(1).decode("item-a", "abcd", 5), Err(CursorError::Undecodable));
+        assert_eq!(
+            codec(1).decode("item-a", &tampered, 5),
+            Err(CursorError::Foreign)
+        );
+        assert_eq!(
+            codec(1).decode("item-a", "not a cursor!", 5),
+            Err(CursorError::Undecodable)
+        );
+        assert_eq!(
+            codec(1).decode("item-a", "abcd", 5),
+            Err(CursorError::Undecodable)
+        );
         // The log never shrinks, so a cursor past its end was never issued by this bank.
-        assert_eq!(codec(1).decode("item-a", &text, 4), Err(CursorError::OutOfRange));
+        assert_eq!(
+            codec(1).decode("item-a", &text, 4),
+            Err(CursorError::OutOfRange)
+        );
     }
 }

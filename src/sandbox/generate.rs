@@ -30,19 +30,40 @@ pub(crate) fn item_rng(seed: u64, item_number: u64) -> ChaCha8Rng {
 /// A Plaid-shaped id: 37 alphanumeric characters, like Plaid's item, account and
 /// transaction ids.
 pub(crate) fn plaid_id(rng: &mut impl Rng) -> String {
-    (0..37)
-        .map(|_| char::from(ID_ALPHABET[rng.gen_range(0..ID_ALPHABET.len())]))
-        .collect()
+    // One draw from the item's stream, stretched with splitmix64: ids are the hot spot
+    // of generating a large history and need uniqueness (checked by the caller), not
+    // cryptographic quality. The slight modulo bias is irrelevant for ids.
+    let mut state: u64 = rng.gen();
+    let mut id = String::with_capacity(37);
+    let mut word = 0u64;
+    for i in 0..37 {
+        if i % 10 == 0 {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            word = z ^ (z >> 31);
+        }
+        id.push(char::from(ID_ALPHABET[(word % 62) as usize]));
+        word /= 62;
+    }
+    id
 }
 
 /// A sandbox access token in Plaid's format (`access-sandbox-<uuid>`).
 pub(crate) fn access_token(rng: &mut impl Rng) -> String {
-    format!("access-sandbox-{}", uuid::Builder::from_random_bytes(rng.gen()).into_uuid())
+    format!(
+        "access-sandbox-{}",
+        uuid::Builder::from_random_bytes(rng.gen()).into_uuid()
+    )
 }
 
 /// A sandbox public token in Plaid's format (`public-sandbox-<uuid>`).
 pub(crate) fn public_token(rng: &mut impl Rng) -> String {
-    format!("public-sandbox-{}", uuid::Builder::from_random_bytes(rng.gen()).into_uuid())
+    format!(
+        "public-sandbox-{}",
+        uuid::Builder::from_random_bytes(rng.gen()).into_uuid()
+    )
 }
 
 /// Which of an item's accounts a transaction lands in.
@@ -105,7 +126,11 @@ pub(crate) fn accounts(rng: &mut ChaCha8Rng) -> GeneratedAccounts {
         accounts.push(PlaidAccount {
             account_id: plaid_id(rng),
             balances: PlaidBalances {
-                available: if kind == AccountKind::Credit { None } else { Some(current) },
+                available: if kind == AccountKind::Credit {
+                    None
+                } else {
+                    Some(current)
+                },
                 current: Some(current),
                 limit,
                 iso_currency_code: Some("USD".to_string()),
@@ -143,28 +168,257 @@ struct Merchant {
 }
 
 const MERCHANTS: &[Merchant] = &[
-    Merchant { name: "Starbucks", merchant_name: Some("Starbucks"), channel: "in store", pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_COFFEE"), legacy: &["Food and Drink", "Restaurants", "Coffee Shop"], category_id: "13005043", cents: (295, 1_250), store_number: true, account: AccountKind::Credit },
-    Merchant { name: "McDonald's", merchant_name: Some("McDonald's"), channel: "in store", pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_FAST_FOOD"), legacy: &["Food and Drink", "Restaurants", "Fast Food"], category_id: "13005032", cents: (450, 2_400), store_number: true, account: AccountKind::Credit },
-    Merchant { name: "Chipotle Mexican Grill", merchant_name: Some("Chipotle"), channel: "in store", pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_FAST_FOOD"), legacy: &["Food and Drink", "Restaurants", "Fast Food"], category_id: "13005032", cents: (900, 3_200), store_number: true, account: AccountKind::Credit },
-    Merchant { name: "Whole Foods Market", merchant_name: Some("Whole Foods"), channel: "in store", pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_GROCERIES"), legacy: &["Shops", "Supermarkets and Groceries"], category_id: "19047000", cents: (1_500, 24_000), store_number: true, account: AccountKind::Credit },
-    Merchant { name: "Trader Joe's", merchant_name: Some("Trader Joe's"), channel: "in store", pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_GROCERIES"), legacy: &["Shops", "Supermarkets and Groceries"], category_id: "19047000", cents: (1_200, 16_000), store_number: true, account: AccountKind::Checking },
-    Merchant { name: "Amazon.com", merchant_name: Some("Amazon"), channel: "online", pfc: ("GENERAL_MERCHANDISE", "GENERAL_MERCHANDISE_ONLINE_MARKETPLACES"), legacy: &["Shops", "Digital Purchase"], category_id: "19019000", cents: (799, 35_000), store_number: false, account: AccountKind::Credit },
-    Merchant { name: "Target", merchant_name: Some("Target"), channel: "in store", pfc: ("GENERAL_MERCHANDISE", "GENERAL_MERCHANDISE_SUPERSTORES"), legacy: &["Shops", "Department Stores"], category_id: "19012000", cents: (1_000, 18_000), store_number: true, account: AccountKind::Credit },
-    Merchant { name: "Uber", merchant_name: Some("Uber"), channel: "online", pfc: ("TRANSPORTATION", "TRANSPORTATION_TAXIS_AND_RIDE_SHARES"), legacy: &["Travel", "Taxi"], category_id: "22016000", cents: (700, 6_500), store_number: false, account: AccountKind::Credit },
-    Merchant { name: "Shell Oil", merchant_name: Some("Shell"), channel: "in store", pfc: ("TRANSPORTATION", "TRANSPORTATION_GAS"), legacy: &["Travel", "Gas Stations"], category_id: "22009000", cents: (2_000, 8_500), store_number: true, account: AccountKind::Credit },
-    Merchant { name: "United Airlines", merchant_name: Some("United Airlines"), channel: "online", pfc: ("TRAVEL", "TRAVEL_FLIGHTS"), legacy: &["Travel", "Airlines and Aviation Services"], category_id: "22001000", cents: (12_000, 90_000), store_number: false, account: AccountKind::Credit },
-    Merchant { name: "Netflix", merchant_name: Some("Netflix"), channel: "online", pfc: ("ENTERTAINMENT", "ENTERTAINMENT_TV_AND_MOVIES"), legacy: &["Service", "Subscription"], category_id: "18061000", cents: (1_549, 2_299), store_number: false, account: AccountKind::Credit },
-    Merchant { name: "Spotify", merchant_name: Some("Spotify"), channel: "online", pfc: ("ENTERTAINMENT", "ENTERTAINMENT_MUSIC_AND_AUDIO"), legacy: &["Service", "Subscription"], category_id: "18061000", cents: (1_099, 1_699), store_number: false, account: AccountKind::Credit },
-    Merchant { name: "Comcast Cable", merchant_name: Some("Comcast"), channel: "online", pfc: ("RENT_AND_UTILITIES", "RENT_AND_UTILITIES_INTERNET_AND_CABLE"), legacy: &["Service", "Cable"], category_id: "18009000", cents: (6_000, 14_000), store_number: false, account: AccountKind::Checking },
-    Merchant { name: "PG&E Utility Payment", merchant_name: Some("PG&E"), channel: "online", pfc: ("RENT_AND_UTILITIES", "RENT_AND_UTILITIES_GAS_AND_ELECTRICITY"), legacy: &["Service", "Utilities", "Electric"], category_id: "18068001", cents: (4_000, 22_000), store_number: false, account: AccountKind::Checking },
-    Merchant { name: "CVS Pharmacy", merchant_name: Some("CVS"), channel: "in store", pfc: ("MEDICAL", "MEDICAL_PHARMACIES_AND_SUPPLEMENTS"), legacy: &["Shops", "Pharmacies"], category_id: "19043000", cents: (500, 7_500), store_number: true, account: AccountKind::Credit },
-    Merchant { name: "Planet Fitness", merchant_name: Some("Planet Fitness"), channel: "other", pfc: ("PERSONAL_CARE", "PERSONAL_CARE_GYMS_AND_FITNESS_CENTERS"), legacy: &["Recreation", "Gyms and Fitness Centers"], category_id: "17018000", cents: (1_000, 2_499), store_number: false, account: AccountKind::Checking },
-    Merchant { name: "ATM Withdrawal", merchant_name: None, channel: "in store", pfc: ("TRANSFER_OUT", "TRANSFER_OUT_WITHDRAWAL"), legacy: &["Transfer", "Withdrawal", "ATM"], category_id: "21012002", cents: (2_000, 30_000), store_number: false, account: AccountKind::Checking },
-    Merchant { name: "Venmo Payment", merchant_name: Some("Venmo"), channel: "online", pfc: ("TRANSFER_OUT", "TRANSFER_OUT_ACCOUNT_TRANSFER"), legacy: &["Transfer", "Third Party", "Venmo"], category_id: "21010001", cents: (500, 20_000), store_number: false, account: AccountKind::Checking },
-    Merchant { name: "Rent Payment - Parkview Apartments", merchant_name: None, channel: "other", pfc: ("RENT_AND_UTILITIES", "RENT_AND_UTILITIES_RENT"), legacy: &["Payment", "Rent"], category_id: "16002000", cents: (150_000, 320_000), store_number: false, account: AccountKind::Checking },
-    Merchant { name: "ACME Corp Payroll", merchant_name: None, channel: "other", pfc: ("INCOME", "INCOME_WAGES"), legacy: &["Transfer", "Payroll"], category_id: "21009000", cents: (-650_000, -180_000), store_number: false, account: AccountKind::Checking },
-    Merchant { name: "Interest Payment", merchant_name: None, channel: "other", pfc: ("INCOME", "INCOME_INTEREST_EARNED"), legacy: &["Transfer", "Credit", "Interest"], category_id: "21005000", cents: (-2_500, -10), store_number: false, account: AccountKind::Savings },
-    Merchant { name: "Credit Card Autopay", merchant_name: None, channel: "other", pfc: ("LOAN_PAYMENTS", "LOAN_PAYMENTS_CREDIT_CARD_PAYMENT"), legacy: &["Payment", "Credit Card"], category_id: "16001000", cents: (-250_000, -20_000), store_number: false, account: AccountKind::Credit },
+    Merchant {
+        name: "Starbucks",
+        merchant_name: Some("Starbucks"),
+        channel: "in store",
+        pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_COFFEE"),
+        legacy: &["Food and Drink", "Restaurants", "Coffee Shop"],
+        category_id: "13005043",
+        cents: (295, 1_250),
+        store_number: true,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "McDonald's",
+        merchant_name: Some("McDonald's"),
+        channel: "in store",
+        pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_FAST_FOOD"),
+        legacy: &["Food and Drink", "Restaurants", "Fast Food"],
+        category_id: "13005032",
+        cents: (450, 2_400),
+        store_number: true,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Chipotle Mexican Grill",
+        merchant_name: Some("Chipotle"),
+        channel: "in store",
+        pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_FAST_FOOD"),
+        legacy: &["Food and Drink", "Restaurants", "Fast Food"],
+        category_id: "13005032",
+        cents: (900, 3_200),
+        store_number: true,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Whole Foods Market",
+        merchant_name: Some("Whole Foods"),
+        channel: "in store",
+        pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_GROCERIES"),
+        legacy: &["Shops", "Supermarkets and Groceries"],
+        category_id: "19047000",
+        cents: (1_500, 24_000),
+        store_number: true,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Trader Joe's",
+        merchant_name: Some("Trader Joe's"),
+        channel: "in store",
+        pfc: ("FOOD_AND_DRINK", "FOOD_AND_DRINK_GROCERIES"),
+        legacy: &["Shops", "Supermarkets and Groceries"],
+        category_id: "19047000",
+        cents: (1_200, 16_000),
+        store_number: true,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "Amazon.com",
+        merchant_name: Some("Amazon"),
+        channel: "online",
+        pfc: (
+            "GENERAL_MERCHANDISE",
+            "GENERAL_MERCHANDISE_ONLINE_MARKETPLACES",
+        ),
+        legacy: &["Shops", "Digital Purchase"],
+        category_id: "19019000",
+        cents: (799, 35_000),
+        store_number: false,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Target",
+        merchant_name: Some("Target"),
+        channel: "in store",
+        pfc: ("GENERAL_MERCHANDISE", "GENERAL_MERCHANDISE_SUPERSTORES"),
+        legacy: &["Shops", "Department Stores"],
+        category_id: "19012000",
+        cents: (1_000, 18_000),
+        store_number: true,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Uber",
+        merchant_name: Some("Uber"),
+        channel: "online",
+        pfc: ("TRANSPORTATION", "TRANSPORTATION_TAXIS_AND_RIDE_SHARES"),
+        legacy: &["Travel", "Taxi"],
+        category_id: "22016000",
+        cents: (700, 6_500),
+        store_number: false,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Shell Oil",
+        merchant_name: Some("Shell"),
+        channel: "in store",
+        pfc: ("TRANSPORTATION", "TRANSPORTATION_GAS"),
+        legacy: &["Travel", "Gas Stations"],
+        category_id: "22009000",
+        cents: (2_000, 8_500),
+        store_number: true,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "United Airlines",
+        merchant_name: Some("United Airlines"),
+        channel: "online",
+        pfc: ("TRAVEL", "TRAVEL_FLIGHTS"),
+        legacy: &["Travel", "Airlines and Aviation Services"],
+        category_id: "22001000",
+        cents: (12_000, 90_000),
+        store_number: false,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Netflix",
+        merchant_name: Some("Netflix"),
+        channel: "online",
+        pfc: ("ENTERTAINMENT", "ENTERTAINMENT_TV_AND_MOVIES"),
+        legacy: &["Service", "Subscription"],
+        category_id: "18061000",
+        cents: (1_549, 2_299),
+        store_number: false,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Spotify",
+        merchant_name: Some("Spotify"),
+        channel: "online",
+        pfc: ("ENTERTAINMENT", "ENTERTAINMENT_MUSIC_AND_AUDIO"),
+        legacy: &["Service", "Subscription"],
+        category_id: "18061000",
+        cents: (1_099, 1_699),
+        store_number: false,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Comcast Cable",
+        merchant_name: Some("Comcast"),
+        channel: "online",
+        pfc: (
+            "RENT_AND_UTILITIES",
+            "RENT_AND_UTILITIES_INTERNET_AND_CABLE",
+        ),
+        legacy: &["Service", "Cable"],
+        category_id: "18009000",
+        cents: (6_000, 14_000),
+        store_number: false,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "PG&E Utility Payment",
+        merchant_name: Some("PG&E"),
+        channel: "online",
+        pfc: (
+            "RENT_AND_UTILITIES",
+            "RENT_AND_UTILITIES_GAS_AND_ELECTRICITY",
+        ),
+        legacy: &["Service", "Utilities", "Electric"],
+        category_id: "18068001",
+        cents: (4_000, 22_000),
+        store_number: false,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "CVS Pharmacy",
+        merchant_name: Some("CVS"),
+        channel: "in store",
+        pfc: ("MEDICAL", "MEDICAL_PHARMACIES_AND_SUPPLEMENTS"),
+        legacy: &["Shops", "Pharmacies"],
+        category_id: "19043000",
+        cents: (500, 7_500),
+        store_number: true,
+        account: AccountKind::Credit,
+    },
+    Merchant {
+        name: "Planet Fitness",
+        merchant_name: Some("Planet Fitness"),
+        channel: "other",
+        pfc: ("PERSONAL_CARE", "PERSONAL_CARE_GYMS_AND_FITNESS_CENTERS"),
+        legacy: &["Recreation", "Gyms and Fitness Centers"],
+        category_id: "17018000",
+        cents: (1_000, 2_499),
+        store_number: false,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "ATM Withdrawal",
+        merchant_name: None,
+        channel: "in store",
+        pfc: ("TRANSFER_OUT", "TRANSFER_OUT_WITHDRAWAL"),
+        legacy: &["Transfer", "Withdrawal", "ATM"],
+        category_id: "21012002",
+        cents: (2_000, 30_000),
+        store_number: false,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "Venmo Payment",
+        merchant_name: Some("Venmo"),
+        channel: "online",
+        pfc: ("TRANSFER_OUT", "TRANSFER_OUT_ACCOUNT_TRANSFER"),
+        legacy: &["Transfer", "Third Party", "Venmo"],
+        category_id: "21010001",
+        cents: (500, 20_000),
+        store_number: false,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "Rent Payment - Parkview Apartments",
+        merchant_name: None,
+        channel: "other",
+        pfc: ("RENT_AND_UTILITIES", "RENT_AND_UTILITIES_RENT"),
+        legacy: &["Payment", "Rent"],
+        category_id: "16002000",
+        cents: (150_000, 320_000),
+        store_number: false,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "ACME Corp Payroll",
+        merchant_name: None,
+        channel: "other",
+        pfc: ("INCOME", "INCOME_WAGES"),
+        legacy: &["Transfer", "Payroll"],
+        category_id: "21009000",
+        cents: (-650_000, -180_000),
+        store_number: false,
+        account: AccountKind::Checking,
+    },
+    Merchant {
+        name: "Interest Payment",
+        merchant_name: None,
+        channel: "other",
+        pfc: ("INCOME", "INCOME_INTEREST_EARNED"),
+        legacy: &["Transfer", "Credit", "Interest"],
+        category_id: "21005000",
+        cents: (-2_500, -10),
+        store_number: false,
+        account: AccountKind::Savings,
+    },
+    Merchant {
+        name: "Credit Card Autopay",
+        merchant_name: None,
+        channel: "other",
+        pfc: ("LOAN_PAYMENTS", "LOAN_PAYMENTS_CREDIT_CARD_PAYMENT"),
+        legacy: &["Payment", "Credit Card"],
+        category_id: "16001000",
+        cents: (-250_000, -20_000),
+        store_number: false,
+        account: AccountKind::Credit,
+    },
 ];
 
 fn cents(c: i64) -> f64 {
@@ -179,7 +433,10 @@ pub(crate) fn to_cents(amount: f64) -> i64 {
 
 /// Formats a date as Plaid does (`YYYY-MM-DD`).
 pub(crate) fn date_str(date: NaiveDate) -> String {
-    date.format("%Y-%m-%d").to_string()
+    use chrono::Datelike;
+    // Plain integer formatting: chrono's format machinery is several times slower and
+    // this runs for every generated transaction.
+    format!("{:04}-{:02}-{:02}", date.year(), date.month(), date.day())
 }
 
 /// One new transaction dated `age_days` before `today`, on one of `accounts`.

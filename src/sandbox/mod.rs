@@ -107,7 +107,9 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Sandbox {
         let now = chrono::Utc::now();
         let mut os_rng = rand::rngs::OsRng;
-        let kid = uuid::Builder::from_random_bytes(os_rng.gen()).into_uuid().to_string();
+        let kid = uuid::Builder::from_random_bytes(os_rng.gen())
+            .into_uuid()
+            .to_string();
         // ring fails here only when the operating system cannot provide randomness, in
         // which case no key, token or TLS session in this process could work either.
         let signer = WebhookSigner::generate(kid, now.timestamp())
@@ -205,7 +207,10 @@ impl Sandbox {
     /// The current transactions of an item, sorted by id (what acctor's copy must
     /// equal).
     pub fn current_transactions(&self, item_id: &str) -> Option<Vec<PlaidTransaction>> {
-        self.inner.bank.item(item_id).map(|i| i.current_transactions())
+        self.inner
+            .bank
+            .item(item_id)
+            .map(|i| i.current_transactions())
     }
 
     fn bank(&self) -> &Bank {

@@ -40,11 +40,26 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/transactions/sync", post(transactions_sync))
         .route("/transactions/get", post(transactions_get))
         .route("/item/get", post(item_get))
-        .route("/webhook_verification_key/get", post(webhook_verification_key_get))
-        .route("/sandbox/public_token/create", post(sandbox_public_token_create))
-        .route("/item/public_token/exchange", post(item_public_token_exchange))
-        .route("/sandbox/item/fire_webhook", post(sandbox_item_fire_webhook))
-        .route("/sandbox/transactions/create", post(sandbox_transactions_create))
+        .route(
+            "/webhook_verification_key/get",
+            post(webhook_verification_key_get),
+        )
+        .route(
+            "/sandbox/public_token/create",
+            post(sandbox_public_token_create),
+        )
+        .route(
+            "/item/public_token/exchange",
+            post(item_public_token_exchange),
+        )
+        .route(
+            "/sandbox/item/fire_webhook",
+            post(sandbox_item_fire_webhook),
+        )
+        .route(
+            "/sandbox/transactions/create",
+            post(sandbox_transactions_create),
+        )
         .route("/sandbox/item/reset_login", post(sandbox_item_reset_login))
 }
 
@@ -89,7 +104,10 @@ impl PlaidApiError {
         Self::new(
             "INVALID_REQUEST",
             wire::MISSING_FIELDS,
-            format!("the following required fields are missing: {}", fields.join(", ")),
+            format!(
+                "the following required fields are missing: {}",
+                fields.join(", ")
+            ),
         )
     }
 
@@ -214,7 +232,12 @@ fn parse<T: DeserializeOwned>(
             .get(header)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
-            .or_else(|| object.get(field).and_then(|v| v.as_str()).map(str::to_string))
+            .or_else(|| {
+                object
+                    .get(field)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
     };
     let client_id = credential("PLAID-CLIENT-ID", "client_id");
     let secret = credential("PLAID-SECRET", "secret");
@@ -382,10 +405,14 @@ async fn sandbox_public_token_create(
 ) -> Result<Json<SandboxPublicTokenCreateResponse>, PlaidApiError> {
     let request: SandboxPublicTokenCreateRequest = parse(&sandbox, &headers, &body)?;
     if request.institution_id.is_empty() {
-        return Err(PlaidApiError::invalid_field("institution_id must not be empty"));
+        return Err(PlaidApiError::invalid_field(
+            "institution_id must not be empty",
+        ));
     }
     if request.initial_products.is_empty() {
-        return Err(PlaidApiError::invalid_field("initial_products must not be empty"));
+        return Err(PlaidApiError::invalid_field(
+            "initial_products must not be empty",
+        ));
     }
     let public_token = sandbox.bank().create_public_token(PendingLink {
         institution_id: request.institution_id,
@@ -423,10 +450,18 @@ async fn item_public_token_exchange(
 /// The webhook type of a code Plaid's `/sandbox/item/fire_webhook` accepts.
 fn webhook_type_of(code: &str) -> Option<&'static str> {
     match code {
-        "SYNC_UPDATES_AVAILABLE" | "DEFAULT_UPDATE" | "INITIAL_UPDATE" | "HISTORICAL_UPDATE"
-        | "TRANSACTIONS_REMOVED" | "RECURRING_TRANSACTIONS_UPDATE" => Some("TRANSACTIONS"),
-        "NEW_ACCOUNTS_AVAILABLE" | "LOGIN_REPAIRED" | "PENDING_EXPIRATION" | "ERROR"
-        | "USER_PERMISSION_REVOKED" | "WEBHOOK_UPDATE_ACKNOWLEDGED" => Some("ITEM"),
+        "SYNC_UPDATES_AVAILABLE"
+        | "DEFAULT_UPDATE"
+        | "INITIAL_UPDATE"
+        | "HISTORICAL_UPDATE"
+        | "TRANSACTIONS_REMOVED"
+        | "RECURRING_TRANSACTIONS_UPDATE" => Some("TRANSACTIONS"),
+        "NEW_ACCOUNTS_AVAILABLE"
+        | "LOGIN_REPAIRED"
+        | "PENDING_EXPIRATION"
+        | "ERROR"
+        | "USER_PERMISSION_REVOKED"
+        | "WEBHOOK_UPDATE_ACKNOWLEDGED" => Some("ITEM"),
         _ => None,
     }
 }
@@ -458,7 +493,11 @@ fn login_required_extra() -> serde_json::Map<String, serde_json::Value> {
 /// Fires `code` for `item` with Plaid's body for it. `None`: no such code.
 pub(super) async fn fire_code(sandbox: &Sandbox, item: &Item, code: &str) -> Option<Option<u16>> {
     let webhook_type = webhook_type_of(code)?;
-    Some(sandbox.fire(item, webhook_type, code, webhook_extra(code)).await)
+    Some(
+        sandbox
+            .fire(item, webhook_type, code, webhook_extra(code))
+            .await,
+    )
 }
 
 async fn sandbox_item_fire_webhook(
@@ -501,7 +540,9 @@ async fn sandbox_transactions_create(
     let request: SandboxTransactionsCreateRequest = parse(&sandbox, &headers, &body)?;
     let item = item_for(&sandbox, &request.access_token)?;
     if request.transactions.is_empty() {
-        return Err(PlaidApiError::invalid_field("transactions must not be empty"));
+        return Err(PlaidApiError::invalid_field(
+            "transactions must not be empty",
+        ));
     }
     let mut inputs = Vec::with_capacity(request.transactions.len());
     for input in &request.transactions {

@@ -91,7 +91,10 @@ impl Bank {
 
     async fn create_item(&self, history: u32, webhook: Option<&str>) -> (String, String) {
         let (status, body) = self
-            .admin_post("/admin/items", json!({"history": history, "webhook": webhook}))
+            .admin_post(
+                "/admin/items",
+                json!({"history": history, "webhook": webhook}),
+            )
             .await;
         assert_eq!(status, 200, "{body}");
         (
@@ -146,7 +149,9 @@ impl Bank {
     }
 
     async fn stats(&self, item_id: &str) -> ItemStatsSnapshot {
-        let (status, body) = self.admin_get(&format!("/admin/items/{item_id}/stats")).await;
+        let (status, body) = self
+            .admin_get(&format!("/admin/items/{item_id}/stats"))
+            .await;
         assert_eq!(status, 200);
         serde_json::from_value(body).unwrap()
     }
@@ -259,7 +264,10 @@ async fn paging_a_5000_history_with_count_500_yields_exactly_the_current_set() {
     assert_eq!(first.pages, 10);
     assert!(first.modified.is_empty() && first.removed.is_empty());
     assert_eq!(sorted(first.added.clone()), bank.current(&item_id).await);
-    assert_eq!(ids(&first.added).into_iter().collect::<HashSet<_>>().len(), 5_000);
+    assert_eq!(
+        ids(&first.added).into_iter().collect::<HashSet<_>>().len(),
+        5_000
+    );
 
     // Nothing changed: the settled cursor yields an empty page and stays put.
     let again = bank.sync_loop(&token, &first.cursor, 500).await;
@@ -298,7 +306,11 @@ async fn mutate_then_sync_from_the_settled_cursor_yields_exactly_the_changes() {
     }
     for t in delta.modified {
         let old = replica.insert(t.transaction_id.clone(), t.clone());
-        assert_ne!(old.as_ref(), Some(&t), "a modification changes the transaction");
+        assert_ne!(
+            old.as_ref(),
+            Some(&t),
+            "a modification changes the transaction"
+        );
     }
     for t in delta.added {
         assert!(replica.insert(t.transaction_id.clone(), t).is_none());
@@ -323,7 +335,13 @@ async fn data_changing_under_a_loop_answers_mutation_during_pagination_then_rest
     let (status, body) = bank
         .sync(&token, page["next_cursor"].as_str().unwrap(), 100)
         .await;
-    assert_plaid_error(status, &body, 400, "TRANSACTIONS_ERROR", wire::MUTATION_DURING_PAGINATION);
+    assert_plaid_error(
+        status,
+        &body,
+        400,
+        "TRANSACTIONS_ERROR",
+        wire::MUTATION_DURING_PAGINATION,
+    );
     assert!(provider_error(status, &body).is_mutation_during_pagination());
 
     // Restarting from the loop's first cursor sees the new state, whole.
@@ -336,14 +354,21 @@ async fn data_changing_under_a_loop_answers_mutation_during_pagination_then_rest
 async fn injected_mutation_during_pagination_hits_only_mid_loop_pages() {
     let bank = start().await;
     let (item_id, token) = bank.create_item(300, None).await;
-    bank.faults(&item_id, json!({"mutation_during_pagination": 2})).await;
+    bank.faults(&item_id, json!({"mutation_during_pagination": 2}))
+        .await;
     for _ in 0..2 {
         let (status, page) = bank.sync(&token, "", 100).await;
         assert_eq!(status, 200, "the first page of a loop is not mid-loop");
         let (status, body) = bank
             .sync(&token, page["next_cursor"].as_str().unwrap(), 100)
             .await;
-        assert_plaid_error(status, &body, 400, "TRANSACTIONS_ERROR", wire::MUTATION_DURING_PAGINATION);
+        assert_plaid_error(
+            status,
+            &body,
+            400,
+            "TRANSACTIONS_ERROR",
+            wire::MUTATION_DURING_PAGINATION,
+        );
     }
     let done = bank.sync_loop(&token, "", 100).await;
     assert_eq!((done.pages, done.added.len()), (3, 300));
@@ -360,7 +385,10 @@ async fn bad_foreign_and_injected_cursor_rejections_name_the_cursor() {
     for cursor in ["garbage!", "AAAA", other.cursor.as_str()] {
         let (status, body) = bank.sync(&token, cursor, 100).await;
         assert_plaid_error(status, &body, 400, "INVALID_REQUEST", wire::INVALID_FIELD);
-        assert!(body["error_message"].as_str().unwrap().contains("cursor"), "{body}");
+        assert!(
+            body["error_message"].as_str().unwrap().contains("cursor"),
+            "{body}"
+        );
         assert!(provider_error(status, &body).is_cursor_rejected());
     }
 
@@ -389,26 +417,51 @@ async fn credentials_bodies_tokens_and_counts_are_checked_like_plaid() {
     let headers = [("PLAID-CLIENT-ID", CLIENT_ID), ("PLAID-SECRET", SECRET)];
     let (status, body) = bank.raw("/transactions/sync", sync_body, &headers).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["transactions_update_status"], "HISTORICAL_UPDATE_COMPLETE");
-    assert_eq!(body["accounts"].as_array().unwrap().len() >= 2, true);
+    assert_eq!(
+        body["transactions_update_status"],
+        "HISTORICAL_UPDATE_COMPLETE"
+    );
+    assert!(body["accounts"].as_array().unwrap().len() >= 2);
 
-    let (status, first) = bank.raw("/transactions/sync", "{not json".into(), &[]).await;
+    let (status, first) = bank
+        .raw("/transactions/sync", "{not json".into(), &[])
+        .await;
     assert_plaid_error(status, &first, 400, "INVALID_REQUEST", wire::INVALID_BODY);
-    let (status, second) = bank.raw("/transactions/sync", "{not json".into(), &[]).await;
+    let (status, second) = bank
+        .raw("/transactions/sync", "{not json".into(), &[])
+        .await;
     assert_eq!(status, 400);
-    assert_ne!(first["request_id"], second["request_id"], "fresh request ids");
+    assert_ne!(
+        first["request_id"], second["request_id"],
+        "fresh request ids"
+    );
 
     let (status, body) = bank
-        .plaid("/transactions/sync", json!({"access_token": "access-sandbox-nope"}))
+        .plaid(
+            "/transactions/sync",
+            json!({"access_token": "access-sandbox-nope"}),
+        )
         .await;
-    assert_plaid_error(status, &body, 400, "INVALID_INPUT", wire::INVALID_ACCESS_TOKEN);
+    assert_plaid_error(
+        status,
+        &body,
+        400,
+        "INVALID_INPUT",
+        wire::INVALID_ACCESS_TOKEN,
+    );
     for count in [0, 501] {
         let (status, body) = bank.sync(&token, "", count).await;
         assert_plaid_error(status, &body, 400, "INVALID_REQUEST", wire::INVALID_FIELD);
-        assert!(!provider_error(status, &body).is_cursor_rejected(), "{body}");
+        assert!(
+            !provider_error(status, &body).is_cursor_rejected(),
+            "{body}"
+        );
     }
     let (status, body) = bank.plaid("/nope", json!({})).await;
-    assert_eq!((status, body["error_code"].as_str()), (404, Some("NOT_FOUND")));
+    assert_eq!(
+        (status, body["error_code"].as_str()),
+        (404, Some("NOT_FOUND"))
+    );
 }
 
 #[tokio::test]
@@ -446,9 +499,18 @@ async fn webhooks_are_signed_like_plaid_and_verify_against_the_served_jwk() {
     );
 
     let (status, body) = bank
-        .plaid("/webhook_verification_key/get", json!({"key_id": "unknown"}))
+        .plaid(
+            "/webhook_verification_key/get",
+            json!({"key_id": "unknown"}),
+        )
         .await;
-    assert_plaid_error(status, &body, 400, "INVALID_INPUT", "INVALID_WEBHOOK_VERIFICATION_KEY_ID");
+    assert_plaid_error(
+        status,
+        &body,
+        400,
+        "INVALID_INPUT",
+        "INVALID_WEBHOOK_VERIFICATION_KEY_ID",
+    );
 }
 
 #[tokio::test]
@@ -456,7 +518,8 @@ async fn duplicate_webhook_fault_delivers_extra_identical_copies() {
     let bank = start().await;
     let mut hook = receiver(&[]).await;
     let (item_id, _) = bank.create_item(5, Some(&hook.url)).await;
-    bank.faults(&item_id, json!({"duplicate_webhooks": 2})).await;
+    bank.faults(&item_id, json!({"duplicate_webhooks": 2}))
+        .await;
     let (status, body) = bank
         .admin_post(&format!("/admin/items/{item_id}/webhook"), json!({}))
         .await;
@@ -479,7 +542,11 @@ async fn a_failed_delivery_is_retried_until_it_is_accepted() {
     let received = hook.drain();
     assert_eq!(received.len(), 3);
     assert!(received.iter().all(|(_, b)| b == &received[0].1));
-    assert_eq!(bank.stats(&item_id).await.webhooks_sent, 1, "retries are one delivery");
+    assert_eq!(
+        bank.stats(&item_id).await.webhooks_sent,
+        1,
+        "retries are one delivery"
+    );
 }
 
 #[tokio::test]
@@ -521,19 +588,33 @@ async fn public_tokens_exchange_once_for_a_working_access_token() {
     let public_token = created["public_token"].as_str().unwrap();
     assert!(public_token.starts_with("public-sandbox-"));
     let (status, exchanged) = bank
-        .plaid("/item/public_token/exchange", json!({"public_token": public_token}))
+        .plaid(
+            "/item/public_token/exchange",
+            json!({"public_token": public_token}),
+        )
         .await;
     assert_eq!(status, 200, "{exchanged}");
     let token = exchanged["access_token"].as_str().unwrap();
     assert!(token.starts_with("access-sandbox-"));
     let (status, again) = bank
-        .plaid("/item/public_token/exchange", json!({"public_token": public_token}))
+        .plaid(
+            "/item/public_token/exchange",
+            json!({"public_token": public_token}),
+        )
         .await;
-    assert_plaid_error(status, &again, 400, "INVALID_INPUT", wire::INVALID_PUBLIC_TOKEN);
+    assert_plaid_error(
+        status,
+        &again,
+        400,
+        "INVALID_INPUT",
+        wire::INVALID_PUBLIC_TOKEN,
+    );
 
     let history = bank.sync_loop(token, "", 500).await;
     assert_eq!(history.added.len(), DEFAULT_HISTORY as usize);
-    let (status, item) = bank.plaid("/item/get", json!({"access_token": token})).await;
+    let (status, item) = bank
+        .plaid("/item/get", json!({"access_token": token}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(item["item"]["item_id"], exchanged["item_id"]);
     assert_eq!(item["item"]["webhook"], "http://127.0.0.1:9/hook");
@@ -552,15 +633,27 @@ async fn reset_login_fires_item_error_and_blocks_syncs_until_repaired() {
     let received = hook.drain();
     assert_eq!(received.len(), 1);
     let webhook: Value = serde_json::from_slice(&received[0].1).unwrap();
-    assert_eq!((webhook["webhook_type"].as_str(), webhook["webhook_code"].as_str()), (Some("ITEM"), Some("ERROR")));
+    assert_eq!(
+        (
+            webhook["webhook_type"].as_str(),
+            webhook["webhook_code"].as_str()
+        ),
+        (Some("ITEM"), Some("ERROR"))
+    );
     assert_eq!(webhook["error"]["error_code"], wire::ITEM_LOGIN_REQUIRED);
 
     let (status, body) = bank.sync(&token, "", 100).await;
     assert_plaid_error(status, &body, 400, "ITEM_ERROR", wire::ITEM_LOGIN_REQUIRED);
-    let (_, item) = bank.plaid("/item/get", json!({"access_token": token})).await;
-    assert_eq!(item["item"]["error"]["error_code"], wire::ITEM_LOGIN_REQUIRED);
+    let (_, item) = bank
+        .plaid("/item/get", json!({"access_token": token}))
+        .await;
+    assert_eq!(
+        item["item"]["error"]["error_code"],
+        wire::ITEM_LOGIN_REQUIRED
+    );
 
-    bank.faults(&item_id, json!({"login_required": false})).await;
+    bank.faults(&item_id, json!({"login_required": false}))
+        .await;
     assert_eq!(bank.sync(&token, "", 100).await.0, 200);
 }
 
@@ -586,14 +679,31 @@ async fn sandbox_transactions_create_adds_to_the_log_and_fires_sync_updates() {
     let mut got: Vec<(String, f64, String, Option<String>)> = delta
         .added
         .iter()
-        .map(|t| (t.name.clone(), t.amount, t.date.clone(), t.authorized_date.clone()))
+        .map(|t| {
+            (
+                t.name.clone(),
+                t.amount,
+                t.date.clone(),
+                t.authorized_date.clone(),
+            )
+        })
         .collect();
     got.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         got,
         vec![
-            ("Corner Bakery".into(), 12.34, "2024-05-02".into(), Some("2024-05-01".into())),
-            ("Refund".into(), -100.0, "2024-05-03".into(), Some("2024-05-03".into())),
+            (
+                "Corner Bakery".into(),
+                12.34,
+                "2024-05-02".into(),
+                Some("2024-05-01".into())
+            ),
+            (
+                "Refund".into(),
+                -100.0,
+                "2024-05-03".into(),
+                Some("2024-05-03".into())
+            ),
         ]
     );
 
@@ -634,18 +744,28 @@ async fn transactions_get_pages_a_window_newest_first() {
             )
             .await;
         assert_eq!(status, 200, "{page}");
-        assert_eq!(page["total_transactions"].as_u64().unwrap() as usize, expected.len());
+        assert_eq!(
+            page["total_transactions"].as_u64().unwrap() as usize,
+            expected.len()
+        );
         assert_eq!(page["item"]["item_id"], item_id.as_str());
-        let rows: Vec<PlaidTransaction> = serde_json::from_value(page["transactions"].clone()).unwrap();
+        let rows: Vec<PlaidTransaction> =
+            serde_json::from_value(page["transactions"].clone()).unwrap();
         if rows.is_empty() {
             break;
         }
         got.extend(rows);
     }
-    assert!(got.windows(2).all(|w| w[0].date >= w[1].date), "newest first");
+    assert!(
+        got.windows(2).all(|w| w[0].date >= w[1].date),
+        "newest first"
+    );
     assert_eq!(ids(&got), expected);
     assert!(!expected.is_empty());
-    assert_eq!(bank.stats(&item_id).await.get_calls as usize, got.len().div_ceil(37) + 1);
+    assert_eq!(
+        bank.stats(&item_id).await.get_calls as usize,
+        got.len().div_ceil(37) + 1
+    );
 }
 
 #[tokio::test]
@@ -653,25 +773,51 @@ async fn admin_errors_are_json_with_a_code() {
     let bank = start().await;
     let (item_id, _) = bank.create_item(3, None).await;
     let (status, body) = bank.admin_get("/admin/items/nope/stats").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     let (status, body) = bank
-        .admin_post(&format!("/admin/items/{item_id}/faults"), json!({"bogus": 1}))
+        .admin_post(
+            &format!("/admin/items/{item_id}/faults"),
+            json!({"bogus": 1}),
+        )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_body")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_body"))
+    );
     let (status, body) = bank
-        .admin_post(&format!("/admin/items/{item_id}/mutate"), json!({"remove": 4}))
+        .admin_post(
+            &format!("/admin/items/{item_id}/mutate"),
+            json!({"remove": 4}),
+        )
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("not_enough_transactions")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("not_enough_transactions"))
+    );
     let (status, body) = bank
         .admin_post("/admin/webhook_url", json!({"url": "ftp://x"}))
         .await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_url")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_url"))
+    );
     let (status, body) = bank.admin_get("/admin/nothing").await;
-    assert_eq!((status, body["error"]["code"].as_str()), (404, Some("not_found")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("not_found"))
+    );
     // Defaults: an empty body creates a 100-transaction item.
     let (status, created) = bank.raw("/admin/items", String::new(), &[]).await;
     assert_eq!(status, 200);
-    assert_eq!(bank.current(created["item_id"].as_str().unwrap()).await.len(), 100);
+    assert_eq!(
+        bank.current(created["item_id"].as_str().unwrap())
+            .await
+            .len(),
+        100
+    );
 }
 
 #[tokio::test]
@@ -683,7 +829,10 @@ async fn demo_tick_adds_one_transaction_and_notifies_the_default_webhook() {
     let items: Vec<CreatedItem> = (0..3).map(|_| bank.sandbox.create_item(10, None)).collect();
     let ticked = bank.sandbox.demo_tick().await.unwrap();
     assert!(items.iter().any(|i| i.item_id == ticked));
-    assert_eq!(bank.sandbox.current_transactions(&ticked).unwrap().len(), 11);
+    assert_eq!(
+        bank.sandbox.current_transactions(&ticked).unwrap().len(),
+        11
+    );
     let received = hook.drain();
     assert_eq!(received.len(), 1);
     let webhook: Value = serde_json::from_slice(&received[0].1).unwrap();
@@ -701,7 +850,10 @@ async fn same_seed_generates_the_same_items() {
     let (a, b) = (Sandbox::new(config()), Sandbox::new(config()));
     let (ia, ib) = (a.create_item(200, None), b.create_item(200, None));
     assert_eq!(ia, ib);
-    assert_eq!(a.current_transactions(&ia.item_id), b.current_transactions(&ib.item_id));
+    assert_eq!(
+        a.current_transactions(&ia.item_id),
+        b.current_transactions(&ib.item_id)
+    );
     let next = a.create_item(200, None);
     assert_ne!(next.item_id, ia.item_id);
 }
@@ -712,7 +864,9 @@ async fn a_50000_transaction_item_has_unique_ids_and_pages_at_count_500() {
     let item = bank.sandbox.create_item(50_000, None);
     let current = bank.sandbox.current_transactions(&item.item_id).unwrap();
     assert_eq!(current.len(), 50_000);
-    assert!(current.windows(2).all(|w| w[0].transaction_id < w[1].transaction_id));
+    assert!(current
+        .windows(2)
+        .all(|w| w[0].transaction_id < w[1].transaction_id));
     let (status, page) = bank.sync(&item.access_token, "", 500).await;
     assert_eq!(status, 200);
     assert_eq!(page["added"].as_array().unwrap().len(), 500);

@@ -160,7 +160,11 @@ impl WebhookSender {
                 }
                 Ok(response) => {
                     status = Some(response.status().as_u16());
-                    debug!(attempt, status = response.status().as_u16(), "webhook delivery refused");
+                    debug!(
+                        attempt,
+                        status = response.status().as_u16(),
+                        "webhook delivery refused"
+                    );
                 }
                 Err(e) => {
                     status = None;
@@ -198,7 +202,11 @@ pub(crate) fn body(
 /// Verifies a webhook like a client would, from the JWK and the JWT only; panics on
 /// any mismatch. Shared by this module's tests and the HTTP tests.
 #[cfg(test)]
-pub(crate) fn verify_webhook(jwk: &PlaidJwk, jwt: &str, body: &[u8]) -> crate::providers::plaid::wire::VerificationClaims {
+pub(crate) fn verify_webhook(
+    jwk: &PlaidJwk,
+    jwt: &str,
+    body: &[u8],
+) -> crate::providers::plaid::wire::VerificationClaims {
     let parts: Vec<&str> = jwt.split('.').collect();
     assert_eq!(parts.len(), 3);
     let header: serde_json::Value =
@@ -231,7 +239,12 @@ mod tests {
     #[test]
     fn signature_verifies_with_the_jwk_and_binds_the_body() {
         let signer = WebhookSigner::generate("kid-1".into(), 1).unwrap();
-        let body = body("TRANSACTIONS", "SYNC_UPDATES_AVAILABLE", "item", Default::default());
+        let body = body(
+            "TRANSACTIONS",
+            "SYNC_UPDATES_AVAILABLE",
+            "item",
+            Default::default(),
+        );
         let jwt = signer.sign(&body, 1_700_000_000).unwrap();
         assert_eq!(verify_webhook(signer.jwk(), &jwt, &body).iat, 1_700_000_000);
 
