@@ -1,1 +1,303 @@
-//! The built-in simulated providers.
+//! The built-in simulated providers: a Plaid-compatible bank that the demo, the
+//! integration tests and the benchmarks run against.
+//!
+//! It speaks Plaid's real wire format (the types in `providers::plaid::wire`), so the
+//! same client code talks to Plaid by changing the base URL, and it signs webhooks the
+//! way Plaid does, so acctor's verifier is exercised for real. On top of Plaid's API it
+//! has an `/admin` API to create and mutate items, inject faults (data moving under a
+//! pagination loop, rejected cursors, duplicate webhooks, latency, login errors) and
+//! read counters that prove how acctor behaved (for example that it never ran two syncs
+//! for one item at once).
+//!
+//! Layout: [`bank`] holds the state and change logs, `cursor` the opaque sync cursors,
+//! `generate` the deterministic data, `webhooks` signing and delivery, `plaid_api` and
+//! `admin` the HTTP surfaces. Everything lives in memory; the sandbox is the outside
+//! world, not part of acctor's durable state.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::Rng;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+mod admin;
+mod bank;
+mod cursor;
+mod generate;
+mod plaid_api;
+mod webhooks;
+
+#[cfg(test)]
+mod tests;
+
+pub use bank::{Faults, ItemStatsSnapshot};
+pub use webhooks::VERIFICATION_HEADER;
+
+use crate::providers::plaid::wire::PlaidTransaction;
+use bank::{Bank, Item};
+use webhooks::{WebhookSender, WebhookSigner};
+
+/// The institution items are linked at when none is named.
+pub const DEFAULT_INSTITUTION: &str = "ins_109508";
+/// Generated history of items linked through the public-token flow.
+pub const DEFAULT_HISTORY: u32 = 100;
+
+/// How to build a sandbox.
+#[derive(Clone)]
+pub struct SandboxConfig {
+    /// The `client_id` requests must carry.
+    pub client_id: String,
+    /// The `secret` requests must carry (never printed).
+    pub secret: String,
+    /// Where webhooks go for items created without their own URL.
+    pub default_webhook_url: Option<String>,
+    /// Seed of the generated data.
+    pub seed: u64,
+}
+
+impl fmt::Debug for SandboxConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SandboxConfig")
+            .field("client_id", &self.client_id)
+            .field("secret", &"***")
+            .field("default_webhook_url", &self.default_webhook_url)
+            .field("seed", &self.seed)
+            .finish()
+    }
+}
+
+/// An item created directly (without the public-token flow).
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct CreatedItem {
+    /// Plaid `item_id`.
+    pub item_id: String,
+    /// Its access token.
+    pub access_token: String,
+}
+
+impl fmt::Debug for CreatedItem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CreatedItem")
+            .field("item_id", &self.item_id)
+            .field("access_token", &"***")
+            .finish()
+    }
+}
+
+/// The simulated Plaid bank. Cheap to clone: all clones share one bank.
+#[derive(Clone)]
+pub struct Sandbox {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client_id: String,
+    secret: String,
+    bank: Bank,
+    webhooks: WebhookSender,
+}
+
+impl Sandbox {
+    /// A sandbox with no items and a fresh webhook signing key.
+    pub fn new(config: SandboxConfig) -> Sandbox {
+        let now = chrono::Utc::now();
+        let mut os_rng = rand::rngs::OsRng;
+        let kid = uuid::Builder::from_random_bytes(os_rng.gen())
+            .into_uuid()
+            .to_string();
+        // ring fails here only when the operating system cannot provide randomness, in
+        // which case no key, token or TLS session in this process could work either.
+        let signer = WebhookSigner::generate(kid, now.timestamp())
+            .expect("operating system random source available");
+        let bank = Bank::new(config.seed, now.date_naive(), os_rng.gen());
+        bank.set_default_webhook(config.default_webhook_url);
+        Sandbox {
+            inner: Arc::new(Inner {
+                client_id: config.client_id,
+                secret: config.secret,
+                bank,
+                webhooks: WebhookSender::new(signer),
+            }),
+        }
+    }
+
+    /// Every route: Plaid's endpoints at the root, the controls under `/admin`.
+    pub fn router(&self) -> axum::Router {
+        plaid_api::routes()
+            .merge(admin::routes())
+            .fallback(plaid_api::not_found)
+            .with_state(self.clone())
+    }
+
+    /// Serves [`Sandbox::router`] on `listener` in a spawned task.
+    pub async fn serve(self, listener: TcpListener) -> SandboxHandle {
+        let addr = match listener.local_addr() {
+            Ok(addr) => addr,
+            Err(e) => {
+                // A bound listener always has an address; keep serving regardless.
+                warn!(error = %e, "sandbox listener has no local address");
+                SocketAddr::from(([127, 0, 0, 1], 0))
+            }
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let router = self.router();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                // Either an explicit shutdown or the handle being dropped.
+                let _ = stopped.await;
+            };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                warn!(error = %e, "sandbox server failed");
+            }
+        });
+        info!(%addr, "sandbox bank listening");
+        SandboxHandle {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// Sets where webhooks go for items without their own URL (embedded mode learns
+    /// acctor's address only after binding).
+    pub fn set_default_webhook_url(&self, url: String) {
+        self.inner.bank.set_default_webhook(Some(url));
+    }
+
+    /// Creates an item with `history` generated transactions.
+    pub fn create_item(&self, history: u32, webhook: Option<String>) -> CreatedItem {
+        let item = self
+            .inner
+            .bank
+            .create_item(history, webhook, DEFAULT_INSTITUTION);
+        debug!(item_id = %item.item_id, history, "sandbox item created");
+        CreatedItem {
+            item_id: item.item_id.clone(),
+            access_token: item.access_token.clone(),
+        }
+    }
+
+    /// Adds one new transaction to a random item and fires its
+    /// `SYNC_UPDATES_AVAILABLE` webhook (awaited). Returns the item's id, `None` when
+    /// there are no items.
+    pub async fn demo_tick(&self) -> Option<String> {
+        let item = self.inner.bank.random_item()?;
+        if let Err(e) = item.mutate(1, 0, 0, self.inner.bank.today()) {
+            // Adding never needs existing transactions; kept for completeness.
+            warn!(item_id = %item.item_id, error = %e, "demo tick failed");
+            return None;
+        }
+        self.fire_sync_updates(&item).await;
+        Some(item.item_id.clone())
+    }
+
+    /// The counters of an item.
+    pub fn item_stats(&self, item_id: &str) -> Option<ItemStatsSnapshot> {
+        self.inner.bank.item(item_id).map(|i| i.stats.snapshot())
+    }
+
+    /// The current transactions of an item, sorted by id (what acctor's copy must
+    /// equal).
+    pub fn current_transactions(&self, item_id: &str) -> Option<Vec<PlaidTransaction>> {
+        self.inner
+            .bank
+            .item(item_id)
+            .map(|i| i.current_transactions())
+    }
+
+    fn bank(&self) -> &Bank {
+        &self.inner.bank
+    }
+
+    fn credentials_match(&self, client_id: &str, secret: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        let id_ok = client_id.as_bytes().ct_eq(self.inner.client_id.as_bytes());
+        let secret_ok = secret.as_bytes().ct_eq(self.inner.secret.as_bytes());
+        (id_ok & secret_ok).into()
+    }
+
+    /// Fires `SYNC_UPDATES_AVAILABLE` for `item`; the status acctor answered.
+    async fn fire_sync_updates(&self, item: &Item) -> Option<u16> {
+        self.fire(item, "TRANSACTIONS", "SYNC_UPDATES_AVAILABLE", sync_flags())
+            .await
+    }
+
+    /// Sends one webhook for `item` (plus the configured duplicates) and returns the
+    /// status of the first delivery, `None` if there is no URL or no answer.
+    async fn fire(
+        &self,
+        item: &Item,
+        webhook_type: &str,
+        webhook_code: &str,
+        extra: serde_json::Map<String, serde_json::Value>,
+    ) -> Option<u16> {
+        let Some(url) = self.bank().webhook_url_for(item) else {
+            debug!(item_id = %item.item_id, webhook_code, "no webhook url, webhook not sent");
+            return None;
+        };
+        let body = webhooks::body(webhook_type, webhook_code, &item.item_id, extra);
+        let copies = 1 + item.duplicate_webhooks();
+        let mut first = None;
+        for copy in 0..copies {
+            let delivery = self.inner.webhooks.deliver(&url, &body).await;
+            item.stats.count_webhook();
+            debug!(
+                item_id = %item.item_id,
+                webhook_code,
+                copy,
+                status = ?delivery.status,
+                attempts = delivery.attempts,
+                "webhook delivered"
+            );
+            if copy == 0 {
+                first = delivery.status;
+            }
+        }
+        first
+    }
+}
+
+/// The flags Plaid sends with `SYNC_UPDATES_AVAILABLE`.
+fn sync_flags() -> serde_json::Map<String, serde_json::Value> {
+    let mut extra = serde_json::Map::new();
+    extra.insert("initial_update_complete".into(), true.into());
+    extra.insert("historical_update_complete".into(), true.into());
+    extra
+}
+
+/// A running sandbox server. Dropping it stops the server without waiting.
+pub struct SandboxHandle {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl SandboxHandle {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://addr`, the base URL to give a Plaid client.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops accepting connections and waits for requests in flight to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Err(e) = (&mut self.task).await {
+            warn!(error = %e, "sandbox server task ended abnormally");
+        }
+    }
+}

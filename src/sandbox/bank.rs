@@ -1,0 +1,862 @@
+//! The bank's state: items, their transactions and the change log that
+//! `/transactions/sync` pages through, plus the per-item fault switches and counters.
+//!
+//! Each item keeps its current transactions indexed by id and by date, and an
+//! append-only log of transaction ids in the order they changed. A transaction record
+//! remembers where in the log it was created and last changed, so a sync page is a
+//! slice of the log that emits each touched transaction once, in its current state,
+//! without copying the item. Removed transactions stay as tombstones so a later page can
+//! still report their removal.
+//!
+//! Every item has its own `std::sync::Mutex`; critical sections are short and never
+//! span an `.await` (webhooks are sent after the lock is released).
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use chrono::NaiveDate;
+use rand::seq::index::sample;
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use super::cursor::{CursorCodec, SyncCursor};
+use super::generate::{self, GeneratedAccounts};
+use crate::providers::plaid::wire::{PlaidAccount, PlaidTransaction, RemovedTransaction};
+
+/// Locks a mutex, recovering from poisoning: every critical section here leaves the
+/// state consistent before anything that could panic, and a sandbox that stops answering
+/// after one bad request would hide the bug it should expose.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A link waiting for its public token to be exchanged.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingLink {
+    /// Institution chosen at creation.
+    pub institution_id: String,
+    /// Webhook URL chosen at creation.
+    pub webhook: Option<String>,
+}
+
+/// All items of one sandbox.
+pub(crate) struct Bank {
+    seed: u64,
+    today: NaiveDate,
+    codec: CursorCodec,
+    next_number: AtomicU64,
+    items: RwLock<HashMap<String, Arc<Item>>>,
+    tokens: RwLock<HashMap<String, Arc<Item>>>,
+    public_tokens: Mutex<HashMap<String, PendingLink>>,
+    default_webhook: RwLock<Option<String>>,
+    /// Choices that belong to no item (public tokens, the demo's item pick).
+    shared_rng: Mutex<ChaCha8Rng>,
+}
+
+impl Bank {
+    /// An empty bank whose generated data is dated relative to `today`.
+    pub fn new(seed: u64, today: NaiveDate, cursor_key: [u8; 32]) -> Self {
+        Bank {
+            seed,
+            today,
+            codec: CursorCodec::new(cursor_key),
+            next_number: AtomicU64::new(1),
+            items: RwLock::new(HashMap::new()),
+            tokens: RwLock::new(HashMap::new()),
+            public_tokens: Mutex::new(HashMap::new()),
+            default_webhook: RwLock::new(None),
+            shared_rng: Mutex::new(generate::item_rng(seed, 0)),
+        }
+    }
+
+    /// The date generated data is relative to.
+    pub fn today(&self) -> NaiveDate {
+        self.today
+    }
+
+    /// The cursor codec of this bank.
+    pub fn codec(&self) -> &CursorCodec {
+        &self.codec
+    }
+
+    /// Creates an item with `history` generated transactions.
+    pub fn create_item(
+        &self,
+        history: u32,
+        webhook: Option<String>,
+        institution_id: &str,
+    ) -> Arc<Item> {
+        let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+        let item = Arc::new(Item::generate(
+            self.seed,
+            number,
+            self.today,
+            history,
+            webhook,
+            institution_id,
+        ));
+        write(&self.tokens).insert(item.access_token.clone(), item.clone());
+        write(&self.items).insert(item.item_id.clone(), item.clone());
+        item
+    }
+
+    /// The item with this id.
+    pub fn item(&self, item_id: &str) -> Option<Arc<Item>> {
+        read(&self.items).get(item_id).cloned()
+    }
+
+    /// The item this access token opens.
+    pub fn item_by_token(&self, token: &str) -> Option<Arc<Item>> {
+        read(&self.tokens).get(token).cloned()
+    }
+
+    /// A random item (deterministic for a seed and a creation order).
+    pub fn random_item(&self) -> Option<Arc<Item>> {
+        let mut items: Vec<Arc<Item>> = read(&self.items).values().cloned().collect();
+        if items.is_empty() {
+            return None;
+        }
+        items.sort_by_key(|item| item.number);
+        let index = lock(&self.shared_rng).gen_range(0..items.len());
+        Some(items.swap_remove(index))
+    }
+
+    /// Sets the webhook URL of items created without one.
+    pub fn set_default_webhook(&self, url: Option<String>) {
+        *write(&self.default_webhook) = url;
+    }
+
+    /// Where webhooks for `item` go: its own URL, else the default.
+    pub fn webhook_url_for(&self, item: &Item) -> Option<String> {
+        item.webhook()
+            .or_else(|| read(&self.default_webhook).clone())
+    }
+
+    /// Registers a public token for a later exchange.
+    pub fn create_public_token(&self, link: PendingLink) -> String {
+        let token = generate::public_token(&mut *lock(&self.shared_rng));
+        lock(&self.public_tokens).insert(token.clone(), link);
+        token
+    }
+
+    /// Consumes a public token (single use, like Plaid's).
+    pub fn take_public_token(&self, token: &str) -> Option<PendingLink> {
+        lock(&self.public_tokens).remove(token)
+    }
+}
+
+/// A transaction and where it sits in the change log.
+struct TxnRecord {
+    txn: PlaidTransaction,
+    /// Log position of its creation.
+    created_at: u64,
+    /// Log position of its latest change (creation, modification or removal).
+    last_change: u64,
+    removed: bool,
+}
+
+/// Fault switches of one item, as the admin API shows them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Faults {
+    /// The next n mid-loop sync pages answer `TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION`.
+    pub mutation_during_pagination: u32,
+    /// The next n syncs with a non-empty cursor answer the `INVALID_FIELD` cursor error.
+    pub reject_cursor: u32,
+    /// Every following webhook is delivered this many extra times.
+    pub duplicate_webhooks: u32,
+    /// Added to every `/transactions/sync` call (inside the in-flight window).
+    pub sync_latency_ms: u64,
+    /// Whether the item is in `ITEM_LOGIN_REQUIRED`.
+    pub login_required: bool,
+}
+
+/// A partial update of [`Faults`]: absent fields keep their value.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FaultsUpdate {
+    pub mutation_during_pagination: Option<u32>,
+    pub reject_cursor: Option<u32>,
+    pub duplicate_webhooks: Option<u32>,
+    pub sync_latency_ms: Option<u64>,
+    pub login_required: Option<bool>,
+}
+
+/// Counters of one item's API traffic.
+#[derive(Default)]
+pub(crate) struct ItemStats {
+    sync_calls: AtomicU64,
+    get_calls: AtomicU64,
+    in_flight_syncs: AtomicU64,
+    max_concurrent_syncs: AtomicU64,
+    overlapping_syncs: AtomicU64,
+    webhooks_sent: AtomicU64,
+    mutation_errors_sent: AtomicU64,
+    cursor_rejections_sent: AtomicU64,
+}
+
+/// A snapshot of an item's counters.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ItemStatsSnapshot {
+    /// `/transactions/sync` calls with this item's token.
+    pub sync_calls: u64,
+    /// `/transactions/get` calls with this item's token.
+    pub get_calls: u64,
+    /// Syncs being answered right now.
+    pub in_flight_syncs: u64,
+    /// Most syncs ever in flight at once.
+    pub max_concurrent_syncs: u64,
+    /// Syncs that started while another sync with the same token was in flight.
+    pub overlapping_syncs: u64,
+    /// Webhook deliveries (duplicates count, retries of one delivery do not).
+    pub webhooks_sent: u64,
+    /// `TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION` answers, natural or injected.
+    pub mutation_errors_sent: u64,
+    /// Cursor rejections, for bad cursors or injected.
+    pub cursor_rejections_sent: u64,
+}
+
+impl ItemStats {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a `/transactions/get` call.
+    pub fn count_get(&self) {
+        Self::bump(&self.get_calls);
+    }
+
+    /// Counts a webhook delivery.
+    pub fn count_webhook(&self) {
+        Self::bump(&self.webhooks_sent);
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> ItemStatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ItemStatsSnapshot {
+            sync_calls: get(&self.sync_calls),
+            get_calls: get(&self.get_calls),
+            in_flight_syncs: get(&self.in_flight_syncs),
+            max_concurrent_syncs: get(&self.max_concurrent_syncs),
+            overlapping_syncs: get(&self.overlapping_syncs),
+            webhooks_sent: get(&self.webhooks_sent),
+            mutation_errors_sent: get(&self.mutation_errors_sent),
+            cursor_rejections_sent: get(&self.cursor_rejections_sent),
+        }
+    }
+}
+
+/// Marks one `/transactions/sync` call in flight for as long as it lives, including
+/// when the handler is cancelled because the client went away.
+pub(crate) struct InFlightSync<'a> {
+    stats: &'a ItemStats,
+}
+
+impl Drop for InFlightSync<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight_syncs.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Why a sync or listing was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum SyncError {
+    /// The item needs its user to log in again.
+    #[error("item login required")]
+    LoginRequired,
+    /// The cursor is refused; the message names the cursor.
+    #[error("{0}")]
+    CursorRejected(String),
+    /// The log grew since the loop started (or the fault says so).
+    #[error("mutation during pagination")]
+    MutationDuringPagination,
+}
+
+/// One `/transactions/sync` page, ready for the wire.
+pub(crate) struct SyncPage {
+    pub added: Vec<PlaidTransaction>,
+    pub modified: Vec<PlaidTransaction>,
+    pub removed: Vec<RemovedTransaction>,
+    pub next_cursor: String,
+    pub has_more: bool,
+    pub accounts: Vec<PlaidAccount>,
+}
+
+/// One `/transactions/get` page.
+pub(crate) struct WindowPage {
+    pub transactions: Vec<PlaidTransaction>,
+    pub total: u64,
+    pub accounts: Vec<PlaidAccount>,
+}
+
+/// What a mutation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct MutationReport {
+    pub added: Vec<String>,
+    pub modified: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+/// Why a mutation was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum MutateError {
+    /// More modifications and removals than current transactions.
+    #[error("asked to modify {modify} and remove {remove} transactions but the item has {have}")]
+    NotEnough {
+        modify: usize,
+        remove: usize,
+        have: usize,
+    },
+}
+
+/// One linked login: accounts, transactions, change log, faults and counters.
+pub(crate) struct Item {
+    /// Creation order within the bank (drives the item's seed).
+    pub number: u64,
+    /// Plaid `item_id`.
+    pub item_id: String,
+    /// The one access token of this item.
+    pub access_token: String,
+    /// Institution id.
+    pub institution_id: String,
+    state: Mutex<ItemState>,
+    /// Traffic counters.
+    pub stats: ItemStats,
+}
+
+struct ItemState {
+    accounts: GeneratedAccounts,
+    txns: HashMap<String, TxnRecord>,
+    /// Current (not removed) transactions by (date, id): `/transactions/get` windows
+    /// and seeded picks iterate it in a stable order.
+    by_date: BTreeSet<(String, String)>,
+    /// Transaction ids in the order they changed.
+    log: Vec<String>,
+    rng: ChaCha8Rng,
+    webhook: Option<String>,
+    faults: Faults,
+}
+
+impl Item {
+    fn generate(
+        seed: u64,
+        number: u64,
+        today: NaiveDate,
+        history: u32,
+        webhook: Option<String>,
+        institution_id: &str,
+    ) -> Item {
+        let mut rng = generate::item_rng(seed, number);
+        let item_id = generate::plaid_id(&mut rng);
+        let access_token = generate::access_token(&mut rng);
+        let accounts = generate::accounts(&mut rng);
+        let mut history_txns: Vec<PlaidTransaction> = (0..history)
+            .map(|_| {
+                let age = generate::history_age(&mut rng);
+                generate::transaction(&mut rng, &accounts, today, age)
+            })
+            .collect();
+        // The history enters the log oldest first, as a bank would have recorded it.
+        history_txns
+            .sort_by(|a, b| (&a.date, &a.transaction_id).cmp(&(&b.date, &b.transaction_id)));
+        let mut state = ItemState {
+            accounts,
+            txns: HashMap::with_capacity(history as usize),
+            by_date: BTreeSet::new(),
+            log: Vec::with_capacity(history as usize),
+            rng,
+            webhook,
+            faults: Faults::default(),
+        };
+        for txn in history_txns {
+            state.insert_new(txn);
+        }
+        Item {
+            number,
+            item_id,
+            access_token,
+            institution_id: institution_id.to_string(),
+            state: Mutex::new(state),
+            stats: ItemStats::default(),
+        }
+    }
+
+    /// The item's own webhook URL.
+    pub fn webhook(&self) -> Option<String> {
+        lock(&self.state).webhook.clone()
+    }
+
+    /// The fault switches now.
+    pub fn faults(&self) -> Faults {
+        lock(&self.state).faults.clone()
+    }
+
+    /// Applies a partial fault update and returns the result.
+    pub fn update_faults(&self, update: FaultsUpdate) -> Faults {
+        let mut state = lock(&self.state);
+        let faults = &mut state.faults;
+        if let Some(n) = update.mutation_during_pagination {
+            faults.mutation_during_pagination = n;
+        }
+        if let Some(n) = update.reject_cursor {
+            faults.reject_cursor = n;
+        }
+        if let Some(n) = update.duplicate_webhooks {
+            faults.duplicate_webhooks = n;
+        }
+        if let Some(ms) = update.sync_latency_ms {
+            faults.sync_latency_ms = ms;
+        }
+        if let Some(required) = update.login_required {
+            faults.login_required = required;
+        }
+        faults.clone()
+    }
+
+    /// Puts the item into (or out of) `ITEM_LOGIN_REQUIRED`.
+    pub fn set_login_required(&self, required: bool) {
+        lock(&self.state).faults.login_required = required;
+    }
+
+    /// Whether the item is in `ITEM_LOGIN_REQUIRED`.
+    pub fn login_required(&self) -> bool {
+        lock(&self.state).faults.login_required
+    }
+
+    /// The injected latency of a sync.
+    pub fn sync_latency(&self) -> Duration {
+        Duration::from_millis(lock(&self.state).faults.sync_latency_ms)
+    }
+
+    /// Extra deliveries of every webhook.
+    pub fn duplicate_webhooks(&self) -> u32 {
+        lock(&self.state).faults.duplicate_webhooks
+    }
+
+    /// Counts a sync call and marks it in flight until the guard drops. A call that
+    /// starts while another is in flight for this item's token is overlapping.
+    pub fn enter_sync(&self) -> InFlightSync<'_> {
+        ItemStats::bump(&self.stats.sync_calls);
+        let before = self.stats.in_flight_syncs.fetch_add(1, Ordering::SeqCst);
+        if before > 0 {
+            ItemStats::bump(&self.stats.overlapping_syncs);
+        }
+        self.stats
+            .max_concurrent_syncs
+            .fetch_max(before + 1, Ordering::SeqCst);
+        InFlightSync { stats: &self.stats }
+    }
+
+    /// Every current transaction, sorted by id.
+    pub fn current_transactions(&self) -> Vec<PlaidTransaction> {
+        let state = lock(&self.state);
+        let mut txns: Vec<PlaidTransaction> = state
+            .txns
+            .values()
+            .filter(|r| !r.removed)
+            .map(|r| r.txn.clone())
+            .collect();
+        drop(state);
+        txns.sort_by(|a, b| a.transaction_id.cmp(&b.transaction_id));
+        txns
+    }
+
+    /// Number of current transactions.
+    #[cfg(test)]
+    pub fn transaction_count(&self) -> usize {
+        lock(&self.state).by_date.len()
+    }
+
+    /// One `/transactions/sync` page after `cursor` (absent or empty: whole history).
+    pub fn sync_page(
+        &self,
+        codec: &CursorCodec,
+        cursor: Option<&str>,
+        count: usize,
+    ) -> Result<SyncPage, SyncError> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.faults.login_required {
+            return Err(SyncError::LoginRequired);
+        }
+        let log_len = state.log.len() as u64;
+        let cursor = match cursor.filter(|c| !c.is_empty()) {
+            None => None,
+            Some(text) => {
+                if state.faults.reject_cursor > 0 {
+                    state.faults.reject_cursor -= 1;
+                    ItemStats::bump(&self.stats.cursor_rejections_sent);
+                    return Err(SyncError::CursorRejected(
+                        "cursor is no longer valid; restart from an empty cursor".to_string(),
+                    ));
+                }
+                match codec.decode(&self.item_id, text, log_len) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        ItemStats::bump(&self.stats.cursor_rejections_sent);
+                        return Err(SyncError::CursorRejected(e.to_string()));
+                    }
+                }
+            }
+        };
+        let (start, pos, high_water) = match cursor {
+            None => (0, 0, log_len),
+            // A settled cursor starts a new loop over whatever changed since.
+            Some(c) if !c.is_mid_loop() => (c.high_water, c.high_water, log_len),
+            Some(c) => {
+                let injected = state.faults.mutation_during_pagination > 0;
+                if injected {
+                    state.faults.mutation_during_pagination -= 1;
+                }
+                if injected || log_len > c.high_water {
+                    ItemStats::bump(&self.stats.mutation_errors_sent);
+                    return Err(SyncError::MutationDuringPagination);
+                }
+                (c.start, c.pos, c.high_water)
+            }
+        };
+        let end = (pos + count as u64).min(high_water);
+        let mut page = SyncPage {
+            added: Vec::new(),
+            modified: Vec::new(),
+            removed: Vec::new(),
+            next_cursor: String::new(),
+            has_more: end < high_water,
+            accounts: state.accounts.accounts.clone(),
+        };
+        for index in pos..end {
+            let id = &state.log[index as usize];
+            let Some(record) = state.txns.get(id) else {
+                continue;
+            };
+            // Emit each transaction once per loop, at its latest change, in its current
+            // state. Within a loop the log cannot have grown (that is an error above),
+            // so "latest overall" is "latest in this loop".
+            if record.last_change != index {
+                continue;
+            }
+            let created_in_loop = record.created_at >= start;
+            match (record.removed, created_in_loop) {
+                // Created and removed within the loop: the client never saw it.
+                (true, true) => {}
+                (true, false) => page.removed.push(RemovedTransaction {
+                    transaction_id: id.clone(),
+                    account_id: Some(record.txn.account_id.clone()),
+                }),
+                (false, true) => page.added.push(record.txn.clone()),
+                (false, false) => page.modified.push(record.txn.clone()),
+            }
+        }
+        let next = if page.has_more {
+            SyncCursor {
+                start,
+                pos: end,
+                high_water,
+            }
+        } else {
+            SyncCursor::settled(high_water)
+        };
+        page.next_cursor = codec.encode(&self.item_id, next);
+        Ok(page)
+    }
+
+    /// Current transactions dated within `[start, end]`, newest first (ties by id,
+    /// descending), skipping `offset`, at most `count`.
+    pub fn window(
+        &self,
+        start: NaiveDate,
+        end: NaiveDate,
+        offset: u64,
+        count: usize,
+        account_ids: Option<&[String]>,
+    ) -> Result<WindowPage, SyncError> {
+        let state = lock(&self.state);
+        if state.faults.login_required {
+            return Err(SyncError::LoginRequired);
+        }
+        let lower = Bound::Included((generate::date_str(start), String::new()));
+        let upper = match end.succ_opt() {
+            Some(next) => Bound::Excluded((generate::date_str(next), String::new())),
+            None => Bound::Unbounded,
+        };
+        let wanted = |id: &String| match account_ids {
+            None => true,
+            Some(ids) => state
+                .txns
+                .get(id)
+                .is_some_and(|r| ids.contains(&r.txn.account_id)),
+        };
+        let in_window = || {
+            state
+                .by_date
+                .range((lower.clone(), upper.clone()))
+                .rev()
+                .map(|(_, id)| id)
+                .filter(|id| wanted(id))
+        };
+        let total = in_window().count() as u64;
+        let transactions = in_window()
+            .skip(offset.try_into().unwrap_or(usize::MAX))
+            .take(count)
+            .filter_map(|id| state.txns.get(id).map(|r| r.txn.clone()))
+            .collect();
+        Ok(WindowPage {
+            transactions,
+            total,
+            accounts: state.accounts.accounts.clone(),
+        })
+    }
+
+    /// Seeded random changes: `add` new recent transactions, `modify` and `remove`
+    /// distinct transactions that existed before the call.
+    pub fn mutate(
+        &self,
+        add: usize,
+        modify: usize,
+        remove: usize,
+        today: NaiveDate,
+    ) -> Result<MutationReport, MutateError> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let have = state.by_date.len();
+        if modify + remove > have {
+            return Err(MutateError::NotEnough {
+                modify,
+                remove,
+                have,
+            });
+        }
+        let picked: Vec<String> = {
+            let current: Vec<&String> = state.by_date.iter().map(|(_, id)| id).collect();
+            sample(&mut state.rng, have, modify + remove)
+                .into_iter()
+                .map(|i| current[i].clone())
+                .collect()
+        };
+        let (to_modify, to_remove) = picked.split_at(modify);
+        let mut report = MutationReport::default();
+        for id in to_modify {
+            state.modify(id, today);
+            report.modified.push(id.clone());
+        }
+        for id in to_remove {
+            state.remove(id);
+            report.removed.push(id.clone());
+        }
+        for _ in 0..add {
+            let age = generate::recent_age(&mut state.rng);
+            let txn = generate::transaction(&mut state.rng, &state.accounts, today, age);
+            report.added.push(state.insert_new(txn));
+        }
+        Ok(report)
+    }
+
+    /// Adds transactions built by `build` from the item's rng and first account
+    /// (`/sandbox/transactions/create`). Returns their ids.
+    pub fn add_with(
+        &self,
+        n: usize,
+        mut build: impl FnMut(&mut ChaCha8Rng, &str, usize) -> PlaidTransaction,
+    ) -> Vec<String> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let account_id = state.accounts.accounts[0].account_id.clone();
+        (0..n)
+            .map(|i| {
+                let txn = build(&mut state.rng, &account_id, i);
+                state.insert_new(txn)
+            })
+            .collect()
+    }
+}
+
+impl ItemState {
+    /// Appends a new transaction (re-rolling its id on the rare collision) and
+    /// returns its id.
+    fn insert_new(&mut self, mut txn: PlaidTransaction) -> String {
+        while self.txns.contains_key(&txn.transaction_id) {
+            txn.transaction_id = generate::plaid_id(&mut self.rng);
+        }
+        let index = self.log.len() as u64;
+        let id = txn.transaction_id.clone();
+        self.by_date.insert((txn.date.clone(), id.clone()));
+        self.log.push(id.clone());
+        self.txns.insert(
+            id.clone(),
+            TxnRecord {
+                txn,
+                created_at: index,
+                last_change: index,
+                removed: false,
+            },
+        );
+        id
+    }
+
+    fn modify(&mut self, id: &str, today: NaiveDate) {
+        let index = self.log.len() as u64;
+        let Some(record) = self.txns.get_mut(id) else {
+            return;
+        };
+        let old_date = record.txn.date.clone();
+        generate::modify(&mut self.rng, &mut record.txn, today);
+        record.last_change = index;
+        if record.txn.date != old_date {
+            self.by_date.remove(&(old_date, id.to_string()));
+            self.by_date
+                .insert((record.txn.date.clone(), id.to_string()));
+        }
+        self.log.push(id.to_string());
+    }
+
+    fn remove(&mut self, id: &str) {
+        let index = self.log.len() as u64;
+        let Some(record) = self.txns.get_mut(id) else {
+            return;
+        };
+        record.removed = true;
+        record.last_change = index;
+        self.by_date
+            .remove(&(record.txn.date.clone(), id.to_string()));
+        self.log.push(id.to_string());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn bank() -> Bank {
+        Bank::new(11, NaiveDate::from_ymd_opt(2024, 6, 1).unwrap(), [9; 32])
+    }
+
+    /// Pages a whole loop from `cursor`, returning the settled cursor and the rows.
+    fn drain(
+        bank: &Bank,
+        item: &Item,
+        cursor: &str,
+        count: usize,
+    ) -> (
+        String,
+        Vec<PlaidTransaction>,
+        Vec<PlaidTransaction>,
+        Vec<String>,
+    ) {
+        let (mut added, mut modified, mut removed) = (vec![], vec![], vec![]);
+        let mut cursor = cursor.to_string();
+        loop {
+            let page = item.sync_page(bank.codec(), Some(&cursor), count).unwrap();
+            added.extend(page.added);
+            modified.extend(page.modified);
+            removed.extend(page.removed.into_iter().map(|r| r.transaction_id));
+            cursor = page.next_cursor;
+            if !page.has_more {
+                return (cursor, added, modified, removed);
+            }
+        }
+    }
+
+    #[test]
+    fn paging_the_history_yields_each_current_transaction_once() {
+        let bank = bank();
+        let item = bank.create_item(1_234, None, "ins_1");
+        let (_, added, modified, removed) = drain(&bank, &item, "", 100);
+        assert!(modified.is_empty() && removed.is_empty());
+        let mut ids: Vec<_> = added.iter().map(|t| t.transaction_id.clone()).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 1_234);
+        assert_eq!(added, {
+            let mut current = item.current_transactions();
+            current.sort_by(|a, b| (&a.date, &a.transaction_id).cmp(&(&b.date, &b.transaction_id)));
+            current
+        });
+    }
+
+    #[test]
+    fn a_loop_reports_net_changes_once_per_transaction() {
+        let bank = bank();
+        let item = bank.create_item(300, None, "ins_1");
+        let (settled, ..) = drain(&bank, &item, "", 500);
+        let first = item.mutate(5, 10, 7, bank.today()).unwrap();
+        let second = item.mutate(0, 10, 0, bank.today()).unwrap();
+        let (_, added, modified, removed) = drain(&bank, &item, &settled, 3);
+
+        let current: HashMap<_, _> = item
+            .current_transactions()
+            .into_iter()
+            .map(|t| (t.transaction_id.clone(), t))
+            .collect();
+        let mut expect_modified: Vec<_> = first
+            .modified
+            .iter()
+            .chain(&second.modified)
+            .filter(|id| !first.added.contains(id) && current.contains_key(*id))
+            .cloned()
+            .collect();
+        expect_modified.sort();
+        expect_modified.dedup();
+        let mut got_modified: Vec<_> = modified.iter().map(|t| t.transaction_id.clone()).collect();
+        got_modified.sort();
+        assert_eq!(
+            got_modified, expect_modified,
+            "each modified txn reported once"
+        );
+        for t in added.iter().chain(&modified) {
+            assert_eq!(&current[&t.transaction_id], t, "current state is emitted");
+        }
+        let mut got_added: Vec<_> = added.iter().map(|t| t.transaction_id.clone()).collect();
+        got_added.sort();
+        let mut expect_added = first.added.clone();
+        expect_added.sort();
+        assert_eq!(got_added, expect_added);
+        let mut expect_removed = first.removed.clone();
+        expect_removed.sort();
+        let mut got_removed = removed;
+        got_removed.sort();
+        assert_eq!(got_removed, expect_removed);
+    }
+
+    #[test]
+    fn overlapping_sync_guards_are_counted_and_released() {
+        let bank = bank();
+        let item = bank.create_item(1, None, "ins_1");
+        let a = item.enter_sync();
+        let b = item.enter_sync();
+        drop(a);
+        let c = item.enter_sync();
+        drop(b);
+        drop(c);
+        let _d = item.enter_sync();
+        let stats = item.stats.snapshot();
+        assert_eq!(stats.sync_calls, 4);
+        assert_eq!(stats.overlapping_syncs, 2);
+        assert_eq!(stats.max_concurrent_syncs, 2);
+        assert_eq!(stats.in_flight_syncs, 1);
+    }
+
+    #[test]
+    fn mutate_refuses_more_changes_than_transactions() {
+        let bank = bank();
+        let item = bank.create_item(3, None, "ins_1");
+        assert!(item.mutate(0, 2, 2, bank.today()).is_err());
+        assert_eq!(item.transaction_count(), 3);
+        let report = item.mutate(0, 1, 2, bank.today()).unwrap();
+        assert_eq!(item.transaction_count(), 1);
+        assert!(!report.removed.contains(&report.modified[0]));
+    }
+}

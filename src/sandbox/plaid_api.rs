@@ -1,0 +1,592 @@
+//! Plaid's endpoints, served with Plaid's wire types, credentials rules, error objects
+//! and HTTP statuses, so that a Plaid client (acctor's or Plaid's own libraries) works
+//! against the sandbox by changing only its base URL.
+//!
+//! Handlers only translate: parse and authenticate the request, ask the bank, shape
+//! the answer. Bodies are parsed by hand (not with axum's `Json`) because Plaid answers
+//! malformed bodies, missing fields and bad credentials with its own error object.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::NaiveDate;
+use rand::distributions::Alphanumeric;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+
+use super::bank::{Item, PendingLink, SyncError};
+use super::{generate, sync_flags, Sandbox, DEFAULT_HISTORY};
+use crate::providers::plaid::wire::{
+    self, AccessTokenRequest, ItemGetResponse, ItemPublicTokenExchangeRequest,
+    ItemPublicTokenExchangeResponse, PlaidError, PlaidItem, RequestIdResponse,
+    SandboxItemFireWebhookRequest, SandboxItemFireWebhookResponse, SandboxItemResetLoginResponse,
+    SandboxPublicTokenCreateRequest, SandboxPublicTokenCreateResponse,
+    SandboxTransactionsCreateRequest, TransactionsGetRequest, TransactionsGetResponse,
+    TransactionsSyncRequest, TransactionsSyncResponse, WebhookVerificationKeyGetRequest,
+    WebhookVerificationKeyGetResponse,
+};
+
+/// Page size bounds of `/transactions/sync` and `/transactions/get`.
+const MIN_COUNT: u32 = 1;
+const MAX_COUNT: u32 = 500;
+const DEFAULT_COUNT: u32 = 100;
+
+/// Plaid's routes.
+pub(super) fn routes() -> Router<Sandbox> {
+    Router::new()
+        .route("/transactions/sync", post(transactions_sync))
+        .route("/transactions/get", post(transactions_get))
+        .route("/item/get", post(item_get))
+        .route(
+            "/webhook_verification_key/get",
+            post(webhook_verification_key_get),
+        )
+        .route(
+            "/sandbox/public_token/create",
+            post(sandbox_public_token_create),
+        )
+        .route(
+            "/item/public_token/exchange",
+            post(item_public_token_exchange),
+        )
+        .route(
+            "/sandbox/item/fire_webhook",
+            post(sandbox_item_fire_webhook),
+        )
+        .route(
+            "/sandbox/transactions/create",
+            post(sandbox_transactions_create),
+        )
+        .route("/sandbox/item/reset_login", post(sandbox_item_reset_login))
+}
+
+/// A fresh Plaid-style request id (15 alphanumerics).
+pub(super) fn request_id() -> String {
+    rand::thread_rng()
+        .sample_iter(&Alphanumeric)
+        .take(15)
+        .map(char::from)
+        .collect()
+}
+
+/// A Plaid error answer: category, code and message; the status follows the category.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error_type} {error_code}: {message}")]
+pub(crate) struct PlaidApiError {
+    error_type: &'static str,
+    error_code: &'static str,
+    message: String,
+    display_message: Option<&'static str>,
+}
+
+impl PlaidApiError {
+    fn new(error_type: &'static str, error_code: &'static str, message: impl Into<String>) -> Self {
+        PlaidApiError {
+            error_type,
+            error_code,
+            message: message.into(),
+            display_message: None,
+        }
+    }
+
+    fn invalid_body() -> Self {
+        Self::new(
+            "INVALID_REQUEST",
+            wire::INVALID_BODY,
+            "body could not be parsed as JSON",
+        )
+    }
+
+    fn missing_fields(fields: &[&str]) -> Self {
+        Self::new(
+            "INVALID_REQUEST",
+            wire::MISSING_FIELDS,
+            format!(
+                "the following required fields are missing: {}",
+                fields.join(", ")
+            ),
+        )
+    }
+
+    fn invalid_field(message: impl Into<String>) -> Self {
+        Self::new("INVALID_REQUEST", wire::INVALID_FIELD, message)
+    }
+
+    fn invalid_api_keys() -> Self {
+        Self::new(
+            "INVALID_INPUT",
+            wire::INVALID_API_KEYS,
+            "invalid client_id or secret provided",
+        )
+    }
+
+    fn invalid_access_token() -> Self {
+        Self::new(
+            "INVALID_INPUT",
+            wire::INVALID_ACCESS_TOKEN,
+            "provided access token is in an invalid format or does not exist",
+        )
+    }
+
+    fn login_required() -> Self {
+        PlaidApiError {
+            display_message: Some(
+                "the login details of this item have changed (credentials, MFA, or required \
+                 user action) and a user login is required to update this information",
+            ),
+            ..Self::new(
+                "ITEM_ERROR",
+                wire::ITEM_LOGIN_REQUIRED,
+                "the login details of this item have changed (credentials, MFA, or required \
+                 user action) and a user login is required to update this information. use \
+                 Link's update mode to restore the item to a good state",
+            )
+        }
+    }
+
+    fn http_status(&self) -> StatusCode {
+        match (self.error_type, self.error_code) {
+            ("RATE_LIMIT_EXCEEDED", _) => StatusCode::TOO_MANY_REQUESTS,
+            ("API_ERROR", _) => StatusCode::INTERNAL_SERVER_ERROR,
+            (_, "NOT_FOUND") => StatusCode::NOT_FOUND,
+            _ => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The wire object with `request_id`.
+    fn to_wire(&self, request_id: String) -> PlaidError {
+        let section = self
+            .error_type
+            .trim_end_matches("_ERROR")
+            .to_ascii_lowercase()
+            .replace('_', "-");
+        PlaidError {
+            error_type: self.error_type.to_string(),
+            error_code: self.error_code.to_string(),
+            error_message: self.message.clone(),
+            display_message: self.display_message.map(str::to_string),
+            request_id,
+            causes: Vec::new(),
+            status: Some(self.http_status().as_u16()),
+            documentation_url: Some(format!(
+                "https://plaid.com/docs/errors/{section}/#{}",
+                self.error_code.to_ascii_lowercase()
+            )),
+            suggested_action: None,
+        }
+    }
+}
+
+impl From<SyncError> for PlaidApiError {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::LoginRequired => PlaidApiError::login_required(),
+            SyncError::CursorRejected(message) => PlaidApiError::invalid_field(message),
+            SyncError::MutationDuringPagination => PlaidApiError::new(
+                "TRANSACTIONS_ERROR",
+                wire::MUTATION_DURING_PAGINATION,
+                "underlying transaction data changed since last page was fetched. please \
+                 restart pagination from last update",
+            ),
+        }
+    }
+}
+
+impl IntoResponse for PlaidApiError {
+    fn into_response(self) -> Response {
+        (self.http_status(), Json(self.to_wire(request_id()))).into_response()
+    }
+}
+
+/// Answers unknown paths: Plaid's error object, or the admin shape under `/admin`.
+pub(super) async fn not_found(uri: Uri) -> Response {
+    if uri.path().starts_with("/admin") {
+        return super::admin::AdminError::NotFound(format!("no route {}", uri.path()))
+            .into_response();
+    }
+    PlaidApiError::new(
+        "INVALID_REQUEST",
+        "NOT_FOUND",
+        format!("the requested path {} was not found", uri.path()),
+    )
+    .into_response()
+}
+
+/// Parses a Plaid request body and checks its credentials (body fields or the
+/// `PLAID-CLIENT-ID` / `PLAID-SECRET` headers).
+fn parse<T: DeserializeOwned>(
+    sandbox: &Sandbox,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, PlaidApiError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|_| PlaidApiError::invalid_body())?;
+    let Some(object) = value.as_object() else {
+        return Err(PlaidApiError::invalid_body());
+    };
+    let credential = |header: &str, field: &str| -> Option<String> {
+        headers
+            .get(header)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                object
+                    .get(field)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+    };
+    let client_id = credential("PLAID-CLIENT-ID", "client_id");
+    let secret = credential("PLAID-SECRET", "secret");
+    let (client_id, secret) = match (client_id, secret) {
+        (Some(c), Some(s)) => (c, s),
+        (None, None) => return Err(PlaidApiError::missing_fields(&["client_id", "secret"])),
+        (None, Some(_)) => return Err(PlaidApiError::missing_fields(&["client_id"])),
+        (Some(_), None) => return Err(PlaidApiError::missing_fields(&["secret"])),
+    };
+    if !sandbox.credentials_match(&client_id, &secret) {
+        return Err(PlaidApiError::invalid_api_keys());
+    }
+    serde_json::from_value(value).map_err(|e| {
+        let text = e.to_string();
+        match text
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            Some(field) => PlaidApiError::missing_fields(&[field]),
+            None => PlaidApiError::invalid_field(text),
+        }
+    })
+}
+
+fn item_for(sandbox: &Sandbox, access_token: &str) -> Result<std::sync::Arc<Item>, PlaidApiError> {
+    sandbox
+        .bank()
+        .item_by_token(access_token)
+        .ok_or_else(PlaidApiError::invalid_access_token)
+}
+
+fn page_size(count: Option<u32>) -> Result<usize, PlaidApiError> {
+    let count = count.unwrap_or(DEFAULT_COUNT);
+    if !(MIN_COUNT..=MAX_COUNT).contains(&count) {
+        return Err(PlaidApiError::invalid_field(format!(
+            "count must be between {MIN_COUNT} and {MAX_COUNT}"
+        )));
+    }
+    Ok(count as usize)
+}
+
+fn parse_date(field: &str, text: &str) -> Result<NaiveDate, PlaidApiError> {
+    NaiveDate::parse_from_str(text, "%Y-%m-%d").map_err(|_| {
+        PlaidApiError::invalid_field(format!("{field} must be a date in YYYY-MM-DD format"))
+    })
+}
+
+fn plaid_item(sandbox: &Sandbox, item: &Item, request_id: &str) -> PlaidItem {
+    PlaidItem {
+        item_id: item.item_id.clone(),
+        institution_id: Some(item.institution_id.clone()),
+        webhook: sandbox.bank().webhook_url_for(item),
+        error: item
+            .login_required()
+            .then(|| PlaidApiError::login_required().to_wire(request_id.to_string())),
+        available_products: ["assets", "auth", "balance", "identity", "investments"]
+            .map(str::to_string)
+            .to_vec(),
+        billed_products: vec!["transactions".to_string()],
+        consent_expiration_time: None,
+        update_type: "background".to_string(),
+    }
+}
+
+async fn transactions_sync(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TransactionsSyncResponse>, PlaidApiError> {
+    let request: TransactionsSyncRequest = parse(&sandbox, &headers, &body)?;
+    let item = item_for(&sandbox, &request.access_token)?;
+    // The in-flight window spans the whole call, injected latency included, so two
+    // calls that overlap at all are seen as overlapping.
+    let _in_flight = item.enter_sync();
+    let latency = item.sync_latency();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let count = page_size(request.count)?;
+    let page = item.sync_page(sandbox.bank().codec(), request.cursor.as_deref(), count)?;
+    Ok(Json(TransactionsSyncResponse {
+        accounts: page.accounts,
+        added: page.added,
+        modified: page.modified,
+        removed: page.removed,
+        next_cursor: page.next_cursor,
+        has_more: page.has_more,
+        transactions_update_status: "HISTORICAL_UPDATE_COMPLETE".to_string(),
+        request_id: request_id(),
+    }))
+}
+
+async fn transactions_get(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<TransactionsGetResponse>, PlaidApiError> {
+    let request: TransactionsGetRequest = parse(&sandbox, &headers, &body)?;
+    let item = item_for(&sandbox, &request.access_token)?;
+    item.stats.count_get();
+    let start = parse_date("start_date", &request.start_date)?;
+    let end = parse_date("end_date", &request.end_date)?;
+    if start > end {
+        return Err(PlaidApiError::invalid_field(
+            "start_date must be on or before end_date",
+        ));
+    }
+    let options = request.options.unwrap_or_default();
+    let count = page_size(options.count)?;
+    let page = item.window(
+        start,
+        end,
+        options.offset.unwrap_or(0),
+        count,
+        options.account_ids.as_deref(),
+    )?;
+    let request_id = request_id();
+    Ok(Json(TransactionsGetResponse {
+        accounts: page.accounts,
+        transactions: page.transactions,
+        total_transactions: page.total,
+        item: plaid_item(&sandbox, &item, &request_id),
+        request_id,
+    }))
+}
+
+async fn item_get(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ItemGetResponse>, PlaidApiError> {
+    let request: AccessTokenRequest = parse(&sandbox, &headers, &body)?;
+    let item = item_for(&sandbox, &request.access_token)?;
+    let request_id = request_id();
+    Ok(Json(ItemGetResponse {
+        item: plaid_item(&sandbox, &item, &request_id),
+        request_id,
+    }))
+}
+
+async fn webhook_verification_key_get(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<WebhookVerificationKeyGetResponse>, PlaidApiError> {
+    let request: WebhookVerificationKeyGetRequest = parse(&sandbox, &headers, &body)?;
+    let jwk = sandbox.inner.webhooks.signer().jwk();
+    if request.key_id != jwk.kid {
+        return Err(PlaidApiError::new(
+            "INVALID_INPUT",
+            "INVALID_WEBHOOK_VERIFICATION_KEY_ID",
+            "invalid key_id provided",
+        ));
+    }
+    Ok(Json(WebhookVerificationKeyGetResponse {
+        key: jwk.clone(),
+        request_id: request_id(),
+    }))
+}
+
+async fn sandbox_public_token_create(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SandboxPublicTokenCreateResponse>, PlaidApiError> {
+    let request: SandboxPublicTokenCreateRequest = parse(&sandbox, &headers, &body)?;
+    if request.institution_id.is_empty() {
+        return Err(PlaidApiError::invalid_field(
+            "institution_id must not be empty",
+        ));
+    }
+    if request.initial_products.is_empty() {
+        return Err(PlaidApiError::invalid_field(
+            "initial_products must not be empty",
+        ));
+    }
+    let public_token = sandbox.bank().create_public_token(PendingLink {
+        institution_id: request.institution_id,
+        webhook: request.options.and_then(|o| o.webhook),
+    });
+    Ok(Json(SandboxPublicTokenCreateResponse {
+        public_token,
+        request_id: request_id(),
+    }))
+}
+
+async fn item_public_token_exchange(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<ItemPublicTokenExchangeResponse>, PlaidApiError> {
+    let request: ItemPublicTokenExchangeRequest = parse(&sandbox, &headers, &body)?;
+    let Some(link) = sandbox.bank().take_public_token(&request.public_token) else {
+        return Err(PlaidApiError::new(
+            "INVALID_INPUT",
+            wire::INVALID_PUBLIC_TOKEN,
+            "provided public token is invalid, expired or already exchanged",
+        ));
+    };
+    let item = sandbox
+        .bank()
+        .create_item(DEFAULT_HISTORY, link.webhook, &link.institution_id);
+    Ok(Json(ItemPublicTokenExchangeResponse {
+        access_token: item.access_token.clone(),
+        item_id: item.item_id.clone(),
+        request_id: request_id(),
+    }))
+}
+
+/// The webhook type of a code Plaid's `/sandbox/item/fire_webhook` accepts.
+fn webhook_type_of(code: &str) -> Option<&'static str> {
+    match code {
+        "SYNC_UPDATES_AVAILABLE"
+        | "DEFAULT_UPDATE"
+        | "INITIAL_UPDATE"
+        | "HISTORICAL_UPDATE"
+        | "TRANSACTIONS_REMOVED"
+        | "RECURRING_TRANSACTIONS_UPDATE" => Some("TRANSACTIONS"),
+        "NEW_ACCOUNTS_AVAILABLE"
+        | "LOGIN_REPAIRED"
+        | "PENDING_EXPIRATION"
+        | "ERROR"
+        | "USER_PERMISSION_REVOKED"
+        | "WEBHOOK_UPDATE_ACKNOWLEDGED" => Some("ITEM"),
+        _ => None,
+    }
+}
+
+/// The extra body fields Plaid sends with `code`.
+pub(super) fn webhook_extra(code: &str) -> serde_json::Map<String, serde_json::Value> {
+    match code {
+        "SYNC_UPDATES_AVAILABLE" => sync_flags(),
+        "DEFAULT_UPDATE" | "INITIAL_UPDATE" | "HISTORICAL_UPDATE" => {
+            let mut extra = serde_json::Map::new();
+            extra.insert("new_transactions".into(), 0.into());
+            extra
+        }
+        "ERROR" => login_required_extra(),
+        _ => serde_json::Map::new(),
+    }
+}
+
+fn login_required_extra() -> serde_json::Map<String, serde_json::Value> {
+    let mut extra = serde_json::Map::new();
+    extra.insert(
+        "error".into(),
+        serde_json::to_value(PlaidApiError::login_required().to_wire(request_id()))
+            .unwrap_or_default(),
+    );
+    extra
+}
+
+/// Fires `code` for `item` with Plaid's body for it. `None`: no such code.
+pub(super) async fn fire_code(sandbox: &Sandbox, item: &Item, code: &str) -> Option<Option<u16>> {
+    let webhook_type = webhook_type_of(code)?;
+    Some(
+        sandbox
+            .fire(item, webhook_type, code, webhook_extra(code))
+            .await,
+    )
+}
+
+async fn sandbox_item_fire_webhook(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SandboxItemFireWebhookResponse>, PlaidApiError> {
+    let request: SandboxItemFireWebhookRequest = parse(&sandbox, &headers, &body)?;
+    let item = item_for(&sandbox, &request.access_token)?;
+    let code = request.webhook_code.as_str();
+    let Some(webhook_type) = webhook_type_of(code) else {
+        return Err(PlaidApiError::invalid_field(format!(
+            "webhook_code {code} is not supported"
+        )));
+    };
+    if let Some(requested) = request.webhook_type.as_deref() {
+        if requested != webhook_type {
+            return Err(PlaidApiError::invalid_field(format!(
+                "webhook_type {requested} does not match webhook_code {code}"
+            )));
+        }
+    }
+    let fired = sandbox.bank().webhook_url_for(&item).is_some();
+    if fired {
+        sandbox
+            .fire(&item, webhook_type, code, webhook_extra(code))
+            .await;
+    }
+    Ok(Json(SandboxItemFireWebhookResponse {
+        webhook_fired: fired,
+        request_id: request_id(),
+    }))
+}
+
+async fn sandbox_transactions_create(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<RequestIdResponse>, PlaidApiError> {
+    let request: SandboxTransactionsCreateRequest = parse(&sandbox, &headers, &body)?;
+    let item = item_for(&sandbox, &request.access_token)?;
+    if request.transactions.is_empty() {
+        return Err(PlaidApiError::invalid_field(
+            "transactions must not be empty",
+        ));
+    }
+    let mut inputs = Vec::with_capacity(request.transactions.len());
+    for input in &request.transactions {
+        if !input.amount.is_finite() {
+            return Err(PlaidApiError::invalid_field("amount must be a number"));
+        }
+        inputs.push((
+            input,
+            parse_date("date_posted", &input.date_posted)?,
+            parse_date("date_transacted", &input.date_transacted)?,
+        ));
+    }
+    item.add_with(inputs.len(), |rng, account_id, i| {
+        let (input, posted, transacted) = inputs[i];
+        generate::from_input(
+            rng,
+            account_id,
+            input.amount,
+            posted,
+            transacted,
+            &input.description,
+            input.iso_currency_code.as_deref(),
+        )
+    });
+    sandbox.fire_sync_updates(&item).await;
+    Ok(Json(RequestIdResponse {
+        request_id: request_id(),
+    }))
+}
+
+async fn sandbox_item_reset_login(
+    State(sandbox): State<Sandbox>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<SandboxItemResetLoginResponse>, PlaidApiError> {
+    let request: AccessTokenRequest = parse(&sandbox, &headers, &body)?;
+    let item = item_for(&sandbox, &request.access_token)?;
+    item.set_login_required(true);
+    // Plaid tells the item's webhook: ITEM / ERROR carrying ITEM_LOGIN_REQUIRED.
+    sandbox
+        .fire(&item, "ITEM", "ERROR", login_required_extra())
+        .await;
+    Ok(Json(SandboxItemResetLoginResponse {
+        reset_login: true,
+        request_id: request_id(),
+    }))
+}
