@@ -142,11 +142,6 @@ impl TestEnv {
             .await;
     }
 
-    pub async fn fire_webhook(&self, item_id: &str) -> Value {
-        self.post_json(&format!("{}/admin/items/{item_id}/webhook", self.sandbox_url), json!({}))
-            .await
-    }
-
     pub async fn stats(&self, item_id: &str) -> Value {
         self.get_json(&format!("{}/admin/items/{item_id}/stats", self.sandbox_url))
             .await
