@@ -128,7 +128,11 @@ async fn create_item(
     if let Some(url) = &request.webhook {
         check_url(url)?;
     }
-    let created = sandbox.create_item(request.history, request.webhook);
+    // Generating a large history takes a while: keep it off the async workers.
+    let created =
+        tokio::task::spawn_blocking(move || sandbox.create_item(request.history, request.webhook))
+            .await
+            .map_err(|e| bad_request("internal", format!("item generation failed: {e}")))?;
     Ok(Json(json!(created)))
 }
 

@@ -12,7 +12,8 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use crate::providers::plaid::wire::{
-    PersonalFinanceCategory, PlaidAccount, PlaidBalances, PlaidTransaction,
+    PersonalFinanceCategory, PlaidAccount, PlaidBalances, PlaidLocation, PlaidPaymentMeta,
+    PlaidTransaction,
 };
 
 /// How far back a generated history reaches.
@@ -460,10 +461,12 @@ pub(crate) fn transaction(
     } else {
         date - Duration::days(rng.gen_range(0..=2))
     };
-    let name = if merchant.store_number {
-        format!("{} #{}", merchant.name, rng.gen_range(100..10_000))
-    } else {
-        merchant.name.to_string()
+    let store_number = merchant
+        .store_number
+        .then(|| rng.gen_range(100..10_000).to_string());
+    let name = match &store_number {
+        Some(number) => format!("{} #{number}", merchant.name),
+        None => merchant.name.to_string(),
     };
     let amount = rng.gen_range(merchant.cents.0..=merchant.cents.1);
     PlaidTransaction {
@@ -487,6 +490,13 @@ pub(crate) fn transaction(
             detailed: merchant.pfc.1.to_string(),
         }),
         transaction_code: None,
+        location: PlaidLocation {
+            store_number,
+            ..PlaidLocation::default()
+        },
+        payment_meta: PlaidPaymentMeta::default(),
+        account_owner: None,
+        authorized_datetime: None,
     }
 }
 
@@ -557,6 +567,10 @@ pub(crate) fn from_input(
         category_id: None,
         personal_finance_category: None,
         transaction_code: None,
+        location: PlaidLocation::default(),
+        payment_meta: PlaidPaymentMeta::default(),
+        account_owner: None,
+        authorized_datetime: None,
     }
 }
 

@@ -612,6 +612,20 @@ async fn public_tokens_exchange_once_for_a_working_access_token() {
 
     let history = bank.sync_loop(token, "", 500).await;
     assert_eq!(history.added.len(), DEFAULT_HISTORY as usize);
+    // Fields Plaid's generated client libraries require are present (as null or
+    // all-null objects when unknown).
+    let (_, page) = bank.sync(token, "", 1).await;
+    let txn = page["added"][0].as_object().unwrap();
+    for field in [
+        "location",
+        "payment_meta",
+        "account_owner",
+        "authorized_datetime",
+        "datetime",
+    ] {
+        assert!(txn.contains_key(field), "{field} missing");
+    }
+    assert!(txn["location"].is_object() && txn["payment_meta"].is_object());
     let (status, item) = bank
         .plaid("/item/get", json!({"access_token": token}))
         .await;

@@ -285,6 +285,62 @@ pub struct PlaidTransaction {
     pub personal_finance_category: Option<PersonalFinanceCategory>,
     /// Transaction code (non-US institutions).
     pub transaction_code: Option<String>,
+    /// Where it happened (all fields null when unknown). Required by Plaid's generated
+    /// client libraries, hence always serialized.
+    #[serde(default)]
+    pub location: PlaidLocation,
+    /// Payment processor details (all fields null when unknown). Required by Plaid's
+    /// generated client libraries.
+    #[serde(default)]
+    pub payment_meta: PlaidPaymentMeta,
+    /// The account owner, for accounts with several owners.
+    #[serde(default)]
+    pub account_owner: Option<String>,
+    /// Authorization timestamp, when known.
+    #[serde(default)]
+    pub authorized_datetime: Option<String>,
+}
+
+/// Location of a transaction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlaidLocation {
+    /// Street address.
+    pub address: Option<String>,
+    /// City.
+    pub city: Option<String>,
+    /// Region or state.
+    pub region: Option<String>,
+    /// Postal code.
+    pub postal_code: Option<String>,
+    /// ISO country code.
+    pub country: Option<String>,
+    /// Latitude.
+    pub lat: Option<f64>,
+    /// Longitude.
+    pub lon: Option<f64>,
+    /// Merchant store number.
+    pub store_number: Option<String>,
+}
+
+/// Payment processor details of a transaction.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PlaidPaymentMeta {
+    /// Who ordered the payment.
+    pub by_order_of: Option<String>,
+    /// Payee.
+    pub payee: Option<String>,
+    /// Payer.
+    pub payer: Option<String>,
+    /// Payment method.
+    pub payment_method: Option<String>,
+    /// Payment processor.
+    pub payment_processor: Option<String>,
+    /// PPD id.
+    pub ppd_id: Option<String>,
+    /// Reason.
+    pub reason: Option<String>,
+    /// Reference number.
+    pub reference_number: Option<String>,
 }
 
 /// `POST /webhook_verification_key/get` request.
