@@ -25,11 +25,11 @@ use crate::actors::Registry;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::accounts::{link_account, LinkRequest};
-use crate::store::Resolved;
 use crate::http::{router, AppState};
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use crate::store::Resolved;
 use crate::store::{SledStore, SledStoreConfig, Store};
 
 /// A built, bound, not yet serving application.
@@ -162,7 +162,10 @@ impl App {
 
     /// Serves until `shutdown` resolves, then shuts down in order: refuse webhooks,
     /// finish in-flight requests, stop actors, flush the store.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let App {
             listener,
             addr,

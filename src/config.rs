@@ -169,10 +169,16 @@ impl Settings {
             }
         }
         if self.server.webhook_body_limit_bytes < 256 {
-            return Err(invalid("server.webhook_body_limit_bytes", "must be at least 256"));
+            return Err(invalid(
+                "server.webhook_body_limit_bytes",
+                "must be at least 256",
+            ));
         }
         if self.server.api_body_limit_bytes < 1024 {
-            return Err(invalid("server.api_body_limit_bytes", "must be at least 1024"));
+            return Err(invalid(
+                "server.api_body_limit_bytes",
+                "must be at least 1024",
+            ));
         }
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(invalid("store.data_dir", "must not be empty"));
@@ -184,11 +190,17 @@ impl Settings {
             return Err(invalid("plaid.sync_page_size", "must be between 1 and 500"));
         }
         if !(1..=500).contains(&self.plaid.window_page_size) {
-            return Err(invalid("plaid.window_page_size", "must be between 1 and 500"));
+            return Err(invalid(
+                "plaid.window_page_size",
+                "must be between 1 and 500",
+            ));
         }
         let url = &self.plaid.base_url;
         if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(invalid("plaid.base_url", "must start with http:// or https://"));
+            return Err(invalid(
+                "plaid.base_url",
+                "must start with http:// or https://",
+            ));
         }
         if self.plaid.base_url.is_empty() && !self.sandbox.embedded {
             return Err(invalid(
@@ -197,10 +209,16 @@ impl Settings {
             ));
         }
         if self.plaid.request_timeout.is_zero() {
-            return Err(invalid("plaid.request_timeout", "must be greater than zero"));
+            return Err(invalid(
+                "plaid.request_timeout",
+                "must be greater than zero",
+            ));
         }
         if self.plaid.max_webhook_age.is_zero() {
-            return Err(invalid("plaid.max_webhook_age", "must be greater than zero"));
+            return Err(invalid(
+                "plaid.max_webhook_age",
+                "must be greater than zero",
+            ));
         }
         if self.actors.call_timeout.is_zero() {
             return Err(invalid("actors.call_timeout", "must be greater than zero"));
@@ -217,7 +235,10 @@ impl Settings {
             && !self.sandbox.webhook_url.starts_with("http://")
             && !self.sandbox.webhook_url.starts_with("https://")
         {
-            return Err(invalid("sandbox.webhook_url", "must start with http:// or https://"));
+            return Err(invalid(
+                "sandbox.webhook_url",
+                "must start with http:// or https://",
+            ));
         }
         Ok(())
     }

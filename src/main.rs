@@ -15,10 +15,20 @@ use acctor::sandbox::{Sandbox, SandboxConfig};
 use acctor::telemetry::{self, LogFormat};
 
 #[derive(Parser, Debug)]
-#[command(name = "acctor", version, about = "Webhook-driven, always-correct local copy of provider financial data")]
+#[command(
+    name = "acctor",
+    version,
+    about = "Webhook-driven, always-correct local copy of provider financial data"
+)]
 struct Cli {
     /// Log line format.
-    #[arg(long, value_enum, default_value = "text", global = true, env = "ACCTOR_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        global = true,
+        env = "ACCTOR_LOG_FORMAT"
+    )]
     log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
@@ -82,7 +92,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             app.run_until_stopped(shutdown_signal()).await
         }
-        Command::Sandbox { common, webhook_url } => {
+        Command::Sandbox {
+            common,
+            webhook_url,
+        } => {
             let mut settings = Settings::load(common.config.as_deref())?;
             if let Some(listen) = common.listen {
                 settings.sandbox.listen = listen;

@@ -163,7 +163,8 @@ impl Actor for AccountActor {
         if pending || account.cursor.is_none() {
             myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
         }
-        let check_every = (self.registry.settings().passivate_after / 2).max(Duration::from_millis(10));
+        let check_every =
+            (self.registry.settings().passivate_after / 2).max(Duration::from_millis(10));
         let idle_timer = myself.send_interval(check_every, || AccountMessage::IdleCheck);
         Ok(AccountState {
             id,
@@ -221,7 +222,8 @@ impl Actor for AccountActor {
             }
             AccountMessage::IdleCheck => {
                 let idle_for = state.last_activity.elapsed();
-                if state.phase == Phase::Idle && idle_for >= self.registry.settings().passivate_after
+                if state.phase == Phase::Idle
+                    && idle_for >= self.registry.settings().passivate_after
                 {
                     self.passivate(&myself, state)?;
                 }
@@ -252,7 +254,12 @@ impl Actor for AccountActor {
 impl AccountActor {
     /// Spawns the sync task. The task reads the account and the pending inbox fresh from
     /// the store, so whatever arrived before it started is covered by it.
-    fn start_sync(&self, myself: &ActorRef<AccountMessage>, state: &mut AccountState, reason: SyncReason) {
+    fn start_sync(
+        &self,
+        myself: &ActorRef<AccountMessage>,
+        state: &mut AccountState,
+        reason: SyncReason,
+    ) {
         state.phase = Phase::Syncing { again: false };
         state.progress = Arc::new(SyncProgress::default());
         let registry = self.registry.clone();
@@ -270,7 +277,12 @@ impl AccountActor {
         ));
     }
 
-    fn enter_backoff(&self, myself: &ActorRef<AccountMessage>, state: &mut AccountState, error: SyncError) {
+    fn enter_backoff(
+        &self,
+        myself: &ActorRef<AccountMessage>,
+        state: &mut AccountState,
+        error: SyncError,
+    ) {
         state.attempt = state.attempt.saturating_add(1);
         let settings = self.registry.settings();
         let delay = backoff_delay(
@@ -279,7 +291,8 @@ impl AccountActor {
             state.attempt,
             &mut rand::thread_rng(),
         );
-        let until = Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+        let until =
+            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
         tracing::warn!(
             account_id = %state.id,
             attempt = state.attempt,
@@ -373,7 +386,10 @@ mod tests {
             let ceiling = base.saturating_mul(1u32 << (attempt - 1).min(30)).min(cap);
             for _ in 0..50 {
                 let d = backoff_delay(base, cap, attempt, &mut rng);
-                assert!(d <= ceiling.max(Duration::from_millis(10)), "attempt {attempt}: {d:?}");
+                assert!(
+                    d <= ceiling.max(Duration::from_millis(10)),
+                    "attempt {attempt}: {d:?}"
+                );
                 assert!(d >= Duration::from_millis(10));
             }
         }

@@ -130,7 +130,11 @@ impl Registry {
     }
 
     /// Asks the account's actor to sync, activating it if needed.
-    pub async fn request_sync(&self, id: &AccountId, reason: SyncReason) -> Result<(), RegistryError> {
+    pub async fn request_sync(
+        &self,
+        id: &AccountId,
+        reason: SyncReason,
+    ) -> Result<(), RegistryError> {
         // A send can only fail if the actor died between lookup and send; its exit
         // removes it from the map, so the second attempt activates a fresh one.
         for _ in 0..3 {
@@ -142,7 +146,10 @@ impl Registry {
                 }
             }
         }
-        Err(RegistryError::Spawn(id.clone(), "actor kept exiting".to_string()))
+        Err(RegistryError::Spawn(
+            id.clone(),
+            "actor kept exiting".to_string(),
+        ))
     }
 
     /// The live actor's self-description, or `None` when the account is passivated.
@@ -174,7 +181,10 @@ impl Registry {
                 }
             }
         }
-        Err(RegistryError::Spawn(id.clone(), "actor kept exiting".to_string()))
+        Err(RegistryError::Spawn(
+            id.clone(),
+            "actor kept exiting".to_string(),
+        ))
     }
 
     /// Stops the account's actor (on unlink) and waits for it to end, so no sync of it
@@ -183,7 +193,10 @@ impl Registry {
         if let Some((_, actor)) = self.actors.remove(id) {
             self.by_actor.remove(&actor.get_id());
             let _ = actor
-                .stop_and_wait(Some("unlinked".to_string()), Some(self.settings.call_timeout))
+                .stop_and_wait(
+                    Some("unlinked".to_string()),
+                    Some(self.settings.call_timeout),
+                )
                 .await;
         }
     }
@@ -232,7 +245,10 @@ impl Registry {
             .collect();
         for (id, actor) in actors {
             let _ = actor
-                .stop_and_wait(Some("shutdown".to_string()), Some(self.settings.call_timeout))
+                .stop_and_wait(
+                    Some("shutdown".to_string()),
+                    Some(self.settings.call_timeout),
+                )
                 .await;
             self.forget(&id, actor.get_id());
         }

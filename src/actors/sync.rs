@@ -163,7 +163,15 @@ pub async fn run_sync(
     progress: &SyncProgress,
 ) -> Result<SyncReport, SyncError> {
     let started_at = Utc::now();
-    match pagination_loop(provider, account, account.cursor.as_deref(), params, progress).await {
+    match pagination_loop(
+        provider,
+        account,
+        account.cursor.as_deref(),
+        params,
+        progress,
+    )
+    .await
+    {
         Ok(result) => {
             let outcome = SyncOutcome::Committed {
                 added: result.added,
@@ -195,7 +203,10 @@ pub async fn run_sync(
                 request_id = e.request_id().unwrap_or(""),
                 "provider rejected the stored cursor, reconciling"
             );
-            reconcile(provider, store, account, consumed, params, progress, started_at).await
+            reconcile(
+                provider, store, account, consumed, params, progress, started_at,
+            )
+            .await
         }
         Err(e) => Err(e),
     }

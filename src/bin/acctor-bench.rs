@@ -227,7 +227,11 @@ async fn ingest(rates: Vec<u64>, seconds: u64, accounts: u32) -> anyhow::Result<
                 "access_token": item.access_token, "owner_id": format!("o-{}", item.item_id)}))
             .send()
             .await?;
-        anyhow::ensure!(response.status() == 201, "link failed: {}", response.status());
+        anyhow::ensure!(
+            response.status() == 201,
+            "link failed: {}",
+            response.status()
+        );
         items.push(item.item_id);
     }
 
@@ -358,7 +362,10 @@ async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
         }
         let elapsed = start.elapsed();
         let rows = state.store.count_transactions(&id)?;
-        println!("| {transactions} | {run} | {} | {rows} |", elapsed.as_millis());
+        println!(
+            "| {transactions} | {run} | {} | {rows} |",
+            elapsed.as_millis()
+        );
     }
     let _ = stop_app.send(());
     let _ = app_task.await;

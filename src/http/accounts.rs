@@ -24,7 +24,10 @@ pub fn router(settings: &Settings) -> Router<AppState> {
         .route("/v1/accounts", post(link).get(list))
         .route("/v1/accounts/{key}", get(show).delete(unlink))
         .route("/v1/accounts/{key}/transactions", get(transactions))
-        .route("/v1/accounts/{key}/sync", get(sync_status).post(request_sync))
+        .route(
+            "/v1/accounts/{key}/sync",
+            get(sync_status).post(request_sync),
+        )
         .layer(DefaultBodyLimit::max(settings.server.api_body_limit_bytes))
 }
 
@@ -89,7 +92,10 @@ impl From<&Account> for AccountView {
 
 fn check_key(field: &'static str, value: &str) -> Result<(), ApiError> {
     if value.trim().is_empty() {
-        return Err(ApiError::bad_request("invalid_field", format!("{field} must not be empty")));
+        return Err(ApiError::bad_request(
+            "invalid_field",
+            format!("{field} must not be empty"),
+        ));
     }
     if value.len() > MAX_KEY_LEN {
         return Err(ApiError::bad_request(
@@ -119,7 +125,10 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
     let provider = ProviderKind::parse(&request.provider).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_field",
-            format!("provider {:?} is not supported (supported: plaid)", request.provider),
+            format!(
+                "provider {:?} is not supported (supported: plaid)",
+                request.provider
+            ),
         )
     })?;
     if !state.registry.has_provider(provider) {
@@ -244,7 +253,10 @@ fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
             format!(
                 "{key:?} is shared by {} accounts; use an account id: {}",
                 ids.len(),
-                ids.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", ")
+                ids.iter()
+                    .map(|i| i.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )),
     }

@@ -102,7 +102,9 @@ impl From<StoreError> for ApiError {
                 "conflict",
                 format!("{key} is already linked to account {account_id}"),
             ),
-            StoreError::AccountNotFound(id) => ApiError::not_found(format!("account {id} not found")),
+            StoreError::AccountNotFound(id) => {
+                ApiError::not_found(format!("account {id} not found"))
+            }
             StoreError::Closed => ApiError::unavailable("shutting_down", "the store is closed", 5),
             StoreError::Io(_) => {
                 tracing::error!(error = %error, "store write failed");
@@ -116,7 +118,9 @@ impl From<StoreError> for ApiError {
 impl From<RegistryError> for ApiError {
     fn from(error: RegistryError) -> Self {
         match error {
-            RegistryError::NotLinked(id) => ApiError::not_found(format!("account {id} is not linked")),
+            RegistryError::NotLinked(id) => {
+                ApiError::not_found(format!("account {id} is not linked"))
+            }
             RegistryError::Store(e) => e.into(),
             RegistryError::ShuttingDown => {
                 ApiError::unavailable("shutting_down", "the server is shutting down", 5)

@@ -22,7 +22,11 @@ async fn healthz() -> Json<Value> {
 /// Ready to take webhooks: not shutting down and the store answers.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     if state.is_shutting_down() {
-        return Err(ApiError::unavailable("shutting_down", "the server is shutting down", 5));
+        return Err(ApiError::unavailable(
+            "shutting_down",
+            "the server is shutting down",
+            5,
+        ));
     }
     let depth = state.store.inbox_depth()?;
     let stats = state.registry.stats();

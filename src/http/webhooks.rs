@@ -27,7 +27,9 @@ use crate::store::{IncomingWebhook, IngestOutcome};
 pub fn router(settings: &Settings) -> Router<AppState> {
     Router::new().route(
         "/webhooks/{provider}",
-        post(receive).layer(DefaultBodyLimit::max(settings.server.webhook_body_limit_bytes)),
+        post(receive).layer(DefaultBodyLimit::max(
+            settings.server.webhook_body_limit_bytes,
+        )),
     )
 }
 
@@ -72,7 +74,9 @@ async fn receive(
                 WebhookError::Unauthorized(message) => {
                     ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
                 }
-                WebhookError::Malformed(message) => ApiError::bad_request("malformed_webhook", message),
+                WebhookError::Malformed(message) => {
+                    ApiError::bad_request("malformed_webhook", message)
+                }
                 WebhookError::KeyUnavailable(message) => {
                     ApiError::unavailable("verification_key_unavailable", message, 5)
                 }

@@ -61,10 +61,15 @@ struct UnroutedEvent {
     body: serde_json::Value,
 }
 
-/// A dedup key's record: duplicates are rejected until `expires_at`.
+/// A dedup key's record: a repeat is a duplicate until `expires_at`, but only while the
+/// entry it repeats (`seq`) is still pending. Plaid sends byte-identical bodies for
+/// distinct `SYNC_UPDATES_AVAILABLE` events, so a repeat of an event whose sync already
+/// committed may announce new data and must not be dropped: it is appended anew.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct DedupRecord {
     expires_at: DateTime<Utc>,
+    #[serde(default)]
+    seq: Option<u64>,
 }
 
 /// The sled database plus open handles on the files the group commit fsyncs.
@@ -592,7 +597,6 @@ impl Store for SledStore {
             .received_at
             .checked_add_signed(ttl)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let dedup_value = keys::encode(DEDUP, &DedupRecord { expires_at })?;
         let dedup_key = webhook.dedup_key;
 
         let outcome = (&self.lookup, &self.inbox, &self.unrouted, &self.dedup)
@@ -604,10 +608,39 @@ impl Store for SledStore {
                 if let Some(bytes) = dedup.get(dedup_key)? {
                     let seen: DedupRecord = tx(keys::decode(DEDUP, &bytes))?;
                     if seen.expires_at > webhook.received_at {
-                        return Ok(IngestOutcome::Duplicate { account_id });
+                        let still_pending = match seen.seq {
+                            // Records written before seqs were kept: trust the TTL.
+                            None => true,
+                            Some(seq) => {
+                                let in_inbox = match &account_id {
+                                    Some(account) => {
+                                        inbox.get(keys::inbox_key(account, seq))?.is_some()
+                                    }
+                                    None => false,
+                                };
+                                in_inbox
+                                    || unrouted
+                                        .get(keys::unrouted_key(
+                                            webhook.provider,
+                                            &webhook.item_id,
+                                            seq,
+                                        ))?
+                                        .is_some()
+                            }
+                        };
+                        if still_pending {
+                            return Ok(IngestOutcome::Duplicate { account_id });
+                        }
                     }
                 }
                 let seq = inbox.generate_id()?;
+                let dedup_value = tx(keys::encode(
+                    DEDUP,
+                    &DedupRecord {
+                        expires_at,
+                        seq: Some(seq),
+                    },
+                ))?;
                 match &account_id {
                     Some(account) => {
                         let entry = InboxEntry {
@@ -1300,6 +1333,54 @@ mod tests {
             3,
             "other accounts untouched"
         );
+    }
+
+    #[tokio::test]
+    async fn a_repeat_of_an_already_consumed_event_is_appended_again() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let first = seq_of(store.ingest(webhook("item-1", 5, t0()), TTL).unwrap());
+        // While the first is pending, the same body is a duplicate.
+        assert!(matches!(
+            store
+                .ingest(webhook("item-1", 5, t0() + minutes(1)), TTL)
+                .unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![],
+                &[],
+                vec![first],
+                "c1",
+            ))
+            .unwrap();
+        // Same bytes after the sync committed: Plaid's next SYNC_UPDATES_AVAILABLE looks
+        // exactly like this, so it must lead to another sync, not be dropped.
+        let second = seq_of(
+            store
+                .ingest(webhook("item-1", 5, t0() + minutes(2)), TTL)
+                .unwrap(),
+        );
+        assert!(second > first);
+        let pending: Vec<u64> = store
+            .pending_inbox(&acc.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(pending, [second]);
+        // And its own repeat is a duplicate again while it is pending.
+        assert!(matches!(
+            store
+                .ingest(webhook("item-1", 5, t0() + minutes(3)), TTL)
+                .unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
     }
 
     #[tokio::test]

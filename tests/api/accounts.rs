@@ -12,9 +12,14 @@ async fn every_alias_item_id_and_owner_id_resolves_to_one_account() {
         .link(&item, &token, "user-42", &["ada@example.com", "ada-alt"])
         .await;
     let id = account["id"].as_str().expect("id");
-    assert!(account.get("access_token").is_none(), "token must never be returned: {account}");
+    assert!(
+        account.get("access_token").is_none(),
+        "token must never be returned: {account}"
+    );
     for key in [id, "ada@example.com", "ada-alt", item.as_str(), "user-42"] {
-        let v = env.get_json(&format!("{}/v1/accounts/{key}", env.app_url)).await;
+        let v = env
+            .get_json(&format!("{}/v1/accounts/{key}", env.app_url))
+            .await;
         assert_eq!(v["id"], id, "key {key}");
         assert!(!v.to_string().contains(&token), "token leaked via {key}");
     }
@@ -33,25 +38,35 @@ async fn post_link(env: &crate::helpers::TestEnv, body: Value) -> (u16, Value) {
         .send()
         .await
         .expect("send");
-    (response.status().as_u16(), response.json().await.expect("json body"))
+    (
+        response.status().as_u16(),
+        response.json().await.expect("json body"),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_link_requests_get_clear_json_errors() {
     let env = spawn_env().await;
     let (item, token) = env.create_item(5).await;
-    let good = json!({ "provider": "plaid", "item_id": item, "access_token": token, "owner_id": "u1" });
+    let good =
+        json!({ "provider": "plaid", "item_id": item, "access_token": token, "owner_id": "u1" });
 
     let mut unknown_provider = good.clone();
     unknown_provider["provider"] = json!("mybank");
     let (status, body) = post_link(&env, unknown_provider).await;
     assert_eq!(status, 400, "{body}");
-    assert!(body["error"]["message"].as_str().unwrap_or("").contains("mybank"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap_or("")
+        .contains("mybank"));
 
     let mut empty_owner = good.clone();
     empty_owner["owner_id"] = json!("");
     let (status, body) = post_link(&env, empty_owner).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_field")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("invalid_field"))
+    );
 
     let (status, body) = post_link(&env, json!({ "provider": "plaid" })).await;
     assert_eq!(status, 422, "{body}");
@@ -72,7 +87,10 @@ async fn bad_link_requests_get_clear_json_errors() {
     let (status, _) = post_link(&env, good.clone()).await;
     assert_eq!(status, 201);
     let (status, body) = post_link(&env, good).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (409, Some("conflict")));
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (409, Some("conflict"))
+    );
 
     let response = env
         .client
@@ -107,7 +125,9 @@ async fn unlink_keeps_data_unless_purged_and_frees_the_item() {
         .await
         .expect("send");
     assert_eq!(response.status(), 200);
-    let kept = env.get_json(&format!("{}/v1/accounts/{account}", env.app_url)).await;
+    let kept = env
+        .get_json(&format!("{}/v1/accounts/{account}", env.app_url))
+        .await;
     assert_eq!(kept["status"], "unlinked");
     assert_eq!(env.local_transactions(&account).await.len(), 60);
 
@@ -133,7 +153,10 @@ async fn transactions_are_paged_and_date_filtered() {
     let env = spawn_env().await;
     let (account, item) = env.linked_item(300).await;
     let all = env.converge(&account, &item).await;
-    let mut dates: Vec<String> = all.iter().map(|t| t["date"].as_str().expect("date").to_string()).collect();
+    let mut dates: Vec<String> = all
+        .iter()
+        .map(|t| t["date"].as_str().expect("date").to_string())
+        .collect();
     dates.sort();
     let (start, end) = (&dates[100], &dates[200]);
     let expected = dates.iter().filter(|d| *d >= start && *d <= end).count();
@@ -143,15 +166,24 @@ async fn transactions_are_paged_and_date_filtered() {
             env.app_url
         ))
         .await;
-    assert_eq!(page["transactions"].as_array().map(|a| a.len()), Some(expected));
+    assert_eq!(
+        page["transactions"].as_array().map(|a| a.len()),
+        Some(expected)
+    );
     let first = env
-        .get_json(&format!("{}/v1/accounts/{account}/transactions?limit=7", env.app_url))
+        .get_json(&format!(
+            "{}/v1/accounts/{account}/transactions?limit=7",
+            env.app_url
+        ))
         .await;
     assert_eq!(first["transactions"].as_array().map(|a| a.len()), Some(7));
     assert!(first["next"].is_string());
     let response = env
         .client
-        .get(format!("{}/v1/accounts/{account}/transactions?start_date=yesterday", env.app_url))
+        .get(format!(
+            "{}/v1/accounts/{account}/transactions?start_date=yesterday",
+            env.app_url
+        ))
         .send()
         .await
         .expect("send");

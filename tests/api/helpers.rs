@@ -53,7 +53,9 @@ pub async fn spawn_env_with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         default_webhook_url: None,
         seed: 7,
     });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind sandbox");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind sandbox");
     let handle = sandbox.clone().serve(listener).await;
     let sandbox_url = handle.base_url();
     let data_dir = tempfile::tempdir().expect("temp dir");
@@ -90,7 +92,10 @@ impl TestEnv {
     pub async fn stop_app(&mut self) {
         if let Some(app) = self.app.take() {
             let _ = app.stop.send(());
-            app.join.await.expect("app task").expect("app stops cleanly");
+            app.join
+                .await
+                .expect("app task")
+                .expect("app stops cleanly");
         }
     }
 
@@ -112,11 +117,17 @@ impl TestEnv {
 
     pub async fn create_item(&self, history: u32) -> (String, String) {
         let v: Value = self
-            .post_json(&format!("{}/admin/items", self.sandbox_url), json!({ "history": history }))
+            .post_json(
+                &format!("{}/admin/items", self.sandbox_url),
+                json!({ "history": history }),
+            )
             .await;
         (
             v["item_id"].as_str().expect("item_id").to_string(),
-            v["access_token"].as_str().expect("access_token").to_string(),
+            v["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_string(),
         )
     }
 
@@ -138,7 +149,10 @@ impl TestEnv {
 
     pub async fn faults(&self, item_id: &str, faults: Value) {
         let _: Value = self
-            .post_json(&format!("{}/admin/items/{item_id}/faults", self.sandbox_url), faults)
+            .post_json(
+                &format!("{}/admin/items/{item_id}/faults", self.sandbox_url),
+                faults,
+            )
             .await;
     }
 
@@ -150,10 +164,17 @@ impl TestEnv {
     /// The sandbox's current transactions, sorted by id.
     pub async fn sandbox_transactions(&self, item_id: &str) -> Vec<Value> {
         let v = self
-            .get_json(&format!("{}/admin/items/{item_id}/transactions", self.sandbox_url))
+            .get_json(&format!(
+                "{}/admin/items/{item_id}/transactions",
+                self.sandbox_url
+            ))
             .await;
         let mut rows = v["transactions"].as_array().expect("transactions").clone();
-        rows.sort_by(|a, b| a["transaction_id"].as_str().cmp(&b["transaction_id"].as_str()));
+        rows.sort_by(|a, b| {
+            a["transaction_id"]
+                .as_str()
+                .cmp(&b["transaction_id"].as_str())
+        });
         rows
     }
 
@@ -173,7 +194,12 @@ impl TestEnv {
             .send()
             .await
             .expect("link request");
-        assert_eq!(response.status(), 201, "link failed: {:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            201,
+            "link failed: {:?}",
+            response.text().await
+        );
         response.json().await.expect("link json")
     }
 
@@ -190,18 +216,31 @@ impl TestEnv {
         let mut rows = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut url = format!("{}/v1/accounts/{account}/transactions?limit=1000", self.app_url);
+            let mut url = format!(
+                "{}/v1/accounts/{account}/transactions?limit=1000",
+                self.app_url
+            );
             if let Some(token) = &after {
                 url.push_str(&format!("&after={}", urlencode(token)));
             }
             let page = self.get_json(&url).await;
-            rows.extend(page["transactions"].as_array().expect("rows").iter().cloned());
+            rows.extend(
+                page["transactions"]
+                    .as_array()
+                    .expect("rows")
+                    .iter()
+                    .cloned(),
+            );
             match page["next"].as_str() {
                 Some(next) => after = Some(next.to_string()),
                 None => break,
             }
         }
-        rows.sort_by(|a, b| a["transaction_id"].as_str().cmp(&b["transaction_id"].as_str()));
+        rows.sort_by(|a, b| {
+            a["transaction_id"]
+                .as_str()
+                .cmp(&b["transaction_id"].as_str())
+        });
         rows
     }
 
@@ -231,8 +270,16 @@ impl TestEnv {
                     return local;
                 }
                 if tokio::time::Instant::now() > deadline {
-                    let only_local: Vec<_> = local.iter().filter(|r| !expected.contains(r)).take(3).collect();
-                    let only_remote: Vec<_> = expected.iter().filter(|r| !local.contains(r)).take(3).collect();
+                    let only_local: Vec<_> = local
+                        .iter()
+                        .filter(|r| !expected.contains(r))
+                        .take(3)
+                        .collect();
+                    let only_remote: Vec<_> = expected
+                        .iter()
+                        .filter(|r| !local.contains(r))
+                        .take(3)
+                        .collect();
                     panic!(
                         "account {account} never converged: local {} rows, sandbox {} rows; only local: {only_local:?}; only sandbox: {only_remote:?}; status {status}",
                         local.len(),
@@ -269,7 +316,13 @@ impl TestEnv {
     }
 
     pub async fn post_json(&self, url: &str, body: Value) -> Value {
-        let response = self.client.post(url).json(&body).send().await.expect("POST");
+        let response = self
+            .client
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
         let status = response.status();
         let text = response.text().await.expect("body");
         assert!(status.is_success(), "POST {url}: {status} {text}");
@@ -280,7 +333,9 @@ impl TestEnv {
 pub fn urlencode(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()

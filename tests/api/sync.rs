@@ -14,7 +14,10 @@ async fn initial_sync_of_5000_transactions_equals_the_sandbox() {
     assert_eq!(rows.len(), 5_000);
     let status = env.sync_status(&account).await;
     assert!(status["sync_count"].as_u64().unwrap_or(0) >= 1, "{status}");
-    assert!(status["cursor_age_seconds"].is_i64(), "cursor stored: {status}");
+    assert!(
+        status["cursor_age_seconds"].is_i64(),
+        "cursor stored: {status}"
+    );
     env.shutdown().await;
 }
 
@@ -25,9 +28,16 @@ async fn random_rounds_of_add_modify_remove_converge_after_every_round() {
     env.converge(&account, &item).await;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2026);
     for round in 0..12 {
-        let (add, modify, remove) = (rng.gen_range(0..40), rng.gen_range(0..40), rng.gen_range(0..20));
+        let (add, modify, remove) = (
+            rng.gen_range(0..40),
+            rng.gen_range(0..40),
+            rng.gen_range(0..20),
+        );
         let result = env.mutate(&item, add, modify, remove).await;
-        assert!(result["webhook_status"].is_number(), "round {round}: {result}");
+        assert!(
+            result["webhook_status"].is_number(),
+            "round {round}: {result}"
+        );
         env.converge(&account, &item).await;
     }
     env.shutdown().await;
@@ -39,8 +49,11 @@ async fn mutation_during_pagination_commits_no_partial_page() {
     let (item, token) = env.create_item(3_000).await;
     // Six pages of 500; the loop is broken twice mid-way and each page is slow enough
     // to observe the local count while it runs.
-    env.faults(&item, json!({ "mutation_during_pagination": 2, "sync_latency_ms": 15 }))
-        .await;
+    env.faults(
+        &item,
+        json!({ "mutation_during_pagination": 2, "sync_latency_ms": 15 }),
+    )
+    .await;
     let account = env.link(&item, &token, "owner-mdp", &[]).await;
     let account = account["id"].as_str().expect("id").to_string();
     let mut observed = std::collections::BTreeSet::new();
@@ -87,7 +100,9 @@ async fn two_hundred_concurrent_webhooks_never_overlap_and_coalesce() {
     env.converge(&account, &item).await;
     env.faults(&item, json!({ "sync_latency_ms": 5 })).await;
     env.mutate_quietly(&item, 50, 20, 10).await;
-    let before = env.sync_status(&account).await["sync_count"].as_u64().expect("count");
+    let before = env.sync_status(&account).await["sync_count"]
+        .as_u64()
+        .expect("count");
 
     let mut tasks = Vec::new();
     for n in 0..200 {
@@ -114,9 +129,14 @@ async fn two_hundred_concurrent_webhooks_never_overlap_and_coalesce() {
     let stats = env.stats(&item).await;
     assert_eq!(stats["overlapping_syncs"], 0, "{stats}");
     assert_eq!(stats["max_concurrent_syncs"], 1, "{stats}");
-    let after = env.sync_status(&account).await["sync_count"].as_u64().expect("count");
+    let after = env.sync_status(&account).await["sync_count"]
+        .as_u64()
+        .expect("count");
     let loops = after - before;
-    assert!(loops >= 1 && loops < 50, "200 webhooks ran {loops} sync loops");
+    assert!(
+        loops >= 1 && loops < 50,
+        "200 webhooks ran {loops} sync loops"
+    );
     env.shutdown().await;
 }
 
@@ -126,12 +146,16 @@ async fn restart_on_the_same_data_dir_keeps_data_cursor_and_links() {
     let (account, item) = env.linked_item(800).await;
     let aliased = {
         let (item2, token2) = env.create_item(50).await;
-        let v = env.link(&item2, &token2, "owner-r", &["restart@example.com"]).await;
+        let v = env
+            .link(&item2, &token2, "owner-r", &["restart@example.com"])
+            .await;
         (v["id"].as_str().expect("id").to_string(), item2)
     };
     let before = env.converge(&account, &item).await;
     env.converge(&aliased.0, &aliased.1).await;
-    let sync_count = env.sync_status(&account).await["sync_count"].as_u64().expect("n");
+    let sync_count = env.sync_status(&account).await["sync_count"]
+        .as_u64()
+        .expect("n");
 
     env.restart_app().await;
 
@@ -144,10 +168,18 @@ async fn restart_on_the_same_data_dir_keeps_data_cursor_and_links() {
     assert_eq!(status["sync_count"].as_u64(), Some(sync_count), "{status}");
     assert!(status["cursor_age_seconds"].is_i64(), "{status}");
     // The stored cursor continues where it left off: only the delta is fetched.
-    let calls_before = env.stats(&item).await["sync_calls"].as_u64().expect("calls");
+    let calls_before = env.stats(&item).await["sync_calls"]
+        .as_u64()
+        .expect("calls");
     env.mutate(&item, 3, 2, 1).await;
     env.converge(&account, &item).await;
-    let calls_after = env.stats(&item).await["sync_calls"].as_u64().expect("calls");
-    assert!(calls_after - calls_before <= 3, "delta sync used {} calls", calls_after - calls_before);
+    let calls_after = env.stats(&item).await["sync_calls"]
+        .as_u64()
+        .expect("calls");
+    assert!(
+        calls_after - calls_before <= 3,
+        "delta sync used {} calls",
+        calls_after - calls_before
+    );
     env.shutdown().await;
 }

@@ -9,7 +9,10 @@ use crate::helpers::{now_unix, spawn_env, sync_webhook_body};
 async fn error_code(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.expect("error body is JSON");
-    let code = body["error"]["code"].as_str().expect("error.code").to_string();
+    let code = body["error"]["code"]
+        .as_str()
+        .expect("error.code")
+        .to_string();
     assert!(body["error"]["message"].is_string(), "{body}");
     (status, code)
 }
@@ -21,7 +24,12 @@ async fn the_same_webhook_twice_is_accepted_once() {
     env.converge(&account, &item).await;
     let body = sync_webhook_body(&item, json!({}));
     let jwt = env.sandbox.sign_webhook(&body, now_unix());
-    let first: Value = env.post_webhook(&body, Some(&jwt)).await.json().await.expect("json");
+    let first: Value = env
+        .post_webhook(&body, Some(&jwt))
+        .await
+        .json()
+        .await
+        .expect("json");
     let second = env.post_webhook(&body, Some(&jwt)).await;
     assert_eq!(second.status(), 200);
     let second: Value = second.json().await.expect("json");
@@ -37,14 +45,22 @@ async fn duplicate_deliveries_from_the_sandbox_are_deduplicated() {
     let (account, item) = env.linked_item(20).await;
     env.converge(&account, &item).await;
     env.faults(&item, json!({ "duplicate_webhooks": 3 })).await;
-    let before = env.sync_status(&account).await["sync_count"].as_u64().expect("n");
+    let before = env.sync_status(&account).await["sync_count"]
+        .as_u64()
+        .expect("n");
     env.mutate(&item, 5, 0, 0).await;
     env.converge(&account, &item).await;
     let stats = env.stats(&item).await;
     assert!(stats["webhooks_sent"].as_u64().unwrap_or(0) >= 4, "{stats}");
     // Four deliveries, one inbox entry: at most two syncs (one may already run).
-    let after = env.sync_status(&account).await["sync_count"].as_u64().expect("n");
-    assert!(after - before <= 2, "{} syncs for one deduplicated event", after - before);
+    let after = env.sync_status(&account).await["sync_count"]
+        .as_u64()
+        .expect("n");
+    assert!(
+        after - before <= 2,
+        "{} syncs for one deduplicated event",
+        after - before
+    );
     env.shutdown().await;
 }
 
@@ -94,7 +110,10 @@ async fn bad_webhooks_are_rejected_with_json_errors_and_nothing_is_written() {
     let jwt = env.sandbox.sign_webhook(&body, now_unix());
 
     // No signature.
-    assert_eq!(error_code(env.post_webhook(&body, None).await).await, (401, "invalid_signature".into()));
+    assert_eq!(
+        error_code(env.post_webhook(&body, None).await).await,
+        (401, "invalid_signature".into())
+    );
     // Garbage signature.
     assert_eq!(
         error_code(env.post_webhook(&body, Some("not.a.jwt")).await).await,
@@ -104,12 +123,20 @@ async fn bad_webhooks_are_rejected_with_json_errors_and_nothing_is_written() {
     let mut header = header_of(&jwt);
     header["alg"] = json!("HS256");
     assert_eq!(
-        error_code(env.post_webhook(&body, Some(&with_header(&jwt, header.clone()))).await).await,
+        error_code(
+            env.post_webhook(&body, Some(&with_header(&jwt, header.clone())))
+                .await
+        )
+        .await,
         (401, "invalid_signature".into())
     );
     header["alg"] = json!("none");
     assert_eq!(
-        error_code(env.post_webhook(&body, Some(&with_header(&jwt, header))).await).await,
+        error_code(
+            env.post_webhook(&body, Some(&with_header(&jwt, header)))
+                .await
+        )
+        .await,
         (401, "invalid_signature".into())
     );
     // Stale iat (10 minutes old), correctly signed.
@@ -126,7 +153,10 @@ async fn bad_webhooks_are_rejected_with_json_errors_and_nothing_is_written() {
     );
     // Oversized body.
     let huge = vec![b' '; 70 * 1024];
-    assert_eq!(error_code(env.post_webhook(&huge, Some(&jwt)).await).await, (413, "payload_too_large".into()));
+    assert_eq!(
+        error_code(env.post_webhook(&huge, Some(&jwt)).await).await,
+        (413, "payload_too_large".into())
+    );
     // Malformed JSON, correctly signed.
     let malformed = b"{\"webhook_type\": \"TRANSACTIONS\",".to_vec();
     let signed = env.sandbox.sign_webhook(&malformed, now_unix());
@@ -153,7 +183,12 @@ async fn bad_webhooks_are_rejected_with_json_errors_and_nothing_is_written() {
 
     assert_eq!(env.inbox_depth().await, 0, "nothing was written");
     // And the valid one is still accepted (nothing above poisoned the dedup table).
-    let ok: Value = env.post_webhook(&body, Some(&jwt)).await.json().await.expect("json");
+    let ok: Value = env
+        .post_webhook(&body, Some(&jwt))
+        .await
+        .json()
+        .await
+        .expect("json");
     assert_eq!(ok["status"], "accepted");
     env.shutdown().await;
 }
