@@ -135,9 +135,12 @@ impl RateResult {
     }
 }
 
+/// One prepared request: URL, `Plaid-Verification` JWT, body.
+type Prepared = (String, Option<String>, Vec<u8>);
+
 /// Sends `requests` (url, headers, body) open-loop at `rate`/s from a dedicated
 /// runtime; latency from intended send time, in microseconds.
-fn open_loop(requests: Arc<Vec<(String, Option<String>, Vec<u8>)>>, rate: u64) -> RateResult {
+fn open_loop(requests: Arc<Vec<Prepared>>, rate: u64) -> RateResult {
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
