@@ -40,6 +40,7 @@ pub struct App {
     sandbox: Option<EmbeddedSandbox>,
     supervisor: ractor::ActorRef<crate::actors::supervisor::SupervisorMessage>,
     store: Arc<SledStore>,
+    janitor: JoinHandle<()>,
 }
 
 struct EmbeddedSandbox {
@@ -130,6 +131,8 @@ impl App {
             None => None,
         };
 
+        let janitor = spawn_dedup_janitor(state.store.clone(), settings.store.dedup_ttl);
+        spawn_recovery(state.clone());
         Ok(App {
             listener,
             addr,
@@ -137,6 +140,7 @@ impl App {
             sandbox,
             supervisor,
             store,
+            janitor,
         })
     }
 
@@ -173,6 +177,7 @@ impl App {
             sandbox,
             supervisor,
             store,
+            janitor,
         } = self;
         tracing::info!(%addr, "acctor listening");
         let shutting_down = state.shutting_down.clone();
@@ -191,6 +196,7 @@ impl App {
             }
             sandbox.handle.shutdown().await;
         }
+        janitor.abort();
         state.registry.shutdown().await;
         supervisor.stop(None);
         store.shutdown().await.context("final flush")?;
@@ -247,4 +253,71 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
             }
         }
     }))
+}
+
+/// Deletes expired dedup records a few times per TTL, so the dedup table holds about one
+/// TTL's worth of webhooks however long the server runs.
+fn spawn_dedup_janitor(store: Arc<dyn Store>, ttl: std::time::Duration) -> JoinHandle<()> {
+    let every = (ttl / 4).max(std::time::Duration::from_secs(1));
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            let store = store.clone();
+            let purged =
+                tokio::task::spawn_blocking(move || store.purge_expired_dedup(chrono::Utc::now()))
+                    .await;
+            match purged {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(purged = n, "expired dedup records deleted"),
+                Ok(Err(error)) => tracing::warn!(%error, "dedup purge failed"),
+                Err(error) => tracing::warn!(%error, "dedup purge task failed"),
+            }
+        }
+    })
+}
+
+/// After a restart, re-drives the work a crash may have interrupted: every account with
+/// pending inbox entries (acknowledged webhooks whose sync never committed) and every
+/// linked account that never completed its initial sync. Runs in the background so the
+/// server answers at once; the actors serialize whatever it races with.
+fn spawn_recovery(state: AppState) {
+    tokio::spawn(async move {
+        let mut nudged = 0u64;
+        match state.store.accounts_with_pending_inbox() {
+            Ok(ids) => {
+                for id in ids {
+                    if state.registry.activate(&id).is_ok() {
+                        nudged += 1;
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "recovery: could not list pending inbox"),
+        }
+        let mut after: Option<crate::domain::AccountId> = None;
+        loop {
+            let page = match state.store.list_accounts(after.as_ref(), 1000) {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(%error, "recovery: could not list accounts");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for account in page {
+                if account.status == crate::domain::LinkStatus::Linked
+                    && account.cursor.is_none()
+                    && state.registry.activate(&account.id).is_ok()
+                {
+                    nudged += 1;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        if nudged > 0 {
+            tracing::info!(accounts = nudged, "recovery: re-driving interrupted work");
+        }
+    });
 }

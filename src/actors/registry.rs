@@ -167,6 +167,12 @@ impl Registry {
         }
     }
 
+    /// Activates the account's actor without sending it anything: on start it syncs by
+    /// itself when it has pending inbox entries or has never synced (the link path).
+    pub fn activate(&self, id: &AccountId) -> Result<(), RegistryError> {
+        self.get_or_activate(id).map(|_| ())
+    }
+
     /// Activates the account's actor if needed and asks it for its snapshot: the round
     /// trip a webhook to a passivated account pays, plus the answer.
     pub async fn ping(&self, id: &AccountId) -> Result<ActorSnapshot, RegistryError> {

@@ -184,10 +184,9 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         adopted_events = receipt.adopted_events,
         "account linked"
     );
-    state
-        .registry
-        .request_sync(&account.id, SyncReason::Linked)
-        .await?;
+    // Its actor starts the initial sync by itself (no cursor yet), consuming any events
+    // adopted from before the link in the same commit.
+    state.registry.activate(&account.id)?;
     Ok(account)
 }
 

@@ -180,6 +180,13 @@ pub(super) fn inbox_key(account: &AccountId, seq: u64) -> Vec<u8> {
     k
 }
 
+/// The account an inbox key belongs to (the inverse of [`inbox_key`]'s prefix).
+pub(super) fn inbox_key_account(key: &[u8]) -> Option<AccountId> {
+    let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    let id = std::str::from_utf8(key.get(4..4 + len)?).ok()?;
+    Some(AccountId(id.to_string()))
+}
+
 /// Prefix of the events kept for one not-yet-linked item.
 pub(super) fn unrouted_prefix(provider: ProviderKind, item_id: &str) -> Vec<u8> {
     let mut k = prefixed(provider.as_str());
@@ -280,6 +287,13 @@ mod tests {
     fn inbox_keys_sort_by_seq() {
         let acc = AccountId("acc_1".into());
         assert!(inbox_key(&acc, 255) < inbox_key(&acc, 256));
+    }
+
+    #[test]
+    fn inbox_key_account_inverts_the_prefix() {
+        let id = AccountId("acc_x".to_string());
+        assert_eq!(inbox_key_account(&inbox_key(&id, 42)), Some(id));
+        assert_eq!(inbox_key_account(&[0, 0]), None);
     }
 
     #[test]

@@ -217,6 +217,10 @@ pub trait Store: Send + Sync + 'static {
     /// The inbox entries of an account not yet consumed by a committed sync, by seq.
     fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
 
+    /// Every account with at least one pending inbox entry (the restart recovery pass
+    /// re-drives them). Proportional to the inbox, not to the number of accounts.
+    fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError>;
+
     /// How many inbox entries are pending across all accounts (including those kept for
     /// items not linked yet).
     fn inbox_depth(&self) -> Result<u64, StoreError>;

@@ -697,6 +697,30 @@ impl Store for SledStore {
         Ok(self.inbox_depth.load(Ordering::Relaxed))
     }
 
+    fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError> {
+        // One key per account: after each hit, jump past that account's prefix.
+        let mut accounts = Vec::new();
+        let mut from: Vec<u8> = Vec::new();
+        loop {
+            let Some(entry) = self.inbox.range(from.clone()..).next() else {
+                return Ok(accounts);
+            };
+            let (key, _) = entry.map_err(io)?;
+            let account = keys::inbox_key_account(&key).ok_or_else(|| StoreError::Corrupt {
+                tree: INBOX,
+                detail: "inbox key without an account prefix".to_string(),
+            })?;
+            match keys::prefix_end(&keys::account_prefix(&account)) {
+                Some(end) => from = end,
+                None => {
+                    accounts.push(account);
+                    return Ok(accounts);
+                }
+            }
+            accounts.push(account);
+        }
+    }
+
     fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
         let _gate = self.write_gate()?;
         let mut purged = 0;
@@ -1418,6 +1442,14 @@ mod tests {
             .collect();
         assert_eq!(pending, [s3]);
         assert_eq!(store.inbox_depth().unwrap(), 2);
+        assert_eq!(
+            store.accounts_with_pending_inbox().unwrap(),
+            vec![acc.id.clone()]
+        );
+        store
+            .commit_sync(sync(&acc.id, ApplyMode::Delta, vec![], &[], vec![s3], "d"))
+            .unwrap();
+        assert!(store.accounts_with_pending_inbox().unwrap().is_empty());
     }
 
     #[tokio::test]

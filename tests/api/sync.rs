@@ -183,3 +183,46 @@ async fn restart_on_the_same_data_dir_keeps_data_cursor_and_links() {
     );
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acknowledged_event_interrupted_by_shutdown_is_processed_after_restart() {
+    let mut env = spawn_env().await;
+    let (account, item) = env.linked_item(100).await;
+    env.converge(&account, &item).await;
+    // Slow provider: the sync started by the next webhook is still fetching when the
+    // server stops, so its inbox entry is acknowledged but not consumed.
+    env.faults(&item, json!({ "sync_latency_ms": 2_000 })).await;
+    let result = env.mutate(&item, 4, 3, 2).await;
+    assert_eq!(result["webhook_status"], 200, "{result}");
+    env.restart_app().await;
+    env.faults(&item, json!({ "sync_latency_ms": 0 })).await;
+    // Nothing else will ever nudge this account: only the restart recovery can.
+    env.converge(&account, &item).await;
+    env.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passivated_account_is_reactivated_by_its_next_webhook() {
+    let env = crate::helpers::spawn_env_with(|s| {
+        s.actors.passivate_after = std::time::Duration::from_millis(50);
+    })
+    .await;
+    let (account, item) = env.linked_item(50).await;
+    env.converge(&account, &item).await;
+    let deadline = tokio::time::Instant::now() + crate::helpers::CONVERGE;
+    loop {
+        let status = env.sync_status(&account).await;
+        if status["active"] == false {
+            assert_eq!(status["state"], "passivated");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never passivated: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    env.mutate(&item, 6, 4, 2).await;
+    env.converge(&account, &item).await;
+    env.shutdown().await;
+}

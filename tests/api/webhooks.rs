@@ -22,6 +22,8 @@ async fn the_same_webhook_twice_is_accepted_once() {
     let env = spawn_env().await;
     let (account, item) = env.linked_item(20).await;
     env.converge(&account, &item).await;
+    // A slow provider keeps the first event pending while its repeat arrives.
+    env.faults(&item, json!({ "sync_latency_ms": 500 })).await;
     let body = sync_webhook_body(&item, json!({}));
     let jwt = env.sandbox.sign_webhook(&body, now_unix());
     let first: Value = env
@@ -36,6 +38,16 @@ async fn the_same_webhook_twice_is_accepted_once() {
     assert_eq!(first["status"], "accepted");
     assert_eq!(second["status"], "duplicate");
     env.converge(&account, &item).await;
+    // Once its sync has committed, the same bytes announce new data (Plaid sends
+    // identical SYNC_UPDATES_AVAILABLE bodies): accepted again, not dropped.
+    let third: Value = env
+        .post_webhook(&body, Some(&jwt))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(third["status"], "accepted");
+    env.converge(&account, &item).await;
     env.shutdown().await;
 }
 
@@ -44,7 +56,12 @@ async fn duplicate_deliveries_from_the_sandbox_are_deduplicated() {
     let env = spawn_env().await;
     let (account, item) = env.linked_item(20).await;
     env.converge(&account, &item).await;
-    env.faults(&item, json!({ "duplicate_webhooks": 3 })).await;
+    // Slow syncs keep the event pending while its copies arrive.
+    env.faults(
+        &item,
+        json!({ "duplicate_webhooks": 3, "sync_latency_ms": 300 }),
+    )
+    .await;
     let before = env.sync_status(&account).await["sync_count"]
         .as_u64()
         .expect("n");
