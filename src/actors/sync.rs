@@ -163,6 +163,7 @@ pub async fn run_sync(
     progress: &SyncProgress,
 ) -> Result<SyncReport, SyncError> {
     let started_at = Utc::now();
+    let loop_started = std::time::Instant::now();
     match pagination_loop(
         provider,
         account,
@@ -173,6 +174,7 @@ pub async fn run_sync(
     .await
     {
         Ok(result) => {
+            let fetched = std::time::Instant::now();
             let outcome = SyncOutcome::Committed {
                 added: result.added,
                 modified: result.modified,
@@ -191,7 +193,15 @@ pub async fn run_sync(
                 started_at,
                 finished_at: Utc::now(),
             })?;
+            let committed = std::time::Instant::now();
             store.durable().await?;
+            tracing::debug!(
+                account_id = %account.id,
+                fetch_ms = (fetched - loop_started).as_millis() as u64,
+                commit_ms = (committed - fetched).as_millis() as u64,
+                flush_ms = committed.elapsed().as_millis() as u64,
+                "sync timings"
+            );
             Ok(SyncReport {
                 outcome,
                 follow_up: false,
