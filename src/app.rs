@@ -70,7 +70,9 @@ impl App {
                 secret: settings.sandbox.secret.expose_secret().to_string(),
                 default_webhook_url: Some(webhook_url(&settings, addr)),
                 seed: settings.sandbox.seed,
-            });
+                data_dir: None,
+            })
+            .context("creating the embedded sandbox")?;
             let sandbox_listener = TcpListener::bind(settings.sandbox.listen)
                 .await
                 .with_context(|| format!("binding the sandbox on {}", settings.sandbox.listen))?;
@@ -189,7 +191,11 @@ impl App {
             if let Some(demo) = sandbox.demo {
                 demo.abort();
             }
-            sandbox.handle.shutdown().await;
+            sandbox
+                .handle
+                .shutdown()
+                .await
+                .context("stopping the embedded sandbox")?;
         }
         state.registry.shutdown().await;
         supervisor.stop(None);
