@@ -39,6 +39,8 @@ mod plaid_api;
 mod webhooks;
 
 #[cfg(test)]
+mod persist_tests;
+#[cfg(test)]
 mod tests;
 
 pub use bank::{Faults, ItemStatsSnapshot};
