@@ -216,7 +216,10 @@ async fn a_cleanly_restarted_sandbox_keeps_data_cursors_and_webhook_key() {
         faults
     );
     let resumed = second.sync_loop(&token, &settled).await;
-    assert_eq!(resumed, expected, "the old cursor resumes at the same point");
+    assert_eq!(
+        resumed, expected,
+        "the old cursor resumes at the same point"
+    );
     assert_eq!(second.jwk(&kid).await, jwk_before);
 
     let (status, fired) = second
@@ -226,7 +229,10 @@ async fn a_cleanly_restarted_sandbox_keeps_data_cursors_and_webhook_key() {
     let (headers, body) = hooks.try_recv().unwrap();
     let jwt = headers[VERIFICATION_HEADER].to_str().unwrap();
     verify_webhook(&jwk_before, jwt, &body);
-    assert!(hooks.try_recv().is_ok(), "the duplicate-webhook fault survived");
+    assert!(
+        hooks.try_recv().is_ok(),
+        "the duplicate-webhook fault survived"
+    );
 
     let newer = second.sandbox.create_item(3, None);
     assert_ne!(newer.item_id, item_id);
@@ -262,9 +268,7 @@ async fn an_unclean_stop_keeps_the_saved_data_but_refuses_older_cursors() {
         matches!(refused, Err(bank::SyncError::CursorRejected(_))),
         "positions handed out after the last save may be lost"
     );
-    let fresh = item
-        .sync_page(restarted.bank().codec(), None, 100)
-        .unwrap();
+    let fresh = item.sync_page(restarted.bank().codec(), None, 100).unwrap();
     assert_eq!(ids(&fresh.added), ids(&before));
 }
 
@@ -328,7 +332,10 @@ async fn a_served_sandbox_saves_changes_in_the_background() {
     drop(served);
     let restarted = Sandbox::new(config(dir.path(), 9)).unwrap();
     assert_eq!(
-        restarted.current_transactions(&created.item_id).unwrap().len(),
+        restarted
+            .current_transactions(&created.item_id)
+            .unwrap()
+            .len(),
         5
     );
 }
@@ -391,4 +398,43 @@ async fn without_a_data_dir_nothing_is_saved() {
     assert!(sandbox.data_dir().is_none());
     sandbox.checkpoint().unwrap();
     assert!(!Path::new("/unused").exists());
+}
+
+/// Timings for the report:
+/// `cargo test --lib sandbox::persist_tests::timings -- --ignored --nocapture`.
+#[tokio::test]
+#[ignore]
+async fn timings() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(config(dir.path(), 2)).unwrap();
+    let created = sandbox.create_item(50_000, None);
+    let item = sandbox.bank().item(&created.item_id).unwrap();
+    let started = std::time::Instant::now();
+    let copied = item.snapshot_if_changed(None).unwrap();
+    println!(
+        "copy a 50,000-txn item under its lock: {:?}",
+        started.elapsed()
+    );
+    drop(copied);
+    let started = std::time::Instant::now();
+    sandbox.checkpoint().unwrap();
+    let bytes = std::fs::metadata(
+        dir.path()
+            .join("items")
+            .join(format!("{}.json", created.item_id)),
+    )
+    .unwrap()
+    .len();
+    println!("save it ({bytes} bytes): {:?}", started.elapsed());
+    drop((item, sandbox));
+    let started = std::time::Instant::now();
+    let restarted = Sandbox::new(config(dir.path(), 2)).unwrap();
+    println!("load it: {:?}", started.elapsed());
+    assert_eq!(
+        restarted
+            .current_transactions(&created.item_id)
+            .unwrap()
+            .len(),
+        50_000
+    );
 }
