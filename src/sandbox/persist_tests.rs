@@ -207,6 +207,7 @@ async fn a_cleanly_restarted_sandbox_keeps_data_cursors_and_webhook_key() {
 
     // Another configured seed: the stored one must win, or new ids could collide.
     let second = serve(Sandbox::new(config(dir.path(), 99)).unwrap()).await;
+    assert_eq!(second.sandbox.bank().header().seed, 3);
     assert_eq!(
         second.sandbox.current_transactions(&item_id).unwrap(),
         transactions_before
