@@ -71,7 +71,9 @@ impl App {
                 secret: settings.sandbox.secret.expose_secret().to_string(),
                 default_webhook_url: Some(webhook_url(&settings, addr)),
                 seed: settings.sandbox.seed,
-            });
+                data_dir: None,
+            })
+            .context("creating the embedded sandbox")?;
             let sandbox_listener = TcpListener::bind(settings.sandbox.listen)
                 .await
                 .with_context(|| format!("binding the sandbox on {}", settings.sandbox.listen))?;
@@ -194,7 +196,11 @@ impl App {
             if let Some(demo) = sandbox.demo {
                 demo.abort();
             }
-            sandbox.handle.shutdown().await;
+            sandbox
+                .handle
+                .shutdown()
+                .await
+                .context("stopping the embedded sandbox")?;
         }
         janitor.abort();
         state.registry.shutdown().await;

@@ -110,15 +110,19 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 default_webhook_url: (!settings.sandbox.webhook_url.is_empty())
                     .then(|| settings.sandbox.webhook_url.clone()),
                 seed: settings.sandbox.seed,
-            });
-            let _ = common.data_dir;
+                data_dir: common.data_dir,
+            })
+            .context("opening the sandbox")?;
             let listener = tokio::net::TcpListener::bind(settings.sandbox.listen)
                 .await
                 .with_context(|| format!("binding {}", settings.sandbox.listen))?;
             let handle = sandbox.serve(listener).await;
             println!("sandbox bank listening on {}", handle.base_url());
             shutdown_signal().await;
-            handle.shutdown().await;
+            handle
+                .shutdown()
+                .await
+                .context("saving the sandbox state")?;
             Ok(())
         }
     }

@@ -110,7 +110,8 @@ async fn start_sandbox() -> anyhow::Result<(Sandbox, acctor::sandbox::SandboxHan
         secret: "acctor-demo-secret".into(),
         default_webhook_url: None,
         seed: 1,
-    });
+        data_dir: None,
+    })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let handle = sandbox.clone().serve(listener).await;
     Ok((sandbox, handle))
@@ -331,7 +332,7 @@ async fn ingest(rates: Vec<u64>, seconds: u64, accounts: u32) -> anyhow::Result<
     }
     let _ = stop_app.send(());
     let _ = app_task.await;
-    sandbox_handle.shutdown().await;
+    sandbox_handle.shutdown().await?;
     Ok(())
 }
 
@@ -379,7 +380,7 @@ async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
     }
     let _ = stop_app.send(());
     let _ = app_task.await;
-    sandbox_handle.shutdown().await;
+    sandbox_handle.shutdown().await?;
     Ok(())
 }
 
@@ -476,6 +477,6 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
     );
     eprintln!("rss before app {} MiB", rss_before_app >> 20);
     drop(app);
-    sandbox_handle.shutdown().await;
+    sandbox_handle.shutdown().await?;
     Ok(())
 }

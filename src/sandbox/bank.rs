@@ -10,6 +10,10 @@
 //!
 //! Every item has its own `std::sync::Mutex`; critical sections are short and never
 //! span an `.await` (webhooks are sent after the lock is released).
+//!
+//! Every change an item's snapshot would show bumps that item's revision (under its
+//! lock), and every change to the bank-wide fields bumps the bank's, so the persister
+//! (`persist`) rewrites only what changed since its last save.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound;
@@ -24,7 +28,8 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::cursor::{CursorCodec, SyncCursor};
-use super::generate::{self, GeneratedAccounts};
+use super::generate::{self, AccountKind, GeneratedAccounts};
+use super::persist::{BankHeader, ItemSnapshot, RngState, TxnSnapshot, FORMAT_VERSION};
 use crate::providers::plaid::wire::{PlaidAccount, PlaidTransaction, RemovedTransaction};
 
 /// Locks a mutex, recovering from poisoning: every critical section here leaves the
@@ -55,7 +60,11 @@ pub(crate) struct PendingLink {
 pub(crate) struct Bank {
     seed: u64,
     today: NaiveDate,
+    /// The raw key behind `codec`, kept for the snapshot.
+    cursor_key: [u8; 32],
     codec: CursorCodec,
+    /// Bumped by every change to the bank-wide fields a snapshot holds.
+    revision: AtomicU64,
     next_number: AtomicU64,
     items: RwLock<HashMap<String, Arc<Item>>>,
     tokens: RwLock<HashMap<String, Arc<Item>>>,
@@ -71,7 +80,9 @@ impl Bank {
         Bank {
             seed,
             today,
+            cursor_key,
             codec: CursorCodec::new(cursor_key),
+            revision: AtomicU64::new(0),
             next_number: AtomicU64::new(1),
             items: RwLock::new(HashMap::new()),
             tokens: RwLock::new(HashMap::new()),
@@ -79,6 +90,69 @@ impl Bank {
             default_webhook: RwLock::new(None),
             shared_rng: Mutex::new(generate::item_rng(seed, 0)),
         }
+    }
+
+    /// A bank restored from a snapshot: `header` as saved (with the cursor key to use
+    /// from now on) and the items read back.
+    pub fn restore(header: BankHeader, today: NaiveDate, items: Vec<Item>) -> Result<Self, String> {
+        let shared_rng = header.shared_rng.restore()?;
+        let bank = Bank::new(header.seed, today, header.cursor_key);
+        *lock(&bank.shared_rng) = shared_rng;
+        *write(&bank.default_webhook) = header.default_webhook;
+        // Numbers seed the generated ids: never reuse one, even if the header was
+        // written before the newest item's file.
+        let next = items
+            .iter()
+            .map(|item| item.number + 1)
+            .fold(header.next_number.max(1), u64::max);
+        bank.next_number.store(next, Ordering::Relaxed);
+        {
+            let mut by_id = write(&bank.items);
+            let mut by_token = write(&bank.tokens);
+            for item in items {
+                let item = Arc::new(item);
+                if by_id.insert(item.item_id.clone(), item.clone()).is_some() {
+                    return Err(format!("item {} appears twice", item.item_id));
+                }
+                if by_token
+                    .insert(item.access_token.clone(), item.clone())
+                    .is_some()
+                {
+                    return Err(format!(
+                        "access token of item {} is not unique",
+                        item.item_id
+                    ));
+                }
+            }
+        }
+        Ok(bank)
+    }
+
+    /// The bank-wide revision: changes whenever [`Bank::header`] would.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::SeqCst)
+    }
+
+    fn touch(&self) {
+        self.revision.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The bank-wide fields a snapshot holds.
+    pub fn header(&self) -> BankHeader {
+        BankHeader {
+            seed: self.seed,
+            next_number: self.next_number.load(Ordering::Relaxed),
+            shared_rng: RngState::capture(&lock(&self.shared_rng)),
+            default_webhook: read(&self.default_webhook).clone(),
+            cursor_key: self.cursor_key,
+        }
+    }
+
+    /// Every item, in creation order.
+    pub fn all_items(&self) -> Vec<Arc<Item>> {
+        let mut items: Vec<Arc<Item>> = read(&self.items).values().cloned().collect();
+        items.sort_by_key(|item| item.number);
+        items
     }
 
     /// The date generated data is relative to.
@@ -109,6 +183,7 @@ impl Bank {
         ));
         write(&self.tokens).insert(item.access_token.clone(), item.clone());
         write(&self.items).insert(item.item_id.clone(), item.clone());
+        self.touch();
         item
     }
 
@@ -130,12 +205,14 @@ impl Bank {
         }
         items.sort_by_key(|item| item.number);
         let index = lock(&self.shared_rng).gen_range(0..items.len());
+        self.touch();
         Some(items.swap_remove(index))
     }
 
     /// Sets the webhook URL of items created without one.
     pub fn set_default_webhook(&self, url: Option<String>) {
         *write(&self.default_webhook) = url;
+        self.touch();
     }
 
     /// Where webhooks for `item` go: its own URL, else the default.
@@ -147,6 +224,7 @@ impl Bank {
     /// Registers a public token for a later exchange.
     pub fn create_public_token(&self, link: PendingLink) -> String {
         let token = generate::public_token(&mut *lock(&self.shared_rng));
+        self.touch();
         lock(&self.public_tokens).insert(token.clone(), link);
         token
     }
@@ -347,6 +425,8 @@ struct ItemState {
     rng: ChaCha8Rng,
     webhook: Option<String>,
     faults: Faults,
+    /// Bumped by every change a snapshot of the item would show.
+    revision: u64,
 }
 
 impl Item {
@@ -379,6 +459,7 @@ impl Item {
             rng,
             webhook,
             faults: Faults::default(),
+            revision: 0,
         };
         for txn in history_txns {
             state.insert_new(txn);
@@ -391,6 +472,120 @@ impl Item {
             state: Mutex::new(state),
             stats: ItemStats::default(),
         }
+    }
+
+    /// The item's snapshot and its revision, or `None` when its revision is still
+    /// `saved`. The copy is taken under the item's lock (one pass over its records);
+    /// serializing it happens after the lock is released.
+    pub fn snapshot_if_changed(&self, saved: Option<u64>) -> Option<(u64, ItemSnapshot)> {
+        let state = lock(&self.state);
+        if saved == Some(state.revision) {
+            return None;
+        }
+        let mut transactions: Vec<TxnSnapshot> = state
+            .txns
+            .values()
+            .map(|r| TxnSnapshot {
+                created_at: r.created_at,
+                last_change: r.last_change,
+                removed: r.removed,
+                transaction: r.txn.clone(),
+            })
+            .collect();
+        let snapshot = ItemSnapshot {
+            version: FORMAT_VERSION,
+            number: self.number,
+            item_id: self.item_id.clone(),
+            access_token: self.access_token.clone(),
+            institution_id: self.institution_id.clone(),
+            webhook: state.webhook.clone(),
+            faults: state.faults.clone(),
+            accounts: state.accounts.accounts.clone(),
+            account_kinds: state
+                .accounts
+                .kinds
+                .iter()
+                .map(|k| kind_name(*k).to_string())
+                .collect(),
+            log: state.log.clone(),
+            transactions: Vec::new(),
+            rng: RngState::capture(&state.rng),
+        };
+        let revision = state.revision;
+        drop(state);
+        // A stable order makes snapshots of the same state byte-identical.
+        transactions.sort_unstable_by_key(|t| t.created_at);
+        Some((
+            revision,
+            ItemSnapshot {
+                transactions,
+                ..snapshot
+            },
+        ))
+    }
+
+    /// An item read back from its snapshot, after checking every invariant the
+    /// sync and listing code relies on (a damaged file must fail here, not panic later).
+    pub fn from_snapshot(snapshot: ItemSnapshot) -> Result<Item, String> {
+        if snapshot.accounts.is_empty() {
+            return Err("item has no accounts".to_string());
+        }
+        if snapshot.accounts.len() != snapshot.account_kinds.len() {
+            return Err("accounts and account kinds differ in length".to_string());
+        }
+        let kinds = snapshot
+            .account_kinds
+            .iter()
+            .map(|name| {
+                kind_from_name(name).ok_or_else(|| format!("unknown account kind {name:?}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let log_len = snapshot.log.len() as u64;
+        let mut txns = HashMap::with_capacity(snapshot.transactions.len());
+        let mut by_date = BTreeSet::new();
+        for t in snapshot.transactions {
+            let id = t.transaction.transaction_id.clone();
+            let in_log = |at: u64| at < log_len && snapshot.log[at as usize] == id;
+            if !(t.created_at <= t.last_change && in_log(t.created_at) && in_log(t.last_change)) {
+                return Err(format!("transaction {id} does not match the change log"));
+            }
+            if !t.removed {
+                by_date.insert((t.transaction.date.clone(), id.clone()));
+            }
+            let record = TxnRecord {
+                txn: t.transaction,
+                created_at: t.created_at,
+                last_change: t.last_change,
+                removed: t.removed,
+            };
+            if txns.insert(id.clone(), record).is_some() {
+                return Err(format!("transaction {id} appears twice"));
+            }
+        }
+        if let Some(orphan) = snapshot.log.iter().find(|id| !txns.contains_key(*id)) {
+            return Err(format!("change log names unknown transaction {orphan}"));
+        }
+        let state = ItemState {
+            accounts: GeneratedAccounts {
+                accounts: snapshot.accounts,
+                kinds,
+            },
+            txns,
+            by_date,
+            log: snapshot.log,
+            rng: snapshot.rng.restore()?,
+            webhook: snapshot.webhook,
+            faults: snapshot.faults,
+            revision: 0,
+        };
+        Ok(Item {
+            number: snapshot.number,
+            item_id: snapshot.item_id,
+            access_token: snapshot.access_token,
+            institution_id: snapshot.institution_id,
+            state: Mutex::new(state),
+            stats: ItemStats::default(),
+        })
     }
 
     /// The item's own webhook URL.
@@ -422,12 +617,16 @@ impl Item {
         if let Some(required) = update.login_required {
             faults.login_required = required;
         }
-        faults.clone()
+        let faults = faults.clone();
+        state.revision += 1;
+        faults
     }
 
     /// Puts the item into (or out of) `ITEM_LOGIN_REQUIRED`.
     pub fn set_login_required(&self, required: bool) {
-        lock(&self.state).faults.login_required = required;
+        let mut state = lock(&self.state);
+        state.faults.login_required = required;
+        state.revision += 1;
     }
 
     /// Whether the item is in `ITEM_LOGIN_REQUIRED`.
@@ -497,6 +696,7 @@ impl Item {
             Some(text) => {
                 if state.faults.reject_cursor > 0 {
                     state.faults.reject_cursor -= 1;
+                    state.revision += 1;
                     ItemStats::bump(&self.stats.cursor_rejections_sent);
                     return Err(SyncError::CursorRejected(
                         "cursor is no longer valid; restart from an empty cursor".to_string(),
@@ -519,6 +719,7 @@ impl Item {
                 let injected = state.faults.mutation_during_pagination > 0;
                 if injected {
                     state.faults.mutation_during_pagination -= 1;
+                    state.revision += 1;
                 }
                 if injected || log_len > c.high_water {
                     ItemStats::bump(&self.stats.mutation_errors_sent);
@@ -646,6 +847,8 @@ impl Item {
                 .collect()
         };
         let (to_modify, to_remove) = picked.split_at(modify);
+        // Sampling advanced the item's rng even if nothing else changes.
+        state.revision += 1;
         let mut report = MutationReport::default();
         for id in to_modify {
             state.modify(id, today);
@@ -673,12 +876,31 @@ impl Item {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         let account_id = state.accounts.accounts[0].account_id.clone();
+        state.revision += 1;
         (0..n)
             .map(|i| {
                 let txn = build(&mut state.rng, &account_id, i);
                 state.insert_new(txn)
             })
             .collect()
+    }
+}
+
+/// The snapshot name of an account kind.
+fn kind_name(kind: AccountKind) -> &'static str {
+    match kind {
+        AccountKind::Checking => "checking",
+        AccountKind::Savings => "savings",
+        AccountKind::Credit => "credit",
+    }
+}
+
+fn kind_from_name(name: &str) -> Option<AccountKind> {
+    match name {
+        "checking" => Some(AccountKind::Checking),
+        "savings" => Some(AccountKind::Savings),
+        "credit" => Some(AccountKind::Credit),
+        _ => None,
     }
 }
 

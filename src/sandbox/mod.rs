@@ -12,40 +12,52 @@
 //! Layout: [`bank`] holds the state and change logs, `cursor` the opaque sync cursors,
 //! `generate` the deterministic data, `webhooks` signing and delivery, `plaid_api` and
 //! `admin` the HTTP surfaces. Everything lives in memory; the sandbox is the outside
-//! world, not part of acctor's durable state.
+//! world, not part of acctor's durable state. Given a data directory, `persist` also
+//! keeps that state on disk (saved every second while it changes and at shutdown), so
+//! a standalone sandbox can restart under a running acctor without invalidating its
+//! cursors or its webhook key.
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use rand::Rng;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 mod admin;
 mod bank;
 mod cursor;
 mod generate;
+mod persist;
 mod plaid_api;
 mod webhooks;
 
 #[cfg(test)]
+mod persist_tests;
+#[cfg(test)]
 mod tests;
 
 pub use bank::{Faults, ItemStatsSnapshot};
+pub use persist::SandboxError;
 pub use webhooks::VERIFICATION_HEADER;
 
 use crate::providers::plaid::wire::PlaidTransaction;
 use bank::{Bank, Item};
+use persist::Persister;
 use webhooks::{WebhookSender, WebhookSigner};
 
 /// The institution items are linked at when none is named.
 pub const DEFAULT_INSTITUTION: &str = "ins_109508";
 /// Generated history of items linked through the public-token flow.
 pub const DEFAULT_HISTORY: u32 = 100;
+/// How often a persistent sandbox saves what changed.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How to build a sandbox.
 #[derive(Clone)]
@@ -56,8 +68,10 @@ pub struct SandboxConfig {
     pub secret: String,
     /// Where webhooks go for items created without their own URL.
     pub default_webhook_url: Option<String>,
-    /// Seed of the generated data.
+    /// Seed of the generated data (a stored sandbox keeps the seed it was created with).
     pub seed: u64,
+    /// Where the sandbox keeps its state across restarts; `None`: in memory only.
+    pub data_dir: Option<PathBuf>,
 }
 
 impl fmt::Debug for SandboxConfig {
@@ -67,6 +81,7 @@ impl fmt::Debug for SandboxConfig {
             .field("secret", &"***")
             .field("default_webhook_url", &self.default_webhook_url)
             .field("seed", &self.seed)
+            .field("data_dir", &self.data_dir)
             .finish()
     }
 }
@@ -100,29 +115,117 @@ struct Inner {
     secret: String,
     bank: Bank,
     webhooks: WebhookSender,
+    persister: Option<Persister>,
 }
 
 impl Sandbox {
-    /// A sandbox with no items and a fresh webhook signing key.
-    pub fn new(config: SandboxConfig) -> Sandbox {
+    /// A sandbox with no items and fresh keys, or, when `config.data_dir` holds a
+    /// saved sandbox, that sandbox again (same items, keys and cursors). With a data
+    /// dir the state is written there before this returns, so the keys are durable
+    /// before anything is signed; this does blocking file I/O.
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, SandboxError> {
         let now = chrono::Utc::now();
-        let mut os_rng = rand::rngs::OsRng;
-        let kid = uuid::Builder::from_random_bytes(os_rng.gen())
-            .into_uuid()
-            .to_string();
-        // ring fails here only when the operating system cannot provide randomness, in
-        // which case no key, token or TLS session in this process could work either.
-        let signer = WebhookSigner::generate(kid, now.timestamp())
-            .expect("operating system random source available");
-        let bank = Bank::new(config.seed, now.date_naive(), os_rng.gen());
-        bank.set_default_webhook(config.default_webhook_url);
-        Sandbox {
+        let fresh = || -> Result<(WebhookSigner, [u8; 32]), SandboxError> {
+            let mut os_rng = rand::rngs::OsRng;
+            let kid = uuid::Builder::from_random_bytes(os_rng.gen())
+                .into_uuid()
+                .to_string();
+            let signer = WebhookSigner::generate(kid, now.timestamp())
+                .map_err(|e| SandboxError::SigningKey(e.to_string()))?;
+            Ok((signer, os_rng.gen()))
+        };
+        let (bank, signer, persister) = match &config.data_dir {
+            None => {
+                let (signer, cursor_key) = fresh()?;
+                (
+                    Bank::new(config.seed, now.date_naive(), cursor_key),
+                    signer,
+                    None,
+                )
+            }
+            Some(dir) => {
+                let opened = persist::open(dir, config.seed, now.date_naive(), fresh)?;
+                if opened.restored {
+                    info!(dir = %dir.display(), "sandbox restored from its data dir");
+                }
+                (opened.bank, opened.signer, Some(opened.persister))
+            }
+        };
+        // The configured URL wins; a stored sandbox started without one keeps its own.
+        if config.default_webhook_url.is_some() {
+            bank.set_default_webhook(config.default_webhook_url);
+        }
+        if let Some(persister) = &persister {
+            persister.save(&bank, &signer, false)?;
+        }
+        Ok(Sandbox {
             inner: Arc::new(Inner {
                 client_id: config.client_id,
                 secret: config.secret,
                 bank,
                 webhooks: WebhookSender::new(signer),
+                persister,
             }),
+        })
+    }
+
+    /// The data dir this sandbox is kept in, if any.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.inner.persister.as_ref().map(|p| p.dir())
+    }
+
+    /// Writes what changed since the last save to the data dir, as the periodic save
+    /// does (a no-op without a data dir). Blocking file I/O.
+    pub fn checkpoint(&self) -> Result<(), SandboxError> {
+        self.save(false)
+    }
+
+    fn save(&self, clean: bool) -> Result<(), SandboxError> {
+        let Some(persister) = &self.inner.persister else {
+            return Ok(());
+        };
+        let started = std::time::Instant::now();
+        let report = persister.save(&self.inner.bank, self.inner.webhooks.signer(), clean)?;
+        if report.items > 0 || report.bank {
+            debug!(
+                items = report.items,
+                header = report.bank,
+                clean,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "sandbox state saved"
+            );
+        }
+        Ok(())
+    }
+
+    /// [`Sandbox::save`] on a blocking thread.
+    async fn save_off_runtime(&self, clean: bool) -> Result<(), SandboxError> {
+        let sandbox = self.clone();
+        match tokio::task::spawn_blocking(move || sandbox.save(clean)).await {
+            Ok(result) => result,
+            // Only a panic inside `save` gets here; keep it visible as an error.
+            Err(e) => Err(SandboxError::Io {
+                path: self.data_dir().map(Path::to_path_buf).unwrap_or_default(),
+                source: std::io::Error::other(format!("save task failed: {e}")),
+            }),
+        }
+    }
+
+    /// Saves every [`SAVE_INTERVAL`] until `stop` fires or is dropped.
+    async fn save_periodically(self, mut stop: oneshot::Receiver<()>) {
+        let mut tick = tokio::time::interval(SAVE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate and `new` has just saved.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.save_off_runtime(false).await {
+                // Keep serving: the next tick retries, and shutdown reports a failure.
+                error!(error = %e, "sandbox periodic save failed");
+            }
         }
     }
 
@@ -145,6 +248,11 @@ impl Sandbox {
             }
         };
         let (stop, stopped) = oneshot::channel::<()>();
+        let saver = self.inner.persister.as_ref().map(|_| {
+            let (stop_saving, saving_stopped) = oneshot::channel::<()>();
+            let task = tokio::spawn(self.clone().save_periodically(saving_stopped));
+            (stop_saving, task)
+        });
         let router = self.router();
         let task = tokio::spawn(async move {
             let shutdown = async {
@@ -163,6 +271,8 @@ impl Sandbox {
             addr,
             stop: Some(stop),
             task,
+            saver,
+            sandbox: self,
         }
     }
 
@@ -284,11 +394,14 @@ fn sync_flags() -> serde_json::Map<String, serde_json::Value> {
     extra
 }
 
-/// A running sandbox server. Dropping it stops the server without waiting.
+/// A running sandbox server. Dropping it stops the server (and the periodic save)
+/// without waiting and without a final save, like a crash.
 pub struct SandboxHandle {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<()>,
+    saver: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    sandbox: Sandbox,
 }
 
 impl SandboxHandle {
@@ -302,13 +415,25 @@ impl SandboxHandle {
         format!("http://{}", self.addr)
     }
 
-    /// Stops accepting connections and waits for requests in flight to finish.
-    pub async fn shutdown(mut self) {
+    /// Stops accepting connections, waits for requests in flight to finish and, with
+    /// a data dir, writes the final snapshot (marked as a clean shutdown, so the next
+    /// start keeps honouring cursors).
+    pub async fn shutdown(mut self) -> Result<(), SandboxError> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
         if let Err(e) = (&mut self.task).await {
             warn!(error = %e, "sandbox server task ended abnormally");
         }
+        let Some((stop_saving, saving)) = self.saver.take() else {
+            return Ok(());
+        };
+        let _ = stop_saving.send(());
+        if let Err(e) = saving.await {
+            warn!(error = %e, "sandbox save task ended abnormally");
+        }
+        self.sandbox.save_off_runtime(true).await?;
+        info!("sandbox state saved for a clean restart");
+        Ok(())
     }
 }

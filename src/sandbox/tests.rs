@@ -33,7 +33,9 @@ async fn start() -> Bank {
         secret: SECRET.into(),
         default_webhook_url: None,
         seed: 42,
-    });
+        data_dir: None,
+    })
+    .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let handle = sandbox.clone().serve(listener).await;
     Bank {
@@ -860,8 +862,12 @@ async fn same_seed_generates_the_same_items() {
         secret: SECRET.into(),
         default_webhook_url: None,
         seed: 7,
+        data_dir: None,
     };
-    let (a, b) = (Sandbox::new(config()), Sandbox::new(config()));
+    let (a, b) = (
+        Sandbox::new(config()).unwrap(),
+        Sandbox::new(config()).unwrap(),
+    );
     let (ia, ib) = (a.create_item(200, None), b.create_item(200, None));
     assert_eq!(ia, ib);
     assert_eq!(
@@ -891,7 +897,7 @@ async fn a_50000_transaction_item_has_unique_ids_and_pages_at_count_500() {
 async fn shutdown_stops_the_server() {
     let bank = start().await;
     let url = bank.url("/item/get");
-    bank.handle.shutdown().await;
+    bank.handle.shutdown().await.unwrap();
     assert!(reqwest::Client::new().post(url).send().await.is_err());
 }
 

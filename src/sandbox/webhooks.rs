@@ -24,6 +24,9 @@ pub const VERIFICATION_HEADER: &str = "Plaid-Verification";
 /// Signs webhook bodies with one P-256 key.
 pub(crate) struct WebhookSigner {
     key_pair: EcdsaKeyPair,
+    /// The private key as generated, kept so a persistent sandbox can store it and sign
+    /// with the same key (and `kid`) after a restart. Never logged.
+    pkcs8: Vec<u8>,
     rng: SystemRandom,
     jwk: PlaidJwk,
 }
@@ -39,9 +42,14 @@ impl WebhookSigner {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .map_err(|_| SignError("key generation"))?;
-        let key_pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                .map_err(|_| SignError("key parsing"))?;
+        Self::from_pkcs8(pkcs8.as_ref().to_vec(), kid, created_at)
+    }
+
+    /// A signer with a stored key: the same `kid` and public key as when it was made.
+    pub fn from_pkcs8(pkcs8: Vec<u8>, kid: String, created_at: i64) -> Result<Self, SignError> {
+        let rng = SystemRandom::new();
+        let key_pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng)
+            .map_err(|_| SignError("key parsing"))?;
         // An uncompressed P-256 point: 0x04 || x (32 bytes) || y (32 bytes).
         let point = key_pair.public_key().as_ref();
         if point.len() != 65 || point[0] != 4 {
@@ -58,7 +66,17 @@ impl WebhookSigner {
             x: URL_SAFE_NO_PAD.encode(&point[1..33]),
             y: URL_SAFE_NO_PAD.encode(&point[33..65]),
         };
-        Ok(WebhookSigner { key_pair, rng, jwk })
+        Ok(WebhookSigner {
+            key_pair,
+            pkcs8,
+            rng,
+            jwk,
+        })
+    }
+
+    /// The private key in PKCS#8 form, for the sandbox snapshot only.
+    pub fn pkcs8(&self) -> &[u8] {
+        &self.pkcs8
     }
 
     /// The public key, as `/webhook_verification_key/get` serves it.

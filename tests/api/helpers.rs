@@ -52,7 +52,9 @@ pub async fn spawn_env_with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         secret: "acctor-demo-secret".to_string(),
         default_webhook_url: None,
         seed: 7,
-    });
+        data_dir: None,
+    })
+    .expect("sandbox");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind sandbox");
@@ -109,7 +111,7 @@ impl TestEnv {
     pub async fn shutdown(mut self) {
         self.stop_app().await;
         if let Some(handle) = self.sandbox_handle.take() {
-            handle.shutdown().await;
+            handle.shutdown().await.expect("sandbox shutdown");
         }
     }
 
