@@ -251,19 +251,33 @@ def admin_post(client, path, body):
 
 
 def sync_all(client, access_token, cursor=""):
-    """Pages /transactions/sync until has_more is false; returns (added, modified, removed, cursor)."""
+    """Pages /transactions/sync until has_more is false, the way Plaid documents it:
+    on TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION, drop the pages of this loop and
+    restart from the loop's first cursor. Returns (added, modified, removed, cursor,
+    pages of the loop that completed, restarts)."""
+    first_cursor, restarts = cursor, 0
     added, modified, removed, pages = [], [], [], 0
     while True:
-        response = client.transactions_sync(
-            TransactionsSyncRequest(access_token=access_token, cursor=cursor, count=500)
-        )
+        try:
+            response = client.transactions_sync(
+                TransactionsSyncRequest(access_token=access_token, cursor=cursor, count=500)
+            )
+        except plaid.ApiException as e:
+            error = deserialize_error(client, e)
+            if error.error_code != "TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION":
+                raise
+            check(e.status == 400 and str(error.error_type) == "TRANSACTIONS_ERROR", e.body)
+            check(restarts < 5, "mutation during pagination keeps coming")
+            restarts += 1
+            cursor, added, modified, removed, pages = first_cursor, [], [], [], 0
+            continue
         pages += 1
         added += response.added
         modified += response.modified
         removed += response.removed
         cursor = response.next_cursor
         if not response.has_more:
-            return added, modified, removed, cursor, pages
+            return added, modified, removed, cursor, pages, restarts
 
 
 def main(base_url):
@@ -303,7 +317,7 @@ def run(client, receiver):
     check(access_token.startswith("access-sandbox-"), access_token)
     print("item_public_token_exchange: ok (item_id %s)" % item_id)
 
-    added, modified, removed, cursor, pages = sync_all(client, access_token)
+    added, modified, removed, cursor, pages, _ = sync_all(client, access_token)
     check(len(added) > 0, "initial sync returned no transactions")
     ids = {t.transaction_id for t in added}
     check(len(ids) == len(added), "duplicate transaction ids in the initial sync")
@@ -386,7 +400,7 @@ def run(client, receiver):
             ],
         )
     )
-    new_added, _, _, cursor, _ = sync_all(client, access_token, cursor)
+    new_added, _, _, cursor, _, _ = sync_all(client, access_token, cursor)
     check(
         [(t.name, t.amount, t.date) for t in new_added] == [("acctor compat check", 12.34, today)],
         "created transaction not synced: %r" % [(t.name, t.amount, t.date) for t in new_added],
@@ -398,14 +412,29 @@ def run(client, receiver):
     # paging at count=500 go through the client's models too.
     admin_post(client, "/admin/items/%s/mutate" % item_id,
                {"add": 1200, "modify": 20, "remove": 5, "fire_webhook": False})
-    new_added, new_modified, new_removed, cursor, pages = sync_all(client, access_token, cursor)
+    # One injected TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION on a mid-loop page: the
+    # loop must restart from its first cursor and still see every update exactly once.
+    admin_post(client, "/admin/items/%s/faults" % item_id, {"mutation_during_pagination": 1})
+    new_added, new_modified, new_removed, cursor, pages, restarts = sync_all(
+        client, access_token, cursor)
+    check(restarts == 1, "expected one restart, got %d" % restarts)
     check((len(new_added), len(new_modified), len(new_removed)) == (1200, 20, 5),
           "after mutate: %d added, %d modified, %d removed"
           % (len(new_added), len(new_modified), len(new_removed)))
     check(pages == 3, "1225 updates at count=500 took %d pages" % pages)
     check(all(r.account_id in accounts for r in new_removed), "removed without its account")
-    print("transactions_sync after admin mutate: ok (%d pages, 1200 added, 20 modified, 5 removed)"
-          % pages)
+    print("transactions_sync after admin mutate: ok (%d pages, 1200 added, 20 modified, 5 removed, "
+          "1 restart after TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION)" % pages)
+
+    admin_post(client, "/admin/items/%s/faults" % item_id, {"reject_cursor": 1})
+    try:
+        client.transactions_sync(TransactionsSyncRequest(access_token=access_token, cursor=cursor))
+        raise AssertionError("rejected cursor accepted")
+    except plaid.ApiException as e:
+        error = deserialize_error(client, e)
+        check(e.status == 400 and error.error_code == "INVALID_FIELD", e.body)
+        check(str(error.error_type) == "INVALID_REQUEST", e.body)
+    print("transactions_sync cursor fault: ok (ApiException 400 INVALID_REQUEST/INVALID_FIELD)")
 
     reset = client.sandbox_item_reset_login(SandboxItemResetLoginRequest(access_token=access_token))
     check(reset.reset_login, "reset_login false")
