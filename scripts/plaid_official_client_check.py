@@ -48,6 +48,19 @@ from plaid.model.transactions_get_request_options import TransactionsGetRequestO
 from plaid.model.transactions_sync_request import TransactionsSyncRequest
 from plaid.model.webhook_verification_key_get_request import WebhookVerificationKeyGetRequest
 
+# Optional in Plaid's schema yet present in every answer of Plaid's (enrichment is on
+# by default): the client raises ApiAttributeError on reading an absent one, so code
+# written against Plaid would break on a sandbox that leaves them out.
+ALWAYS_PRESENT = {
+    "Transaction": ["account_owner", "authorized_date", "authorized_datetime", "category",
+                    "category_id", "check_number", "counterparties", "datetime", "location",
+                    "logo_url", "merchant_entity_id", "merchant_name", "payment_meta",
+                    "pending_transaction_id", "personal_finance_category", "transaction_code",
+                    "website"],
+    "Item": ["institution_id", "institution_name", "products", "consented_products",
+             "auth_method"],
+}
+
 # A webhook the sandbox fires synchronously arrives within this long or never.
 WEBHOOK_WAIT_SECONDS = 10
 
@@ -132,6 +145,14 @@ class StrictApiClient(plaid.ApiClient):
     def deserialize(self, response, response_type, _check_type):
         strict(json.loads(response.data), response_type, response_type[0].__name__)
         return super().deserialize(response, response_type, _check_type)
+
+
+def check_present(model, kind):
+    for name in ALWAYS_PRESENT[kind]:
+        try:
+            getattr(model, name)
+        except plaid.ApiAttributeError:
+            raise AssertionError("%s.%s is absent (Plaid always sends it)" % (kind, name))
 
 
 def deserialize_error(client, exception):
@@ -322,6 +343,11 @@ def run(client, receiver):
     ids = {t.transaction_id for t in added}
     check(len(ids) == len(added), "duplicate transaction ids in the initial sync")
     check(all(isinstance(t.date, datetime.date) for t in added), "dates not parsed as dates")
+    for t in added:
+        check_present(t, "Transaction")
+    enriched = [t for t in added if t.counterparties]
+    check(enriched and all(t.personal_finance_category.confidence_level for t in enriched),
+          "no enriched transaction")
     accounts = {a.account_id for a in client.transactions_sync(
         TransactionsSyncRequest(access_token=access_token, cursor=cursor, count=500)
     ).accounts}
@@ -349,15 +375,21 @@ def run(client, receiver):
         seen += page.transactions
         offset += len(page.transactions)
     check(len(seen) == total, "paged %d of %d" % (len(seen), total))
+    for t in seen:
+        check_present(t, "Transaction")
     check({t.transaction_id for t in seen} == ids, "/transactions/get and /sync disagree")
     check(len(seen) > 40, "transactions_get did not page")
     print("transactions_get: ok (%d transactions %s..%s in pages of 40)" % (total, start, end))
 
-    item = client.item_get(ItemGetRequest(access_token=access_token)).item
+    item_response = client.item_get(ItemGetRequest(access_token=access_token))
+    item = item_response.item
     check(item.item_id == item_id, "item_get returned another item")
+    check_present(item, "Item")
+    check("status" in item_response, "item_get response without status")
     check(item.webhook == receiver.url, "item webhook %r" % item.webhook)
     check(item.error is None, "fresh item has an error")
-    print("item_get: ok (institution %s, update_type %s)" % (item.institution_id, item.update_type))
+    print("item_get: ok (institution %s %r, update_type %s)"
+          % (item.institution_id, item.institution_name, item.update_type))
 
     fired = client.sandbox_item_fire_webhook(
         SandboxItemFireWebhookRequest(access_token=access_token, webhook_code="SYNC_UPDATES_AVAILABLE")
@@ -423,6 +455,8 @@ def run(client, receiver):
           % (len(new_added), len(new_modified), len(new_removed)))
     check(pages == 3, "1225 updates at count=500 took %d pages" % pages)
     check(all(r.account_id in accounts for r in new_removed), "removed without its account")
+    for t in new_added + new_modified:
+        check_present(t, "Transaction")
     print("transactions_sync after admin mutate: ok (%d pages, 1200 added, 20 modified, 5 removed, "
           "1 restart after TRANSACTIONS_SYNC_MUTATION_DURING_PAGINATION)" % pages)
 
