@@ -141,7 +141,10 @@ async fn transactions(
     Path(item_id): Path<String>,
 ) -> Result<Json<Value>, AdminError> {
     let item = item(&sandbox, &item_id)?;
-    Ok(Json(json!({"transactions": item.current_transactions()})))
+    // As the Plaid API serves them, so tests can compare a synced replica with this.
+    let mut transactions = item.current_transactions();
+    transactions.iter_mut().for_each(super::generate::enrich);
+    Ok(Json(json!({ "transactions": transactions })))
 }
 
 #[derive(Deserialize)]

@@ -11,9 +11,11 @@ use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use std::sync::OnceLock;
+
 use crate::providers::plaid::wire::{
-    PersonalFinanceCategory, PlaidAccount, PlaidBalances, PlaidLocation, PlaidPaymentMeta,
-    PlaidTransaction,
+    PersonalFinanceCategory, PlaidAccount, PlaidBalances, PlaidCounterparty, PlaidLocation,
+    PlaidPaymentMeta, PlaidTransaction,
 };
 
 /// How far back a generated history reaches.
@@ -422,6 +424,96 @@ const MERCHANTS: &[Merchant] = &[
     },
 ];
 
+/// What Plaid's enrichment adds for a recognised merchant: fixed per merchant.
+struct Enrichment {
+    merchant_name: &'static str,
+    entity_id: String,
+    website: String,
+    counterparty_type: &'static str,
+}
+
+/// The enrichment of every named merchant. Computed once: the entity ids come from
+/// their own stream seeded by the merchant's name, so they are stable across items and
+/// seeds and draw nothing from an item's stream.
+fn enrichments() -> &'static [Enrichment] {
+    static TABLE: OnceLock<Vec<Enrichment>> = OnceLock::new();
+    TABLE.get_or_init(|| {
+        MERCHANTS
+            .iter()
+            .filter_map(|m| m.merchant_name)
+            .map(|name| {
+                // FNV-1a: a fixed, dependency-free hash (std's is randomly keyed).
+                let seed = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                });
+                let slug: String = name
+                    .chars()
+                    .filter(char::is_ascii_alphanumeric)
+                    .map(|c| c.to_ascii_lowercase())
+                    .collect();
+                Enrichment {
+                    merchant_name: name,
+                    entity_id: plaid_id(&mut ChaCha8Rng::seed_from_u64(seed)),
+                    website: format!("{slug}.com"),
+                    counterparty_type: match name {
+                        "Amazon" => "marketplace",
+                        "Venmo" => "payment_app",
+                        _ => "merchant",
+                    },
+                }
+            })
+            .collect()
+    })
+}
+
+/// Fills in what Plaid's enrichment derives from a transaction's merchant, category
+/// and channel: counterparties, website, merchant entity id, category icon and
+/// confidence, and the deprecated `transaction_type`. Plaid sends these by default and
+/// its generated client libraries raise on reading an absent attribute, so every
+/// transaction the API serves goes through here. Done when serving rather than when
+/// generating because it is fully derived: stored (and persisted) transactions stay
+/// small, which matters for histories of millions. Idempotent.
+pub(crate) fn enrich(txn: &mut PlaidTransaction) {
+    if let Some(pfc) = &mut txn.personal_finance_category {
+        pfc.confidence_level
+            .get_or_insert_with(|| "VERY_HIGH".to_string());
+        txn.personal_finance_category_icon_url
+            .get_or_insert_with(|| {
+                format!(
+                    "https://plaid-category-icons.plaid.com/PFC_{}.png",
+                    pfc.primary
+                )
+            });
+    }
+    if txn.transaction_type.is_none() {
+        let kind = match txn.payment_channel.as_str() {
+            "online" => "digital",
+            "in store" => "place",
+            _ => "special",
+        };
+        txn.transaction_type = Some(kind.to_string());
+    }
+    let Some(name) = txn.merchant_name.as_deref() else {
+        return;
+    };
+    let Some(e) = enrichments().iter().find(|e| e.merchant_name == name) else {
+        return;
+    };
+    txn.website.get_or_insert_with(|| e.website.clone());
+    txn.merchant_entity_id
+        .get_or_insert_with(|| e.entity_id.clone());
+    if txn.counterparties.is_empty() {
+        txn.counterparties.push(PlaidCounterparty {
+            name: e.merchant_name.to_string(),
+            counterparty_type: e.counterparty_type.to_string(),
+            website: Some(e.website.clone()),
+            logo_url: None,
+            entity_id: Some(e.entity_id.clone()),
+            confidence_level: Some("VERY_HIGH".to_string()),
+        });
+    }
+}
+
 fn cents(c: i64) -> f64 {
     // i64 cents / 100 round-trips through serde_json as the shortest 2-decimal text.
     c as f64 / 100.0
@@ -488,6 +580,7 @@ pub(crate) fn transaction(
         personal_finance_category: Some(PersonalFinanceCategory {
             primary: merchant.pfc.0.to_string(),
             detailed: merchant.pfc.1.to_string(),
+            confidence_level: None,
         }),
         transaction_code: None,
         location: PlaidLocation {
@@ -497,6 +590,14 @@ pub(crate) fn transaction(
         payment_meta: PlaidPaymentMeta::default(),
         account_owner: None,
         authorized_datetime: None,
+        // Derived fields are left for `enrich`, applied when serving.
+        check_number: None,
+        counterparties: Vec::new(),
+        logo_url: None,
+        website: None,
+        merchant_entity_id: None,
+        personal_finance_category_icon_url: None,
+        transaction_type: None,
     }
 }
 
@@ -571,6 +672,13 @@ pub(crate) fn from_input(
         payment_meta: PlaidPaymentMeta::default(),
         account_owner: None,
         authorized_datetime: None,
+        check_number: None,
+        counterparties: Vec::new(),
+        logo_url: None,
+        website: None,
+        merchant_entity_id: None,
+        personal_finance_category_icon_url: None,
+        transaction_type: None,
     }
 }
 
@@ -607,6 +715,81 @@ mod tests {
             assert!(decimals <= 2, "{text}");
             assert!(txn.amount != 0.0);
         }
+    }
+
+    #[test]
+    fn enrich_derives_stable_merchant_fields_and_is_idempotent() {
+        let mut per_merchant: std::collections::HashMap<String, PlaidTransaction> =
+            std::collections::HashMap::new();
+        for seed in 1..4 {
+            let mut rng = item_rng(seed, 1);
+            let accounts = accounts(&mut rng);
+            for _ in 0..300 {
+                let age = history_age(&mut rng);
+                let mut txn = transaction(&mut rng, &accounts, today(), age);
+                assert!(
+                    txn.counterparties.is_empty(),
+                    "stored transactions stay lean"
+                );
+                enrich(&mut txn);
+                let once = txn.clone();
+                enrich(&mut txn);
+                assert_eq!(txn, once);
+                let pfc = txn.personal_finance_category.as_ref().unwrap();
+                assert_eq!(pfc.confidence_level.as_deref(), Some("VERY_HIGH"));
+                assert_eq!(
+                    txn.personal_finance_category_icon_url,
+                    Some(format!(
+                        "https://plaid-category-icons.plaid.com/PFC_{}.png",
+                        pfc.primary
+                    ))
+                );
+                let expected_type = match txn.payment_channel.as_str() {
+                    "online" => "digital",
+                    "in store" => "place",
+                    _ => "special",
+                };
+                assert_eq!(txn.transaction_type.as_deref(), Some(expected_type));
+                let Some(name) = txn.merchant_name.clone() else {
+                    assert!(txn.counterparties.is_empty() && txn.website.is_none());
+                    continue;
+                };
+                assert_eq!(txn.counterparties.len(), 1);
+                assert_eq!(txn.counterparties[0].name, name);
+                assert_eq!(txn.counterparties[0].entity_id, txn.merchant_entity_id);
+                assert_eq!(txn.merchant_entity_id.as_ref().unwrap().len(), 37);
+                // The same merchant is the same entity in every item and seed.
+                if let Some(seen) = per_merchant.get(&name) {
+                    assert_eq!(seen.merchant_entity_id, txn.merchant_entity_id);
+                    assert_eq!(seen.website, txn.website);
+                } else {
+                    per_merchant.insert(name, txn);
+                }
+            }
+        }
+        let ids: std::collections::HashSet<_> = per_merchant
+            .values()
+            .map(|t| t.merchant_entity_id.clone())
+            .collect();
+        assert_eq!(
+            ids.len(),
+            per_merchant.len(),
+            "merchants share an entity id"
+        );
+        assert_eq!(
+            per_merchant["Amazon"].counterparties[0].counterparty_type,
+            "marketplace"
+        );
+    }
+
+    #[test]
+    fn custom_transactions_get_only_the_channel_derived_type() {
+        let mut rng = item_rng(1, 1);
+        let mut txn = from_input(&mut rng, "acc", 12.34, today(), today(), "x", None);
+        enrich(&mut txn);
+        assert_eq!(txn.transaction_type.as_deref(), Some("special"));
+        assert!(txn.personal_finance_category_icon_url.is_none());
+        assert!(txn.counterparties.is_empty() && txn.merchant_entity_id.is_none());
     }
 
     #[test]

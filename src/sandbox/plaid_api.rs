@@ -299,6 +299,23 @@ fn plaid_item(sandbox: &Sandbox, item: &Item, request_id: &str) -> PlaidItem {
         billed_products: vec!["transactions".to_string()],
         consent_expiration_time: None,
         update_type: "background".to_string(),
+        institution_name: institution_name(&item.institution_id).map(str::to_string),
+        products: vec!["transactions".to_string()],
+        consented_products: vec!["transactions".to_string()],
+        auth_method: None,
+    }
+}
+
+/// Names of Plaid's Sandbox institutions, so that an item linked at one of them reads
+/// as it would at Plaid.
+fn institution_name(institution_id: &str) -> Option<&'static str> {
+    match institution_id {
+        "ins_109508" => Some("First Platypus Bank"),
+        "ins_109509" => Some("First Gingham Credit Union"),
+        "ins_109510" => Some("Tattersall Federal Credit Union"),
+        "ins_109511" => Some("Tartan Bank"),
+        "ins_109512" => Some("Houndstooth Bank"),
+        _ => None,
     }
 }
 
@@ -317,7 +334,11 @@ async fn transactions_sync(
         tokio::time::sleep(latency).await;
     }
     let count = page_size(request.count)?;
-    let page = item.sync_page(sandbox.bank().codec(), request.cursor.as_deref(), count)?;
+    let mut page = item.sync_page(sandbox.bank().codec(), request.cursor.as_deref(), count)?;
+    page.added
+        .iter_mut()
+        .chain(page.modified.iter_mut())
+        .for_each(generate::enrich);
     Ok(Json(TransactionsSyncResponse {
         accounts: page.accounts,
         added: page.added,
@@ -347,13 +368,14 @@ async fn transactions_get(
     }
     let options = request.options.unwrap_or_default();
     let count = page_size(options.count)?;
-    let page = item.window(
+    let mut page = item.window(
         start,
         end,
         options.offset.unwrap_or(0),
         count,
         options.account_ids.as_deref(),
     )?;
+    page.transactions.iter_mut().for_each(generate::enrich);
     let request_id = request_id();
     Ok(Json(TransactionsGetResponse {
         accounts: page.accounts,
@@ -374,6 +396,7 @@ async fn item_get(
     let request_id = request_id();
     Ok(Json(ItemGetResponse {
         item: plaid_item(&sandbox, &item, &request_id),
+        status: None,
         request_id,
     }))
 }
@@ -589,4 +612,141 @@ async fn sandbox_item_reset_login(
         reset_login: true,
         request_id: request_id(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+    use tokio::net::TcpListener;
+
+    use crate::sandbox::{Sandbox, SandboxConfig};
+
+    /// Optional in Plaid's schema but present in every answer of Plaid's: Plaid's
+    /// generated clients raise on reading an absent attribute (see
+    /// scripts/plaid_official_client_check.py).
+    const TRANSACTION_KEYS: &[&str] = &[
+        "account_owner",
+        "authorized_date",
+        "authorized_datetime",
+        "category",
+        "category_id",
+        "check_number",
+        "counterparties",
+        "datetime",
+        "location",
+        "logo_url",
+        "merchant_entity_id",
+        "merchant_name",
+        "payment_meta",
+        "pending_transaction_id",
+        "personal_finance_category",
+        "transaction_code",
+        "transaction_type",
+        "website",
+    ];
+    const ITEM_KEYS: &[&str] = &[
+        "institution_id",
+        "institution_name",
+        "products",
+        "consented_products",
+        "auth_method",
+    ];
+
+    async fn plaid(base: &str, path: &str, mut body: Value) -> Value {
+        body["client_id"] = "c".into();
+        body["secret"] = "s".into();
+        let response = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        response.json().await.unwrap()
+    }
+
+    fn assert_plaid_shaped(txn: &Value) {
+        for key in TRANSACTION_KEYS {
+            assert!(txn.get(key).is_some(), "transaction without {key}: {txn}");
+        }
+        // Not nullable in Plaid's schema: absent is fine, null breaks the clients.
+        for key in ["personal_finance_category_icon_url", "transaction_type"] {
+            assert_ne!(txn.get(key), Some(&Value::Null), "{key} null: {txn}");
+        }
+    }
+
+    #[tokio::test]
+    async fn served_transactions_and_items_carry_every_field_plaid_always_sends() {
+        let sandbox = Sandbox::new(SandboxConfig {
+            client_id: "c".into(),
+            secret: "s".into(),
+            default_webhook_url: None,
+            seed: 7,
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let handle = sandbox.clone().serve(listener).await;
+        let base = handle.base_url();
+
+        let created = plaid(
+            &base,
+            "/sandbox/public_token/create",
+            json!({"institution_id": "ins_109508", "initial_products": ["transactions"]}),
+        )
+        .await;
+        let exchanged = plaid(
+            &base,
+            "/item/public_token/exchange",
+            json!({"public_token": created["public_token"]}),
+        )
+        .await;
+        let token = exchanged["access_token"].clone();
+
+        let page = plaid(
+            &base,
+            "/transactions/sync",
+            json!({"access_token": token, "count": 500}),
+        )
+        .await;
+        let added = page["added"].as_array().unwrap();
+        assert!(!added.is_empty());
+        added.iter().for_each(assert_plaid_shaped);
+        // Named merchants come back enriched, the same way on every call.
+        let starbucks: Vec<&Value> = added
+            .iter()
+            .filter(|t| t["merchant_name"] == "Starbucks")
+            .collect();
+        assert!(!starbucks.is_empty());
+        for t in &starbucks {
+            assert_eq!(t["website"], "starbucks.com");
+            assert_eq!(t["transaction_type"], "place");
+            assert_eq!(t["counterparties"][0]["type"], "merchant");
+            assert_eq!(t["merchant_entity_id"], starbucks[0]["merchant_entity_id"]);
+            assert_eq!(
+                t["personal_finance_category"]["confidence_level"],
+                "VERY_HIGH"
+            );
+        }
+
+        let window = plaid(
+            &base,
+            "/transactions/get",
+            json!({"access_token": token, "start_date": "2000-01-01",
+                   "end_date": "2100-01-01", "options": {"count": 500}}),
+        )
+        .await;
+        window["transactions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .for_each(assert_plaid_shaped);
+
+        let item = plaid(&base, "/item/get", json!({"access_token": token})).await;
+        assert!(item.get("status").is_some(), "{item}");
+        for key in ITEM_KEYS {
+            assert!(item["item"].get(key).is_some(), "item without {key}");
+        }
+        assert_eq!(item["item"]["institution_name"], "First Platypus Bank");
+        assert_eq!(item["item"]["products"], json!(["transactions"]));
+        handle.shutdown().await;
+    }
 }

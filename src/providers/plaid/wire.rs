@@ -179,6 +179,10 @@ pub struct AccessTokenRequest {
 pub struct ItemGetResponse {
     /// The item.
     pub item: PlaidItem,
+    /// Per-product update status; `null` when Plaid has none to report (always from
+    /// the sandbox). Kept untyped because acctor never reads it.
+    #[serde(default)]
+    pub status: Option<serde_json::Value>,
     /// The request's id.
     pub request_id: String,
 }
@@ -202,6 +206,20 @@ pub struct PlaidItem {
     pub consent_expiration_time: Option<String>,
     /// `background` or `user_present_required`.
     pub update_type: String,
+    /// The institution's name, when known. The fields from here on are optional in
+    /// Plaid's schema but always present in its answers, and Plaid's generated client
+    /// libraries raise on reading an absent attribute, so the sandbox serves them too.
+    #[serde(default)]
+    pub institution_name: Option<String>,
+    /// Products the item was linked with.
+    #[serde(default)]
+    pub products: Vec<String>,
+    /// Products the user consented to.
+    #[serde(default)]
+    pub consented_products: Vec<String>,
+    /// How the item's account numbers were verified (`null` unless Auth was used).
+    #[serde(default)]
+    pub auth_method: Option<String>,
 }
 
 /// Balances of an account.
@@ -246,6 +264,31 @@ pub struct PersonalFinanceCategory {
     pub primary: String,
     /// Detailed category, e.g. `FOOD_AND_DRINK_COFFEE`.
     pub detailed: String,
+    /// `VERY_HIGH`, `HIGH`, `MEDIUM`, `LOW` or `UNKNOWN`.
+    #[serde(default)]
+    pub confidence_level: Option<String>,
+}
+
+/// A party to a transaction (merchant, marketplace, payment app, ...) as Plaid
+/// extracts it from the description.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlaidCounterparty {
+    /// Its name, e.g. `Starbucks`.
+    pub name: String,
+    /// `merchant`, `financial_institution`, `payment_app`, `marketplace`,
+    /// `payment_terminal` or `income_source`.
+    #[serde(rename = "type")]
+    pub counterparty_type: String,
+    /// Its website, when known.
+    pub website: Option<String>,
+    /// Its logo, when known.
+    pub logo_url: Option<String>,
+    /// Plaid's stable id of the entity, when known.
+    #[serde(default)]
+    pub entity_id: Option<String>,
+    /// `VERY_HIGH`, `HIGH`, `MEDIUM`, `LOW` or `UNKNOWN`.
+    #[serde(default)]
+    pub confidence_level: Option<String>,
 }
 
 /// A transaction, as Plaid returns it.
@@ -299,6 +342,31 @@ pub struct PlaidTransaction {
     /// Authorization timestamp, when known.
     #[serde(default)]
     pub authorized_datetime: Option<String>,
+    /// Check number, for checks. From here on the fields are optional in Plaid's
+    /// schema but present in its answers (enrichment is on by default), and Plaid's
+    /// generated client libraries raise on reading an absent attribute.
+    #[serde(default)]
+    pub check_number: Option<String>,
+    /// Parties to the transaction (empty when none was recognised).
+    #[serde(default)]
+    pub counterparties: Vec<PlaidCounterparty>,
+    /// The merchant's logo, when known.
+    #[serde(default)]
+    pub logo_url: Option<String>,
+    /// The merchant's website, when known.
+    #[serde(default)]
+    pub website: Option<String>,
+    /// Plaid's stable id of the merchant, when known.
+    #[serde(default)]
+    pub merchant_entity_id: Option<String>,
+    /// Icon of the personal finance category. Not nullable in Plaid's schema: omitted
+    /// when there is no category.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub personal_finance_category_icon_url: Option<String>,
+    /// Deprecated `digital`, `place`, `special` or `unresolved`; still sent by Plaid
+    /// for API version 2020-09-14. Not nullable in Plaid's schema: omitted when unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transaction_type: Option<String>,
 }
 
 /// Location of a transaction.
@@ -534,4 +602,58 @@ pub struct SandboxItemResetLoginResponse {
     pub reset_login: bool,
     /// The request's id.
     pub request_id: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transactions_and_items_without_the_enrichment_fields_still_parse() {
+        // What Plaid sent before enrichment was on by default, and what the sandbox
+        // stored before these fields existed: acctor must keep reading it.
+        let txn: PlaidTransaction = serde_json::from_value(serde_json::json!({
+            "transaction_id": "t", "account_id": "a", "amount": 1.5,
+            "iso_currency_code": "USD", "unofficial_currency_code": null,
+            "date": "2024-01-02", "authorized_date": null, "datetime": null,
+            "name": "n", "merchant_name": null, "payment_channel": "other",
+            "pending": false, "pending_transaction_id": null, "category": null,
+            "category_id": null,
+            "personal_finance_category": {"primary": "INCOME", "detailed": "INCOME_WAGES"},
+            "transaction_code": null
+        }))
+        .unwrap();
+        assert!(txn.counterparties.is_empty() && txn.transaction_type.is_none());
+        assert_eq!(
+            txn.personal_finance_category.unwrap().confidence_level,
+            None
+        );
+        let item: PlaidItem = serde_json::from_value(serde_json::json!({
+            "item_id": "i", "institution_id": null, "webhook": null, "error": null,
+            "available_products": [], "billed_products": ["transactions"],
+            "consent_expiration_time": null, "update_type": "background"
+        }))
+        .unwrap();
+        assert!(item.products.is_empty() && item.institution_name.is_none());
+    }
+
+    #[test]
+    fn non_nullable_enrichment_fields_are_omitted_rather_than_null() {
+        let txn: PlaidTransaction = serde_json::from_value(serde_json::json!({
+            "transaction_id": "t", "account_id": "a", "amount": 1.5,
+            "iso_currency_code": "USD", "unofficial_currency_code": null,
+            "date": "2024-01-02", "authorized_date": null, "datetime": null,
+            "name": "n", "merchant_name": null, "payment_channel": "other",
+            "pending": false, "pending_transaction_id": null, "category": null,
+            "category_id": null, "personal_finance_category": null,
+            "transaction_code": null
+        }))
+        .unwrap();
+        let value = serde_json::to_value(&txn).unwrap();
+        assert!(value.get("personal_finance_category_icon_url").is_none());
+        assert!(value.get("transaction_type").is_none());
+        // Nullable ones are always written, null or not.
+        assert_eq!(value["merchant_entity_id"], serde_json::Value::Null);
+        assert_eq!(value["counterparties"], serde_json::json!([]));
+    }
 }
