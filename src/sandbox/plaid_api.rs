@@ -682,7 +682,9 @@ mod tests {
             secret: "s".into(),
             default_webhook_url: None,
             seed: 7,
-        });
+            data_dir: None,
+        })
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let handle = sandbox.clone().serve(listener).await;
         let base = handle.base_url();
