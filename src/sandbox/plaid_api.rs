@@ -749,6 +749,6 @@ mod tests {
         }
         assert_eq!(item["item"]["institution_name"], "First Platypus Bank");
         assert_eq!(item["item"]["products"], json!(["transactions"]));
-        handle.shutdown().await;
+        handle.shutdown().await.unwrap();
     }
 }
