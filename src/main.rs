@@ -14,6 +14,11 @@ use acctor::config::Settings;
 use acctor::sandbox::{Sandbox, SandboxConfig};
 use acctor::telemetry::{self, LogFormat};
 
+/// glibc's allocator spends most of a large sync in lock contention and `malloc_consolidate`
+/// (measured with perf); mimalloc's per-thread heaps do not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "acctor",
