@@ -57,6 +57,7 @@ impl App {
         let store = SledStore::open(SledStoreConfig {
             data_dir: settings.store.data_dir.clone(),
             cache_capacity_bytes: settings.store.cache_capacity_bytes,
+            group_commit_window: settings.store.group_commit_window,
         })
         .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
 

@@ -50,6 +50,9 @@ pub struct StoreSettings {
     /// Webhook dedup window.
     #[serde(with = "humantime_serde")]
     pub dedup_ttl: Duration,
+    /// How long a flush round waits for more writers while the store is busy.
+    #[serde(with = "humantime_serde")]
+    pub group_commit_window: Duration,
 }
 
 /// Plaid client settings.
@@ -182,6 +185,12 @@ impl Settings {
         }
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(invalid("store.data_dir", "must not be empty"));
+        }
+        if self.store.group_commit_window > Duration::from_millis(50) {
+            return Err(invalid(
+                "store.group_commit_window",
+                "must be at most 50ms (it adds to every acknowledgement under load)",
+            ));
         }
         if self.store.dedup_ttl.is_zero() {
             return Err(invalid("store.dedup_ttl", "must be greater than zero"));

@@ -354,7 +354,7 @@ async fn sync_once(
     let provider = registry.provider(account.provider);
     run_sync(
         provider.as_ref(),
-        store.as_ref(),
+        store,
         &account,
         consumed,
         registry.sync_params(),

@@ -25,6 +25,16 @@ use crate::domain::{Account, SyncOutcome, Transaction};
 use crate::providers::{Provider, ProviderError};
 use crate::store::{ApplyMode, Store, StoreError, SyncCommit};
 
+/// Commits off the async workers: a large commit holds sled's process-wide transaction
+/// lock for a long time, and a blocked worker would stall every request it serves.
+async fn commit(store: &Arc<dyn Store>, sync: SyncCommit) -> Result<(), SyncError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || store.commit_sync(sync))
+        .await
+        .map_err(|e| SyncError::Store(StoreError::Io(format!("commit task failed: {e}"))))??;
+    Ok(())
+}
+
 /// Tunables of a sync.
 #[derive(Clone, Debug)]
 pub struct SyncParams {
@@ -156,7 +166,7 @@ struct LoopResult {
 /// Runs one sync of `account` and commits it, consuming the inbox entries `consumed`.
 pub async fn run_sync(
     provider: &dyn Provider,
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
     params: &SyncParams,
@@ -182,17 +192,21 @@ pub async fn run_sync(
                 pages: progress.snapshot().pages,
                 fallback: false,
             };
-            store.commit_sync(SyncCommit {
-                account_id: account.id.clone(),
-                mode: ApplyMode::Delta,
-                upserts: result.upserts,
-                removals: result.removals,
-                cursor: result.cursor,
-                consumed,
-                outcome: outcome.clone(),
-                started_at,
-                finished_at: Utc::now(),
-            })?;
+            commit(
+                store,
+                SyncCommit {
+                    account_id: account.id.clone(),
+                    mode: ApplyMode::Delta,
+                    upserts: result.upserts,
+                    removals: result.removals,
+                    cursor: result.cursor,
+                    consumed,
+                    outcome: outcome.clone(),
+                    started_at,
+                    finished_at: Utc::now(),
+                },
+            )
+            .await?;
             let committed = std::time::Instant::now();
             store.durable().await?;
             tracing::debug!(
@@ -277,7 +291,7 @@ async fn pagination_loop(
 /// window as the complete set, then an immediate follow-up sync from the new cursor.
 async fn reconcile(
     provider: &dyn Provider,
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
     params: &SyncParams,
@@ -293,17 +307,21 @@ async fn reconcile(
         pages: progress.snapshot().pages,
         fallback: true,
     };
-    store.commit_sync(SyncCommit {
-        account_id: account.id.clone(),
-        mode: ApplyMode::Replace,
-        upserts: rows,
-        removals: Vec::new(),
-        cursor: fresh.cursor,
-        consumed,
-        outcome: outcome.clone(),
-        started_at,
-        finished_at: Utc::now(),
-    })?;
+    commit(
+        store,
+        SyncCommit {
+            account_id: account.id.clone(),
+            mode: ApplyMode::Replace,
+            upserts: rows,
+            removals: Vec::new(),
+            cursor: fresh.cursor,
+            consumed,
+            outcome: outcome.clone(),
+            started_at,
+            finished_at: Utc::now(),
+        },
+    )
+    .await?;
     store.durable().await?;
     Ok(SyncReport {
         outcome,

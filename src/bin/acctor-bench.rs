@@ -52,6 +52,10 @@ enum Command {
         /// Linked accounts the webhooks are spread over.
         #[arg(long, default_value_t = 1000)]
         accounts: u32,
+        /// Send webhooks for items that are not linked: measures verify + ingest +
+        /// durability alone, without the syncs the events trigger.
+        #[arg(long)]
+        unlinked: bool,
     },
     /// Initial sync of one item.
     InitialSync {
@@ -91,7 +95,8 @@ fn main() -> anyhow::Result<()> {
             rates,
             seconds,
             accounts,
-        } => server.block_on(ingest(rates, seconds, accounts)),
+            unlinked,
+        } => server.block_on(ingest(rates, seconds, accounts, unlinked)),
         Command::InitialSync { transactions, runs } => {
             server.block_on(initial_sync(transactions, runs))
         }
@@ -106,6 +111,10 @@ fn quiet_settings(dir: &std::path::Path, sandbox_url: &str) -> Settings {
     settings.plaid.base_url = sandbox_url.to_string();
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
+    if let Ok(ms) = std::env::var("BENCH_COMMIT_WINDOW_MS") {
+        settings.store.group_commit_window =
+            Duration::from_millis(ms.parse().expect("BENCH_COMMIT_WINDOW_MS is a number"));
+    }
     if let Ok(bytes) = std::env::var("BENCH_CACHE_BYTES") {
         settings.store.cache_capacity_bytes = bytes.parse().expect("BENCH_CACHE_BYTES is a number");
     }
@@ -154,8 +163,15 @@ impl RateResult {
 /// One prepared request: URL, `Plaid-Verification` JWT, body.
 type Prepared = (String, Option<String>, Vec<u8>);
 
-/// Sends `requests` (url, headers, body) open-loop at `rate`/s from a dedicated
-/// runtime; latency from intended send time, in microseconds.
+/// Connections the load generator uses (like wrk2's `-c`): a stalled server makes
+/// requests queue behind them — and that wait is charged to their latency — instead of
+/// making the generator open thousands of new connections.
+const CONNECTIONS: usize = 256;
+
+/// Sends `requests` open-loop at `rate`/s from a dedicated runtime over at most
+/// [`CONNECTIONS`] connections. Request `i` is due at `start + i/rate`; its latency is
+/// measured from that due time, not from when it was actually sent, so time spent
+/// waiting for a free connection counts (coordinated-omission correction).
 fn open_loop(requests: Arc<Vec<Prepared>>, rate: u64) -> RateResult {
     let client_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -164,52 +180,56 @@ fn open_loop(requests: Arc<Vec<Prepared>>, rate: u64) -> RateResult {
         .expect("client runtime");
     client_rt.block_on(async move {
         let client = reqwest::Client::builder()
-            .pool_max_idle_per_host(4096)
+            .pool_max_idle_per_host(CONNECTIONS)
+            .timeout(Duration::from_secs(30))
             .build()
             .expect("client");
         let histogram = Arc::new(Mutex::new(
-            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram"),
+            Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram"),
         ));
         let errors = Arc::new(AtomicU64::new(0));
         let completed = Arc::new(AtomicU64::new(0));
-        let total = requests.len();
+        let next = Arc::new(AtomicU64::new(0));
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
-        let start = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut next = 0usize;
-        while next < total {
-            let now = Instant::now();
-            while next < total && start + interval.mul_f64(next as f64) <= now {
-                let intended = start + interval.mul_f64(next as f64);
-                let requests = requests.clone();
-                let client = client.clone();
-                let histogram = histogram.clone();
-                let errors = errors.clone();
-                let completed = completed.clone();
-                let index = next;
-                tasks.spawn(async move {
-                    let (url, jwt, body) = &requests[index];
+        let start = tokio::time::Instant::now();
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..CONNECTIONS {
+            let (requests, client, histogram, errors, completed, next) = (
+                requests.clone(),
+                client.clone(),
+                histogram.clone(),
+                errors.clone(),
+                completed.clone(),
+                next.clone(),
+            );
+            workers.spawn(async move {
+                let mut local =
+                    Histogram::<u64>::new_with_bounds(1, 120_000_000, 3).expect("histogram");
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some((url, jwt, body)) = requests.get(index) else {
+                        break;
+                    };
+                    let due = start + interval.mul_f64(index as f64);
+                    tokio::time::sleep_until(due).await;
                     let mut request = client.post(url).body(body.clone());
                     if let Some(jwt) = jwt {
                         request = request.header("Plaid-Verification", jwt);
                     }
                     let ok = matches!(request.send().await, Ok(r) if r.status() == StatusCode::OK);
-                    let micros = intended.elapsed().as_micros() as u64;
                     if ok {
                         completed.fetch_add(1, Ordering::Relaxed);
                     } else {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
-                    if let Ok(mut h) = histogram.lock() {
-                        let _ = h.record(micros.max(1));
-                    }
-                });
-                next += 1;
-            }
-            while tasks.try_join_next().is_some() {}
-            tokio::time::sleep(Duration::from_micros(200)).await;
+                    let _ = local.record((due.elapsed().as_micros() as u64).max(1));
+                }
+                if let Ok(mut h) = histogram.lock() {
+                    let _ = h.add(&local);
+                }
+            });
         }
-        while tasks.join_next().await.is_some() {}
+        while workers.join_next().await.is_some() {}
         let elapsed = start.elapsed();
         let histogram = histogram.lock().map(|h| h.clone()).expect("histogram lock");
         RateResult {
@@ -222,7 +242,12 @@ fn open_loop(requests: Arc<Vec<Prepared>>, rate: u64) -> RateResult {
     })
 }
 
-async fn ingest(rates: Vec<u64>, seconds: u64, accounts: u32) -> anyhow::Result<()> {
+async fn ingest(
+    rates: Vec<u64>,
+    seconds: u64,
+    accounts: u32,
+    unlinked: bool,
+) -> anyhow::Result<()> {
     let (sandbox, sandbox_handle) = start_sandbox().await?;
     let dir = tempfile::tempdir()?;
     let settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
@@ -240,6 +265,10 @@ async fn ingest(rates: Vec<u64>, seconds: u64, accounts: u32) -> anyhow::Result<
     let mut items = Vec::new();
     for _ in 0..accounts {
         let item = sandbox.create_item(5, None);
+        if unlinked {
+            items.push(item.item_id);
+            continue;
+        }
         let response = client
             .post(format!("{app_url}/v1/accounts"))
             .json(&json!({"provider": "plaid", "item_id": item.item_id,
@@ -265,9 +294,27 @@ async fn ingest(rates: Vec<u64>, seconds: u64, accounts: u32) -> anyhow::Result<
         let _ = axum::serve(noop, router).await;
     });
 
+    let mut nonce = 0u64;
+    // Warm-up (discarded): connections, allocator arenas, sled's caches.
+    {
+        let rate = rates.first().copied().unwrap_or(1000);
+        let now = chrono::Utc::now().timestamp();
+        let mut warmup = Vec::new();
+        for i in 0..(rate * 2) as usize {
+            nonce += 1;
+            let item = &items[i % items.len()];
+            let body = serde_json::to_vec(&json!({
+                "webhook_type": "TRANSACTIONS", "webhook_code": "SYNC_UPDATES_AVAILABLE",
+                "item_id": item, "environment": "sandbox", "nonce": nonce,
+            }))?;
+            let jwt = sandbox.sign_webhook(&body, now);
+            warmup.push((format!("{app_url}/webhooks/plaid"), Some(jwt), body));
+        }
+        let warmup = Arc::new(warmup);
+        tokio::task::spawn_blocking(move || open_loop(warmup, rate)).await?;
+    }
     println!("| target | offered/s | achieved/s | errors | p50 ms | p99 ms | p99.9 ms | max ms |");
     println!("|---|---|---|---|---|---|---|---|");
-    let mut nonce = 0u64;
     for rate in rates {
         let count = (rate * seconds) as usize;
         eprintln!("signing {count} webhooks for {rate}/s");
@@ -419,6 +466,7 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
         let store = SledStore::open(SledStoreConfig {
             data_dir: dir.path().to_path_buf(),
             cache_capacity_bytes: cache,
+            group_commit_window: std::time::Duration::from_millis(2),
         })?;
         let started = Instant::now();
         for n in 0..count {

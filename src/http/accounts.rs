@@ -175,7 +175,11 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         last_sync_outcome: None,
         sync_count: 0,
     };
-    let receipt = state.store.link_account(&account)?;
+    let store = state.store.clone();
+    let record = account.clone();
+    let receipt = tokio::task::spawn_blocking(move || store.link_account(&record))
+        .await
+        .map_err(ApiError::internal)??;
     state.store.durable().await?;
     tracing::info!(
         account_id = %account.id,

@@ -84,17 +84,21 @@ async fn receive(
         })?;
 
     let dedup_key = dedup_key(kind, &verified.item_id, &body);
-    let outcome = state.store.ingest(
-        IncomingWebhook {
-            provider: kind,
-            item_id: verified.item_id.clone(),
-            kind: verified.kind.clone(),
-            dedup_key,
-            body: verified.body,
-            received_at: Utc::now(),
-        },
-        state.settings.store.dedup_ttl,
-    )?;
+    let incoming = IncomingWebhook {
+        provider: kind,
+        item_id: verified.item_id.clone(),
+        kind: verified.kind.clone(),
+        dedup_key,
+        body: verified.body,
+        received_at: Utc::now(),
+    };
+    // Off the async workers: sled writes wait while a large sync commit holds its
+    // process-wide lock, and a blocked worker would stall every request it serves.
+    let store = state.store.clone();
+    let ttl = state.settings.store.dedup_ttl;
+    let outcome = tokio::task::spawn_blocking(move || store.ingest(incoming, ttl))
+        .await
+        .map_err(ApiError::internal)??;
     // A duplicate's original may still be waiting for its flush: acknowledging the
     // duplicate before that would acknowledge an event that is not on disk yet.
     state.store.durable().await?;

@@ -13,6 +13,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -84,13 +85,17 @@ pub(super) struct GroupCommit {
 
 impl GroupCommit {
     /// Spawns the flusher on the current tokio runtime.
-    pub(super) fn start(runtime: &tokio::runtime::Handle, flush: FlushFn) -> Self {
+    pub(super) fn start(
+        runtime: &tokio::runtime::Handle,
+        flush: FlushFn,
+        window: Duration,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
             wake: Notify::new(),
             rounds: AtomicU64::new(0),
         });
-        let task = runtime.spawn(run_flusher(Arc::clone(&shared), flush));
+        let task = runtime.spawn(run_flusher(Arc::clone(&shared), flush, window));
         GroupCommit {
             shared,
             task: Mutex::new(Some(task)),
@@ -149,8 +154,21 @@ impl GroupCommit {
     }
 }
 
-async fn run_flusher(shared: Arc<Shared>, flush: FlushFn) {
+async fn run_flusher(shared: Arc<Shared>, flush: FlushFn, window: Duration) {
+    // Whether the last round served several writers: under load, waiting `window` for
+    // more of them makes rounds fewer and larger, which is what bounds throughput (each
+    // round costs a device flush); a lone writer on a quiet store is flushed at once.
+    let mut busy = false;
     loop {
+        if busy && !window.is_zero() {
+            let (pending, stopping) = {
+                let state = shared.lock();
+                (!state.waiters.is_empty(), state.stopping)
+            };
+            if pending && !stopping {
+                tokio::time::sleep(window).await;
+            }
+        }
         let (batch, stopping) = {
             let mut state = shared.lock();
             (std::mem::take(&mut state.waiters), state.stopping)
@@ -162,6 +180,7 @@ async fn run_flusher(shared: Arc<Shared>, flush: FlushFn) {
             continue;
         }
 
+        busy = batch.len() > 1;
         let flush = Arc::clone(&flush);
         let result = match tokio::task::spawn_blocking(move || flush()).await {
             Ok(result) => RoundResult::from_store(result),
@@ -216,6 +235,7 @@ mod tests {
         let group = Arc::new(GroupCommit::start(
             &tokio::runtime::Handle::current(),
             counting_flush(Arc::clone(&calls), Arc::new(AtomicBool::new(false))),
+            Duration::ZERO,
         ));
         let waits: Vec<_> = (0..100).map(|_| group.wait()).collect();
         for result in futures::future::join_all(waits).await {
@@ -233,6 +253,7 @@ mod tests {
         let group = GroupCommit::start(
             &tokio::runtime::Handle::current(),
             counting_flush(Arc::new(AtomicU64::new(0)), Arc::clone(&fail)),
+            Duration::ZERO,
         );
         let (a, b) = tokio::join!(group.wait(), group.wait());
         assert!(matches!(a, Err(StoreError::Io(ref m)) if m.contains("disk on fire")));
@@ -249,6 +270,7 @@ mod tests {
         let group = GroupCommit::start(
             &tokio::runtime::Handle::current(),
             counting_flush(Arc::clone(&calls), Arc::new(AtomicBool::new(false))),
+            Duration::ZERO,
         );
         group.stop().await.unwrap();
         assert_eq!(

@@ -273,11 +273,18 @@ mod tests {
 
     #[test]
     fn compressed_records_round_trip_and_shrink() {
-        let row: Vec<String> = (0..40).map(|i| format!("merchant_name_{}", i % 3)).collect();
+        let row: Vec<String> = (0..40)
+            .map(|i| format!("merchant_name_{}", i % 3))
+            .collect();
         let plain = encode(TRANSACTIONS, &row).unwrap();
         let packed = encode_compressed(TRANSACTIONS, &row).unwrap();
         assert_eq!(packed[0], RECORD_VERSION_LZ4);
-        assert!(packed.len() * 2 < plain.len(), "{} vs {}", packed.len(), plain.len());
+        assert!(
+            packed.len() * 2 < plain.len(),
+            "{} vs {}",
+            packed.len(),
+            plain.len()
+        );
         assert_eq!(decode::<Vec<String>>(TRANSACTIONS, &packed).unwrap(), row);
         assert_eq!(decode::<Vec<String>>(TRANSACTIONS, &plain).unwrap(), row);
         let mut broken = packed.clone();

@@ -2,6 +2,10 @@
 //! multi-tree transactions that keep the store's invariants.
 //!
 //! sled 0.34.7 shapes several choices here:
+//! - `flush` holds sled's process-wide lock shared for the whole of its I/O, and
+//!   transactions take it exclusively: so webhook ingest, the hot path, uses plain
+//!   operations in a crash-safe order instead of a transaction (see `ingest`), and
+//!   callers run large transactions (sync commits) on blocking threads;
 //! - its multi-tree transactions take one process-wide lock and may re-run their
 //!   closure, so closures only move prepared bytes (values are encoded beforehand where
 //!   possible) and have no side effects; counters are updated after the commit from the
@@ -48,6 +52,9 @@ pub struct SledStoreConfig {
     pub data_dir: PathBuf,
     /// sled page cache size in bytes.
     pub cache_capacity_bytes: u64,
+    /// Under load, how long the group commit waits for more writers before a flush
+    /// round (zero: never). Fewer, larger rounds bound throughput on slow-fsync disks.
+    pub group_commit_window: std::time::Duration,
 }
 
 /// A webhook kept for an item that is not linked yet, adopted into an inbox on link.
@@ -78,6 +85,9 @@ struct DbFiles {
     db_file: File,
     dir: File,
     blobs_dir: PathBuf,
+    /// Blob files already made durable. sled writes a blob once and never changes it,
+    /// so each needs one fsync (plus one of the directory listing it), not one per round.
+    synced_blobs: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 impl DbFiles {
@@ -87,25 +97,43 @@ impl DbFiles {
     fn flush_and_sync(&self) -> Result<(), StoreError> {
         self.db.flush().map_err(io)?;
         self.db_file.sync_all().map_err(io)?;
-        match std::fs::read_dir(&self.blobs_dir) {
-            Ok(entries) => {
-                for entry in entries {
-                    let path = entry.map_err(io)?.path();
-                    match File::open(&path) {
-                        Ok(f) => f.sync_all().map_err(io)?,
-                        // sled garbage-collects blobs concurrently; a gone blob needs no sync.
-                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                        Err(e) => return Err(io(e)),
-                    }
-                }
-                File::open(&self.blobs_dir)
-                    .and_then(|d| d.sync_all())
-                    .map_err(io)?;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        let entries = match std::fs::read_dir(&self.blobs_dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(io(e)),
+        };
+        let mut synced = self
+            .synced_blobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let first_time = synced.is_empty();
+        let mut new_blobs = false;
+        for entry in entries {
+            let path = entry.map_err(io)?.path();
+            if synced.contains(&path) {
+                continue;
+            }
+            match File::open(&path) {
+                Ok(f) => f.sync_all().map_err(io)?,
+                // sled garbage-collects blobs concurrently; a gone blob needs no sync.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io(e)),
+            }
+            synced.insert(path);
+            new_blobs = true;
         }
-        self.dir.sync_all().map_err(io)
+        if new_blobs || first_time {
+            File::open(&self.blobs_dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io)?;
+            // The blobs directory itself is an entry of the data directory.
+            self.dir.sync_all().map_err(io)?;
+        }
+        // Forget blobs sled has deleted, so the set stays as small as the directory.
+        if new_blobs {
+            synced.retain(|path| path.exists());
+        }
+        Ok(())
     }
 }
 
@@ -113,8 +141,8 @@ impl DbFiles {
 /// [`SledStore::shutdown`], after which writes answer [`StoreError::Closed`].
 pub struct SledStore {
     /// Owns the database; the flusher holds only a weak reference so dropping the
-    /// store closes sled. Never read otherwise.
-    _files: Arc<DbFiles>,
+    /// store closes sled. Read only to draw sequence numbers.
+    files: Arc<DbFiles>,
     data_dir: PathBuf,
     accounts: Tree,
     lookup: Tree,
@@ -263,8 +291,12 @@ impl SledStore {
             db_file: File::open(config.data_dir.join("db")).map_err(io)?,
             dir: File::open(&config.data_dir).map_err(io)?,
             blobs_dir: config.data_dir.join("blobs"),
+            synced_blobs: std::sync::Mutex::new(std::collections::HashSet::new()),
             db,
         });
+        // The files sled just created must be listed durably before any round relies
+        // on them; later rounds only fsync the directories when blobs appear.
+        files.dir.sync_all().map_err(io)?;
         // The flusher must not keep the database open after the store is dropped (a
         // reopen of the same directory would fail on sled's file lock).
         let weak = Arc::downgrade(&files);
@@ -272,11 +304,11 @@ impl SledStore {
             Some(files) => files.flush_and_sync(),
             None => Err(StoreError::Closed),
         });
-        let group = GroupCommit::start(&runtime, flush);
+        let group = GroupCommit::start(&runtime, flush, config.group_commit_window);
         tracing::info!(data_dir = %config.data_dir.display(), inbox_depth = depth, "store opened");
 
         Ok(Arc::new(SledStore {
-            _files: files,
+            files,
             data_dir: config.data_dir,
             accounts,
             lookup,
@@ -322,6 +354,12 @@ impl SledStore {
             return Err(StoreError::Closed);
         }
         Ok(guard)
+    }
+
+    /// A fresh, monotonic sequence number. Outside transactions only (inside one, sled's
+    /// global lock would deadlock: use `TransactionalTree::generate_id` there).
+    fn db_generate_id(&self) -> Result<u64, StoreError> {
+        self.files.db.generate_id().map_err(io)
     }
 
     fn scan_keys(tree: &Tree, prefix: &[u8]) -> Result<Vec<IVec>, StoreError> {
@@ -590,95 +628,122 @@ impl Store for SledStore {
         webhook: IncomingWebhook,
         dedup_ttl: Duration,
     ) -> Result<IngestOutcome, StoreError> {
+        // No multi-tree transaction here, on purpose: sled transactions take a
+        // process-wide write lock that `flush` holds shared for the whole of its I/O, so
+        // every ingest would stall behind every group-commit round. Plain operations in
+        // a careful order keep the invariants instead:
+        // - the entry is written before its dedup record, so a crash between the two
+        //   only lets a retry append the event again (one harmless extra sync);
+        // - nothing is acknowledged before `durable()` covers all of these writes;
+        // - two racing copies of one body may both be appended: same harmless outcome.
         let _gate = self.write_gate()?;
         let item_key = keys::item_key(webhook.provider, &webhook.item_id);
-        let ttl = chrono::Duration::from_std(dedup_ttl).unwrap_or(chrono::Duration::MAX);
+        let resolve = || -> Result<Option<AccountId>, StoreError> {
+            match self.lookup.get(&item_key).map_err(io)? {
+                Some(bytes) => Ok(Some(keys::decode(LOOKUP, &bytes)?)),
+                None => Ok(None),
+            }
+        };
+        let mut account_id = resolve()?;
+        let dedup_key = webhook.dedup_key;
+        if let Some(bytes) = self.dedup.get(dedup_key).map_err(io)? {
+            let seen: DedupRecord = keys::decode(DEDUP, &bytes)?;
+            if seen.expires_at > webhook.received_at {
+                let still_pending = match seen.seq {
+                    // Records written before seqs were kept: trust the TTL.
+                    None => true,
+                    Some(seq) => {
+                        let in_inbox = match &account_id {
+                            Some(account) => self
+                                .inbox
+                                .contains_key(keys::inbox_key(account, seq))
+                                .map_err(io)?,
+                            None => false,
+                        };
+                        in_inbox
+                            || self
+                                .unrouted
+                                .contains_key(keys::unrouted_key(
+                                    webhook.provider,
+                                    &webhook.item_id,
+                                    seq,
+                                ))
+                                .map_err(io)?
+                    }
+                };
+                if still_pending {
+                    return Ok(IngestOutcome::Duplicate { account_id });
+                }
+            }
+        }
+
+        let seq = self.db_generate_id()?;
+        let inbox_entry = |account: &AccountId| InboxEntry {
+            seq,
+            account_id: account.clone(),
+            provider: webhook.provider,
+            kind: webhook.kind.clone(),
+            received_at: webhook.received_at,
+            body: webhook.body.clone(),
+        };
+        match &account_id {
+            Some(account) => {
+                self.inbox
+                    .insert(
+                        keys::inbox_key(account, seq),
+                        keys::encode(INBOX, &inbox_entry(account))?,
+                    )
+                    .map_err(io)?;
+            }
+            None => {
+                let key = keys::unrouted_key(webhook.provider, &webhook.item_id, seq);
+                let event = UnroutedEvent {
+                    seq,
+                    provider: webhook.provider,
+                    item_id: webhook.item_id.clone(),
+                    kind: webhook.kind.clone(),
+                    received_at: webhook.received_at,
+                    body: webhook.body.clone(),
+                };
+                self.unrouted
+                    .insert(key.as_slice(), keys::encode(UNROUTED, &event)?)
+                    .map_err(io)?;
+                // A link that committed after the lookup above may have finished its
+                // adoption passes before this insert: adopt the entry here then. The
+                // link's pass and this one race on `remove`; exactly one moves it.
+                if let Some(account) = resolve()? {
+                    if self.unrouted.remove(key.as_slice()).map_err(io)?.is_some() {
+                        self.inbox
+                            .insert(
+                                keys::inbox_key(&account, seq),
+                                keys::encode(INBOX, &inbox_entry(&account))?,
+                            )
+                            .map_err(io)?;
+                    }
+                    account_id = Some(account);
+                }
+            }
+        }
         let expires_at = webhook
             .received_at
-            .checked_add_signed(ttl)
+            .checked_add_signed(
+                chrono::Duration::from_std(dedup_ttl).unwrap_or(chrono::Duration::MAX),
+            )
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
-        let dedup_key = webhook.dedup_key;
-
-        let outcome = (&self.lookup, &self.inbox, &self.unrouted, &self.dedup)
-            .transaction(|(lookup, inbox, unrouted, dedup)| {
-                let account_id: Option<AccountId> = match lookup.get(&item_key)? {
-                    Some(bytes) => Some(tx(keys::decode(LOOKUP, &bytes))?),
-                    None => None,
-                };
-                if let Some(bytes) = dedup.get(dedup_key)? {
-                    let seen: DedupRecord = tx(keys::decode(DEDUP, &bytes))?;
-                    if seen.expires_at > webhook.received_at {
-                        let still_pending = match seen.seq {
-                            // Records written before seqs were kept: trust the TTL.
-                            None => true,
-                            Some(seq) => {
-                                let in_inbox = match &account_id {
-                                    Some(account) => {
-                                        inbox.get(keys::inbox_key(account, seq))?.is_some()
-                                    }
-                                    None => false,
-                                };
-                                in_inbox
-                                    || unrouted
-                                        .get(keys::unrouted_key(
-                                            webhook.provider,
-                                            &webhook.item_id,
-                                            seq,
-                                        ))?
-                                        .is_some()
-                            }
-                        };
-                        if still_pending {
-                            return Ok(IngestOutcome::Duplicate { account_id });
-                        }
-                    }
-                }
-                let seq = inbox.generate_id()?;
-                let dedup_value = tx(keys::encode(
+        self.dedup
+            .insert(
+                &dedup_key[..],
+                keys::encode(
                     DEDUP,
                     &DedupRecord {
                         expires_at,
                         seq: Some(seq),
                     },
-                ))?;
-                match &account_id {
-                    Some(account) => {
-                        let entry = InboxEntry {
-                            seq,
-                            account_id: account.clone(),
-                            provider: webhook.provider,
-                            kind: webhook.kind.clone(),
-                            received_at: webhook.received_at,
-                            body: webhook.body.clone(),
-                        };
-                        inbox.insert(
-                            keys::inbox_key(account, seq),
-                            tx(keys::encode(INBOX, &entry))?,
-                        )?;
-                    }
-                    None => {
-                        let event = UnroutedEvent {
-                            seq,
-                            provider: webhook.provider,
-                            item_id: webhook.item_id.clone(),
-                            kind: webhook.kind.clone(),
-                            received_at: webhook.received_at,
-                            body: webhook.body.clone(),
-                        };
-                        unrouted.insert(
-                            keys::unrouted_key(webhook.provider, &webhook.item_id, seq),
-                            tx(keys::encode(UNROUTED, &event))?,
-                        )?;
-                    }
-                }
-                dedup.insert(&dedup_key[..], dedup_value.as_slice())?;
-                Ok(IngestOutcome::Accepted { seq, account_id })
-            })
-            .map_err(from_tx)?;
-        if matches!(outcome, IngestOutcome::Accepted { .. }) {
-            self.inbox_depth.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(outcome)
+                )?,
+            )
+            .map_err(io)?;
+        self.inbox_depth.fetch_add(1, Ordering::Relaxed);
+        Ok(IngestOutcome::Accepted { seq, account_id })
     }
 
     fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>> {
@@ -975,6 +1040,7 @@ mod tests {
         SledStore::open(SledStoreConfig {
             data_dir: dir.path().join("data"),
             cache_capacity_bytes: 64 * 1024 * 1024,
+            group_commit_window: std::time::Duration::ZERO,
         })
         .unwrap()
     }
