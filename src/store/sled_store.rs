@@ -1438,6 +1438,54 @@ mod tests {
         );
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_racing_a_link_all_end_up_in_its_inbox() {
+        // Ingest resolves the item without a transaction; whichever side loses the race
+        // (the link's adoption passes or the ingest's re-check) the entry must land in
+        // the inbox, never stay stranded among the unrouted ones.
+        for round in 0..20 {
+            let dir = TempDir::new().unwrap();
+            let store = open(&dir);
+            let item = format!("item-race-{round}");
+            let acc = account(&item, "owner-race", &[]);
+            let writers: Vec<_> = (0..4u32)
+                .map(|w| {
+                    let store = Arc::clone(&store);
+                    let item = item.clone();
+                    std::thread::spawn(move || {
+                        (0..50u32)
+                            .map(|n| {
+                                seq_of(
+                                    store
+                                        .ingest(webhook(&item, w * 1000 + n, t0()), TTL)
+                                        .unwrap(),
+                                )
+                            })
+                            .collect::<Vec<u64>>()
+                    })
+                })
+                .collect();
+            store.link_account(&acc).unwrap();
+            let mut accepted: Vec<u64> = writers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap())
+                .collect();
+            accepted.sort_unstable();
+            let pending: Vec<u64> = store
+                .pending_inbox(&acc.id)
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect();
+            assert_eq!(
+                pending, accepted,
+                "round {round}: every accepted event is in the inbox"
+            );
+            assert_eq!(store.unrouted.len(), 0, "round {round}: nothing stranded");
+            assert_eq!(store.inbox_depth().unwrap(), 200);
+        }
+    }
+
     #[tokio::test]
     async fn a_repeat_of_an_already_consumed_event_is_appended_again() {
         let dir = TempDir::new().unwrap();
