@@ -24,7 +24,7 @@ use crate::actors::sync::SyncParams;
 use crate::actors::Registry;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
-use crate::http::accounts::{link_account, LinkRequest};
+use crate::http::accounts::{link_account, unlink_account, LinkRequest};
 use crate::http::{router, AppState};
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
@@ -227,9 +227,9 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
     for n in 0..settings.demo_items {
         let alias = format!("demo-user-{n}@example.com");
         if let Resolved::Found(old) = state.store.resolve(&alias)? {
-            state.store.unlink_account(&old, false)?;
-            state.registry.stop(&old).await;
-            state.store.unlink_account(&old, true)?;
+            unlink_account(state, &old, true)
+                .await
+                .map_err(|e| anyhow::anyhow!("replacing demo account {old}: {}", e.message))?;
         }
         let item = sandbox.create_item(settings.demo_history, None);
         let account = link_account(

@@ -91,6 +91,10 @@ pub struct ActorSettings {
     /// Retry delay cap.
     #[serde(with = "humantime_serde")]
     pub sync_retry_max: Duration,
+    /// Minimum time between the starts of two syncs of one account when webhooks keep
+    /// arriving: a burst becomes one sync per interval.
+    #[serde(with = "humantime_serde")]
+    pub min_sync_interval: Duration,
 }
 
 /// Simulated provider settings.
@@ -239,6 +243,9 @@ impl Settings {
                 "actors.sync_retry_initial",
                 "must be greater than zero and at most actors.sync_retry_max",
             ));
+        }
+        if self.actors.min_sync_interval > Duration::from_secs(3600) {
+            return Err(invalid("actors.min_sync_interval", "must be at most 1h"));
         }
         if !self.sandbox.webhook_url.is_empty()
             && !self.sandbox.webhook_url.starts_with("http://")

@@ -45,8 +45,9 @@ pub enum AccountMessage {
     SyncRequested(SyncReason),
     /// The sync task finished (internal).
     SyncFinished(Result<SyncReport, SyncError>),
-    /// The backoff after a failed sync is over (internal).
-    RetryDue,
+    /// A scheduled sync is due: the backoff after a failure, or the minimum interval
+    /// between two syncs, is over (internal).
+    Due,
     /// Periodic check whether the actor has been idle long enough to passivate (internal).
     IdleCheck,
     /// Describe yourself.
@@ -68,6 +69,12 @@ pub enum Phase {
         /// When the retry is due.
         until: DateTime<Utc>,
     },
+    /// More work arrived during the last sync; the next one starts at `until`, once
+    /// the minimum interval between syncs has passed, covering everything until then.
+    Scheduled {
+        /// When the next sync starts.
+        until: DateTime<Utc>,
+    },
 }
 
 impl Phase {
@@ -77,6 +84,7 @@ impl Phase {
             Phase::Idle => "idle",
             Phase::Syncing { .. } => "syncing",
             Phase::Backoff { .. } => "backoff",
+            Phase::Scheduled { .. } => "scheduled",
         }
     }
 }
@@ -92,7 +100,7 @@ pub struct ActorSnapshot {
     pub progress: Option<ProgressSnapshot>,
     /// Consecutive failed attempts.
     pub attempt: u32,
-    /// When the next retry is due (in backoff).
+    /// When the next sync is due (in backoff or scheduled).
     pub next_retry_at: Option<DateTime<Utc>>,
     /// Syncs run by this activation.
     pub syncs_run: u64,
@@ -121,6 +129,7 @@ pub struct AccountState {
     attempt: u32,
     progress: Arc<SyncProgress>,
     task: Option<JoinHandle<()>>,
+    sync_started: Instant,
     last_activity: Instant,
     syncs_run: u64,
     sync_requests: u64,
@@ -172,6 +181,7 @@ impl Actor for AccountActor {
             attempt: 0,
             progress: Arc::new(SyncProgress::default()),
             task: None,
+            sync_started: Instant::now(),
             last_activity: Instant::now(),
             syncs_run: 0,
             sync_requests: 0,
@@ -193,8 +203,8 @@ impl Actor for AccountActor {
                 match &mut state.phase {
                     Phase::Idle => self.start_sync(&myself, state, reason),
                     Phase::Syncing { again } => *again = true,
-                    // The retry timer is already set; it will cover this request too.
-                    Phase::Backoff { .. } => {}
+                    // A timer is already set; the sync it starts covers this request too.
+                    Phase::Backoff { .. } | Phase::Scheduled { .. } => {}
                 }
             }
             AccountMessage::SyncFinished(result) => {
@@ -207,15 +217,29 @@ impl Actor for AccountActor {
                         state.attempt = 0;
                         tracing::info!(account_id = %state.id, outcome = ?report.outcome, "sync committed");
                         state.phase = Phase::Idle;
-                        if again || report.follow_up {
+                        let since_start = state.sync_started.elapsed();
+                        let min_interval = self.registry.settings().min_sync_interval;
+                        if report.follow_up {
                             self.start_sync(&myself, state, SyncReason::Webhook);
+                        } else if again && since_start >= min_interval {
+                            self.start_sync(&myself, state, SyncReason::Webhook);
+                        } else if again {
+                            // A burst: wait out the interval so everything arriving
+                            // meanwhile is covered by one sync instead of many.
+                            let wait = min_interval - since_start;
+                            state.phase = Phase::Scheduled {
+                                until: Utc::now()
+                                    + chrono::Duration::from_std(wait)
+                                        .unwrap_or(chrono::Duration::zero()),
+                            };
+                            myself.send_after(wait, || AccountMessage::Due);
                         }
                     }
                     Err(error) => self.enter_backoff(&myself, state, error),
                 }
             }
-            AccountMessage::RetryDue => {
-                if matches!(state.phase, Phase::Backoff { .. }) {
+            AccountMessage::Due => {
+                if matches!(state.phase, Phase::Backoff { .. } | Phase::Scheduled { .. }) {
                     state.phase = Phase::Idle;
                     self.start_sync(&myself, state, SyncReason::Webhook);
                 }
@@ -236,7 +260,7 @@ impl Actor for AccountActor {
                         .then(|| state.progress.snapshot()),
                     attempt: state.attempt,
                     next_retry_at: match state.phase {
-                        Phase::Backoff { until } => Some(until),
+                        Phase::Backoff { until } | Phase::Scheduled { until } => Some(until),
                         _ => None,
                     },
                     syncs_run: state.syncs_run,
@@ -261,6 +285,7 @@ impl AccountActor {
         reason: SyncReason,
     ) {
         state.phase = Phase::Syncing { again: false };
+        state.sync_started = Instant::now();
         state.progress = Arc::new(SyncProgress::default());
         let registry = self.registry.clone();
         let progress = state.progress.clone();
@@ -309,7 +334,7 @@ impl AccountActor {
             tracing::error!(account_id = %state.id, error = %store_error, "could not record sync failure");
         }
         state.phase = Phase::Backoff { until };
-        myself.send_after(delay, || AccountMessage::RetryDue);
+        myself.send_after(delay, || AccountMessage::Due);
     }
 
     /// Leaves the registry, then stops. Anything sent to this actor after the registry

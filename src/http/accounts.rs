@@ -297,19 +297,24 @@ async fn unlink(
     ApiQuery(query): ApiQuery<UnlinkQuery>,
 ) -> Result<Json<UnlinkResponse>, ApiError> {
     let account = resolve(&state, &key)?;
-    // Unlink first so nothing can activate it again, then stop its actor (which aborts
-    // a running sync), and only then delete its data.
-    state.store.unlink_account(&account.id, false)?;
-    state.registry.stop(&account.id).await;
-    if query.purge {
-        state.store.unlink_account(&account.id, true)?;
-    }
-    state.store.durable().await?;
-    tracing::info!(account_id = %account.id, purged = query.purge, "account unlinked");
+    unlink_account(&state, &account.id, query.purge).await?;
     Ok(Json(UnlinkResponse {
         id: account.id,
         purged: query.purge,
     }))
+}
+
+/// Unlinks an account: first in the store, so nothing can activate it again, then its
+/// actor is stopped (aborting a running sync), and only then is its data deleted.
+pub async fn unlink_account(state: &AppState, id: &AccountId, purge: bool) -> Result<(), ApiError> {
+    state.store.unlink_account(id, false)?;
+    state.registry.stop(id).await;
+    if purge {
+        state.store.unlink_account(id, true)?;
+    }
+    state.store.durable().await?;
+    tracing::info!(account_id = %id, purged = purge, "account unlinked");
+    Ok(())
 }
 
 /// `GET /v1/accounts/{key}/transactions` query.

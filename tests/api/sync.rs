@@ -226,3 +226,54 @@ async fn a_passivated_account_is_reactivated_by_its_next_webhook() {
     env.converge(&account, &item).await;
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_during_a_sync_waits_for_the_minimum_interval_then_syncs_once() {
+    let env = crate::helpers::spawn_env_with(|s| {
+        s.actors.min_sync_interval = std::time::Duration::from_secs(2);
+    })
+    .await;
+    let (account, item) = env.linked_item(30).await;
+    env.converge(&account, &item).await;
+    env.faults(&item, json!({ "sync_latency_ms": 1_000 })).await;
+    let before = env.sync_status(&account).await["sync_count"]
+        .as_u64()
+        .expect("n");
+    // First webhook starts a slow sync (1 s per page); the burst arrives while it runs.
+    env.mutate(&item, 2, 0, 0).await;
+    for n in 0..20 {
+        let body = sync_webhook_body(&item, json!({ "burst": n }));
+        let jwt = env.sandbox.sign_webhook(&body, now_unix());
+        assert_eq!(env.post_webhook(&body, Some(&jwt)).await.status(), 200);
+    }
+    let deadline = tokio::time::Instant::now() + crate::helpers::CONVERGE;
+    let scheduled = loop {
+        let status = env.sync_status(&account).await;
+        if status["state"] == "scheduled" {
+            break status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never scheduled: {status}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    assert!(
+        scheduled["actor"]["next_retry_at"].is_string(),
+        "{scheduled}"
+    );
+    assert!(
+        scheduled["pending_inbox"].as_u64().unwrap_or(0) >= 1,
+        "{scheduled}"
+    );
+    env.converge(&account, &item).await;
+    let after = env.sync_status(&account).await["sync_count"]
+        .as_u64()
+        .expect("n");
+    assert_eq!(
+        after - before,
+        2,
+        "one sync for the first webhook, one for the burst"
+    );
+    env.shutdown().await;
+}
