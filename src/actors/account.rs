@@ -219,9 +219,9 @@ impl Actor for AccountActor {
                         state.phase = Phase::Idle;
                         let since_start = state.sync_started.elapsed();
                         let min_interval = self.registry.settings().min_sync_interval;
-                        if report.follow_up {
-                            self.start_sync(&myself, state, SyncReason::Webhook);
-                        } else if again && since_start >= min_interval {
+                        // The reconcile path's follow-up runs at once: it completes the
+                        // same logical sync.
+                        if report.follow_up || (again && since_start >= min_interval) {
                             self.start_sync(&myself, state, SyncReason::Webhook);
                         } else if again {
                             // A burst: wait out the interval so everything arriving
