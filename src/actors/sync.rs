@@ -173,6 +173,12 @@ pub async fn run_sync(
     progress: &SyncProgress,
 ) -> Result<SyncReport, SyncError> {
     let started_at = Utc::now();
+    if account.cursor.is_none() {
+        return initial_sync(
+            provider, store, account, consumed, params, progress, started_at,
+        )
+        .await;
+    }
     let loop_started = std::time::Instant::now();
     match pagination_loop(
         provider,
@@ -234,6 +240,129 @@ pub async fn run_sync(
         }
         Err(e) => Err(e),
     }
+}
+
+/// The first sync of an account, which can be the whole history (50,000 rows and
+/// more). Each page is staged in the store while the next one is fetched, so writing
+/// overlaps the network; staged rows stay invisible until the final commit sets the
+/// first cursor. A restarted loop (mutation during pagination) or a crash throws the
+/// staged rows away and starts over, so nothing partial is ever visible.
+async fn initial_sync(
+    provider: &dyn Provider,
+    store: &Arc<dyn Store>,
+    account: &Account,
+    consumed: Vec<u64>,
+    params: &SyncParams,
+    progress: &SyncProgress,
+    started_at: chrono::DateTime<Utc>,
+) -> Result<SyncReport, SyncError> {
+    let loop_started = std::time::Instant::now();
+    let mut restarts = 0u32;
+    let (cursor, added, modified, removed) = 'restart: loop {
+        blocking(store, {
+            let id = account.id.clone();
+            move |s| s.clear_rows(&id)
+        })
+        .await?;
+        let mut cursor: Option<String> = None;
+        let (mut added, mut modified, mut removed) = (0u64, 0u64, 0u64);
+        let mut staging: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
+        loop {
+            let fetched = provider
+                .sync_page(&account.access_token, cursor.as_deref(), params.page_size)
+                .await;
+            // The previous page must be fully staged before this one: a row added on
+            // one page may be modified or removed on a later one.
+            if let Some(previous) = staging.take() {
+                join_staging(previous).await?;
+            }
+            let page = match fetched {
+                Ok(page) => page,
+                Err(e) if e.is_mutation_during_pagination() => {
+                    restarts += 1;
+                    progress.restarts.fetch_add(1, Ordering::Relaxed);
+                    if restarts > params.max_loop_restarts {
+                        return Err(SyncError::TooManyRestarts(restarts));
+                    }
+                    continue 'restart;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            progress.page(page.added.len() + page.modified.len() + page.removed.len());
+            added += page.added.len() as u64;
+            modified += page.modified.len() as u64;
+            removed += page.removed.len() as u64;
+            let mut rows = page.added;
+            rows.extend(page.modified);
+            let store = store.clone();
+            let id = account.id.clone();
+            let removals = page.removed;
+            staging = Some(tokio::task::spawn_blocking(move || {
+                store.stage_rows(&id, rows, removals)
+            }));
+            if !page.has_more {
+                if let Some(last) = staging.take() {
+                    join_staging(last).await?;
+                }
+                break 'restart (page.next_cursor, added, modified, removed);
+            }
+            cursor = Some(page.next_cursor);
+        }
+    };
+    let fetched = std::time::Instant::now();
+    let outcome = SyncOutcome::Committed {
+        added,
+        modified,
+        removed,
+        pages: progress.snapshot().pages,
+        fallback: false,
+    };
+    commit(
+        store,
+        SyncCommit {
+            account_id: account.id.clone(),
+            mode: ApplyMode::Staged,
+            upserts: Vec::new(),
+            removals: Vec::new(),
+            cursor,
+            consumed,
+            outcome: outcome.clone(),
+            started_at,
+            finished_at: Utc::now(),
+        },
+    )
+    .await?;
+    store.durable().await?;
+    tracing::debug!(
+        account_id = %account.id,
+        fetch_and_stage_ms = (fetched - loop_started).as_millis() as u64,
+        commit_ms = fetched.elapsed().as_millis() as u64,
+        "initial sync timings"
+    );
+    Ok(SyncReport {
+        outcome,
+        follow_up: false,
+    })
+}
+
+/// Runs a store call on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<dyn Store>,
+    call: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, SyncError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || call(store.as_ref()))
+        .await
+        .map_err(|e| SyncError::Store(StoreError::Io(format!("store task failed: {e}"))))?
+        .map_err(SyncError::Store)
+}
+
+async fn join_staging(
+    task: tokio::task::JoinHandle<Result<(), StoreError>>,
+) -> Result<(), SyncError> {
+    task.await
+        .map_err(|e| SyncError::Store(StoreError::Io(format!("staging task failed: {e}"))))?
+        .map_err(SyncError::Store)
 }
 
 /// Pages from `start_cursor` until `has_more` is false, restarting from `start_cursor`

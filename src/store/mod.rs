@@ -52,6 +52,10 @@ pub enum StoreError {
     /// The store is shutting down and takes no more writes.
     #[error("store is closed")]
     Closed,
+    /// The operation does not fit the account's state (e.g. staging rows for an account
+    /// that has already committed a sync).
+    #[error("invalid state: {0}")]
+    InvalidState(String),
 }
 
 /// What resolving a lookup key found.
@@ -115,6 +119,10 @@ pub enum ApplyMode {
     /// The upserts are the complete set: every other local row of the account goes
     /// (the reconcile path after a rejected cursor).
     Replace,
+    /// The rows were already written with [`Store::stage_rows`] (the initial sync of an
+    /// account that has never committed one); the commit makes them visible by setting
+    /// the first cursor. `upserts` and `removals` must be empty.
+    Staged,
 }
 
 /// Everything one committed sync writes, in one transaction.
@@ -231,7 +239,24 @@ pub trait Store: Send + Sync + 'static {
     /// Applies one sync atomically: rows, cursor, outcome, consumed inbox entries.
     fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError>;
 
-    /// A page of an account's transactions ordered by (date, id).
+    /// Writes rows of an account that has never committed a sync, outside any
+    /// transaction (cheap, and no process-wide lock held for a 50,000-row first sync).
+    /// Rows of such an account are invisible to readers until the `Staged` commit sets
+    /// its first cursor, so a crash or a restarted loop leaves nothing visible; the next
+    /// attempt starts with [`Store::clear_rows`]. `InvalidState` once a sync committed.
+    fn stage_rows(
+        &self,
+        id: &AccountId,
+        upserts: Vec<Transaction>,
+        removals: Vec<String>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes every row of an account that has never committed a sync (leftovers of an
+    /// interrupted first sync). `InvalidState` once a sync committed.
+    fn clear_rows(&self, id: &AccountId) -> Result<(), StoreError>;
+
+    /// A page of an account's transactions ordered by (date, id). Empty until the
+    /// account's first sync has committed.
     fn list_transactions(
         &self,
         id: &AccountId,

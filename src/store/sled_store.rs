@@ -157,6 +157,10 @@ pub struct SledStore {
     /// (which takes the write guard) knows no write can land after its final flush.
     closed: RwLock<bool>,
     group: GroupCommit,
+    /// Per-account locks around staging and clearing a first sync's rows. A staging
+    /// call cannot be cancelled once on its blocking thread: if its sync was aborted and
+    /// the account's next activation clears the rows, the clear must come after it.
+    staging: dashmap::DashMap<AccountId, Arc<std::sync::Mutex<()>>>,
 }
 
 impl fmt::Debug for SledStore {
@@ -320,6 +324,7 @@ impl SledStore {
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
+            staging: dashmap::DashMap::new(),
         }))
     }
 
@@ -354,6 +359,57 @@ impl SledStore {
             return Err(StoreError::Closed);
         }
         Ok(guard)
+    }
+
+    /// Whether the account's rows are visible: only once a sync has committed (staged
+    /// rows of a first sync stay hidden until then).
+    fn rows_visible(&self, id: &AccountId) -> Result<bool, StoreError> {
+        match self.accounts.get(keys::account_key(id)).map_err(io)? {
+            Some(bytes) => Ok(keys::decode::<Account>(ACCOUNTS, &bytes)?.cursor.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    fn staging_lock(&self, id: &AccountId) -> Arc<std::sync::Mutex<()>> {
+        self.staging.entry(id.clone()).or_default().clone()
+    }
+
+    /// Fails unless the account exists and has never committed a sync.
+    fn ensure_never_synced(&self, id: &AccountId) -> Result<(), StoreError> {
+        match self.accounts.get(keys::account_key(id)).map_err(io)? {
+            None => Err(StoreError::AccountNotFound(id.clone())),
+            Some(bytes) if keys::decode::<Account>(ACCOUNTS, &bytes)?.cursor.is_some() => {
+                Err(StoreError::InvalidState(format!(
+                    "account {id} has committed a sync; its rows change only by commit"
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Inserts or moves one row with plain operations (the caller guarantees no other
+    /// writer touches this account's rows, and that readers do not see them yet).
+    fn upsert_plain(&self, account: &AccountId, row: &Transaction) -> Result<(), StoreError> {
+        let date = keys::date_component(row.date);
+        let index_key = keys::txn_index_key(account, &row.id);
+        if let Some(old) = self.txn_index.get(&index_key).map_err(io)? {
+            let old_date: String = keys::decode(TXN_INDEX, &old)?;
+            if old_date != date {
+                self.transactions
+                    .remove(keys::txn_key(account, &old_date, &row.id))
+                    .map_err(io)?;
+            }
+        }
+        self.transactions
+            .insert(
+                keys::txn_key(account, &date, &row.id),
+                keys::encode_compressed(TRANSACTIONS, row)?,
+            )
+            .map_err(io)?;
+        self.txn_index
+            .insert(index_key, keys::encode(TXN_INDEX, &date)?)
+            .map_err(io)?;
+        Ok(())
     }
 
     /// A fresh, monotonic sequence number. Outside transactions only (inside one, sled's
@@ -816,6 +872,13 @@ impl Store for SledStore {
 
     fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
+        if commit.mode == ApplyMode::Staged
+            && !(commit.upserts.is_empty() && commit.removals.is_empty())
+        {
+            return Err(StoreError::InvalidState(
+                "a staged commit carries no rows: they were staged already".to_string(),
+            ));
+        }
         let account_id = &commit.account_id;
         let account_key = keys::account_key(account_id);
 
@@ -887,6 +950,13 @@ impl Store for SledStore {
                     ));
                 };
                 let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                if commit.mode == ApplyMode::Staged && account.cursor.is_some() {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::InvalidState(format!(
+                            "account {account_id} already committed its first sync"
+                        )),
+                    ));
+                }
 
                 for row in &upserts {
                     if account_was_empty {
@@ -935,6 +1005,52 @@ impl Store for SledStore {
             })
             .map_err(from_tx)?;
         saturating_sub(&self.inbox_depth, inbox_removed);
+        if commit.mode == ApplyMode::Staged {
+            self.staging.remove(account_id);
+        }
+        Ok(())
+    }
+
+    fn stage_rows(
+        &self,
+        id: &AccountId,
+        upserts: Vec<Transaction>,
+        removals: Vec<String>,
+    ) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let lock = self.staging_lock(id);
+        let _staging = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.ensure_never_synced(id)?;
+        for row in &upserts {
+            self.upsert_plain(id, row)?;
+        }
+        for txn_id in &removals {
+            if let Some(old) = self
+                .txn_index
+                .remove(keys::txn_index_key(id, txn_id))
+                .map_err(io)?
+            {
+                let old_date: String = keys::decode(TXN_INDEX, &old)?;
+                self.transactions
+                    .remove(keys::txn_key(id, &old_date, txn_id))
+                    .map_err(io)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn clear_rows(&self, id: &AccountId) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let lock = self.staging_lock(id);
+        let _staging = lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.ensure_never_synced(id)?;
+        let prefix = keys::account_prefix(id);
+        for key in Self::scan_keys(&self.transactions, &prefix)? {
+            self.transactions.remove(key).map_err(io)?;
+        }
+        for key in Self::scan_keys(&self.txn_index, &prefix)? {
+            self.txn_index.remove(key).map_err(io)?;
+        }
         Ok(())
     }
 
@@ -943,6 +1059,12 @@ impl Store for SledStore {
         id: &AccountId,
         query: &TransactionQuery,
     ) -> Result<TransactionPage, StoreError> {
+        if !self.rows_visible(id)? {
+            return Ok(TransactionPage {
+                transactions: Vec::new(),
+                next: None,
+            });
+        }
         let prefix = keys::account_prefix(id);
         let with_prefix = |tail: &[u8]| {
             let mut key = prefix.clone();
@@ -1014,6 +1136,9 @@ impl Store for SledStore {
     }
 
     fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError> {
+        if !self.rows_visible(id)? {
+            return Ok(0);
+        }
         let mut n = 0;
         for key in self.txn_index.scan_prefix(keys::account_prefix(id)).keys() {
             key.map_err(io)?;
@@ -1484,6 +1609,82 @@ mod tests {
             assert_eq!(store.unrouted.len(), 0, "round {round}: nothing stranded");
             assert_eq!(store.inbox_depth().unwrap(), 200);
         }
+    }
+
+    #[tokio::test]
+    async fn staged_first_sync_rows_are_invisible_until_committed() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let e1 = seq_of(store.ingest(webhook("item-1", 1, t0()), TTL).unwrap());
+        // A leftover of an interrupted attempt, cleared by the next one.
+        store
+            .stage_rows(&acc.id, vec![row("gone", "2024-01-09")], vec![])
+            .unwrap();
+        assert_eq!(
+            store.count_transactions(&acc.id).unwrap(),
+            0,
+            "staged rows are hidden"
+        );
+        store.clear_rows(&acc.id).unwrap();
+        // Pages: a row added, then moved to another date and another removed later on.
+        store
+            .stage_rows(
+                &acc.id,
+                vec![row("a", "2024-01-01"), row("b", "2024-01-02")],
+                vec![],
+            )
+            .unwrap();
+        store
+            .stage_rows(&acc.id, vec![row("a", "2024-02-01")], vec!["b".to_string()])
+            .unwrap();
+        let page = store
+            .list_transactions(
+                &acc.id,
+                &TransactionQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert!(
+            page.transactions.is_empty(),
+            "nothing visible before the commit"
+        );
+        let mut commit = sync(&acc.id, ApplyMode::Staged, vec![], &[], vec![e1], "c1");
+        store.commit_sync(commit.clone()).unwrap();
+        let page = store
+            .list_transactions(
+                &acc.id,
+                &TransactionQuery {
+                    limit: 10,
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(page.transactions, vec![row("a", "2024-02-01")]);
+        assert_eq!(store.txn_index.len(), 1);
+        assert_eq!(store.transactions.len(), 1);
+        assert!(store.pending_inbox(&acc.id).unwrap().is_empty());
+        // Once committed, rows change only by commit.
+        assert!(matches!(
+            store.stage_rows(&acc.id, vec![row("x", "2024-01-01")], vec![]),
+            Err(StoreError::InvalidState(_))
+        ));
+        assert!(matches!(
+            store.clear_rows(&acc.id),
+            Err(StoreError::InvalidState(_))
+        ));
+        assert!(matches!(
+            store.commit_sync(commit.clone()),
+            Err(StoreError::InvalidState(_))
+        ));
+        commit.upserts = vec![row("y", "2024-01-01")];
+        assert!(matches!(
+            store.commit_sync(commit),
+            Err(StoreError::InvalidState(_))
+        ));
     }
 
     #[tokio::test]
