@@ -290,7 +290,8 @@ fn spawn_dedup_janitor(store: Arc<dyn Store>, ttl: std::time::Duration) -> JoinH
 /// linked account that never completed its initial sync. Runs in the background so the
 /// server answers at once; the actors serialize whatever it races with.
 fn spawn_recovery(state: AppState) {
-    tokio::spawn(async move {
+    // A scan of every account: a blocking thread, not an async worker.
+    tokio::task::spawn_blocking(move || {
         let mut nudged = 0u64;
         match state.store.accounts_with_pending_inbox() {
             Ok(ids) => {
@@ -321,7 +322,6 @@ fn spawn_recovery(state: AppState) {
                     nudged += 1;
                 }
             }
-            tokio::task::yield_now().await;
         }
         if nudged > 0 {
             tracing::info!(accounts = nudged, "recovery: re-driving interrupted work");

@@ -24,6 +24,7 @@ use tracing::Instrument;
 use super::registry::Registry;
 use super::sync::{run_sync, ProgressSnapshot, SyncError, SyncProgress, SyncReport};
 use crate::domain::{AccountId, LinkStatus};
+use crate::store::StoreError;
 
 /// Why a sync was requested (for logs and status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -326,13 +327,7 @@ impl AccountActor {
             retry_in_ms = delay.as_millis() as u64,
             "sync failed"
         );
-        if let Err(store_error) =
-            self.registry
-                .store()
-                .record_sync_failed(&state.id, error.outcome(), Utc::now())
-        {
-            tracing::error!(account_id = %state.id, error = %store_error, "could not record sync failure");
-        }
+        // The failure itself was recorded in the store by the sync task.
         state.phase = Phase::Backoff { until };
         myself.send_after(delay, || AccountMessage::Due);
     }
@@ -345,17 +340,31 @@ impl AccountActor {
         myself: &ActorRef<AccountMessage>,
         state: &mut AccountState,
     ) -> Result<(), ActorProcessingErr> {
+        // Work already waiting is synced, not handed over.
+        if !self.registry.store().pending_inbox(&state.id)?.is_empty() {
+            self.start_sync(myself, state, SyncReason::Activation);
+            return Ok(());
+        }
         if !self.registry.forget(&state.id, myself.get_id()) {
             return Ok(());
         }
-        let pending = !self.registry.store().pending_inbox(&state.id)?.is_empty();
+        // A webhook that reached the store between the check above and `forget` may
+        // have been sent to this mailbox, which stopping discards: hand it to a new
+        // activation. If the store cannot tell, hand over anyway (an empty sync is
+        // harmless; a stranded event is not).
+        let pending = self
+            .registry
+            .store()
+            .pending_inbox(&state.id)
+            .map(|entries| !entries.is_empty())
+            .unwrap_or(true);
         tracing::debug!(account_id = %state.id, pending, "passivating idle actor");
         myself.stop(Some("passivated".to_string()));
         if pending {
             let registry = self.registry.clone();
             let id = state.id.clone();
-            tokio::spawn(async move {
-                if let Err(error) = registry.request_sync(&id, SyncReason::Activation).await {
+            tokio::task::spawn_blocking(move || {
+                if let Err(error) = registry.request_sync(&id, SyncReason::Activation) {
                     tracing::warn!(account_id = %id, %error, "could not hand pending work to a new activation");
                 }
             });
@@ -370,22 +379,47 @@ async fn sync_once(
     id: &AccountId,
     progress: &SyncProgress,
 ) -> Result<SyncReport, SyncError> {
-    let store = registry.store();
-    let account = store
-        .get_account(id)?
-        .ok_or(crate::store::StoreError::AccountNotFound(id.clone()))?;
-    store.record_sync_started(id, Utc::now())?;
-    let consumed: Vec<u64> = store.pending_inbox(id)?.iter().map(|e| e.seq).collect();
+    // The store reads and the "started" record run on a blocking thread: sled calls can
+    // wait on its global lock, and this task runs on an async worker.
+    let store = registry.store().clone();
+    let sync_id = id.clone();
+    let (account, consumed) = tokio::task::spawn_blocking(move || {
+        let account = store
+            .get_account(&sync_id)?
+            .ok_or(StoreError::AccountNotFound(sync_id.clone()))?;
+        store.record_sync_started(&sync_id, Utc::now())?;
+        let consumed: Vec<u64> = store
+            .pending_inbox(&sync_id)?
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        Ok::<_, StoreError>((account, consumed))
+    })
+    .await
+    .map_err(|e| StoreError::Io(format!("store task failed: {e}")))??;
     let provider = registry.provider(account.provider);
-    run_sync(
+    let result = run_sync(
         provider.as_ref(),
-        store,
+        registry.store(),
         &account,
         consumed,
         registry.sync_params(),
         progress,
     )
-    .await
+    .await;
+    if let Err(error) = &result {
+        let store = registry.store().clone();
+        let failed_id = id.clone();
+        let outcome = error.outcome();
+        let recorded = tokio::task::spawn_blocking(move || {
+            store.record_sync_failed(&failed_id, outcome, Utc::now())
+        })
+        .await;
+        if !matches!(recorded, Ok(Ok(()))) {
+            tracing::error!(account_id = %id, "could not record sync failure");
+        }
+    }
+    result
 }
 
 /// Exponential backoff with full jitter: a uniform delay in `[0, min(cap, base·2^(n-1))]`,

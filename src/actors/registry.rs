@@ -130,11 +130,9 @@ impl Registry {
     }
 
     /// Asks the account's actor to sync, activating it if needed.
-    pub async fn request_sync(
-        &self,
-        id: &AccountId,
-        reason: SyncReason,
-    ) -> Result<(), RegistryError> {
+    /// Synchronous: activation reads the account from the store, so async callers on a
+    /// hot path call it from a blocking thread (sled reads can wait on its global lock).
+    pub fn request_sync(&self, id: &AccountId, reason: SyncReason) -> Result<(), RegistryError> {
         // A send can only fail if the actor died between lookup and send; its exit
         // removes it from the map, so the second attempt activates a fresh one.
         for _ in 0..3 {

@@ -82,8 +82,7 @@ impl Actor for Supervisor {
                 if pending {
                     let registry = self.registry.clone();
                     tokio::spawn(async move {
-                        if let Err(error) = registry.request_sync(&id, SyncReason::Activation).await
-                        {
+                        if let Err(error) = registry.request_sync(&id, SyncReason::Activation) {
                             tracing::warn!(account_id = %id, %error, "could not restart failed account actor");
                         }
                     });

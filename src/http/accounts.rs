@@ -307,10 +307,21 @@ async fn unlink(
 /// Unlinks an account: first in the store, so nothing can activate it again, then its
 /// actor is stopped (aborting a running sync), and only then is its data deleted.
 pub async fn unlink_account(state: &AppState, id: &AccountId, purge: bool) -> Result<(), ApiError> {
-    state.store.unlink_account(id, false)?;
+    let unlink = |purge: bool| {
+        let store = state.store.clone();
+        let id = id.clone();
+        // A purge scans and deletes every row: never on an async worker.
+        async move {
+            tokio::task::spawn_blocking(move || store.unlink_account(&id, purge))
+                .await
+                .map_err(ApiError::internal)?
+                .map_err(ApiError::from)
+        }
+    };
+    unlink(false).await?;
     state.registry.stop(id).await;
     if purge {
-        state.store.unlink_account(id, true)?;
+        unlink(true).await?;
     }
     state.store.durable().await?;
     tracing::info!(account_id = %id, purged = purge, "account unlinked");
@@ -444,8 +455,7 @@ async fn request_sync(
     }
     state
         .registry
-        .request_sync(&account.id, SyncReason::Manual)
-        .await?;
+        .request_sync(&account.id, SyncReason::Manual)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "account_id": account.id, "status": "sync_requested" })),

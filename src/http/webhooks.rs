@@ -92,42 +92,51 @@ async fn receive(
         body: verified.body,
         received_at: Utc::now(),
     };
-    // Off the async workers: sled writes wait while a large sync commit holds its
-    // process-wide lock, and a blocked worker would stall every request it serves.
+    // Off the async workers: sled calls can wait on sled's process-wide lock (held by
+    // flush rounds and sync commits), and a blocked worker stalls every request on it.
+    // The actor is nudged in the same step, before the durability wait, so a client that
+    // disconnects while we wait cannot strand the event: it is in the inbox and its
+    // actor knows. A duplicate nudges too: its original may be consumed by a sync that
+    // started before the data it announces, and `again` then covers it.
     let store = state.store.clone();
+    let registry = state.registry.clone();
     let ttl = state.settings.store.dedup_ttl;
-    let outcome = tokio::task::spawn_blocking(move || store.ingest(incoming, ttl))
-        .await
-        .map_err(ApiError::internal)??;
+    let item_id = verified.item_id.clone();
+    let event_kind = verified.kind.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        let outcome = store.ingest(incoming, ttl)?;
+        let account = match &outcome {
+            IngestOutcome::Accepted { account_id, .. }
+            | IngestOutcome::Duplicate { account_id } => account_id.clone(),
+        };
+        if let Some(id) = account {
+            // The event is on its way to disk; a failed nudge only delays it until
+            // the next activation or restart recovery.
+            if let Err(error) = registry.request_sync(&id, SyncReason::Webhook) {
+                tracing::warn!(account_id = %id, %error, "could not nudge account actor");
+            }
+        }
+        Ok::<_, crate::store::StoreError>(outcome)
+    })
+    .await
+    .map_err(ApiError::internal)??;
     // A duplicate's original may still be waiting for its flush: acknowledging the
     // duplicate before that would acknowledge an event that is not on disk yet.
     state.store.durable().await?;
 
-    let (ack, account) = match outcome {
-        IngestOutcome::Accepted { seq, account_id } => (
-            WebhookAck {
-                status: "accepted",
-                seq: Some(seq),
-                routed: account_id.is_some(),
-            },
-            account_id,
-        ),
-        IngestOutcome::Duplicate { account_id } => (
-            WebhookAck {
-                status: "duplicate",
-                seq: None,
-                routed: account_id.is_some(),
-            },
-            None,
-        ),
+    let ack = match outcome {
+        IngestOutcome::Accepted { seq, account_id } => WebhookAck {
+            status: "accepted",
+            seq: Some(seq),
+            routed: account_id.is_some(),
+        },
+        IngestOutcome::Duplicate { account_id } => WebhookAck {
+            status: "duplicate",
+            seq: None,
+            routed: account_id.is_some(),
+        },
     };
-    tracing::debug!(provider = %kind, item_id = %verified.item_id, kind = %verified.kind, status = ack.status, "webhook acknowledged");
-    if let Some(id) = account {
-        // The event is durable; a failed nudge only delays it until the next activation.
-        if let Err(error) = state.registry.request_sync(&id, SyncReason::Webhook).await {
-            tracing::warn!(account_id = %id, %error, "could not nudge account actor");
-        }
-    }
+    tracing::debug!(provider = %kind, item_id = %item_id, kind = %event_kind, status = ack.status, "webhook acknowledged");
     // Plaid counts anything but exactly 200 as a failed delivery.
     let status = match kind {
         ProviderKind::Plaid => StatusCode::OK,

@@ -256,6 +256,10 @@ pub struct Faults {
     pub duplicate_webhooks: u32,
     /// Added to every `/transactions/sync` call (inside the in-flight window).
     pub sync_latency_ms: u64,
+    /// Added to every `/transactions/sync` call after its page was computed: the answer
+    /// shows the data as it was before the wait (changes made meanwhile are not in it).
+    #[serde(default)]
+    pub sync_latency_after_ms: u64,
     /// Whether the item is in `ITEM_LOGIN_REQUIRED`.
     pub login_required: bool,
 }
@@ -268,6 +272,7 @@ pub(crate) struct FaultsUpdate {
     pub reject_cursor: Option<u32>,
     pub duplicate_webhooks: Option<u32>,
     pub sync_latency_ms: Option<u64>,
+    pub sync_latency_after_ms: Option<u64>,
     pub login_required: Option<bool>,
 }
 
@@ -614,6 +619,9 @@ impl Item {
         if let Some(ms) = update.sync_latency_ms {
             faults.sync_latency_ms = ms;
         }
+        if let Some(ms) = update.sync_latency_after_ms {
+            faults.sync_latency_after_ms = ms;
+        }
         if let Some(required) = update.login_required {
             faults.login_required = required;
         }
@@ -637,6 +645,11 @@ impl Item {
     /// The injected latency of a sync.
     pub fn sync_latency(&self) -> Duration {
         Duration::from_millis(lock(&self.state).faults.sync_latency_ms)
+    }
+
+    /// The injected latency of a sync after its page is computed.
+    pub fn sync_latency_after(&self) -> Duration {
+        Duration::from_millis(lock(&self.state).faults.sync_latency_after_ms)
     }
 
     /// Extra deliveries of every webhook.

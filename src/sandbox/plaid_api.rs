@@ -335,6 +335,10 @@ async fn transactions_sync(
     }
     let count = page_size(request.count)?;
     let mut page = item.sync_page(sandbox.bank().codec(), request.cursor.as_deref(), count)?;
+    let latency_after = item.sync_latency_after();
+    if !latency_after.is_zero() {
+        tokio::time::sleep(latency_after).await;
+    }
     page.added
         .iter_mut()
         .chain(page.modified.iter_mut())

@@ -378,12 +378,20 @@ impl SledStore {
     fn ensure_never_synced(&self, id: &AccountId) -> Result<(), StoreError> {
         match self.accounts.get(keys::account_key(id)).map_err(io)? {
             None => Err(StoreError::AccountNotFound(id.clone())),
-            Some(bytes) if keys::decode::<Account>(ACCOUNTS, &bytes)?.cursor.is_some() => {
-                Err(StoreError::InvalidState(format!(
-                    "account {id} has committed a sync; its rows change only by commit"
-                )))
+            Some(bytes) => {
+                let account: Account = keys::decode(ACCOUNTS, &bytes)?;
+                if account.cursor.is_some() {
+                    return Err(StoreError::InvalidState(format!(
+                        "account {id} has committed a sync; its rows change only by commit"
+                    )));
+                }
+                if account.status != LinkStatus::Linked {
+                    return Err(StoreError::InvalidState(format!(
+                        "account {id} is unlinked"
+                    )));
+                }
+                Ok(())
             }
-            Some(_) => Ok(()),
         }
     }
 
@@ -592,6 +600,13 @@ impl Store for SledStore {
 
     fn unlink_account(&self, id: &AccountId, purge: bool) -> Result<Option<Account>, StoreError> {
         let _gate = self.write_gate()?;
+        // A first sync's staging call may still be running on a blocking thread after
+        // its actor was stopped; the purge must come after it, or its rows outlive it.
+        // (Lock order everywhere: the write gate, then the staging lock.)
+        let staging_lock = self.staging_lock(id);
+        let _staging = staging_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let account_key = keys::account_key(id);
         let prefix = keys::account_prefix(id);
         let (rows, index, inbox_keys) = if purge {
@@ -660,6 +675,10 @@ impl Store for SledStore {
         }
         saturating_sub(&self.inbox_depth, inbox_removed);
         tracing::info!(account_id = %id, purge, "account unlinked");
+        if purge {
+            // Nothing can stage for a purged account (it no longer exists).
+            self.staging.remove(id);
+        }
         Ok(Some(previous))
     }
 
@@ -879,6 +898,13 @@ impl Store for SledStore {
                 "a staged commit carries no rows: they were staged already".to_string(),
             ));
         }
+        // Serialized with `clear_rows` of a later attempt: a commit that was already
+        // running when its sync was aborted must not publish rows being cleared.
+        let staging_lock =
+            (commit.mode == ApplyMode::Staged).then(|| self.staging_lock(&commit.account_id));
+        let _staging = staging_lock
+            .as_ref()
+            .map(|lock| lock.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
         let account_id = &commit.account_id;
         let account_key = keys::account_key(account_id);
 

@@ -209,3 +209,47 @@ async fn bad_webhooks_are_rejected_with_json_errors_and_nothing_is_written() {
     assert_eq!(ok["status"], "accepted");
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_identical_webhook_during_a_sync_that_already_read_its_data_is_not_lost() {
+    let env = spawn_env().await;
+    let (account, item) = env.linked_item(20).await;
+    env.converge(&account, &item).await;
+    // The sync's page is computed, then the answer is held back: data that changes
+    // meanwhile is not in it.
+    env.faults(&item, json!({ "sync_latency_after_ms": 800 }))
+        .await;
+    let body = sync_webhook_body(&item, json!({}));
+    let jwt = env.sandbox.sign_webhook(&body, now_unix());
+    let first: Value = env
+        .post_webhook(&body, Some(&jwt))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(first["status"], "accepted");
+    // Wait until that sync's page request is inside the sandbox (its page is computed
+    // before the held-back answer), so the page reflects the data before the change.
+    let deadline = tokio::time::Instant::now() + crate::helpers::CONVERGE;
+    while env.stats(&item).await["in_flight_syncs"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sync never reached the sandbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    env.mutate_quietly(&item, 3, 1, 1).await;
+    // Plaid's next SYNC_UPDATES_AVAILABLE is byte-identical: a duplicate of the pending
+    // event, which must still lead to another sync.
+    let second: Value = env
+        .post_webhook(&body, Some(&jwt))
+        .await
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(second["status"], "duplicate");
+    env.faults(&item, json!({ "sync_latency_after_ms": 0 }))
+        .await;
+    env.converge(&account, &item).await;
+    env.shutdown().await;
+}
