@@ -33,6 +33,7 @@ use tracing::{debug, error, info, warn};
 mod admin;
 mod bank;
 mod cursor;
+mod faults;
 mod generate;
 mod persist;
 mod plaid_api;
@@ -44,6 +45,7 @@ mod persist_tests;
 mod tests;
 
 pub use bank::{Faults, ItemStatsSnapshot};
+pub use faults::{Endpoint, ErrorKind, RandomFaults, Reorder};
 pub use persist::SandboxError;
 pub use webhooks::VERIFICATION_HEADER;
 
@@ -365,7 +367,28 @@ impl Sandbox {
             return None;
         };
         let body = webhooks::body(webhook_type, webhook_code, &item.item_id, extra);
-        let copies = 1 + item.duplicate_webhooks();
+        let random = self.bank().effective_faults(item);
+        let (dropped, duplicated) = {
+            let mut rng = bank::lock(&item.fault_rng);
+            let dropped = faults::draw(random.webhook_drop_rate, &mut rng);
+            (
+                dropped,
+                !dropped && faults::draw(random.webhook_duplicate_rate, &mut rng),
+            )
+        };
+        if dropped {
+            item.stats.count_dropped();
+            debug!(item_id = %item.item_id, webhook_code, "webhook dropped by fault");
+            return None;
+        }
+        if duplicated {
+            item.stats.count_duplicated();
+        }
+        let copies = 1 + item.duplicate_webhooks() + u32::from(duplicated);
+        if let Some(reorder) = random.webhook_reorder {
+            self.hold(item, reorder, &url, &body, copies).await;
+            return None;
+        }
         let mut first = None;
         for copy in 0..copies {
             let delivery = self.inner.webhooks.deliver(&url, &body).await;
@@ -383,6 +406,52 @@ impl Sandbox {
             }
         }
         first
+    }
+}
+
+impl Sandbox {
+    /// Holds `copies` deliveries of `body` for the reorder fault. The call that fills a
+    /// batch releases it (awaited, so the caller knows it landed); the first held
+    /// delivery also starts a timer that releases whatever is held after `hold_ms`.
+    async fn hold(&self, item: &Item, reorder: faults::Reorder, url: &str, body: &[u8], copies: u32) {
+        let (first_held, full) = {
+            let mut held = bank::lock(&item.held_webhooks);
+            let first_held = held.is_empty();
+            for _ in 0..copies {
+                held.push((url.to_string(), body.to_vec()));
+            }
+            (first_held, held.len() >= reorder.batch as usize)
+        };
+        if full {
+            self.release_held(item).await;
+        } else if first_held {
+            let sandbox = self.clone();
+            let item_id = item.item_id.clone();
+            let wait = Duration::from_millis(reorder.hold_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(item) = sandbox.bank().item(&item_id) {
+                    sandbox.release_held(&item).await;
+                }
+            });
+        }
+    }
+
+    /// Delivers every held webhook of `item` in a seeded random order.
+    async fn release_held(&self, item: &Item) {
+        use rand::seq::SliceRandom;
+        let mut batch = std::mem::take(&mut *bank::lock(&item.held_webhooks));
+        if batch.is_empty() {
+            return;
+        }
+        batch.shuffle(&mut *bank::lock(&item.fault_rng));
+        item.stats.count_reordered(batch.len() as u64);
+        debug!(item_id = %item.item_id, held = batch.len(), "releasing reordered webhooks");
+        for (url, body) in batch {
+            let delivery = self.inner.webhooks.deliver(&url, &body).await;
+            item.stats.count_webhook();
+            debug!(item_id = %item.item_id, status = ?delivery.status, "held webhook delivered");
+        }
     }
 }
 
