@@ -267,7 +267,9 @@ mod tests {
         assert_eq!(got.error_rate[&Endpoint::TransactionsSync], 0.5);
         assert_eq!(got.error_rate[&Endpoint::ItemGet], 1.0);
         assert_eq!(got.webhook_drop_rate, Some(0.1));
-        item.apply(update(serde_json::json!({"error_rate": {"item_get": null}})));
+        item.apply(update(
+            serde_json::json!({"error_rate": {"item_get": null}}),
+        ));
         assert_eq!(item.over(&global).error_rate[&Endpoint::ItemGet], 0.25);
     }
 
@@ -300,7 +302,9 @@ mod tests {
         let mut rng = fault_rng(1, 1);
         let mut seen = BTreeMap::new();
         for _ in 0..400 {
-            let kind = faults.draw_error(Endpoint::TransactionsGet, &mut rng).unwrap();
+            let kind = faults
+                .draw_error(Endpoint::TransactionsGet, &mut rng)
+                .unwrap();
             *seen.entry(kind).or_insert(0) += 1;
         }
         assert!(!seen.contains_key(&ErrorKind::Login));

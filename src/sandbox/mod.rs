@@ -413,7 +413,14 @@ impl Sandbox {
     /// Holds `copies` deliveries of `body` for the reorder fault. The call that fills a
     /// batch releases it (awaited, so the caller knows it landed); the first held
     /// delivery also starts a timer that releases whatever is held after `hold_ms`.
-    async fn hold(&self, item: &Item, reorder: faults::Reorder, url: &str, body: &[u8], copies: u32) {
+    async fn hold(
+        &self,
+        item: &Item,
+        reorder: faults::Reorder,
+        url: &str,
+        body: &[u8],
+        copies: u32,
+    ) {
         let (first_held, full) = {
             let mut held = bank::lock(&item.held_webhooks);
             let first_held = held.is_empty();
