@@ -10,6 +10,12 @@
 //! and an item's webhook rates and `webhook_reorder` replace the global ones. Setting a
 //! key to `null` removes the override (the item inherits again).
 //!
+//! Reordered webhooks are held per item: the fire that fills a batch releases it
+//! shuffled; otherwise a timer started by the first held delivery releases whatever is
+//! held `hold_ms` later (which may include deliveries held after it). Held deliveries
+//! report no status to whatever fired them. Global settings live in memory only: a
+//! persistent sandbox saves each item's own settings but not the global ones.
+//!
 //! Draws come from each item's own fault rng, seeded from the sandbox seed and the
 //! item's number on a stream separate from its data, so a test that fails replays
 //! exactly under the same seed and call order, and injecting faults never changes the

@@ -5,11 +5,14 @@
 //! same client code talks to Plaid by changing the base URL, and it signs webhooks the
 //! way Plaid does, so acctor's verifier is exercised for real. On top of Plaid's API it
 //! has an `/admin` API to create and mutate items, inject faults (data moving under a
-//! pagination loop, rejected cursors, duplicate webhooks, latency, login errors) and
+//! pagination loop, rejected cursors, duplicate webhooks, latency, login errors, and
+//! seeded random errors, timeouts and webhook drops, duplicates and reordering, per item
+//! or globally, see `faults`) and
 //! read counters that prove how acctor behaved (for example that it never ran two syncs
 //! for one item at once).
 //!
-//! Layout: [`bank`] holds the state and change logs, `cursor` the opaque sync cursors,
+//! Layout: [`bank`] holds the state and change logs, `faults` the random fault settings
+//! and draws, `cursor` the opaque sync cursors,
 //! `generate` the deterministic data, `webhooks` signing and delivery, `plaid_api` and
 //! `admin` the HTTP surfaces. Everything lives in memory; the sandbox is the outside
 //! world, not part of acctor's durable state. Given a data directory, `persist` also
