@@ -16,6 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::bank::{FaultsUpdate, Item, MutateError};
+use super::faults::RandomFaultsUpdate;
 use super::{plaid_api, Sandbox};
 
 /// Largest history or batch the admin API creates in one call.
@@ -71,6 +72,10 @@ pub(super) fn routes() -> Router<Sandbox> {
         .route("/admin/items/{item_id}/stats", get(stats))
         .route("/admin/items/{item_id}/webhook", post(fire_webhook))
         .route("/admin/webhook_url", post(set_webhook_url))
+        .route(
+            "/admin/faults",
+            post(set_global_faults).get(get_global_faults),
+        )
 }
 
 /// Parses a JSON body; an empty body means `{}` so every field takes its default.
@@ -207,7 +212,27 @@ async fn set_faults(
 ) -> Result<Json<Value>, AdminError> {
     let item = item(&sandbox, &item_id)?;
     let update: FaultsUpdate = parse(&body)?;
+    update
+        .random()
+        .validate()
+        .map_err(|message| bad_request("invalid_fault", message))?;
     Ok(Json(json!(item.update_faults(update))))
+}
+
+/// Sets the random faults every item gets unless it overrides them (see `faults`).
+async fn set_global_faults(
+    State(sandbox): State<Sandbox>,
+    body: Bytes,
+) -> Result<Json<Value>, AdminError> {
+    let update: RandomFaultsUpdate = parse(&body)?;
+    update
+        .validate()
+        .map_err(|message| bad_request("invalid_fault", message))?;
+    Ok(Json(json!(sandbox.bank().update_global_faults(update))))
+}
+
+async fn get_global_faults(State(sandbox): State<Sandbox>) -> Json<Value> {
+    Json(json!(sandbox.bank().global_faults()))
 }
 
 async fn get_faults(

@@ -28,6 +28,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use super::cursor::{CursorCodec, SyncCursor};
+use super::faults::{self, ErrorKind, RandomFaults, RandomFaultsUpdate, Reorder};
 use super::generate::{self, AccountKind, GeneratedAccounts};
 use super::persist::{BankHeader, ItemSnapshot, RngState, TxnSnapshot, FORMAT_VERSION};
 use crate::providers::plaid::wire::{PlaidAccount, PlaidTransaction, RemovedTransaction};
@@ -72,6 +73,8 @@ pub(crate) struct Bank {
     default_webhook: RwLock<Option<String>>,
     /// Choices that belong to no item (public tokens, the demo's item pick).
     shared_rng: Mutex<ChaCha8Rng>,
+    /// Random faults of every item that does not override them (not persisted).
+    global_faults: RwLock<RandomFaults>,
 }
 
 impl Bank {
@@ -89,12 +92,14 @@ impl Bank {
             public_tokens: Mutex::new(HashMap::new()),
             default_webhook: RwLock::new(None),
             shared_rng: Mutex::new(generate::item_rng(seed, 0)),
+            global_faults: RwLock::new(RandomFaults::default()),
         }
     }
 
     /// A bank restored from a snapshot: `header` as saved (with the cursor key to use
     /// from now on) and the items read back.
     pub fn restore(header: BankHeader, today: NaiveDate, items: Vec<Item>) -> Result<Self, String> {
+        let seed = header.seed;
         let shared_rng = header.shared_rng.restore()?;
         let bank = Bank::new(header.seed, today, header.cursor_key);
         *lock(&bank.shared_rng) = shared_rng;
@@ -110,6 +115,7 @@ impl Bank {
             let mut by_id = write(&bank.items);
             let mut by_token = write(&bank.tokens);
             for item in items {
+                *lock(&item.fault_rng) = faults::fault_rng(seed, item.number);
                 let item = Arc::new(item);
                 if by_id.insert(item.item_id.clone(), item.clone()).is_some() {
                     return Err(format!("item {} appears twice", item.item_id));
@@ -229,6 +235,24 @@ impl Bank {
         token
     }
 
+    /// The global random faults.
+    pub fn global_faults(&self) -> RandomFaults {
+        read(&self.global_faults).clone()
+    }
+
+    /// Applies a validated partial update to the global random faults.
+    pub fn update_global_faults(&self, update: RandomFaultsUpdate) -> RandomFaults {
+        let mut global = write(&self.global_faults);
+        global.apply(update);
+        global.clone()
+    }
+
+    /// The random faults `item` gets: its own settings over the global ones.
+    pub fn effective_faults(&self, item: &Item) -> RandomFaults {
+        let own = lock(&item.state).faults.random.clone();
+        own.over(&read(&self.global_faults))
+    }
+
     /// Consumes a public token (single use, like Plaid's).
     pub fn take_public_token(&self, token: &str) -> Option<PendingLink> {
         lock(&self.public_tokens).remove(token)
@@ -262,6 +286,9 @@ pub struct Faults {
     pub sync_latency_after_ms: u64,
     /// Whether the item is in `ITEM_LOGIN_REQUIRED`.
     pub login_required: bool,
+    /// Random faults this item sets itself, over the global ones (see `faults`).
+    #[serde(flatten)]
+    pub random: RandomFaults,
 }
 
 /// A partial update of [`Faults`]: absent fields keep their value.
@@ -274,6 +301,32 @@ pub(crate) struct FaultsUpdate {
     pub sync_latency_ms: Option<u64>,
     pub sync_latency_after_ms: Option<u64>,
     pub login_required: Option<bool>,
+    #[serde(default)]
+    pub error_rate: Option<std::collections::BTreeMap<faults::Endpoint, Option<f64>>>,
+    #[serde(default, deserialize_with = "faults::nullable")]
+    pub error_mix: Option<Option<std::collections::BTreeMap<ErrorKind, f64>>>,
+    #[serde(default)]
+    pub latency_ms: Option<std::collections::BTreeMap<faults::Endpoint, Option<u64>>>,
+    #[serde(default, deserialize_with = "faults::nullable")]
+    pub webhook_drop_rate: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "faults::nullable")]
+    pub webhook_duplicate_rate: Option<Option<f64>>,
+    #[serde(default, deserialize_with = "faults::nullable")]
+    pub webhook_reorder: Option<Option<Reorder>>,
+}
+
+impl FaultsUpdate {
+    /// The random-fault part of the update.
+    pub fn random(&self) -> RandomFaultsUpdate {
+        RandomFaultsUpdate {
+            error_rate: self.error_rate.clone(),
+            error_mix: self.error_mix.clone(),
+            latency_ms: self.latency_ms.clone(),
+            webhook_drop_rate: self.webhook_drop_rate,
+            webhook_duplicate_rate: self.webhook_duplicate_rate,
+            webhook_reorder: self.webhook_reorder,
+        }
+    }
 }
 
 /// Counters of one item's API traffic.
@@ -287,6 +340,13 @@ pub(crate) struct ItemStats {
     webhooks_sent: AtomicU64,
     mutation_errors_sent: AtomicU64,
     cursor_rejections_sent: AtomicU64,
+    injected_internal_errors: AtomicU64,
+    injected_rate_limit_errors: AtomicU64,
+    injected_login_errors: AtomicU64,
+    injected_timeouts: AtomicU64,
+    webhooks_dropped: AtomicU64,
+    webhooks_duplicated: AtomicU64,
+    webhooks_reordered: AtomicU64,
 }
 
 /// A snapshot of an item's counters.
@@ -308,6 +368,27 @@ pub struct ItemStatsSnapshot {
     pub mutation_errors_sent: u64,
     /// Cursor rejections, for bad cursors or injected.
     pub cursor_rejections_sent: u64,
+    /// Injected 500 `INTERNAL_SERVER_ERROR` answers.
+    #[serde(default)]
+    pub injected_internal_errors: u64,
+    /// Injected 429 rate-limit answers.
+    #[serde(default)]
+    pub injected_rate_limit_errors: u64,
+    /// Injected 400 `ITEM_LOGIN_REQUIRED` answers (the random fault, not `login_required`).
+    #[serde(default)]
+    pub injected_login_errors: u64,
+    /// Requests held without an answer by the `timeout` fault.
+    #[serde(default)]
+    pub injected_timeouts: u64,
+    /// Webhooks fired but never delivered.
+    #[serde(default)]
+    pub webhooks_dropped: u64,
+    /// Extra deliveries added by `webhook_duplicate_rate`.
+    #[serde(default)]
+    pub webhooks_duplicated: u64,
+    /// Webhooks held back and released in a shuffled batch.
+    #[serde(default)]
+    pub webhooks_reordered: u64,
 }
 
 impl ItemStats {
@@ -325,6 +406,31 @@ impl ItemStats {
         Self::bump(&self.webhooks_sent);
     }
 
+    /// Counts an injected error (or timeout) of `kind`.
+    pub fn count_injected(&self, kind: ErrorKind) {
+        Self::bump(match kind {
+            ErrorKind::Internal => &self.injected_internal_errors,
+            ErrorKind::RateLimit => &self.injected_rate_limit_errors,
+            ErrorKind::Login => &self.injected_login_errors,
+            ErrorKind::Timeout => &self.injected_timeouts,
+        });
+    }
+
+    /// Counts a dropped webhook.
+    pub fn count_dropped(&self) {
+        Self::bump(&self.webhooks_dropped);
+    }
+
+    /// Counts an extra delivery from the duplicate rate.
+    pub fn count_duplicated(&self) {
+        Self::bump(&self.webhooks_duplicated);
+    }
+
+    /// Counts `n` webhooks released in a shuffled batch.
+    pub fn count_reordered(&self, n: u64) {
+        self.webhooks_reordered.fetch_add(n, Ordering::Relaxed);
+    }
+
     /// The counters now.
     pub fn snapshot(&self) -> ItemStatsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -337,6 +443,13 @@ impl ItemStats {
             webhooks_sent: get(&self.webhooks_sent),
             mutation_errors_sent: get(&self.mutation_errors_sent),
             cursor_rejections_sent: get(&self.cursor_rejections_sent),
+            injected_internal_errors: get(&self.injected_internal_errors),
+            injected_rate_limit_errors: get(&self.injected_rate_limit_errors),
+            injected_login_errors: get(&self.injected_login_errors),
+            injected_timeouts: get(&self.injected_timeouts),
+            webhooks_dropped: get(&self.webhooks_dropped),
+            webhooks_duplicated: get(&self.webhooks_duplicated),
+            webhooks_reordered: get(&self.webhooks_reordered),
         }
     }
 }
@@ -417,6 +530,10 @@ pub(crate) struct Item {
     state: Mutex<ItemState>,
     /// Traffic counters.
     pub stats: ItemStats,
+    /// Draws of the random faults (a stream apart from the data's).
+    pub fault_rng: Mutex<ChaCha8Rng>,
+    /// Webhook deliveries held back by the reorder fault: (url, body).
+    pub held_webhooks: Mutex<Vec<(String, Vec<u8>)>>,
 }
 
 struct ItemState {
@@ -476,6 +593,8 @@ impl Item {
             institution_id: institution_id.to_string(),
             state: Mutex::new(state),
             stats: ItemStats::default(),
+            fault_rng: Mutex::new(faults::fault_rng(seed, number)),
+            held_webhooks: Mutex::new(Vec::new()),
         }
     }
 
@@ -590,6 +709,9 @@ impl Item {
             institution_id: snapshot.institution_id,
             state: Mutex::new(state),
             stats: ItemStats::default(),
+            // Reseeded from the sandbox seed by `Bank::restore`.
+            fault_rng: Mutex::new(faults::fault_rng(0, snapshot.number)),
+            held_webhooks: Mutex::new(Vec::new()),
         })
     }
 
@@ -625,6 +747,7 @@ impl Item {
         if let Some(required) = update.login_required {
             faults.login_required = required;
         }
+        faults.random.apply(update.random());
         let faults = faults.clone();
         state.revision += 1;
         faults

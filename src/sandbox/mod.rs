@@ -5,11 +5,14 @@
 //! same client code talks to Plaid by changing the base URL, and it signs webhooks the
 //! way Plaid does, so acctor's verifier is exercised for real. On top of Plaid's API it
 //! has an `/admin` API to create and mutate items, inject faults (data moving under a
-//! pagination loop, rejected cursors, duplicate webhooks, latency, login errors) and
+//! pagination loop, rejected cursors, duplicate webhooks, latency, login errors, and
+//! seeded random errors, timeouts and webhook drops, duplicates and reordering, per item
+//! or globally, see `faults`) and
 //! read counters that prove how acctor behaved (for example that it never ran two syncs
 //! for one item at once).
 //!
-//! Layout: [`bank`] holds the state and change logs, `cursor` the opaque sync cursors,
+//! Layout: [`bank`] holds the state and change logs, `faults` the random fault settings
+//! and draws, `cursor` the opaque sync cursors,
 //! `generate` the deterministic data, `webhooks` signing and delivery, `plaid_api` and
 //! `admin` the HTTP surfaces. Everything lives in memory; the sandbox is the outside
 //! world, not part of acctor's durable state. Given a data directory, `persist` also
@@ -33,6 +36,7 @@ use tracing::{debug, error, info, warn};
 mod admin;
 mod bank;
 mod cursor;
+mod faults;
 mod generate;
 mod persist;
 mod plaid_api;
@@ -44,6 +48,7 @@ mod persist_tests;
 mod tests;
 
 pub use bank::{Faults, ItemStatsSnapshot};
+pub use faults::{Endpoint, ErrorKind, RandomFaults, Reorder};
 pub use persist::SandboxError;
 pub use webhooks::VERIFICATION_HEADER;
 
@@ -365,7 +370,28 @@ impl Sandbox {
             return None;
         };
         let body = webhooks::body(webhook_type, webhook_code, &item.item_id, extra);
-        let copies = 1 + item.duplicate_webhooks();
+        let random = self.bank().effective_faults(item);
+        let (dropped, duplicated) = {
+            let mut rng = bank::lock(&item.fault_rng);
+            let dropped = faults::draw(random.webhook_drop_rate, &mut rng);
+            (
+                dropped,
+                !dropped && faults::draw(random.webhook_duplicate_rate, &mut rng),
+            )
+        };
+        if dropped {
+            item.stats.count_dropped();
+            debug!(item_id = %item.item_id, webhook_code, "webhook dropped by fault");
+            return None;
+        }
+        if duplicated {
+            item.stats.count_duplicated();
+        }
+        let copies = 1 + item.duplicate_webhooks() + u32::from(duplicated);
+        if let Some(reorder) = random.webhook_reorder {
+            self.hold(item, reorder, &url, &body, copies).await;
+            return None;
+        }
         let mut first = None;
         for copy in 0..copies {
             let delivery = self.inner.webhooks.deliver(&url, &body).await;
@@ -383,6 +409,59 @@ impl Sandbox {
             }
         }
         first
+    }
+}
+
+impl Sandbox {
+    /// Holds `copies` deliveries of `body` for the reorder fault. The call that fills a
+    /// batch releases it (awaited, so the caller knows it landed); the first held
+    /// delivery also starts a timer that releases whatever is held after `hold_ms`.
+    async fn hold(
+        &self,
+        item: &Item,
+        reorder: faults::Reorder,
+        url: &str,
+        body: &[u8],
+        copies: u32,
+    ) {
+        let (first_held, full) = {
+            let mut held = bank::lock(&item.held_webhooks);
+            let first_held = held.is_empty();
+            for _ in 0..copies {
+                held.push((url.to_string(), body.to_vec()));
+            }
+            (first_held, held.len() >= reorder.batch as usize)
+        };
+        if full {
+            self.release_held(item).await;
+        } else if first_held {
+            let sandbox = self.clone();
+            let item_id = item.item_id.clone();
+            let wait = Duration::from_millis(reorder.hold_ms);
+            tokio::spawn(async move {
+                tokio::time::sleep(wait).await;
+                if let Some(item) = sandbox.bank().item(&item_id) {
+                    sandbox.release_held(&item).await;
+                }
+            });
+        }
+    }
+
+    /// Delivers every held webhook of `item` in a seeded random order.
+    async fn release_held(&self, item: &Item) {
+        use rand::seq::SliceRandom;
+        let mut batch = std::mem::take(&mut *bank::lock(&item.held_webhooks));
+        if batch.is_empty() {
+            return;
+        }
+        batch.shuffle(&mut *bank::lock(&item.fault_rng));
+        item.stats.count_reordered(batch.len() as u64);
+        debug!(item_id = %item.item_id, held = batch.len(), "releasing reordered webhooks");
+        for (url, body) in batch {
+            let delivery = self.inner.webhooks.deliver(&url, &body).await;
+            item.stats.count_webhook();
+            debug!(item_id = %item.item_id, status = ?delivery.status, "held webhook delivered");
+        }
     }
 }
 

@@ -16,8 +16,10 @@ use chrono::NaiveDate;
 use rand::distributions::Alphanumeric;
 use rand::Rng;
 use serde::de::DeserializeOwned;
+use tracing::debug;
 
 use super::bank::{Item, PendingLink, SyncError};
+use super::faults::{self, Endpoint, ErrorKind};
 use super::{generate, sync_flags, Sandbox, DEFAULT_HISTORY};
 use crate::providers::plaid::wire::{
     self, AccessTokenRequest, ItemGetResponse, ItemPublicTokenExchangeRequest,
@@ -145,6 +147,36 @@ impl PlaidApiError {
                  Link's update mode to restore the item to a good state",
             )
         }
+    }
+
+    fn internal_server_error() -> Self {
+        Self::new(
+            "API_ERROR",
+            "INTERNAL_SERVER_ERROR",
+            "an unexpected error occurred",
+        )
+    }
+
+    /// Plaid's per-endpoint rate limit answer.
+    fn rate_limited(endpoint: Endpoint) -> Self {
+        let (code, message) = match endpoint {
+            Endpoint::TransactionsSync => (
+                "TRANSACTIONS_SYNC_LIMIT",
+                "rate limit exceeded for attempts to access /transactions/sync for this item. \
+                 please try again later",
+            ),
+            Endpoint::TransactionsGet => (
+                "TRANSACTIONS_LIMIT",
+                "rate limit exceeded for attempts to access /transactions/get for this item. \
+                 please try again later",
+            ),
+            Endpoint::ItemGet => (
+                "ITEM_GET_LIMIT",
+                "rate limit exceeded for attempts to access /item/get for this item. please \
+                 try again later",
+            ),
+        };
+        Self::new("RATE_LIMIT_EXCEEDED", code, message)
     }
 
     fn http_status(&self) -> StatusCode {
@@ -319,6 +351,32 @@ fn institution_name(institution_id: &str) -> Option<&'static str> {
     }
 }
 
+/// Applies the random faults of `item` to a call of `endpoint`: the added latency, then
+/// maybe an injected error. A `timeout` holds the call for [`faults::TIMEOUT_HOLD`]
+/// (an async sleep: other requests go on) and then answers 500, which no client with
+/// a sane timeout ever reads.
+async fn inject(sandbox: &Sandbox, item: &Item, endpoint: Endpoint) -> Result<(), PlaidApiError> {
+    let faults = sandbox.bank().effective_faults(item);
+    let latency = faults.latency(endpoint);
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let Some(kind) = faults.draw_error(endpoint, &mut super::bank::lock(&item.fault_rng)) else {
+        return Ok(());
+    };
+    item.stats.count_injected(kind);
+    debug!(item_id = %item.item_id, ?endpoint, ?kind, "fault injected");
+    match kind {
+        ErrorKind::Internal => Err(PlaidApiError::internal_server_error()),
+        ErrorKind::RateLimit => Err(PlaidApiError::rate_limited(endpoint)),
+        ErrorKind::Login => Err(PlaidApiError::login_required()),
+        ErrorKind::Timeout => {
+            tokio::time::sleep(faults::TIMEOUT_HOLD).await;
+            Err(PlaidApiError::internal_server_error())
+        }
+    }
+}
+
 async fn transactions_sync(
     State(sandbox): State<Sandbox>,
     headers: HeaderMap,
@@ -333,6 +391,7 @@ async fn transactions_sync(
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
+    inject(&sandbox, &item, Endpoint::TransactionsSync).await?;
     let count = page_size(request.count)?;
     let mut page = item.sync_page(sandbox.bank().codec(), request.cursor.as_deref(), count)?;
     let latency_after = item.sync_latency_after();
@@ -363,6 +422,7 @@ async fn transactions_get(
     let request: TransactionsGetRequest = parse(&sandbox, &headers, &body)?;
     let item = item_for(&sandbox, &request.access_token)?;
     item.stats.count_get();
+    inject(&sandbox, &item, Endpoint::TransactionsGet).await?;
     let start = parse_date("start_date", &request.start_date)?;
     let end = parse_date("end_date", &request.end_date)?;
     if start > end {
@@ -397,6 +457,7 @@ async fn item_get(
 ) -> Result<Json<ItemGetResponse>, PlaidApiError> {
     let request: AccessTokenRequest = parse(&sandbox, &headers, &body)?;
     let item = item_for(&sandbox, &request.access_token)?;
+    inject(&sandbox, &item, Endpoint::ItemGet).await?;
     let request_id = request_id();
     Ok(Json(ItemGetResponse {
         item: plaid_item(&sandbox, &item, &request_id),

@@ -919,3 +919,5 @@ async fn timings() {
         elapsed / all.pages as u32
     );
 }
+
+mod fault_tests;
