@@ -38,6 +38,9 @@ pub struct ServerSettings {
     pub webhook_body_limit_bytes: usize,
     /// Largest API body.
     pub api_body_limit_bytes: usize,
+    /// Pending inbox entries (all accounts) past which webhooks are refused with 429 and
+    /// `Retry-After`, so a stalled sync path cannot grow the disk without bound.
+    pub max_inbox_depth: u64,
 }
 
 /// Store settings.
@@ -180,6 +183,9 @@ impl Settings {
                 "server.webhook_body_limit_bytes",
                 "must be at least 256",
             ));
+        }
+        if self.server.max_inbox_depth == 0 {
+            return Err(invalid("server.max_inbox_depth", "must be at least 1"));
         }
         if self.server.api_body_limit_bytes < 1024 {
             return Err(invalid(

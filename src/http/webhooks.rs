@@ -83,6 +83,22 @@ async fn receive(
             }
         })?;
 
+    // Back-pressure once the caller is known to be the provider (a bad signature is
+    // still a 401): it retries a 429 later, so nothing is lost, and a stalled sync path
+    // cannot grow the inbox without bound.
+    let depth = state.store.inbox_depth()?;
+    if depth >= state.settings.server.max_inbox_depth {
+        tracing::warn!(provider = %kind, depth, "inbox full, refusing webhook");
+        return Err(ApiError {
+            retry_after: Some(30),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "inbox_full",
+                format!("{depth} events are waiting to be processed; retry later"),
+            )
+        });
+    }
+
     let dedup_key = dedup_key(kind, &verified.item_id, &body);
     let incoming = IncomingWebhook {
         provider: kind,

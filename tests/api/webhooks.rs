@@ -253,3 +253,34 @@ async fn an_identical_webhook_during_a_sync_that_already_read_its_data_is_not_lo
     env.converge(&account, &item).await;
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_inbox_refuses_webhooks_with_429_and_retry_after() {
+    let env = crate::helpers::spawn_env_with(|s| s.server.max_inbox_depth = 2).await;
+    // Events for an item not linked yet stay pending: they fill the inbox.
+    let (item, _token) = env.create_item(5).await;
+    for n in 0..2 {
+        let body = sync_webhook_body(&item, json!({ "n": n }));
+        let jwt = env.sandbox.sign_webhook(&body, now_unix());
+        assert_eq!(env.post_webhook(&body, Some(&jwt)).await.status(), 200);
+    }
+    let body = sync_webhook_body(&item, json!({ "n": 2 }));
+    let jwt = env.sandbox.sign_webhook(&body, now_unix());
+    let response = env.post_webhook(&body, Some(&jwt)).await;
+    assert_eq!(response.status(), 429);
+    assert_eq!(
+        response
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("30")
+    );
+    let (_, code) = error_code(response).await;
+    assert_eq!(code, "inbox_full");
+    assert_eq!(
+        env.inbox_depth().await,
+        2,
+        "the refused event was not written"
+    );
+    env.shutdown().await;
+}
