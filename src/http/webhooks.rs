@@ -1,10 +1,10 @@
 //! `POST /webhooks/{provider}`: the one path by which providers tell us data changed.
 //!
-//! Order matters and is the whole contract: size limit → signature verification →
-//! parse → dedup + append to the inbox (one store transaction, resolving the item to its
-//! account inside it) → wait for group commit to make it durable → 200 → nudge the
-//! account's actor. A 2xx is only ever sent for an event that is on disk; an event for
-//! an item not linked yet is kept and adopted when the item is linked.
+//! Order matters and is the whole contract: size limit (413) → signature verification
+//! (401) → parse (400) → back-pressure (429) → dedup + append to the inbox, resolving the
+//! item to its account → nudge the account's actor → wait for group commit to make it
+//! durable → 200. A 2xx is only ever sent for an event that is on disk; an event for an
+//! item not linked yet is kept and adopted when the item is linked.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

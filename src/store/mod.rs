@@ -2,13 +2,16 @@
 //! them. Nothing outside this module touches sled; a later PostgreSQL implementation is
 //! a second `impl Store`, not a rewrite.
 //!
-//! The invariants live here, each kept by one store transaction:
-//! - a webhook is deduplicated and appended to its account's inbox (or kept for an item
-//!   not linked yet) atomically, and is on disk before `durable()` resolves;
-//! - a sync's rows, its new cursor and the inbox entries it consumed are written
-//!   together, so a crash either keeps all of them or none (then the sync replays);
+//! The invariants live here:
+//! - a webhook is appended to its account's inbox (or kept for an item not linked yet)
+//!   and is on disk before `durable()` resolves; a repeat of a still-pending event is a
+//!   duplicate; a crash can at worst make a retry append the event once more (an extra,
+//!   idempotent sync), never lose it;
+//! - a sync's rows, its new cursor and the inbox entries it consumed are written in one
+//!   transaction, so a crash keeps all of them or none (then the sync replays); a first
+//!   sync's rows may be staged beforehand, invisible until that commit;
 //! - linking writes the record, every lookup key, and adopts the webhooks that arrived
-//!   for the item before it was linked.
+//!   for the item before it was linked, in one transaction.
 
 use std::time::Duration;
 
@@ -209,9 +212,9 @@ pub trait Store: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
 
-    /// Deduplicates and appends a webhook, resolving its item to an account inside the
-    /// same transaction (so a concurrent link cannot strand it). Not durable until a
-    /// later `durable()` resolves.
+    /// Deduplicates and appends a webhook, resolving its item to an account (a link
+    /// racing it cannot strand it: either side adopts the entry). Not durable until a
+    /// later `durable()` resolves. Blocking: call from a blocking thread.
     fn ingest(
         &self,
         webhook: IncomingWebhook,
