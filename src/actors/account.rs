@@ -285,6 +285,10 @@ impl AccountActor {
         state: &mut AccountState,
         reason: SyncReason,
     ) {
+        if self.registry.take_injected_panic(&state.id) {
+            // The test hook of `Registry::inject_panic`: fail like a bug in a handler.
+            panic!("injected panic for account {}", state.id);
+        }
         state.phase = Phase::Syncing { again: false };
         state.sync_started = Instant::now();
         state.progress = Arc::new(SyncProgress::default());
