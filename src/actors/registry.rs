@@ -336,7 +336,11 @@ impl Registry {
     /// integration tests link it without `cfg(test)`.
     #[doc(hidden)]
     pub fn inject_panic(&self, id: &AccountId, times: u32) {
-        self.injected_panics.insert(id.clone(), times);
+        if times == 0 {
+            self.injected_panics.remove(id);
+        } else {
+            self.injected_panics.insert(id.clone(), times);
+        }
     }
 
     /// Consumes one injected panic for the account, if any is armed.
