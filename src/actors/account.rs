@@ -161,6 +161,7 @@ impl Actor for AccountActor {
         myself: ActorRef<Self::Msg>,
         id: AccountId,
     ) -> Result<Self::State, ActorProcessingErr> {
+        self.registry.register_actor(myself.get_id(), &id);
         let store = self.registry.store();
         let account = store
             .get_account(&id)?

@@ -22,7 +22,7 @@ use dashmap::mapref::entry::Entry;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
-use ractor::{ActorCell, ActorId, ActorRef, ActorRuntime};
+use ractor::{ActorCell, ActorId, ActorRef, ActorRuntime, ActorStatus};
 
 use super::account::{AccountActor, AccountMessage, ActorSnapshot, SyncReason};
 use super::sync::SyncParams;
@@ -402,9 +402,24 @@ impl Registry {
         }
     }
 
+    /// Records which account `actor_id` serves. Called by the actor's own `pre_start`
+    /// as well as after spawning: an actor can fail before the spawning thread gets to
+    /// register it, and the supervisor must still know whom to restart.
+    pub(super) fn register_actor(&self, actor_id: ActorId, id: &AccountId) {
+        self.by_actor.insert(actor_id, id.clone());
+    }
+
     fn get_or_activate(&self, id: &AccountId) -> Result<ActorRef<AccountMessage>, RegistryError> {
-        if let Some(actor) = self.actors.get(id) {
-            return Ok(actor.clone());
+        if let Some(actor) = self.actors.get(id).map(|a| a.clone()) {
+            // A ref to an actor that already died (it failed before it was registered,
+            // so the supervisor could not drop it) is never handed out.
+            if !matches!(
+                actor.get_status(),
+                ActorStatus::Stopping | ActorStatus::Stopped
+            ) {
+                return Ok(actor);
+            }
+            self.forget(id, actor.get_id());
         }
         if self.closed.load(Ordering::SeqCst) {
             return Err(RegistryError::ShuttingDown);
