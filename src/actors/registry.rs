@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use dashmap::mapref::entry::Entry;
 use chrono::{DateTime, Utc};
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorId, ActorRef, ActorRuntime, ActorStatus};
@@ -357,7 +357,8 @@ impl Registry {
             *remaining == 0
         };
         if exhausted {
-            self.injected_panics.remove_if(id, |_, remaining| *remaining == 0);
+            self.injected_panics
+                .remove_if(id, |_, remaining| *remaining == 0);
         }
         true
     }

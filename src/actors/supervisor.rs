@@ -175,8 +175,11 @@ impl Actor for Supervisor {
                 };
                 let reason = error.to_string();
                 let decision = self.registry.with_restart_record(&id, |record| {
-                    let decision =
-                        record_failure(record, tokio::time::Instant::now(), self.registry.settings());
+                    let decision = record_failure(
+                        record,
+                        tokio::time::Instant::now(),
+                        self.registry.settings(),
+                    );
                     record.last_failure = Some(reason.clone());
                     match decision {
                         RestartDecision::Restart { delay } => {

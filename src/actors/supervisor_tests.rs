@@ -65,7 +65,9 @@ impl Provider for EmptyProvider {
         _headers: &HeaderMap,
         _body: &[u8],
     ) -> Result<VerifiedWebhook, WebhookError> {
-        Err(WebhookError::Malformed("not used in these tests".to_string()))
+        Err(WebhookError::Malformed(
+            "not used in these tests".to_string(),
+        ))
     }
 }
 
@@ -193,7 +195,9 @@ fn restart_delay_doubles_per_failure_then_caps() {
     let delays: Vec<Duration> = (1..=5).map(|n| restart_delay(INITIAL, CAP, n)).collect();
     assert_eq!(
         delays,
-        [100, 200, 250, 250, 250].map(Duration::from_millis).to_vec()
+        [100, 200, 250, 250, 250]
+            .map(Duration::from_millis)
+            .to_vec()
     );
     // Huge counts saturate instead of overflowing.
     assert_eq!(restart_delay(INITIAL, CAP, u32::MAX), CAP);
@@ -210,9 +214,7 @@ fn failures_age_out_of_the_window_and_too_many_within_it_quarantine() {
     );
     assert_eq!(
         record_failure(&mut record, t0 + Duration::from_secs(1), &settings),
-        RestartDecision::Restart {
-            delay: INITIAL * 2
-        }
+        RestartDecision::Restart { delay: INITIAL * 2 }
     );
     // The first two have left the 60 s window: back to one failure, initial delay.
     let later = t0 + Duration::from_secs(61) + Duration::from_secs(1);
@@ -222,9 +224,7 @@ fn failures_age_out_of_the_window_and_too_many_within_it_quarantine() {
     );
     assert_eq!(
         record_failure(&mut record, later, &settings),
-        RestartDecision::Restart {
-            delay: INITIAL * 2
-        }
+        RestartDecision::Restart { delay: INITIAL * 2 }
     );
     assert_eq!(
         record_failure(&mut record, later, &settings),
@@ -243,16 +243,20 @@ async fn failed_actor_restarts_after_the_backoff_and_processes_pending_work() {
     h.registry
         .request_sync(&id, SyncReason::Manual)
         .expect("request");
-    h.wait_for("the pending webhook to be consumed", || {
-        h.pending(&id) == 0
-    })
-    .await;
+    h.wait_for("the pending webhook to be consumed", || h.pending(&id) == 0)
+        .await;
     let elapsed = failed_at.elapsed();
-    assert!(elapsed >= INITIAL, "restarted before the backoff: {elapsed:?}");
+    assert!(
+        elapsed >= INITIAL,
+        "restarted before the backoff: {elapsed:?}"
+    );
     assert!(elapsed < INITIAL + Duration::from_millis(50), "{elapsed:?}");
     assert_eq!(h.restarts(&id), 1);
     assert_eq!(h.sync_count(&id), 2, "the restarted actor synced once");
-    assert!(h.registry.is_active(&id), "the restarted actor is registered");
+    assert!(
+        h.registry.is_active(&id),
+        "the restarted actor is registered"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -293,7 +297,10 @@ async fn backoff_grows_per_failure_and_caps() {
     // 100 + 200 + 250 (capped): without growth it would be 300, without a cap 700.
     let expected = Duration::from_millis(550);
     assert!(elapsed >= expected, "{elapsed:?}");
-    assert!(elapsed < expected + Duration::from_millis(50), "{elapsed:?}");
+    assert!(
+        elapsed < expected + Duration::from_millis(50),
+        "{elapsed:?}"
+    );
     assert_eq!(h.restarts(&id), 3);
 }
 
@@ -322,7 +329,10 @@ async fn too_many_failures_quarantine_without_touching_neighbours_and_resume_lif
         .and_then(|a| a.quarantine)
         .expect("quarantined");
     assert_eq!(quarantine.failures, 3);
-    assert!(quarantine.reason.contains("injected panic"), "{quarantine:?}");
+    assert!(
+        quarantine.reason.contains("injected panic"),
+        "{quarantine:?}"
+    );
     assert_eq!(h.restarts(&sick), 2);
     assert!(!h.registry.is_active(&sick));
 

@@ -135,11 +135,9 @@ impl From<RegistryError> for ApiError {
                 "quarantined",
                 format!("account {id} is quarantined; POST /v1/accounts/{id}/resume lifts it"),
             ),
-            RegistryError::RestartPending(id) => ApiError::unavailable(
-                "restarting",
-                format!("account {id} is being restarted"),
-                1,
-            ),
+            RegistryError::RestartPending(id) => {
+                ApiError::unavailable("restarting", format!("account {id} is being restarted"), 1)
+            }
             other => ApiError::internal(other),
         }
     }

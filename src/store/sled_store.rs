@@ -42,8 +42,7 @@ use super::{
     SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
-    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, Quarantine, SyncOutcome,
-    Transaction,
+    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, Quarantine, SyncOutcome, Transaction,
 };
 
 /// Where and how to open the sled store.
