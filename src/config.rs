@@ -98,6 +98,18 @@ pub struct ActorSettings {
     /// arriving: a burst becomes one sync per interval.
     #[serde(with = "humantime_serde")]
     pub min_sync_interval: Duration,
+    /// Delay before the first restart of a failed (panicked or erroring) account actor;
+    /// each further failure within the window doubles it.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_initial: Duration,
+    /// Cap of the restart delay.
+    #[serde(with = "humantime_serde")]
+    pub restart_backoff_max: Duration,
+    /// More failures than this within `restart_window` quarantine the account.
+    pub max_restarts: u32,
+    /// The sliding window failures are counted in.
+    #[serde(with = "humantime_serde")]
+    pub restart_window: Duration,
 }
 
 /// Simulated provider settings.
@@ -250,6 +262,23 @@ impl Settings {
                 "must be greater than zero and at most actors.sync_retry_max",
             ));
         }
+        if self.actors.restart_backoff_initial.is_zero()
+            || self.actors.restart_backoff_initial > self.actors.restart_backoff_max
+        {
+            return Err(invalid(
+                "actors.restart_backoff_initial",
+                "must be greater than zero and at most actors.restart_backoff_max",
+            ));
+        }
+        if self.actors.max_restarts == 0 || self.actors.max_restarts > 1000 {
+            return Err(invalid("actors.max_restarts", "must be between 1 and 1000"));
+        }
+        if self.actors.restart_window < self.actors.restart_backoff_max {
+            return Err(invalid(
+                "actors.restart_window",
+                "must be at least actors.restart_backoff_max (otherwise failures spaced by the capped backoff never add up to a quarantine)",
+            ));
+        }
         if self.actors.min_sync_interval > Duration::from_secs(3600) {
             return Err(invalid("actors.min_sync_interval", "must be at most 1h"));
         }
@@ -283,6 +312,24 @@ mod tests {
         settings.plaid.sync_page_size = 501;
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("plaid.sync_page_size"), "{err}");
+    }
+
+    #[test]
+    fn restart_settings_are_validated_with_their_field() {
+        let mut settings = Settings::defaults();
+        settings.actors.restart_backoff_initial = settings.actors.restart_backoff_max * 2;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("actors.restart_backoff_initial"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.actors.max_restarts = 0;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("actors.max_restarts"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.actors.restart_window = settings.actors.restart_backoff_max / 2;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("actors.restart_window"), "{err}");
     }
 
     #[test]

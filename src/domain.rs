@@ -161,6 +161,22 @@ pub struct Account {
     pub last_sync_outcome: Option<SyncOutcome>,
     /// Committed syncs so far.
     pub sync_count: u64,
+    /// Set when the supervisor gave up restarting the account's actor: webhooks are
+    /// still ingested but do not activate it until an operator resumes it. Absent in
+    /// records written before quarantine existed, hence the default.
+    #[serde(default)]
+    pub quarantine: Option<Quarantine>,
+}
+
+/// Why and when an account was quarantined.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quarantine {
+    /// What the last failure said (a panic message or handler error; no secrets).
+    pub reason: String,
+    /// Failures counted within the restart window when it was quarantined.
+    pub failures: u32,
+    /// When it was quarantined.
+    pub since: DateTime<Utc>,
 }
 
 /// A transaction as kept locally: the provider's id and date (for ordering and date

@@ -161,6 +161,7 @@ impl Actor for AccountActor {
         myself: ActorRef<Self::Msg>,
         id: AccountId,
     ) -> Result<Self::State, ActorProcessingErr> {
+        self.registry.register_actor(myself.get_id(), &id);
         let store = self.registry.store();
         let account = store
             .get_account(&id)?
@@ -285,6 +286,10 @@ impl AccountActor {
         state: &mut AccountState,
         reason: SyncReason,
     ) {
+        if self.registry.take_injected_panic(&state.id) {
+            // The test hook of `Registry::inject_panic`: fail like a bug in a handler.
+            panic!("injected panic for account {}", state.id);
+        }
         state.phase = Phase::Syncing { again: false };
         state.sync_started = Instant::now();
         state.progress = Arc::new(SyncProgress::default());

@@ -6,21 +6,28 @@
 //! a non-blocking spawn, so two webhooks for a cold account can never start two actors.
 //! An actor leaves the map only through [`Registry::forget`], which checks the actor id,
 //! so a stale exit can never remove a newer activation.
+//!
+//! It also holds each account's restart bookkeeping (kept by the supervisor, read by the
+//! status API): while a restart is scheduled or the account is quarantined, nothing
+//! activates it. Quarantine is also written to the account record, so it survives a
+//! process restart; the failure counts are deliberately in memory only (a fresh process
+//! gives every account a fresh budget).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
-use ractor::{ActorCell, ActorId, ActorRef, ActorRuntime};
+use ractor::{ActorCell, ActorId, ActorRef, ActorRuntime, ActorStatus};
 
 use super::account::{AccountActor, AccountMessage, ActorSnapshot, SyncReason};
 use super::sync::SyncParams;
 use crate::config::ActorSettings;
-use crate::domain::{AccountId, LinkStatus, ProviderKind};
+use crate::domain::{AccountId, LinkStatus, ProviderKind, Quarantine};
 use crate::providers::DynProvider;
 use crate::store::{Store, StoreError};
 
@@ -42,6 +49,42 @@ pub enum RegistryError {
     /// The actor did not answer in time.
     #[error("account {0} did not answer within {1:?}")]
     Timeout(AccountId, Duration),
+    /// The supervisor gave up restarting it; `POST /v1/accounts/{id}/resume` lifts this.
+    #[error("account {0} is quarantined")]
+    Quarantined(AccountId),
+    /// Its actor failed and the supervisor restarts it after a backoff; work already in
+    /// the inbox is picked up by that restart.
+    #[error("account {0} is being restarted")]
+    RestartPending(AccountId),
+}
+
+/// Restart bookkeeping of one account, kept by the supervisor.
+#[derive(Clone, Debug, Default)]
+pub struct RestartRecord {
+    /// When recent failures happened (only those within the restart window are kept).
+    pub failures: VecDeque<tokio::time::Instant>,
+    /// Restarts scheduled since start (or since the last resume).
+    pub restarts: u64,
+    /// When the scheduled restart is due; `None` when none is scheduled.
+    pub restart_due_at: Option<DateTime<Utc>>,
+    /// What the last failure said.
+    pub last_failure: Option<String>,
+    /// The supervisor gave up on it (mirrors the account record's quarantine, which is
+    /// written right after, so nothing activates it in between).
+    pub quarantined: bool,
+}
+
+/// What the status API shows about an account's restarts.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RestartSnapshot {
+    /// Restarts scheduled since start (or since the last resume).
+    pub restarts: u64,
+    /// Failures counted within the restart window.
+    pub failures_in_window: u32,
+    /// When the scheduled restart is due.
+    pub restart_due_at: Option<DateTime<Utc>>,
+    /// What the last failure said.
+    pub last_failure: Option<String>,
 }
 
 /// Counters describing the registry.
@@ -68,6 +111,8 @@ pub struct Registry {
     activations: AtomicU64,
     passivations: AtomicU64,
     closed: std::sync::atomic::AtomicBool,
+    restarts: DashMap<AccountId, RestartRecord>,
+    injected_panics: DashMap<AccountId, u32>,
 }
 
 impl Registry {
@@ -90,6 +135,8 @@ impl Registry {
             activations: AtomicU64::new(0),
             passivations: AtomicU64::new(0),
             closed: std::sync::atomic::AtomicBool::new(false),
+            restarts: DashMap::new(),
+            injected_panics: DashMap::new(),
         });
         let _ = registry.me.set(Arc::downgrade(&registry));
         registry
@@ -136,7 +183,12 @@ impl Registry {
         // A send can only fail if the actor died between lookup and send; its exit
         // removes it from the map, so the second attempt activates a fresh one.
         for _ in 0..3 {
-            let actor = self.get_or_activate(id)?;
+            let actor = match self.get_or_activate(id) {
+                Ok(actor) => actor,
+                // The restart syncs whatever is pending in the inbox by then.
+                Err(RegistryError::RestartPending(_)) => return Ok(()),
+                Err(error) => return Err(error),
+            };
             match actor.send_message(AccountMessage::SyncRequested(reason)) {
                 Ok(()) => return Ok(()),
                 Err(_) => {
@@ -167,8 +219,12 @@ impl Registry {
 
     /// Activates the account's actor without sending it anything: on start it syncs by
     /// itself when it has pending inbox entries or has never synced (the link path).
+    /// A scheduled restart counts as activated: it will start the actor.
     pub fn activate(&self, id: &AccountId) -> Result<(), RegistryError> {
-        self.get_or_activate(id).map(|_| ())
+        match self.get_or_activate(id) {
+            Ok(_) | Err(RegistryError::RestartPending(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Activates the account's actor if needed and asks it for its snapshot: the round
@@ -218,6 +274,95 @@ impl Registry {
         removed
     }
 
+    /// The account `actor_id` serves, if it is still registered.
+    pub fn account_of(&self, actor_id: ActorId) -> Option<AccountId> {
+        self.by_actor.get(&actor_id).map(|e| e.value().clone())
+    }
+
+    /// Runs `change` on the account's restart record (created empty if missing). Used
+    /// by the supervisor, the only writer.
+    pub fn with_restart_record<R>(
+        &self,
+        id: &AccountId,
+        change: impl FnOnce(&mut RestartRecord) -> R,
+    ) -> R {
+        change(&mut self.restarts.entry(id.clone()).or_default())
+    }
+
+    /// Drops the account's restart record (on resume, or when it no longer exists).
+    pub fn clear_restart_record(&self, id: &AccountId) {
+        self.restarts.remove(id);
+    }
+
+    /// The account's restart bookkeeping, `None` if it never failed (since the last
+    /// resume).
+    pub fn restart_status(&self, id: &AccountId) -> Option<RestartSnapshot> {
+        self.restarts.get(id).map(|record| RestartSnapshot {
+            restarts: record.restarts,
+            failures_in_window: record.failures.len() as u32,
+            restart_due_at: record.restart_due_at,
+            last_failure: record.last_failure.clone(),
+        })
+    }
+
+    /// Whether the supervisor quarantined the account in this process (the account
+    /// record says so too once its write lands; this covers the moment in between).
+    pub fn is_quarantined_in_memory(&self, id: &AccountId) -> bool {
+        self.restarts.get(id).is_some_and(|r| r.quarantined)
+    }
+
+    /// Lifts a quarantine: clears it in the store, resets the failure count and
+    /// activates the account, whose actor then syncs the webhooks that piled up.
+    /// Returns the quarantine that was lifted (`None`: it was not quarantined, and this
+    /// only reset the count and activated it). Synchronous like [`Registry::activate`]:
+    /// call it from a blocking thread.
+    pub fn resume(&self, id: &AccountId) -> Result<Option<Quarantine>, RegistryError> {
+        let account = self
+            .store
+            .get_account(id)?
+            .filter(|account| account.status == LinkStatus::Linked)
+            .ok_or_else(|| RegistryError::NotLinked(id.clone()))?;
+        if account.quarantine.is_some() {
+            self.store.set_quarantine(id, None)?;
+        }
+        self.clear_restart_record(id);
+        self.activate(id)?;
+        Ok(account.quarantine)
+    }
+
+    /// Test hook: the account's next `times` sync starts panic inside its actor's
+    /// handler, as a bug would, so tests can drive the supervisor. Nothing outside the
+    /// process can reach it (no route, no config); it exists in the library because the
+    /// integration tests link it without `cfg(test)`.
+    #[doc(hidden)]
+    pub fn inject_panic(&self, id: &AccountId, times: u32) {
+        if times == 0 {
+            self.injected_panics.remove(id);
+        } else {
+            self.injected_panics.insert(id.clone(), times);
+        }
+    }
+
+    /// Consumes one injected panic for the account, if any is armed.
+    pub(super) fn take_injected_panic(&self, id: &AccountId) -> bool {
+        // Fast path: production never arms one, so this is one empty-map lookup.
+        if self.injected_panics.is_empty() {
+            return false;
+        }
+        let exhausted = {
+            let Some(mut remaining) = self.injected_panics.get_mut(id) else {
+                return false;
+            };
+            *remaining = remaining.saturating_sub(1);
+            *remaining == 0
+        };
+        if exhausted {
+            self.injected_panics
+                .remove_if(id, |_, remaining| *remaining == 0);
+        }
+        true
+    }
+
     /// Forgets whichever account `actor_id` served (the supervisor's view: it only knows
     /// the actor). Returns the account if the actor was still registered.
     pub fn forget_actor(&self, actor_id: ActorId) -> Option<AccountId> {
@@ -258,15 +403,42 @@ impl Registry {
         }
     }
 
+    /// Records which account `actor_id` serves. Called by the actor's own `pre_start`
+    /// as well as after spawning: an actor can fail before the spawning thread gets to
+    /// register it, and the supervisor must still know whom to restart.
+    pub(super) fn register_actor(&self, actor_id: ActorId, id: &AccountId) {
+        self.by_actor.insert(actor_id, id.clone());
+    }
+
     fn get_or_activate(&self, id: &AccountId) -> Result<ActorRef<AccountMessage>, RegistryError> {
-        if let Some(actor) = self.actors.get(id) {
-            return Ok(actor.clone());
+        if let Some(actor) = self.actors.get(id).map(|a| a.clone()) {
+            // A ref to an actor that already died (it failed before it was registered,
+            // so the supervisor could not drop it) is never handed out.
+            if !matches!(
+                actor.get_status(),
+                ActorStatus::Stopping | ActorStatus::Stopped
+            ) {
+                return Ok(actor);
+            }
+            self.forget(id, actor.get_id());
         }
         if self.closed.load(Ordering::SeqCst) {
             return Err(RegistryError::ShuttingDown);
         }
+        if let Some(record) = self.restarts.get(id) {
+            if record.quarantined {
+                return Err(RegistryError::Quarantined(id.clone()));
+            }
+            if record.restart_due_at.is_some() {
+                return Err(RegistryError::RestartPending(id.clone()));
+            }
+        }
         match self.store.get_account(id)? {
-            Some(account) if account.status == LinkStatus::Linked => {}
+            Some(account) if account.status == LinkStatus::Linked => {
+                if account.quarantine.is_some() {
+                    return Err(RegistryError::Quarantined(id.clone()));
+                }
+            }
             _ => return Err(RegistryError::NotLinked(id.clone())),
         }
         let Some(me) = self.me.get().and_then(|weak| weak.upgrade()) else {

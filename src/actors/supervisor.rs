@@ -1,15 +1,32 @@
 //! The supervisor of every account actor. ractor's default supervision would stop the
-//! parent when a child dies, so this actor handles every supervision event itself:
-//! a dead actor is removed from the registry (its ref is never trusted again), and an
-//! actor that failed with work pending is re-activated so the work is not stranded.
+//! parent when a child dies, so this actor handles every supervision event itself, the
+//! way ractor_cluster's node server does: it matches the failed actor to its account,
+//! drops the dead ref from the registry (a restarted actor has a new ref) and decides.
+//!
+//! - A failed actor (panic or `Err` from a handler) is restarted after an exponential
+//!   backoff (`actors.restart_backoff_initial`, doubling per failure within
+//!   `actors.restart_window`, capped at `actors.restart_backoff_max`). The wait is a
+//!   [`SupervisorMessage::Restart`] scheduled with `send_after`, never a sleep, so the
+//!   supervisor keeps serving every other account meanwhile. The restarted actor's
+//!   `pre_start` syncs whatever is pending in the inbox, including webhooks that arrived
+//!   during the backoff (they are ingested durably; the registry only declines to wake
+//!   the account early).
+//! - More than `actors.max_restarts` failures within the window quarantine the account:
+//!   no restart, the quarantine is written to the account record (so it survives a
+//!   process restart), and webhooks keep landing in its inbox without waking it until
+//!   `POST /v1/accounts/{id}/resume`.
+//!
 //! A failure is contained to its account; neighbours never notice.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::account::SyncReason;
-use super::registry::Registry;
+use super::registry::{Registry, RegistryError, RestartRecord};
+use crate::config::ActorSettings;
+use crate::domain::{AccountId, Quarantine};
 
 /// The supervisor actor.
 pub struct Supervisor {
@@ -23,14 +40,73 @@ impl Supervisor {
     }
 }
 
-/// Messages of the supervisor (it only reacts to supervision events).
-pub enum SupervisorMessage {}
+/// Messages of the supervisor.
+#[derive(Debug)]
+pub enum SupervisorMessage {
+    /// The backoff of a failed account's actor is over: start it again (internal,
+    /// scheduled by the supervisor itself).
+    Restart(AccountId),
+}
 
 /// Counters of the supervisor.
-#[derive(Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
 pub struct SupervisorState {
     /// Account actors that failed (panicked or returned an error) since start.
     pub failures: u64,
+    /// Restarts scheduled since start.
+    pub restarts: u64,
+    /// Accounts quarantined since start.
+    pub quarantines: u64,
+}
+
+/// What to do with an account whose actor just failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartDecision {
+    /// Start it again after `delay`.
+    Restart {
+        /// The backoff.
+        delay: Duration,
+    },
+    /// Too many failures within the window: give up until an operator resumes it.
+    Quarantine {
+        /// Failures counted within the window.
+        failures: u32,
+    },
+}
+
+/// Records a failure at `now` in `record` and decides. Failures older than the window
+/// are forgotten first, so an account that fails rarely is always restarted, with the
+/// initial delay again once its old failures have aged out.
+pub fn record_failure(
+    record: &mut RestartRecord,
+    now: tokio::time::Instant,
+    settings: &ActorSettings,
+) -> RestartDecision {
+    while let Some(&oldest) = record.failures.front() {
+        if now.duration_since(oldest) < settings.restart_window {
+            break;
+        }
+        record.failures.pop_front();
+    }
+    record.failures.push_back(now);
+    let failures = record.failures.len() as u32;
+    if failures > settings.max_restarts {
+        return RestartDecision::Quarantine { failures };
+    }
+    RestartDecision::Restart {
+        delay: restart_delay(
+            settings.restart_backoff_initial,
+            settings.restart_backoff_max,
+            failures,
+        ),
+    }
+}
+
+/// `initial · 2^(failures-1)`, capped. No jitter: restarts are rare and per account, and
+/// a predictable delay is what an operator reading the status wants to see.
+pub fn restart_delay(initial: Duration, cap: Duration, failures: u32) -> Duration {
+    let exponent = failures.saturating_sub(1).min(30);
+    initial.saturating_mul(1u32 << exponent).min(cap)
 }
 
 impl Actor for Supervisor {
@@ -52,12 +128,36 @@ impl Actor for Supervisor {
         message: Self::Msg,
         _state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        match message {}
+        match message {
+            SupervisorMessage::Restart(id) => {
+                let still_wanted = self.registry.with_restart_record(&id, |record| {
+                    record.restart_due_at = None;
+                    !record.quarantined
+                });
+                if !still_wanted {
+                    return Ok(());
+                }
+                // Activation reads the account record: a blocking thread, not this
+                // mailbox (sled reads can wait on its global lock).
+                let registry = self.registry.clone();
+                tokio::task::spawn_blocking(move || match registry.activate(&id) {
+                    Ok(()) => tracing::info!(account_id = %id, "account actor restarted"),
+                    Err(RegistryError::NotLinked(_)) => {
+                        // Unlinked during the backoff: nothing to restart, nothing to keep.
+                        registry.clear_restart_record(&id);
+                    }
+                    Err(error) => {
+                        tracing::warn!(account_id = %id, %error, "could not restart account actor");
+                    }
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
@@ -68,24 +168,62 @@ impl Actor for Supervisor {
             }
             SupervisionEvent::ActorFailed(cell, error) => {
                 state.failures += 1;
-                let Some(id) = self.registry.forget_actor(cell.get_id()) else {
+                let actor_id = cell.get_id();
+                // Stopped on unlink or shutdown before it failed: nothing to restart.
+                let Some(id) = self.registry.account_of(actor_id) else {
                     return Ok(());
                 };
-                tracing::error!(account_id = %id, error = %error, "account actor failed");
-                let pending = match self.registry.store().pending_inbox(&id) {
-                    Ok(entries) => !entries.is_empty(),
-                    Err(store_error) => {
-                        tracing::error!(account_id = %id, error = %store_error, "could not read inbox of failed actor");
-                        false
-                    }
-                };
-                if pending {
-                    let registry = self.registry.clone();
-                    tokio::spawn(async move {
-                        if let Err(error) = registry.request_sync(&id, SyncReason::Activation) {
-                            tracing::warn!(account_id = %id, %error, "could not restart failed account actor");
+                let reason = error.to_string();
+                let decision = self.registry.with_restart_record(&id, |record| {
+                    let decision = record_failure(
+                        record,
+                        tokio::time::Instant::now(),
+                        self.registry.settings(),
+                    );
+                    record.last_failure = Some(reason.clone());
+                    match decision {
+                        RestartDecision::Restart { delay } => {
+                            record.restarts += 1;
+                            record.restart_due_at = Some(
+                                Utc::now()
+                                    + chrono::Duration::from_std(delay)
+                                        .unwrap_or(chrono::Duration::zero()),
+                            );
                         }
-                    });
+                        RestartDecision::Quarantine { .. } => record.quarantined = true,
+                    }
+                    decision
+                });
+                // Marked before the ref goes, so nothing activates it early in between.
+                self.registry.forget(&id, actor_id);
+                match decision {
+                    RestartDecision::Restart { delay } => {
+                        state.restarts += 1;
+                        tracing::error!(
+                            account_id = %id,
+                            error = %reason,
+                            restart_in_ms = delay.as_millis() as u64,
+                            "account actor failed, restarting after backoff"
+                        );
+                        myself.send_after(delay, move || SupervisorMessage::Restart(id));
+                    }
+                    RestartDecision::Quarantine { failures } => {
+                        state.quarantines += 1;
+                        tracing::error!(
+                            account_id = %id,
+                            error = %reason,
+                            failures,
+                            "account actor keeps failing, quarantined"
+                        );
+                        self.persist_quarantine(
+                            id,
+                            Quarantine {
+                                reason,
+                                failures,
+                                since: Utc::now(),
+                            },
+                        );
+                    }
                 }
             }
             SupervisionEvent::ActorStarted(_) | SupervisionEvent::ProcessGroupChanged(_) => {}
@@ -93,3 +231,34 @@ impl Actor for Supervisor {
         Ok(())
     }
 }
+
+impl Supervisor {
+    /// Writes the quarantine to the account record and makes it durable, off the
+    /// mailbox. Until it lands, the registry's in-memory mark keeps the account down.
+    fn persist_quarantine(&self, id: AccountId, quarantine: Quarantine) {
+        let store = self.registry.store().clone();
+        tokio::spawn(async move {
+            let write_store = store.clone();
+            let write_id = id.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                write_store.set_quarantine(&write_id, Some(quarantine))
+            })
+            .await;
+            let result = match written {
+                Ok(Ok(())) => store.durable().await,
+                Ok(Err(error)) => Err(error),
+                Err(join_error) => {
+                    tracing::error!(account_id = %id, error = %join_error, "quarantine write task failed");
+                    return;
+                }
+            };
+            if let Err(error) = result {
+                tracing::error!(account_id = %id, %error, "could not persist quarantine");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+#[path = "supervisor_tests.rs"]
+mod tests;

@@ -1,5 +1,6 @@
 //! `/v1/accounts`: link, list, read (by id or any alias), unlink, read transactions,
-//! sync status, and request a sync. Access tokens go in and never come out.
+//! sync status, request a sync, and resume a quarantined account. Access tokens go in
+//! and never come out.
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
@@ -9,9 +10,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, SyncReason};
 use crate::config::Settings;
-use crate::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind, SyncOutcome};
+use crate::domain::{
+    AccessToken, Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncOutcome,
+};
 use crate::store::{Resolved, TransactionQuery};
 
 const MAX_KEY_LEN: usize = 256;
@@ -28,6 +32,7 @@ pub fn router(settings: &Settings) -> Router<AppState> {
             "/v1/accounts/{key}/sync",
             get(sync_status).post(request_sync),
         )
+        .route("/v1/accounts/{key}/resume", post(resume))
         .layer(DefaultBodyLimit::max(settings.server.api_body_limit_bytes))
 }
 
@@ -174,6 +179,7 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         last_sync_finished_at: None,
         last_sync_outcome: None,
         sync_count: 0,
+        quarantine: None,
     };
     let store = state.store.clone();
     let record = account.clone();
@@ -389,7 +395,8 @@ async fn transactions(
 pub struct SyncStatus {
     /// The account.
     pub account_id: AccountId,
-    /// `idle`, `syncing`, `backoff` (live actor) or `passivated`, or `unlinked`.
+    /// `idle`, `syncing`, `backoff`, `scheduled` (live actor), `restarting` (its actor
+    /// failed and restarts after a backoff), `quarantined`, `passivated`, or `unlinked`.
     pub state: &'static str,
     /// Whether an actor is live for it.
     pub active: bool,
@@ -409,6 +416,14 @@ pub struct SyncStatus {
     pub transactions: u64,
     /// Committed syncs.
     pub sync_count: u64,
+    /// Restarts of its actor by the supervisor since start or the last resume.
+    pub restarts: u64,
+    /// Restart bookkeeping, when its actor has failed.
+    pub supervision: Option<RestartSnapshot>,
+    /// Whether it is quarantined (too many failures; `POST …/resume` lifts it).
+    pub quarantined: bool,
+    /// Why and since when, as stored on the account.
+    pub quarantine: Option<Quarantine>,
 }
 
 async fn sync_status(
@@ -419,9 +434,17 @@ async fn sync_status(
     let actor = state.registry.snapshot(&account.id).await?;
     let pending_inbox = state.store.pending_inbox(&account.id)?.len();
     let transactions = state.store.count_transactions(&account.id)?;
+    let supervision = state.registry.restart_status(&account.id);
+    let quarantined =
+        account.quarantine.is_some() || state.registry.is_quarantined_in_memory(&account.id);
+    let restarting = supervision
+        .as_ref()
+        .is_some_and(|s| s.restart_due_at.is_some());
     let status_name = match (&account.status, &actor) {
         (LinkStatus::Unlinked, _) => "unlinked",
         (_, Some(snapshot)) => snapshot.state,
+        _ if quarantined => "quarantined",
+        _ if restarting => "restarting",
         (_, None) => "passivated",
     };
     Ok(Json(SyncStatus {
@@ -438,6 +461,10 @@ async fn sync_status(
         pending_inbox,
         transactions,
         sync_count: account.sync_count,
+        restarts: supervision.as_ref().map_or(0, |s| s.restarts),
+        supervision,
+        quarantined,
+        quarantine: account.quarantine.clone(),
     }))
 }
 
@@ -460,4 +487,42 @@ async fn request_sync(
         StatusCode::ACCEPTED,
         Json(serde_json::json!({ "account_id": account.id, "status": "sync_requested" })),
     ))
+}
+
+/// The resume answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResumeResponse {
+    /// The account.
+    pub account_id: AccountId,
+    /// The quarantine that was lifted (`None`: it was not quarantined; its restart count
+    /// was reset and it was activated anyway).
+    pub lifted: Option<Quarantine>,
+}
+
+/// `POST /v1/accounts/{key}/resume`: lifts a quarantine, resets the restart count and
+/// activates the account, which then syncs the webhooks kept while it was quarantined.
+async fn resume(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<ResumeResponse>, ApiError> {
+    let account = resolve(&state, &key)?;
+    if account.status != LinkStatus::Linked {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "unlinked",
+            format!("account {} is unlinked", account.id),
+        ));
+    }
+    let registry = state.registry.clone();
+    let id = account.id.clone();
+    let lifted = tokio::task::spawn_blocking(move || registry.resume(&id))
+        .await
+        .map_err(ApiError::internal)??;
+    // The cleared quarantine is on disk before we say so.
+    state.store.durable().await?;
+    tracing::info!(account_id = %account.id, was_quarantined = lifted.is_some(), "account resumed");
+    Ok(Json(ResumeResponse {
+        account_id: account.id,
+        lifted,
+    }))
 }

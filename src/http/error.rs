@@ -130,6 +130,14 @@ impl From<RegistryError> for ApiError {
                 "actor_timeout",
                 format!("account {id} did not answer within {after:?}"),
             ),
+            RegistryError::Quarantined(id) => ApiError::new(
+                StatusCode::CONFLICT,
+                "quarantined",
+                format!("account {id} is quarantined; POST /v1/accounts/{id}/resume lifts it"),
+            ),
+            RegistryError::RestartPending(id) => {
+                ApiError::unavailable("restarting", format!("account {id} is being restarted"), 1)
+            }
             other => ApiError::internal(other),
         }
     }

@@ -19,7 +19,9 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Account, AccountId, InboxEntry, ProviderKind, SyncOutcome, Transaction};
+use crate::domain::{
+    Account, AccountId, InboxEntry, ProviderKind, Quarantine, SyncOutcome, Transaction,
+};
 
 mod group_commit;
 mod keys;
@@ -210,6 +212,14 @@ pub trait Store: Send + Sync + 'static {
         id: &AccountId,
         outcome: SyncOutcome,
         at: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// Sets (`Some`) or clears (`None`) the account's quarantine; nothing else changes.
+    /// Not durable until a later `durable()` resolves.
+    fn set_quarantine(
+        &self,
+        id: &AccountId,
+        quarantine: Option<Quarantine>,
     ) -> Result<(), StoreError>;
 
     /// Deduplicates and appends a webhook, resolving its item to an account (a link

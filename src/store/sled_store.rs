@@ -42,7 +42,7 @@ use super::{
     SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
-    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, SyncOutcome, Transaction,
+    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, Quarantine, SyncOutcome, Transaction,
 };
 
 /// Where and how to open the sled store.
@@ -698,6 +698,14 @@ impl Store for SledStore {
         })
     }
 
+    fn set_quarantine(
+        &self,
+        id: &AccountId,
+        quarantine: Option<Quarantine>,
+    ) -> Result<(), StoreError> {
+        self.update_account(id, |account| account.quarantine = quarantine.clone())
+    }
+
     fn ingest(
         &self,
         webhook: IncomingWebhook,
@@ -1220,6 +1228,7 @@ mod tests {
             last_sync_finished_at: None,
             last_sync_outcome: None,
             sync_count: 0,
+            quarantine: None,
         }
     }
 

@@ -2,5 +2,6 @@
 
 mod accounts;
 mod helpers;
+mod supervision;
 mod sync;
 mod webhooks;
