@@ -180,7 +180,13 @@ async fn load_worker(
 
 /// Waits until acctor's copy of `account` equals the sandbox's and nothing is pending
 /// for it; fails with the difference at the deadline.
-async fn converge(http: &Http, acctor: &Acctor, sandbox: &Sandbox, account: &Account, within: Duration) {
+async fn converge(
+    http: &Http,
+    acctor: &Acctor,
+    sandbox: &Sandbox,
+    account: &Account,
+    within: Duration,
+) {
     let deadline = Instant::now() + within;
     loop {
         let status = http
@@ -195,8 +201,16 @@ async fn converge(http: &Http, acctor: &Acctor, sandbox: &Sandbox, account: &Acc
         }
         if Instant::now() > deadline {
             let local = sorted(&local);
-            let only_local: Vec<_> = local.iter().filter(|r| !expected.contains(r)).take(3).collect();
-            let only_sandbox: Vec<_> = expected.iter().filter(|r| !local.contains(r)).take(3).collect();
+            let only_local: Vec<_> = local
+                .iter()
+                .filter(|r| !expected.contains(r))
+                .take(3)
+                .collect();
+            let only_sandbox: Vec<_> = expected
+                .iter()
+                .filter(|r| !local.contains(r))
+                .take(3)
+                .collect();
             panic!(
                 "account {} (item {}) never converged: local {} rows, sandbox {} rows; only local: {only_local:?}; only sandbox: {only_sandbox:?}; status {status}; acctor log tail:\n{}",
                 account.id,
@@ -213,7 +227,11 @@ async fn converge(http: &Http, acctor: &Acctor, sandbox: &Sandbox, account: &Acc
 
 fn sorted(rows: &[Value]) -> Vec<Value> {
     let mut rows = rows.to_vec();
-    rows.sort_by(|a, b| a["transaction_id"].as_str().cmp(&b["transaction_id"].as_str()));
+    rows.sort_by(|a, b| {
+        a["transaction_id"]
+            .as_str()
+            .cmp(&b["transaction_id"].as_str())
+    });
     rows
 }
 
@@ -271,7 +289,9 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
     let counters = Arc::new(Counters::default());
     let mut workers = Vec::new();
     for w in 0..profile.workers {
-        let mine: Vec<usize> = (0..profile.accounts).filter(|i| i % profile.workers == w).collect();
+        let mine: Vec<usize> = (0..profile.accounts)
+            .filter(|i| i % profile.workers == w)
+            .collect();
         if mine.is_empty() {
             continue;
         }
@@ -367,8 +387,16 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
             .iter()
             .map(|r| r["transaction_id"].as_str().expect("transaction_id"))
             .collect();
-        assert_eq!(ids.len(), rows.len(), "account {} has duplicate transaction ids", account.id);
-        assert_eq!(sorted(&rows), sandbox.transactions(&http, &account.item_id).await);
+        assert_eq!(
+            ids.len(),
+            rows.len(),
+            "account {} has duplicate transaction ids",
+            account.id
+        );
+        assert_eq!(
+            sorted(&rows),
+            sandbox.transactions(&http, &account.item_id).await
+        );
         total_rows += rows.len();
         let status = http
             .get_ok(&format!("{}/v1/accounts/{}/sync", acctor.url(), account.id))
@@ -378,7 +406,10 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
     let ready = http.get_ok(&format!("{}/readyz", acctor.url())).await;
     assert_eq!(ready["inbox_depth"].as_u64(), Some(0), "readyz {ready}");
 
-    let mutations = counters.mutations.load(Ordering::SeqCst).min(profile.mutations);
+    let mutations = counters
+        .mutations
+        .load(Ordering::SeqCst)
+        .min(profile.mutations);
     let acked = counters.acked.load(Ordering::SeqCst);
     assert!(kills > profile.kills, "every planned kill happened");
     assert!(acked > 0, "some webhooks were acknowledged");

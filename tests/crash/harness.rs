@@ -218,12 +218,21 @@ impl Acctor {
         let mut rows = Vec::new();
         let mut after: Option<String> = None;
         loop {
-            let mut url = format!("{}/v1/accounts/{account}/transactions?limit=500", self.url());
+            let mut url = format!(
+                "{}/v1/accounts/{account}/transactions?limit=500",
+                self.url()
+            );
             if let Some(token) = &after {
                 url.push_str(&format!("&after={}", urlencode(token)));
             }
             let page = http.get_ok(&url).await;
-            rows.extend(page["transactions"].as_array().expect("rows").iter().cloned());
+            rows.extend(
+                page["transactions"]
+                    .as_array()
+                    .expect("rows")
+                    .iter()
+                    .cloned(),
+            );
             match page["next"].as_str() {
                 Some(next) => after = Some(next.to_string()),
                 None => break,
