@@ -85,6 +85,8 @@ struct Account {
     item_id: String,
     /// Whether the webhook of the item's latest mutation was answered 2xx.
     last_acked: AtomicBool,
+    /// The faults the load set on the item, in order, for failure messages.
+    faults: std::sync::Mutex<Vec<String>>,
 }
 
 /// Counters the load reports at the end.
@@ -153,6 +155,9 @@ async fn load_worker(
             )
             .await;
             counters.faults_set.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut log) = account.faults.lock() {
+                log.push(fault.to_string());
+            }
         }
         let body = json!({
             "add": rng.gen_range(0..4),
@@ -201,22 +206,31 @@ async fn converge(
         }
         if Instant::now() > deadline {
             let local = sorted(&local);
+            let ids = |rows: &[Value]| -> Vec<String> {
+                rows.iter()
+                    .map(|r| r["transaction_id"].as_str().unwrap_or("?").to_string())
+                    .collect()
+            };
             let only_local: Vec<_> = local
                 .iter()
                 .filter(|r| !expected.contains(r))
-                .take(3)
+                .cloned()
                 .collect();
             let only_sandbox: Vec<_> = expected
                 .iter()
                 .filter(|r| !local.contains(r))
-                .take(3)
+                .cloned()
                 .collect();
             panic!(
-                "account {} (item {}) never converged: local {} rows, sandbox {} rows; only local: {only_local:?}; only sandbox: {only_sandbox:?}; status {status}; acctor log tail:\n{}",
+                "account {} (item {}) never converged: local {} rows, sandbox {} rows; differing only local: {:?}; only sandbox: {:?}; first differing sandbox row: {}; status {status}; faults set {:?}; acctor log tail:\n{}",
                 account.id,
                 account.item_id,
                 local.len(),
                 expected.len(),
+                ids(&only_local),
+                ids(&only_sandbox),
+                only_sandbox.first().cloned().unwrap_or_default(),
+                account.faults.lock().map(|f| f.clone()).unwrap_or_default(),
                 acctor.log_tail(),
             );
         }
@@ -275,6 +289,7 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
             item_id,
             // Linking starts the initial sync: nothing is owed beyond it yet.
             last_acked: AtomicBool::new(true),
+            faults: std::sync::Mutex::new(Vec::new()),
         });
     }
     let accounts = Arc::new(accounts);
