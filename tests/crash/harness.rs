@@ -116,6 +116,8 @@ pub struct Acctor {
     data_dir: tempfile::TempDir,
     starts: usize,
     child: Option<ChildGuard>,
+    /// Settings over the harness defaults, as `ACCTOR__…` variables.
+    extra_env: Vec<(String, String)>,
 }
 
 impl Acctor {
@@ -127,7 +129,14 @@ impl Acctor {
             data_dir: tempfile::tempdir().expect("temp dir"),
             starts: 0,
             child: None,
+            extra_env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable (e.g. `ACCTOR__ACTORS__MIN_SYNC_INTERVAL`) for every
+    /// later start, over the harness defaults.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.to_string(), value.to_string()));
     }
 
     /// Its base URL.
@@ -176,6 +185,7 @@ impl Acctor {
                 .env("ACCTOR__ACTORS__MIN_SYNC_INTERVAL", "50ms")
                 .env("ACCTOR__STORE__CACHE_CAPACITY_BYTES", "16777216")
                 .env("RUST_LOG", "warn")
+                .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().expect("log file"))
                 .stderr(log)
