@@ -24,6 +24,9 @@
 //! the only trace of the repeat is the actor's in-memory `again` nudge. A SIGKILL
 //! between that commit and the follow-up sync loses an acknowledged announcement: the
 //! inbox is empty after restart and the account stays behind until another webhook.
+//! In the random test it shows mostly at the final kill (later webhooks heal earlier
+//! losses); `acknowledged_duplicate_webhook_survives_a_kill_after_the_sync_it_coalesced_into`
+//! reproduces it deterministically and is ignored until acctor is fixed.
 //!
 //! Profiles: the CI profile (default) is small and quick; `ACCTOR_CRASH_LONG=1` selects
 //! the long one (≥ 20 kills, ≥ 10,000 webhooks). `ACCTOR_CRASH_SEED` sets the seed.
