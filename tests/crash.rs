@@ -16,17 +16,14 @@
 //! 3. no transaction id appears twice, `/readyz` reports `inbox_depth` 0 and every
 //!    account's sync status `pending_inbox` 0.
 //!
-//! Known finding (reported, not fixed here): check 1 fails intermittently. The
-//! sandbox's `SYNC_UPDATES_AVAILABLE` bodies for one item are byte-identical, and the
-//! store answers a repeat as `Duplicate` (200, nothing written) while the original
-//! inbox entry is still pending — including while a sync that started *before* the new
-//! mutation is already processing it. That sync then commits and consumes the original;
-//! the only trace of the repeat is the actor's in-memory `again` nudge. A SIGKILL
-//! between that commit and the follow-up sync loses an acknowledged announcement: the
-//! inbox is empty after restart and the account stays behind until another webhook.
-//! In the random test it shows mostly at the final kill (later webhooks heal earlier
-//! losses); `acknowledged_duplicate_webhook_survives_a_kill_after_the_sync_it_coalesced_into`
-//! reproduces it deterministically and is ignored until acctor is fixed.
+//! Found by this test and fixed: the sandbox's `SYNC_UPDATES_AVAILABLE` bodies for one
+//! item are byte-identical, and the store used to answer a repeat as `Duplicate` (200,
+//! nothing written) while the original inbox entry was pending — even when a sync that
+//! started before the new mutation had already read it. A SIGKILL after that sync's
+//! commit lost the acknowledged announcement. Syncs now claim the entries they read, and
+//! a repeat of a claimed entry is appended as a new event;
+//! `acknowledged_duplicate_webhook_survives_a_kill_after_the_sync_it_coalesced_into`
+//! reproduces the interleaving deterministically.
 //!
 //! Profiles: the CI profile (default) is small and quick; `ACCTOR_CRASH_LONG=1` selects
 //! the long one (≥ 20 kills, ≥ 10,000 webhooks). `ACCTOR_CRASH_SEED` sets the seed.
@@ -535,14 +532,13 @@ where
     }
 }
 
-/// The interleaving the random test finds, made deterministic: webhook W1 starts sync 1,
+/// The interleaving the random test found, made deterministic: webhook W1 starts sync 1,
 /// whose page is computed before mutation 2; W2 (byte-identical, announcing mutation 2)
-/// arrives while W1's inbox entry is still pending and is acknowledged as a duplicate
-/// with nothing written; sync 1 commits and consumes W1's entry; acctor is SIGKILLed
-/// before the in-memory follow-up sync. After the restart the inbox is empty, so
-/// mutation 2 — announced by an acknowledged webhook — never arrives.
+/// arrives while sync 1 runs; sync 1 commits and consumes W1's entry; acctor is
+/// SIGKILLed before any follow-up sync. Before the fix, W2 was acknowledged as a
+/// duplicate with nothing written and mutation 2 was lost; now a repeat of an entry a
+/// running sync has already read is appended as a new event, so it survives the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "reproduces an acctor bug: an acknowledged duplicate webhook is lost on SIGKILL (see module docs)"]
 async fn acknowledged_duplicate_webhook_survives_a_kill_after_the_sync_it_coalesced_into() {
     duplicate_during_sync(true).await;
 }

@@ -393,8 +393,10 @@ async fn sync_once(
             .get_account(&sync_id)?
             .ok_or(StoreError::AccountNotFound(sync_id.clone()))?;
         store.record_sync_started(&sync_id, Utc::now())?;
+        // Claimed before the first fetch: a repeat arriving from now on is kept as a new
+        // event, since this sync may already be reading older data.
         let consumed: Vec<u64> = store
-            .pending_inbox(&sync_id)?
+            .claim_pending_inbox(&sync_id)?
             .iter()
             .map(|e| e.seq)
             .collect();

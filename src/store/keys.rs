@@ -27,6 +27,8 @@ pub(super) const INBOX: &str = "inbox";
 pub(super) const UNROUTED: &str = "unrouted";
 /// Dedup keys to their expiry.
 pub(super) const DEDUP: &str = "dedup";
+/// Inbox entries a running sync has read (same keys as the inbox, empty values).
+pub(super) const CLAIMS: &str = "claims";
 
 /// Version byte written in front of every record; bump it with a migration.
 const RECORD_VERSION: u8 = 1;

@@ -238,6 +238,11 @@ pub trait Store: Send + Sync + 'static {
     /// The inbox entries of an account not yet consumed by a committed sync, by seq.
     fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
 
+    /// The pending inbox entries of an account, marked as read by the sync that is
+    /// starting: from now on a repeat of one of them is appended as a new event instead
+    /// of being dropped as a duplicate, because this sync may fetch data older than it.
+    fn claim_pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
+
     /// Every account with at least one pending inbox entry (the restart recovery pass
     /// re-drives them). Proportional to the inbox, not to the number of accounts.
     fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError>;

@@ -36,7 +36,9 @@ use sled::transaction::{
 use sled::{IVec, Tree};
 
 use super::group_commit::{FlushFn, GroupCommit};
-use super::keys::{self, ACCOUNTS, DEDUP, INBOX, LOOKUP, TRANSACTIONS, TXN_INDEX, UNROUTED};
+use super::keys::{
+    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, LOOKUP, TRANSACTIONS, TXN_INDEX, UNROUTED,
+};
 use super::{
     ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, Resolved, Store, StoreError,
     SyncCommit, TransactionPage, TransactionQuery,
@@ -151,6 +153,9 @@ pub struct SledStore {
     inbox: Tree,
     unrouted: Tree,
     dedup: Tree,
+    /// Inbox entries already read by a running sync: a repeat of one of them is no
+    /// longer covered by a sync still to come, so it is appended, not dropped.
+    claims: Tree,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,
     /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
@@ -289,6 +294,7 @@ impl SledStore {
         let inbox = tree(INBOX)?;
         let unrouted = tree(UNROUTED)?;
         let dedup = tree(DEDUP)?;
+        let claims = tree(CLAIMS)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -321,6 +327,7 @@ impl SledStore {
             inbox,
             unrouted,
             dedup,
+            claims,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
@@ -676,6 +683,11 @@ impl Store for SledStore {
         saturating_sub(&self.inbox_depth, inbox_removed);
         tracing::info!(account_id = %id, purge, "account unlinked");
         if purge {
+            for key in Self::scan_keys(&self.claims, &prefix)? {
+                self.claims.remove(key).map_err(io)?;
+            }
+        }
+        if purge {
             // Nothing can stage for a purged account (it no longer exists).
             self.staging.remove(id);
         }
@@ -736,11 +748,16 @@ impl Store for SledStore {
                     // Records written before seqs were kept: trust the TTL.
                     None => true,
                     Some(seq) => {
+                        // Pending and not yet read by a running sync: the next sync
+                        // starts fetching after this repeat arrived, so it covers it.
+                        // Once a sync has read the original, that sync's data may be
+                        // older than this repeat: then it is a new event.
                         let in_inbox = match &account_id {
-                            Some(account) => self
-                                .inbox
-                                .contains_key(keys::inbox_key(account, seq))
-                                .map_err(io)?,
+                            Some(account) => {
+                                let key = keys::inbox_key(account, seq);
+                                self.inbox.contains_key(&key).map_err(io)?
+                                    && !self.claims.contains_key(&key).map_err(io)?
+                            }
                             None => false,
                         };
                         in_inbox
@@ -839,6 +856,17 @@ impl Store for SledStore {
             .values()
             .map(|bytes| keys::decode(INBOX, &bytes.map_err(io)?))
             .collect()
+    }
+
+    fn claim_pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
+        let _gate = self.write_gate()?;
+        let entries = self.pending_inbox(id)?;
+        for entry in &entries {
+            self.claims
+                .insert(keys::inbox_key(id, entry.seq), &[] as &[u8])
+                .map_err(io)?;
+        }
+        Ok(entries)
     }
 
     fn inbox_depth(&self) -> Result<u64, StoreError> {
@@ -1039,6 +1067,11 @@ impl Store for SledStore {
             })
             .map_err(from_tx)?;
         saturating_sub(&self.inbox_depth, inbox_removed);
+        // The consumed entries are gone, so their claims mean nothing any more (a stale
+        // claim only ever turns a would-be duplicate into one more harmless sync).
+        for key in &consumed {
+            self.claims.remove(key.as_slice()).map_err(io)?;
+        }
         if commit.mode == ApplyMode::Staged {
             self.staging.remove(account_id);
         }
@@ -1720,6 +1753,55 @@ mod tests {
             store.commit_sync(commit),
             Err(StoreError::InvalidState(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_repeat_of_an_event_a_running_sync_has_read_is_appended_again() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let acc = account("item-1", "owner-1", &[]);
+        store.link_account(&acc).unwrap();
+        let first = seq_of(store.ingest(webhook("item-1", 5, t0()), TTL).unwrap());
+        let claimed: Vec<u64> = store
+            .claim_pending_inbox(&acc.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(claimed, [first]);
+        // The sync that read `first` may fetch data older than this repeat: keep it.
+        let second = seq_of(
+            store
+                .ingest(webhook("item-1", 5, t0() + minutes(1)), TTL)
+                .unwrap(),
+        );
+        assert!(second > first);
+        // The sync commits what it read; the repeat stays for the next sync, unclaimed,
+        // so its own repeat is a duplicate again.
+        store
+            .commit_sync(sync(
+                &acc.id,
+                ApplyMode::Delta,
+                vec![],
+                &[],
+                vec![first],
+                "c1",
+            ))
+            .unwrap();
+        let pending: Vec<u64> = store
+            .pending_inbox(&acc.id)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(pending, [second]);
+        assert!(matches!(
+            store
+                .ingest(webhook("item-1", 5, t0() + minutes(2)), TTL)
+                .unwrap(),
+            IngestOutcome::Duplicate { .. }
+        ));
+        assert_eq!(store.claims.len(), 0, "claims leave with their entries");
     }
 
     #[tokio::test]

@@ -17,13 +17,32 @@ async fn error_code(response: reqwest::Response) -> (u16, String) {
     (status, code)
 }
 
+/// Starts a slow sync of `item` (another event) and waits until it has read the inbox
+/// (its first page request is inside the sandbox): events arriving from now on stay
+/// pending, unread, until the next sync.
+async fn occupy_with_a_running_sync(env: &crate::helpers::TestEnv, item: &str) {
+    env.faults(item, json!({ "sync_latency_ms": 600 })).await;
+    let body = sync_webhook_body(item, json!({ "occupy": true }));
+    let jwt = env.sandbox.sign_webhook(&body, now_unix());
+    assert_eq!(env.post_webhook(&body, Some(&jwt)).await.status(), 200);
+    let deadline = tokio::time::Instant::now() + crate::helpers::CONVERGE;
+    while env.stats(item).await["in_flight_syncs"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "sync never reached the sandbox"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_webhook_twice_is_accepted_once() {
     let env = spawn_env().await;
     let (account, item) = env.linked_item(20).await;
     env.converge(&account, &item).await;
-    // A slow provider keeps the first event pending while its repeat arrives.
-    env.faults(&item, json!({ "sync_latency_ms": 500 })).await;
+    // While a sync runs, a new event stays pending and unread: its repeat is covered by
+    // the sync still to come.
+    occupy_with_a_running_sync(&env, &item).await;
     let body = sync_webhook_body(&item, json!({}));
     let jwt = env.sandbox.sign_webhook(&body, now_unix());
     let first: Value = env
@@ -37,6 +56,7 @@ async fn the_same_webhook_twice_is_accepted_once() {
     let second: Value = second.json().await.expect("json");
     assert_eq!(first["status"], "accepted");
     assert_eq!(second["status"], "duplicate");
+    env.faults(&item, json!({ "sync_latency_ms": 0 })).await;
     env.converge(&account, &item).await;
     // Once its sync has committed, the same bytes announce new data (Plaid sends
     // identical SYNC_UPDATES_AVAILABLE bodies): accepted again, not dropped.
@@ -56,26 +76,24 @@ async fn duplicate_deliveries_from_the_sandbox_are_deduplicated() {
     let env = spawn_env().await;
     let (account, item) = env.linked_item(20).await;
     env.converge(&account, &item).await;
-    // Slow syncs keep the event pending while its copies arrive.
-    env.faults(
-        &item,
-        json!({ "duplicate_webhooks": 3, "sync_latency_ms": 300 }),
-    )
-    .await;
     let before = env.sync_status(&account).await["sync_count"]
         .as_u64()
         .expect("n");
+    occupy_with_a_running_sync(&env, &item).await;
+    env.faults(&item, json!({ "duplicate_webhooks": 3 })).await;
     env.mutate(&item, 5, 0, 0).await;
-    env.converge(&account, &item).await;
     let stats = env.stats(&item).await;
     assert!(stats["webhooks_sent"].as_u64().unwrap_or(0) >= 4, "{stats}");
-    // Four deliveries, one inbox entry: at most two syncs (one may already run).
+    env.faults(&item, json!({ "sync_latency_ms": 0 })).await;
+    env.converge(&account, &item).await;
+    // The running sync, then one for the four deliveries of one event.
     let after = env.sync_status(&account).await["sync_count"]
         .as_u64()
         .expect("n");
-    assert!(
-        after - before <= 2,
-        "{} syncs for one deduplicated event",
+    assert_eq!(
+        after - before,
+        2,
+        "four deliveries of one event, {} syncs",
         after - before
     );
     env.shutdown().await;
@@ -239,15 +257,16 @@ async fn an_identical_webhook_during_a_sync_that_already_read_its_data_is_not_lo
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     env.mutate_quietly(&item, 3, 1, 1).await;
-    // Plaid's next SYNC_UPDATES_AVAILABLE is byte-identical: a duplicate of the pending
-    // event, which must still lead to another sync.
+    // Plaid's next SYNC_UPDATES_AVAILABLE is byte-identical. The running sync has read
+    // the first event and holds older data, so this one is a new event, kept on disk
+    // (acknowledged as a duplicate it would live only in memory until the next sync).
     let second: Value = env
         .post_webhook(&body, Some(&jwt))
         .await
         .json()
         .await
         .expect("json");
-    assert_eq!(second["status"], "duplicate");
+    assert_eq!(second["status"], "accepted");
     env.faults(&item, json!({ "sync_latency_after_ms": 0 }))
         .await;
     env.converge(&account, &item).await;
