@@ -166,6 +166,21 @@ pub struct Account {
     /// records written before quarantine existed, hence the default.
     #[serde(default)]
     pub quarantine: Option<Quarantine>,
+    /// Set when syncs kept failing past `actors.max_sync_attempts`: no more retries
+    /// until an operator resumes it. Absent in older records, hence the default.
+    #[serde(default)]
+    pub failed: Option<SyncGaveUp>,
+}
+
+/// Why and when acctor stopped retrying an account's failing syncs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncGaveUp {
+    /// The last failure's code and message (no secrets).
+    pub reason: String,
+    /// Consecutive failed attempts when it gave up.
+    pub attempts: u32,
+    /// When it gave up.
+    pub since: DateTime<Utc>,
 }
 
 /// Why and when an account was quarantined.

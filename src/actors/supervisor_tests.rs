@@ -137,6 +137,7 @@ impl Harness {
                 last_sync_outcome: None,
                 sync_count: 0,
                 quarantine: None,
+                failed: None,
             })
             .expect("link");
         self.registry.activate(&id).expect("activate");

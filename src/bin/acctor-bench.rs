@@ -486,6 +486,7 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
                 last_sync_outcome: None,
                 sync_count: 0,
                 quarantine: None,
+                failed: None,
             };
             store.link_account(&account)?;
             if n % 100_000 == 0 {

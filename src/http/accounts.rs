@@ -180,6 +180,7 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         last_sync_outcome: None,
         sync_count: 0,
         quarantine: None,
+        failed: None,
     };
     let store = state.store.clone();
     let record = account.clone();

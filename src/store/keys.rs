@@ -30,6 +30,11 @@ pub(super) const DEDUP: &str = "dedup";
 /// Inbox entries a running sync has read (same keys as the inbox, empty values).
 pub(super) const CLAIMS: &str = "claims";
 
+/// Retry records by (due time in big-endian millis, account id): a sparse due-time index.
+pub(super) const RETRIES: &str = "retries";
+/// Account id to the key of its record in `retries` (an account has at most one).
+pub(super) const RETRY_INDEX: &str = "retry_index";
+
 /// Version byte written in front of every record; bump it with a migration.
 const RECORD_VERSION: u8 = 1;
 /// Version of records stored as LZ4-compressed JSON (transaction rows: a 50,000-row
@@ -232,6 +237,17 @@ pub(super) fn unrouted_key(provider: ProviderKind, item_id: &str, seq: u64) -> V
     k
 }
 
+/// Key of a retry record: due time as big-endian unsigned millis (times before the
+/// epoch clamp to 0), then the account id, so byte order is due-time order.
+pub(super) fn retry_key(due_millis: i64, account: &AccountId) -> Vec<u8> {
+    let mut k = u64::try_from(due_millis)
+        .unwrap_or(0)
+        .to_be_bytes()
+        .to_vec();
+    k.extend_from_slice(account.as_str().as_bytes());
+    k
+}
+
 /// The smallest key greater than every key starting with `prefix` (`None`: no bound).
 pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -349,6 +365,15 @@ mod tests {
         let id = AccountId("acc_x".to_string());
         assert_eq!(inbox_key_account(&inbox_key(&id, 42)), Some(id));
         assert_eq!(inbox_key_account(&[0, 0]), None);
+    }
+
+    #[test]
+    fn retry_keys_sort_by_due_time_then_account() {
+        let a = AccountId("acc_b".into());
+        let b = AccountId("acc_a".into());
+        assert!(retry_key(255, &a) < retry_key(256, &b));
+        assert!(retry_key(256, &b) < retry_key(256, &a));
+        assert_eq!(retry_key(-5, &a), retry_key(0, &a));
     }
 
     #[test]

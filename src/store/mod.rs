@@ -20,7 +20,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Account, AccountId, InboxEntry, ProviderKind, Quarantine, SyncOutcome, Transaction,
+    Account, AccountId, InboxEntry, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
 
 mod group_commit;
@@ -152,6 +152,22 @@ pub struct SyncCommit {
     pub started_at: DateTime<Utc>,
     /// When it finished.
     pub finished_at: DateTime<Utc>,
+}
+
+/// A failed sync's pending retry, kept in the store so a restart or a passivation does
+/// not forget it: the sweeper finds due ones through the due-time index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryRecord {
+    /// The account to re-sync.
+    pub account_id: AccountId,
+    /// Consecutive failed attempts so far (1 after the first failure).
+    pub attempt: u32,
+    /// When the retry is due.
+    pub due_at: DateTime<Utc>,
+    /// The last failure's code (provider error code or a short internal code).
+    pub code: String,
+    /// The provider's request id of the last failure, when there was one.
+    pub request_id: Option<String>,
 }
 
 /// A page request over an account's transactions, ordered by (date, id).
@@ -286,4 +302,27 @@ pub trait Store: Send + Sync + 'static {
 
     /// Number of account records (linked and unlinked).
     fn count_accounts(&self) -> Result<u64, StoreError>;
+
+    /// Writes the account's retry record, replacing its previous one (an account has at
+    /// most one). Not durable until a later `durable()` resolves.
+    fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError>;
+
+    /// Deletes the account's retry record, if any. A committed sync does this itself.
+    fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError>;
+
+    /// Up to `limit` retry records due at or before `now`, earliest first. Reads only
+    /// the due part of the due-time index, never every account.
+    fn due_retries(&self, now: DateTime<Utc>, limit: usize)
+        -> Result<Vec<RetryRecord>, StoreError>;
+
+    /// The account's current retry record.
+    fn retry_of(&self, id: &AccountId) -> Result<Option<RetryRecord>, StoreError>;
+
+    /// Marks the account as given up on (`Some`: its retry record goes too) or clears
+    /// that mark (`None`, on resume); nothing else changes.
+    fn set_sync_gave_up(
+        &self,
+        id: &AccountId,
+        gave_up: Option<SyncGaveUp>,
+    ) -> Result<(), StoreError>;
 }

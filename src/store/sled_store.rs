@@ -37,14 +37,16 @@ use sled::{IVec, Tree};
 
 use super::group_commit::{FlushFn, GroupCommit};
 use super::keys::{
-    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, LOOKUP, TRANSACTIONS, TXN_INDEX, UNROUTED,
+    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, LOOKUP, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX,
+    UNROUTED,
 };
 use super::{
-    ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, Resolved, Store, StoreError,
-    SyncCommit, TransactionPage, TransactionQuery,
+    ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, Resolved, RetryRecord, Store,
+    StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
-    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, Quarantine, SyncOutcome, Transaction,
+    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome,
+    Transaction,
 };
 
 /// Where and how to open the sled store.
@@ -156,6 +158,10 @@ pub struct SledStore {
     /// Inbox entries already read by a running sync: a repeat of one of them is no
     /// longer covered by a sync still to come, so it is appended, not dropped.
     claims: Tree,
+    /// Retry records by (due time, account): what the sweeper re-drives.
+    retries: Tree,
+    /// Account id to its key in `retries`.
+    retry_index: Tree,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,
     /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
@@ -295,6 +301,8 @@ impl SledStore {
         let unrouted = tree(UNROUTED)?;
         let dedup = tree(DEDUP)?;
         let claims = tree(CLAIMS)?;
+        let retries = tree(RETRIES)?;
+        let retry_index = tree(RETRY_INDEX)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -328,6 +336,8 @@ impl SledStore {
             unrouted,
             dedup,
             claims,
+            retries,
+            retry_index,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
@@ -690,6 +700,7 @@ impl Store for SledStore {
         if purge {
             // Nothing can stage for a purged account (it no longer exists).
             self.staging.remove(id);
+            self.clear_retry(id)?;
         }
         Ok(Some(previous))
     }
@@ -1004,67 +1015,76 @@ impl Store for SledStore {
             &self.transactions,
             &self.txn_index,
             &self.inbox,
+            &self.retries,
+            &self.retry_index,
         )
-            .transaction(|(accounts, transactions, txn_index, inbox)| {
-                let Some(bytes) = accounts.get(&account_key)? else {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::AccountNotFound(account_id.clone()),
-                    ));
-                };
-                let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
-                if commit.mode == ApplyMode::Staged && account.cursor.is_some() {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::InvalidState(format!(
-                            "account {account_id} already committed its first sync"
-                        )),
-                    ));
-                }
+            .transaction(
+                |(accounts, transactions, txn_index, inbox, retries, retry_index)| {
+                    let Some(bytes) = accounts.get(&account_key)? else {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::AccountNotFound(account_id.clone()),
+                        ));
+                    };
+                    let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                    if commit.mode == ApplyMode::Staged && account.cursor.is_some() {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::InvalidState(format!(
+                                "account {account_id} already committed its first sync"
+                            )),
+                        ));
+                    }
 
-                for row in &upserts {
-                    if account_was_empty {
+                    for row in &upserts {
+                        if account_was_empty {
+                            transactions.insert(row.key.clone(), row.value.clone())?;
+                            txn_index.insert(row.index_key.clone(), row.index_value.clone())?;
+                            continue;
+                        }
+                        if let Some(old) = txn_index.get(&row.index_key)? {
+                            let old_date: String = tx(keys::decode(TXN_INDEX, &old))?;
+                            if old_date != row.date {
+                                transactions
+                                    .remove(keys::txn_key(account_id, &old_date, row.id))?;
+                            }
+                        }
                         transactions.insert(row.key.clone(), row.value.clone())?;
                         txn_index.insert(row.index_key.clone(), row.index_value.clone())?;
-                        continue;
                     }
-                    if let Some(old) = txn_index.get(&row.index_key)? {
-                        let old_date: String = tx(keys::decode(TXN_INDEX, &old))?;
-                        if old_date != row.date {
-                            transactions.remove(keys::txn_key(account_id, &old_date, row.id))?;
+                    for (index_key, id) in &removals {
+                        if let Some(old) = txn_index.remove(index_key.clone())? {
+                            let old_date: String = tx(keys::decode(TXN_INDEX, &old))?;
+                            transactions.remove(keys::txn_key(account_id, &old_date, id))?;
                         }
                     }
-                    transactions.insert(row.key.clone(), row.value.clone())?;
-                    txn_index.insert(row.index_key.clone(), row.index_value.clone())?;
-                }
-                for (index_key, id) in &removals {
-                    if let Some(old) = txn_index.remove(index_key.clone())? {
-                        let old_date: String = tx(keys::decode(TXN_INDEX, &old))?;
-                        transactions.remove(keys::txn_key(account_id, &old_date, id))?;
+                    for (key, index_key) in &victims {
+                        transactions.remove(key.clone())?;
+                        txn_index.remove(index_key.clone())?;
                     }
-                }
-                for (key, index_key) in &victims {
-                    transactions.remove(key.clone())?;
-                    txn_index.remove(index_key.clone())?;
-                }
 
-                account.cursor = Some(commit.cursor.clone());
-                account.cursor_updated_at = Some(commit.finished_at);
-                account.last_sync_started_at = Some(commit.started_at);
-                account.last_sync_finished_at = Some(commit.finished_at);
-                account.last_sync_outcome = Some(commit.outcome.clone());
-                account.sync_count += 1;
-                accounts.insert(
-                    account_key.as_slice(),
-                    tx(keys::encode(ACCOUNTS, &account))?,
-                )?;
+                    account.cursor = Some(commit.cursor.clone());
+                    account.cursor_updated_at = Some(commit.finished_at);
+                    account.last_sync_started_at = Some(commit.started_at);
+                    account.last_sync_finished_at = Some(commit.finished_at);
+                    account.last_sync_outcome = Some(commit.outcome.clone());
+                    account.sync_count += 1;
+                    accounts.insert(
+                        account_key.as_slice(),
+                        tx(keys::encode(ACCOUNTS, &account))?,
+                    )?;
 
-                let mut removed = 0u64;
-                for key in &consumed {
-                    if inbox.remove(key.as_slice())?.is_some() {
-                        removed += 1;
+                    let mut removed = 0u64;
+                    for key in &consumed {
+                        if inbox.remove(key.as_slice())?.is_some() {
+                            removed += 1;
+                        }
                     }
-                }
-                Ok(removed)
-            })
+                    // The sync succeeded: any pending retry of it is moot.
+                    if let Some(retry_key) = retry_index.remove(account_key.as_slice())? {
+                        retries.remove(retry_key)?;
+                    }
+                    Ok(removed)
+                },
+            )
             .map_err(from_tx)?;
         saturating_sub(&self.inbox_depth, inbox_removed);
         // The consumed entries are gone, so their claims mean nothing any more (a stale
@@ -1214,6 +1234,74 @@ impl Store for SledStore {
         Ok(n)
     }
 
+    fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let index_key = keys::account_key(&record.account_id);
+        let retry_key = keys::retry_key(record.due_at.timestamp_millis(), &record.account_id);
+        let value = keys::encode(RETRIES, record)?;
+        (&self.retries, &self.retry_index)
+            .transaction(|(retries, retry_index)| {
+                if let Some(old) = retry_index.insert(index_key.as_slice(), retry_key.as_slice())? {
+                    retries.remove(old)?;
+                }
+                retries.insert(retry_key.as_slice(), value.as_slice())?;
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let index_key = keys::account_key(id);
+        (&self.retries, &self.retry_index)
+            .transaction(|(retries, retry_index)| {
+                if let Some(old) = retry_index.remove(index_key.as_slice())? {
+                    retries.remove(old)?;
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    fn due_retries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RetryRecord>, StoreError> {
+        // Every key due at `now` sorts before the first key of the next millisecond.
+        let end = keys::retry_key(
+            now.timestamp_millis().saturating_add(1),
+            &AccountId(String::new()),
+        );
+        self.retries
+            .range(..end)
+            .values()
+            .take(limit)
+            .map(|bytes| keys::decode(RETRIES, &bytes.map_err(io)?))
+            .collect()
+    }
+
+    fn retry_of(&self, id: &AccountId) -> Result<Option<RetryRecord>, StoreError> {
+        let Some(retry_key) = self.retry_index.get(keys::account_key(id)).map_err(io)? else {
+            return Ok(None);
+        };
+        match self.retries.get(retry_key).map_err(io)? {
+            Some(bytes) => Ok(Some(keys::decode(RETRIES, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn set_sync_gave_up(
+        &self,
+        id: &AccountId,
+        gave_up: Option<SyncGaveUp>,
+    ) -> Result<(), StoreError> {
+        if gave_up.is_some() {
+            self.clear_retry(id)?;
+        }
+        self.update_account(id, |account| account.failed = gave_up.clone())
+    }
+
     fn count_accounts(&self) -> Result<u64, StoreError> {
         Ok(self.accounts.len() as u64)
     }
@@ -1262,6 +1350,7 @@ mod tests {
             last_sync_outcome: None,
             sync_count: 0,
             quarantine: None,
+            failed: None,
         }
     }
 
@@ -1850,6 +1939,83 @@ mod tests {
                 .unwrap(),
             IngestOutcome::Duplicate { .. }
         ));
+    }
+
+    fn retry(acc: &Account, attempt: u32, due_at: DateTime<Utc>) -> RetryRecord {
+        RetryRecord {
+            account_id: acc.id.clone(),
+            attempt,
+            due_at,
+            code: "INTERNAL_SERVER_ERROR".to_string(),
+            request_id: Some(format!("req-{attempt}")),
+        }
+    }
+
+    #[tokio::test]
+    async fn retry_records_index_by_due_time_and_leave_with_a_commit() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let a = account("item-a", "owner-1", &[]);
+        let b = account("item-b", "owner-1", &[]);
+        store.link_account(&a).unwrap();
+        store.link_account(&b).unwrap();
+        store
+            .record_retry(&retry(&a, 1, t0() + minutes(5)))
+            .unwrap();
+        store
+            .record_retry(&retry(&b, 1, t0() + minutes(1)))
+            .unwrap();
+        // Re-recording replaces: the old due time must not linger in the index.
+        store
+            .record_retry(&retry(&a, 2, t0() + minutes(3)))
+            .unwrap();
+
+        assert!(store.due_retries(t0(), 10).unwrap().is_empty());
+        let due: Vec<_> = store
+            .due_retries(t0() + minutes(3), 10)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.account_id, r.attempt))
+            .collect();
+        assert_eq!(due, [(b.id.clone(), 1), (a.id.clone(), 2)]);
+        assert_eq!(store.due_retries(t0() + minutes(60), 1).unwrap().len(), 1);
+        assert_eq!(store.due_retries(t0() + minutes(60), 10).unwrap().len(), 2);
+        assert_eq!(store.retry_of(&a.id).unwrap().unwrap().attempt, 2);
+
+        store
+            .commit_sync(sync(&a.id, ApplyMode::Delta, vec![], &[], vec![], "c1"))
+            .unwrap();
+        assert_eq!(store.retry_of(&a.id).unwrap(), None);
+        let due = store.due_retries(t0() + minutes(60), 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].account_id, b.id);
+
+        let gave_up = SyncGaveUp {
+            reason: "INTERNAL_SERVER_ERROR".to_string(),
+            attempts: 5,
+            since: t0(),
+        };
+        store
+            .set_sync_gave_up(&b.id, Some(gave_up.clone()))
+            .unwrap();
+        assert!(store
+            .due_retries(t0() + minutes(60), 10)
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            store.get_account(&b.id).unwrap().unwrap().failed,
+            Some(gave_up)
+        );
+        store.set_sync_gave_up(&b.id, None).unwrap();
+        assert_eq!(store.get_account(&b.id).unwrap().unwrap().failed, None);
+
+        store.record_retry(&retry(&b, 1, t0())).unwrap();
+        store.clear_retry(&b.id).unwrap();
+        assert_eq!(store.retry_of(&b.id).unwrap(), None);
+        assert!(store
+            .due_retries(t0() + minutes(60), 10)
+            .unwrap()
+            .is_empty());
     }
 
     #[tokio::test]
