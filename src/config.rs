@@ -27,6 +27,21 @@ pub struct Settings {
     pub actors: ActorSettings,
     /// Simulated providers.
     pub sandbox: SandboxSettings,
+    /// The sweeper (due retries, stale inbox entries).
+    pub sweeper: SweeperSettings,
+}
+
+/// Sweeper settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SweeperSettings {
+    /// How often it looks for due retry records.
+    #[serde(with = "humantime_serde")]
+    pub tick: Duration,
+    /// Pending inbox entries older than this are re-driven (their sync never committed).
+    #[serde(with = "humantime_serde")]
+    pub stale_inbox_after: Duration,
+    /// Most retry records re-driven per tick (the rest wait for the next one).
+    pub batch: usize,
 }
 
 /// HTTP server settings.
@@ -110,6 +125,12 @@ pub struct ActorSettings {
     /// The sliding window failures are counted in.
     #[serde(with = "humantime_serde")]
     pub restart_window: Duration,
+    /// Consecutive failed syncs after which an account is marked failed and no longer
+    /// retried until `POST /v1/accounts/{id}/resume`.
+    pub max_sync_attempts: u32,
+    /// The least delay before retrying after the provider rate-limited a sync.
+    #[serde(with = "humantime_serde")]
+    pub rate_limit_backoff: Duration,
 }
 
 /// Simulated provider settings.
@@ -282,6 +303,27 @@ impl Settings {
         if self.actors.min_sync_interval > Duration::from_secs(3600) {
             return Err(invalid("actors.min_sync_interval", "must be at most 1h"));
         }
+        if self.actors.max_sync_attempts == 0 {
+            return Err(invalid("actors.max_sync_attempts", "must be at least 1"));
+        }
+        if self.actors.rate_limit_backoff > Duration::from_secs(24 * 3600) {
+            return Err(invalid("actors.rate_limit_backoff", "must be at most 24h"));
+        }
+        if self.sweeper.tick.is_zero() || self.sweeper.tick > Duration::from_secs(3600) {
+            return Err(invalid(
+                "sweeper.tick",
+                "must be greater than zero and at most 1h",
+            ));
+        }
+        if self.sweeper.stale_inbox_after.is_zero() {
+            return Err(invalid(
+                "sweeper.stale_inbox_after",
+                "must be greater than zero",
+            ));
+        }
+        if self.sweeper.batch == 0 {
+            return Err(invalid("sweeper.batch", "must be at least 1"));
+        }
         if !self.sandbox.webhook_url.is_empty()
             && !self.sandbox.webhook_url.starts_with("http://")
             && !self.sandbox.webhook_url.starts_with("https://")
@@ -330,6 +372,24 @@ mod tests {
         settings.actors.restart_window = settings.actors.restart_backoff_max / 2;
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("actors.restart_window"), "{err}");
+    }
+
+    #[test]
+    fn sweeper_and_retry_settings_are_validated_with_their_field() {
+        let mut settings = Settings::defaults();
+        settings.sweeper.tick = Duration::ZERO;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("sweeper.tick"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.sweeper.stale_inbox_after = Duration::ZERO;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("sweeper.stale_inbox_after"), "{err}");
+
+        let mut settings = Settings::defaults();
+        settings.actors.max_sync_attempts = 0;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("actors.max_sync_attempts"), "{err}");
     }
 
     #[test]

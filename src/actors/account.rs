@@ -23,8 +23,10 @@ use tracing::Instrument;
 
 use super::registry::Registry;
 use super::sync::{run_sync, ProgressSnapshot, SyncError, SyncProgress, SyncReport};
-use crate::domain::{AccountId, LinkStatus};
-use crate::store::StoreError;
+use crate::config::ActorSettings;
+use crate::domain::{AccountId, LinkStatus, SyncGaveUp};
+use crate::providers::ProviderError;
+use crate::store::{RetryRecord, StoreError};
 
 /// Why a sync was requested (for logs and status).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -38,6 +40,8 @@ pub enum SyncReason {
     Activation,
     /// An operator asked for it.
     Manual,
+    /// The sweeper found the account's retry record due.
+    Retry,
 }
 
 /// Messages of the account actor.
@@ -45,7 +49,9 @@ pub enum AccountMessage {
     /// Run a sync now, or once more after the running one.
     SyncRequested(SyncReason),
     /// The sync task finished (internal).
-    SyncFinished(Result<SyncReport, SyncError>),
+    SyncFinished(Result<SyncReport, SyncFailure>),
+    /// An operator cleared the account's `failed` mark: retry from attempt zero.
+    Resume,
     /// A scheduled sync is due: the backoff after a failure, or the minimum interval
     /// between two syncs, is over (internal).
     Due,
@@ -111,6 +117,34 @@ pub struct ActorSnapshot {
     pub active_since: DateTime<Utc>,
 }
 
+/// What the sync task decided after a failure, already written to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryPlan {
+    /// A retry record is due at `until`, after `delay`.
+    Retry {
+        /// Consecutive failed attempts, this one included.
+        attempt: u32,
+        /// How long until the retry.
+        delay: Duration,
+        /// When it is due.
+        until: DateTime<Utc>,
+    },
+    /// `actors.max_sync_attempts` reached: the account is marked failed.
+    GiveUp {
+        /// Consecutive failed attempts, this one included.
+        attempt: u32,
+    },
+}
+
+/// A failed sync and what happens next.
+#[derive(Debug)]
+pub struct SyncFailure {
+    /// Why it failed.
+    pub error: SyncError,
+    /// The retry (or giving up) already recorded in the store.
+    pub plan: RetryPlan,
+}
+
 /// The actor. Read-only configuration lives in the shared [`Registry`].
 pub struct AccountActor {
     registry: Arc<Registry>,
@@ -136,6 +170,8 @@ pub struct AccountState {
     sync_requests: u64,
     active_since: DateTime<Utc>,
     idle_timer: Option<JoinHandle<()>>,
+    /// The account is marked failed: no syncs until resumed.
+    gave_up: bool,
 }
 
 impl Drop for AccountState {
@@ -169,18 +205,37 @@ impl Actor for AccountActor {
         if account.status != LinkStatus::Linked {
             return Err(format!("account {id} is unlinked").into());
         }
-        // Work that arrived while passivated (or a first sync never done) starts now.
-        let pending = !store.pending_inbox(&id)?.is_empty();
-        if pending || account.cursor.is_none() {
-            myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
+        let gave_up = account.failed.is_some();
+        let retry = store.retry_of(&id)?;
+        let now = Utc::now();
+        let mut phase = Phase::Idle;
+        match &retry {
+            _ if gave_up => {}
+            // A retry still in the future (from before a restart or passivation) is
+            // waited for: syncing at once would defeat the backoff.
+            Some(record) if record.due_at > now => {
+                let wait = (record.due_at - now).to_std().unwrap_or(Duration::ZERO);
+                phase = Phase::Backoff {
+                    until: record.due_at,
+                };
+                myself.send_after(wait, || AccountMessage::Due);
+            }
+            _ => {
+                // Work that arrived while passivated, a due retry, or a first sync never
+                // done starts now.
+                let pending = !store.pending_inbox(&id)?.is_empty();
+                if pending || retry.is_some() || account.cursor.is_none() {
+                    myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
+                }
+            }
         }
         let check_every =
             (self.registry.settings().passivate_after / 2).max(Duration::from_millis(10));
         let idle_timer = myself.send_interval(check_every, || AccountMessage::IdleCheck);
         Ok(AccountState {
             id,
-            phase: Phase::Idle,
-            attempt: 0,
+            phase,
+            attempt: retry.map_or(0, |record| record.attempt),
             progress: Arc::new(SyncProgress::default()),
             task: None,
             sync_started: Instant::now(),
@@ -189,6 +244,7 @@ impl Actor for AccountActor {
             sync_requests: 0,
             active_since: Utc::now(),
             idle_timer: Some(idle_timer),
+            gave_up,
         })
     }
 
@@ -202,9 +258,22 @@ impl Actor for AccountActor {
             AccountMessage::SyncRequested(reason) => {
                 state.last_activity = Instant::now();
                 state.sync_requests += 1;
+                if state.gave_up {
+                    tracing::debug!(account_id = %state.id, ?reason, "sync request ignored: account marked failed");
+                    return Ok(());
+                }
                 match &mut state.phase {
                     Phase::Idle => self.start_sync(&myself, state, reason),
+                    // The sweeper's nudge for the retry this very sync is running.
+                    Phase::Syncing { .. } if reason == SyncReason::Retry => {}
                     Phase::Syncing { again } => *again = true,
+                    // A due retry whose timer was lost or is late: run it now.
+                    Phase::Backoff { until }
+                        if reason == SyncReason::Retry && *until <= Utc::now() =>
+                    {
+                        state.phase = Phase::Idle;
+                        self.start_sync(&myself, state, reason);
+                    }
                     // A timer is already set; the sync it starts covers this request too.
                     Phase::Backoff { .. } | Phase::Scheduled { .. } => {}
                 }
@@ -237,7 +306,15 @@ impl Actor for AccountActor {
                             myself.send_after(wait, || AccountMessage::Due);
                         }
                     }
-                    Err(error) => self.enter_backoff(&myself, state, error),
+                    Err(failure) => self.enter_backoff(&myself, state, failure),
+                }
+            }
+            AccountMessage::Resume => {
+                state.last_activity = Instant::now();
+                state.gave_up = false;
+                state.attempt = 0;
+                if state.phase == Phase::Idle {
+                    self.start_sync(&myself, state, SyncReason::Manual);
                 }
             }
             AccountMessage::Due => {
@@ -290,17 +367,22 @@ impl AccountActor {
             // The test hook of `Registry::inject_panic`: fail like a bug in a handler.
             panic!("injected panic for account {}", state.id);
         }
+        if state.gave_up {
+            state.phase = Phase::Idle;
+            return;
+        }
         state.phase = Phase::Syncing { again: false };
         state.sync_started = Instant::now();
         state.progress = Arc::new(SyncProgress::default());
         let registry = self.registry.clone();
         let progress = state.progress.clone();
         let id = state.id.clone();
+        let attempt = state.attempt;
         let reply_to = myself.clone();
         let span = tracing::info_span!("sync", account_id = %id, reason = ?reason);
         state.task = Some(tokio::spawn(
             async move {
-                let result = sync_once(&registry, &id, &progress).await;
+                let result = sync_once(&registry, &id, &progress, attempt).await;
                 // The actor may have stopped meanwhile (unlinked); the result is then moot.
                 let _ = reply_to.send_message(AccountMessage::SyncFinished(result));
             }
@@ -312,29 +394,42 @@ impl AccountActor {
         &self,
         myself: &ActorRef<AccountMessage>,
         state: &mut AccountState,
-        error: SyncError,
+        failure: SyncFailure,
     ) {
-        state.attempt = state.attempt.saturating_add(1);
-        let settings = self.registry.settings();
-        let delay = backoff_delay(
-            settings.sync_retry_initial,
-            settings.sync_retry_max,
-            state.attempt,
-            &mut rand::thread_rng(),
-        );
-        let until =
-            Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
-        tracing::warn!(
-            account_id = %state.id,
-            attempt = state.attempt,
-            code = %error.code(),
-            error = %error,
-            retry_in_ms = delay.as_millis() as u64,
-            "sync failed"
-        );
-        // The failure itself was recorded in the store by the sync task.
-        state.phase = Phase::Backoff { until };
-        myself.send_after(delay, || AccountMessage::Due);
+        let SyncFailure { error, plan } = failure;
+        // The failure and the plan were recorded in the store by the sync task; the
+        // timer below is the fast path, the sweeper the one that survives restarts.
+        match plan {
+            RetryPlan::Retry {
+                attempt,
+                delay,
+                until,
+            } => {
+                state.attempt = attempt;
+                tracing::warn!(
+                    account_id = %state.id,
+                    attempt,
+                    code = %error.code(),
+                    error = %error,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "sync failed"
+                );
+                state.phase = Phase::Backoff { until };
+                myself.send_after(delay, || AccountMessage::Due);
+            }
+            RetryPlan::GiveUp { attempt } => {
+                state.attempt = attempt;
+                state.gave_up = true;
+                state.phase = Phase::Idle;
+                tracing::error!(
+                    account_id = %state.id,
+                    attempt,
+                    code = %error.code(),
+                    error = %error,
+                    "sync failed too many times, account marked failed"
+                );
+            }
+        }
     }
 
     /// Leaves the registry, then stops. Anything sent to this actor after the registry
@@ -345,8 +440,9 @@ impl AccountActor {
         myself: &ActorRef<AccountMessage>,
         state: &mut AccountState,
     ) -> Result<(), ActorProcessingErr> {
-        // Work already waiting is synced, not handed over.
-        if !self.registry.store().pending_inbox(&state.id)?.is_empty() {
+        // Work already waiting is synced, not handed over (unless it is marked failed:
+        // then it waits for a resume).
+        if !state.gave_up && !self.registry.store().pending_inbox(&state.id)?.is_empty() {
             self.start_sync(myself, state, SyncReason::Activation);
             return Ok(());
         }
@@ -362,7 +458,8 @@ impl AccountActor {
             .store()
             .pending_inbox(&state.id)
             .map(|entries| !entries.is_empty())
-            .unwrap_or(true);
+            .unwrap_or(true)
+            && !state.gave_up;
         tracing::debug!(account_id = %state.id, pending, "passivating idle actor");
         myself.stop(Some("passivated".to_string()));
         if pending {
@@ -380,6 +477,119 @@ impl AccountActor {
 
 /// One sync: account and pending inbox read fresh, then [`run_sync`].
 async fn sync_once(
+    registry: &Registry,
+    id: &AccountId,
+    progress: &SyncProgress,
+    attempt: u32,
+) -> Result<SyncReport, SyncFailure> {
+    let result = sync_attempt(registry, id, progress).await;
+    match result {
+        Ok(report) => Ok(report),
+        Err(error) => {
+            let plan = record_failure(registry, id, &error, attempt).await;
+            Err(SyncFailure { error, plan })
+        }
+    }
+}
+
+/// Whether the provider refused the sync for sending too many requests: such a retry
+/// waits at least `actors.rate_limit_backoff`, whatever the backoff says.
+pub fn is_rate_limited(error: &SyncError) -> bool {
+    match error {
+        SyncError::Provider(ProviderError::Api { status, code, .. }) => {
+            *status == 429 || code == "RATE_LIMIT_EXCEEDED" || code == "TRANSACTIONS_SYNC_LIMIT"
+        }
+        _ => false,
+    }
+}
+
+/// The retry plan after the `previous_attempts + 1`-th consecutive failure: give up
+/// past `max_sync_attempts`, else exponential backoff with full jitter, pushed to at
+/// least the rate-limit window when the provider rate-limited us.
+pub fn plan_retry(
+    settings: &ActorSettings,
+    error: &SyncError,
+    previous_attempts: u32,
+    now: DateTime<Utc>,
+    rng: &mut impl Rng,
+) -> RetryPlan {
+    let attempt = previous_attempts.saturating_add(1);
+    if attempt >= settings.max_sync_attempts {
+        return RetryPlan::GiveUp { attempt };
+    }
+    let mut delay = backoff_delay(
+        settings.sync_retry_initial,
+        settings.sync_retry_max,
+        attempt,
+        rng,
+    );
+    if is_rate_limited(error) {
+        delay = delay.max(settings.rate_limit_backoff);
+    }
+    let until = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+    RetryPlan::Retry {
+        attempt,
+        delay,
+        until,
+    }
+}
+
+/// Records a failed sync: its outcome on the account, and either a retry record or the
+/// `failed` mark, made durable so a crash does not forget the retry.
+async fn record_failure(
+    registry: &Registry,
+    id: &AccountId,
+    error: &SyncError,
+    previous_attempts: u32,
+) -> RetryPlan {
+    let plan = plan_retry(
+        registry.settings(),
+        error,
+        previous_attempts,
+        Utc::now(),
+        &mut rand::thread_rng(),
+    );
+    let store = registry.store().clone();
+    let failed_id = id.clone();
+    let outcome = error.outcome();
+    let code = error.code();
+    let request_id = error.request_id();
+    let reason = error.to_string();
+    let recorded = tokio::task::spawn_blocking(move || {
+        let now = Utc::now();
+        store.record_sync_failed(&failed_id, outcome, now)?;
+        match plan {
+            RetryPlan::Retry { attempt, until, .. } => store.record_retry(&RetryRecord {
+                account_id: failed_id,
+                attempt,
+                due_at: until,
+                code,
+                request_id,
+            }),
+            RetryPlan::GiveUp { attempt } => store.set_sync_gave_up(
+                &failed_id,
+                Some(SyncGaveUp {
+                    reason: format!("{code}: {reason}"),
+                    attempts: attempt,
+                    since: now,
+                }),
+            ),
+        }
+    })
+    .await;
+    match recorded {
+        Ok(Ok(())) => {
+            if let Err(error) = registry.store().durable().await {
+                tracing::warn!(account_id = %id, %error, "sync failure record not made durable");
+            }
+        }
+        _ => tracing::error!(account_id = %id, "could not record sync failure"),
+    }
+    plan
+}
+
+/// One attempt: account and pending inbox read fresh, then [`run_sync`].
+async fn sync_attempt(
     registry: &Registry,
     id: &AccountId,
     progress: &SyncProgress,
@@ -405,7 +615,7 @@ async fn sync_once(
     .await
     .map_err(|e| StoreError::Io(format!("store task failed: {e}")))??;
     let provider = registry.provider(account.provider);
-    let result = run_sync(
+    run_sync(
         provider.as_ref(),
         registry.store(),
         &account,
@@ -413,20 +623,7 @@ async fn sync_once(
         registry.sync_params(),
         progress,
     )
-    .await;
-    if let Err(error) = &result {
-        let store = registry.store().clone();
-        let failed_id = id.clone();
-        let outcome = error.outcome();
-        let recorded = tokio::task::spawn_blocking(move || {
-            store.record_sync_failed(&failed_id, outcome, Utc::now())
-        })
-        .await;
-        if !matches!(recorded, Ok(Ok(()))) {
-            tracing::error!(account_id = %id, "could not record sync failure");
-        }
-    }
-    result
+    .await
 }
 
 /// Exponential backoff with full jitter: a uniform delay in `[0, min(cap, base·2^(n-1))]`,

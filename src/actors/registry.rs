@@ -311,7 +311,8 @@ impl Registry {
         self.restarts.get(id).is_some_and(|r| r.quarantined)
     }
 
-    /// Lifts a quarantine: clears it in the store, resets the failure count and
+    /// Lifts a quarantine and the `failed` mark of an account whose syncs kept failing
+    /// (the latter also starts a sync): clears them in the store, resets the failure count and
     /// activates the account, whose actor then syncs the webhooks that piled up.
     /// Returns the quarantine that was lifted (`None`: it was not quarantined, and this
     /// only reset the count and activated it). Synchronous like [`Registry::activate`]:
@@ -326,7 +327,22 @@ impl Registry {
             self.store.set_quarantine(id, None)?;
         }
         self.clear_restart_record(id);
-        self.activate(id)?;
+        if account.failed.is_some() {
+            // Given up after too many failed syncs: a live actor still believes so, so
+            // it is told; a new activation reads the cleared record and is told too.
+            self.store.set_sync_gave_up(id, None)?;
+            match self.get_or_activate(id) {
+                Ok(actor) => {
+                    // A send fails only if it just stopped; the next activation reads
+                    // the cleared mark and syncs what is pending.
+                    let _ = actor.send_message(AccountMessage::Resume);
+                }
+                Err(RegistryError::RestartPending(_)) => {}
+                Err(error) => return Err(error),
+            }
+        } else {
+            self.activate(id)?;
+        }
         Ok(account.quarantine)
     }
 

@@ -14,9 +14,9 @@ use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, SyncReason};
 use crate::config::Settings;
 use crate::domain::{
-    AccessToken, Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncOutcome,
+    AccessToken, Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome,
 };
-use crate::store::{Resolved, TransactionQuery};
+use crate::store::{Resolved, RetryRecord, TransactionQuery};
 
 const MAX_KEY_LEN: usize = 256;
 const MAX_ALIASES: usize = 16;
@@ -397,7 +397,8 @@ pub struct SyncStatus {
     /// The account.
     pub account_id: AccountId,
     /// `idle`, `syncing`, `backoff`, `scheduled` (live actor), `restarting` (its actor
-    /// failed and restarts after a backoff), `quarantined`, `passivated`, or `unlinked`.
+    /// failed and restarts after a backoff), `quarantined`, `failed` (syncs gave up),
+    /// `passivated`, or `unlinked`.
     pub state: &'static str,
     /// Whether an actor is live for it.
     pub active: bool,
@@ -425,6 +426,11 @@ pub struct SyncStatus {
     pub quarantined: bool,
     /// Why and since when, as stored on the account.
     pub quarantine: Option<Quarantine>,
+    /// The pending retry of a failed sync (what the sweeper re-drives when due).
+    pub retry: Option<RetryRecord>,
+    /// Set when its syncs failed `actors.max_sync_attempts` times in a row: no more
+    /// retries until `POST …/resume`.
+    pub failed: Option<SyncGaveUp>,
 }
 
 async fn sync_status(
@@ -443,6 +449,7 @@ async fn sync_status(
         .is_some_and(|s| s.restart_due_at.is_some());
     let status_name = match (&account.status, &actor) {
         (LinkStatus::Unlinked, _) => "unlinked",
+        _ if account.failed.is_some() => "failed",
         (_, Some(snapshot)) => snapshot.state,
         _ if quarantined => "quarantined",
         _ if restarting => "restarting",
@@ -466,6 +473,8 @@ async fn sync_status(
         supervision,
         quarantined,
         quarantine: account.quarantine.clone(),
+        retry: state.store.retry_of(&account.id)?,
+        failed: account.failed.clone(),
     }))
 }
 
