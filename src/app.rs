@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::actors::supervisor::Supervisor;
+use crate::actors::sweeper::{SweeperActor, SweeperMessage};
 use crate::actors::sync::SyncParams;
 use crate::actors::Registry;
 use crate::config::Settings;
@@ -39,6 +40,7 @@ pub struct App {
     state: AppState,
     sandbox: Option<EmbeddedSandbox>,
     supervisor: ractor::ActorRef<crate::actors::supervisor::SupervisorMessage>,
+    sweeper: ractor::ActorRef<SweeperMessage>,
     store: Arc<SledStore>,
     janitor: JoinHandle<()>,
 }
@@ -136,12 +138,20 @@ impl App {
 
         let janitor = spawn_dedup_janitor(state.store.clone(), settings.store.dedup_ttl);
         spawn_recovery(state.clone());
+        let (sweeper, _) = Actor::spawn(
+            None,
+            SweeperActor::new(state.registry.clone(), settings.sweeper.clone()),
+            (),
+        )
+        .await
+        .context("spawning the sweeper")?;
         Ok(App {
             listener,
             addr,
             state,
             sandbox,
             supervisor,
+            sweeper,
             store,
             janitor,
         })
@@ -179,6 +189,7 @@ impl App {
             state,
             sandbox,
             supervisor,
+            sweeper,
             store,
             janitor,
         } = self;
@@ -204,6 +215,10 @@ impl App {
                 .context("stopping the embedded sandbox")?;
         }
         janitor.abort();
+        // Before the actors: a pass must not activate what shutdown is stopping.
+        let _ = sweeper
+            .stop_and_wait(None, Some(state.settings.actors.call_timeout))
+            .await;
         state.registry.shutdown().await;
         supervisor.stop(None);
         store.shutdown().await.context("final flush")?;

@@ -640,6 +640,74 @@ mod tests {
     use super::*;
     use rand::SeedableRng;
 
+    fn api_error(status: u16, code: &str) -> SyncError {
+        SyncError::Provider(ProviderError::Api {
+            status,
+            error_type: "API_ERROR".to_string(),
+            code: code.to_string(),
+            message: "boom".to_string(),
+            request_id: Some("req-1".to_string()),
+        })
+    }
+
+    fn settings() -> ActorSettings {
+        let mut settings = crate::config::Settings::defaults().actors;
+        settings.sync_retry_initial = Duration::from_millis(100);
+        settings.sync_retry_max = Duration::from_secs(2);
+        settings.rate_limit_backoff = Duration::from_secs(60);
+        settings.max_sync_attempts = 4;
+        settings
+    }
+
+    #[test]
+    fn a_rate_limit_pushes_the_retry_to_at_least_the_window() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let now = Utc::now();
+        for error in [
+            api_error(429, "RATE_LIMIT_EXCEEDED"),
+            api_error(400, "TRANSACTIONS_SYNC_LIMIT"),
+            api_error(429, "SOMETHING_ELSE"),
+        ] {
+            let RetryPlan::Retry {
+                delay,
+                until,
+                attempt,
+            } = plan_retry(&settings(), &error, 0, now, &mut rng)
+            else {
+                panic!("first failure must be retried");
+            };
+            assert_eq!(attempt, 1);
+            assert!(delay >= Duration::from_secs(60), "{delay:?}");
+            assert!(until >= now + chrono::Duration::seconds(60));
+        }
+        // An ordinary failure stays within the backoff ceiling.
+        let RetryPlan::Retry { delay, .. } = plan_retry(
+            &settings(),
+            &api_error(500, "INTERNAL_SERVER_ERROR"),
+            0,
+            now,
+            &mut rng,
+        ) else {
+            panic!("first failure must be retried");
+        };
+        assert!(delay <= Duration::from_millis(100), "{delay:?}");
+    }
+
+    #[test]
+    fn the_attempt_limit_gives_up() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let error = api_error(500, "INTERNAL_SERVER_ERROR");
+        let now = Utc::now();
+        assert!(matches!(
+            plan_retry(&settings(), &error, 2, now, &mut rng),
+            RetryPlan::Retry { attempt: 3, .. }
+        ));
+        assert_eq!(
+            plan_retry(&settings(), &error, 3, now, &mut rng),
+            RetryPlan::GiveUp { attempt: 4 }
+        );
+    }
+
     #[test]
     fn backoff_grows_then_caps_and_stays_within_jitter_bounds() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);

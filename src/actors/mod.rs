@@ -1,10 +1,12 @@
 //! Actors: one [`account::AccountActor`] per linked account, the [`registry::Registry`]
 //! that activates and passivates them, and the [`supervisor::Supervisor`] that is told
-//! when one dies. One actor per file.
+//! when one dies, and the [`sweeper::SweeperActor`] that re-drives due retries and
+//! stale inbox entries. One actor per file.
 
 pub mod account;
 pub mod registry;
 pub mod supervisor;
+pub mod sweeper;
 pub mod sync;
 
 pub use account::{AccountMessage, ActorSnapshot, SyncReason};
