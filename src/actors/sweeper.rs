@@ -195,7 +195,7 @@ pub fn sweep(
                 .unwrap_or(chrono::Duration::zero());
         for id in store.accounts_with_pending_inbox()? {
             let oldest = store.pending_inbox(&id)?.first().map(|e| e.received_at);
-            if !oldest.is_some_and(|at| at <= older_than) {
+            if oldest.is_none_or(|at| at > older_than) {
                 continue;
             }
             // An account marked failed keeps its inbox until an operator resumes it.
