@@ -240,3 +240,159 @@ pub async fn snapshot(
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use async_trait::async_trait;
+    use chrono::NaiveDate;
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::actors::sync::SyncParams;
+    use crate::config::Settings;
+    use crate::domain::{AccessToken, Account, LinkStatus, ProviderKind};
+    use crate::providers::{
+        DeltaPage, DynProvider, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
+    };
+    use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
+
+    /// A provider with no data that counts its delta calls.
+    #[derive(Default)]
+    struct CountingProvider {
+        syncs: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Provider for CountingProvider {
+        fn kind(&self) -> ProviderKind {
+            ProviderKind::Plaid
+        }
+
+        async fn sync_page(
+            &self,
+            _token: &AccessToken,
+            _cursor: Option<&str>,
+            _count: u32,
+        ) -> Result<DeltaPage, ProviderError> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            Ok(DeltaPage {
+                added: vec![],
+                modified: vec![],
+                removed: vec![],
+                next_cursor: "cursor-2".to_string(),
+                has_more: false,
+                request_id: "req".to_string(),
+            })
+        }
+
+        async fn window_page(
+            &self,
+            _token: &AccessToken,
+            _start: NaiveDate,
+            _end: NaiveDate,
+            _offset: u64,
+            _count: u32,
+        ) -> Result<WindowPage, ProviderError> {
+            Ok(WindowPage {
+                transactions: vec![],
+                total: 0,
+                request_id: "req".to_string(),
+            })
+        }
+
+        async fn verify_webhook(
+            &self,
+            _headers: &HeaderMap,
+            _body: &[u8],
+        ) -> Result<VerifiedWebhook, WebhookError> {
+            Err(WebhookError::Malformed("not used here".to_string()))
+        }
+    }
+
+    /// A linked account that already synced once, so activating it does not sync.
+    fn synced_account(n: u32) -> Account {
+        Account {
+            id: AccountId::generate(),
+            provider: ProviderKind::Plaid,
+            item_id: format!("item-{n}"),
+            access_token: AccessToken::new("token"),
+            owner_id: format!("owner-{n}"),
+            aliases: vec![],
+            status: LinkStatus::Linked,
+            created_at: Utc::now(),
+            cursor: Some("cursor-1".to_string()),
+            cursor_updated_at: Some(Utc::now()),
+            last_sync_started_at: None,
+            last_sync_finished_at: None,
+            last_sync_outcome: None,
+            sync_count: 1,
+            quarantine: None,
+            failed: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn due_retries_are_redriven_through_the_actor_and_future_ones_wait() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+            group_commit_window: Duration::ZERO,
+        })
+        .expect("store opens");
+        let provider = Arc::new(CountingProvider::default());
+        let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+        providers.insert(ProviderKind::Plaid, provider.clone());
+        let registry = Registry::new(
+            store.clone(),
+            providers,
+            Settings::defaults().actors,
+            SyncParams::default(),
+        );
+        let due = synced_account(1);
+        let later = synced_account(2);
+        for (account, due_at) in [
+            (&due, Utc::now() - chrono::Duration::seconds(1)),
+            (&later, Utc::now() + chrono::Duration::hours(1)),
+        ] {
+            store.link_account(account).expect("link");
+            store
+                .record_retry(&RetryRecord {
+                    account_id: account.id.clone(),
+                    attempt: 2,
+                    due_at,
+                    code: "INTERNAL_SERVER_ERROR".to_string(),
+                    request_id: None,
+                })
+                .expect("retry recorded");
+        }
+        let mut settings = Settings::defaults().sweeper;
+        settings.tick = Duration::from_secs(1);
+        let (sweeper, _) = Actor::spawn(None, SweeperActor::new(registry.clone(), settings), ())
+            .await
+            .expect("sweeper spawns");
+
+        // The due record's sync commits and clears it; nothing else is touched.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while store.retry_of(&due.id).expect("read").is_some() {
+            assert!(tokio::time::Instant::now() < deadline, "never re-driven");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(provider.syncs.load(Ordering::SeqCst), 1);
+        assert_eq!(store.get_account(&due.id).unwrap().unwrap().sync_count, 2);
+        assert!(
+            !registry.is_active(&later.id),
+            "a future retry is not re-driven"
+        );
+        assert!(store.retry_of(&later.id).expect("read").is_some());
+        let snapshot = snapshot(&sweeper, Duration::from_secs(5))
+            .await
+            .expect("sweeper answers");
+        assert!(snapshot.retries_redriven >= 1, "{snapshot:?}");
+        sweeper.stop(None);
+        registry.shutdown().await;
+    }
+}
