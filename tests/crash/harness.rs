@@ -183,6 +183,11 @@ impl Acctor {
                 .env("ACCTOR__ACTORS__SYNC_RETRY_INITIAL", "20ms")
                 .env("ACCTOR__ACTORS__SYNC_RETRY_MAX", "200ms")
                 .env("ACCTOR__ACTORS__MIN_SYNC_INTERVAL", "50ms")
+                // Injected rate limits and errors are transient here: short rate-limit
+                // waits, and no giving up (the `failed` state is tested elsewhere).
+                .env("ACCTOR__ACTORS__RATE_LIMIT_BACKOFF", "300ms")
+                .env("ACCTOR__ACTORS__MAX_SYNC_ATTEMPTS", "100000")
+                .env("ACCTOR__SWEEPER__TICK", "100ms")
                 .env("ACCTOR__STORE__CACHE_CAPACITY_BYTES", "16777216")
                 .env("RUST_LOG", "warn")
                 .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
