@@ -11,3 +11,6 @@ pub mod sync;
 
 pub use account::{AccountMessage, ActorSnapshot, SyncReason};
 pub use registry::{Registry, RegistryError};
+
+#[cfg(test)]
+mod test_support;

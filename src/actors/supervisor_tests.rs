@@ -5,71 +5,16 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::NaiveDate;
-use http::HeaderMap;
 use tokio::time::Instant;
 
 use super::*;
 use crate::actors::account::SyncReason;
 use crate::actors::sync::SyncParams;
+use crate::actors::test_support::EmptyProvider;
 use crate::config::Settings;
 use crate::domain::{AccessToken, Account, LinkStatus, ProviderKind};
-use crate::providers::{
-    DeltaPage, DynProvider, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
-};
+use crate::providers::DynProvider;
 use crate::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
-
-/// A provider with no data: every delta is one empty page.
-struct EmptyProvider;
-
-#[async_trait]
-impl Provider for EmptyProvider {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Plaid
-    }
-
-    async fn sync_page(
-        &self,
-        _token: &AccessToken,
-        _cursor: Option<&str>,
-        _count: u32,
-    ) -> Result<DeltaPage, ProviderError> {
-        Ok(DeltaPage {
-            added: vec![],
-            modified: vec![],
-            removed: vec![],
-            next_cursor: "cursor-1".to_string(),
-            has_more: false,
-            request_id: "req".to_string(),
-        })
-    }
-
-    async fn window_page(
-        &self,
-        _token: &AccessToken,
-        _start: NaiveDate,
-        _end: NaiveDate,
-        _offset: u64,
-        _count: u32,
-    ) -> Result<WindowPage, ProviderError> {
-        Ok(WindowPage {
-            transactions: vec![],
-            total: 0,
-            request_id: "req".to_string(),
-        })
-    }
-
-    async fn verify_webhook(
-        &self,
-        _headers: &HeaderMap,
-        _body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError> {
-        Err(WebhookError::Malformed(
-            "not used in these tests".to_string(),
-        ))
-    }
-}
 
 struct Harness {
     registry: Arc<Registry>,
@@ -98,7 +43,7 @@ async fn harness(max_restarts: u32) -> Harness {
     })
     .expect("store opens");
     let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
-    providers.insert(ProviderKind::Plaid, Arc::new(EmptyProvider));
+    providers.insert(ProviderKind::Plaid, Arc::new(EmptyProvider::default()));
     let registry = Registry::new(
         store.clone(),
         providers,

@@ -244,73 +244,15 @@ pub async fn snapshot(
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
-    use std::sync::atomic::{AtomicU64, Ordering};
-
-    use async_trait::async_trait;
-    use chrono::NaiveDate;
-    use http::HeaderMap;
+    use std::sync::atomic::Ordering;
 
     use super::*;
     use crate::actors::sync::SyncParams;
+    use crate::actors::test_support::EmptyProvider;
     use crate::config::Settings;
     use crate::domain::{AccessToken, Account, LinkStatus, ProviderKind};
-    use crate::providers::{
-        DeltaPage, DynProvider, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
-    };
+    use crate::providers::DynProvider;
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
-
-    /// A provider with no data that counts its delta calls.
-    #[derive(Default)]
-    struct CountingProvider {
-        syncs: AtomicU64,
-    }
-
-    #[async_trait]
-    impl Provider for CountingProvider {
-        fn kind(&self) -> ProviderKind {
-            ProviderKind::Plaid
-        }
-
-        async fn sync_page(
-            &self,
-            _token: &AccessToken,
-            _cursor: Option<&str>,
-            _count: u32,
-        ) -> Result<DeltaPage, ProviderError> {
-            self.syncs.fetch_add(1, Ordering::SeqCst);
-            Ok(DeltaPage {
-                added: vec![],
-                modified: vec![],
-                removed: vec![],
-                next_cursor: "cursor-2".to_string(),
-                has_more: false,
-                request_id: "req".to_string(),
-            })
-        }
-
-        async fn window_page(
-            &self,
-            _token: &AccessToken,
-            _start: NaiveDate,
-            _end: NaiveDate,
-            _offset: u64,
-            _count: u32,
-        ) -> Result<WindowPage, ProviderError> {
-            Ok(WindowPage {
-                transactions: vec![],
-                total: 0,
-                request_id: "req".to_string(),
-            })
-        }
-
-        async fn verify_webhook(
-            &self,
-            _headers: &HeaderMap,
-            _body: &[u8],
-        ) -> Result<VerifiedWebhook, WebhookError> {
-            Err(WebhookError::Malformed("not used here".to_string()))
-        }
-    }
 
     /// A linked account that already synced once, so activating it does not sync.
     fn synced_account(n: u32) -> Account {
@@ -343,7 +285,7 @@ mod tests {
             group_commit_window: Duration::ZERO,
         })
         .expect("store opens");
-        let provider = Arc::new(CountingProvider::default());
+        let provider = Arc::new(EmptyProvider::default());
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, provider.clone());
         let registry = Registry::new(
