@@ -996,14 +996,6 @@ impl Store for SledStore {
         } else {
             Vec::new()
         };
-        // An account with no rows yet (the initial sync) has nothing to move or replace:
-        // skip the per-row index lookups. Syncs of one account are serialized by its
-        // actor, so nothing can add rows between this check and the commit.
-        let account_was_empty = self
-            .txn_index
-            .scan_prefix(keys::account_prefix(account_id))
-            .next()
-            .is_none();
         let consumed: Vec<Vec<u8>> = commit
             .consumed
             .iter()
@@ -1035,11 +1027,6 @@ impl Store for SledStore {
                     }
 
                     for row in &upserts {
-                        if account_was_empty {
-                            transactions.insert(row.key.clone(), row.value.clone())?;
-                            txn_index.insert(row.index_key.clone(), row.index_value.clone())?;
-                            continue;
-                        }
                         if let Some(old) = txn_index.get(&row.index_key)? {
                             let old_date: String = tx(keys::decode(TXN_INDEX, &old))?;
                             if old_date != row.date {
