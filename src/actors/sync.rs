@@ -6,10 +6,11 @@
 //!
 //! When the provider rejects the stored cursor, the reconcile path rebuilds one: it
 //! first pages a fresh loop from the beginning to obtain a new cursor C, then lists the
-//! whole date window with `/transactions/get` and replaces the local set with it. Every
-//! change after C is replayed by the next sync from C (upserts and removals are
-//! idempotent), so both paths converge on the provider's state. The caller runs that
-//! follow-up sync at once.
+//! whole date window with `/transactions/get` and replaces the local set with the rows
+//! of C refreshed from that listing (rows created after C are left to the follow-up: see
+//! [`reconciled_rows`]). Every change after C is replayed by the next sync from C
+//! (upserts and removals are idempotent), so both paths converge on the provider's
+//! state. The caller runs that follow-up sync at once.
 //!
 //! This runs in a task spawned by the account actor, never inside its `handle`: the
 //! mailbox keeps answering status queries while pages are fetched.
@@ -18,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chrono::{Duration as ChronoDuration, Utc};
+use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
 use serde::Serialize;
 
 use crate::domain::{Account, SyncOutcome, Transaction};
@@ -428,7 +429,9 @@ async fn reconcile(
     started_at: chrono::DateTime<Utc>,
 ) -> Result<SyncReport, SyncError> {
     let fresh = pagination_loop(provider, account, None, params, progress).await?;
-    let rows = list_window(provider, account, params, progress).await?;
+    let (start, end) = window_bounds(params);
+    let window = list_window(provider, account, start, end, params, progress).await?;
+    let rows = reconciled_rows(fresh.upserts, window, start, end);
     let outcome = SyncOutcome::Committed {
         added: rows.len() as u64,
         modified: 0,
@@ -458,18 +461,60 @@ async fn reconcile(
     })
 }
 
-/// Lists every row dated within the window. Offset paging is only consistent while the
-/// set does not change, so the listing is retried when the total moved or ids repeat.
+/// The date window the reconcile path lists: `window_days` back from today, through
+/// tomorrow (a provider's "today" may be ahead of ours).
+fn window_bounds(params: &SyncParams) -> (NaiveDate, NaiveDate) {
+    let today = Utc::now().date_naive();
+    (
+        today - ChronoDuration::days(params.window_days),
+        today + ChronoDuration::days(1),
+    )
+}
+
+/// The complete set at the fresh cursor C, refreshed with the window listing.
+///
+/// The listing runs after C was issued, so it can hold rows created after C. Such a row
+/// must not be kept: if it is removed later, the follow-up sync from C never reports the
+/// removal (a delta does not mention rows that appeared and vanished after its cursor),
+/// and the local copy would keep a row the provider no longer has. Every row that still
+/// exists after C is delivered by that follow-up sync anyway. So the result is exactly
+/// the ids of the fresh loop: the listed version where the listing has the row, the
+/// fresh version for rows dated outside the window, and nothing for an in-window row
+/// the listing no longer has (it was removed after C; the follow-up reports it too).
+fn reconciled_rows(
+    fresh: Vec<Transaction>,
+    window: Vec<Transaction>,
+    start: NaiveDate,
+    end: NaiveDate,
+) -> Vec<Transaction> {
+    let mut listed: HashMap<String, Transaction> = window
+        .into_iter()
+        .map(|row| (row.id.clone(), row))
+        .collect();
+    let mut rows: Vec<Transaction> = fresh
+        .into_iter()
+        .filter_map(|row| match listed.remove(&row.id) {
+            Some(newer) => Some(newer),
+            None if row.date < start || row.date > end => Some(row),
+            None => None,
+        })
+        .collect();
+    rows.sort_by(|a, b| (a.date, &a.id).cmp(&(b.date, &b.id)));
+    rows
+}
+
+/// Lists every row dated within `[start, end]`. Offset paging is only consistent while
+/// the set does not change, so the listing is retried when the total moved or ids
+/// repeat.
 async fn list_window(
     provider: &dyn Provider,
     account: &Account,
+    start: NaiveDate,
+    end: NaiveDate,
     params: &SyncParams,
     progress: &SyncProgress,
 ) -> Result<Vec<Transaction>, SyncError> {
     const ATTEMPTS: u32 = 5;
-    let today = Utc::now().date_naive();
-    let start = today - ChronoDuration::days(params.window_days);
-    let end = today + ChronoDuration::days(1);
     'attempt: for _ in 0..ATTEMPTS {
         let mut rows: HashMap<String, Transaction> = HashMap::new();
         let mut offset = 0u64;
@@ -559,7 +604,7 @@ pub type SharedProgress = Arc<SyncProgress>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::NaiveDate;
+    use crate::providers::DeltaPage;
 
     fn row(id: &str, amount: f64) -> Transaction {
         Transaction {
@@ -567,6 +612,173 @@ mod tests {
             date: NaiveDate::from_ymd_opt(2026, 1, 2).expect("valid date"),
             body: serde_json::json!({ "transaction_id": id, "amount": amount }),
         }
+    }
+
+    /// A provider scripted for the reconcile race: the stored cursor `c0` is rejected;
+    /// a fresh loop returns `a` at cursor `c1`; the window listing, which runs after
+    /// `c1` was issued, also holds `x`, a row created after `c1` and removed again
+    /// before the follow-up sync, so the delta from `c1` reports nothing about it.
+    struct ReconcileRace;
+
+    fn delta(rows: Vec<Transaction>, cursor: &str) -> DeltaPage {
+        DeltaPage {
+            added: rows,
+            modified: vec![],
+            removed: vec![],
+            next_cursor: cursor.to_string(),
+            has_more: false,
+            request_id: "req".to_string(),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Provider for ReconcileRace {
+        fn kind(&self) -> crate::domain::ProviderKind {
+            crate::domain::ProviderKind::Plaid
+        }
+
+        async fn sync_page(
+            &self,
+            _token: &crate::domain::AccessToken,
+            cursor: Option<&str>,
+            _count: u32,
+        ) -> Result<DeltaPage, ProviderError> {
+            match cursor {
+                None => Ok(delta(vec![row("a", 1.0)], "c1")),
+                Some("c0") => Err(ProviderError::Api {
+                    status: 400,
+                    error_type: "INVALID_INPUT".to_string(),
+                    code: crate::providers::plaid::wire::INVALID_FIELD.to_string(),
+                    message: "cursor not recognized".to_string(),
+                    request_id: Some("req".to_string()),
+                }),
+                Some(other) => Ok(delta(vec![], &format!("{other}+"))),
+            }
+        }
+
+        async fn window_page(
+            &self,
+            _token: &crate::domain::AccessToken,
+            _start: NaiveDate,
+            _end: NaiveDate,
+            _offset: u64,
+            _count: u32,
+        ) -> Result<crate::providers::WindowPage, ProviderError> {
+            Ok(crate::providers::WindowPage {
+                transactions: vec![row("a", 2.0), row("x", 9.0)],
+                total: 2,
+                request_id: "req".to_string(),
+            })
+        }
+
+        async fn verify_webhook(
+            &self,
+            _headers: &http::HeaderMap,
+            _body: &[u8],
+        ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
+            Err(crate::providers::WebhookError::Malformed(
+                "not used".to_string(),
+            ))
+        }
+    }
+
+    #[tokio::test]
+    async fn reconcile_drops_rows_created_after_the_fresh_cursor() {
+        use crate::domain::{AccessToken, AccountId, LinkStatus, ProviderKind};
+        use crate::store::{SledStore, SledStoreConfig, TransactionQuery};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+            group_commit_window: std::time::Duration::ZERO,
+        })
+        .expect("store opens");
+        let account = Account {
+            id: AccountId::generate(),
+            provider: ProviderKind::Plaid,
+            item_id: "item".to_string(),
+            access_token: AccessToken::new("token"),
+            owner_id: "owner".to_string(),
+            aliases: vec![],
+            status: LinkStatus::Linked,
+            created_at: Utc::now(),
+            cursor: None,
+            cursor_updated_at: None,
+            last_sync_started_at: None,
+            last_sync_finished_at: None,
+            last_sync_outcome: None,
+            sync_count: 0,
+            quarantine: None,
+            failed: None,
+        };
+        store.link_account(&account).expect("links");
+        let provider = ReconcileRace;
+        let params = SyncParams::default();
+        let progress = SyncProgress::default();
+        // Give the account the stored cursor the provider will reject.
+        store
+            .commit_sync(SyncCommit {
+                account_id: account.id.clone(),
+                mode: ApplyMode::Replace,
+                upserts: vec![row("a", 0.5), row("gone", 3.0)],
+                removals: vec![],
+                cursor: "c0".to_string(),
+                consumed: vec![],
+                outcome: SyncOutcome::Committed {
+                    added: 2,
+                    modified: 0,
+                    removed: 0,
+                    pages: 1,
+                    fallback: false,
+                },
+                started_at: Utc::now(),
+                finished_at: Utc::now(),
+            })
+            .expect("seeds the cursor");
+
+        let stored = store.get_account(&account.id).unwrap().expect("linked");
+        let report = run_sync(&provider, &store, &stored, vec![], &params, &progress)
+            .await
+            .expect("reconciles");
+        assert!(report.follow_up, "the reconcile path asks for a follow-up");
+        let stored = store.get_account(&account.id).unwrap().expect("linked");
+        assert_eq!(stored.cursor.as_deref(), Some("c1"));
+        run_sync(&provider, &store, &stored, vec![], &params, &progress)
+            .await
+            .expect("follow-up syncs");
+
+        let page = store
+            .list_transactions(
+                &account.id,
+                &TransactionQuery {
+                    start_date: None,
+                    end_date: None,
+                    after: None,
+                    limit: 100,
+                },
+            )
+            .expect("lists");
+        assert_eq!(
+            page.transactions,
+            vec![row("a", 2.0)],
+            "exactly the provider's rows: the listed version of a, no x, no stale row"
+        );
+    }
+
+    #[test]
+    fn reconciled_rows_keep_fresh_rows_outside_the_window() {
+        let start = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
+        let end = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
+        let mut old = row("old", 1.0);
+        old.date = NaiveDate::from_ymd_opt(2020, 5, 5).unwrap();
+        let rows = reconciled_rows(
+            vec![old.clone(), row("kept", 1.0), row("removed-after-c", 1.0)],
+            vec![row("kept", 2.0), row("created-after-c", 1.0)],
+            start,
+            end,
+        );
+        assert_eq!(rows, vec![old, row("kept", 2.0)]);
     }
 
     #[test]
