@@ -27,7 +27,7 @@ pub struct Settings {
     pub actors: ActorSettings,
     /// Simulated providers.
     pub sandbox: SandboxSettings,
-    /// The sweeper (due retries, stale inbox entries).
+    /// The sweeper (due retries, stale inbox entries, polling fallback).
     pub sweeper: SweeperSettings,
 }
 
@@ -40,8 +40,13 @@ pub struct SweeperSettings {
     /// Pending inbox entries older than this are re-driven (their sync never committed).
     #[serde(with = "humantime_serde")]
     pub stale_inbox_after: Duration,
-    /// Most retry records re-driven per tick (the rest wait for the next one).
+    /// Most retry records re-driven per tick (the rest wait for the next one); the
+    /// polling pass has the same per-tick limit.
     pub batch: usize,
+    /// Polling fallback: a linked account with no successful sync for this long is
+    /// asked to sync (webhooks can be lost for good).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
 }
 
 /// HTTP server settings.
@@ -324,6 +329,13 @@ impl Settings {
         if self.sweeper.batch == 0 {
             return Err(invalid("sweeper.batch", "must be at least 1"));
         }
+        // The sweeper looks once per tick: a shorter interval could not be honoured.
+        if self.sweeper.poll_interval < self.sweeper.tick {
+            return Err(invalid(
+                "sweeper.poll_interval",
+                "must be at least sweeper.tick",
+            ));
+        }
         if !self.sandbox.webhook_url.is_empty()
             && !self.sandbox.webhook_url.starts_with("http://")
             && !self.sandbox.webhook_url.starts_with("https://")
@@ -385,6 +397,12 @@ mod tests {
         settings.sweeper.stale_inbox_after = Duration::ZERO;
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("sweeper.stale_inbox_after"), "{err}");
+
+        let mut settings = Settings::defaults();
+        assert_eq!(settings.sweeper.poll_interval, Duration::from_secs(6 * 3600));
+        settings.sweeper.poll_interval = settings.sweeper.tick / 2;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("sweeper.poll_interval"), "{err}");
 
         let mut settings = Settings::defaults();
         settings.actors.max_sync_attempts = 0;

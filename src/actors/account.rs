@@ -42,6 +42,8 @@ pub enum SyncReason {
     Manual,
     /// The sweeper found the account's retry record due.
     Retry,
+    /// The sweeper's polling fallback: no successful sync for `sweeper.poll_interval`.
+    Poll,
 }
 
 /// Messages of the account actor.
@@ -264,8 +266,10 @@ impl Actor for AccountActor {
                 }
                 match &mut state.phase {
                     Phase::Idle => self.start_sync(&myself, state, reason),
-                    // The sweeper's nudge for the retry this very sync is running.
-                    Phase::Syncing { .. } if reason == SyncReason::Retry => {}
+                    // The sweeper's nudge for the retry this very sync is running, or a
+                    // poll: the running sync fetches everything there is anyway.
+                    Phase::Syncing { .. }
+                        if matches!(reason, SyncReason::Retry | SyncReason::Poll) => {}
                     Phase::Syncing { again } => *again = true,
                     // A due retry whose timer was lost or is late: run it now.
                     Phase::Backoff { until }

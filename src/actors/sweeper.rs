@@ -6,13 +6,25 @@
 //! inbox entries are older than `sweeper.stale_inbox_after`: acknowledged webhooks
 //! whose sync never committed.
 //!
+//! The polling fallback is the net under lost webhooks: a linked account with no
+//! successful sync for `sweeper.poll_interval` is asked to sync with
+//! [`SyncReason::Poll`]. The store keeps a polling index ordered by anchor time (last
+//! successful sync, link, or last poll request), moved in the same transaction as the
+//! commit, link or unlink that changes it, so a pass reads only the due part: its cost
+//! is O(due), never O(accounts). The index is a hint and the account record the truth:
+//! every due entry is checked against its record before anything is sent, and an entry
+//! found stale (account gone or unlinked, or a successful sync newer than the entry) is
+//! repaired instead of acted on. A polled or parked account's anchor moves to now, so
+//! it is looked at again one interval later, not on every tick, and parked accounts
+//! cannot crowd the batch.
+//!
 //! It never syncs by itself: every request goes through the registry to the account's
 //! actor, whose mailbox keeps syncs of one account serialized.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -20,8 +32,19 @@ use tokio::task::JoinHandle;
 use super::account::SyncReason;
 use super::registry::{Registry, RegistryError};
 use crate::config::SweeperSettings;
-use crate::domain::AccountId;
+use crate::domain::{Account, AccountId, LinkStatus};
 use crate::store::StoreError;
+
+/// Where the sweeper reads the time. Production uses the wall clock (the store's times
+/// are wall-clock times); tests inject one driven by tokio's paused time.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+/// Whether an account is parked: it waits for an operator (or, later, a re-login), so
+/// neither polling nor stale-inbox re-drives may wake it. The one place to add a new
+/// parked state.
+pub fn is_parked(account: &Account) -> bool {
+    account.failed.is_some() || account.quarantine.is_some()
+}
 
 /// Messages of the sweeper.
 pub enum SweeperMessage {
@@ -42,6 +65,12 @@ pub struct PassReport {
     pub stale_redriven: u64,
     /// Retry records dropped because their account is gone or unlinked.
     pub retries_dropped: u64,
+    /// Accounts asked to poll (no successful sync for the polling interval).
+    pub polls_requested: u64,
+    /// Due polls put off by one interval: the account is parked or a retry owns it.
+    pub polls_deferred: u64,
+    /// Stale polling entries repaired (account gone or unlinked, or synced since).
+    pub polls_repaired: u64,
 }
 
 /// The sweeper's observable state.
@@ -55,6 +84,12 @@ pub struct SweeperSnapshot {
     pub stale_redriven: u64,
     /// Retry records dropped since start.
     pub retries_dropped: u64,
+    /// Polling syncs requested since start.
+    pub polls_requested: u64,
+    /// Due polls put off since start (parked account or pending retry).
+    pub polls_deferred: u64,
+    /// Stale polling entries repaired since start.
+    pub polls_repaired: u64,
     /// Passes that failed on a store error.
     pub failed_passes: u64,
 }
@@ -63,12 +98,22 @@ pub struct SweeperSnapshot {
 pub struct SweeperActor {
     registry: Arc<Registry>,
     settings: SweeperSettings,
+    clock: Clock,
 }
 
 impl SweeperActor {
-    /// A sweeper driving `registry`'s actors.
+    /// A sweeper driving `registry`'s actors on the wall clock.
     pub fn new(registry: Arc<Registry>, settings: SweeperSettings) -> Self {
-        SweeperActor { registry, settings }
+        Self::with_clock(registry, settings, Arc::new(Utc::now))
+    }
+
+    /// A sweeper reading the time from `clock` (tests: paused tokio time).
+    pub fn with_clock(registry: Arc<Registry>, settings: SweeperSettings, clock: Clock) -> Self {
+        SweeperActor {
+            registry,
+            settings,
+            clock,
+        }
     }
 }
 
@@ -130,9 +175,10 @@ impl Actor for SweeperActor {
                 }
                 let registry = self.registry.clone();
                 let settings = self.settings.clone();
+                let now = (self.clock)();
                 state.running = Some(tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        sweep(&registry, &settings, scan_stale)
+                        sweep(&registry, &settings, now, scan_stale)
                     })
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Io(format!("sweep task failed: {e}"))));
@@ -147,11 +193,17 @@ impl Actor for SweeperActor {
                         state.snapshot.retries_redriven += report.retries_redriven;
                         state.snapshot.stale_redriven += report.stale_redriven;
                         state.snapshot.retries_dropped += report.retries_dropped;
+                        state.snapshot.polls_requested += report.polls_requested;
+                        state.snapshot.polls_deferred += report.polls_deferred;
+                        state.snapshot.polls_repaired += report.polls_repaired;
                         if report != PassReport::default() {
                             tracing::debug!(
                                 retries = report.retries_redriven,
                                 stale = report.stale_redriven,
                                 dropped = report.retries_dropped,
+                                polls = report.polls_requested,
+                                polls_deferred = report.polls_deferred,
+                                polls_repaired = report.polls_repaired,
                                 "sweeper re-drove work"
                             );
                         }
@@ -170,15 +222,17 @@ impl Actor for SweeperActor {
     }
 }
 
-/// One pass, on a blocking thread (store reads and activations can wait on sled).
+/// One pass at time `now`, on a blocking thread (store reads and activations can wait
+/// on sled): due retries, due polls, then, when `scan_stale`, stale inbox entries.
 pub fn sweep(
     registry: &Registry,
     settings: &SweeperSettings,
+    now: DateTime<Utc>,
     scan_stale: bool,
 ) -> Result<PassReport, StoreError> {
     let store = registry.store();
     let mut report = PassReport::default();
-    for record in store.due_retries(Utc::now(), settings.batch)? {
+    for record in store.due_retries(now, settings.batch)? {
         match nudge(registry, &record.account_id, SyncReason::Retry) {
             Nudge::Sent => report.retries_redriven += 1,
             Nudge::Gone => {
@@ -189,8 +243,9 @@ pub fn sweep(
             Nudge::Refused => {}
         }
     }
+    poll_pass(registry, settings, now, &mut report)?;
     if scan_stale {
-        let older_than = Utc::now()
+        let older_than = now
             - chrono::Duration::from_std(settings.stale_inbox_after)
                 .unwrap_or(chrono::Duration::zero());
         for id in store.accounts_with_pending_inbox()? {
@@ -198,8 +253,8 @@ pub fn sweep(
             if oldest.is_none_or(|at| at > older_than) {
                 continue;
             }
-            // An account marked failed keeps its inbox until an operator resumes it.
-            if store.get_account(&id)?.is_none_or(|a| a.failed.is_some()) {
+            // A parked account keeps its inbox until an operator resumes it.
+            if store.get_account(&id)?.is_none_or(|a| is_parked(&a)) {
                 continue;
             }
             if nudge(registry, &id, SyncReason::Activation) == Nudge::Sent {
@@ -208,6 +263,65 @@ pub fn sweep(
         }
     }
     Ok(report)
+}
+
+/// The polling fallback: asks every account whose polling anchor is older than the
+/// interval to sync, at most `settings.batch` per pass, oldest first.
+fn poll_pass(
+    registry: &Registry,
+    settings: &SweeperSettings,
+    now: DateTime<Utc>,
+    report: &mut PassReport,
+) -> Result<(), StoreError> {
+    let store = registry.store();
+    let interval = chrono::Duration::from_std(settings.poll_interval)
+        .unwrap_or(chrono::Duration::MAX);
+    let Some(anchored_by) = now.checked_sub_signed(interval) else {
+        return Ok(());
+    };
+    for entry in store.due_polls(anchored_by, settings.batch)? {
+        let id = &entry.account_id;
+        let Some(account) = store
+            .get_account(id)?
+            .filter(|a| a.status == LinkStatus::Linked)
+        else {
+            store.clear_poll(id)?;
+            report.polls_repaired += 1;
+            continue;
+        };
+        // The record is the truth: a successful sync newer than the entry means the
+        // entry missed a move. Put it where it belongs; it is due again only if that
+        // sync is itself older than the interval (then the next pass polls it).
+        if let Some(synced_at) = account.cursor_updated_at {
+            if synced_at > entry.anchor {
+                store.defer_poll(id, synced_at)?;
+                report.polls_repaired += 1;
+                continue;
+            }
+        }
+        // Parked accounts wait for an operator; a pending retry already owns the next
+        // sync. Both are looked at again one interval from now.
+        if is_parked(&account) || store.retry_of(id)?.is_some() {
+            store.defer_poll(id, now)?;
+            report.polls_deferred += 1;
+            continue;
+        }
+        match nudge(registry, id, SyncReason::Poll) {
+            Nudge::Sent => {
+                // If the poll fails, its retry record takes over; if it succeeds, the
+                // commit moves the anchor itself. Either way: not again next tick.
+                store.defer_poll(id, now)?;
+                report.polls_requested += 1;
+            }
+            Nudge::Gone => {
+                store.clear_poll(id)?;
+                report.polls_repaired += 1;
+            }
+            // Shutting down or failing to activate: stays due for the next pass.
+            Nudge::Refused => {}
+        }
+    }
+    Ok(())
 }
 
 #[derive(Debug, PartialEq, Eq)]

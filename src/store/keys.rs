@@ -35,6 +35,16 @@ pub(super) const RETRIES: &str = "retries";
 /// Account id to the key of its record in `retries` (an account has at most one).
 pub(super) const RETRY_INDEX: &str = "retry_index";
 
+/// The polling index: (poll anchor in big-endian millis, account id) to the account id,
+/// one entry per linked account. The anchor is the last successful sync, the link, or
+/// the last time the sweeper asked the account to poll, whichever is latest.
+pub(super) const POLL: &str = "poll";
+/// Account id to the key of its entry in `poll`; also holds [`POLL_BACKFILLED`].
+pub(super) const POLL_INDEX: &str = "poll_index";
+/// Marker in `poll_index` written once every linked account of a store created before
+/// the polling index has its entry (no account id starts with a NUL byte).
+pub(super) const POLL_BACKFILLED: &[u8] = b"\0backfilled";
+
 /// Version byte written in front of every record; bump it with a migration.
 const RECORD_VERSION: u8 = 1;
 /// Version of records stored as LZ4-compressed JSON (transaction rows: a 50,000-row
@@ -248,6 +258,18 @@ pub(super) fn retry_key(due_millis: i64, account: &AccountId) -> Vec<u8> {
     k
 }
 
+/// Key of a polling-index entry: the anchor time laid out like [`retry_key`], so byte
+/// order is anchor order and the due part of the index is one range from its start.
+pub(super) fn poll_key(anchor_millis: i64, account: &AccountId) -> Vec<u8> {
+    retry_key(anchor_millis, account)
+}
+
+/// The anchor time (millis) of a polling-index key.
+pub(super) fn poll_key_millis(key: &[u8]) -> Option<i64> {
+    let millis = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
+    i64::try_from(millis).ok()
+}
+
 /// The smallest key greater than every key starting with `prefix` (`None`: no bound).
 pub(super) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     let mut end = prefix.to_vec();
@@ -374,6 +396,15 @@ mod tests {
         assert!(retry_key(255, &a) < retry_key(256, &b));
         assert!(retry_key(256, &b) < retry_key(256, &a));
         assert_eq!(retry_key(-5, &a), retry_key(0, &a));
+    }
+
+    #[test]
+    fn poll_keys_sort_by_anchor_and_carry_it() {
+        let a = AccountId("acc_b".into());
+        let b = AccountId("acc_a".into());
+        assert!(poll_key(1_000, &a) < poll_key(1_001, &b));
+        assert_eq!(poll_key_millis(&poll_key(1_234_567, &a)), Some(1_234_567));
+        assert_eq!(poll_key_millis(&[1, 2]), None);
     }
 
     #[test]

@@ -170,6 +170,17 @@ pub struct RetryRecord {
     pub request_id: Option<String>,
 }
 
+/// A linked account's entry in the polling index, the sparse index the sweeper's
+/// polling fallback reads instead of every account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PollEntry {
+    /// The account.
+    pub account_id: AccountId,
+    /// The latest of: its last successful sync, its link, the last time the sweeper asked
+    /// it to poll. A poll is due once this is older than the polling interval.
+    pub anchor: DateTime<Utc>,
+}
+
 /// A page request over an account's transactions, ordered by (date, id).
 #[derive(Clone, Debug, Default)]
 pub struct TransactionQuery {
@@ -325,4 +336,24 @@ pub trait Store: Send + Sync + 'static {
         id: &AccountId,
         gave_up: Option<SyncGaveUp>,
     ) -> Result<(), StoreError>;
+
+    /// Up to `limit` entries of the polling index anchored at or before `anchored_by`,
+    /// oldest first. Reads only that part of the index, never every account. Linking
+    /// adds an account's entry (anchored at its last successful sync or its creation),
+    /// a committed sync moves it to the commit's `finished_at`, unlinking removes it,
+    /// all in the same transaction as the change itself.
+    fn due_polls(
+        &self,
+        anchored_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PollEntry>, StoreError>;
+
+    /// Moves the account's polling anchor forward to `at` (never back); nothing when
+    /// the account has no entry (unlinked or gone). Not durable until a later
+    /// `durable()` resolves; losing it in a crash only brings the poll forward again.
+    fn defer_poll(&self, id: &AccountId, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Removes the account's polling entry (one found stale: its account is gone or
+    /// unlinked).
+    fn clear_poll(&self, id: &AccountId) -> Result<(), StoreError>;
 }

@@ -37,12 +37,12 @@ use sled::{IVec, Tree};
 
 use super::group_commit::{FlushFn, GroupCommit};
 use super::keys::{
-    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, LOOKUP, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX,
-    UNROUTED,
+    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, LOOKUP, POLL, POLL_BACKFILLED, POLL_INDEX, RETRIES,
+    RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
 use super::{
-    ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, Resolved, RetryRecord, Store,
-    StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, PollEntry, Resolved, RetryRecord,
+    Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
     Account, AccountId, InboxEntry, LinkStatus, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome,
@@ -162,6 +162,10 @@ pub struct SledStore {
     retries: Tree,
     /// Account id to its key in `retries`.
     retry_index: Tree,
+    /// The polling index: (anchor, account) for every linked account.
+    poll: Tree,
+    /// Account id to its key in `poll`.
+    poll_index: Tree,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,
     /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
@@ -267,6 +271,33 @@ fn adopt(
     Ok(moved)
 }
 
+/// Where an account's entry in the polling index sits: its last successful sync, or
+/// its creation when it never synced.
+fn poll_anchor(account: &Account) -> DateTime<Utc> {
+    account.cursor_updated_at.unwrap_or(account.created_at)
+}
+
+/// Points `id_key`'s polling entry at `new_key`, or removes it (`None`). The reverse
+/// index says where the old entry is, so the move never scans.
+fn move_poll_entry(
+    poll: &TransactionalTree,
+    poll_index: &TransactionalTree,
+    id_key: &[u8],
+    new_key: Option<&[u8]>,
+) -> TxResult<()> {
+    let old = match new_key {
+        Some(new_key) => poll_index.insert(id_key, new_key)?,
+        None => poll_index.remove(id_key)?,
+    };
+    if let Some(old) = old {
+        poll.remove(old)?;
+    }
+    if let Some(new_key) = new_key {
+        poll.insert(new_key, id_key)?;
+    }
+    Ok(())
+}
+
 /// A transaction row prepared outside the transaction so the closure only moves bytes.
 struct PreparedUpsert<'a> {
     id: &'a str,
@@ -303,6 +334,9 @@ impl SledStore {
         let claims = tree(CLAIMS)?;
         let retries = tree(RETRIES)?;
         let retry_index = tree(RETRY_INDEX)?;
+        let poll = tree(POLL)?;
+        let poll_index = tree(POLL_INDEX)?;
+        backfill_poll_index(&accounts, &poll, &poll_index)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -338,6 +372,8 @@ impl SledStore {
             claims,
             retries,
             retry_index,
+            poll,
+            poll_index,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
@@ -515,9 +551,17 @@ impl Store for SledStore {
         let owner_key = keys::owner_key(&record.owner_id, id);
         let unrouted_prefix = keys::unrouted_prefix(record.provider, &record.item_id);
         let kept = Self::scan_keys(&self.unrouted, &unrouted_prefix)?;
+        let poll_key = keys::poll_key(poll_anchor(&record).timestamp_millis(), id);
 
-        let adopted = (&self.accounts, &self.lookup, &self.inbox, &self.unrouted)
-            .transaction(|(accounts, lookup, inbox, unrouted)| {
+        let adopted = (
+            &self.accounts,
+            &self.lookup,
+            &self.inbox,
+            &self.unrouted,
+            &self.poll,
+            &self.poll_index,
+        )
+            .transaction(|(accounts, lookup, inbox, unrouted, poll, poll_index)| {
                 // Relinking the same id replaces its keys rather than adding to them.
                 if let Some(previous) = accounts.get(&account_key)? {
                     let previous: Account = tx(keys::decode(ACCOUNTS, &previous))?;
@@ -550,6 +594,7 @@ impl Store for SledStore {
                     lookup.insert(key.as_slice(), id_value.as_slice())?;
                 }
                 lookup.insert(owner_key.as_slice(), id_value.as_slice())?;
+                move_poll_entry(poll, poll_index, &account_key, Some(&poll_key))?;
                 adopt(unrouted, inbox, &kept, id)
             })
             .map_err(from_tx)?;
@@ -642,13 +687,17 @@ impl Store for SledStore {
             &self.transactions,
             &self.txn_index,
             &self.inbox,
+            &self.poll,
+            &self.poll_index,
         )
-            .transaction(|(accounts, lookup, transactions, txn_index, inbox)| {
+            .transaction(
+                |(accounts, lookup, transactions, txn_index, inbox, poll, poll_index)| {
                 let Some(bytes) = accounts.get(&account_key)? else {
                     return Ok(None);
                 };
                 let previous: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
                 remove_lookup_keys(lookup, &previous)?;
+                move_poll_entry(poll, poll_index, &account_key, None)?;
                 let mut inbox_removed = 0u64;
                 if purge {
                     accounts.remove(account_key.as_slice())?;
@@ -670,7 +719,8 @@ impl Store for SledStore {
                         .insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &record))?)?;
                 }
                 Ok(Some((previous, inbox_removed)))
-            })
+            },
+            )
             .map_err(from_tx)?;
         let Some((previous, mut inbox_removed)) = outcome else {
             return Ok(None);
@@ -1001,6 +1051,7 @@ impl Store for SledStore {
             .iter()
             .map(|seq| keys::inbox_key(account_id, *seq))
             .collect();
+        let poll_key = keys::poll_key(commit.finished_at.timestamp_millis(), account_id);
 
         let inbox_removed = (
             &self.accounts,
@@ -1009,9 +1060,20 @@ impl Store for SledStore {
             &self.inbox,
             &self.retries,
             &self.retry_index,
+            &self.poll,
+            &self.poll_index,
         )
             .transaction(
-                |(accounts, transactions, txn_index, inbox, retries, retry_index)| {
+                |(
+                    accounts,
+                    transactions,
+                    txn_index,
+                    inbox,
+                    retries,
+                    retry_index,
+                    poll,
+                    poll_index,
+                )| {
                     let Some(bytes) = accounts.get(&account_key)? else {
                         return Err(ConflictableTransactionError::Abort(
                             StoreError::AccountNotFound(account_id.clone()),
@@ -1068,6 +1130,11 @@ impl Store for SledStore {
                     // The sync succeeded: any pending retry of it is moot.
                     if let Some(retry_key) = retry_index.remove(account_key.as_slice())? {
                         retries.remove(retry_key)?;
+                    }
+                    // ... and the next poll is a full interval away. An unlinked
+                    // account has no entry and gets none back.
+                    if account.status == LinkStatus::Linked {
+                        move_poll_entry(poll, poll_index, &account_key, Some(&poll_key))?;
                     }
                     Ok(removed)
                 },
@@ -1292,6 +1359,96 @@ impl Store for SledStore {
     fn count_accounts(&self) -> Result<u64, StoreError> {
         Ok(self.accounts.len() as u64)
     }
+
+    fn due_polls(
+        &self,
+        anchored_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PollEntry>, StoreError> {
+        // Every key anchored at `anchored_by` sorts before the next millisecond's first.
+        let end = keys::poll_key(
+            anchored_by.timestamp_millis().saturating_add(1),
+            &AccountId(String::new()),
+        );
+        let mut due = Vec::new();
+        for item in self.poll.range(..end).take(limit) {
+            let (key, value) = item.map_err(io)?;
+            let corrupt = |detail: &str| StoreError::Corrupt {
+                tree: POLL,
+                detail: detail.to_string(),
+            };
+            let millis = keys::poll_key_millis(&key).ok_or_else(|| corrupt("short key"))?;
+            let id = std::str::from_utf8(&value).map_err(|_| corrupt("id is not UTF-8"))?;
+            let anchor = DateTime::<Utc>::from_timestamp_millis(millis)
+                .ok_or_else(|| corrupt("anchor out of range"))?;
+            due.push(PollEntry {
+                account_id: AccountId(id.to_string()),
+                anchor,
+            });
+        }
+        Ok(due)
+    }
+
+    fn defer_poll(&self, id: &AccountId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let id_key = keys::account_key(id);
+        let new_key = keys::poll_key(at.timestamp_millis(), id);
+        (&self.poll, &self.poll_index)
+            .transaction(|(poll, poll_index)| {
+                let Some(old) = poll_index.get(&id_key)? else {
+                    return Ok(());
+                };
+                // Forward only: a commit that landed meanwhile may have moved it later.
+                if old.as_ref() >= new_key.as_slice() {
+                    return Ok(());
+                }
+                move_poll_entry(poll, poll_index, &id_key, Some(&new_key))
+            })
+            .map_err(from_tx)
+    }
+
+    fn clear_poll(&self, id: &AccountId) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let id_key = keys::account_key(id);
+        (&self.poll, &self.poll_index)
+            .transaction(|(poll, poll_index)| move_poll_entry(poll, poll_index, &id_key, None))
+            .map_err(from_tx)
+    }
+}
+
+/// Gives every linked account of a store written before the polling index existed its
+/// entry, once. Idempotent and restartable: an account whose entry is complete is
+/// skipped, a half-written one is rewritten, and the marker goes in last, so a crash
+/// midway redoes the rest at the next open. A new store gets the marker at once.
+fn backfill_poll_index(accounts: &Tree, poll: &Tree, poll_index: &Tree) -> Result<(), StoreError> {
+    if poll_index.contains_key(POLL_BACKFILLED).map_err(io)? {
+        return Ok(());
+    }
+    let mut added = 0u64;
+    for item in accounts.iter() {
+        let (id_key, bytes) = item.map_err(io)?;
+        let account: Account = keys::decode(ACCOUNTS, &bytes)?;
+        if account.status != LinkStatus::Linked {
+            continue;
+        }
+        if let Some(key) = poll_index.get(&id_key).map_err(io)? {
+            if poll.contains_key(&key).map_err(io)? {
+                continue;
+            }
+        }
+        let key = keys::poll_key(poll_anchor(&account).timestamp_millis(), &account.id);
+        (poll, poll_index)
+            .transaction(|(poll, poll_index)| {
+                move_poll_entry(poll, poll_index, &id_key, Some(&key))
+            })
+            .map_err(from_tx)?;
+        added += 1;
+    }
+    poll_index.insert(POLL_BACKFILLED, &[]).map_err(io)?;
+    if added > 0 {
+        tracing::info!(accounts = added, "polling index backfilled");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
