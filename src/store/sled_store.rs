@@ -2608,3 +2608,7 @@ mod tests {
         store.shutdown().await.unwrap();
     }
 }
+
+#[cfg(test)]
+#[path = "poll_tests.rs"]
+mod poll_tests;

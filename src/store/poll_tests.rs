@@ -1,0 +1,167 @@
+//! The polling index: kept in step with link, commit and unlink, read by anchor time,
+//! moved forward only, and rebuilt for stores written before it existed.
+
+use chrono::{TimeZone, Utc};
+use tempfile::TempDir;
+
+use super::*;
+use crate::domain::AccessToken;
+
+fn open(dir: &TempDir) -> Arc<SledStore> {
+    SledStore::open(SledStoreConfig {
+        data_dir: dir.path().join("data"),
+        cache_capacity_bytes: 8 * 1024 * 1024,
+        group_commit_window: Duration::ZERO,
+    })
+    .unwrap()
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
+}
+
+fn ms(n: i64) -> chrono::Duration {
+    chrono::Duration::milliseconds(n)
+}
+
+fn account(item_id: &str, created_at: DateTime<Utc>) -> Account {
+    Account {
+        id: AccountId::generate(),
+        provider: ProviderKind::Plaid,
+        item_id: item_id.into(),
+        access_token: AccessToken::new("token"),
+        owner_id: format!("owner-{item_id}"),
+        aliases: vec![],
+        status: LinkStatus::Linked,
+        created_at,
+        cursor: None,
+        cursor_updated_at: None,
+        last_sync_started_at: None,
+        last_sync_finished_at: None,
+        last_sync_outcome: None,
+        sync_count: 0,
+        quarantine: None,
+        failed: None,
+    }
+}
+
+fn commit_at(id: &AccountId, finished_at: DateTime<Utc>) -> SyncCommit {
+    SyncCommit {
+        account_id: id.clone(),
+        mode: ApplyMode::Delta,
+        upserts: vec![],
+        removals: vec![],
+        cursor: "c".into(),
+        consumed: vec![],
+        outcome: SyncOutcome::Committed {
+            added: 0,
+            modified: 0,
+            removed: 0,
+            pages: 1,
+            fallback: false,
+        },
+        started_at: finished_at,
+        finished_at,
+    }
+}
+
+fn due(store: &SledStore, by: DateTime<Utc>) -> Vec<(AccountId, DateTime<Utc>)> {
+    store
+        .due_polls(by, 100)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.account_id, e.anchor))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_polling_index_follows_link_commit_and_unlink() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let a = account("item-a", t0());
+    let b = account("item-b", t0() + ms(10));
+    store.link_account(&a).unwrap();
+    store.link_account(&b).unwrap();
+
+    // Anchored at creation until a sync commits; due means "anchored at or before".
+    assert!(due(&store, t0() - ms(1)).is_empty());
+    assert_eq!(due(&store, t0()), [(a.id.clone(), t0())]);
+    assert_eq!(
+        due(&store, t0() + ms(10)),
+        [(a.id.clone(), t0()), (b.id.clone(), t0() + ms(10))]
+    );
+    assert_eq!(store.due_polls(t0() + ms(10), 1).unwrap().len(), 1, "limit");
+
+    // A commit moves the anchor to its finish time, in the same transaction.
+    store.commit_sync(commit_at(&a.id, t0() + ms(500))).unwrap();
+    assert_eq!(due(&store, t0() + ms(499)), [(b.id.clone(), t0() + ms(10))]);
+    assert_eq!(due(&store, t0() + ms(500)).len(), 2);
+
+    // Deferring moves forward only.
+    store.defer_poll(&b.id, t0() + ms(700)).unwrap();
+    store.defer_poll(&b.id, t0() + ms(600)).unwrap();
+    assert_eq!(due(&store, t0() + ms(699)), [(a.id.clone(), t0() + ms(500))]);
+    assert_eq!(due(&store, t0() + ms(700))[1], (b.id.clone(), t0() + ms(700)));
+
+    // Unlinked accounts leave the index and neither a defer nor a commit (of a sync
+    // that was running at the unlink) brings them back.
+    store.unlink_account(&a.id, false).unwrap();
+    store.defer_poll(&a.id, t0() + ms(800)).unwrap();
+    store.commit_sync(commit_at(&a.id, t0() + ms(900))).unwrap();
+    assert_eq!(due(&store, t0() + ms(10_000)), [(b.id.clone(), t0() + ms(700))]);
+    store.unlink_account(&b.id, true).unwrap();
+    assert!(due(&store, t0() + ms(10_000)).is_empty());
+    assert_eq!(store.poll.len(), 0);
+    assert_eq!(store.poll_index.len(), 1, "only the backfill marker is left");
+
+    // Relinking puts it back, anchored at its last successful sync.
+    let mut again = store.get_account(&a.id).unwrap().unwrap();
+    again.status = LinkStatus::Linked;
+    store.link_account(&again).unwrap();
+    assert_eq!(due(&store, t0() + ms(10_000)), [(a.id.clone(), t0() + ms(900))]);
+
+    // A clear (what the sweeper does with an entry it finds stale) removes it.
+    store.clear_poll(&a.id).unwrap();
+    assert!(due(&store, t0() + ms(10_000)).is_empty());
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_store_from_before_the_polling_index_is_backfilled_once_at_open() {
+    let dir = TempDir::new().unwrap();
+    let linked = account("item-linked", t0());
+    let synced = account("item-synced", t0());
+    let unlinked = account("item-unlinked", t0());
+    {
+        let store = open(&dir);
+        for a in [&linked, &synced, &unlinked] {
+            store.link_account(a).unwrap();
+        }
+        store.commit_sync(commit_at(&synced.id, t0() + ms(5))).unwrap();
+        store.unlink_account(&unlinked.id, false).unwrap();
+        // What an older version left: no index at all, no marker.
+        store.poll.clear().unwrap();
+        store.poll_index.clear().unwrap();
+        // ... and a half-written entry from a backfill interrupted by a crash.
+        store
+            .poll_index
+            .insert(keys::account_key(&linked.id), b"gone".as_slice())
+            .unwrap();
+        store.durable().await.unwrap();
+        store.shutdown().await.unwrap();
+    }
+    let store = open(&dir);
+    assert_eq!(
+        due(&store, t0() + ms(10)),
+        [(linked.id.clone(), t0()), (synced.id.clone(), t0() + ms(5))]
+    );
+    assert!(store.poll_index.contains_key(keys::POLL_BACKFILLED).unwrap());
+    // Once marked, a later open does not scan again (an entry cleared now stays so).
+    store.clear_poll(&linked.id).unwrap();
+    store.durable().await.unwrap();
+    store.shutdown().await.unwrap();
+    drop(store);
+    let store = open(&dir);
+    assert_eq!(due(&store, t0() + ms(10)), [(synced.id.clone(), t0() + ms(5))]);
+    store.shutdown().await.unwrap();
+}
