@@ -285,7 +285,7 @@ fn poll_pass(
             .get_account(id)?
             .filter(|a| a.status == LinkStatus::Linked)
         else {
-            store.clear_poll(id)?;
+            store.clear_poll(&entry)?;
             report.polls_repaired += 1;
             continue;
         };
@@ -294,7 +294,7 @@ fn poll_pass(
         // sync is itself older than the interval (then the next pass polls it).
         if let Some(synced_at) = account.cursor_updated_at {
             if synced_at > entry.anchor {
-                store.defer_poll(id, synced_at)?;
+                store.defer_poll(&entry, synced_at)?;
                 report.polls_repaired += 1;
                 continue;
             }
@@ -302,7 +302,7 @@ fn poll_pass(
         // Parked accounts wait for an operator; a pending retry already owns the next
         // sync. Both are looked at again one interval from now.
         if is_parked(&account) || store.retry_of(id)?.is_some() {
-            store.defer_poll(id, now)?;
+            store.defer_poll(&entry, now)?;
             report.polls_deferred += 1;
             continue;
         }
@@ -310,11 +310,11 @@ fn poll_pass(
             Nudge::Sent => {
                 // If the poll fails, its retry record takes over; if it succeeds, the
                 // commit moves the anchor itself. Either way: not again next tick.
-                store.defer_poll(id, now)?;
+                store.defer_poll(&entry, now)?;
                 report.polls_requested += 1;
             }
             Nudge::Gone => {
-                store.clear_poll(id)?;
+                store.clear_poll(&entry)?;
                 report.polls_repaired += 1;
             }
             // Shutting down or failing to activate: stays due for the next pass.

@@ -348,12 +348,15 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> Result<Vec<PollEntry>, StoreError>;
 
-    /// Moves the account's polling anchor forward to `at` (never back); nothing when
-    /// the account has no entry (unlinked or gone). Not durable until a later
-    /// `durable()` resolves; losing it in a crash only brings the poll forward again.
-    fn defer_poll(&self, id: &AccountId, at: DateTime<Utc>) -> Result<(), StoreError>;
+    /// Gives `entry`'s account (which the caller found linked) its polling entry at
+    /// `at`, or leaves it where it is when that is later: anchors only move forward.
+    /// `entry`, as read from [`Store::due_polls`], is removed if it was stale (the
+    /// account's entry is elsewhere, or the account had none), so whatever state the
+    /// index is in, acting on what it returned repairs it. Not durable until a later
+    /// `durable()` resolves; losing it in a crash only brings a poll forward.
+    fn defer_poll(&self, entry: &PollEntry, at: DateTime<Utc>) -> Result<(), StoreError>;
 
-    /// Removes the account's polling entry (one found stale: its account is gone or
-    /// unlinked).
-    fn clear_poll(&self, id: &AccountId) -> Result<(), StoreError>;
+    /// Removes `entry` from the polling index (its account is gone or unlinked), and
+    /// the account's reverse mapping if it points at it.
+    fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError>;
 }

@@ -98,15 +98,18 @@ async fn the_polling_index_follows_link_commit_and_unlink() {
     assert_eq!(due(&store, t0() + ms(500)).len(), 2);
 
     // Deferring moves forward only.
-    store.defer_poll(&b.id, t0() + ms(700)).unwrap();
-    store.defer_poll(&b.id, t0() + ms(600)).unwrap();
+    let b_entry = |anchor| PollEntry {
+        account_id: b.id.clone(),
+        anchor,
+    };
+    store.defer_poll(&b_entry(t0() + ms(10)), t0() + ms(700)).unwrap();
+    store.defer_poll(&b_entry(t0() + ms(700)), t0() + ms(600)).unwrap();
     assert_eq!(due(&store, t0() + ms(699)), [(a.id.clone(), t0() + ms(500))]);
     assert_eq!(due(&store, t0() + ms(700))[1], (b.id.clone(), t0() + ms(700)));
 
-    // Unlinked accounts leave the index and neither a defer nor a commit (of a sync
-    // that was running at the unlink) brings them back.
+    // Unlinked accounts leave the index and a commit (of a sync that was running at the
+    // unlink) does not bring them back.
     store.unlink_account(&a.id, false).unwrap();
-    store.defer_poll(&a.id, t0() + ms(800)).unwrap();
     store.commit_sync(commit_at(&a.id, t0() + ms(900))).unwrap();
     assert_eq!(due(&store, t0() + ms(10_000)), [(b.id.clone(), t0() + ms(700))]);
     store.unlink_account(&b.id, true).unwrap();
@@ -120,9 +123,14 @@ async fn the_polling_index_follows_link_commit_and_unlink() {
     store.link_account(&again).unwrap();
     assert_eq!(due(&store, t0() + ms(10_000)), [(a.id.clone(), t0() + ms(900))]);
 
-    // A clear (what the sweeper does with an entry it finds stale) removes it.
-    store.clear_poll(&a.id).unwrap();
+    // A clear (what the sweeper does with an entry whose account is gone) removes it.
+    let a_entry = PollEntry {
+        account_id: a.id.clone(),
+        anchor: t0() + ms(900),
+    };
+    store.clear_poll(&a_entry).unwrap();
     assert!(due(&store, t0() + ms(10_000)).is_empty());
+    assert_eq!(store.poll_index.len(), 1);
     store.shutdown().await.unwrap();
 }
 
@@ -157,11 +165,47 @@ async fn a_store_from_before_the_polling_index_is_backfilled_once_at_open() {
     );
     assert!(store.poll_index.contains_key(keys::POLL_BACKFILLED).unwrap());
     // Once marked, a later open does not scan again (an entry cleared now stays so).
-    store.clear_poll(&linked.id).unwrap();
+    store
+        .clear_poll(&PollEntry {
+            account_id: linked.id.clone(),
+            anchor: t0(),
+        })
+        .unwrap();
     store.durable().await.unwrap();
     store.shutdown().await.unwrap();
     drop(store);
     let store = open(&dir);
     assert_eq!(due(&store, t0() + ms(10)), [(synced.id.clone(), t0() + ms(5))]);
+    store.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn acting_on_a_stale_entry_repairs_the_index() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let a = account("item-a", t0());
+    store.link_account(&a).unwrap();
+    store.commit_sync(commit_at(&a.id, t0() + ms(50))).unwrap();
+    // An orphan older than the real entry: due before it, and nothing points at it.
+    store.plant_stale_poll_entry(&a.id, t0());
+    let orphan = store.due_polls(t0(), 10).unwrap();
+    assert_eq!(orphan.len(), 1);
+    store.defer_poll(&orphan[0], t0() + ms(50)).unwrap();
+    assert_eq!(due(&store, t0() + ms(1_000)), [(a.id.clone(), t0() + ms(50))]);
+
+    // An orphan of an account the index lost entirely: deferring re-indexes it.
+    store.clear_poll(&PollEntry { account_id: a.id.clone(), anchor: t0() + ms(50) }).unwrap();
+    store.plant_stale_poll_entry(&a.id, t0());
+    let orphan = store.due_polls(t0(), 10).unwrap();
+    store.defer_poll(&orphan[0], t0() + ms(80)).unwrap();
+    assert_eq!(due(&store, t0() + ms(1_000)), [(a.id.clone(), t0() + ms(80))]);
+
+    // An orphan of a gone account: clearing removes it and leaves the real entry be.
+    let ghost = AccountId::generate();
+    store.plant_stale_poll_entry(&ghost, t0());
+    let stale = store.due_polls(t0(), 10).unwrap();
+    assert_eq!(stale[0].account_id, ghost);
+    store.clear_poll(&stale[0]).unwrap();
+    assert_eq!(due(&store, t0() + ms(1_000)), [(a.id.clone(), t0() + ms(80))]);
     store.shutdown().await.unwrap();
 }

@@ -1389,30 +1389,53 @@ impl Store for SledStore {
         Ok(due)
     }
 
-    fn defer_poll(&self, id: &AccountId, at: DateTime<Utc>) -> Result<(), StoreError> {
+    fn defer_poll(&self, entry: &PollEntry, at: DateTime<Utc>) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
-        let id_key = keys::account_key(id);
-        let new_key = keys::poll_key(at.timestamp_millis(), id);
+        let id_key = keys::account_key(&entry.account_id);
+        let entry_key = keys::poll_key(entry.anchor.timestamp_millis(), &entry.account_id);
+        let new_key = keys::poll_key(at.timestamp_millis(), &entry.account_id);
         (&self.poll, &self.poll_index)
             .transaction(|(poll, poll_index)| {
-                let Some(old) = poll_index.get(&id_key)? else {
-                    return Ok(());
-                };
-                // Forward only: a commit that landed meanwhile may have moved it later.
-                if old.as_ref() >= new_key.as_slice() {
-                    return Ok(());
+                let current = poll_index.get(&id_key)?;
+                if current.as_deref() != Some(entry_key.as_slice()) {
+                    // Stale: nothing points at it.
+                    poll.remove(entry_key.as_slice())?;
                 }
-                move_poll_entry(poll, poll_index, &id_key, Some(&new_key))
+                match current {
+                    // Same id suffix, so byte order is anchor order. Forward only: a
+                    // commit that landed meanwhile may have moved it later already.
+                    Some(current) if current.as_ref() >= new_key.as_slice() => Ok(()),
+                    _ => move_poll_entry(poll, poll_index, &id_key, Some(&new_key)),
+                }
             })
             .map_err(from_tx)
     }
 
-    fn clear_poll(&self, id: &AccountId) -> Result<(), StoreError> {
+    fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
-        let id_key = keys::account_key(id);
+        let id_key = keys::account_key(&entry.account_id);
+        let entry_key = keys::poll_key(entry.anchor.timestamp_millis(), &entry.account_id);
         (&self.poll, &self.poll_index)
-            .transaction(|(poll, poll_index)| move_poll_entry(poll, poll_index, &id_key, None))
+            .transaction(|(poll, poll_index)| {
+                poll.remove(entry_key.as_slice())?;
+                if poll_index.get(&id_key)?.as_deref() == Some(entry_key.as_slice()) {
+                    poll_index.remove(id_key.as_slice())?;
+                }
+                Ok(())
+            })
             .map_err(from_tx)
+    }
+}
+
+/// Writes a polling entry without its reverse mapping: the state a bug or a torn
+/// write of an older version could leave, for the sweeper's repair tests.
+#[cfg(test)]
+impl SledStore {
+    pub(crate) fn plant_stale_poll_entry(&self, id: &AccountId, anchor: DateTime<Utc>) {
+        let key = keys::poll_key(anchor.timestamp_millis(), id);
+        self.poll
+            .insert(key, keys::account_key(id))
+            .expect("plant entry");
     }
 }
 
