@@ -728,6 +728,15 @@ mod tests {
                 assert!(d >= Duration::from_millis(10));
             }
         }
+        // Full jitter, not "ceiling plus noise": draws cover the whole [10 ms, ceiling].
+        let ceiling = Duration::from_millis(1_600);
+        let draws: Vec<Duration> = (0..500)
+            .map(|_| backoff_delay(base, cap, 5, &mut rng))
+            .collect();
+        let lowest = draws.iter().min().copied().unwrap_or_default();
+        let highest = draws.iter().max().copied().unwrap_or_default();
+        assert!(lowest < ceiling / 10, "{lowest:?}");
+        assert!(highest > ceiling * 9 / 10 && highest <= ceiling, "{highest:?}");
         // Late attempts reach near the cap at least sometimes.
         let max_seen = (0..200)
             .map(|_| backoff_delay(base, cap, 20, &mut rng))

@@ -292,8 +292,9 @@ fn poll_pass(
         // The record is the truth: a successful sync newer than the entry means the
         // entry missed a move. Put it where it belongs; it is due again only if that
         // sync is itself older than the interval (then the next pass polls it).
+        // (The index keeps milliseconds; the record, nanoseconds.)
         if let Some(synced_at) = account.cursor_updated_at {
-            if synced_at > entry.anchor {
+            if synced_at.timestamp_millis() > entry.anchor.timestamp_millis() {
                 store.defer_poll(&entry, synced_at)?;
                 report.polls_repaired += 1;
                 continue;
@@ -364,7 +365,7 @@ mod tests {
     use crate::actors::sync::SyncParams;
     use crate::actors::test_support::EmptyProvider;
     use crate::config::Settings;
-    use crate::domain::{AccessToken, Account, LinkStatus, ProviderKind};
+    use crate::domain::{AccessToken, ProviderKind, Quarantine, SyncGaveUp};
     use crate::providers::DynProvider;
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
 
@@ -449,6 +450,190 @@ mod tests {
             .expect("sweeper answers");
         assert!(snapshot.retries_redriven >= 1, "{snapshot:?}");
         sweeper.stop(None);
+        registry.shutdown().await;
+    }
+
+    /// Store, provider double and registry over a fresh temp dir.
+    fn setup(dir: &tempfile::TempDir) -> (Arc<SledStore>, Arc<EmptyProvider>, Arc<Registry>) {
+        let sled = SledStore::open(SledStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+            group_commit_window: Duration::ZERO,
+        })
+        .expect("store opens");
+        let store: Arc<dyn Store> = sled.clone();
+        let provider = Arc::new(EmptyProvider::default());
+        let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+        providers.insert(ProviderKind::Plaid, provider.clone());
+        let registry = Registry::new(
+            store,
+            providers,
+            Settings::defaults().actors,
+            SyncParams::default(),
+        );
+        (sled, provider, registry)
+    }
+
+    /// A linked account whose last successful sync was at `synced_at`.
+    fn synced_at(n: u32, synced_at: DateTime<Utc>) -> Account {
+        let mut account = synced_account(n);
+        account.created_at = synced_at;
+        account.cursor_updated_at = Some(synced_at);
+        account
+    }
+
+    fn poll_settings(interval: Duration) -> SweeperSettings {
+        let mut settings = Settings::defaults().sweeper;
+        settings.tick = Duration::from_secs(60);
+        settings.poll_interval = interval;
+        settings
+    }
+
+    /// Waits (on paused time: instantly) until `done` holds.
+    async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+        while !done() {
+            assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_poll_is_due_exactly_when_the_interval_has_passed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, provider, registry) = setup(&dir);
+        let interval = Duration::from_secs(3600);
+        let settings = poll_settings(interval);
+        let synced = Utc::now() - chrono::Duration::days(10);
+        let account = synced_at(1, synced);
+        store.link_account(&account).expect("link");
+        let due_at = synced + chrono::Duration::from_std(interval).expect("interval");
+
+        let early = sweep(&registry, &settings, due_at - chrono::Duration::milliseconds(1), false)
+            .expect("pass");
+        assert_eq!(early, PassReport::default(), "1 ms early: nothing to do");
+        assert!(!registry.is_active(&account.id));
+
+        let on_time = sweep(&registry, &settings, due_at, false).expect("pass");
+        assert_eq!(on_time.polls_requested, 1, "{on_time:?}");
+        wait_for("the polling sync", || {
+            provider.syncs.load(Ordering::SeqCst) == 1
+                && store.get_account(&account.id).unwrap().unwrap().sync_count == 2
+        })
+        .await;
+        // Its commit moved the anchor: the same instant finds nothing due any more.
+        let after = sweep(&registry, &settings, due_at, false).expect("pass");
+        assert_eq!(after, PassReport::default());
+        registry.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sweeper_polls_a_silent_account_once_the_interval_passes_not_before() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, provider, registry) = setup(&dir);
+        let interval = Duration::from_secs(30 * 60);
+        // The clock runs on tokio's paused time and starts one interval in the past, so
+        // the account's anchor (the clock's start) is due when the interval has elapsed
+        // on paused time, and the sync it triggers commits at about the clock's time.
+        let start_utc = Utc::now() - chrono::Duration::from_std(interval).expect("interval");
+        let start = tokio::time::Instant::now();
+        let clock: Clock = Arc::new(move || {
+            start_utc + chrono::Duration::from_std(start.elapsed()).unwrap_or_default()
+        });
+        let account = synced_at(1, start_utc);
+        store.link_account(&account).expect("link");
+        let (sweeper, _) = Actor::spawn(
+            None,
+            SweeperActor::with_clock(registry.clone(), poll_settings(interval), clock),
+            (),
+        )
+        .await
+        .expect("sweeper spawns");
+
+        tokio::time::sleep(interval - Duration::from_secs(90)).await;
+        let before = snapshot(&sweeper, Duration::from_secs(5)).await.expect("answers");
+        assert!(before.passes >= 20, "the sweeper ticked: {before:?}");
+        assert_eq!(before.polls_requested, 0, "{before:?}");
+        assert_eq!(provider.syncs.load(Ordering::SeqCst), 0);
+        assert!(!registry.is_active(&account.id));
+
+        wait_for("the polling sync", || provider.syncs.load(Ordering::SeqCst) == 1).await;
+        assert!(start.elapsed() >= interval, "polled early: {:?}", start.elapsed());
+        assert!(start.elapsed() <= interval + Duration::from_secs(61));
+        // Two more intervals of ticks: one poll per interval at most, never one per tick.
+        tokio::time::sleep(interval * 2).await;
+        let later = snapshot(&sweeper, Duration::from_secs(5)).await.expect("answers");
+        assert!(later.polls_requested <= 3, "{later:?}");
+        assert_eq!(later.failed_passes, 0);
+        sweeper.stop(None);
+        registry.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn parked_accounts_are_not_polled_and_do_not_crowd_the_batch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, provider, registry) = setup(&dir);
+        let old = Utc::now() - chrono::Duration::days(10);
+        let mut failed = synced_at(1, old);
+        failed.failed = Some(SyncGaveUp {
+            reason: "boom".into(),
+            attempts: 10,
+            since: old,
+        });
+        let mut quarantined = synced_at(2, old + chrono::Duration::seconds(1));
+        quarantined.quarantine = Some(Quarantine {
+            reason: "panic".into(),
+            failures: 6,
+            since: old,
+        });
+        let healthy = synced_at(3, old + chrono::Duration::seconds(2));
+        for account in [&failed, &quarantined, &healthy] {
+            store.link_account(account).expect("link");
+        }
+        let mut settings = poll_settings(Duration::from_secs(3600));
+        settings.batch = 2;
+        let now = Utc::now();
+
+        let first = sweep(&registry, &settings, now, false).expect("pass");
+        assert_eq!((first.polls_deferred, first.polls_requested), (2, 0), "{first:?}");
+        let second = sweep(&registry, &settings, now, false).expect("pass");
+        assert_eq!((second.polls_deferred, second.polls_requested), (0, 1), "{second:?}");
+        wait_for("the healthy account's poll", || {
+            provider.syncs.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert!(!registry.is_active(&failed.id));
+        assert!(!registry.is_active(&quarantined.id));
+        // Deferred by one interval: looked at again only then.
+        let almost = now + chrono::Duration::minutes(59);
+        let quiet = sweep(&registry, &settings, almost, false).expect("pass");
+        assert_eq!(quiet, PassReport::default());
+        let hour_later = now + chrono::Duration::minutes(60);
+        let again = sweep(&registry, &settings, hour_later, false).expect("pass");
+        assert_eq!((again.polls_deferred, again.polls_requested), (2, 0), "{again:?}");
+        registry.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stale_polling_entries_are_repaired_not_acted_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, provider, registry) = setup(&dir);
+        let now = Utc::now();
+        let recent = synced_at(1, now - chrono::Duration::minutes(1));
+        store.link_account(&recent).expect("link");
+        // Left behind by a bug or an older version: an entry claiming the account last
+        // synced long ago, and one for an account that does not exist.
+        store.plant_stale_poll_entry(&recent.id, now - chrono::Duration::days(3));
+        store.plant_stale_poll_entry(&AccountId::generate(), now - chrono::Duration::days(2));
+        let settings = poll_settings(Duration::from_secs(3600));
+
+        let report = sweep(&registry, &settings, now, false).expect("pass");
+        assert_eq!(report.polls_repaired, 2, "{report:?}");
+        assert_eq!(report.polls_requested, 0, "{report:?}");
+        let anchored_by = now - chrono::Duration::minutes(60);
+        assert!(store.due_polls(anchored_by, 10).expect("read").is_empty());
+        assert_eq!(provider.syncs.load(Ordering::SeqCst), 0);
+        assert!(!registry.is_active(&recent.id));
         registry.shutdown().await;
     }
 }

@@ -12,6 +12,9 @@
 //!   sync's rows may be staged beforehand, invisible until that commit;
 //! - linking writes the record, every lookup key, and adopts the webhooks that arrived
 //!   for the item before it was linked, in one transaction.
+//! - every linked account has one entry in the polling index, written by the same
+//!   transaction as the link, commit or unlink that changes it, so the polling fallback
+//!   reads only what is due.
 
 use std::time::Duration;
 
@@ -340,8 +343,8 @@ pub trait Store: Send + Sync + 'static {
     /// Up to `limit` entries of the polling index anchored at or before `anchored_by`,
     /// oldest first. Reads only that part of the index, never every account. Linking
     /// adds an account's entry (anchored at its last successful sync or its creation),
-    /// a committed sync moves it to the commit's `finished_at`, unlinking removes it,
-    /// all in the same transaction as the change itself.
+    /// a committed sync moves it forward to the commit's `finished_at`, unlinking
+    /// removes it, all in the same transaction as the change itself.
     fn due_polls(
         &self,
         anchored_by: DateTime<Utc>,

@@ -1131,9 +1131,13 @@ impl Store for SledStore {
                     if let Some(retry_key) = retry_index.remove(account_key.as_slice())? {
                         retries.remove(retry_key)?;
                     }
-                    // ... and the next poll is a full interval away. An unlinked
-                    // account has no entry and gets none back.
-                    if account.status == LinkStatus::Linked {
+                    // ... and the next poll is a full interval away. Forward only (the
+                    // sweeper may have anchored it at its poll request, later than this
+                    // sync's end). An unlinked account has no entry and gets none back.
+                    let anchored = poll_index.get(&account_key)?;
+                    if account.status == LinkStatus::Linked
+                        && anchored.is_none_or(|current| current.as_ref() < poll_key.as_slice())
+                    {
                         move_poll_entry(poll, poll_index, &account_key, Some(&poll_key))?;
                     }
                     Ok(removed)
