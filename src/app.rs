@@ -54,6 +54,16 @@ impl App {
     /// Opens the store, starts the embedded sandbox if configured, spawns the supervisor
     /// and binds the HTTP listener.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        Self::build_with_store_layer(settings, |store| store).await
+    }
+
+    /// [`App::build`], with everything but the final shutdown flush talking to the store
+    /// through `layer(store)`: the seam the tests use to make the store fail. Private on
+    /// purpose, so no production path can reach it.
+    async fn build_with_store_layer(
+        settings: Settings,
+        layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
+    ) -> anyhow::Result<App> {
         settings.validate()?;
         let settings = Arc::new(settings);
         let store = SledStore::open(SledStoreConfig {
@@ -100,7 +110,7 @@ impl App {
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, plaid.clone());
 
-        let dyn_store: Arc<dyn Store> = store.clone();
+        let dyn_store: Arc<dyn Store> = layer(store.clone());
         let registry = Registry::new(
             dyn_store.clone(),
             providers.clone(),
@@ -343,3 +353,7 @@ fn spawn_recovery(state: AppState) {
         }
     });
 }
+
+#[cfg(test)]
+#[path = "app_tests.rs"]
+mod tests;

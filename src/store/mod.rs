@@ -26,6 +26,8 @@ use crate::domain::{
     Account, AccountId, InboxEntry, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
 
+#[cfg(test)]
+pub(crate) mod failing;
 mod group_commit;
 mod keys;
 mod sled_store;

@@ -1,0 +1,158 @@
+//! The whole application over a store that cannot write: webhooks are refused with 503,
+//! a Retry-After and a JSON error body, never acknowledged; once the store recovers the
+//! provider's retry is accepted and synced.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::store::failing::FailingStore;
+
+struct Running {
+    url: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    join: JoinHandle<anyhow::Result<()>>,
+}
+
+async fn start(
+    sandbox_url: &str,
+    dir: &tempfile::TempDir,
+) -> (Running, Arc<FailingStore>) {
+    let mut settings = Settings::defaults();
+    settings.server.listen = "127.0.0.1:0".parse().expect("addr");
+    settings.store.data_dir = dir.path().to_path_buf();
+    settings.store.cache_capacity_bytes = 8 * 1024 * 1024;
+    settings.plaid.base_url = sandbox_url.to_string();
+    settings.sandbox.embedded = false;
+    settings.sandbox.demo_items = 0;
+    let failing = std::sync::Mutex::new(None);
+    let app = App::build_with_store_layer(settings, |inner| {
+        let store = FailingStore::new(inner);
+        *failing.lock().expect("lock") = Some(store.clone());
+        store
+    })
+    .await
+    .expect("app builds");
+    let failing = failing.lock().expect("lock").take().expect("layer applied");
+    let url = format!("http://{}", app.addr());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let join = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    (Running { url, stop, join }, failing)
+}
+
+async fn post_webhook(
+    client: &reqwest::Client,
+    url: &str,
+    sandbox: &Sandbox,
+    item_id: &str,
+    n: u32,
+) -> (u16, Option<String>, Value) {
+    let body = serde_json::to_vec(&json!({
+        "webhook_type": "TRANSACTIONS",
+        "webhook_code": "SYNC_UPDATES_AVAILABLE",
+        "item_id": item_id,
+        "initial_update_complete": true,
+        "historical_update_complete": true,
+        "environment": "sandbox",
+        "n": n,
+    }))
+    .expect("body");
+    let jwt = sandbox.sign_webhook(&body, Utc::now().timestamp());
+    let response = client
+        .post(format!("{url}/webhooks/plaid"))
+        .header("content-type", "application/json")
+        .header("Plaid-Verification", jwt)
+        .body(body)
+        .send()
+        .await
+        .expect("webhook request");
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let json = response.json().await.unwrap_or(Value::Null);
+    (status, retry_after, json)
+}
+
+use chrono::Utc;
+
+#[tokio::test]
+async fn a_store_that_cannot_write_gets_webhooks_503_with_retry_after_never_2xx() {
+    let sandbox = Sandbox::new(SandboxConfig {
+        client_id: "acctor-demo-client".to_string(),
+        secret: "acctor-demo-secret".to_string(),
+        default_webhook_url: None,
+        seed: 3,
+        data_dir: None,
+    })
+    .expect("sandbox");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let handle = sandbox.clone().serve(listener).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (app, failing) = start(&handle.base_url(), &dir).await;
+    let client = reqwest::Client::new();
+    // Webhooks from the sandbox's own mutations must not race the ones posted here.
+    let item = sandbox.create_item(5, Some("http://127.0.0.1:9/nowhere".to_string()));
+    let linked: Value = client
+        .post(format!("{}/v1/accounts", app.url))
+        .json(&json!({
+            "provider": "plaid", "item_id": item.item_id, "access_token": item.access_token,
+            "owner_id": "owner-1", "aliases": [],
+        }))
+        .send()
+        .await
+        .expect("link")
+        .json()
+        .await
+        .expect("link json");
+    let account = linked["id"].as_str().expect("id").to_string();
+
+    for (mode, n) in [("writes", 1), ("flush", 2)] {
+        match mode {
+            "writes" => failing.fail_writes.store(true, Ordering::SeqCst),
+            _ => failing.fail_flush.store(true, Ordering::SeqCst),
+        }
+        let (status, retry_after, body) =
+            post_webhook(&client, &app.url, &sandbox, &item.item_id, n).await;
+        assert_eq!(status, 503, "{mode}: {body}");
+        let seconds: u64 = retry_after
+            .as_deref()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{mode}: Retry-After in seconds, got {retry_after:?}"));
+        assert!(seconds >= 1, "{mode}: {seconds}");
+        assert_eq!(body["error"]["code"], "store_unavailable", "{mode}: {body}");
+        assert!(body["error"]["message"].is_string(), "{mode}: {body}");
+        failing.fail_writes.store(false, Ordering::SeqCst);
+        failing.fail_flush.store(false, Ordering::SeqCst);
+    }
+
+    // Recovered: the provider's retry of the same event is acknowledged and synced.
+    let (status, _, body) = post_webhook(&client, &app.url, &sandbox, &item.item_id, 1).await;
+    assert_eq!(status, 200, "{body}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = client
+            .get(format!("{}/v1/accounts/{account}/sync", app.url))
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json");
+        if status["pending_inbox"] == 0 && status["sync_count"].as_u64() >= Some(2) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = app.stop.send(());
+    app.join.await.expect("join").expect("clean stop");
+    handle.shutdown().await.expect("sandbox stops");
+}

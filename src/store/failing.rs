@@ -1,0 +1,193 @@
+//! A [`Store`] decorator whose writes can be switched to fail (compiled for tests only):
+//! a store that cannot write is a condition a test cannot provoke in sled itself, so
+//! the tests wrap the real store in this and flip the switches.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+
+use super::{
+    IncomingWebhook, IngestOutcome, LinkReceipt, PollEntry, Resolved, RetryRecord, Store,
+    StoreError, SyncCommit, TransactionPage, TransactionQuery,
+};
+use crate::domain::{
+    Account, AccountId, InboxEntry, Quarantine, SyncGaveUp, SyncOutcome, Transaction,
+};
+
+/// Delegates to `inner`; `fail_writes` makes every write answer `Io`, `fail_flush`
+/// makes `durable()` fail (the write landed in memory but never reaches the disk).
+pub(crate) struct FailingStore {
+    inner: Arc<dyn Store>,
+    /// Writes fail with `StoreError::Io`.
+    pub(crate) fail_writes: AtomicBool,
+    /// `durable()` fails with `StoreError::Io`.
+    pub(crate) fail_flush: AtomicBool,
+}
+
+impl FailingStore {
+    /// A decorator over `inner` with both switches off.
+    pub(crate) fn new(inner: Arc<dyn Store>) -> Arc<FailingStore> {
+        Arc::new(FailingStore {
+            inner,
+            fail_writes: AtomicBool::new(false),
+            fail_flush: AtomicBool::new(false),
+        })
+    }
+
+    fn write(&self) -> Result<(), StoreError> {
+        if self.fail_writes.load(Ordering::SeqCst) {
+            return Err(StoreError::Io("injected: no space left on device".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FailingStore {
+    fn link_account(&self, account: &Account) -> Result<LinkReceipt, StoreError> {
+        self.write()?;
+        self.inner.link_account(account)
+    }
+    fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        self.inner.get_account(id)
+    }
+    fn resolve(&self, key: &str) -> Result<Resolved, StoreError> {
+        self.inner.resolve(key)
+    }
+    fn list_accounts(
+        &self,
+        after: Option<&AccountId>,
+        limit: usize,
+    ) -> Result<Vec<Account>, StoreError> {
+        self.inner.list_accounts(after, limit)
+    }
+    fn unlink_account(&self, id: &AccountId, purge: bool) -> Result<Option<Account>, StoreError> {
+        self.write()?;
+        self.inner.unlink_account(id, purge)
+    }
+    fn record_sync_started(&self, id: &AccountId, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.record_sync_started(id, at)
+    }
+    fn record_sync_failed(
+        &self,
+        id: &AccountId,
+        outcome: SyncOutcome,
+        at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.record_sync_failed(id, outcome, at)
+    }
+    fn set_quarantine(
+        &self,
+        id: &AccountId,
+        quarantine: Option<Quarantine>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.set_quarantine(id, quarantine)
+    }
+    fn ingest(
+        &self,
+        webhook: IncomingWebhook,
+        dedup_ttl: Duration,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.write()?;
+        self.inner.ingest(webhook, dedup_ttl)
+    }
+    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        if self.fail_flush.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Io("injected: fsync failed".into())) });
+        }
+        self.inner.durable()
+    }
+    fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
+        self.inner.pending_inbox(id)
+    }
+    fn claim_pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
+        self.write()?;
+        self.inner.claim_pending_inbox(id)
+    }
+    fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError> {
+        self.inner.accounts_with_pending_inbox()
+    }
+    fn inbox_depth(&self) -> Result<u64, StoreError> {
+        self.inner.inbox_depth()
+    }
+    fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write()?;
+        self.inner.purge_expired_dedup(now)
+    }
+    fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.commit_sync(commit)
+    }
+    fn stage_rows(
+        &self,
+        id: &AccountId,
+        upserts: Vec<Transaction>,
+        removals: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.stage_rows(id, upserts, removals)
+    }
+    fn clear_rows(&self, id: &AccountId) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.clear_rows(id)
+    }
+    fn list_transactions(
+        &self,
+        id: &AccountId,
+        query: &TransactionQuery,
+    ) -> Result<TransactionPage, StoreError> {
+        self.inner.list_transactions(id, query)
+    }
+    fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError> {
+        self.inner.count_transactions(id)
+    }
+    fn count_accounts(&self) -> Result<u64, StoreError> {
+        self.inner.count_accounts()
+    }
+    fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.record_retry(record)
+    }
+    fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.clear_retry(id)
+    }
+    fn due_retries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RetryRecord>, StoreError> {
+        self.inner.due_retries(now, limit)
+    }
+    fn retry_of(&self, id: &AccountId) -> Result<Option<RetryRecord>, StoreError> {
+        self.inner.retry_of(id)
+    }
+    fn set_sync_gave_up(
+        &self,
+        id: &AccountId,
+        gave_up: Option<SyncGaveUp>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.set_sync_gave_up(id, gave_up)
+    }
+    fn due_polls(
+        &self,
+        anchored_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PollEntry>, StoreError> {
+        self.inner.due_polls(anchored_by, limit)
+    }
+    fn defer_poll(&self, entry: &PollEntry, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.defer_poll(entry, at)
+    }
+    fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.clear_poll(entry)
+    }
+}
