@@ -221,6 +221,30 @@ impl Acctor {
         }
     }
 
+    /// Sends SIGTERM and waits up to `within` for acctor to exit; returns its exit
+    /// status, or `None` if it was still running at the deadline (then it is killed).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = child.0.id().to_string();
+        let sent = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("run kill");
+        assert!(sent.success(), "kill -TERM {pid} failed");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(status)) = child.0.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                child.kill();
+                return None;
+            }
+            // Polling the process's exit with a deadline, not sleeping to synchronize.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// SIGKILLs acctor and reaps it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
