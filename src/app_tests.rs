@@ -17,10 +17,7 @@ struct Running {
     join: JoinHandle<anyhow::Result<()>>,
 }
 
-async fn start(
-    sandbox_url: &str,
-    dir: &tempfile::TempDir,
-) -> (Running, Arc<FailingStore>) {
+async fn start(sandbox_url: &str, dir: &tempfile::TempDir) -> (Running, Arc<FailingStore>) {
     let mut settings = Settings::defaults();
     settings.server.listen = "127.0.0.1:0".parse().expect("addr");
     settings.store.data_dir = dir.path().to_path_buf();

@@ -399,7 +399,10 @@ mod tests {
         assert!(err.contains("sweeper.stale_inbox_after"), "{err}");
 
         let mut settings = Settings::defaults();
-        assert_eq!(settings.sweeper.poll_interval, Duration::from_secs(6 * 3600));
+        assert_eq!(
+            settings.sweeper.poll_interval,
+            Duration::from_secs(6 * 3600)
+        );
         settings.sweeper.poll_interval = settings.sweeper.tick / 2;
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("sweeper.poll_interval"), "{err}");

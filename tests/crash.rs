@@ -643,7 +643,10 @@ async fn sigterm_during_a_burst_exits_cleanly_and_loses_nothing_acknowledged() {
     let mut accounts = Vec::new();
     for n in 0..ACCOUNTS {
         let created = http
-            .post_ok(&format!("{}/admin/items", sandbox.url), &json!({ "history": 20 }))
+            .post_ok(
+                &format!("{}/admin/items", sandbox.url),
+                &json!({ "history": 20 }),
+            )
             .await;
         let item_id = created["item_id"].as_str().expect("item_id").to_string();
         let linked = http
@@ -745,7 +748,11 @@ async fn sigterm_during_a_burst_exits_cleanly_and_loses_nothing_acknowledged() {
     let exit = acctor.terminate(EXIT_WITHIN).await;
     let took = signalled.elapsed();
     let exit = exit.unwrap_or_else(|| panic!("no exit within {EXIT_WITHIN:?}"));
-    assert!(exit.success(), "exit status {exit}; log tail:\n{}", acctor.log_tail());
+    assert!(
+        exit.success(),
+        "exit status {exit}; log tail:\n{}",
+        acctor.log_tail()
+    );
     for task in burst {
         task.await.expect("burst task");
     }

@@ -736,7 +736,10 @@ mod tests {
         let lowest = draws.iter().min().copied().unwrap_or_default();
         let highest = draws.iter().max().copied().unwrap_or_default();
         assert!(lowest < ceiling / 10, "{lowest:?}");
-        assert!(highest > ceiling * 9 / 10 && highest <= ceiling, "{highest:?}");
+        assert!(
+            highest > ceiling * 9 / 10 && highest <= ceiling,
+            "{highest:?}"
+        );
         // Late attempts reach near the cap at least sometimes.
         let max_seen = (0..200)
             .map(|_| backoff_delay(base, cap, 20, &mut rng))

@@ -274,8 +274,8 @@ fn poll_pass(
     report: &mut PassReport,
 ) -> Result<(), StoreError> {
     let store = registry.store();
-    let interval = chrono::Duration::from_std(settings.poll_interval)
-        .unwrap_or(chrono::Duration::MAX);
+    let interval =
+        chrono::Duration::from_std(settings.poll_interval).unwrap_or(chrono::Duration::MAX);
     let Some(anchored_by) = now.checked_sub_signed(interval) else {
         return Ok(());
     };
@@ -509,8 +509,13 @@ mod tests {
         store.link_account(&account).expect("link");
         let due_at = synced + chrono::Duration::from_std(interval).expect("interval");
 
-        let early = sweep(&registry, &settings, due_at - chrono::Duration::milliseconds(1), false)
-            .expect("pass");
+        let early = sweep(
+            &registry,
+            &settings,
+            due_at - chrono::Duration::milliseconds(1),
+            false,
+        )
+        .expect("pass");
         assert_eq!(early, PassReport::default(), "1 ms early: nothing to do");
         assert!(!registry.is_active(&account.id));
 
@@ -551,18 +556,29 @@ mod tests {
         .expect("sweeper spawns");
 
         tokio::time::sleep(interval - Duration::from_secs(90)).await;
-        let before = snapshot(&sweeper, Duration::from_secs(5)).await.expect("answers");
+        let before = snapshot(&sweeper, Duration::from_secs(5))
+            .await
+            .expect("answers");
         assert!(before.passes >= 20, "the sweeper ticked: {before:?}");
         assert_eq!(before.polls_requested, 0, "{before:?}");
         assert_eq!(provider.syncs.load(Ordering::SeqCst), 0);
         assert!(!registry.is_active(&account.id));
 
-        wait_for("the polling sync", || provider.syncs.load(Ordering::SeqCst) == 1).await;
-        assert!(start.elapsed() >= interval, "polled early: {:?}", start.elapsed());
+        wait_for("the polling sync", || {
+            provider.syncs.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        assert!(
+            start.elapsed() >= interval,
+            "polled early: {:?}",
+            start.elapsed()
+        );
         assert!(start.elapsed() <= interval + Duration::from_secs(61));
         // Two more intervals of ticks: one poll per interval at most, never one per tick.
         tokio::time::sleep(interval * 2).await;
-        let later = snapshot(&sweeper, Duration::from_secs(5)).await.expect("answers");
+        let later = snapshot(&sweeper, Duration::from_secs(5))
+            .await
+            .expect("answers");
         assert!(later.polls_requested <= 3, "{later:?}");
         assert_eq!(later.failed_passes, 0);
         sweeper.stop(None);
@@ -595,9 +611,17 @@ mod tests {
         let now = Utc::now();
 
         let first = sweep(&registry, &settings, now, false).expect("pass");
-        assert_eq!((first.polls_deferred, first.polls_requested), (2, 0), "{first:?}");
+        assert_eq!(
+            (first.polls_deferred, first.polls_requested),
+            (2, 0),
+            "{first:?}"
+        );
         let second = sweep(&registry, &settings, now, false).expect("pass");
-        assert_eq!((second.polls_deferred, second.polls_requested), (0, 1), "{second:?}");
+        assert_eq!(
+            (second.polls_deferred, second.polls_requested),
+            (0, 1),
+            "{second:?}"
+        );
         wait_for("the healthy account's poll", || {
             provider.syncs.load(Ordering::SeqCst) == 1
         })
@@ -610,7 +634,11 @@ mod tests {
         assert_eq!(quiet, PassReport::default());
         let hour_later = now + chrono::Duration::minutes(60);
         let again = sweep(&registry, &settings, hour_later, false).expect("pass");
-        assert_eq!((again.polls_deferred, again.polls_requested), (2, 0), "{again:?}");
+        assert_eq!(
+            (again.polls_deferred, again.polls_requested),
+            (2, 0),
+            "{again:?}"
+        );
         registry.shutdown().await;
     }
 

@@ -102,26 +102,46 @@ async fn the_polling_index_follows_link_commit_and_unlink() {
         account_id: b.id.clone(),
         anchor,
     };
-    store.defer_poll(&b_entry(t0() + ms(10)), t0() + ms(700)).unwrap();
-    store.defer_poll(&b_entry(t0() + ms(700)), t0() + ms(600)).unwrap();
-    assert_eq!(due(&store, t0() + ms(699)), [(a.id.clone(), t0() + ms(500))]);
-    assert_eq!(due(&store, t0() + ms(700))[1], (b.id.clone(), t0() + ms(700)));
+    store
+        .defer_poll(&b_entry(t0() + ms(10)), t0() + ms(700))
+        .unwrap();
+    store
+        .defer_poll(&b_entry(t0() + ms(700)), t0() + ms(600))
+        .unwrap();
+    assert_eq!(
+        due(&store, t0() + ms(699)),
+        [(a.id.clone(), t0() + ms(500))]
+    );
+    assert_eq!(
+        due(&store, t0() + ms(700))[1],
+        (b.id.clone(), t0() + ms(700))
+    );
 
     // Unlinked accounts leave the index and a commit (of a sync that was running at the
     // unlink) does not bring them back.
     store.unlink_account(&a.id, false).unwrap();
     store.commit_sync(commit_at(&a.id, t0() + ms(900))).unwrap();
-    assert_eq!(due(&store, t0() + ms(10_000)), [(b.id.clone(), t0() + ms(700))]);
+    assert_eq!(
+        due(&store, t0() + ms(10_000)),
+        [(b.id.clone(), t0() + ms(700))]
+    );
     store.unlink_account(&b.id, true).unwrap();
     assert!(due(&store, t0() + ms(10_000)).is_empty());
     assert_eq!(store.poll.len(), 0);
-    assert_eq!(store.poll_index.len(), 1, "only the backfill marker is left");
+    assert_eq!(
+        store.poll_index.len(),
+        1,
+        "only the backfill marker is left"
+    );
 
     // Relinking puts it back, anchored at its last successful sync.
     let mut again = store.get_account(&a.id).unwrap().unwrap();
     again.status = LinkStatus::Linked;
     store.link_account(&again).unwrap();
-    assert_eq!(due(&store, t0() + ms(10_000)), [(a.id.clone(), t0() + ms(900))]);
+    assert_eq!(
+        due(&store, t0() + ms(10_000)),
+        [(a.id.clone(), t0() + ms(900))]
+    );
 
     // A clear (what the sweeper does with an entry whose account is gone) removes it.
     let a_entry = PollEntry {
@@ -145,7 +165,9 @@ async fn a_store_from_before_the_polling_index_is_backfilled_once_at_open() {
         for a in [&linked, &synced, &unlinked] {
             store.link_account(a).unwrap();
         }
-        store.commit_sync(commit_at(&synced.id, t0() + ms(5))).unwrap();
+        store
+            .commit_sync(commit_at(&synced.id, t0() + ms(5)))
+            .unwrap();
         store.unlink_account(&unlinked.id, false).unwrap();
         // What an older version left: no index at all, no marker.
         store.poll.clear().unwrap();
@@ -163,7 +185,10 @@ async fn a_store_from_before_the_polling_index_is_backfilled_once_at_open() {
         due(&store, t0() + ms(10)),
         [(linked.id.clone(), t0()), (synced.id.clone(), t0() + ms(5))]
     );
-    assert!(store.poll_index.contains_key(keys::POLL_BACKFILLED).unwrap());
+    assert!(store
+        .poll_index
+        .contains_key(keys::POLL_BACKFILLED)
+        .unwrap());
     // Once marked, a later open does not scan again (an entry cleared now stays so).
     store
         .clear_poll(&PollEntry {
@@ -175,7 +200,10 @@ async fn a_store_from_before_the_polling_index_is_backfilled_once_at_open() {
     store.shutdown().await.unwrap();
     drop(store);
     let store = open(&dir);
-    assert_eq!(due(&store, t0() + ms(10)), [(synced.id.clone(), t0() + ms(5))]);
+    assert_eq!(
+        due(&store, t0() + ms(10)),
+        [(synced.id.clone(), t0() + ms(5))]
+    );
     store.shutdown().await.unwrap();
 }
 
@@ -191,14 +219,25 @@ async fn acting_on_a_stale_entry_repairs_the_index() {
     let orphan = store.due_polls(t0(), 10).unwrap();
     assert_eq!(orphan.len(), 1);
     store.defer_poll(&orphan[0], t0() + ms(50)).unwrap();
-    assert_eq!(due(&store, t0() + ms(1_000)), [(a.id.clone(), t0() + ms(50))]);
+    assert_eq!(
+        due(&store, t0() + ms(1_000)),
+        [(a.id.clone(), t0() + ms(50))]
+    );
 
     // An orphan of an account the index lost entirely: deferring re-indexes it.
-    store.clear_poll(&PollEntry { account_id: a.id.clone(), anchor: t0() + ms(50) }).unwrap();
+    store
+        .clear_poll(&PollEntry {
+            account_id: a.id.clone(),
+            anchor: t0() + ms(50),
+        })
+        .unwrap();
     store.plant_stale_poll_entry(&a.id, t0());
     let orphan = store.due_polls(t0(), 10).unwrap();
     store.defer_poll(&orphan[0], t0() + ms(80)).unwrap();
-    assert_eq!(due(&store, t0() + ms(1_000)), [(a.id.clone(), t0() + ms(80))]);
+    assert_eq!(
+        due(&store, t0() + ms(1_000)),
+        [(a.id.clone(), t0() + ms(80))]
+    );
 
     // An orphan of a gone account: clearing removes it and leaves the real entry be.
     let ghost = AccountId::generate();
@@ -206,6 +245,9 @@ async fn acting_on_a_stale_entry_repairs_the_index() {
     let stale = store.due_polls(t0(), 10).unwrap();
     assert_eq!(stale[0].account_id, ghost);
     store.clear_poll(&stale[0]).unwrap();
-    assert_eq!(due(&store, t0() + ms(1_000)), [(a.id.clone(), t0() + ms(80))]);
+    assert_eq!(
+        due(&store, t0() + ms(1_000)),
+        [(a.id.clone(), t0() + ms(80))]
+    );
     store.shutdown().await.unwrap();
 }

@@ -692,34 +692,34 @@ impl Store for SledStore {
         )
             .transaction(
                 |(accounts, lookup, transactions, txn_index, inbox, poll, poll_index)| {
-                let Some(bytes) = accounts.get(&account_key)? else {
-                    return Ok(None);
-                };
-                let previous: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
-                remove_lookup_keys(lookup, &previous)?;
-                move_poll_entry(poll, poll_index, &account_key, None)?;
-                let mut inbox_removed = 0u64;
-                if purge {
-                    accounts.remove(account_key.as_slice())?;
-                    for key in &rows {
-                        transactions.remove(key)?;
-                    }
-                    for key in &index {
-                        txn_index.remove(key)?;
-                    }
-                    for key in &inbox_keys {
-                        if inbox.remove(key)?.is_some() {
-                            inbox_removed += 1;
+                    let Some(bytes) = accounts.get(&account_key)? else {
+                        return Ok(None);
+                    };
+                    let previous: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                    remove_lookup_keys(lookup, &previous)?;
+                    move_poll_entry(poll, poll_index, &account_key, None)?;
+                    let mut inbox_removed = 0u64;
+                    if purge {
+                        accounts.remove(account_key.as_slice())?;
+                        for key in &rows {
+                            transactions.remove(key)?;
                         }
+                        for key in &index {
+                            txn_index.remove(key)?;
+                        }
+                        for key in &inbox_keys {
+                            if inbox.remove(key)?.is_some() {
+                                inbox_removed += 1;
+                            }
+                        }
+                    } else {
+                        let mut record = previous.clone();
+                        record.status = LinkStatus::Unlinked;
+                        accounts
+                            .insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &record))?)?;
                     }
-                } else {
-                    let mut record = previous.clone();
-                    record.status = LinkStatus::Unlinked;
-                    accounts
-                        .insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &record))?)?;
-                }
-                Ok(Some((previous, inbox_removed)))
-            },
+                    Ok(Some((previous, inbox_removed)))
+                },
             )
             .map_err(from_tx)?;
         let Some((previous, mut inbox_removed)) = outcome else {

@@ -133,7 +133,9 @@ async fn polling_brings_every_account_back_when_webhooks_are_lost() {
     set_global_faults(&env, json!({ "webhook_drop_rate": 1.0 })).await;
     let mut dropped_before = 0;
     for (_, item) in &items {
-        dropped_before += env.stats(item).await["webhooks_dropped"].as_u64().unwrap_or(0);
+        dropped_before += env.stats(item).await["webhooks_dropped"]
+            .as_u64()
+            .unwrap_or(0);
     }
     let final_round = Instant::now();
     for (_, item) in &items {
