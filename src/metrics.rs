@@ -104,8 +104,6 @@ pub struct ScrapeValues {
     pub activations: u64,
     /// Passivations since start.
     pub passivations: u64,
-    /// Account records (linked and unlinked).
-    pub accounts: u64,
 }
 
 /// Counters whose source of truth is elsewhere (the registry's atomics), copied in at
@@ -155,7 +153,6 @@ pub struct Metrics {
     retry_backlog: Gauge,
     retries_due: Gauge,
     actors_active: Gauge,
-    accounts: Gauge,
     scraped: Arc<ScrapedCounters>,
 }
 
@@ -262,11 +259,6 @@ impl Metrics {
             "acctor_actors_active",
             "Live account actors (the rest are passivated).",
         );
-        let accounts = gauge(
-            &mut registry,
-            "acctor_accounts",
-            "Account records in the store (linked and unlinked).",
-        );
         let scraped = Arc::new(ScrapedCounters::default());
         registry.register_collector(Box::new(scraped.clone()));
         Metrics {
@@ -285,7 +277,6 @@ impl Metrics {
             retry_backlog,
             retries_due,
             actors_active,
-            accounts,
             scraped,
         }
     }
@@ -398,7 +389,6 @@ impl Metrics {
         self.retry_backlog.set(level(scrape.retry_backlog));
         self.retries_due.set(level(scrape.retries_due));
         self.actors_active.set(level(scrape.actors_active));
-        self.accounts.set(level(scrape.accounts));
         self.scraped
             .activations
             .store(scrape.activations, Ordering::Relaxed);
