@@ -119,12 +119,12 @@ impl Collector for ScrapedCounters {
         for (name, help, value) in [
             (
                 "acctor_actor_activations",
-                "Account actors activated since start.",
+                "Account actors activated since start",
                 &self.activations,
             ),
             (
                 "acctor_actor_passivations",
-                "Account actors passivated (or stopped) since start.",
+                "Account actors passivated (or stopped) since start",
                 &self.passivations,
             ),
         ] {
@@ -175,63 +175,63 @@ impl Metrics {
         let webhooks = Family::<WebhookLabels, Counter>::default();
         registry.register(
             "acctor_webhooks",
-            "Webhooks received, by provider and outcome (rejected ones by reason).",
+            "Webhooks received, by provider and outcome (rejected ones by reason)",
             webhooks.clone(),
         );
         let syncs = Family::<SyncLabels, Counter>::default();
         registry.register(
             "acctor_syncs",
-            "Syncs finished, by provider and outcome (committed, failed, gave_up).",
+            "Syncs finished, by provider and outcome (committed, failed, gave_up)",
             syncs.clone(),
         );
         let sync_duration =
             Family::<SyncLabels, Histogram>::new_with_constructor(sync_histogram as fn() -> _);
         registry.register(
             "acctor_sync_duration_seconds",
-            "Wall time of one sync, from its start to its commit or failure.",
+            "Wall time of one sync, from its start to its commit or failure",
             sync_duration.clone(),
         );
         let rows_applied = Family::<RowLabels, Counter>::default();
         registry.register(
             "acctor_sync_rows_applied",
-            "Rows applied by committed syncs, by kind.",
+            "Rows applied by committed syncs, by kind",
             rows_applied.clone(),
         );
         let provider_errors = Family::<ProviderErrorLabels, Counter>::default();
         registry.register(
             "acctor_provider_errors",
-            "Failed syncs caused by the provider, by error code.",
+            "Failed syncs caused by the provider, by error code",
             provider_errors.clone(),
         );
         let rate_limit_waits = Family::<RateLimitLabels, Counter>::default();
         registry.register(
             "acctor_rate_limit_waits",
-            "Times a provider request waited for a rate limit, by source.",
+            "Times a provider request waited for a rate limit, by source",
             rate_limit_waits.clone(),
         );
         let rate_limit_wait_seconds =
             Family::<RateLimitLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "acctor_rate_limit_wait_seconds",
-            "Time spent waiting for rate limits, by source.",
+            "Time spent waiting for rate limits, by source",
             rate_limit_wait_seconds.clone(),
         );
         let restarts = Counter::default();
         registry.register(
             "acctor_actor_restarts",
-            "Account actors restarted by the supervisor after a failure.",
+            "Account actors restarted by the supervisor after a failure",
             restarts.clone(),
         );
         let quarantines = Counter::default();
         registry.register(
             "acctor_actor_quarantines",
-            "Accounts quarantined by the supervisor after too many failures.",
+            "Accounts quarantined by the supervisor after too many failures",
             quarantines.clone(),
         );
         let incidents_open = Family::<IncidentLabels, Gauge>::default();
         registry.register(
             "acctor_incidents_open",
-            "Open incidents, by kind.",
+            "Open incidents, by kind",
             incidents_open.clone(),
         );
         let gauge = |registry: &mut PromRegistry, name: &str, help: &str| {
@@ -242,22 +242,22 @@ impl Metrics {
         let inbox_depth = gauge(
             &mut registry,
             "acctor_inbox_depth",
-            "Acknowledged webhooks not yet consumed by a committed sync.",
+            "Acknowledged webhooks not yet consumed by a committed sync",
         );
         let retry_backlog = gauge(
             &mut registry,
             "acctor_retry_backlog",
-            "Failed syncs waiting for their retry (retry records in the store).",
+            "Failed syncs waiting for their retry (retry records in the store)",
         );
         let retries_due = gauge(
             &mut registry,
             "acctor_retries_due",
-            "Retry records already due (the sweeper re-drives them on its next tick).",
+            "Retry records already due (the sweeper re-drives them on its next tick)",
         );
         let actors_active = gauge(
             &mut registry,
             "acctor_actors_active",
-            "Live account actors (the rest are passivated).",
+            "Live account actors (the rest are passivated)",
         );
         let scraped = Arc::new(ScrapedCounters::default());
         registry.register_collector(Box::new(scraped.clone()));
