@@ -19,7 +19,7 @@ fn artifact(name: &str) -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
     let env = spawn_env_with(|s| {
-        s.plaid.sync_page_size = 20;
+        s.plaid.sync_page_size = 5;
         s.actors.passivate_after = Duration::from_secs(600);
     })
     .await;
@@ -55,7 +55,7 @@ async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
         .await;
 
     // A slow sync of the watched account: every page takes a while at the sandbox.
-    env.faults(&watched_item, json!({ "sync_latency_ms": 150 })).await;
+    env.faults(&watched_item, json!({ "sync_latency_ms": 400 })).await;
     env.mutate(&watched_item, 60, 10, 0).await;
     let row_state = format!(
         "(document.querySelector('#accounts-body tr[data-account=\"{watched}\"] .pill') || {{}}).dataset?.state"

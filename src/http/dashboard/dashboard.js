@@ -204,7 +204,7 @@ function renderIncidents(result) {
       h("td", {}, i.kind || "–"),
       h("td", { class: "id" }, i.account_id ? shortId(i.account_id) : "–"),
       h("td", {}, i.opened_at ? ago(i.opened_at) : "–"),
-      h("td", {}, typeof i.details === "string" ? i.details : JSON.stringify(i.details || i.message || ""))))));
+      h("td", {}, typeof i.details === "string" ? i.details : JSON.stringify(i.details || i.message || "")))))));
 }
 
 function select(id) {
