@@ -209,8 +209,7 @@ impl Metrics {
             "Times a provider request waited for a rate limit, by source",
             rate_limit_waits.clone(),
         );
-        let rate_limit_wait_seconds =
-            Family::<RateLimitLabels, Counter<f64, AtomicU64>>::default();
+        let rate_limit_wait_seconds = Family::<RateLimitLabels, Counter<f64, AtomicU64>>::default();
         registry.register(
             "acctor_rate_limit_wait_seconds",
             "Time spent waiting for rate limits, by source",
@@ -310,7 +309,11 @@ impl Metrics {
         self.sync_duration
             .get_or_create(&labels)
             .observe(duration.as_secs_f64());
-        for (kind, n) in [("added", added), ("modified", modified), ("removed", removed)] {
+        for (kind, n) in [
+            ("added", added),
+            ("modified", modified),
+            ("removed", removed),
+        ] {
             self.rows_applied
                 .get_or_create(&RowLabels {
                     provider: provider.to_string(),
@@ -417,7 +420,12 @@ mod tests {
         metrics.webhook("plaid", "accepted", "");
         metrics.webhook("plaid", "rejected", "unauthorized");
         metrics.sync_committed("plaid", Duration::from_millis(30), 5, 2, 1);
-        metrics.sync_failed("plaid", Duration::from_millis(3), Some("INTERNAL_SERVER_ERROR"), false);
+        metrics.sync_failed(
+            "plaid",
+            Duration::from_millis(3),
+            Some("INTERNAL_SERVER_ERROR"),
+            false,
+        );
         metrics.set_incidents_open("needs_reauth", 2);
         let text = metrics
             .render(ScrapeValues {
@@ -435,7 +443,10 @@ mod tests {
             "acctor_inbox_depth 7",
             "acctor_actor_activations_total 3",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in:\n{text}"
+            );
         }
         assert!(text.ends_with("# EOF\n"));
     }
@@ -446,6 +457,9 @@ mod tests {
         let b = Metrics::new();
         a.actor_restarted();
         let text = b.render(ScrapeValues::default()).expect("render");
-        assert!(text.lines().any(|l| l == "acctor_actor_restarts_total 0"), "{text}");
+        assert!(
+            text.lines().any(|l| l == "acctor_actor_restarts_total 0"),
+            "{text}"
+        );
     }
 }

@@ -322,7 +322,11 @@ impl Actor for AccountActor {
                 phase = Phase::Backoff {
                     until: record.due_at,
                 };
-                activated = format!("waiting for retry {} due in {} ms", record.attempt, wait.as_millis());
+                activated = format!(
+                    "waiting for retry {} due in {} ms",
+                    record.attempt,
+                    wait.as_millis()
+                );
                 send_after_counted(&myself, &mailbox, wait, || AccountMessage::Due);
             }
             _ => {
@@ -427,8 +431,13 @@ impl Actor for AccountActor {
                                     + chrono::Duration::from_std(wait)
                                         .unwrap_or(chrono::Duration::zero()),
                             };
-                            state.event("scheduled", format!("burst: next sync in {} ms", wait.as_millis()));
-                            send_after_counted(&myself, &state.mailbox, wait, || AccountMessage::Due);
+                            state.event(
+                                "scheduled",
+                                format!("burst: next sync in {} ms", wait.as_millis()),
+                            );
+                            send_after_counted(&myself, &state.mailbox, wait, || {
+                                AccountMessage::Due
+                            });
                         }
                     }
                     Err(failure) => {
@@ -581,7 +590,11 @@ impl AccountActor {
             .unwrap_or_default();
         state.event(
             "sync_failed",
-            format!("{}{request} after {} ms", failure.error.code(), took.as_millis()),
+            format!(
+                "{}{request} after {} ms",
+                failure.error.code(),
+                took.as_millis()
+            ),
         );
     }
 

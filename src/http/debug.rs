@@ -25,8 +25,8 @@ use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::actors::account::ActorEvent;
 use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, RegistryError, SyncReason};
-use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncGaveUp};
 use crate::domain::SyncOutcome;
+use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncGaveUp};
 use crate::store::{RetryRecord, Store, StoreError};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -201,7 +201,11 @@ fn store_facts(
     })
 }
 
-fn lag_seconds(account: &Account, oldest_pending_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> i64 {
+fn lag_seconds(
+    account: &Account,
+    oldest_pending_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> i64 {
     let since = match (oldest_pending_at, &account.cursor, account.status) {
         (_, _, LinkStatus::Unlinked) => None,
         (Some(at), _, _) => Some(at),
@@ -231,7 +235,12 @@ fn describe(
     let supervision = state.registry.restart_status(&account.id);
     let quarantined = is_quarantined(state, &account);
     let active = snapshot.is_some() || state.registry.is_active(&account.id);
-    let mut name = state_name(&account, snapshot.as_ref(), supervision.as_ref(), quarantined);
+    let mut name = state_name(
+        &account,
+        snapshot.as_ref(),
+        supervision.as_ref(),
+        quarantined,
+    );
     if actor_error.is_some() && name == "passivated" {
         name = "unresponsive";
     }
@@ -280,9 +289,7 @@ fn describe(
         mailbox_depth: state.registry.mailbox_depth(&account.id),
         current,
         lag_seconds: lag_seconds(&account, oldest_pending_at, now),
-        cursor_age_seconds: account
-            .cursor_updated_at
-            .map(|at| (now - at).num_seconds()),
+        cursor_age_seconds: account.cursor_updated_at.map(|at| (now - at).num_seconds()),
         last_sync_started_at: account.last_sync_started_at,
         last_sync_finished_at: account.last_sync_finished_at,
         last_sync_outcome: account.last_sync_outcome.clone(),
@@ -419,7 +426,8 @@ fn pick_page(
     wanted: Option<&str>,
 ) -> Result<(Vec<Account>, Option<String>, usize), ApiError> {
     let store = &state.store;
-    let live_only = wanted.is_some_and(|w| w == "active" || w == "unresponsive" || LIVE_STATES.contains(&w));
+    let live_only =
+        wanted.is_some_and(|w| w == "active" || w == "unresponsive" || LIVE_STATES.contains(&w));
     if sort == "id" && !live_only {
         // Keyset over the store's id order, reading batches until the page is full.
         let mut after = query.after.clone().map(AccountId);
@@ -481,13 +489,22 @@ fn pick_page(
             let mut keyed = Vec::with_capacity(candidates.len());
             for account in candidates {
                 let oldest = if pending.contains(&account.id) {
-                    store.pending_inbox(&account.id)?.iter().map(|e| e.received_at).min()
+                    store
+                        .pending_inbox(&account.id)?
+                        .iter()
+                        .map(|e| e.received_at)
+                        .min()
                 } else {
                     None
                 };
                 let lag = lag_seconds(&account, oldest, now);
-                let cursor_age = account.cursor_updated_at.map_or(i64::MAX, |at| (now - at).num_seconds());
-                keyed.push(((std::cmp::Reverse(lag), std::cmp::Reverse(cursor_age)), account));
+                let cursor_age = account
+                    .cursor_updated_at
+                    .map_or(i64::MAX, |at| (now - at).num_seconds());
+                keyed.push((
+                    (std::cmp::Reverse(lag), std::cmp::Reverse(cursor_age)),
+                    account,
+                ));
             }
             keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
             candidates = keyed.into_iter().map(|(_, a)| a).collect();

@@ -91,7 +91,10 @@ impl Browser {
                 json!({ "targetId": target_id, "flatten": true }),
             )
             .await;
-        browser.session = attached["sessionId"].as_str().expect("sessionId").to_string();
+        browser.session = attached["sessionId"]
+            .as_str()
+            .expect("sessionId")
+            .to_string();
         browser.call("Page.enable", json!({})).await;
         browser
             .call(
@@ -155,11 +158,17 @@ impl Browser {
         let deadline = tokio::time::Instant::now() + within;
         loop {
             let value = self.eval(expression).await;
-            if !(value.is_null() || value == json!(false) || value == json!("") || value == json!(0)) {
+            if !(value.is_null()
+                || value == json!(false)
+                || value == json!("")
+                || value == json!(0))
+            {
                 return value;
             }
             if tokio::time::Instant::now() > deadline {
-                let text = self.eval("document.body ? document.body.innerText : ''").await;
+                let text = self
+                    .eval("document.body ? document.body.innerText : ''")
+                    .await;
                 panic!("the dashboard never showed {what}; page text:\n{text}");
             }
             // Polling the page's observable state, not sleeping as synchronization.

@@ -27,7 +27,9 @@ async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
     for (n, history) in [(0, 40), (1, 120), (2, 60)] {
         let (item, token) = env.create_item(history).await;
         let alias = format!("customer-{n}@example.com");
-        let linked = env.link(&item, &token, &format!("owner-{n}"), &[alias.as_str()]).await;
+        let linked = env
+            .link(&item, &token, &format!("owner-{n}"), &[alias.as_str()])
+            .await;
         let id = linked["id"].as_str().expect("id").to_string();
         env.converge(&id, &item).await;
         accounts.push((id, item));
@@ -36,7 +38,10 @@ async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
 
     let mut browser = Browser::launch(1440, 900).await;
     browser
-        .navigate(&format!("{}/dashboard#token=test-token&account={watched}", env.app_url))
+        .navigate(&format!(
+            "{}/dashboard#token=test-token&account={watched}",
+            env.app_url
+        ))
         .await;
     browser
         .wait_for(
@@ -51,11 +56,16 @@ async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
     assert_eq!(states, json!("idle,idle,idle"));
     // The selected account's live view is open.
     browser
-        .wait_for("the actor view", "document.querySelector('#d-body .events li') !== null", CONVERGE)
+        .wait_for(
+            "the actor view",
+            "document.querySelector('#d-body .events li') !== null",
+            CONVERGE,
+        )
         .await;
 
     // A slow sync of the watched account: every page takes a while at the sandbox.
-    env.faults(&watched_item, json!({ "sync_latency_ms": 400 })).await;
+    env.faults(&watched_item, json!({ "sync_latency_ms": 400 }))
+        .await;
     env.mutate(&watched_item, 60, 10, 0).await;
     let row_state = format!(
         "(document.querySelector('#accounts-body tr[data-account=\"{watched}\"] .pill') || {{}}).dataset?.state"
@@ -84,9 +94,12 @@ async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
             CONVERGE,
         )
         .await;
-    let banner_hidden = browser.eval("document.getElementById('banner').hidden").await;
+    let banner_hidden = browser
+        .eval("document.getElementById('banner').hidden")
+        .await;
     assert_eq!(banner_hidden, json!(true), "no error banner");
-    std::fs::write(artifact("dashboard-idle.png"), browser.screenshot().await).expect("write screenshot");
+    std::fs::write(artifact("dashboard-idle.png"), browser.screenshot().await)
+        .expect("write screenshot");
     browser.close().await;
     env.shutdown().await;
 }

@@ -15,7 +15,12 @@ async fn actor(env: &TestEnv, key: &str) -> Value {
 }
 
 /// Polls `/debug/actors/{key}` until `done` holds; fails with the last view otherwise.
-async fn wait_for_actor(env: &TestEnv, key: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for_actor(
+    env: &TestEnv,
+    key: &str,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = tokio::time::Instant::now() + CONVERGE;
     loop {
         let view = actor(env, key).await;
@@ -40,8 +45,14 @@ async fn scrape(env: &TestEnv) -> prometheus_parse::Scrape {
         .await
         .expect("GET /metrics");
     assert_eq!(response.status(), 200);
-    let content_type = response.headers()["content-type"].to_str().expect("ascii").to_string();
-    assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ascii")
+        .to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
     let text = response.text().await.expect("body");
     assert!(text.ends_with("# EOF\n"), "exposition must end with # EOF");
     // Strict on what the lenient parser skips: every sample belongs to a declared
@@ -63,14 +74,20 @@ async fn scrape(env: &TestEnv) -> prometheus_parse::Scrape {
                 "histogram" => &["_bucket", "_sum", "_count", "_created"],
                 _ => &[""],
             };
-            suffixes.iter().any(|suffix| name == format!("{family}{suffix}"))
+            suffixes
+                .iter()
+                .any(|suffix| name == format!("{family}{suffix}"))
         });
         assert!(declared, "sample {line:?} belongs to no declared family");
         let value = line.rsplit(' ').next().expect("value");
         let value = if value == "+Inf" { "inf" } else { value };
-        assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "bad sample line {line:?}");
+        assert!(
+            value.parse::<f64>().is_ok_and(f64::is_finite),
+            "bad sample line {line:?}"
+        );
     }
-    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).expect("valid exposition")
+    prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string())))
+        .expect("valid exposition")
 }
 
 /// The value of the sample `name` whose labels include `labels`, 0 when absent.
@@ -99,7 +116,9 @@ async fn a_running_sync_shows_its_progress_then_its_outcome() {
     .await;
     let (item, token) = env.create_item(400).await;
     env.faults(&item, json!({ "sync_latency_ms": 60 })).await;
-    let linked = env.link(&item, &token, "watched-owner", &["watched@example.com"]).await;
+    let linked = env
+        .link(&item, &token, "watched-owner", &["watched@example.com"])
+        .await;
     let id = linked["id"].as_str().expect("id").to_string();
 
     // By alias: the same account, mid-sync, with live progress.
@@ -109,10 +128,16 @@ async fn a_running_sync_shows_its_progress_then_its_outcome() {
     .await;
     assert_eq!(running["account_id"], id.as_str());
     assert!(running["active"].as_bool().expect("active"));
-    assert!(running["current"]["rows"].as_u64().expect("rows") > 0, "{running:#}");
+    assert!(
+        running["current"]["rows"].as_u64().expect("rows") > 0,
+        "{running:#}"
+    );
     assert_eq!(running["current"]["reason"], "activation");
     assert!(running["mailbox_depth"].is_u64());
-    assert!(running["lag_seconds"].is_i64(), "never synced: lag counts from the link");
+    assert!(
+        running["lag_seconds"].is_i64(),
+        "never synced: lag counts from the link"
+    );
     let events: Vec<&str> = running["events"]
         .as_array()
         .expect("events of a live actor")
@@ -140,11 +165,17 @@ async fn a_running_sync_shows_its_progress_then_its_outcome() {
         .iter()
         .map(|e| e["kind"].as_str().expect("kind"))
         .collect();
-    assert!(kinds.ends_with(&["sync_started", "sync_committed"]), "{kinds:?}");
+    assert!(
+        kinds.ends_with(&["sync_started", "sync_committed"]),
+        "{kinds:?}"
+    );
 
     // The listing shows the same account; a live-state filter asks the actors.
     let page = env
-        .get_json(&format!("{}/debug/actors?state=idle&provider=plaid", env.app_url))
+        .get_json(&format!(
+            "{}/debug/actors?state=idle&provider=plaid",
+            env.app_url
+        ))
         .await;
     let ids: Vec<&str> = page["actors"]
         .as_array()
@@ -179,12 +210,18 @@ async fn a_passivated_account_is_described_without_being_activated() {
         assert_eq!(view["active"], false);
         assert!(view["mailbox_depth"].is_null());
         assert!(view["events"].is_null());
-        assert!(view["events_note"].as_str().expect("note").contains("passivated"));
+        assert!(view["events_note"]
+            .as_str()
+            .expect("note")
+            .contains("passivated"));
         assert_eq!(view["last_sync_outcome"]["outcome"], "committed");
         assert_eq!(view["transactions"], 30);
     }
     let page = env
-        .get_json(&format!("{}/debug/actors?state=passivated&sort=lag", env.app_url))
+        .get_json(&format!(
+            "{}/debug/actors?state=passivated&sort=lag",
+            env.app_url
+        ))
         .await;
     assert_eq!(page["actors"].as_array().expect("actors").len(), 1);
     let after = scrape(&env).await;
@@ -204,10 +241,18 @@ async fn metrics_parse_and_their_counters_follow_traffic() {
     env.converge(&id, &item).await;
     let before = scrape(&env).await;
     let accepted = |s: &prometheus_parse::Scrape| {
-        sample(s, "acctor_webhooks_total", &[("provider", "plaid"), ("outcome", "accepted")])
+        sample(
+            s,
+            "acctor_webhooks_total",
+            &[("provider", "plaid"), ("outcome", "accepted")],
+        )
     };
     let committed = |s: &prometheus_parse::Scrape| {
-        sample(s, "acctor_syncs_total", &[("provider", "plaid"), ("outcome", "committed")])
+        sample(
+            s,
+            "acctor_syncs_total",
+            &[("provider", "plaid"), ("outcome", "committed")],
+        )
     };
 
     // One new event for the account; an event for an item not linked yet, twice (kept
@@ -218,8 +263,14 @@ async fn metrics_parse_and_their_counters_follow_traffic() {
     assert_eq!(env.post_webhook(&body, Some(&jwt)).await.status(), 200);
     let early = sync_webhook_body("item-not-linked-yet", json!({}));
     let early_jwt = env.sandbox.sign_webhook(&early, now_unix());
-    assert_eq!(env.post_webhook(&early, Some(&early_jwt)).await.status(), 200);
-    assert_eq!(env.post_webhook(&early, Some(&early_jwt)).await.status(), 200);
+    assert_eq!(
+        env.post_webhook(&early, Some(&early_jwt)).await.status(),
+        200
+    );
+    assert_eq!(
+        env.post_webhook(&early, Some(&early_jwt)).await.status(),
+        200
+    );
     assert_eq!(env.post_webhook(&body, None).await.status(), 401);
     assert_eq!(env.post_webhook(b"{", Some(&jwt)).await.status(), 401);
     env.converge(&id, &item).await;
@@ -229,30 +280,50 @@ async fn metrics_parse_and_their_counters_follow_traffic() {
     assert!(accepted(&after) - accepted(&before) >= 2.0);
     assert_eq!(
         sample(&after, "acctor_webhooks_total", &[("outcome", "duplicate")])
-            - sample(&before, "acctor_webhooks_total", &[("outcome", "duplicate")]),
+            - sample(
+                &before,
+                "acctor_webhooks_total",
+                &[("outcome", "duplicate")]
+            ),
         1.0
     );
     assert_eq!(
-        sample(&after, "acctor_webhooks_total", &[("outcome", "rejected"), ("reason", "unauthorized")]),
+        sample(
+            &after,
+            "acctor_webhooks_total",
+            &[("outcome", "rejected"), ("reason", "unauthorized")]
+        ),
         2.0
     );
     assert!(committed(&after) > committed(&before));
     assert!(
-        sample(&after, "acctor_sync_rows_applied_total", &[("kind", "added")])
-            >= sample(&before, "acctor_sync_rows_applied_total", &[("kind", "added")]) + 3.0
+        sample(
+            &after,
+            "acctor_sync_rows_applied_total",
+            &[("kind", "added")]
+        ) >= sample(
+            &before,
+            "acctor_sync_rows_applied_total",
+            &[("kind", "added")]
+        ) + 3.0
     );
     let durations: HashMap<&str, f64> = after
         .samples
         .iter()
         .filter(|s| s.metric == "acctor_sync_duration_seconds")
         .filter_map(|s| match &s.value {
-            prometheus_parse::Value::Histogram(buckets) => {
-                Some((s.labels.get("outcome").unwrap_or(""), buckets.iter().map(|b| b.count).fold(0.0, f64::max)))
-            }
+            prometheus_parse::Value::Histogram(buckets) => Some((
+                s.labels.get("outcome").unwrap_or(""),
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+            )),
             _ => None,
         })
         .collect();
-    assert_eq!(durations.get("committed").copied(), Some(committed(&after)), "{durations:?}");
+    assert_eq!(
+        durations.get("committed").copied(),
+        Some(committed(&after)),
+        "{durations:?}"
+    );
     // The event for the unlinked item waits in the inbox.
     assert_eq!(sample(&before, "acctor_inbox_depth", &[]), 0.0);
     assert_eq!(sample(&after, "acctor_inbox_depth", &[]), 1.0);

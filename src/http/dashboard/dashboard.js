@@ -166,7 +166,7 @@ function renderDetail(a) {
       ["provider", a.provider + " · " + a.item_id, true],
       ["mailbox", a.mailbox_depth === null ? "– (no live actor)" : a.mailbox_depth + " waiting"],
       ["pending inbox", a.pending_inbox + (a.oldest_pending_at ? " (oldest " + ago(a.oldest_pending_at) + ")" : "")],
-      ["lag", a.lag_seconds > 0 ? duration(a.lag_seconds) : "up to date"],
+      ["lag", a.lag_seconds > 0 ? duration(a.lag_seconds) : a.pending_inbox > 0 ? "< 1s" : "up to date"],
       ["cursor age", a.cursor_age_seconds === null ? "never synced" : duration(a.cursor_age_seconds)],
       ["last sync", a.last_sync_finished_at ? ago(a.last_sync_finished_at) : "never"],
       ["syncs", a.sync_count + " committed" + (a.transactions !== undefined ? " · " + a.transactions.toLocaleString() + " rows held" : "")],
