@@ -11,6 +11,8 @@
 //! [`AccountMessage::SyncFinished`]. The mailbox stays free to answer status queries
 //! mid-sync.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +26,7 @@ use tracing::Instrument;
 use super::registry::Registry;
 use super::sync::{run_sync, ProgressSnapshot, SyncError, SyncProgress, SyncReport};
 use crate::config::ActorSettings;
-use crate::domain::{AccountId, LinkStatus, SyncGaveUp};
+use crate::domain::{AccountId, LinkStatus, ProviderKind, SyncGaveUp, SyncOutcome};
 use crate::providers::ProviderError;
 use crate::store::{RetryRecord, StoreError};
 
@@ -44,6 +46,19 @@ pub enum SyncReason {
     Retry,
     /// The sweeper's polling fallback: no successful sync for `sweeper.poll_interval`.
     Poll,
+}
+
+impl SyncReason {
+    /// The reason as shown in events and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncReason::Webhook => "webhook",
+            SyncReason::Linked => "linked",
+            SyncReason::Activation => "activation",
+            SyncReason::Manual => "manual",
+            SyncReason::Retry => "retry",
+        }
+    }
 }
 
 /// Messages of the account actor.
@@ -117,6 +132,50 @@ pub struct ActorSnapshot {
     pub sync_requests: u64,
     /// When this activation started.
     pub active_since: DateTime<Utc>,
+    /// Messages in this actor's mailbox not yet handled, including the status query
+    /// being answered (see [`MailboxCounter`]).
+    pub mailbox_depth: u64,
+    /// Why the running sync started.
+    pub sync_reason: Option<SyncReason>,
+    /// When the running sync started.
+    pub sync_started_at: Option<DateTime<Utc>>,
+    /// The last [`EVENT_RING`] things this activation did, oldest first.
+    pub events: Vec<ActorEvent>,
+}
+
+/// How many recent events a live actor keeps.
+pub const EVENT_RING: usize = 32;
+
+/// Something an account actor did, kept in its ring of recent events.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ActorEvent {
+    /// When it happened (for coalesced events: the latest occurrence).
+    pub at: DateTime<Utc>,
+    /// `activated`, `sync_requested`, `sync_started`, `sync_committed`, `sync_failed`,
+    /// `backoff`, `scheduled`, `gave_up`, `resumed`, `due`, `passivating`.
+    pub kind: &'static str,
+    /// Details (reason, counts, error code; never a secret).
+    pub detail: String,
+    /// How many identical consecutive events this entry stands for (a burst of
+    /// webhook nudges is one entry, not 32).
+    pub count: u32,
+}
+
+/// The in-flight message count of one activation. ractor does not expose its queue
+/// length, so every sender that goes through the registry or the actor itself (sync
+/// requests, resumes, status queries, the actor's own timers and its sync task's
+/// report) adds one before sending, and `handle` subtracts one per message. A message
+/// sent to the raw `ActorRef` by anything else is not counted (the decrement saturates).
+pub type MailboxCounter = Arc<AtomicU64>;
+
+/// Counts one message on its way into `counter`'s mailbox.
+pub fn mailbox_sent(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Takes one message off `counter` (a send that failed, or a handled message).
+pub fn mailbox_taken(counter: &AtomicU64) {
+    let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
 /// What the sync task decided after a failure, already written to the store.
@@ -162,6 +221,11 @@ impl AccountActor {
 /// The actor's state.
 pub struct AccountState {
     id: AccountId,
+    provider: ProviderKind,
+    mailbox: MailboxCounter,
+    events: VecDeque<ActorEvent>,
+    sync_reason: Option<SyncReason>,
+    sync_started_at: Option<DateTime<Utc>>,
     phase: Phase,
     attempt: u32,
     progress: Arc<SyncProgress>,
@@ -174,6 +238,44 @@ pub struct AccountState {
     idle_timer: Option<JoinHandle<()>>,
     /// The account is marked failed: no syncs until resumed.
     gave_up: bool,
+}
+
+impl AccountState {
+    /// Appends to the ring of recent events, folding a repeat of the last one into it.
+    fn event(&mut self, kind: &'static str, detail: impl Into<String>) {
+        let detail = detail.into();
+        let now = Utc::now();
+        if let Some(last) = self.events.back_mut() {
+            if last.kind == kind && last.detail == detail {
+                last.count = last.count.saturating_add(1);
+                last.at = now;
+                return;
+            }
+        }
+        if self.events.len() == EVENT_RING {
+            self.events.pop_front();
+        }
+        self.events.push_back(ActorEvent {
+            at: now,
+            kind,
+            detail,
+            count: 1,
+        });
+    }
+}
+
+/// `send_after` whose message is counted in the mailbox when the timer fires.
+fn send_after_counted(
+    myself: &ActorRef<AccountMessage>,
+    mailbox: &MailboxCounter,
+    delay: Duration,
+    message: impl FnOnce() -> AccountMessage + Send + 'static,
+) {
+    let mailbox = mailbox.clone();
+    myself.send_after(delay, move || {
+        mailbox_sent(&mailbox);
+        message()
+    });
 }
 
 impl Drop for AccountState {
@@ -210,9 +312,11 @@ impl Actor for AccountActor {
         let gave_up = account.failed.is_some();
         let retry = store.retry_of(&id)?;
         let now = Utc::now();
+        let mailbox = self.registry.mailbox_counter(myself.get_id());
         let mut phase = Phase::Idle;
+        let mut activated = "idle".to_string();
         match &retry {
-            _ if gave_up => {}
+            _ if gave_up => activated = "marked failed: waiting for resume".to_string(),
             // A retry still in the future (from before a restart or passivation) is
             // waited for: syncing at once would defeat the backoff.
             Some(record) if record.due_at > now => {
@@ -220,22 +324,38 @@ impl Actor for AccountActor {
                 phase = Phase::Backoff {
                     until: record.due_at,
                 };
-                myself.send_after(wait, || AccountMessage::Due);
+                activated = format!(
+                    "waiting for retry {} due in {} ms",
+                    record.attempt,
+                    wait.as_millis()
+                );
+                send_after_counted(&myself, &mailbox, wait, || AccountMessage::Due);
             }
             _ => {
                 // Work that arrived while passivated, a due retry, or a first sync never
                 // done starts now.
                 let pending = !store.pending_inbox(&id)?.is_empty();
                 if pending || retry.is_some() || account.cursor.is_none() {
+                    activated = "pending work: syncing".to_string();
+                    mailbox_sent(&mailbox);
                     myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
                 }
             }
         }
         let check_every =
             (self.registry.settings().passivate_after / 2).max(Duration::from_millis(10));
-        let idle_timer = myself.send_interval(check_every, || AccountMessage::IdleCheck);
-        Ok(AccountState {
+        let idle_mailbox = mailbox.clone();
+        let idle_timer = myself.send_interval(check_every, move || {
+            mailbox_sent(&idle_mailbox);
+            AccountMessage::IdleCheck
+        });
+        let mut state = AccountState {
             id,
+            provider: account.provider,
+            mailbox,
+            events: VecDeque::with_capacity(EVENT_RING),
+            sync_reason: None,
+            sync_started_at: None,
             phase,
             attempt: retry.map_or(0, |record| record.attempt),
             progress: Arc::new(SyncProgress::default()),
@@ -247,7 +367,9 @@ impl Actor for AccountActor {
             active_since: Utc::now(),
             idle_timer: Some(idle_timer),
             gave_up,
-        })
+        };
+        state.event("activated", activated);
+        Ok(state)
     }
 
     async fn handle(
@@ -256,10 +378,12 @@ impl Actor for AccountActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        mailbox_taken(&state.mailbox);
         match message {
             AccountMessage::SyncRequested(reason) => {
                 state.last_activity = Instant::now();
                 state.sync_requests += 1;
+                state.event("sync_requested", reason.name());
                 if state.gave_up {
                     tracing::debug!(account_id = %state.id, ?reason, "sync request ignored: account marked failed");
                     return Ok(());
@@ -286,10 +410,14 @@ impl Actor for AccountActor {
                 state.last_activity = Instant::now();
                 state.task = None;
                 state.syncs_run += 1;
+                state.sync_reason = None;
+                state.sync_started_at = None;
                 let again = matches!(state.phase, Phase::Syncing { again: true });
+                let took = state.sync_started.elapsed();
                 match result {
                     Ok(report) => {
                         state.attempt = 0;
+                        self.record_committed(state, &report.outcome, took);
                         tracing::info!(account_id = %state.id, outcome = ?report.outcome, "sync committed");
                         state.phase = Phase::Idle;
                         let since_start = state.sync_started.elapsed();
@@ -307,13 +435,23 @@ impl Actor for AccountActor {
                                     + chrono::Duration::from_std(wait)
                                         .unwrap_or(chrono::Duration::zero()),
                             };
-                            myself.send_after(wait, || AccountMessage::Due);
+                            state.event(
+                                "scheduled",
+                                format!("burst: next sync in {} ms", wait.as_millis()),
+                            );
+                            send_after_counted(&myself, &state.mailbox, wait, || {
+                                AccountMessage::Due
+                            });
                         }
                     }
-                    Err(failure) => self.enter_backoff(&myself, state, failure),
+                    Err(failure) => {
+                        self.record_failed(state, &failure, took);
+                        self.enter_backoff(&myself, state, failure)
+                    }
                 }
             }
             AccountMessage::Resume => {
+                state.event("resumed", String::new());
                 state.last_activity = Instant::now();
                 state.gave_up = false;
                 state.attempt = 0;
@@ -323,6 +461,7 @@ impl Actor for AccountActor {
             }
             AccountMessage::Due => {
                 if matches!(state.phase, Phase::Backoff { .. } | Phase::Scheduled { .. }) {
+                    state.event("due", format!("{} over", state.phase.name()));
                     state.phase = Phase::Idle;
                     self.start_sync(&myself, state, SyncReason::Webhook);
                 }
@@ -349,6 +488,12 @@ impl Actor for AccountActor {
                     syncs_run: state.syncs_run,
                     sync_requests: state.sync_requests,
                     active_since: state.active_since,
+                    // This query is still counted until `handle` returns; report the
+                    // others waiting behind it.
+                    mailbox_depth: state.mailbox.load(Ordering::Relaxed),
+                    sync_reason: state.sync_reason,
+                    sync_started_at: state.sync_started_at,
+                    events: state.events.iter().cloned().collect(),
                 };
                 // The caller may have timed out and gone; nothing to do then.
                 let _ = reply.send(snapshot);
@@ -377,21 +522,84 @@ impl AccountActor {
         }
         state.phase = Phase::Syncing { again: false };
         state.sync_started = Instant::now();
+        state.sync_reason = Some(reason);
+        state.sync_started_at = Some(Utc::now());
+        state.event("sync_started", reason.name());
         state.progress = Arc::new(SyncProgress::default());
         let registry = self.registry.clone();
         let progress = state.progress.clone();
         let id = state.id.clone();
         let attempt = state.attempt;
         let reply_to = myself.clone();
+        let mailbox = state.mailbox.clone();
         let span = tracing::info_span!("sync", account_id = %id, reason = ?reason);
         state.task = Some(tokio::spawn(
             async move {
                 let result = sync_once(&registry, &id, &progress, attempt).await;
                 // The actor may have stopped meanwhile (unlinked); the result is then moot.
+                mailbox_sent(&mailbox);
                 let _ = reply_to.send_message(AccountMessage::SyncFinished(result));
             }
             .instrument(span),
         ));
+    }
+
+    /// Metrics and the event ring after a committed sync.
+    fn record_committed(&self, state: &mut AccountState, outcome: &SyncOutcome, took: Duration) {
+        if let SyncOutcome::Committed {
+            added,
+            modified,
+            removed,
+            pages,
+            fallback,
+        } = outcome
+        {
+            self.registry.metrics().sync_committed(
+                state.provider.as_str(),
+                took,
+                *added,
+                *modified,
+                *removed,
+            );
+            let path = if *fallback { ", via reconcile" } else { "" };
+            state.event(
+                "sync_committed",
+                format!(
+                    "+{added} ~{modified} -{removed} in {pages} pages, {} ms{path}",
+                    took.as_millis()
+                ),
+            );
+        }
+    }
+
+    /// Metrics and the event ring after a failed sync.
+    fn record_failed(&self, state: &mut AccountState, failure: &SyncFailure, took: Duration) {
+        let provider = state.provider.as_str();
+        let provider_code = match &failure.error {
+            SyncError::Provider(error) => Some(error.code().to_string()),
+            _ => None,
+        };
+        let gave_up = matches!(failure.plan, RetryPlan::GiveUp { .. });
+        let metrics = self.registry.metrics();
+        metrics.sync_failed(provider, took, provider_code.as_deref(), gave_up);
+        if let (true, RetryPlan::Retry { delay, .. }) =
+            (is_rate_limited(&failure.error), failure.plan)
+        {
+            metrics.rate_limit_wait(provider, "provider_429", delay);
+        }
+        let request = failure
+            .error
+            .request_id()
+            .map(|id| format!(" (request {id})"))
+            .unwrap_or_default();
+        state.event(
+            "sync_failed",
+            format!(
+                "{}{request} after {} ms",
+                failure.error.code(),
+                took.as_millis()
+            ),
+        );
     }
 
     fn enter_backoff(
@@ -419,12 +627,17 @@ impl AccountActor {
                     "sync failed"
                 );
                 state.phase = Phase::Backoff { until };
-                myself.send_after(delay, || AccountMessage::Due);
+                state.event(
+                    "backoff",
+                    format!("attempt {attempt}: retry in {} ms", delay.as_millis()),
+                );
+                send_after_counted(myself, &state.mailbox, delay, || AccountMessage::Due);
             }
             RetryPlan::GiveUp { attempt } => {
                 state.attempt = attempt;
                 state.gave_up = true;
                 state.phase = Phase::Idle;
+                state.event("gave_up", format!("after {attempt} attempts"));
                 tracing::error!(
                     account_id = %state.id,
                     attempt,
@@ -465,6 +678,7 @@ impl AccountActor {
             .unwrap_or(true)
             && !state.gave_up;
         tracing::debug!(account_id = %state.id, pending, "passivating idle actor");
+        state.event("passivating", String::new());
         myself.stop(Some("passivated".to_string()));
         if pending {
             let registry = self.registry.clone();

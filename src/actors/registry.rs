@@ -24,10 +24,14 @@ use dashmap::DashMap;
 use ractor::rpc::CallResult;
 use ractor::{ActorCell, ActorId, ActorRef, ActorRuntime, ActorStatus};
 
-use super::account::{AccountActor, AccountMessage, ActorSnapshot, SyncReason};
+use super::account::{
+    mailbox_sent, mailbox_taken, AccountActor, AccountMessage, ActorSnapshot, MailboxCounter,
+    SyncReason,
+};
 use super::sync::SyncParams;
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, LinkStatus, ProviderKind, Quarantine};
+use crate::metrics::Metrics;
 use crate::providers::DynProvider;
 use crate::store::{Store, StoreError};
 
@@ -113,6 +117,9 @@ pub struct Registry {
     closed: std::sync::atomic::AtomicBool,
     restarts: DashMap<AccountId, RestartRecord>,
     injected_panics: DashMap<AccountId, u32>,
+    /// In-flight message counts per live activation (see [`MailboxCounter`]).
+    mailboxes: DashMap<ActorId, MailboxCounter>,
+    metrics: Arc<Metrics>,
 }
 
 impl Registry {
@@ -137,6 +144,8 @@ impl Registry {
             closed: std::sync::atomic::AtomicBool::new(false),
             restarts: DashMap::new(),
             injected_panics: DashMap::new(),
+            mailboxes: DashMap::new(),
+            metrics: Arc::new(Metrics::new()),
         });
         let _ = registry.me.set(Arc::downgrade(&registry));
         registry
@@ -155,6 +164,71 @@ impl Registry {
     /// Actor settings.
     pub fn settings(&self) -> &ActorSettings {
         &self.settings
+    }
+
+    /// This instance's metrics (one set per registry, hence per app: no global state).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The in-flight message counter of the activation `actor_id` (created on first
+    /// use: the actor's `pre_start` and the first sender may race).
+    pub(super) fn mailbox_counter(&self, actor_id: ActorId) -> MailboxCounter {
+        self.mailboxes.entry(actor_id).or_default().clone()
+    }
+
+    /// Messages waiting in the live actor's mailbox, `None` when it is passivated.
+    /// Read without asking the actor, so it works even when the actor is stuck.
+    pub fn mailbox_depth(&self, id: &AccountId) -> Option<u64> {
+        let actor_id = self.actors.get(id)?.get_id();
+        Some(
+            self.mailboxes
+                .get(&actor_id)
+                .map_or(0, |c| c.load(Ordering::Relaxed)),
+        )
+    }
+
+    /// The ids of every live actor's account, unordered.
+    pub fn active_ids(&self) -> Vec<AccountId> {
+        self.actors.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Sends `message` to `actor`, counted in its mailbox depth.
+    fn send_counted(
+        &self,
+        actor: &ActorRef<AccountMessage>,
+        message: AccountMessage,
+    ) -> Result<(), ()> {
+        // Looked up, not created: a ref just forgotten must not leave an entry behind.
+        let counter = self.mailboxes.get(&actor.get_id()).map(|c| c.clone());
+        if let Some(counter) = &counter {
+            mailbox_sent(counter);
+        }
+        actor.send_message(message).map_err(|_| {
+            if let Some(counter) = &counter {
+                mailbox_taken(counter);
+            }
+        })
+    }
+
+    /// Asks `actor` for its snapshot, counted in its mailbox depth.
+    async fn call_status(
+        &self,
+        actor: &ActorRef<AccountMessage>,
+        timeout: Duration,
+    ) -> Result<CallResult<ActorSnapshot>, ()> {
+        let counter = self.mailboxes.get(&actor.get_id()).map(|c| c.clone());
+        if let Some(counter) = &counter {
+            mailbox_sent(counter);
+        }
+        actor
+            .call(AccountMessage::Status, Some(timeout))
+            .await
+            .map_err(|_| {
+                if let Some(counter) = &counter {
+                    mailbox_taken(counter);
+                }
+            })
     }
 
     /// Sync tunables.
@@ -189,7 +263,7 @@ impl Registry {
                 Err(RegistryError::RestartPending(_)) => return Ok(()),
                 Err(error) => return Err(error),
             };
-            match actor.send_message(AccountMessage::SyncRequested(reason)) {
+            match self.send_counted(&actor, AccountMessage::SyncRequested(reason)) {
                 Ok(()) => return Ok(()),
                 Err(_) => {
                     self.forget(id, actor.get_id());
@@ -209,7 +283,7 @@ impl Registry {
             return Ok(None);
         };
         let timeout = self.settings.call_timeout;
-        match actor.call(AccountMessage::Status, Some(timeout)).await {
+        match self.call_status(&actor, timeout).await {
             Ok(CallResult::Success(snapshot)) => Ok(Some(snapshot)),
             Ok(CallResult::Timeout) => Err(RegistryError::Timeout(id.clone(), timeout)),
             // It stopped while we asked: it is passivated now.
@@ -233,7 +307,7 @@ impl Registry {
         let timeout = self.settings.call_timeout;
         for _ in 0..3 {
             let actor = self.get_or_activate(id)?;
-            match actor.call(AccountMessage::Status, Some(timeout)).await {
+            match self.call_status(&actor, timeout).await {
                 Ok(CallResult::Success(snapshot)) => return Ok(snapshot),
                 Ok(CallResult::Timeout) => return Err(RegistryError::Timeout(id.clone(), timeout)),
                 Ok(CallResult::SenderError) | Err(_) => {
@@ -252,6 +326,7 @@ impl Registry {
     pub async fn stop(&self, id: &AccountId) {
         if let Some((_, actor)) = self.actors.remove(id) {
             self.by_actor.remove(&actor.get_id());
+            self.mailboxes.remove(&actor.get_id());
             let _ = actor
                 .stop_and_wait(
                     Some("unlinked".to_string()),
@@ -269,6 +344,7 @@ impl Registry {
             .is_some();
         if removed {
             self.by_actor.remove(&actor_id);
+            self.mailboxes.remove(&actor_id);
             self.passivations.fetch_add(1, Ordering::Relaxed);
         }
         removed
@@ -335,7 +411,7 @@ impl Registry {
                 Ok(actor) => {
                     // A send fails only if it just stopped; the next activation reads
                     // the cleared mark and syncs what is pending.
-                    let _ = actor.send_message(AccountMessage::Resume);
+                    let _ = self.send_counted(&actor, AccountMessage::Resume);
                 }
                 Err(RegistryError::RestartPending(_)) => {}
                 Err(error) => return Err(error),
@@ -478,6 +554,7 @@ impl Registry {
                     spawned.map_err(|e| RegistryError::Spawn(id.clone(), e.to_string()))?;
                 self.activations.fetch_add(1, Ordering::Relaxed);
                 self.by_actor.insert(actor.get_id(), id.clone());
+                self.mailboxes.entry(actor.get_id()).or_default();
                 entry.insert(actor.clone());
                 Ok(actor)
             }

@@ -199,6 +199,7 @@ impl Actor for Supervisor {
                 match decision {
                     RestartDecision::Restart { delay } => {
                         state.restarts += 1;
+                        self.registry.metrics().actor_restarted();
                         tracing::error!(
                             account_id = %id,
                             error = %reason,
@@ -209,6 +210,7 @@ impl Actor for Supervisor {
                     }
                     RestartDecision::Quarantine { failures } => {
                         state.quarantines += 1;
+                        self.registry.metrics().actor_quarantined();
                         tracing::error!(
                             account_id = %id,
                             error = %reason,

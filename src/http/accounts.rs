@@ -249,7 +249,7 @@ async fn list(
 }
 
 /// Resolves an id or alias to a stored account, or a 404/409 error.
-fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
+pub(crate) fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
     check_key("account key", key)?;
     match state.store.resolve(key)? {
         Resolved::Found(id) => state
@@ -442,19 +442,8 @@ async fn sync_status(
     let pending_inbox = state.store.pending_inbox(&account.id)?.len();
     let transactions = state.store.count_transactions(&account.id)?;
     let supervision = state.registry.restart_status(&account.id);
-    let quarantined =
-        account.quarantine.is_some() || state.registry.is_quarantined_in_memory(&account.id);
-    let restarting = supervision
-        .as_ref()
-        .is_some_and(|s| s.restart_due_at.is_some());
-    let status_name = match (&account.status, &actor) {
-        (LinkStatus::Unlinked, _) => "unlinked",
-        _ if account.failed.is_some() => "failed",
-        (_, Some(snapshot)) => snapshot.state,
-        _ if quarantined => "quarantined",
-        _ if restarting => "restarting",
-        (_, None) => "passivated",
-    };
+    let quarantined = is_quarantined(&state, &account);
+    let status_name = state_name(&account, actor.as_ref(), supervision.as_ref(), quarantined);
     Ok(Json(SyncStatus {
         account_id: account.id.clone(),
         state: status_name,
@@ -476,6 +465,31 @@ async fn sync_status(
         retry: state.store.retry_of(&account.id)?,
         failed: account.failed.clone(),
     }))
+}
+
+/// Whether the account is quarantined, on record or (for the moment before the record
+/// lands) in the supervisor's memory.
+pub(crate) fn is_quarantined(state: &AppState, account: &Account) -> bool {
+    account.quarantine.is_some() || state.registry.is_quarantined_in_memory(&account.id)
+}
+
+/// The one state name the status and introspection APIs report: the live actor's phase
+/// when there is one, else what the store and the supervisor say.
+pub(crate) fn state_name(
+    account: &Account,
+    actor: Option<&ActorSnapshot>,
+    supervision: Option<&RestartSnapshot>,
+    quarantined: bool,
+) -> &'static str {
+    let restarting = supervision.is_some_and(|s| s.restart_due_at.is_some());
+    match (&account.status, actor) {
+        (LinkStatus::Unlinked, _) => "unlinked",
+        _ if account.failed.is_some() => "failed",
+        (_, Some(snapshot)) => snapshot.state,
+        _ if quarantined => "quarantined",
+        _ if restarting => "restarting",
+        (_, None) => "passivated",
+    }
 }
 
 async fn request_sync(

@@ -4,6 +4,9 @@
 //! - [`webhooks`]: `POST /webhooks/{provider}` — verify, dedup, persist, acknowledge.
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
 //! - [`health`]: `/healthz`, `/readyz`.
+//! - [`debug`]: `/debug/actors…`, `/debug/overview` — actor introspection.
+//! - [`metrics`]: `/metrics` — Prometheus exposition.
+//! - [`dashboard`]: `/dashboard` — the operator page (static, embedded).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,8 +24,11 @@ use crate::providers::DynProvider;
 use crate::store::Store;
 
 pub mod accounts;
+pub mod dashboard;
+pub mod debug;
 pub mod error;
 pub mod health;
+pub mod metrics;
 pub mod webhooks;
 
 pub use error::ApiError;
@@ -55,6 +61,9 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router(&state.settings))
         .merge(accounts::router(&state.settings))
         .merge(health::router())
+        .merge(debug::router())
+        .merge(metrics::router())
+        .merge(dashboard::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -45,9 +45,39 @@ pub struct WebhookAck {
     pub routed: bool,
 }
 
+/// Counts every answer in `acctor_webhooks_total`, then returns it.
 async fn receive(
     State(state): State<AppState>,
     ApiPath(provider): ApiPath<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<WebhookAck>), ApiError> {
+    let metrics = state.registry.metrics().clone();
+    let label = ProviderKind::parse(&provider).map_or("unknown", ProviderKind::as_str);
+    let answer = receive_inner(state, provider.clone(), headers, body).await;
+    match &answer {
+        Ok((_, Json(ack))) => metrics.webhook(label, ack.status, ""),
+        Err(error) => metrics.webhook(label, "rejected", rejection_reason(error)),
+    }
+    answer
+}
+
+/// The metrics label of a refused webhook, from the status it got.
+fn rejection_reason(error: &ApiError) -> &'static str {
+    match error.status {
+        StatusCode::UNAUTHORIZED => "unauthorized",
+        StatusCode::BAD_REQUEST => "malformed",
+        StatusCode::PAYLOAD_TOO_LARGE => "too_large",
+        StatusCode::TOO_MANY_REQUESTS => "backpressure",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        StatusCode::NOT_FOUND => "unknown_provider",
+        _ => "error",
+    }
+}
+
+async fn receive_inner(
+    state: AppState,
+    provider: String,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WebhookAck>), ApiError> {

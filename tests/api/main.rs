@@ -1,8 +1,11 @@
 //! Integration tests: the real server and the real sandbox bank on loopback, over HTTP.
 
 mod accounts;
+mod cdp;
 mod convergence;
+mod dashboard;
 mod helpers;
+mod introspection;
 mod retries;
 mod supervision;
 mod sync;

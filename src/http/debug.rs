@@ -1,0 +1,657 @@
+//! `/debug/…`: actor introspection for operators (and the dashboard).
+//!
+//! - `GET /debug/actors` — one page of accounts with what their actors are doing, filtered
+//!   by `state` and `provider`, sorted by `id` (default), `lag` or `last_error`.
+//! - `GET /debug/actors/{key}` — one account (by id or any alias), with its last events.
+//! - `GET /debug/overview` — the backlog levels also exported by `/metrics`, as JSON.
+//!
+//! A live actor is asked through its mailbox with `actors.call_timeout`; a passivated
+//! account is described from the store and is never activated for it (its recent
+//! events lived in the old activation's memory and are reported as unavailable). A page
+//! is chosen first and only that page's live actors are asked, all at once, so a listing
+//! costs one timeout at worst, whatever the number of accounts. Access tokens never
+//! leave the store: the views below have no field for one.
+
+use std::collections::HashSet;
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::accounts::{is_quarantined, resolve, state_name};
+use super::{ApiError, ApiPath, ApiQuery, AppState};
+use crate::actors::account::ActorEvent;
+use crate::actors::registry::RestartSnapshot;
+use crate::actors::{ActorSnapshot, RegistryError, SyncReason};
+use crate::domain::SyncOutcome;
+use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncGaveUp};
+use crate::store::{RetryRecord, Store, StoreError};
+
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+/// Most account records one id-ordered page reads while looking for filter matches;
+/// past it the page ends early and `next` continues the scan.
+const SCAN_BUDGET: usize = 10_000;
+
+/// States a live actor reports; filtering on them means asking the actors.
+const LIVE_STATES: [&str; 4] = ["idle", "syncing", "backoff", "scheduled"];
+/// Every state the `state` filter accepts (`active`: any live actor).
+const STATES: [&str; 11] = [
+    "idle",
+    "syncing",
+    "backoff",
+    "scheduled",
+    "failed",
+    "quarantined",
+    "restarting",
+    "passivated",
+    "unlinked",
+    "unresponsive",
+    "active",
+];
+
+/// The introspection routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/debug/actors", get(list))
+        .route("/debug/actors/{key}", get(show))
+        .route("/debug/overview", get(overview))
+}
+
+/// A running sync, as its actor reports it.
+#[derive(Debug, Serialize)]
+pub struct CurrentSync {
+    /// Why it started.
+    pub reason: Option<SyncReason>,
+    /// When it started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Milliseconds since it started.
+    pub elapsed_ms: Option<i64>,
+    /// Pages fetched so far (all loops).
+    pub pages: u64,
+    /// Rows received so far.
+    pub rows: u64,
+    /// Loop restarts after mutation during pagination.
+    pub loop_restarts: u64,
+    /// Another sync is queued behind it (webhooks arrived meanwhile).
+    pub again: bool,
+}
+
+/// The last failed sync.
+#[derive(Debug, Serialize)]
+pub struct LastError {
+    /// Provider error code or a short internal code.
+    pub code: String,
+    /// What it said (no secrets).
+    pub message: String,
+    /// The provider's request id.
+    pub request_id: Option<String>,
+    /// When the sync failed.
+    pub at: Option<DateTime<Utc>>,
+}
+
+/// One account as introspection shows it.
+#[derive(Debug, Serialize)]
+pub struct ActorView {
+    /// Canonical id.
+    pub account_id: AccountId,
+    /// Provider.
+    pub provider: ProviderKind,
+    /// The provider's item id.
+    pub item_id: String,
+    /// Owner id.
+    pub owner_id: String,
+    /// Aliases.
+    pub aliases: Vec<String>,
+    /// State-machine state: `idle`, `syncing`, `backoff`, `scheduled` (live actor),
+    /// `unresponsive` (live but did not answer in time), `restarting`, `quarantined`,
+    /// `failed`, `passivated` or `unlinked`.
+    pub state: &'static str,
+    /// Whether an actor is live for it.
+    pub active: bool,
+    /// Messages waiting in the live actor's mailbox (`None`: passivated). Counts sync
+    /// requests, resumes, status queries, timers and sync reports not yet handled.
+    pub mailbox_depth: Option<u64>,
+    /// The running sync and its progress.
+    pub current: Option<CurrentSync>,
+    /// Seconds the account is behind: since its oldest unconsumed webhook, or since it
+    /// was linked if it never synced; 0 when nothing is waiting.
+    pub lag_seconds: i64,
+    /// Seconds since the cursor last advanced (`None`: never synced).
+    pub cursor_age_seconds: Option<i64>,
+    /// When the last sync started.
+    pub last_sync_started_at: Option<DateTime<Utc>>,
+    /// When the last sync ended.
+    pub last_sync_finished_at: Option<DateTime<Utc>>,
+    /// How it ended.
+    pub last_sync_outcome: Option<SyncOutcome>,
+    /// The last failure, when the last sync failed.
+    pub last_error: Option<LastError>,
+    /// The provider request id of the last failure (acctor records request ids of
+    /// failed calls only).
+    pub last_request_id: Option<String>,
+    /// When the next sync is due (retry record, or the live actor's timer).
+    pub next_retry_at: Option<DateTime<Utc>>,
+    /// The pending retry record.
+    pub retry: Option<RetryRecord>,
+    /// Consecutive failed attempts (from the live actor, else the retry record).
+    pub attempt: u32,
+    /// Restarts by the supervisor since start or the last resume.
+    pub restarts: u64,
+    /// Restart bookkeeping, when its actor has failed.
+    pub supervision: Option<RestartSnapshot>,
+    /// Quarantine, as stored.
+    pub quarantine: Option<Quarantine>,
+    /// Set when its syncs gave up.
+    pub failed: Option<SyncGaveUp>,
+    /// Inbox entries not yet consumed by a committed sync.
+    pub pending_inbox: usize,
+    /// When the oldest of them arrived.
+    pub oldest_pending_at: Option<DateTime<Utc>>,
+    /// Committed syncs.
+    pub sync_count: u64,
+    /// Transactions held locally (single-account view only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transactions: Option<u64>,
+    /// When the live activation started.
+    pub active_since: Option<DateTime<Utc>>,
+    /// Syncs run and sync requests received by this activation.
+    pub syncs_run: Option<u64>,
+    /// Sync requests received by this activation (webhooks coalesce into fewer syncs).
+    pub sync_requests: Option<u64>,
+    /// The live actor's last events, oldest first (`None` when passivated).
+    pub events: Option<Vec<ActorEvent>>,
+    /// Why `events` is missing, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub events_note: Option<&'static str>,
+    /// Why the live actor could not be asked, when it could not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actor_error: Option<String>,
+}
+
+/// Store facts about one account, read on a blocking thread.
+struct StoreFacts {
+    account: Account,
+    pending: usize,
+    oldest_pending_at: Option<DateTime<Utc>>,
+    retry: Option<RetryRecord>,
+    transactions: Option<u64>,
+}
+
+fn store_facts(
+    store: &dyn Store,
+    account: Account,
+    with_rows: bool,
+) -> Result<StoreFacts, StoreError> {
+    let pending = store.pending_inbox(&account.id)?;
+    let retry = store.retry_of(&account.id)?;
+    let transactions = if with_rows {
+        Some(store.count_transactions(&account.id)?)
+    } else {
+        None
+    };
+    Ok(StoreFacts {
+        oldest_pending_at: pending.iter().map(|e| e.received_at).min(),
+        pending: pending.len(),
+        account,
+        retry,
+        transactions,
+    })
+}
+
+fn lag_seconds(
+    account: &Account,
+    oldest_pending_at: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> i64 {
+    let since = match (oldest_pending_at, &account.cursor, account.status) {
+        (_, _, LinkStatus::Unlinked) => None,
+        (Some(at), _, _) => Some(at),
+        (None, None, _) => Some(account.created_at),
+        (None, Some(_), _) => None,
+    };
+    since.map_or(0, |at| (now - at).num_seconds().max(0))
+}
+
+fn describe(
+    state: &AppState,
+    facts: StoreFacts,
+    asked: Result<Option<ActorSnapshot>, RegistryError>,
+) -> ActorView {
+    let now = Utc::now();
+    let StoreFacts {
+        account,
+        pending,
+        oldest_pending_at,
+        retry,
+        transactions,
+    } = facts;
+    let (snapshot, actor_error) = match asked {
+        Ok(snapshot) => (snapshot, None),
+        Err(error) => (None, Some(error.to_string())),
+    };
+    let supervision = state.registry.restart_status(&account.id);
+    let quarantined = is_quarantined(state, &account);
+    let active = snapshot.is_some() || state.registry.is_active(&account.id);
+    let mut name = state_name(
+        &account,
+        snapshot.as_ref(),
+        supervision.as_ref(),
+        quarantined,
+    );
+    if actor_error.is_some() && name == "passivated" {
+        name = "unresponsive";
+    }
+    let last_error = match &account.last_sync_outcome {
+        Some(SyncOutcome::Failed {
+            code,
+            message,
+            request_id,
+        }) => Some(LastError {
+            code: code.clone(),
+            message: message.clone(),
+            request_id: request_id.clone(),
+            at: account.last_sync_finished_at,
+        }),
+        _ => None,
+    };
+    let last_request_id = last_error
+        .as_ref()
+        .and_then(|e| e.request_id.clone())
+        .or_else(|| retry.as_ref().and_then(|r| r.request_id.clone()));
+    let current = snapshot.as_ref().and_then(|s| {
+        s.progress.map(|p| CurrentSync {
+            reason: s.sync_reason,
+            started_at: s.sync_started_at,
+            elapsed_ms: s.sync_started_at.map(|at| (now - at).num_milliseconds()),
+            pages: p.pages,
+            rows: p.rows,
+            loop_restarts: p.restarts,
+            again: s.again,
+        })
+    });
+    let events_note = match (&snapshot, active) {
+        (Some(_), _) => None,
+        (None, true) => Some("the live actor did not answer; its events are unavailable"),
+        (None, false) => Some(
+            "passivated: recent events live in the actor's memory only, and describing an account never activates it",
+        ),
+    };
+    ActorView {
+        provider: account.provider,
+        item_id: account.item_id.clone(),
+        owner_id: account.owner_id.clone(),
+        aliases: account.aliases.clone(),
+        state: name,
+        active,
+        mailbox_depth: state.registry.mailbox_depth(&account.id),
+        current,
+        lag_seconds: lag_seconds(&account, oldest_pending_at, now),
+        cursor_age_seconds: account.cursor_updated_at.map(|at| (now - at).num_seconds()),
+        last_sync_started_at: account.last_sync_started_at,
+        last_sync_finished_at: account.last_sync_finished_at,
+        last_sync_outcome: account.last_sync_outcome.clone(),
+        last_error,
+        last_request_id,
+        next_retry_at: snapshot
+            .as_ref()
+            .and_then(|s| s.next_retry_at)
+            .or_else(|| retry.as_ref().map(|r| r.due_at)),
+        attempt: snapshot
+            .as_ref()
+            .map(|s| s.attempt)
+            .or_else(|| retry.as_ref().map(|r| r.attempt))
+            .unwrap_or(0),
+        retry,
+        restarts: supervision.as_ref().map_or(0, |s| s.restarts),
+        supervision,
+        quarantine: account.quarantine.clone(),
+        failed: account.failed.clone(),
+        pending_inbox: pending,
+        oldest_pending_at,
+        sync_count: account.sync_count,
+        transactions,
+        active_since: snapshot.as_ref().map(|s| s.active_since),
+        syncs_run: snapshot.as_ref().map(|s| s.syncs_run),
+        sync_requests: snapshot.as_ref().map(|s| s.sync_requests),
+        events: snapshot.map(|s| s.events),
+        events_note,
+        actor_error,
+        account_id: account.id,
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    Ok(tokio::task::spawn_blocking(work)
+        .await
+        .map_err(ApiError::internal)??)
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ApiPath(key): ApiPath<String>,
+) -> Result<Json<ActorView>, ApiError> {
+    let account = resolve(&state, &key)?;
+    // Asked first: the store facts read after it are at least as fresh as its answer.
+    let asked = state.registry.snapshot(&account.id).await;
+    let store = state.store.clone();
+    let facts = blocking(move || store_facts(store.as_ref(), account, true)).await?;
+    Ok(Json(describe(&state, facts, asked)))
+}
+
+/// `GET /debug/actors` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only accounts in this state (see [`ActorView::state`]; `active`: any live actor).
+    pub state: Option<String>,
+    /// Only accounts of this provider.
+    pub provider: Option<String>,
+    /// `id` (default), `lag` (most behind first) or `last_error` (most recent failure
+    /// first, then the rest by id).
+    pub sort: Option<String>,
+    /// Page size (1..=500, default 50).
+    pub limit: Option<usize>,
+    /// The previous page's `next`.
+    pub after: Option<String>,
+}
+
+/// A page of accounts.
+#[derive(Debug, Serialize)]
+pub struct ActorPage {
+    /// The accounts.
+    pub actors: Vec<ActorView>,
+    /// Pass as `after` for the next page; `None` on the last. With a live-state filter
+    /// a page may hold fewer than `limit` entries before the last one.
+    pub next: Option<String>,
+    /// The order used.
+    pub sort: &'static str,
+    /// Account records examined for this page.
+    pub scanned: usize,
+}
+
+/// What the store-only pass decided about a candidate.
+fn prefilter(
+    state: &AppState,
+    account: &Account,
+    provider: Option<ProviderKind>,
+    wanted: Option<&str>,
+) -> bool {
+    if provider.is_some_and(|p| p != account.provider) {
+        return false;
+    }
+    let Some(wanted) = wanted else { return true };
+    let active = state.registry.is_active(&account.id);
+    if wanted == "active" || LIVE_STATES.contains(&wanted) {
+        // The phase is only known once asked; failed accounts keep a live actor but
+        // report `failed`.
+        return active && account.failed.is_none() && account.status == LinkStatus::Linked;
+    }
+    if wanted == "unresponsive" {
+        return active;
+    }
+    let supervision = state.registry.restart_status(&account.id);
+    let coarse = match (account.status, account.failed.is_some(), active) {
+        (LinkStatus::Unlinked, _, _) => "unlinked",
+        (_, true, _) => "failed",
+        (_, false, true) => "live",
+        _ => state_name(
+            account,
+            None,
+            supervision.as_ref(),
+            is_quarantined(state, account),
+        ),
+    };
+    coarse == wanted
+}
+
+fn last_error_at(account: &Account) -> Option<DateTime<Utc>> {
+    match account.last_sync_outcome {
+        Some(SyncOutcome::Failed { .. }) => account.last_sync_finished_at,
+        _ => None,
+    }
+}
+
+/// Picks the page's accounts from the store, without asking any actor. Blocking.
+fn pick_page(
+    state: &AppState,
+    query: &ListQuery,
+    sort: &'static str,
+    limit: usize,
+    provider: Option<ProviderKind>,
+    wanted: Option<&str>,
+) -> Result<(Vec<Account>, Option<String>, usize), ApiError> {
+    let store = &state.store;
+    let live_only =
+        wanted.is_some_and(|w| w == "active" || w == "unresponsive" || LIVE_STATES.contains(&w));
+    if sort == "id" && !live_only {
+        // Keyset over the store's id order, reading batches until the page is full.
+        let mut after = query.after.clone().map(AccountId);
+        let mut picked = Vec::new();
+        let mut scanned = 0;
+        loop {
+            let batch = store.list_accounts(after.as_ref(), (limit + 1).max(100))?;
+            let exhausted = batch.len() < (limit + 1).max(100);
+            for account in batch {
+                scanned += 1;
+                after = Some(account.id.clone());
+                if prefilter(state, &account, provider, wanted) {
+                    if picked.len() == limit {
+                        // One more match exists: the page ends before it.
+                        let next = picked.last().map(|a: &Account| a.id.to_string());
+                        return Ok((picked, next, scanned));
+                    }
+                    picked.push(account);
+                }
+                if scanned >= SCAN_BUDGET {
+                    return Ok((picked, after.map(|a| a.0), scanned));
+                }
+            }
+            if exhausted {
+                return Ok((picked, None, scanned));
+            }
+        }
+    }
+    // Every candidate is read and ordered: the live actors only for a live-state
+    // filter, else every account record (a debug endpoint; documented as a full scan).
+    let mut candidates: Vec<Account> = if live_only {
+        let mut ids = state.registry.active_ids();
+        ids.sort();
+        let mut accounts = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(account) = store.get_account(&id)? {
+                accounts.push(account);
+            }
+        }
+        accounts
+    } else {
+        let mut all = Vec::new();
+        let mut after: Option<AccountId> = None;
+        loop {
+            let batch = store.list_accounts(after.as_ref(), 1000)?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.id.clone());
+            all.extend(batch);
+        }
+        all
+    };
+    let scanned = candidates.len();
+    candidates.retain(|a| prefilter(state, a, provider, wanted));
+    match sort {
+        "lag" => {
+            let pending: HashSet<AccountId> =
+                store.accounts_with_pending_inbox()?.into_iter().collect();
+            let now = Utc::now();
+            let mut keyed = Vec::with_capacity(candidates.len());
+            for account in candidates {
+                let oldest = if pending.contains(&account.id) {
+                    store
+                        .pending_inbox(&account.id)?
+                        .iter()
+                        .map(|e| e.received_at)
+                        .min()
+                } else {
+                    None
+                };
+                let lag = lag_seconds(&account, oldest, now);
+                let cursor_age = account
+                    .cursor_updated_at
+                    .map_or(i64::MAX, |at| (now - at).num_seconds());
+                keyed.push((
+                    (std::cmp::Reverse(lag), std::cmp::Reverse(cursor_age)),
+                    account,
+                ));
+            }
+            keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id)));
+            candidates = keyed.into_iter().map(|(_, a)| a).collect();
+        }
+        "last_error" => {
+            candidates.sort_by(|a, b| {
+                last_error_at(b)
+                    .cmp(&last_error_at(a))
+                    .then_with(|| a.id.cmp(&b.id))
+            });
+        }
+        _ => {}
+    }
+    let start = match &query.after {
+        None => 0,
+        Some(after) => match candidates.iter().position(|a| a.id.as_str() == after) {
+            Some(position) => position + 1,
+            None if sort == "id" => candidates.partition_point(|a| a.id.as_str() <= after.as_str()),
+            None => {
+                return Err(ApiError::bad_request(
+                    "invalid_query",
+                    "`after` is no longer in this order (it changed); start from the first page",
+                ))
+            }
+        },
+    };
+    let rest = candidates.len().saturating_sub(start);
+    let page: Vec<Account> = candidates.into_iter().skip(start).take(limit).collect();
+    let next = if rest > limit {
+        page.last().map(|a| a.id.to_string())
+    } else {
+        None
+    };
+    Ok((page, next, scanned))
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<ActorPage>, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    if !(1..=MAX_LIMIT).contains(&limit) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            format!("limit must be between 1 and {MAX_LIMIT}"),
+        ));
+    }
+    let sort: &'static str = match query.sort.as_deref() {
+        None | Some("id") => "id",
+        Some("lag") => "lag",
+        Some("last_error") => "last_error",
+        Some(other) => {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                format!("sort {other:?} is not one of id, lag, last_error"),
+            ))
+        }
+    };
+    let provider = match query.provider.as_deref() {
+        None => None,
+        Some(name) => Some(ProviderKind::parse(name).ok_or_else(|| {
+            ApiError::bad_request("invalid_query", format!("unknown provider {name:?}"))
+        })?),
+    };
+    let wanted: Option<&'static str> = match query.state.as_deref() {
+        None => None,
+        Some(name) => Some(STATES.iter().copied().find(|s| *s == name).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("state {name:?} is not one of {}", STATES.join(", ")),
+            )
+        })?),
+    };
+    let picker = state.clone();
+    let (accounts, next, scanned) = tokio::task::spawn_blocking(move || {
+        let (page, next, scanned) = pick_page(&picker, &query, sort, limit, provider, wanted)?;
+        let mut facts = Vec::with_capacity(page.len());
+        for account in page {
+            facts.push(store_facts(picker.store.as_ref(), account, false)?);
+        }
+        Ok::<_, ApiError>((facts, next, scanned))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    // Only this page's live actors are asked, all at once: one timeout at worst.
+    let asked = futures::future::join_all(accounts.iter().map(|facts| {
+        let registry = state.registry.clone();
+        let id = facts.account.id.clone();
+        async move {
+            if registry.is_active(&id) {
+                registry.snapshot(&id).await
+            } else {
+                Ok(None)
+            }
+        }
+    }))
+    .await;
+    let actors = accounts
+        .into_iter()
+        .zip(asked)
+        .map(|(facts, asked)| describe(&state, facts, asked))
+        .filter(|view| match wanted {
+            Some("active") => view.active,
+            Some(wanted) => view.state == wanted,
+            None => true,
+        })
+        .collect();
+    Ok(Json(ActorPage {
+        actors,
+        next,
+        sort,
+        scanned,
+    }))
+}
+
+/// The backlog at a glance.
+#[derive(Debug, Serialize)]
+pub struct Overview {
+    /// Pending inbox entries across all accounts.
+    pub inbox_depth: u64,
+    /// Failed syncs waiting for their retry.
+    pub retry_backlog: u64,
+    /// Of those, already due.
+    pub retries_due: u64,
+    /// Live actors.
+    pub actors_active: u64,
+    /// Activations since start.
+    pub activations: u64,
+    /// Passivations since start.
+    pub passivations: u64,
+    /// Whether shutdown has begun.
+    pub shutting_down: bool,
+    /// Server time (the dashboard computes ages against it).
+    pub now: DateTime<Utc>,
+}
+
+async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
+    let reader = state.clone();
+    let values = blocking(move || super::metrics::scrape_values(&reader)).await?;
+    Ok(Json(Overview {
+        inbox_depth: values.inbox_depth,
+        retry_backlog: values.retry_backlog,
+        retries_due: values.retries_due,
+        actors_active: values.actors_active,
+        activations: values.activations,
+        passivations: values.passivations,
+        shutting_down: state.is_shutting_down(),
+        now: Utc::now(),
+    }))
+}

@@ -1,0 +1,55 @@
+//! `GET /metrics`: this instance's Prometheus metrics (see [`crate::metrics`]), and the
+//! scrape-time levels it shares with the introspection overview.
+//!
+//! Levels come from where they are already counted: the store's inbox-depth counter,
+//! the registry's atomics, and the retry index (sparse: only failing accounts have a
+//! record, so counting it stays cheap; it is capped at [`RETRY_COUNT_CAP`]).
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+
+use super::{ApiError, AppState};
+use crate::metrics::{ScrapeValues, CONTENT_TYPE};
+use crate::store::StoreError;
+
+/// The most retry records one scrape counts (the gauge saturates there).
+pub const RETRY_COUNT_CAP: usize = 100_000;
+
+/// The metrics route.
+pub fn router() -> Router<AppState> {
+    Router::new().route("/metrics", get(metrics))
+}
+
+/// Reads the scrape-time levels. Blocking (store reads): call from a blocking thread.
+pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
+    let stats = state.registry.stats();
+    let store = &state.store;
+    let retry_backlog = store.due_retries(DateTime::<Utc>::MAX_UTC, RETRY_COUNT_CAP)?;
+    let now = Utc::now();
+    let retries_due = retry_backlog.iter().filter(|r| r.due_at <= now).count();
+    Ok(ScrapeValues {
+        inbox_depth: store.inbox_depth()?,
+        retry_backlog: retry_backlog.len() as u64,
+        retries_due: retries_due as u64,
+        actors_active: stats.active as u64,
+        activations: stats.activations,
+        passivations: stats.passivations,
+    })
+}
+
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let metrics = state.registry.metrics().clone();
+    let text = tokio::task::spawn_blocking(move || {
+        let values = scrape_values(&state)?;
+        metrics
+            .render(values)
+            .map_err(|e| StoreError::Io(format!("encoding metrics: {e}")))
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    Ok(([(header::CONTENT_TYPE, CONTENT_TYPE)], text))
+}
