@@ -57,6 +57,7 @@ impl SyncReason {
             SyncReason::Activation => "activation",
             SyncReason::Manual => "manual",
             SyncReason::Retry => "retry",
+            SyncReason::Poll => "poll",
         }
     }
 }
