@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ractor::Actor;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,8 @@ use crate::actors::Registry;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::accounts::{link_account, unlink_account, LinkRequest};
+use crate::http::auth::{resolve_admin_token, AdminTokenSource};
+use crate::http::health::Readiness;
 use crate::http::{router, AppState};
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
@@ -43,6 +45,7 @@ pub struct App {
     sweeper: ractor::ActorRef<SweeperMessage>,
     store: Arc<SledStore>,
     janitor: JoinHandle<()>,
+    admin_token_source: AdminTokenSource,
 }
 
 struct EmbeddedSandbox {
@@ -53,15 +56,24 @@ struct EmbeddedSandbox {
 impl App {
     /// Opens the store, starts the embedded sandbox if configured, spawns the supervisor
     /// and binds the HTTP listener.
-    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+    pub async fn build(mut settings: Settings) -> anyhow::Result<App> {
         settings.validate()?;
-        let settings = Arc::new(settings);
         let store = SledStore::open(SledStoreConfig {
             data_dir: settings.store.data_dir.clone(),
             cache_capacity_bytes: settings.store.cache_capacity_bytes,
             group_commit_window: settings.store.group_commit_window,
         })
         .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+        // After the store: it creates the data dir the generated token lives in.
+        let admin_token_source =
+            resolve_admin_token(&mut settings).context("setting up the admin token")?;
+        match admin_token_source.path() {
+            Some(path) => {
+                tracing::info!(path = %path.display(), "admin api token is in this file")
+            }
+            None => tracing::info!("admin api token from configuration (server.admin_token)"),
+        }
+        let settings = Arc::new(settings);
 
         let listener = TcpListener::bind(settings.server.listen)
             .await
@@ -115,6 +127,8 @@ impl App {
             .await
             .context("spawning the supervisor")?;
         registry.set_supervisor(supervisor.get_cell());
+        let readiness = Arc::new(Readiness::new());
+        readiness.watch("supervisor", supervisor.get_cell());
 
         let state = AppState {
             store: dyn_store,
@@ -122,6 +136,7 @@ impl App {
             providers: Arc::new(providers),
             settings: settings.clone(),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            readiness,
         };
 
         let sandbox = match sandbox {
@@ -145,6 +160,7 @@ impl App {
         )
         .await
         .context("spawning the sweeper")?;
+        state.readiness.watch("sweeper", sweeper.get_cell());
         Ok(App {
             listener,
             addr,
@@ -154,7 +170,24 @@ impl App {
             sweeper,
             store,
             janitor,
+            admin_token_source,
         })
+    }
+
+    /// The admin API token in effect (configured, read from or generated into
+    /// `<data_dir>/admin-token`). In-process clients (tests, benchmarks) use it.
+    pub fn admin_token(&self) -> &SecretString {
+        match &self.state.settings.server.admin_token {
+            Some(token) => token,
+            // `build` resolves the token before the settings are shared; an `App` never
+            // exists without one.
+            None => unreachable!("App::build resolves the admin token"),
+        }
+    }
+
+    /// Where the admin token came from (to tell the operator where to find it).
+    pub fn admin_token_source(&self) -> &AdminTokenSource {
+        &self.admin_token_source
     }
 
     /// The bound port.
@@ -192,6 +225,7 @@ impl App {
             sweeper,
             store,
             janitor,
+            admin_token_source: _,
         } = self;
         tracing::info!(%addr, "acctor listening");
         let shutting_down = state.shutting_down.clone();
