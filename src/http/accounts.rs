@@ -203,6 +203,7 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         quarantine: None,
         failed: None,
     };
+    super::record_account(&account.id);
     let store = state.store.clone();
     let record = account.clone();
     let receipt = tokio::task::spawn_blocking(move || store.link_account(&record))
@@ -288,10 +289,13 @@ async fn list(
 fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
     check_key("account key", key)?;
     match state.store.resolve(key)? {
-        Resolved::Found(id) => state
+        Resolved::Found(id) => {
+            super::record_account(&id);
+            state
             .store
             .get_account(&id)?
-            .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}"))),
+            .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}")))
+        }
         Resolved::NotFound => Err(ApiError::not_found(format!("no account for {key:?}"))),
         Resolved::Ambiguous(ids) => Err(ApiError::new(
             StatusCode::CONFLICT,

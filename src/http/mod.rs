@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::FromRequest;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
+use tower_http::trace::TraceLayer;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Router};
 use utoipa_axum::router::OpenApiRouter;
@@ -80,6 +81,10 @@ pub fn router(state: AppState) -> Router {
     let (routes, spec) = api(&state.settings).split_for_parts();
     let admin = Arc::new(auth::AdminAuth::from_settings(&state.settings));
     routes
+        // Per route (so the matched template is known): one span per request, named by
+        // template, never by raw path (paths carry aliases such as emails); handlers that
+        // resolve an account record `account_id` on it. Headers are never recorded.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(Arc::new(spec)))
@@ -88,6 +93,25 @@ pub fn router(state: AppState) -> Router {
             auth::require_admin,
         ))
         .with_state(state)
+}
+
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str());
+    tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        route,
+        account_id = tracing::field::Empty,
+    )
+}
+
+/// Records the account a request is about on its span, so every log line of the
+/// request carries `account_id`.
+pub(crate) fn record_account(id: &crate::domain::AccountId) {
+    tracing::Span::current().record("account_id", tracing::field::display(id));
 }
 
 async fn not_found(uri: Uri) -> ApiError {

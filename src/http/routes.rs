@@ -161,7 +161,7 @@ mod tests {
         assert_eq!(
             shown,
             vec![
-                ("/a".to_string(), strs(&["GET", "HEAD", "POST"])),
+                ("/a".to_string(), strs(&["GET", "POST"])),
                 ("/b/{id}".to_string(), strs(&["DELETE", "POST"])),
                 ("/svc".to_string(), strs(&["ANY"])),
             ]
