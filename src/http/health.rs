@@ -169,16 +169,9 @@ pub struct StoreCheck {
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadinessReport>) {
     let shutting_down = state.is_shutting_down();
     let actors = state.readiness.actor_checks();
-    // Skipped while shutting down: the store may already be closed, which is expected.
-    let store = if shutting_down {
-        StoreCheck {
-            writable: false,
-            probe_ms: 0,
-            error: Some("not probed: shutting down".to_string()),
-        }
-    } else {
-        probe_store(&state).await
-    };
+    // Probed even while shutting down: the store closes only after HTTP has stopped,
+    // so a failure here is a real one and is reported as such.
+    let store = probe_store(&state).await;
     let mut failed = Vec::new();
     if shutting_down {
         failed.push("shutdown".to_string());

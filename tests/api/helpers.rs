@@ -105,6 +105,8 @@ impl TestEnv {
 
     /// Stops acctor gracefully and waits for it to finish.
     pub async fn stop_app(&mut self) {
+        // The state holds the store open: drop it, or a restart cannot lock the store.
+        self.state = None;
         if let Some(app) = self.app.take() {
             let _ = app.stop.send(());
             app.join

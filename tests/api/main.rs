@@ -4,5 +4,6 @@ mod accounts;
 mod helpers;
 mod retries;
 mod supervision;
+mod surface;
 mod sync;
 mod webhooks;
