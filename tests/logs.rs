@@ -68,7 +68,12 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
     let state = env.state.clone().expect("app running");
     let (item_id, access_token) = env.create_item(40).await;
     let account = env
-        .link(&item_id, &access_token, "log-owner", &["log-alias@example.com"])
+        .link(
+            &item_id,
+            &access_token,
+            "log-owner",
+            &["log-alias@example.com"],
+        )
         .await;
     let account_id = account["id"].as_str().expect("id").to_string();
     env.converge(&account_id, &item_id).await;
@@ -120,7 +125,10 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
             })
         })
     });
-    assert!(in_span, "no log line carries account_id on its request span");
+    assert!(
+        in_span,
+        "no log line carries account_id on its request span"
+    );
     assert!(
         captured.contains("webhook acknowledged"),
         "the signed webhook was not part of the flow"

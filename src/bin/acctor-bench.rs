@@ -403,7 +403,9 @@ fn admin_client(app: &App) -> anyhow::Result<reqwest::Client> {
     value.set_sensitive(true);
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert(reqwest::header::AUTHORIZATION, value);
-    Ok(reqwest::Client::builder().default_headers(headers).build()?)
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
 }
 
 async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {

@@ -292,9 +292,9 @@ fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
         Resolved::Found(id) => {
             super::record_account(&id);
             state
-            .store
-            .get_account(&id)?
-            .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}")))
+                .store
+                .get_account(&id)?
+                .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}")))
         }
         Resolved::NotFound => Err(ApiError::not_found(format!("no account for {key:?}"))),
         Resolved::Ambiguous(ids) => Err(ApiError::new(

@@ -206,10 +206,7 @@ pub fn load_or_create_token(
     match file.persist_noclobber(&path) {
         Ok(_) => {
             sync_dir(data_dir);
-            Ok((
-                SecretString::from(token),
-                AdminTokenSource::Generated(path),
-            ))
+            Ok((SecretString::from(token), AdminTokenSource::Generated(path)))
         }
         Err(error) if error.error.kind() == std::io::ErrorKind::AlreadyExists => {
             match read_token(&path)? {

@@ -189,7 +189,12 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadinessRep
         StatusCode::SERVICE_UNAVAILABLE
     };
     let report = ReadinessReport {
-        status: if failed.is_empty() { "ready" } else { "not_ready" }.to_string(),
+        status: if failed.is_empty() {
+            "ready"
+        } else {
+            "not_ready"
+        }
+        .to_string(),
         failed,
         shutting_down,
         actors,

@@ -18,9 +18,9 @@ use std::sync::Arc;
 
 use axum::extract::FromRequest;
 use axum::extract::{FromRequestParts, MatchedPath};
-use tower_http::trace::TraceLayer;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Router};
+use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::actors::Registry;

@@ -143,11 +143,14 @@ mod tests {
         let router: Router = Router::new()
             .route("/a", get(|| async {}).post(|| async {}))
             .route("/b/{id}", post(|| async {}).delete(|| async {}))
-            .route_service("/svc", tower::service_fn(|_req| async {
-                Ok::<_, std::convert::Infallible>(axum::response::Response::new(
-                    axum::body::Body::empty(),
-                ))
-            }))
+            .route_service(
+                "/svc",
+                tower::service_fn(|_req| async {
+                    Ok::<_, std::convert::Infallible>(axum::response::Response::new(
+                        axum::body::Body::empty(),
+                    ))
+                }),
+            )
             .fallback(|| async {})
             .layer(axum::middleware::from_fn(
                 |r: axum::extract::Request, n: axum::middleware::Next| n.run(r),

@@ -13,10 +13,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use sha2::{Digest, Sha256};
 
 use super::error::ErrorBody;
 use super::{ApiError, ApiPath, AppState};

@@ -1332,7 +1332,12 @@ mod tests {
         let store = open(&dir);
         store.write_probe().unwrap();
         store.durable().await.unwrap();
-        let written = store.files.db.get(PROBE_KEY).unwrap().expect("probe record");
+        let written = store
+            .files
+            .db
+            .get(PROBE_KEY)
+            .unwrap()
+            .expect("probe record");
         assert_eq!(written.len(), 8);
         store.shutdown().await.unwrap();
         assert!(matches!(store.write_probe(), Err(StoreError::Closed)));

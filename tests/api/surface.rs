@@ -110,9 +110,7 @@ async fn every_served_route_is_documented_in_openapi() {
                 route.path
             );
             assert!(
-                op["responses"]
-                    .as_object()
-                    .is_some_and(|r| !r.is_empty()),
+                op["responses"].as_object().is_some_and(|r| !r.is_empty()),
                 "{method} {} documents no responses",
                 route.path
             );
@@ -127,8 +125,9 @@ async fn every_served_route_is_documented_in_openapi() {
             {
                 assert!(
                     served.contains(&(path.clone(), method.clone()))
-                        || routes.iter().any(|r| r.path.replace("{*", "{") == *path
-                            && r.methods.contains("ANY")),
+                        || routes.iter().any(
+                            |r| r.path.replace("{*", "{") == *path && r.methods.contains("ANY")
+                        ),
                     "{method} {path} is documented but not served"
                 );
             }
@@ -230,8 +229,14 @@ async fn admin_routes_need_the_token_and_public_ones_do_not() {
             }
         }
     }
-    assert!(admin_checked >= 9, "only {admin_checked} admin operations walked");
-    assert!(public_checked >= 3, "only {public_checked} public operations walked");
+    assert!(
+        admin_checked >= 9,
+        "only {admin_checked} admin operations walked"
+    );
+    assert!(
+        public_checked >= 3,
+        "only {public_checked} public operations walked"
+    );
 
     // Default deny: a path no route serves asks for the token before saying 404.
     let unknown = format!("{}/no/such/route", env.app_url);
@@ -245,7 +250,10 @@ async fn admin_routes_need_the_token_and_public_ones_do_not() {
 #[tokio::test]
 async fn generated_admin_token_is_kept_in_the_data_dir_across_restarts() {
     let mut env = spawn_env().await;
-    let path = env.data_dir.path().join(acctor::http::auth::ADMIN_TOKEN_FILE);
+    let path = env
+        .data_dir
+        .path()
+        .join(acctor::http::auth::ADMIN_TOKEN_FILE);
     let stored = std::fs::read_to_string(&path).expect("token file");
     assert_eq!(stored.trim(), env.admin_token);
     #[cfg(unix)]
@@ -313,7 +321,10 @@ async fn readyz_fails_when_an_actor_stops_and_when_shutting_down() {
         .iter()
         .map(|a| a["name"].as_str().expect("name"))
         .collect();
-    assert!(names.contains(&"supervisor") && names.contains(&"sweeper"), "{body}");
+    assert!(
+        names.contains(&"supervisor") && names.contains(&"sweeper"),
+        "{body}"
+    );
 
     let state = env.state.clone().expect("app running");
     let sweeper = state.readiness.actor("sweeper").expect("sweeper watched");
@@ -325,7 +336,10 @@ async fn readyz_fails_when_an_actor_stops_and_when_shutting_down() {
         if status == 503 {
             break body;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still ready: {body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready: {body}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     assert_eq!(body["status"], "not_ready");

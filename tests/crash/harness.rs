@@ -291,8 +291,9 @@ impl Http {
     /// hanging it.
     pub fn new() -> Http {
         let mut headers = reqwest::header::HeaderMap::new();
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {}", admin_token()))
-            .expect("token header");
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", admin_token()))
+                .expect("token header");
         value.set_sensitive(true);
         headers.insert(reqwest::header::AUTHORIZATION, value);
         Http(
