@@ -3,8 +3,10 @@
 //! `/healthz` answers as long as the process serves HTTP. `/readyz` answers 200 only if
 //! the server can do its job right now: it is not shutting down, the background actors
 //! it depends on (supervisor, sweeper, whatever else registers with [`Readiness`]) are
-//! running, and the store accepts a real write and makes it durable. Otherwise 503 with
-//! every check's result, so an operator sees which one failed.
+//! running, and the store accepts a real write and makes it durable (a success is
+//! reused for a second, so a public probe cannot be used to force an fsync per
+//! request). Otherwise 503 with every check's result, so an operator sees which one
+//! failed.
 
 use std::sync::RwLock;
 use std::time::Duration;
@@ -24,11 +26,17 @@ use super::AppState;
 /// store counts as not writable.
 const STORE_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A successful store probe is trusted this long (probes closer together reuse it).
+const STORE_PROBE_REUSE: Duration = Duration::from_secs(1);
+
 /// The background actors `/readyz` checks. Register each long-lived actor the server
 /// cannot work without, by name, when it is spawned.
 #[derive(Default)]
 pub struct Readiness {
     actors: RwLock<Vec<(&'static str, ActorCell)>>,
+    /// When the store probe last succeeded: `/readyz` is public, and without this any
+    /// caller could force a write and an fsync per request. Failures are never reused.
+    last_store_ok: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Readiness {
@@ -147,7 +155,8 @@ pub struct ActorCheck {
 pub struct StoreCheck {
     /// Whether a write was accepted and made durable.
     pub writable: bool,
-    /// Milliseconds the write and its flush took.
+    /// Milliseconds the write and its flush took (0: a probe less than a second old
+    /// was reused).
     pub probe_ms: u64,
     /// Why not, when not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -207,6 +216,21 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadinessRep
 
 async fn probe_store(state: &AppState) -> StoreCheck {
     let started = std::time::Instant::now();
+    let recent = {
+        let last = state
+            .readiness
+            .last_store_ok
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        last.is_some_and(|at| at.elapsed() < STORE_PROBE_REUSE)
+    };
+    if recent {
+        return StoreCheck {
+            writable: true,
+            probe_ms: 0,
+            error: None,
+        };
+    }
     let store = state.store.clone();
     let probe = async move {
         // A sled write can wait on its process-wide lock: not on an async worker.
@@ -228,11 +252,18 @@ async fn probe_store(state: &AppState) -> StoreCheck {
     };
     let probe_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     match result {
-        Ok(()) => StoreCheck {
-            writable: true,
-            probe_ms,
-            error: None,
-        },
+        Ok(()) => {
+            *state
+                .readiness
+                .last_store_ok
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()) = Some(started);
+            StoreCheck {
+                writable: true,
+                probe_ms,
+                error: None,
+            }
+        }
         Err(error) => {
             tracing::warn!(%error, "readiness store probe failed");
             StoreCheck {
