@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use ractor::Actor;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -26,6 +26,8 @@ use crate::actors::Registry;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::accounts::{link_account, unlink_account, LinkRequest};
+use crate::http::auth::{resolve_admin_token, AdminTokenSource};
+use crate::http::health::Readiness;
 use crate::http::{router, AppState};
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
@@ -43,6 +45,7 @@ pub struct App {
     sweeper: ractor::ActorRef<SweeperMessage>,
     store: Arc<SledStore>,
     janitor: JoinHandle<()>,
+    admin_token_source: AdminTokenSource,
 }
 
 struct EmbeddedSandbox {
@@ -61,17 +64,26 @@ impl App {
     /// through `layer(store)`: the seam the tests use to make the store fail. Private on
     /// purpose, so no production path can reach it.
     async fn build_with_store_layer(
-        settings: Settings,
+        mut settings: Settings,
         layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> anyhow::Result<App> {
         settings.validate()?;
-        let settings = Arc::new(settings);
         let store = SledStore::open(SledStoreConfig {
             data_dir: settings.store.data_dir.clone(),
             cache_capacity_bytes: settings.store.cache_capacity_bytes,
             group_commit_window: settings.store.group_commit_window,
         })
         .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+        // After the store: it creates the data dir the generated token lives in.
+        let admin_token_source =
+            resolve_admin_token(&mut settings).context("setting up the admin token")?;
+        match admin_token_source.path() {
+            Some(path) => {
+                tracing::info!(path = %path.display(), "admin api token is in this file")
+            }
+            None => tracing::info!("admin api token from configuration (server.admin_token)"),
+        }
+        let settings = Arc::new(settings);
 
         let listener = TcpListener::bind(settings.server.listen)
             .await
@@ -125,6 +137,8 @@ impl App {
             .await
             .context("spawning the supervisor")?;
         registry.set_supervisor(supervisor.get_cell());
+        let readiness = Arc::new(Readiness::new());
+        readiness.watch("supervisor", supervisor.get_cell());
 
         let state = AppState {
             store: dyn_store,
@@ -132,6 +146,7 @@ impl App {
             providers: Arc::new(providers),
             settings: settings.clone(),
             shutting_down: Arc::new(AtomicBool::new(false)),
+            readiness,
         };
 
         let sandbox = match sandbox {
@@ -155,6 +170,7 @@ impl App {
         )
         .await
         .context("spawning the sweeper")?;
+        state.readiness.watch("sweeper", sweeper.get_cell());
         Ok(App {
             listener,
             addr,
@@ -164,7 +180,24 @@ impl App {
             sweeper,
             store,
             janitor,
+            admin_token_source,
         })
+    }
+
+    /// The admin API token in effect (configured, read from or generated into
+    /// `<data_dir>/admin-token`). In-process clients (tests, benchmarks) use it.
+    pub fn admin_token(&self) -> &SecretString {
+        match &self.state.settings.server.admin_token {
+            Some(token) => token,
+            // `build` resolves the token before the settings are shared; an `App` never
+            // exists without one.
+            None => unreachable!("App::build resolves the admin token"),
+        }
+    }
+
+    /// Where the admin token came from (to tell the operator where to find it).
+    pub fn admin_token_source(&self) -> &AdminTokenSource {
+        &self.admin_token_source
     }
 
     /// The bound port.
@@ -202,6 +235,7 @@ impl App {
             sweeper,
             store,
             janitor,
+            admin_token_source: _,
         } = self;
         tracing::info!(%addr, "acctor listening");
         let shutting_down = state.shutting_down.clone();

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use figment::providers::{Env, Format, Toml};
 use figment::Figment;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 /// The compiled-in defaults.
@@ -61,6 +61,11 @@ pub struct ServerSettings {
     /// Pending inbox entries (all accounts) past which webhooks are refused with 429 and
     /// `Retry-After`, so a stalled sync path cannot grow the disk without bound.
     pub max_inbox_depth: u64,
+    /// Bearer token of the admin API (everything but webhooks, health, metrics and the
+    /// dashboard shell). Unset: generated at first start into `<data_dir>/admin-token`
+    /// and reused. Never printed (`SecretString`'s Debug is a mask).
+    #[serde(default)]
+    pub admin_token: Option<SecretString>,
 }
 
 /// Store settings.
@@ -224,6 +229,15 @@ impl Settings {
         }
         if self.server.max_inbox_depth == 0 {
             return Err(invalid("server.max_inbox_depth", "must be at least 1"));
+        }
+        if let Some(token) = &self.server.admin_token {
+            let token = token.expose_secret();
+            if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "server.admin_token",
+                    "must be at least 16 characters without whitespace",
+                ));
+            }
         }
         if self.server.api_body_limit_bytes < 1024 {
             return Err(invalid(
@@ -411,6 +425,23 @@ mod tests {
         settings.actors.max_sync_attempts = 0;
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("actors.max_sync_attempts"), "{err}");
+    }
+
+    #[test]
+    fn admin_token_is_validated_and_never_printed() {
+        let mut settings = Settings::defaults();
+        assert!(settings.server.admin_token.is_none());
+        settings.server.admin_token = Some(SecretString::from("short".to_owned()));
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("server.admin_token"), "{err}");
+        assert!(!err.contains("short"), "{err}");
+
+        let token = "a-long-enough-admin-token";
+        settings.server.admin_token = Some(SecretString::from(token.to_owned()));
+        settings.validate().expect("valid token");
+        let printed = format!("{settings:?}");
+        assert!(!printed.contains(token), "{printed}");
+        assert!(!printed.contains("acctor-demo-secret"), "{printed}");
     }
 
     #[test]

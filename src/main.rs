@@ -92,8 +92,23 @@ async fn run(command: Command) -> anyhow::Result<()> {
             settings.validate()?;
             let app = App::build(settings).await?;
             println!("acctor listening on http://{}", app.addr());
+            // The token itself goes to stdout only for the local demo (embedded sandbox,
+            // no real provider data): a ready-to-click dashboard link. Otherwise only
+            // where to find it; never into the (possibly shipped) log stream.
+            match app.admin_token_source().path() {
+                Some(path) => println!(
+                    "admin api token: in {} (send it as Authorization: Bearer <token>)",
+                    path.display()
+                ),
+                None => println!("admin api token: from server.admin_token"),
+            }
             if let Some(url) = app.sandbox_url() {
                 println!("embedded sandbox bank on {url}");
+                println!(
+                    "local demo dashboard: http://{}/dashboard#token={}",
+                    app.addr(),
+                    app.admin_token().expose_secret()
+                );
             }
             app.run_until_stopped(shutdown_signal()).await
         }

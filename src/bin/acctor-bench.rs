@@ -19,6 +19,7 @@ use anyhow::Context;
 use axum::http::StatusCode;
 use clap::{Parser, Subcommand};
 use hdrhistogram::Histogram;
+use secrecy::ExposeSecret;
 use serde_json::json;
 
 use acctor::app::App;
@@ -255,13 +256,13 @@ async fn ingest(
     let app_url = format!("http://{}", app.addr());
     sandbox.set_default_webhook_url(format!("{app_url}/webhooks/plaid"));
     let state = app.state().clone();
+    let client = admin_client(&app)?;
     let (stop_app, stopped) = tokio::sync::oneshot::channel::<()>();
     let app_task = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
 
     eprintln!("linking {accounts} accounts");
-    let client = reqwest::Client::new();
     let mut items = Vec::new();
     for _ in 0..accounts {
         let item = sandbox.create_item(5, None);
@@ -393,6 +394,20 @@ async fn ingest(
 
 // ---------------------------------------------------------------- initial sync
 
+/// A client for `app`'s admin API: every request carries its bearer token.
+fn admin_client(app: &App) -> anyhow::Result<reqwest::Client> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!(
+        "Bearer {}",
+        app.admin_token().expose_secret()
+    ))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .build()?)
+}
+
 async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
     let (sandbox, sandbox_handle) = start_sandbox().await?;
     let dir = tempfile::tempdir()?;
@@ -400,11 +415,11 @@ async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
     let app = App::build(settings).await?;
     let app_url = format!("http://{}", app.addr());
     let state = app.state().clone();
+    let client = admin_client(&app)?;
     let (stop_app, stopped) = tokio::sync::oneshot::channel::<()>();
     let app_task = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let client = reqwest::Client::new();
     println!("| transactions | run | link → committed (ms) | rows stored |");
     println!("|---|---|---|---|");
     for run in 1..=runs {

@@ -4,11 +4,14 @@
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, SyncReason};
@@ -23,21 +26,18 @@ const MAX_ALIASES: usize = 16;
 const MAX_PAGE: usize = 1000;
 
 /// The account routes.
-pub fn router(settings: &Settings) -> Router<AppState> {
-    Router::new()
-        .route("/v1/accounts", post(link).get(list))
-        .route("/v1/accounts/{key}", get(show).delete(unlink))
-        .route("/v1/accounts/{key}/transactions", get(transactions))
-        .route(
-            "/v1/accounts/{key}/sync",
-            get(sync_status).post(request_sync),
-        )
-        .route("/v1/accounts/{key}/resume", post(resume))
+pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(link, list))
+        .routes(routes!(show, unlink))
+        .routes(routes!(transactions))
+        .routes(routes!(sync_status, request_sync))
+        .routes(routes!(resume))
         .layer(DefaultBodyLimit::max(settings.server.api_body_limit_bytes))
 }
 
 /// `POST /v1/accounts` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
     /// `plaid`.
@@ -45,6 +45,7 @@ pub struct LinkRequest {
     /// The provider's item id.
     pub item_id: String,
     /// The provider access token (stored, never returned).
+    #[schema(format = Password)]
     pub access_token: String,
     /// The owning user's id in the caller's system.
     pub owner_id: String,
@@ -54,11 +55,13 @@ pub struct LinkRequest {
 }
 
 /// An account as the API shows it: everything but the access token.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccountView {
     /// Canonical id.
+    #[schema(value_type = String)]
     pub id: AccountId,
     /// Provider.
+    #[schema(value_type = String, example = "plaid")]
     pub provider: ProviderKind,
     /// Provider item id.
     pub item_id: String,
@@ -67,6 +70,7 @@ pub struct AccountView {
     /// Aliases.
     pub aliases: Vec<String>,
     /// `linked` or `unlinked`.
+    #[schema(value_type = String, example = "linked")]
     pub status: LinkStatus,
     /// When linked.
     pub created_at: DateTime<Utc>,
@@ -75,6 +79,7 @@ pub struct AccountView {
     /// When the last sync finished.
     pub last_sync_finished_at: Option<DateTime<Utc>>,
     /// How it ended.
+    #[schema(value_type = Option<Object>)]
     pub last_sync_outcome: Option<SyncOutcome>,
 }
 
@@ -117,6 +122,22 @@ fn check_key(field: &'static str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Links an account; its actor starts the initial sync.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts",
+    tag = "accounts",
+    request_body = LinkRequest,
+    responses(
+        (status = 201, description = "Linked", body = AccountView),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "The item id or an alias is already linked (`conflict`)", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn link(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<LinkRequest>,
@@ -182,6 +203,7 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         quarantine: None,
         failed: None,
     };
+    super::record_account(&account.id);
     let store = state.store.clone();
     let record = account.clone();
     let receipt = tokio::task::spawn_blocking(move || store.link_account(&record))
@@ -202,7 +224,8 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
 }
 
 /// `GET /v1/accounts` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Continue after this account id.
@@ -212,11 +235,12 @@ pub struct ListQuery {
 }
 
 /// A page of accounts.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AccountPage {
     /// The accounts.
     pub accounts: Vec<AccountView>,
     /// Pass as `after` for the next page.
+    #[schema(value_type = Option<String>)]
     pub next: Option<AccountId>,
 }
 
@@ -231,6 +255,19 @@ fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
     Ok(limit)
 }
 
+/// Lists accounts, paged by id.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts",
+    tag = "accounts",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of accounts", body = AccountPage),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -252,10 +289,13 @@ async fn list(
 pub(crate) fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
     check_key("account key", key)?;
     match state.store.resolve(key)? {
-        Resolved::Found(id) => state
-            .store
-            .get_account(&id)?
-            .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}"))),
+        Resolved::Found(id) => {
+            super::record_account(&id);
+            state
+                .store
+                .get_account(&id)?
+                .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}")))
+        }
         Resolved::NotFound => Err(ApiError::not_found(format!("no account for {key:?}"))),
         Resolved::Ambiguous(ids) => Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -272,6 +312,20 @@ pub(crate) fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> 
     }
 }
 
+/// One account, by id or any lookup key.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{key}",
+    tag = "accounts",
+    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    responses(
+        (status = 200, description = "The account", body = AccountView),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
@@ -281,7 +335,8 @@ async fn show(
 }
 
 /// `DELETE /v1/accounts/{key}` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UnlinkQuery {
     /// Also delete the account's transactions, inbox and record.
@@ -290,14 +345,30 @@ pub struct UnlinkQuery {
 }
 
 /// The unlink answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UnlinkResponse {
     /// The account.
+    #[schema(value_type = String)]
     pub id: AccountId,
     /// Whether its data was deleted.
     pub purged: bool,
 }
 
+/// Unlinks an account (and deletes its data with `purge=true`).
+#[utoipa::path(
+    delete,
+    path = "/v1/accounts/{key}",
+    tag = "accounts",
+    params(("key" = String, Path, description = "Account id, alias, item id or owner id"), UnlinkQuery),
+    responses(
+        (status = 200, description = "Unlinked", body = UnlinkResponse),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn unlink(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
@@ -336,7 +407,8 @@ pub async fn unlink_account(state: &AppState, id: &AccountId, purge: bool) -> Re
 }
 
 /// `GET /v1/accounts/{key}/transactions` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionsQuery {
     /// Inclusive lower date bound, `YYYY-MM-DD`.
@@ -350,16 +422,32 @@ pub struct TransactionsQuery {
 }
 
 /// A page of transactions: the provider's objects, verbatim.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct TransactionsResponse {
     /// The account.
+    #[schema(value_type = String)]
     pub account_id: AccountId,
-    /// The rows, ordered by (date, id).
+    /// The rows, ordered by (date, id): the provider's transaction objects.
+    #[schema(value_type = Vec<Object>)]
     pub transactions: Vec<serde_json::Value>,
     /// Pass as `after` for the next page.
     pub next: Option<String>,
 }
 
+/// The local copy of an account's transactions, paged and date-filtered.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{key}/transactions",
+    tag = "accounts",
+    params(("key" = String, Path, description = "Account id, alias, item id or owner id"), TransactionsQuery),
+    responses(
+        (status = 200, description = "A page of transactions", body = TransactionsResponse),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+    )
+)]
 async fn transactions(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
@@ -392,23 +480,27 @@ async fn transactions(
 }
 
 /// An account's sync status.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SyncStatus {
     /// The account.
+    #[schema(value_type = String)]
     pub account_id: AccountId,
     /// `idle`, `syncing`, `backoff`, `scheduled` (live actor), `restarting` (its actor
     /// failed and restarts after a backoff), `quarantined`, `failed` (syncs gave up),
     /// `passivated`, or `unlinked`.
+    #[schema(value_type = String, example = "idle")]
     pub state: &'static str,
     /// Whether an actor is live for it.
     pub active: bool,
     /// The live actor's report.
+    #[schema(value_type = Option<Object>)]
     pub actor: Option<ActorSnapshot>,
     /// When the last sync started.
     pub last_sync_started_at: Option<DateTime<Utc>>,
     /// When the last sync finished.
     pub last_sync_finished_at: Option<DateTime<Utc>>,
     /// How it ended.
+    #[schema(value_type = Option<Object>)]
     pub last_sync_outcome: Option<SyncOutcome>,
     /// Seconds since the cursor last advanced (`None`: never synced).
     pub cursor_age_seconds: Option<i64>,
@@ -421,18 +513,38 @@ pub struct SyncStatus {
     /// Restarts of its actor by the supervisor since start or the last resume.
     pub restarts: u64,
     /// Restart bookkeeping, when its actor has failed.
+    #[schema(value_type = Option<Object>)]
     pub supervision: Option<RestartSnapshot>,
     /// Whether it is quarantined (too many failures; `POST …/resume` lifts it).
     pub quarantined: bool,
     /// Why and since when, as stored on the account.
+    #[schema(value_type = Option<Object>)]
     pub quarantine: Option<Quarantine>,
     /// The pending retry of a failed sync (what the sweeper re-drives when due).
+    #[schema(value_type = Option<Object>)]
     pub retry: Option<RetryRecord>,
     /// Set when its syncs failed `actors.max_sync_attempts` times in a row: no more
     /// retries until `POST …/resume`.
+    #[schema(value_type = Option<Object>)]
     pub failed: Option<SyncGaveUp>,
 }
 
+/// An account's sync status: state, live progress, last sync, backlog, retries, supervision.
+#[utoipa::path(
+    get,
+    path = "/v1/accounts/{key}/sync",
+    tag = "accounts",
+    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    responses(
+        (status = 200, description = "The sync status", body = SyncStatus),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+        (status = 504, description = "Its actor did not answer in time (`actor_timeout`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn sync_status(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
@@ -492,10 +604,35 @@ pub(crate) fn state_name(
     }
 }
 
+/// The answer to a sync request.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SyncRequested {
+    /// The account.
+    #[schema(value_type = String)]
+    pub account_id: AccountId,
+    /// Always `sync_requested`.
+    pub status: String,
+}
+
+/// Asks for a sync now.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{key}/sync",
+    tag = "accounts",
+    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    responses(
+        (status = 202, description = "Sync requested", body = SyncRequested),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "Ambiguous key, unlinked or quarantined account", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn request_sync(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
-) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
     let account = resolve(&state, &key)?;
     if account.status != LinkStatus::Linked {
         return Err(ApiError::new(
@@ -509,22 +646,41 @@ async fn request_sync(
         .request_sync(&account.id, SyncReason::Manual)?;
     Ok((
         StatusCode::ACCEPTED,
-        Json(serde_json::json!({ "account_id": account.id, "status": "sync_requested" })),
+        Json(SyncRequested {
+            account_id: account.id,
+            status: "sync_requested".to_string(),
+        }),
     ))
 }
 
 /// The resume answer.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ResumeResponse {
     /// The account.
+    #[schema(value_type = String)]
     pub account_id: AccountId,
     /// The quarantine that was lifted (`None`: it was not quarantined; its restart count
     /// was reset and it was activated anyway).
+    #[schema(value_type = Option<Object>)]
     pub lifted: Option<Quarantine>,
 }
 
 /// `POST /v1/accounts/{key}/resume`: lifts a quarantine, resets the restart count and
 /// activates the account, which then syncs the webhooks kept while it was quarantined.
+#[utoipa::path(
+    post,
+    path = "/v1/accounts/{key}/resume",
+    tag = "accounts",
+    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    responses(
+        (status = 200, description = "Resumed", body = ResumeResponse),
+        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "Ambiguous key or unlinked account", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn resume(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,

@@ -10,8 +10,8 @@
 
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
@@ -20,16 +20,25 @@ const STYLE: &str = include_str!("dashboard/dashboard.css");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
 
 /// The dashboard routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/dashboard", get(index))
-        .route("/dashboard/dashboard.css", get(style))
-        .route("/dashboard/dashboard.js", get(script))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(index))
+        .routes(routes!(style))
+        .routes(routes!(script))
 }
 
 /// No caching: a new acctor binary must never be shown an old script.
 const NO_STORE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "no-store");
 
+/// The dashboard page (public: it holds no data; open it as `/dashboard#token=<admin
+/// token>` and it calls the admin API with that token).
+#[utoipa::path(
+    get,
+    path = "/dashboard",
+    tag = "dashboard",
+    security(()),
+    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+)]
 async fn index() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), NO_STORE],
@@ -37,6 +46,14 @@ async fn index() -> impl IntoResponse {
     )
 }
 
+/// The dashboard's stylesheet.
+#[utoipa::path(
+    get,
+    path = "/dashboard/dashboard.css",
+    tag = "dashboard",
+    security(()),
+    responses((status = 200, description = "The stylesheet", body = String, content_type = "text/css"))
+)]
 async fn style() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8"), NO_STORE],
@@ -44,6 +61,14 @@ async fn style() -> impl IntoResponse {
     )
 }
 
+/// The dashboard's script.
+#[utoipa::path(
+    get,
+    path = "/dashboard/dashboard.js",
+    tag = "dashboard",
+    security(()),
+    responses((status = 200, description = "The script", body = String, content_type = "text/javascript"))
+)]
 async fn script() -> impl IntoResponse {
     (
         [

@@ -15,12 +15,15 @@
 use std::collections::HashSet;
 
 use axum::extract::State;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::accounts::{is_quarantined, resolve, state_name};
+use super::error::ErrorBody;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::actors::account::ActorEvent;
 use crate::actors::registry::RestartSnapshot;
@@ -53,17 +56,18 @@ const STATES: [&str; 11] = [
 ];
 
 /// The introspection routes.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/debug/actors", get(list))
-        .route("/debug/actors/{key}", get(show))
-        .route("/debug/overview", get(overview))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(show))
+        .routes(routes!(overview))
 }
 
 /// A running sync, as its actor reports it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct CurrentSync {
-    /// Why it started.
+    /// Why it started: `webhook`, `linked`, `activation`, `manual`, `retry` or `poll`.
+    #[schema(value_type = Option<String>)]
     pub reason: Option<SyncReason>,
     /// When it started.
     pub started_at: Option<DateTime<Utc>>,
@@ -80,7 +84,7 @@ pub struct CurrentSync {
 }
 
 /// The last failed sync.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct LastError {
     /// Provider error code or a short internal code.
     pub code: String,
@@ -93,11 +97,13 @@ pub struct LastError {
 }
 
 /// One account as introspection shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ActorView {
     /// Canonical id.
+    #[schema(value_type = String)]
     pub account_id: AccountId,
     /// Provider.
+    #[schema(value_type = String)]
     pub provider: ProviderKind,
     /// The provider's item id.
     pub item_id: String,
@@ -108,6 +114,7 @@ pub struct ActorView {
     /// State-machine state: `idle`, `syncing`, `backoff`, `scheduled` (live actor),
     /// `unresponsive` (live but did not answer in time), `restarting`, `quarantined`,
     /// `failed`, `passivated` or `unlinked`.
+    #[schema(value_type = String)]
     pub state: &'static str,
     /// Whether an actor is live for it.
     pub active: bool,
@@ -126,6 +133,7 @@ pub struct ActorView {
     /// When the last sync ended.
     pub last_sync_finished_at: Option<DateTime<Utc>>,
     /// How it ended.
+    #[schema(value_type = Option<Object>)]
     pub last_sync_outcome: Option<SyncOutcome>,
     /// The last failure, when the last sync failed.
     pub last_error: Option<LastError>,
@@ -135,16 +143,20 @@ pub struct ActorView {
     /// When the next sync is due (retry record, or the live actor's timer).
     pub next_retry_at: Option<DateTime<Utc>>,
     /// The pending retry record.
+    #[schema(value_type = Option<Object>)]
     pub retry: Option<RetryRecord>,
     /// Consecutive failed attempts (from the live actor, else the retry record).
     pub attempt: u32,
     /// Restarts by the supervisor since start or the last resume.
     pub restarts: u64,
     /// Restart bookkeeping, when its actor has failed.
+    #[schema(value_type = Option<Object>)]
     pub supervision: Option<RestartSnapshot>,
     /// Quarantine, as stored.
+    #[schema(value_type = Option<Object>)]
     pub quarantine: Option<Quarantine>,
     /// Set when its syncs gave up.
+    #[schema(value_type = Option<Object>)]
     pub failed: Option<SyncGaveUp>,
     /// Inbox entries not yet consumed by a committed sync.
     pub pending_inbox: usize,
@@ -162,9 +174,11 @@ pub struct ActorView {
     /// Sync requests received by this activation (webhooks coalesce into fewer syncs).
     pub sync_requests: Option<u64>,
     /// The live actor's last events, oldest first (`None` when passivated).
+    #[schema(value_type = Option<Vec<Object>>)]
     pub events: Option<Vec<ActorEvent>>,
     /// Why `events` is missing, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     pub events_note: Option<&'static str>,
     /// Why the live actor could not be asked, when it could not.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -331,6 +345,23 @@ async fn blocking<T: Send + 'static>(
         .map_err(ApiError::internal)??)
 }
 
+/// One account's actor: state, mailbox, running sync with progress, last outcome and
+/// error, retry, restarts, pending inbox and recent events. A passivated account is
+/// described from the store without being activated.
+#[utoipa::path(
+    get,
+    path = "/debug/actors/{key}",
+    tag = "debug",
+    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    responses(
+        (status = 200, description = "The account's actor", body = ActorView),
+        (status = 400, description = "Invalid key or query", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "Ambiguous key", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
@@ -344,7 +375,8 @@ async fn show(
 }
 
 /// `GET /debug/actors` query.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only accounts in this state (see [`ActorView::state`]; `active`: any live actor).
@@ -361,7 +393,7 @@ pub struct ListQuery {
 }
 
 /// A page of accounts.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct ActorPage {
     /// The accounts.
     pub actors: Vec<ActorView>,
@@ -369,6 +401,7 @@ pub struct ActorPage {
     /// a page may hold fewer than `limit` entries before the last one.
     pub next: Option<String>,
     /// The order used.
+    #[schema(value_type = String)]
     pub sort: &'static str,
     /// Account records examined for this page.
     pub scanned: usize,
@@ -541,6 +574,20 @@ fn pick_page(
     Ok((page, next, scanned))
 }
 
+/// A page of accounts with what their actors are doing, filtered by state and provider,
+/// sorted by id, lag or last error. Only the page's live actors are asked.
+#[utoipa::path(
+    get,
+    path = "/debug/actors",
+    tag = "debug",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of actors", body = ActorPage),
+        (status = 400, description = "Invalid key or query", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
@@ -621,7 +668,7 @@ async fn list(
 }
 
 /// The backlog at a glance.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct Overview {
     /// Pending inbox entries across all accounts.
     pub inbox_depth: u64,
@@ -641,6 +688,17 @@ pub struct Overview {
     pub now: DateTime<Utc>,
 }
 
+/// Backlog levels (inbox depth, retries, live actors) as JSON.
+#[utoipa::path(
+    get,
+    path = "/debug/overview",
+    tag = "debug",
+    responses(
+        (status = 200, description = "The backlog", body = Overview),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 503, description = "Store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
     let reader = state.clone();
     let values = blocking(move || super::metrics::scrape_values(&reader)).await?;

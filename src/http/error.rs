@@ -7,10 +7,15 @@ use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, Que
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::actors::RegistryError;
 use crate::store::StoreError;
+
+/// The code of a missing or wrong admin token (webhook signature failures have their
+/// own code, `invalid_signature`, and no bearer challenge).
+const UNAUTHORIZED_CODE: &str = "unauthorized";
 
 /// An error answer.
 #[derive(Debug, Clone)]
@@ -25,15 +30,23 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
+/// The JSON body of every error answer; the type is what `/openapi.json` documents, and
+/// [`ApiError`] serializes through it, so the two cannot disagree.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct ErrorDetail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// The inside of [`ErrorBody`].
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, snake_case (e.g. `not_found`, `unauthorized`).
+    #[schema(example = "not_found")]
+    pub code: String,
+    /// Human-readable explanation.
+    #[schema(example = "no account for \"ada@example.com\"")]
+    pub message: String,
 }
 
 impl ApiError {
@@ -65,6 +78,12 @@ impl ApiError {
         }
     }
 
+    /// 401 for the admin API: a missing or wrong bearer token. The answer carries
+    /// `WWW-Authenticate: Bearer` (RFC 6750) so clients know which scheme to use.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, UNAUTHORIZED_CODE, message)
+    }
+
     /// 500; the detail is logged, the caller sees a generic message.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
@@ -80,11 +99,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody {
             error: ErrorDetail {
-                code: self.code,
-                message: &self.message,
+                code: self.code.to_owned(),
+                message: self.message,
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if self.code == UNAUTHORIZED_CODE {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"acctor\""),
+            );
+        }
         if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()

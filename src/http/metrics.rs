@@ -8,10 +8,11 @@
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use chrono::{DateTime, Utc};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::{ApiError, AppState};
 use crate::metrics::{ScrapeValues, CONTENT_TYPE};
 use crate::store::StoreError;
@@ -20,8 +21,8 @@ use crate::store::StoreError;
 pub const RETRY_COUNT_CAP: usize = 100_000;
 
 /// The metrics route.
-pub fn router() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
 
 /// Reads the scrape-time levels. Blocking (store reads): call from a blocking thread.
@@ -41,6 +42,18 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
     })
 }
 
+/// This instance's metrics in the OpenMetrics text format (Prometheus scrapes it).
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "health",
+    security(()),
+    responses(
+        (status = 200, description = "OpenMetrics text exposition", body = String,
+            content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        (status = 503, description = "Store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let metrics = state.registry.metrics().clone();
     let text = tokio::task::spawn_blocking(move || {

@@ -7,15 +7,24 @@
 //! - [`debug`]: `/debug/actors…`, `/debug/overview` — actor introspection.
 //! - [`metrics`]: `/metrics` — Prometheus exposition.
 //! - [`dashboard`]: `/dashboard` — the operator page (static, embedded).
+//! - [`openapi`]: `/openapi.json`, generated from the handlers' own annotations.
+//! - [`auth`]: the admin bearer token every non-public route needs.
+//!
+//! Every route is added through a [`utoipa_axum::router::OpenApiRouter`] with
+//! `routes!(handler)`, so one registration both routes a request and documents the
+//! operation; a test walks the router axum actually built ([`routes::list`]) and fails
+//! on any route missing from `/openapi.json`.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::extract::FromRequest;
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::{StatusCode, Uri};
-use axum::Router;
+use axum::{Extension, Router};
+use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::actors::Registry;
 use crate::config::Settings;
@@ -24,11 +33,14 @@ use crate::providers::DynProvider;
 use crate::store::Store;
 
 pub mod accounts;
+pub mod auth;
 pub mod dashboard;
 pub mod debug;
 pub mod error;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
+pub mod routes;
 pub mod webhooks;
 
 pub use error::ApiError;
@@ -46,6 +58,8 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     /// Set when shutdown begins: webhooks are refused with 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
+    /// The background actors `/readyz` checks.
+    pub readiness: Arc<health::Readiness>,
 }
 
 impl AppState {
@@ -55,18 +69,58 @@ impl AppState {
     }
 }
 
-/// The whole HTTP surface.
-pub fn router(state: AppState) -> Router {
-    Router::new()
-        .merge(webhooks::router(&state.settings))
-        .merge(accounts::router(&state.settings))
+/// Every route with its documentation: add new resources here, as `OpenApiRouter`s
+/// built with `routes!(…)` (a plain axum route merged in would be served but missing
+/// from `/openapi.json`, and the route-walking test would fail).
+pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(webhooks::router(settings))
+        .merge(accounts::router(settings))
         .merge(health::router())
         .merge(debug::router())
         .merge(metrics::router())
         .merge(dashboard::router())
+        .merge(openapi::router())
+}
+
+/// The whole HTTP surface: [`api`]'s routes, JSON 404/405 answers, `/openapi.json`'s
+/// document, and the admin token check around all of it (public paths are listed in
+/// [`auth::is_public`]).
+pub fn router(state: AppState) -> Router {
+    let (routes, spec) = api(&state.settings).split_for_parts();
+    let admin = Arc::new(auth::AdminAuth::from_settings(&state.settings));
+    routes
+        // Per route (so the matched template is known): one span per request, named by
+        // template, never by raw path (paths carry aliases such as emails); handlers that
+        // resolve an account record `account_id` on it. Headers are never recorded.
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(Arc::new(spec)))
+        .layer(axum::middleware::from_fn_with_state(
+            admin,
+            auth::require_admin,
+        ))
         .with_state(state)
+}
+
+fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |m| m.as_str());
+    tracing::info_span!(
+        "http_request",
+        method = %request.method(),
+        route,
+        account_id = tracing::field::Empty,
+    )
+}
+
+/// Records the account a request is about on its span, so every log line of the
+/// request carries `account_id`.
+pub(crate) fn record_account(id: &crate::domain::AccountId) {
+    tracing::Span::current().record("account_id", tracing::field::display(id));
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -10,12 +10,15 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use chrono::Utc;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::error::ErrorBody;
 use super::{ApiError, ApiPath, AppState};
 use crate::actors::SyncReason;
 use crate::config::Settings;
@@ -24,19 +27,19 @@ use crate::providers::WebhookError;
 use crate::store::{IncomingWebhook, IngestOutcome};
 
 /// The webhook routes, with their own body limit.
-pub fn router(settings: &Settings) -> Router<AppState> {
-    Router::new().route(
-        "/webhooks/{provider}",
-        post(receive).layer(DefaultBodyLimit::max(
+pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(receive))
+        .layer(DefaultBodyLimit::max(
             settings.server.webhook_body_limit_bytes,
-        )),
-    )
+        ))
 }
 
 /// The acknowledgement body.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WebhookAck {
     /// `accepted` or `duplicate`.
+    #[schema(value_type = String, example = "accepted")]
     pub status: &'static str,
     /// Inbox sequence number of an accepted event.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -45,7 +48,29 @@ pub struct WebhookAck {
     pub routed: bool,
 }
 
-/// Counts every answer in `acctor_webhooks_total`, then returns it.
+/// Receives a provider webhook: verified by the provider's signature (not the admin
+/// token), deduplicated, written durably, then acknowledged. Plaid gets exactly 200.
+/// Every answer is counted in `acctor_webhooks_total`.
+#[utoipa::path(
+    post,
+    path = "/webhooks/{provider}",
+    tag = "webhooks",
+    security(()),
+    params(
+        ("provider" = String, Path, description = "The provider: `plaid`"),
+        ("Plaid-Verification" = Option<String>, Header, description = "Plaid's ES256 JWT over the body (required for `plaid`)"),
+    ),
+    request_body(content = Object, description = "The provider's webhook body, verbatim", content_type = "application/json"),
+    responses(
+        (status = 200, description = "On disk (accepted or duplicate)", body = WebhookAck),
+        (status = 400, description = "Malformed webhook", body = ErrorBody),
+        (status = 401, description = "Bad or missing provider signature", body = ErrorBody),
+        (status = 404, description = "Unknown or unconfigured provider", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 429, description = "Inbox full; retry after `Retry-After` seconds", body = ErrorBody),
+        (status = 503, description = "Shutting down, verification key or store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
 async fn receive(
     State(state): State<AppState>,
     ApiPath(provider): ApiPath<String>,

@@ -102,6 +102,10 @@ impl Store for FailingStore {
         }
         self.inner.durable()
     }
+    fn write_probe(&self) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.write_probe()
+    }
     fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
         self.inner.pending_inbox(id)
     }

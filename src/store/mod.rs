@@ -267,6 +267,10 @@ pub trait Store: Send + Sync + 'static {
     /// fsynced). Many concurrent callers share one flush.
     fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>>;
 
+    /// Writes one small record that means nothing (the readiness probe: followed by
+    /// [`Store::durable`], it proves the store still accepts and persists writes).
+    fn write_probe(&self) -> Result<(), StoreError>;
+
     /// The inbox entries of an account not yet consumed by a committed sync, by seq.
     fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
 

@@ -188,6 +188,9 @@ impl fmt::Debug for SledStore {
     }
 }
 
+/// The key the readiness probe overwrites, in sled's default tree.
+const PROBE_KEY: &[u8] = b"readiness-probe";
+
 fn io(e: impl fmt::Display) -> StoreError {
     StoreError::Io(e.to_string())
 }
@@ -911,6 +914,17 @@ impl Store for SledStore {
         self.group.wait()
     }
 
+    fn write_probe(&self) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        // sled's default tree holds nothing else; one fixed key, so probes never grow it.
+        let now = Utc::now().timestamp_millis().to_be_bytes();
+        self.files
+            .db
+            .insert(PROBE_KEY, &now)
+            .map(|_| ())
+            .map_err(io)
+    }
+
     fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
         self.inbox
             .scan_prefix(keys::account_prefix(id))
@@ -1494,6 +1508,23 @@ mod tests {
             group_commit_window: std::time::Duration::ZERO,
         })
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn write_probe_is_durable_until_shutdown_then_closed() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        store.write_probe().unwrap();
+        store.durable().await.unwrap();
+        let written = store
+            .files
+            .db
+            .get(PROBE_KEY)
+            .unwrap()
+            .expect("probe record");
+        assert_eq!(written.len(), 8);
+        store.shutdown().await.unwrap();
+        assert!(matches!(store.write_probe(), Err(StoreError::Closed)));
     }
 
     fn t0() -> DateTime<Utc> {

@@ -1,12 +1,15 @@
 //! The test harness: a real sandbox bank and a real acctor, both on 127.0.0.1:0 in a
 //! fresh temp dir, talked to over HTTP. `spawn_env()` starts both and wires the
-//! sandbox's webhooks to acctor.
+//! sandbox's webhooks to acctor. Every acctor request made through `TestEnv::client`
+//! carries the admin bearer token (set once, as a default header, in `start_app`).
 
 use std::time::Duration;
 
 use acctor::app::App;
 use acctor::config::Settings;
+use acctor::http::AppState;
 use acctor::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -17,7 +20,12 @@ pub const CONVERGE: Duration = Duration::from_secs(60);
 pub struct TestEnv {
     pub app_url: String,
     pub sandbox_url: String,
+    /// Sends the admin token with every request.
     pub client: reqwest::Client,
+    /// The running app's admin token (generated into the data dir by the app itself).
+    pub admin_token: String,
+    /// The running app's shared state (same registry, store and settings as the server).
+    pub state: Option<AppState>,
     pub sandbox: Sandbox,
     pub data_dir: tempfile::TempDir,
     app: Option<RunningApp>,
@@ -67,6 +75,8 @@ pub async fn spawn_env_with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         app_url: String::new(),
         sandbox_url,
         client: reqwest::Client::new(),
+        admin_token: String::new(),
+        state: None,
         sandbox,
         data_dir,
         app: None,
@@ -81,6 +91,9 @@ impl TestEnv {
     pub async fn start_app(&mut self, settings: Settings) {
         let app = App::build(settings).await.expect("app builds");
         self.app_url = format!("http://{}", app.addr());
+        self.admin_token = app.admin_token().expose_secret().to_string();
+        self.client = admin_client(&self.admin_token);
+        self.state = Some(app.state().clone());
         self.sandbox
             .set_default_webhook_url(format!("{}/webhooks/plaid", self.app_url));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -92,6 +105,8 @@ impl TestEnv {
 
     /// Stops acctor gracefully and waits for it to finish.
     pub async fn stop_app(&mut self) {
+        // The state holds the store open: drop it, or a restart cannot lock the store.
+        self.state = None;
         if let Some(app) = self.app.take() {
             let _ = app.stop.send(());
             app.join
@@ -330,6 +345,19 @@ impl TestEnv {
         assert!(status.is_success(), "POST {url}: {status} {text}");
         serde_json::from_str(&text).expect("json")
     }
+}
+
+/// A client that sends `Authorization: Bearer <token>` with every request.
+pub fn admin_client(token: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    let mut value =
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {token}")).expect("token header");
+    value.set_sensitive(true);
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("http client")
 }
 
 pub fn urlencode(s: &str) -> String {

@@ -8,5 +8,6 @@ mod helpers;
 mod introspection;
 mod retries;
 mod supervision;
+mod surface;
 mod sync;
 mod webhooks;

@@ -15,7 +15,9 @@ use acctor::domain::AccountId;
 use acctor::sandbox::{Sandbox, SandboxConfig};
 use serde_json::{json, Value};
 
-use crate::helpers::{test_settings, CONVERGE};
+use secrecy::ExposeSecret;
+
+use crate::helpers::{admin_client, test_settings, CONVERGE};
 
 struct Env {
     app_url: String,
@@ -54,6 +56,7 @@ async fn spawn() -> Env {
     let app_url = format!("http://{}", app.addr());
     sandbox.set_default_webhook_url(format!("{app_url}/webhooks/plaid"));
     let registry = app.state().registry.clone();
+    let client = admin_client(app.admin_token().expose_secret());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let join = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -61,7 +64,7 @@ async fn spawn() -> Env {
     Env {
         app_url,
         sandbox_url,
-        client: reqwest::Client::new(),
+        client,
         sandbox,
         registry,
         stop: Some(stop),

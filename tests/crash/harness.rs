@@ -175,6 +175,7 @@ impl Acctor {
                 .arg("--data-dir")
                 .arg(self.store_dir())
                 .env("ACCTOR__PLAID__BASE_URL", &self.sandbox_url)
+                .env("ACCTOR__SERVER__ADMIN_TOKEN", admin_token())
                 .env("ACCTOR__SANDBOX__EMBEDDED", "false")
                 .env("ACCTOR__SANDBOX__DEMO_ITEMS", "0")
                 .env("ACCTOR__PLAID__SYNC_PAGE_SIZE", "25")
@@ -292,7 +293,20 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
-/// A JSON-over-HTTP client that fails the test on any unexpected answer.
+/// The admin token every acctor this process starts is configured with (random per
+/// test process) and every [`Http`] request carries.
+pub fn admin_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        use rand::RngCore;
+        let mut bytes = [0u8; 16];
+        rand::thread_rng().fill_bytes(&mut bytes);
+        format!("crash-harness-{}", hex::encode(bytes))
+    })
+}
+
+/// A JSON-over-HTTP client that fails the test on any unexpected answer; it sends the
+/// admin token with every request (the sandbox ignores it).
 #[derive(Clone)]
 pub struct Http(reqwest::Client);
 
@@ -300,8 +314,15 @@ impl Http {
     /// A client with a request timeout, so a hung server fails the test instead of
     /// hanging it.
     pub fn new() -> Http {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", admin_token()))
+                .expect("token header");
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
         Http(
             reqwest::Client::builder()
+                .default_headers(headers)
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("http client"),
