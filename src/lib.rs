@@ -12,6 +12,7 @@ pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod incidents;
 pub mod providers;
 pub mod sandbox;
 pub mod store;

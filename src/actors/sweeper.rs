@@ -273,6 +273,8 @@ mod tests {
             sync_count: 1,
             quarantine: None,
             failed: None,
+            needs_reauth: None,
+            pending_deadline: None,
         }
     }
 

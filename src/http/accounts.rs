@@ -181,6 +181,8 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         sync_count: 0,
         quarantine: None,
         failed: None,
+        needs_reauth: None,
+        pending_deadline: None,
     };
     let store = state.store.clone();
     let record = account.clone();
