@@ -4,6 +4,7 @@
 //! - [`webhooks`]: `POST /webhooks/{provider}` — verify, dedup, persist, acknowledge.
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
 //! - [`health`]: `/healthz`, `/readyz`.
+//! - [`incidents`]: `/v1/incidents…` — incidents, filtered, newest first.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,6 +24,7 @@ use crate::store::Store;
 pub mod accounts;
 pub mod error;
 pub mod health;
+pub mod incidents;
 pub mod webhooks;
 
 pub use error::ApiError;
@@ -55,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(webhooks::router(&state.settings))
         .merge(accounts::router(&state.settings))
         .merge(health::router())
+        .merge(incidents::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -1,0 +1,159 @@
+//! `/v1/incidents`: what needed (or needs) a human, newest first, with filters. The
+//! incidents themselves are opened and resolved by the actors and the store; this only
+//! reads them.
+
+use axum::extract::State;
+use axum::routing::get;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, ApiPath, ApiQuery, AppState};
+use crate::incidents::{Incident, IncidentKind, IncidentQuery, IncidentState};
+use crate::store::Resolved;
+
+const MAX_PAGE: usize = 1000;
+
+/// The incident routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/incidents", get(list))
+        .route("/v1/incidents/{id}", get(show))
+}
+
+/// `GET /v1/incidents` query. Every field is parsed by hand so a bad value gets a 400
+/// naming it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentsParams {
+    /// `open`, `resolved` or `all` (default).
+    pub state: Option<String>,
+    /// One kind: `sync_failed`, `needs_reauth`, `quarantined`, `pending_expiration`,
+    /// `pending_disconnect`.
+    pub kind: Option<String>,
+    /// An account id, alias, item id or owner id.
+    pub account: Option<String>,
+    /// RFC 3339 time: only incidents opened at or after it.
+    pub since: Option<String>,
+    /// Continue after this incident id (the previous page's `next`).
+    pub after: Option<String>,
+    /// Page size (1..=1000, default 100).
+    pub limit: Option<String>,
+}
+
+/// A page of incidents.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct IncidentPage {
+    /// Newest first.
+    pub incidents: Vec<Incident>,
+    /// Pass as `after` for the next page; `None` on the last.
+    pub next: Option<u64>,
+}
+
+fn invalid(field: &str, message: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("invalid_query", format!("{field}: {message}"))
+}
+
+/// Turns the raw parameters into a store query (without the account, resolved apart).
+pub fn parse_params(params: &IncidentsParams) -> Result<IncidentQuery, ApiError> {
+    let state = match params.state.as_deref() {
+        None | Some("all") => IncidentState::All,
+        Some("open") => IncidentState::Open,
+        Some("resolved") => IncidentState::Resolved,
+        Some(other) => {
+            return Err(invalid(
+                "state",
+                format!("{other:?} is not one of open, resolved, all"),
+            ))
+        }
+    };
+    let kind = match params.kind.as_deref() {
+        None => None,
+        Some(name) => Some(IncidentKind::parse(name).ok_or_else(|| {
+            let known: Vec<&str> = IncidentKind::ALL.iter().map(|k| k.as_str()).collect();
+            invalid(
+                "kind",
+                format!("{name:?} is not one of {}", known.join(", ")),
+            )
+        })?),
+    };
+    let since = match params.since.as_deref() {
+        None => None,
+        Some(text) => Some(
+            DateTime::parse_from_rfc3339(text)
+                .map_err(|e| invalid("since", format!("{text:?} is not an RFC 3339 time ({e})")))?
+                .with_timezone(&Utc),
+        ),
+    };
+    let after = match params.after.as_deref() {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u64>()
+                .map_err(|_| invalid("after", format!("{text:?} is not an incident id")))?,
+        ),
+    };
+    let limit = match params.limit.as_deref() {
+        None => 100,
+        Some(text) => text
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| invalid("limit", format!("must be between 1 and {MAX_PAGE}")))?,
+    };
+    Ok(IncidentQuery {
+        state,
+        kind,
+        account_id: None,
+        since,
+        after,
+        limit,
+    })
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ApiQuery(params): ApiQuery<IncidentsParams>,
+) -> Result<Json<IncidentPage>, ApiError> {
+    let mut query = parse_params(&params)?;
+    if let Some(key) = params.account.as_deref() {
+        query.account_id = Some(match state.store.resolve(key)? {
+            Resolved::Found(id) => id,
+            Resolved::NotFound => return Err(ApiError::not_found(format!("no account for {key:?}"))),
+            Resolved::Ambiguous(_) => {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "ambiguous_key",
+                    format!("{key:?} is shared by several accounts; use an account id"),
+                ))
+            }
+        });
+    }
+    let limit = query.limit;
+    query.limit = limit + 1;
+    let store = state.store.clone();
+    // A filtered listing can scan many records: a blocking thread, not an async worker.
+    let mut incidents = tokio::task::spawn_blocking(move || store.list_incidents(&query))
+        .await
+        .map_err(ApiError::internal)??;
+    let next = if incidents.len() > limit {
+        incidents.truncate(limit);
+        incidents.last().map(|i| i.id)
+    } else {
+        None
+    };
+    Ok(Json(IncidentPage { incidents, next }))
+}
+
+async fn show(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<Incident>, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad_request("invalid_path", format!("{id:?} is not an incident id")))?;
+    state
+        .store
+        .get_incident(id)?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
+}
