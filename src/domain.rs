@@ -201,6 +201,10 @@ pub struct NeedsReauth {
     /// Inbox entries up to this sequence number were read when it parked: only a
     /// LOGIN_REPAIRED webhook after it unparks the account (an older one is stale).
     pub after_seq: u64,
+    /// The account was relinked with a new token: its next sync unparks it, and only
+    /// login errors newer than `after_seq` (the inbox at relink time) park it again.
+    #[serde(default)]
+    pub relinked: bool,
 }
 
 /// A provider-announced end of access.

@@ -61,9 +61,7 @@ impl IncidentKind {
     /// How bad it is: a deadline still ahead is a warning, everything else stops syncs.
     pub fn severity(self) -> Severity {
         match self {
-            IncidentKind::PendingExpiration | IncidentKind::PendingDisconnect => {
-                Severity::Warning
-            }
+            IncidentKind::PendingExpiration | IncidentKind::PendingDisconnect => Severity::Warning,
             _ => Severity::Critical,
         }
     }

@@ -243,7 +243,8 @@ impl Actor for AccountActor {
             // Parked: only webhooks newer than the last check can matter (a
             // LOGIN_REPAIRED among them unparks it).
             _ if needs_reauth => {
-                if has_new_work(store.as_ref(), &id, false, true, checked_seq)? {
+                let relinked = account.needs_reauth.as_ref().is_some_and(|p| p.relinked);
+                if relinked || has_new_work(store.as_ref(), &id, false, true, checked_seq)? {
                     myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
                 }
             }

@@ -111,9 +111,7 @@ pub async fn check(
     account: &Account,
     entries: &[InboxEntry],
 ) -> Result<Check, StoreError> {
-    let interesting = entries
-        .iter()
-        .any(|e| e.kind.starts_with("ITEM/"));
+    let interesting = entries.iter().any(|e| e.kind.starts_with("ITEM/"));
     if account.needs_reauth.is_none() && !interesting {
         // The common case costs nothing: a plain transactions webhook, not parked.
         return Ok(Check::Proceed);
@@ -167,6 +165,20 @@ fn decide(
             repaired_at_seq = seq;
             wrote = true;
         }
+        (Some(parked), Some((seq, LoginSignal::Required { request_id }))) if parked.relinked => {
+            // The new token already needs a login again.
+            park(registry, id, LOGIN_REQUIRED, request_id, "webhook", max_seq)?;
+            tracing::debug!(account_id = %id, seq, "login required again after relink");
+            wrote = true;
+            check = Check::Parked { newly_parked: true };
+        }
+        (Some(parked), _) if parked.relinked => {
+            store.set_needs_reauth(id, None)?;
+            registry.resolve_incidents(id, &[IncidentKind::NeedsReauth])?;
+            tracing::info!(account_id = %id, "relinked, unparking account");
+            repaired_at_seq = parked.after_seq;
+            wrote = true;
+        }
         (Some(parked), _) => {
             // Still parked: remember how far we looked, so the next activation or
             // passivation does not look again at the same entries.
@@ -203,7 +215,9 @@ fn decide(
     if let Some(deadline) = announced {
         let current = account.pending_deadline.as_ref();
         let same = current.is_some_and(|c| {
-            c.code == deadline.code && c.deadline == deadline.deadline && c.reason == deadline.reason
+            c.code == deadline.code
+                && c.deadline == deadline.deadline
+                && c.reason == deadline.reason
         });
         if !same || repaired_at_seq > 0 {
             registry.open_incident(
@@ -238,6 +252,7 @@ fn park(
             request_id: request_id.clone(),
             since: Utc::now(),
             after_seq,
+            relinked: false,
         }),
     )?;
     registry.open_incident(
@@ -338,7 +353,11 @@ mod tests {
                 request_id: Some("r1".into())
             })
         );
-        let other_error = entry(2, "ITEM/ERROR", json!({ "error": { "error_code": "ITEM_NOT_FOUND" } }));
+        let other_error = entry(
+            2,
+            "ITEM/ERROR",
+            json!({ "error": { "error_code": "ITEM_NOT_FOUND" } }),
+        );
         assert_eq!(login_signal(&other_error), None);
         assert_eq!(
             login_signal(&entry(3, "ITEM/LOGIN_REPAIRED", json!({}))),
@@ -363,7 +382,11 @@ mod tests {
             Some("2026-03-01T12:00:00+00:00".to_string())
         );
         let disconnect = deadline_of(
-            &entry(6, "ITEM/PENDING_DISCONNECT", json!({ "reason": "INSTITUTION_MIGRATION" })),
+            &entry(
+                6,
+                "ITEM/PENDING_DISCONNECT",
+                json!({ "reason": "INSTITUTION_MIGRATION" }),
+            ),
             Utc::now(),
         )
         .expect("a deadline");

@@ -256,7 +256,11 @@ fn linked_item(
     }))
 }
 
-async fn relink(state: &AppState, existing: Account, token: AccessToken) -> Result<Account, ApiError> {
+async fn relink(
+    state: &AppState,
+    existing: Account,
+    token: AccessToken,
+) -> Result<Account, ApiError> {
     let store = state.store.clone();
     let registry = state.registry.clone();
     let id = existing.id.clone();

@@ -118,7 +118,9 @@ async fn list(
     if let Some(key) = params.account.as_deref() {
         query.account_id = Some(match state.store.resolve(key)? {
             Resolved::Found(id) => id,
-            Resolved::NotFound => return Err(ApiError::not_found(format!("no account for {key:?}"))),
+            Resolved::NotFound => {
+                return Err(ApiError::not_found(format!("no account for {key:?}")))
+            }
             Resolved::Ambiguous(_) => {
                 return Err(ApiError::new(
                     axum::http::StatusCode::CONFLICT,
@@ -148,9 +150,9 @@ async fn show(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<Incident>, ApiError> {
-    let id: u64 = id
-        .parse()
-        .map_err(|_| ApiError::bad_request("invalid_path", format!("{id:?} is not an incident id")))?;
+    let id: u64 = id.parse().map_err(|_| {
+        ApiError::bad_request("invalid_path", format!("{id:?} is not an incident id"))
+    })?;
     state
         .store
         .get_incident(id)?

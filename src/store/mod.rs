@@ -347,8 +347,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Relinks a linked account to a new access token (the user went through the
-    /// provider's update flow): the token is replaced and the needs-reauth mark and the
-    /// pending deadline are cleared; cursor and rows stay. `AccountNotFound` if it does
+    /// provider's update flow): the token is replaced, the pending deadline cleared, and
+    /// a needs-reauth mark is flagged `relinked` (its next sync lifts it, ignoring the
+    /// login errors already in the inbox); cursor and rows stay. `AccountNotFound` if it does
     /// not exist or is unlinked.
     fn relink_account(&self, id: &AccountId, token: &AccessToken) -> Result<Account, StoreError>;
 

@@ -154,11 +154,7 @@ impl IncidentTrees<'_> {
     }
 
     pub(super) fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
-        match self
-            .incidents
-            .get(keys::id_key(incident_id))
-            .map_err(io)?
-        {
+        match self.incidents.get(keys::id_key(incident_id)).map_err(io)? {
             Some(bytes) => Ok(Some(keys::decode(INCIDENTS, &bytes)?)),
             None => Ok(None),
         }
@@ -167,7 +163,10 @@ impl IncidentTrees<'_> {
     /// Newest first. Filters are applied while scanning backwards from `after`; an
     /// `open` query reads only the open index (small), everything else scans the
     /// incidents tree, which grows only with conditions that needed a human.
-    pub(super) fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
+    pub(super) fn list_incidents(
+        &self,
+        query: &IncidentQuery,
+    ) -> Result<Vec<Incident>, StoreError> {
         let upper = match query.after {
             Some(after) => std::ops::Bound::Excluded(keys::id_key(after).to_vec()),
             None => std::ops::Bound::Unbounded,
@@ -308,12 +307,22 @@ mod tests {
         assert_ne!(other_kind.id, first.id);
 
         let resolved = store
-            .resolve_incident(&AccountId("acc_a".into()), IncidentKind::NeedsReauth, at(4), true)
+            .resolve_incident(
+                &AccountId("acc_a".into()),
+                IncidentKind::NeedsReauth,
+                at(4),
+                true,
+            )
             .expect("resolve")
             .expect("was open");
         assert_eq!(resolved.resolved_at, Some(at(4)));
         assert!(store
-            .resolve_incident(&AccountId("acc_a".into()), IncidentKind::NeedsReauth, at(5), true)
+            .resolve_incident(
+                &AccountId("acc_a".into()),
+                IncidentKind::NeedsReauth,
+                at(5),
+                true
+            )
             .expect("resolve again")
             .is_none());
         let alerts = store.pending_alerts(10).expect("outbox");
@@ -325,7 +334,11 @@ mod tests {
             .expect("reopen");
         assert!(reopened.id > other_kind.id);
         assert_eq!(
-            store.get_incident(first.id).expect("get").expect("kept").resolved_at,
+            store
+                .get_incident(first.id)
+                .expect("get")
+                .expect("kept")
+                .resolved_at,
             Some(at(4))
         );
     }
@@ -346,7 +359,12 @@ mod tests {
                 .expect("open");
         }
         store
-            .resolve_incident(&AccountId("acc_b".into()), IncidentKind::PendingExpiration, at(9), false)
+            .resolve_incident(
+                &AccountId("acc_b".into()),
+                IncidentKind::PendingExpiration,
+                at(9),
+                false,
+            )
             .expect("resolve");
         let list = |q: IncidentQuery| store.list_incidents(&q).expect("list");
         let all = list(IncidentQuery {

@@ -36,12 +36,11 @@ use sled::transaction::{
 use sled::{IVec, Tree};
 
 use super::group_commit::{FlushFn, GroupCommit};
-use super::sled_incidents::IncidentTrees;
 use super::keys::{
     self, ACCOUNTS, CLAIMS, DEDUP, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, RETRIES,
-    RETRY_INDEX, TRANSACTIONS, TXN_INDEX,
-    UNROUTED,
+    RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
+use super::sled_incidents::IncidentTrees;
 use super::{
     ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, Resolved, RetryRecord, Store,
     StoreError, SyncCommit, TransactionPage, TransactionQuery,
@@ -1340,9 +1339,21 @@ impl Store for SledStore {
         self.get_account(id)?
             .filter(|account| account.status == LinkStatus::Linked)
             .ok_or_else(|| StoreError::AccountNotFound(id.clone()))?;
+        // The login errors already in the inbox predate the new token: the next sync
+        // must not park on them (see `NeedsReauth::relinked`).
+        let seen = self
+            .pending_inbox(id)?
+            .iter()
+            .map(|entry| entry.seq)
+            .max()
+            .unwrap_or(0);
         self.update_account(id, |account| {
             account.access_token = token.clone();
-            account.needs_reauth = None;
+            account.needs_reauth = account.needs_reauth.clone().map(|parked| NeedsReauth {
+                after_seq: parked.after_seq.max(seen),
+                relinked: true,
+                ..parked
+            });
             account.pending_deadline = None;
         })?;
         self.get_account(id)?

@@ -2,6 +2,7 @@
 
 mod accounts;
 mod helpers;
+mod reauth;
 mod retries;
 mod supervision;
 mod sync;
