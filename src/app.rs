@@ -23,6 +23,7 @@ use crate::actors::supervisor::Supervisor;
 use crate::actors::sweeper::{SweeperActor, SweeperMessage};
 use crate::actors::sync::SyncParams;
 use crate::actors::Registry;
+use crate::alerts::AlertSender;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::accounts::{link_account, unlink_account, LinkRequest};
@@ -43,6 +44,7 @@ pub struct App {
     sweeper: ractor::ActorRef<SweeperMessage>,
     store: Arc<SledStore>,
     janitor: JoinHandle<()>,
+    alerts: Option<JoinHandle<()>>,
 }
 
 struct EmbeddedSandbox {
@@ -115,6 +117,16 @@ impl App {
             .await
             .context("spawning the supervisor")?;
         registry.set_supervisor(supervisor.get_cell());
+        // Outbound alerts: the actors write the outbox and wake this one sender.
+        let alerts = match AlertSender::new(dyn_store.clone(), &settings.alerts)? {
+            Some(sender) => {
+                let wake = Arc::new(tokio::sync::Notify::new());
+                registry.set_alert_notifier(wake.clone());
+                tracing::info!(url = %settings.alerts.url, "outbound alerts on");
+                Some(Arc::new(sender).spawn(wake))
+            }
+            None => None,
+        };
 
         let state = AppState {
             store: dyn_store,
@@ -154,6 +166,7 @@ impl App {
             sweeper,
             store,
             janitor,
+            alerts,
         })
     }
 
@@ -192,6 +205,7 @@ impl App {
             sweeper,
             store,
             janitor,
+            alerts,
         } = self;
         tracing::info!(%addr, "acctor listening");
         let shutting_down = state.shutting_down.clone();
@@ -215,6 +229,10 @@ impl App {
                 .context("stopping the embedded sandbox")?;
         }
         janitor.abort();
+        // Undelivered alerts stay in the outbox for the next start.
+        if let Some(alerts) = alerts {
+            alerts.abort();
+        }
         // Before the actors: a pass must not activate what shutdown is stopping.
         let _ = sweeper
             .stop_and_wait(None, Some(state.settings.actors.call_timeout))

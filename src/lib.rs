@@ -8,6 +8,7 @@
 //! invariants, [`providers`] talk to the outside, [`sandbox`] simulates the outside.
 
 pub mod actors;
+pub mod alerts;
 pub mod app;
 pub mod config;
 pub mod domain;
