@@ -54,9 +54,12 @@ fn verify(headers: &HeaderMap, body: &[u8]) -> bool {
         .any(|sig| sig.strip_prefix("v1,") == Some(expected.as_str()))
 }
 
+/// One received request: its headers and body.
+type Delivery = (HeaderMap, Vec<u8>);
+
 #[derive(Clone, Default)]
 struct Receiver {
-    seen: Arc<Mutex<Vec<(HeaderMap, Vec<u8>)>>>,
+    seen: Arc<Mutex<Vec<Delivery>>>,
     fail_first: Arc<Mutex<u32>>,
 }
 
@@ -214,7 +217,7 @@ async fn a_failing_receiver_gets_retries_with_backoff_then_exactly_one_delivery(
     assert_eq!(seen.len(), 3, "two failures, one delivery");
     let ids: Vec<_> = seen.iter().map(|(h, _)| h["webhook-id"].clone()).collect();
     assert!(
-        ids.iter().all(|id| id == &ids[0]),
+        ids.iter().all(|id| *id == ids[0]),
         "stable webhook-id: {ids:?}"
     );
     for (headers, body) in &seen {

@@ -28,6 +28,7 @@ use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::accounts::{link_account, unlink_account, LinkRequest};
 use crate::http::{router, AppState};
+use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
@@ -89,16 +90,21 @@ impl App {
             (settings.plaid.base_url.clone(), None)
         };
 
-        let plaid = Arc::new(
-            PlaidClient::new(PlaidClientConfig {
-                base_url: plaid_base_url,
-                client_id: settings.plaid.client_id.clone(),
-                secret: settings.plaid.secret.clone(),
-                request_timeout: settings.plaid.request_timeout,
-                max_webhook_age: settings.plaid.max_webhook_age,
-            })
-            .context("building the Plaid client")?,
-        );
+        let mut plaid_client = PlaidClient::new(PlaidClientConfig {
+            base_url: plaid_base_url,
+            client_id: settings.plaid.client_id.clone(),
+            secret: settings.plaid.secret.clone(),
+            request_timeout: settings.plaid.request_timeout,
+            max_webhook_age: settings.plaid.max_webhook_age,
+        })
+        .context("building the Plaid client")?;
+        if let Some(budget) = RequestBudget::new(
+            settings.plaid.sync_budget_per_minute,
+            settings.plaid.sync_budget_burst,
+        ) {
+            plaid_client = plaid_client.with_sync_budget(Arc::new(budget));
+        }
+        let plaid = Arc::new(plaid_client);
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, plaid.clone());
 

@@ -115,6 +115,10 @@ pub struct PlaidSettings {
     /// Oldest accepted webhook `iat`.
     #[serde(with = "humantime_serde")]
     pub max_webhook_age: Duration,
+    /// Client-side budget: `/transactions/sync` calls per minute per item (0: none).
+    pub sync_budget_per_minute: u32,
+    /// How many of those may go at once before calls wait for the refill.
+    pub sync_budget_burst: u32,
 }
 
 /// Account actor settings.
