@@ -477,7 +477,8 @@ pub struct SyncStatus {
     pub account_id: AccountId,
     /// `idle`, `syncing`, `backoff`, `scheduled` (live actor), `restarting` (its actor
     /// failed and restarts after a backoff), `quarantined`, `failed` (syncs gave up),
-    /// `passivated`, or `unlinked`.
+    /// `needs_reauth` (parked until LOGIN_REPAIRED or a relink), `passivated`, or
+    /// `unlinked`.
     pub state: &'static str,
     /// Whether an actor is live for it.
     pub active: bool,
