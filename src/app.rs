@@ -23,12 +23,14 @@ use crate::actors::supervisor::Supervisor;
 use crate::actors::sweeper::{SweeperActor, SweeperMessage};
 use crate::actors::sync::SyncParams;
 use crate::actors::Registry;
+use crate::alerts::AlertSender;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::accounts::{link_account, unlink_account, LinkRequest};
 use crate::http::auth::{resolve_admin_token, AdminTokenSource};
 use crate::http::health::Readiness;
 use crate::http::{router, AppState};
+use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
@@ -46,6 +48,7 @@ pub struct App {
     store: Arc<SledStore>,
     janitor: JoinHandle<()>,
     admin_token_source: AdminTokenSource,
+    alerts: Option<JoinHandle<()>>,
 }
 
 struct EmbeddedSandbox {
@@ -109,16 +112,21 @@ impl App {
             (settings.plaid.base_url.clone(), None)
         };
 
-        let plaid = Arc::new(
-            PlaidClient::new(PlaidClientConfig {
-                base_url: plaid_base_url,
-                client_id: settings.plaid.client_id.clone(),
-                secret: settings.plaid.secret.clone(),
-                request_timeout: settings.plaid.request_timeout,
-                max_webhook_age: settings.plaid.max_webhook_age,
-            })
-            .context("building the Plaid client")?,
-        );
+        let mut plaid_client = PlaidClient::new(PlaidClientConfig {
+            base_url: plaid_base_url,
+            client_id: settings.plaid.client_id.clone(),
+            secret: settings.plaid.secret.clone(),
+            request_timeout: settings.plaid.request_timeout,
+            max_webhook_age: settings.plaid.max_webhook_age,
+        })
+        .context("building the Plaid client")?;
+        if let Some(budget) = RequestBudget::new(
+            settings.plaid.sync_budget_per_minute,
+            settings.plaid.sync_budget_burst,
+        ) {
+            plaid_client = plaid_client.with_sync_budget(Arc::new(budget));
+        }
+        let plaid = Arc::new(plaid_client);
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, plaid.clone());
 
@@ -133,12 +141,26 @@ impl App {
                 ..SyncParams::default()
             },
         );
+        if let Some(budget) = plaid.sync_budget() {
+            let metrics = registry.metrics().clone();
+            budget.observe(move |waited| metrics.rate_limit_wait("plaid", "client_budget", waited));
+        }
         let (supervisor, _) = Actor::spawn(None, Supervisor::new(registry.clone()), ())
             .await
             .context("spawning the supervisor")?;
         registry.set_supervisor(supervisor.get_cell());
         let readiness = Arc::new(Readiness::new());
         readiness.watch("supervisor", supervisor.get_cell());
+        // Outbound alerts: the actors write the outbox and wake this one sender.
+        let alerts = match AlertSender::new(dyn_store.clone(), &settings.alerts)? {
+            Some(sender) => {
+                let wake = Arc::new(tokio::sync::Notify::new());
+                registry.set_alert_notifier(wake.clone());
+                tracing::info!(url = %settings.alerts.url, "outbound alerts on");
+                Some(Arc::new(sender).spawn(wake))
+            }
+            None => None,
+        };
 
         let state = AppState {
             store: dyn_store,
@@ -181,6 +203,7 @@ impl App {
             store,
             janitor,
             admin_token_source,
+            alerts,
         })
     }
 
@@ -236,6 +259,7 @@ impl App {
             store,
             janitor,
             admin_token_source: _,
+            alerts,
         } = self;
         tracing::info!(%addr, "acctor listening");
         let shutting_down = state.shutting_down.clone();
@@ -259,6 +283,10 @@ impl App {
                 .context("stopping the embedded sandbox")?;
         }
         janitor.abort();
+        // Undelivered alerts stay in the outbox for the next start.
+        if let Some(alerts) = alerts {
+            alerts.abort();
+        }
         // Before the actors: a pass must not activate what shutdown is stopping.
         let _ = sweeper
             .stop_and_wait(None, Some(state.settings.actors.call_timeout))

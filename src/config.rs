@@ -29,6 +29,29 @@ pub struct Settings {
     pub sandbox: SandboxSettings,
     /// The sweeper (due retries, stale inbox entries, polling fallback).
     pub sweeper: SweeperSettings,
+    /// Outbound alert webhook on incidents (off unless a URL is set).
+    pub alerts: AlertSettings,
+}
+
+/// Outbound alert webhook settings (Standard Webhooks signing).
+#[derive(Clone, Debug, Deserialize)]
+pub struct AlertSettings {
+    /// Where alerts are POSTed; empty: alerts are off.
+    pub url: String,
+    /// `whsec_` followed by the base64 signing key (never printed).
+    pub secret: SecretString,
+    /// Timeout of one delivery attempt.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// First retry delay after a failed delivery; doubles per attempt (full jitter).
+    #[serde(with = "humantime_serde")]
+    pub retry_initial: Duration,
+    /// Retry delay cap.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+    /// An alert not delivered within this long after it was raised is dropped (logged).
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
 }
 
 /// Sweeper settings.
@@ -102,6 +125,10 @@ pub struct PlaidSettings {
     /// Oldest accepted webhook `iat`.
     #[serde(with = "humantime_serde")]
     pub max_webhook_age: Duration,
+    /// Client-side budget: `/transactions/sync` calls per minute per item (0: none).
+    pub sync_budget_per_minute: u32,
+    /// How many of those may go at once before calls wait for the refill.
+    pub sync_budget_burst: u32,
 }
 
 /// Account actor settings.
@@ -290,6 +317,28 @@ impl Settings {
                 "plaid.max_webhook_age",
                 "must be greater than zero",
             ));
+        }
+        if !self.alerts.url.is_empty() {
+            let url = &self.alerts.url;
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid("alerts.url", "must start with http:// or https://"));
+            }
+            if crate::alerts::decode_secret(&self.alerts.secret).is_none() {
+                return Err(invalid(
+                    "alerts.secret",
+                    "must be whsec_ followed by a base64 key of 24 to 64 bytes",
+                ));
+            }
+            if self.alerts.request_timeout.is_zero()
+                || self.alerts.retry_initial.is_zero()
+                || self.alerts.retry_initial > self.alerts.retry_max
+                || self.alerts.max_age.is_zero()
+            {
+                return Err(invalid(
+                    "alerts.retry_initial",
+                    "timeouts and delays must be greater than zero, retry_initial at most retry_max",
+                ));
+            }
         }
         if self.actors.call_timeout.is_zero() {
             return Err(invalid("actors.call_timeout", "must be greater than zero"));

@@ -170,6 +170,54 @@ pub struct Account {
     /// until an operator resumes it. Absent in older records, hence the default.
     #[serde(default)]
     pub failed: Option<SyncGaveUp>,
+    /// Set when the provider said the user must log in again (ITEM_LOGIN_REQUIRED):
+    /// the account is parked, no syncs, no retries, no polling, until a LOGIN_REPAIRED
+    /// webhook or a relink. Absent in older records, hence the default.
+    #[serde(default)]
+    pub needs_reauth: Option<NeedsReauth>,
+    /// Set when the provider announced that access ends at a deadline
+    /// (PENDING_EXPIRATION / PENDING_DISCONNECT); cleared by LOGIN_REPAIRED or a relink.
+    #[serde(default)]
+    pub pending_deadline: Option<PendingDeadline>,
+}
+
+impl Account {
+    /// Whether the account waits for a human (quarantined, given up on, or waiting for
+    /// the user to log in again): nothing should sync or poll it until that is lifted.
+    pub fn is_parked(&self) -> bool {
+        self.quarantine.is_some() || self.failed.is_some() || self.needs_reauth.is_some()
+    }
+}
+
+/// Why and since when an account waits for its user to log in again at the provider.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NeedsReauth {
+    /// The provider's error code (`ITEM_LOGIN_REQUIRED`).
+    pub code: String,
+    /// The provider's request id, when the error came from a call.
+    pub request_id: Option<String>,
+    /// When it was parked.
+    pub since: DateTime<Utc>,
+    /// Inbox entries up to this sequence number were read when it parked: only a
+    /// LOGIN_REPAIRED webhook after it unparks the account (an older one is stale).
+    pub after_seq: u64,
+    /// The account was relinked with a new token: its next sync unparks it, and only
+    /// login errors newer than `after_seq` (the inbox at relink time) park it again.
+    #[serde(default)]
+    pub relinked: bool,
+}
+
+/// A provider-announced end of access.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingDeadline {
+    /// `PENDING_EXPIRATION` or `PENDING_DISCONNECT`.
+    pub code: String,
+    /// When access ends (Plaid's `consent_expiration_time`), when the provider said.
+    pub deadline: Option<DateTime<Utc>>,
+    /// The provider's reason (PENDING_DISCONNECT carries one).
+    pub reason: Option<String>,
+    /// When it was announced.
+    pub since: DateTime<Utc>,
 }
 
 /// Why and when acctor stopped retrying an account's failing syncs.

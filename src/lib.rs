@@ -8,10 +8,12 @@
 //! invariants, [`providers`] talk to the outside, [`sandbox`] simulates the outside.
 
 pub mod actors;
+pub mod alerts;
 pub mod app;
 pub mod config;
 pub mod domain;
 pub mod http;
+pub mod incidents;
 pub mod metrics;
 pub mod providers;
 pub mod sandbox;

@@ -90,7 +90,7 @@ pub struct IncidentLabels {
 }
 
 /// Levels read at scrape time from the store and the registry of actors.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ScrapeValues {
     /// Pending inbox entries (all accounts, plus events kept for unlinked items).
     pub inbox_depth: u64,
@@ -104,6 +104,8 @@ pub struct ScrapeValues {
     pub activations: u64,
     /// Passivations since start.
     pub passivations: u64,
+    /// Open incidents by kind (every kind, zeros included).
+    pub incidents_open: Vec<(&'static str, u64)>,
 }
 
 /// Counters whose source of truth is elsewhere (the registry's atomics), copied in at
@@ -392,6 +394,9 @@ impl Metrics {
         self.retry_backlog.set(level(scrape.retry_backlog));
         self.retries_due.set(level(scrape.retries_due));
         self.actors_active.set(level(scrape.actors_active));
+        for (kind, open) in &scrape.incidents_open {
+            self.set_incidents_open(kind, *open);
+        }
         self.scraped
             .activations
             .store(scrape.activations, Ordering::Relaxed);

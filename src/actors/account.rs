@@ -8,8 +8,15 @@
 //! passivated, killed or restarted at any moment and rebuilt on the next message.
 //!
 //! Provider I/O runs in a task the actor spawns; the task reports back with
-//! [`AccountMessage::SyncFinished`]. The mailbox stays free to answer status queries
-//! mid-sync.
+//! [`AccountMessage::SyncFinished`] (or [`AccountMessage::Parked`]). The mailbox stays
+//! free to answer status queries mid-sync.
+//!
+//! Needs-reauth parking: ITEM_LOGIN_REQUIRED from a provider call, or an ITEM/ERROR
+//! webhook carrying it, parks the account (see [`crate::actors::reauth`]): the sync
+//! task reads the pending inbox first and, while parked, stops there unless a
+//! LOGIN_REPAIRED webhook arrived after the account parked. So a parked account costs
+//! one store read per webhook and never calls the provider; its webhooks stay in the
+//! inbox and the first sync after the repair (or a relink) consumes them all.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,10 +30,12 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use super::reauth;
 use super::registry::Registry;
 use super::sync::{run_sync, ProgressSnapshot, SyncError, SyncProgress, SyncReport};
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, LinkStatus, ProviderKind, SyncGaveUp, SyncOutcome};
+use crate::incidents::IncidentKind;
 use crate::providers::ProviderError;
 use crate::store::{RetryRecord, StoreError};
 
@@ -68,7 +77,11 @@ pub enum AccountMessage {
     SyncRequested(SyncReason),
     /// The sync task finished (internal).
     SyncFinished(Result<SyncReport, SyncFailure>),
-    /// An operator cleared the account's `failed` mark: retry from attempt zero.
+    /// The sync task found (or made) the account parked as needs-reauth and did not
+    /// call the provider (internal).
+    Parked(ParkReport),
+    /// An operator cleared the account's `failed` mark, or a relink cleared its
+    /// needs-reauth mark: retry from attempt zero.
     Resume,
     /// A scheduled sync is due: the backoff after a failure, or the minimum interval
     /// between two syncs, is over (internal).
@@ -179,6 +192,16 @@ pub fn mailbox_taken(counter: &AtomicU64) {
     let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
 }
 
+/// What a sync task that stopped at the needs-reauth check reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkReport {
+    /// Every inbox entry up to this sequence number has been looked at: only a newer
+    /// one can unpark the account.
+    pub checked_seq: u64,
+    /// Whether this task parked it (as opposed to finding it parked).
+    pub newly_parked: bool,
+}
+
 /// What the sync task decided after a failure, already written to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RetryPlan {
@@ -239,6 +262,10 @@ pub struct AccountState {
     idle_timer: Option<JoinHandle<()>>,
     /// The account is marked failed: no syncs until resumed.
     gave_up: bool,
+    /// Parked until the user logs in again: sync tasks only look for LOGIN_REPAIRED.
+    needs_reauth: bool,
+    /// Inbox entries up to here were seen by a needs-reauth check.
+    checked_seq: u64,
 }
 
 impl AccountState {
@@ -311,6 +338,8 @@ impl Actor for AccountActor {
             return Err(format!("account {id} is unlinked").into());
         }
         let gave_up = account.failed.is_some();
+        let checked_seq = account.needs_reauth.as_ref().map_or(0, |p| p.after_seq);
+        let needs_reauth = account.needs_reauth.is_some();
         let retry = store.retry_of(&id)?;
         let now = Utc::now();
         let mailbox = self.registry.mailbox_counter(myself.get_id());
@@ -318,6 +347,16 @@ impl Actor for AccountActor {
         let mut activated = "idle".to_string();
         match &retry {
             _ if gave_up => activated = "marked failed: waiting for resume".to_string(),
+            // Parked: only webhooks newer than the last check can matter (a
+            // LOGIN_REPAIRED among them unparks it).
+            _ if needs_reauth => {
+                let relinked = account.needs_reauth.as_ref().is_some_and(|p| p.relinked);
+                activated = "parked: needs reauth".to_string();
+                if relinked || has_new_work(store.as_ref(), &id, false, true, checked_seq)? {
+                    mailbox_sent(&mailbox);
+                    myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
+                }
+            }
             // A retry still in the future (from before a restart or passivation) is
             // waited for: syncing at once would defeat the backoff.
             Some(record) if record.due_at > now => {
@@ -368,6 +407,8 @@ impl Actor for AccountActor {
             active_since: Utc::now(),
             idle_timer: Some(idle_timer),
             gave_up,
+            needs_reauth,
+            checked_seq,
         };
         state.event("activated", activated);
         Ok(state)
@@ -419,6 +460,7 @@ impl Actor for AccountActor {
                     Ok(report) => {
                         state.attempt = 0;
                         self.record_committed(state, &report.outcome, took);
+                        state.needs_reauth = false;
                         tracing::info!(account_id = %state.id, outcome = ?report.outcome, "sync committed");
                         state.phase = Phase::Idle;
                         let since_start = state.sync_started.elapsed();
@@ -451,10 +493,29 @@ impl Actor for AccountActor {
                     }
                 }
             }
+            AccountMessage::Parked(report) => {
+                state.last_activity = Instant::now();
+                state.task = None;
+                state.syncs_run += 1;
+                let again = matches!(state.phase, Phase::Syncing { again: true });
+                state.phase = Phase::Idle;
+                state.attempt = 0;
+                state.needs_reauth = true;
+                state.checked_seq = state.checked_seq.max(report.checked_seq);
+                if report.newly_parked {
+                    tracing::warn!(account_id = %state.id, "account needs reauth, parked");
+                }
+                // A webhook during the check may be the LOGIN_REPAIRED: look again (a
+                // store read, no provider call).
+                if again {
+                    self.start_sync(&myself, state, SyncReason::Webhook);
+                }
+            }
             AccountMessage::Resume => {
                 state.event("resumed", String::new());
                 state.last_activity = Instant::now();
                 state.gave_up = false;
+                state.needs_reauth = false;
                 state.attempt = 0;
                 if state.phase == Phase::Idle {
                     self.start_sync(&myself, state, SyncReason::Manual);
@@ -477,7 +538,11 @@ impl Actor for AccountActor {
             }
             AccountMessage::Status(reply) => {
                 let snapshot = ActorSnapshot {
-                    state: state.phase.name(),
+                    state: if state.needs_reauth {
+                        "needs_reauth"
+                    } else {
+                        state.phase.name()
+                    },
                     again: matches!(state.phase, Phase::Syncing { again: true }),
                     progress: matches!(state.phase, Phase::Syncing { .. })
                         .then(|| state.progress.snapshot()),
@@ -536,10 +601,13 @@ impl AccountActor {
         let span = tracing::info_span!("sync", account_id = %id, reason = ?reason);
         state.task = Some(tokio::spawn(
             async move {
-                let result = sync_once(&registry, &id, &progress, attempt).await;
+                let message = match sync_once(&registry, &id, &progress, attempt).await {
+                    TaskOutcome::Finished(result) => AccountMessage::SyncFinished(result),
+                    TaskOutcome::Parked(report) => AccountMessage::Parked(report),
+                };
                 // The actor may have stopped meanwhile (unlinked); the result is then moot.
                 mailbox_sent(&mailbox);
-                let _ = reply_to.send_message(AccountMessage::SyncFinished(result));
+                let _ = reply_to.send_message(message);
             }
             .instrument(span),
         ));
@@ -659,8 +727,15 @@ impl AccountActor {
         state: &mut AccountState,
     ) -> Result<(), ActorProcessingErr> {
         // Work already waiting is synced, not handed over (unless it is marked failed:
-        // then it waits for a resume).
-        if !state.gave_up && !self.registry.store().pending_inbox(&state.id)?.is_empty() {
+        // then it waits for a resume; or parked: then only webhooks it has not checked).
+        let store = self.registry.store().as_ref();
+        if has_new_work(
+            store,
+            &state.id,
+            state.gave_up,
+            state.needs_reauth,
+            state.checked_seq,
+        )? {
             self.start_sync(myself, state, SyncReason::Activation);
             return Ok(());
         }
@@ -671,13 +746,14 @@ impl AccountActor {
         // have been sent to this mailbox, which stopping discards: hand it to a new
         // activation. If the store cannot tell, hand over anyway (an empty sync is
         // harmless; a stranded event is not).
-        let pending = self
-            .registry
-            .store()
-            .pending_inbox(&state.id)
-            .map(|entries| !entries.is_empty())
-            .unwrap_or(true)
-            && !state.gave_up;
+        let pending = has_new_work(
+            self.registry.store().as_ref(),
+            &state.id,
+            state.gave_up,
+            state.needs_reauth,
+            state.checked_seq,
+        )
+        .unwrap_or(!state.gave_up);
         tracing::debug!(account_id = %state.id, pending, "passivating idle actor");
         state.event("passivating", String::new());
         myself.stop(Some("passivated".to_string()));
@@ -694,21 +770,96 @@ impl AccountActor {
     }
 }
 
-/// One sync: account and pending inbox read fresh, then [`run_sync`].
+/// Whether the account has inbox work its actor should look at: none while it is
+/// marked failed; only entries newer than the last check while it is parked.
+fn has_new_work(
+    store: &dyn crate::store::Store,
+    id: &AccountId,
+    gave_up: bool,
+    needs_reauth: bool,
+    checked_seq: u64,
+) -> Result<bool, StoreError> {
+    if gave_up {
+        return Ok(false);
+    }
+    let pending = store.pending_inbox(id)?;
+    Ok(if needs_reauth {
+        pending.iter().any(|entry| entry.seq > checked_seq)
+    } else {
+        !pending.is_empty()
+    })
+}
+
+/// How a sync task ended.
+enum TaskOutcome {
+    /// It ran the sync (committed or failed).
+    Finished(Result<SyncReport, SyncFailure>),
+    /// It stopped at the needs-reauth check, or the provider said the login is needed.
+    Parked(ParkReport),
+}
+
+/// One sync: account and pending inbox read fresh, the needs-reauth check, then
+/// [`run_sync`].
 async fn sync_once(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     id: &AccountId,
     progress: &SyncProgress,
     attempt: u32,
-) -> Result<SyncReport, SyncFailure> {
-    let result = sync_attempt(registry, id, progress).await;
-    match result {
-        Ok(report) => Ok(report),
-        Err(error) => {
-            let plan = record_failure(registry, id, &error, attempt).await;
-            Err(SyncFailure { error, plan })
+) -> TaskOutcome {
+    let prepared = match prepare(registry, id).await {
+        Ok(prepared) => prepared,
+        Err(error) => return failed(registry, id, error, attempt).await,
+    };
+    let checked_seq = prepared.consumed.iter().copied().max().unwrap_or(0);
+    match reauth::check(registry, &prepared.account, &prepared.entries).await {
+        Ok(reauth::Check::Proceed) => {}
+        Ok(reauth::Check::Parked { newly_parked }) => {
+            return TaskOutcome::Parked(ParkReport {
+                checked_seq,
+                newly_parked,
+            })
         }
+        Err(error) => return failed(registry, id, SyncError::Store(error), attempt).await,
     }
+    let provider = registry.provider(prepared.account.provider);
+    let result = run_sync(
+        provider.as_ref(),
+        registry.store(),
+        &prepared.account,
+        prepared.consumed,
+        registry.sync_params(),
+        progress,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            reauth::after_commit(registry, id).await;
+            TaskOutcome::Finished(Ok(report))
+        }
+        Err(error) if reauth::is_login_required(&error) => {
+            match reauth::park_after_error(registry, id, &error, checked_seq).await {
+                Ok(()) => TaskOutcome::Parked(ParkReport {
+                    checked_seq,
+                    newly_parked: true,
+                }),
+                Err(store_error) => {
+                    tracing::error!(account_id = %id, error = %store_error, "could not park account");
+                    failed(registry, id, error, attempt).await
+                }
+            }
+        }
+        Err(error) => failed(registry, id, error, attempt).await,
+    }
+}
+
+async fn failed(
+    registry: &Arc<Registry>,
+    id: &AccountId,
+    error: SyncError,
+    attempt: u32,
+) -> TaskOutcome {
+    let plan = record_failure(registry, id, &error, attempt).await;
+    TaskOutcome::Finished(Err(SyncFailure { error, plan }))
 }
 
 /// Whether the provider refused the sync for sending too many requests: such a retry
@@ -756,7 +907,7 @@ pub fn plan_retry(
 /// Records a failed sync: its outcome on the account, and either a retry record or the
 /// `failed` mark, made durable so a crash does not forget the retry.
 async fn record_failure(
-    registry: &Registry,
+    registry: &Arc<Registry>,
     id: &AccountId,
     error: &SyncError,
     previous_attempts: u32,
@@ -769,6 +920,7 @@ async fn record_failure(
         &mut rand::thread_rng(),
     );
     let store = registry.store().clone();
+    let incident_registry = registry.clone();
     let failed_id = id.clone();
     let outcome = error.outcome();
     let code = error.code();
@@ -785,14 +937,28 @@ async fn record_failure(
                 code,
                 request_id,
             }),
-            RetryPlan::GiveUp { attempt } => store.set_sync_gave_up(
-                &failed_id,
-                Some(SyncGaveUp {
-                    reason: format!("{code}: {reason}"),
-                    attempts: attempt,
-                    since: now,
-                }),
-            ),
+            RetryPlan::GiveUp { attempt } => {
+                store.set_sync_gave_up(
+                    &failed_id,
+                    Some(SyncGaveUp {
+                        reason: format!("{code}: {reason}"),
+                        attempts: attempt,
+                        since: now,
+                    }),
+                )?;
+                incident_registry
+                    .open_incident(
+                        &failed_id,
+                        IncidentKind::SyncFailed,
+                        serde_json::json!({
+                            "code": code,
+                            "request_id": request_id,
+                            "attempts": attempt,
+                            "message": reason,
+                        }),
+                    )
+                    .map(|_| ())
+            }
         }
     })
     .await;
@@ -807,42 +973,40 @@ async fn record_failure(
     plan
 }
 
-/// One attempt: account and pending inbox read fresh, then [`run_sync`].
-async fn sync_attempt(
-    registry: &Registry,
-    id: &AccountId,
-    progress: &SyncProgress,
-) -> Result<SyncReport, SyncError> {
+/// What a sync starts from: the account and its pending inbox, read fresh.
+struct Prepared {
+    account: crate::domain::Account,
+    entries: Vec<crate::domain::InboxEntry>,
+    consumed: Vec<u64>,
+}
+
+/// Reads the account, records the start and claims the pending inbox entries.
+async fn prepare(registry: &Registry, id: &AccountId) -> Result<Prepared, SyncError> {
     // The store reads and the "started" record run on a blocking thread: sled calls can
     // wait on its global lock, and this task runs on an async worker.
     let store = registry.store().clone();
     let sync_id = id.clone();
-    let (account, consumed) = tokio::task::spawn_blocking(move || {
+    let prepared = tokio::task::spawn_blocking(move || {
         let account = store
             .get_account(&sync_id)?
             .ok_or(StoreError::AccountNotFound(sync_id.clone()))?;
-        store.record_sync_started(&sync_id, Utc::now())?;
+        // A parked account's check is not a sync: its status keeps the last real one.
+        if account.needs_reauth.is_none() {
+            store.record_sync_started(&sync_id, Utc::now())?;
+        }
         // Claimed before the first fetch: a repeat arriving from now on is kept as a new
         // event, since this sync may already be reading older data.
-        let consumed: Vec<u64> = store
-            .claim_pending_inbox(&sync_id)?
-            .iter()
-            .map(|e| e.seq)
-            .collect();
-        Ok::<_, StoreError>((account, consumed))
+        let entries = store.claim_pending_inbox(&sync_id)?;
+        let consumed = entries.iter().map(|e| e.seq).collect();
+        Ok::<_, StoreError>(Prepared {
+            account,
+            entries,
+            consumed,
+        })
     })
     .await
     .map_err(|e| StoreError::Io(format!("store task failed: {e}")))??;
-    let provider = registry.provider(account.provider);
-    run_sync(
-        provider.as_ref(),
-        registry.store(),
-        &account,
-        consumed,
-        registry.sync_params(),
-        progress,
-    )
-    .await
+    Ok(prepared)
 }
 
 /// Exponential backoff with full jitter: a uniform delay in `[0, min(cap, base·2^(n-1))]`,

@@ -4,6 +4,7 @@
 //! stale inbox entries. One actor per file.
 
 pub mod account;
+pub mod reauth;
 pub mod registry;
 pub mod supervisor;
 pub mod sweeper;

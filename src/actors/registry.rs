@@ -31,6 +31,7 @@ use super::account::{
 use super::sync::SyncParams;
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, LinkStatus, ProviderKind, Quarantine};
+use crate::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::metrics::Metrics;
 use crate::providers::DynProvider;
 use crate::store::{Store, StoreError};
@@ -120,6 +121,9 @@ pub struct Registry {
     /// In-flight message counts per live activation (see [`MailboxCounter`]).
     mailboxes: DashMap<ActorId, MailboxCounter>,
     metrics: Arc<Metrics>,
+    /// Wakes the alert sender; set only when outbound alerts are configured, and then
+    /// every incident change also enqueues an alert.
+    alerts: OnceLock<Arc<tokio::sync::Notify>>,
 }
 
 impl Registry {
@@ -146,6 +150,7 @@ impl Registry {
             injected_panics: DashMap::new(),
             mailboxes: DashMap::new(),
             metrics: Arc::new(Metrics::new()),
+            alerts: OnceLock::new(),
         });
         let _ = registry.me.set(Arc::downgrade(&registry));
         registry
@@ -154,6 +159,61 @@ impl Registry {
     /// Links every future activation to `supervisor` (set once, at start-up).
     pub fn set_supervisor(&self, supervisor: ActorCell) {
         let _ = self.supervisor.set(supervisor);
+    }
+
+    /// Turns on outbound alerts: from now on every incident opened or resolved through
+    /// the registry enqueues an alert and wakes `sender` (set once, at start-up).
+    pub fn set_alert_notifier(&self, sender: Arc<tokio::sync::Notify>) {
+        let _ = self.alerts.set(sender);
+    }
+
+    /// Opens (or refreshes) the account's incident of `kind`. Synchronous (a store
+    /// transaction): call from a blocking thread. Not durable until `durable()`.
+    pub fn open_incident(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+        details: serde_json::Value,
+    ) -> Result<Incident, StoreError> {
+        let incident = self.store.open_incident(&OpenIncident {
+            account_id: id.clone(),
+            kind,
+            details,
+            at: Utc::now(),
+            notify: self.alerts.get().is_some(),
+        })?;
+        if incident.occurrences == 1 {
+            tracing::warn!(account_id = %id, kind = %kind, incident_id = incident.id, "incident opened");
+            self.wake_alerts();
+        }
+        Ok(incident)
+    }
+
+    /// Resolves the account's open incidents of these kinds; returns how many were
+    /// open. Synchronous like [`Registry::open_incident`].
+    pub fn resolve_incidents(
+        &self,
+        id: &AccountId,
+        kinds: &[IncidentKind],
+    ) -> Result<u32, StoreError> {
+        let mut resolved = 0;
+        let notify = self.alerts.get().is_some();
+        for &kind in kinds {
+            if let Some(incident) = self.store.resolve_incident(id, kind, Utc::now(), notify)? {
+                tracing::info!(account_id = %id, kind = %kind, incident_id = incident.id, "incident resolved");
+                resolved += 1;
+            }
+        }
+        if resolved > 0 {
+            self.wake_alerts();
+        }
+        Ok(resolved)
+    }
+
+    fn wake_alerts(&self) {
+        if let Some(sender) = self.alerts.get() {
+            sender.notify_one();
+        }
     }
 
     /// The store.
@@ -402,6 +462,7 @@ impl Registry {
         if account.quarantine.is_some() {
             self.store.set_quarantine(id, None)?;
         }
+        self.resolve_incidents(id, &[IncidentKind::Quarantined, IncidentKind::SyncFailed])?;
         self.clear_restart_record(id);
         if account.failed.is_some() {
             // Given up after too many failed syncs: a live actor still believes so, so
@@ -420,6 +481,31 @@ impl Registry {
             self.activate(id)?;
         }
         Ok(account.quarantine)
+    }
+
+    /// After a relink (the store already holds the new token and no needs-reauth mark):
+    /// resolves the incidents the relink lifted and tells the account's actor, which
+    /// syncs at once, catching up everything kept in its inbox. Synchronous like
+    /// [`Registry::resume`].
+    pub fn relinked(&self, id: &AccountId) -> Result<(), RegistryError> {
+        self.resolve_incidents(
+            id,
+            &[
+                IncidentKind::NeedsReauth,
+                IncidentKind::PendingExpiration,
+                IncidentKind::PendingDisconnect,
+            ],
+        )?;
+        match self.get_or_activate(id) {
+            Ok(actor) => {
+                // A send fails only if it just stopped; the next activation reads the
+                // cleared mark and syncs what is pending.
+                let _ = self.send_counted(&actor, AccountMessage::Resume);
+                Ok(())
+            }
+            Err(RegistryError::RestartPending(_)) | Err(RegistryError::Quarantined(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 
     /// Test hook: the account's next `times` sync starts panic inside its actor's

@@ -16,6 +16,8 @@
 //!   process restart), and webhooks keep landing in its inbox without waking it until
 //!   `POST /v1/accounts/{id}/resume`.
 //!
+//!   A `quarantined` incident is opened with it; resume resolves it.
+//!
 //! A failure is contained to its account; neighbours never notice.
 
 use std::sync::Arc;
@@ -27,6 +29,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::registry::{Registry, RegistryError, RestartRecord};
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, Quarantine};
+use crate::incidents::IncidentKind;
 
 /// The supervisor actor.
 pub struct Supervisor {
@@ -239,11 +242,19 @@ impl Supervisor {
     /// mailbox. Until it lands, the registry's in-memory mark keeps the account down.
     fn persist_quarantine(&self, id: AccountId, quarantine: Quarantine) {
         let store = self.registry.store().clone();
+        let registry = self.registry.clone();
         tokio::spawn(async move {
             let write_store = store.clone();
             let write_id = id.clone();
             let written = tokio::task::spawn_blocking(move || {
-                write_store.set_quarantine(&write_id, Some(quarantine))
+                let details = serde_json::json!({
+                    "reason": quarantine.reason,
+                    "failures": quarantine.failures,
+                });
+                write_store.set_quarantine(&write_id, Some(quarantine))?;
+                registry
+                    .open_incident(&write_id, IncidentKind::Quarantined, details)
+                    .map(|_| ())
             })
             .await;
             let result = match written {

@@ -83,6 +83,8 @@ impl Harness {
                 sync_count: 0,
                 quarantine: None,
                 failed: None,
+                needs_reauth: None,
+                pending_deadline: None,
             })
             .expect("link");
         self.registry.activate(&id).expect("activate");

@@ -39,11 +39,10 @@ use crate::store::StoreError;
 /// are wall-clock times); tests inject one driven by tokio's paused time.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
-/// Whether an account is parked: it waits for an operator (or, later, a re-login), so
-/// neither polling nor stale-inbox re-drives may wake it. The one place to add a new
-/// parked state.
+/// Whether an account is parked: it waits for an operator or for its user to log in
+/// again, so polling must not wake it ([`Account::is_parked`]).
 pub fn is_parked(account: &Account) -> bool {
-    account.failed.is_some() || account.quarantine.is_some()
+    account.is_parked()
 }
 
 /// Messages of the sweeper.
@@ -253,8 +252,14 @@ pub fn sweep(
             if oldest.is_none_or(|at| at > older_than) {
                 continue;
             }
-            // A parked account keeps its inbox until an operator resumes it.
-            if store.get_account(&id)?.is_none_or(|a| is_parked(&a)) {
+            // A failed or quarantined account keeps its inbox until an operator resumes
+            // it. One waiting for a re-login is still nudged: its actor only reads the
+            // store (no provider call) and unparks on a LOGIN_REPAIRED whose own nudge
+            // was lost.
+            if store
+                .get_account(&id)?
+                .is_none_or(|a| a.failed.is_some() || a.quarantine.is_some())
+            {
                 continue;
             }
             if nudge(registry, &id, SyncReason::Activation) == Nudge::Sent {
@@ -388,6 +393,8 @@ mod tests {
             sync_count: 1,
             quarantine: None,
             failed: None,
+            needs_reauth: None,
+            pending_deadline: None,
         }
     }
 

@@ -711,6 +711,8 @@ mod tests {
             sync_count: 0,
             quarantine: None,
             failed: None,
+            needs_reauth: None,
+            pending_deadline: None,
         };
         store.link_account(&account).expect("links");
         let provider = ReconcileRace;

@@ -502,6 +502,8 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
                 sync_count: 0,
                 quarantine: None,
                 failed: None,
+                needs_reauth: None,
+                pending_deadline: None,
             };
             store.link_account(&account)?;
             if n % 100_000 == 0 {

@@ -17,7 +17,8 @@ use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, SyncReason};
 use crate::config::Settings;
 use crate::domain::{
-    AccessToken, Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome,
+    AccessToken, Account, AccountId, LinkStatus, NeedsReauth, PendingDeadline, ProviderKind,
+    Quarantine, SyncGaveUp, SyncOutcome,
 };
 use crate::store::{Resolved, RetryRecord, TransactionQuery};
 
@@ -142,12 +143,33 @@ async fn link(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<LinkRequest>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
-    let account = link_account(&state, request).await?;
-    Ok((StatusCode::CREATED, Json(AccountView::from(&account))))
+    let (account, relinked) = link_or_relink(&state, request).await?;
+    let status = if relinked {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, Json(AccountView::from(&account))))
 }
 
-/// Validates and links an account, then asks its actor for the initial sync.
+/// Validates and links an account, then asks its actor for the initial sync. An item
+/// already linked is relinked instead (see [`link_or_relink`]).
 pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Account, ApiError> {
+    link_or_relink(state, request)
+        .await
+        .map(|(account, _)| account)
+}
+
+/// Links an account, or, when the item is already linked (the user went through the
+/// provider's update flow, e.g. after ITEM_LOGIN_REQUIRED), relinks it: the new access
+/// token replaces the old one, a needs-reauth park and a pending deadline are lifted
+/// with their incidents, and the account syncs at once, catching up every webhook kept
+/// meanwhile. Cursor, rows and aliases stay. A relink must name the same owner (409
+/// otherwise). Returns the account and whether it was a relink.
+pub async fn link_or_relink(
+    state: &AppState,
+    request: LinkRequest,
+) -> Result<(Account, bool), ApiError> {
     let provider = ProviderKind::parse(&request.provider).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_field",
@@ -185,6 +207,21 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
             aliases.push(alias.clone());
         }
     }
+    if let Some(existing) = linked_item(state, provider, &request.item_id)? {
+        if existing.owner_id != request.owner_id {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!(
+                    "item {} is already linked to account {} of another owner",
+                    existing.item_id, existing.id
+                ),
+            ));
+        }
+        return relink(state, existing, AccessToken::new(request.access_token))
+            .await
+            .map(|account| (account, true));
+    }
     let account = Account {
         id: AccountId::generate(),
         provider,
@@ -202,6 +239,8 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
         sync_count: 0,
         quarantine: None,
         failed: None,
+        needs_reauth: None,
+        pending_deadline: None,
     };
     super::record_account(&account.id);
     let store = state.store.clone();
@@ -220,6 +259,46 @@ pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Acco
     // Its actor starts the initial sync by itself (no cursor yet), consuming any events
     // adopted from before the link in the same commit.
     state.registry.activate(&account.id)?;
+    Ok((account, false))
+}
+
+/// The linked account holding `item_id` at `provider`, if any.
+fn linked_item(
+    state: &AppState,
+    provider: ProviderKind,
+    item_id: &str,
+) -> Result<Option<Account>, ApiError> {
+    let Resolved::Found(id) = state.store.resolve(item_id)? else {
+        return Ok(None);
+    };
+    Ok(state.store.get_account(&id)?.filter(|account| {
+        account.status == LinkStatus::Linked
+            && account.provider == provider
+            && account.item_id == item_id
+    }))
+}
+
+async fn relink(
+    state: &AppState,
+    existing: Account,
+    token: AccessToken,
+) -> Result<Account, ApiError> {
+    let store = state.store.clone();
+    let registry = state.registry.clone();
+    let id = existing.id.clone();
+    let account = tokio::task::spawn_blocking(move || {
+        let account = store.relink_account(&id, &token)?;
+        registry.relinked(&id)?;
+        Ok::<_, ApiError>(account)
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    state.store.durable().await?;
+    tracing::info!(
+        account_id = %account.id,
+        was_parked = existing.needs_reauth.is_some(),
+        "account relinked with a new access token"
+    );
     Ok(account)
 }
 
@@ -487,7 +566,8 @@ pub struct SyncStatus {
     pub account_id: AccountId,
     /// `idle`, `syncing`, `backoff`, `scheduled` (live actor), `restarting` (its actor
     /// failed and restarts after a backoff), `quarantined`, `failed` (syncs gave up),
-    /// `passivated`, or `unlinked`.
+    /// `needs_reauth` (parked until LOGIN_REPAIRED or a relink), `passivated`, or
+    /// `unlinked`.
     #[schema(value_type = String, example = "idle")]
     pub state: &'static str,
     /// Whether an actor is live for it.
@@ -527,6 +607,13 @@ pub struct SyncStatus {
     /// retries until `POST …/resume`.
     #[schema(value_type = Option<Object>)]
     pub failed: Option<SyncGaveUp>,
+    /// Set while it waits for its user to log in again (ITEM_LOGIN_REQUIRED): no syncs
+    /// until a LOGIN_REPAIRED webhook or a relink.
+    #[schema(value_type = Option<Object>)]
+    pub needs_reauth: Option<NeedsReauth>,
+    /// A provider-announced end of access (PENDING_EXPIRATION / PENDING_DISCONNECT).
+    #[schema(value_type = Option<Object>)]
+    pub pending_deadline: Option<PendingDeadline>,
 }
 
 /// An account's sync status: state, live progress, last sync, backlog, retries, supervision.
@@ -576,6 +663,8 @@ async fn sync_status(
         quarantine: account.quarantine.clone(),
         retry: state.store.retry_of(&account.id)?,
         failed: account.failed.clone(),
+        needs_reauth: account.needs_reauth.clone(),
+        pending_deadline: account.pending_deadline.clone(),
     }))
 }
 
@@ -597,6 +686,7 @@ pub(crate) fn state_name(
     match (&account.status, actor) {
         (LinkStatus::Unlinked, _) => "unlinked",
         _ if account.failed.is_some() => "failed",
+        _ if account.needs_reauth.is_some() => "needs_reauth",
         (_, Some(snapshot)) => snapshot.state,
         _ if quarantined => "quarantined",
         _ if restarting => "restarting",

@@ -14,6 +14,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
+use crate::incidents::{IncidentKind, IncidentQuery, IncidentState};
 use crate::metrics::{ScrapeValues, CONTENT_TYPE};
 use crate::store::StoreError;
 
@@ -32,7 +33,23 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
     let retry_backlog = store.due_retries(DateTime::<Utc>::MAX_UTC, RETRY_COUNT_CAP)?;
     let now = Utc::now();
     let retries_due = retry_backlog.iter().filter(|r| r.due_at <= now).count();
+    let open = store.list_incidents(&IncidentQuery {
+        state: IncidentState::Open,
+        kind: None,
+        account_id: None,
+        since: None,
+        after: None,
+        limit: usize::MAX,
+    })?;
+    let incidents_open = IncidentKind::ALL
+        .iter()
+        .map(|kind| {
+            let count = open.iter().filter(|i| i.kind == *kind).count() as u64;
+            (kind.as_str(), count)
+        })
+        .collect();
     Ok(ScrapeValues {
+        incidents_open,
         inbox_depth: store.inbox_depth()?,
         retry_backlog: retry_backlog.len() as u64,
         retries_due: retries_due as u64,

@@ -4,6 +4,7 @@
 //! - [`webhooks`]: `POST /webhooks/{provider}` — verify, dedup, persist, acknowledge.
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
 //! - [`health`]: `/healthz`, `/readyz`.
+//! - [`incidents`]: `/v1/incidents…` — incidents, filtered, newest first.
 //! - [`debug`]: `/debug/actors…`, `/debug/overview` — actor introspection.
 //! - [`metrics`]: `/metrics` — Prometheus exposition.
 //! - [`dashboard`]: `/dashboard` — the operator page (static, embedded).
@@ -38,6 +39,7 @@ pub mod dashboard;
 pub mod debug;
 pub mod error;
 pub mod health;
+pub mod incidents;
 pub mod metrics;
 pub mod openapi;
 pub mod routes;
@@ -77,6 +79,7 @@ pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(webhooks::router(settings))
         .merge(accounts::router(settings))
         .merge(health::router())
+        .merge(incidents::router())
         .merge(debug::router())
         .merge(metrics::router())
         .merge(dashboard::router())

@@ -12,6 +12,7 @@ use http::HeaderMap;
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 
+pub mod budget;
 pub mod plaid;
 
 /// One page of a cursor delta.

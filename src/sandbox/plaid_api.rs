@@ -608,6 +608,10 @@ async fn sandbox_item_fire_webhook(
             )));
         }
     }
+    // Plaid's Sandbox flow for a repaired login: the item works again and says so.
+    if code == "LOGIN_REPAIRED" {
+        item.set_login_required(false);
+    }
     let fired = sandbox.bank().webhook_url_for(&item).is_some();
     if fired {
         sandbox

@@ -14,8 +14,10 @@ use super::{
     StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
-    Account, AccountId, InboxEntry, Quarantine, SyncGaveUp, SyncOutcome, Transaction,
+    AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
+    SyncGaveUp, SyncOutcome, Transaction,
 };
+use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 /// Delegates to `inner`; `fail_writes` makes every write answer `Io`, `fail_flush`
 /// makes `durable()` fail (the write landed in memory but never reaches the disk).
@@ -193,5 +195,63 @@ impl Store for FailingStore {
     fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError> {
         self.write()?;
         self.inner.clear_poll(entry)
+    }
+    fn set_needs_reauth(
+        &self,
+        id: &AccountId,
+        needs_reauth: Option<NeedsReauth>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.set_needs_reauth(id, needs_reauth)
+    }
+    fn set_pending_deadline(
+        &self,
+        id: &AccountId,
+        deadline: Option<PendingDeadline>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.set_pending_deadline(id, deadline)
+    }
+    fn relink_account(&self, id: &AccountId, token: &AccessToken) -> Result<Account, StoreError> {
+        self.write()?;
+        self.inner.relink_account(id, token)
+    }
+    fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
+        self.write()?;
+        self.inner.open_incident(open)
+    }
+    fn resolve_incident(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+        at: DateTime<Utc>,
+        notify: bool,
+    ) -> Result<Option<Incident>, StoreError> {
+        self.write()?;
+        self.inner.resolve_incident(id, kind, at, notify)
+    }
+    fn open_incident_of(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+    ) -> Result<Option<Incident>, StoreError> {
+        self.inner.open_incident_of(id, kind)
+    }
+    fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
+        self.inner.get_incident(incident_id)
+    }
+    fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
+        self.inner.list_incidents(query)
+    }
+    fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+        self.inner.pending_alerts(limit)
+    }
+    fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.update_alert(record)
+    }
+    fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.remove_alert(alert_id)
     }
 }

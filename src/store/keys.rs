@@ -44,6 +44,12 @@ pub(super) const POLL_INDEX: &str = "poll_index";
 /// Marker in `poll_index` written once every linked account of a store created before
 /// the polling index has its entry (no account id starts with a NUL byte).
 pub(super) const POLL_BACKFILLED: &[u8] = b"\0backfilled";
+/// Incidents by id (big-endian u64: byte order is opening order).
+pub(super) const INCIDENTS: &str = "incidents";
+/// (account, kind) of each open incident to its id: at most one open per pair.
+pub(super) const INCIDENT_OPEN: &str = "incident_open";
+/// Outbound alerts not yet delivered, by id (big-endian u64).
+pub(super) const OUTBOX: &str = "outbox";
 
 /// Version byte written in front of every record; bump it with a migration.
 const RECORD_VERSION: u8 = 1;
@@ -249,6 +255,18 @@ pub(super) fn unrouted_key(provider: ProviderKind, item_id: &str, seq: u64) -> V
 
 /// Key of a retry record: due time as big-endian unsigned millis (times before the
 /// epoch clamp to 0), then the account id, so byte order is due-time order.
+/// Key of an incident or an outbox record: its id, big-endian, so ids sort in order.
+pub(super) fn id_key(id: u64) -> [u8; 8] {
+    id.to_be_bytes()
+}
+
+/// Key of the open incident of (account, kind) in `incident_open`.
+pub(super) fn incident_open_key(account: &AccountId, kind: &str) -> Vec<u8> {
+    let mut k = prefixed(account.as_str());
+    k.extend_from_slice(kind.as_bytes());
+    k
+}
+
 pub(super) fn retry_key(due_millis: i64, account: &AccountId) -> Vec<u8> {
     let mut k = u64::try_from(due_millis)
         .unwrap_or(0)

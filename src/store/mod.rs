@@ -23,13 +23,16 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{
-    Account, AccountId, InboxEntry, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome, Transaction,
+    AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, ProviderKind,
+    Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
+use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 #[cfg(test)]
 pub(crate) mod failing;
 mod group_commit;
 mod keys;
+mod sled_incidents;
 mod sled_store;
 
 pub use sled_store::{SledStore, SledStoreConfig};
@@ -368,4 +371,65 @@ pub trait Store: Send + Sync + 'static {
     /// Removes `entry` from the polling index (its account is gone or unlinked), and
     /// the account's reverse mapping if it points at it.
     fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError>;
+
+    // ---- parking, relink, incidents and the alert outbox ----
+
+    /// Sets (`Some`) or clears (`None`) the account's needs-reauth mark; a mark set also
+    /// deletes its retry record (a parked account is not retried). Nothing else changes.
+    fn set_needs_reauth(
+        &self,
+        id: &AccountId,
+        needs_reauth: Option<NeedsReauth>,
+    ) -> Result<(), StoreError>;
+
+    /// Sets or clears the provider-announced deadline of the account.
+    fn set_pending_deadline(
+        &self,
+        id: &AccountId,
+        deadline: Option<PendingDeadline>,
+    ) -> Result<(), StoreError>;
+
+    /// Relinks a linked account to a new access token (the user went through the
+    /// provider's update flow): the token is replaced, the pending deadline cleared, and
+    /// a needs-reauth mark is flagged `relinked` (its next sync lifts it, ignoring the
+    /// login errors already in the inbox); cursor and rows stay. `AccountNotFound` if it does
+    /// not exist or is unlinked.
+    fn relink_account(&self, id: &AccountId, token: &AccessToken) -> Result<Account, StoreError>;
+
+    /// Opens the incident of (account, kind), or refreshes the open one (details,
+    /// `updated_at`, occurrences). With `notify`, a newly opened incident also enqueues
+    /// an alert in the same transaction. Not durable until a later `durable()`.
+    fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError>;
+
+    /// Resolves the open incident of (account, kind), if any, and returns it; with
+    /// `notify` an alert is enqueued in the same transaction.
+    fn resolve_incident(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+        at: DateTime<Utc>,
+        notify: bool,
+    ) -> Result<Option<Incident>, StoreError>;
+
+    /// The open incident of (account, kind), if any (one key lookup).
+    fn open_incident_of(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+    ) -> Result<Option<Incident>, StoreError>;
+
+    /// One incident by id.
+    fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError>;
+
+    /// Incidents matching `query`, newest first, at most `query.limit`.
+    fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError>;
+
+    /// Up to `limit` undelivered alerts, oldest first (due or not: the sender decides).
+    fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// Replaces an undelivered alert's record (after a failed attempt).
+    fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError>;
+
+    /// Deletes an alert (delivered, or given up on).
+    fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError>;
 }

@@ -42,6 +42,8 @@ fn account(item_id: &str, created_at: DateTime<Utc>) -> Account {
         sync_count: 0,
         quarantine: None,
         failed: None,
+        needs_reauth: None,
+        pending_deadline: None,
     }
 }
 

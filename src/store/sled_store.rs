@@ -37,17 +37,19 @@ use sled::{IVec, Tree};
 
 use super::group_commit::{FlushFn, GroupCommit};
 use super::keys::{
-    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, LOOKUP, POLL, POLL_BACKFILLED, POLL_INDEX, RETRIES,
-    RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
+    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, POLL,
+    POLL_BACKFILLED, POLL_INDEX, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
+use super::sled_incidents::IncidentTrees;
 use super::{
     ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, PollEntry, Resolved, RetryRecord,
     Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
-    Account, AccountId, InboxEntry, LinkStatus, ProviderKind, Quarantine, SyncGaveUp, SyncOutcome,
-    Transaction,
+    AccessToken, Account, AccountId, InboxEntry, LinkStatus, NeedsReauth, PendingDeadline,
+    ProviderKind, Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
+use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 /// Where and how to open the sled store.
 #[derive(Clone, Debug)]
@@ -166,6 +168,12 @@ pub struct SledStore {
     poll: Tree,
     /// Account id to its key in `poll`.
     poll_index: Tree,
+    /// Incidents by id.
+    incidents: Tree,
+    /// (account, kind) of open incidents to their id.
+    incident_open: Tree,
+    /// Undelivered outbound alerts.
+    outbox: Tree,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,
     /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
@@ -340,6 +348,9 @@ impl SledStore {
         let poll = tree(POLL)?;
         let poll_index = tree(POLL_INDEX)?;
         backfill_poll_index(&accounts, &poll, &poll_index)?;
+        let incidents = tree(INCIDENTS)?;
+        let incident_open = tree(INCIDENT_OPEN)?;
+        let outbox = tree(OUTBOX)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -377,6 +388,9 @@ impl SledStore {
             retry_index,
             poll,
             poll_index,
+            incidents,
+            incident_open,
+            outbox,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
@@ -510,6 +524,14 @@ impl SledStore {
                 Ok(())
             })
             .map_err(from_tx)
+    }
+
+    fn incident_trees(&self) -> IncidentTrees<'_> {
+        IncidentTrees {
+            incidents: &self.incidents,
+            open: &self.incident_open,
+            outbox: &self.outbox,
+        }
     }
 
     /// Ids found under a lookup prefix (item ids of any provider, owner ids), sorted
@@ -1443,6 +1465,97 @@ impl Store for SledStore {
             })
             .map_err(from_tx)
     }
+
+    fn set_needs_reauth(
+        &self,
+        id: &AccountId,
+        needs_reauth: Option<NeedsReauth>,
+    ) -> Result<(), StoreError> {
+        if needs_reauth.is_some() {
+            self.clear_retry(id)?;
+        }
+        self.update_account(id, |account| account.needs_reauth = needs_reauth.clone())
+    }
+
+    fn set_pending_deadline(
+        &self,
+        id: &AccountId,
+        deadline: Option<PendingDeadline>,
+    ) -> Result<(), StoreError> {
+        self.update_account(id, |account| account.pending_deadline = deadline.clone())
+    }
+
+    fn relink_account(&self, id: &AccountId, token: &AccessToken) -> Result<Account, StoreError> {
+        // Unlinked accounts are linked anew, not relinked (their keys are gone).
+        self.get_account(id)?
+            .filter(|account| account.status == LinkStatus::Linked)
+            .ok_or_else(|| StoreError::AccountNotFound(id.clone()))?;
+        // The login errors already in the inbox predate the new token: the next sync
+        // must not park on them (see `NeedsReauth::relinked`).
+        let seen = self
+            .pending_inbox(id)?
+            .iter()
+            .map(|entry| entry.seq)
+            .max()
+            .unwrap_or(0);
+        self.update_account(id, |account| {
+            account.access_token = token.clone();
+            account.needs_reauth = account.needs_reauth.clone().map(|parked| NeedsReauth {
+                after_seq: parked.after_seq.max(seen),
+                relinked: true,
+                ..parked
+            });
+            account.pending_deadline = None;
+        })?;
+        self.get_account(id)?
+            .ok_or_else(|| StoreError::AccountNotFound(id.clone()))
+    }
+
+    fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
+        let _gate = self.write_gate()?;
+        self.incident_trees().open_incident(open)
+    }
+
+    fn resolve_incident(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+        at: DateTime<Utc>,
+        notify: bool,
+    ) -> Result<Option<Incident>, StoreError> {
+        let _gate = self.write_gate()?;
+        self.incident_trees().resolve_incident(id, kind, at, notify)
+    }
+
+    fn open_incident_of(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+    ) -> Result<Option<Incident>, StoreError> {
+        self.incident_trees().open_incident_of(id, kind)
+    }
+
+    fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
+        self.incident_trees().get_incident(incident_id)
+    }
+
+    fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
+        self.incident_trees().list_incidents(query)
+    }
+
+    fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+        self.incident_trees().pending_alerts(limit)
+    }
+
+    fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        self.incident_trees().update_alert(record)
+    }
+
+    fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        self.incident_trees().remove_alert(alert_id)
+    }
 }
 
 /// Writes a polling entry without its reverse mapping: the state a bug or a torn
@@ -1553,6 +1666,8 @@ mod tests {
             sync_count: 0,
             quarantine: None,
             failed: None,
+            needs_reauth: None,
+            pending_deadline: None,
         }
     }
 

@@ -84,9 +84,15 @@ async fn bad_link_requests_get_clear_json_errors() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["error"]["code"], "malformed_json");
 
-    let (status, _) = post_link(&env, good.clone()).await;
+    let (status, first) = post_link(&env, good.clone()).await;
     assert_eq!(status, 201);
-    let (status, body) = post_link(&env, good).await;
+    // The same item linked again by its owner is a relink (new token), not a new account.
+    let (status, again) = post_link(&env, good.clone()).await;
+    assert_eq!((status, &again["id"]), (200, &first["id"]), "{again}");
+    // By someone else, it is a conflict.
+    let mut other_owner = good;
+    other_owner["owner_id"] = json!("u2");
+    let (status, body) = post_link(&env, other_owner).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (409, Some("conflict"))

@@ -6,6 +6,7 @@ mod convergence;
 mod dashboard;
 mod helpers;
 mod introspection;
+mod reauth;
 mod retries;
 mod supervision;
 mod surface;

@@ -172,6 +172,32 @@ async fn a_panicking_account_is_quarantined_its_neighbour_keeps_syncing_and_resu
         })
         .await;
     assert_eq!(status["state"], "quarantined", "{status}");
+    // The quarantine opened an incident (written right after the mark).
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let incident = loop {
+        let page: Value = env
+            .client
+            .get(format!(
+                "{}/v1/incidents?state=open&kind=quarantined&account={sick}",
+                env.app_url
+            ))
+            .send()
+            .await
+            .expect("incidents")
+            .json()
+            .await
+            .expect("json");
+        if let Some(first) = page["incidents"].get(0) {
+            break first.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no quarantine incident"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(incident["details"]["failures"], 3, "{incident}");
+    assert_eq!(incident["severity"], "critical", "{incident}");
     assert_eq!(status["restarts"], 2, "{status}");
     assert_eq!(status["quarantine"]["failures"], 3, "{status}");
     assert_eq!(status["active"], false, "{status}");
@@ -221,5 +247,18 @@ async fn a_panicking_account_is_quarantined_its_neighbour_keeps_syncing_and_resu
     assert_eq!(status["quarantined"], false, "{status}");
     assert!(status["quarantine"].is_null(), "{status}");
     assert_eq!(status["restarts"], 0, "{status}");
+    let incident: Value = env
+        .client
+        .get(format!("{}/v1/incidents/{}", env.app_url, incident["id"]))
+        .send()
+        .await
+        .expect("incident")
+        .json()
+        .await
+        .expect("json");
+    assert!(
+        incident["resolved_at"].is_string(),
+        "resume resolves it: {incident}"
+    );
     env.stop().await;
 }

@@ -179,6 +179,9 @@ impl Acctor {
                 .env("ACCTOR__SANDBOX__EMBEDDED", "false")
                 .env("ACCTOR__SANDBOX__DEMO_ITEMS", "0")
                 .env("ACCTOR__PLAID__SYNC_PAGE_SIZE", "25")
+                // 25-row pages make many calls per sync; the sandbox enforces no per-item
+                // limit, and this test is about crashes, not about Plaid's budget.
+                .env("ACCTOR__PLAID__SYNC_BUDGET_PER_MINUTE", "0")
                 .env("ACCTOR__PLAID__WINDOW_PAGE_SIZE", "50")
                 .env("ACCTOR__PLAID__REQUEST_TIMEOUT", "5s")
                 .env("ACCTOR__ACTORS__SYNC_RETRY_INITIAL", "20ms")

@@ -22,6 +22,7 @@ use super::keys::{KeyCache, KeyFetcher};
 use super::verify::WebhookVerifier;
 use super::wire;
 use crate::domain::{AccessToken, ProviderKind, Transaction};
+use crate::providers::budget::RequestBudget;
 use crate::providers::{
     DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
 };
@@ -70,6 +71,8 @@ struct Http {
 pub struct PlaidClient {
     http: Arc<Http>,
     verifier: WebhookVerifier,
+    /// Client-side budget of `/transactions/sync` per item (`None`: unlimited).
+    sync_budget: Option<Arc<RequestBudget>>,
 }
 
 impl fmt::Debug for PlaidClient {
@@ -136,7 +139,20 @@ impl PlaidClient {
         Ok(PlaidClient {
             http,
             verifier: WebhookVerifier::new(KeyCache::new(fetcher), max_age_secs),
+            sync_budget: None,
         })
+    }
+
+    /// Puts every `/transactions/sync` call behind `budget`, keyed by item (its access
+    /// token), so a busy item waits for budget instead of being answered 429.
+    pub fn with_sync_budget(mut self, budget: Arc<RequestBudget>) -> PlaidClient {
+        self.sync_budget = Some(budget);
+        self
+    }
+
+    /// The sync budget, if any (its wait counter is a metric).
+    pub fn sync_budget(&self) -> Option<&Arc<RequestBudget>> {
+        self.sync_budget.as_ref()
     }
 
     /// Sandbox-only linking helper: `/sandbox/public_token/create` then
@@ -330,6 +346,9 @@ impl Provider for PlaidClient {
         cursor: Option<&str>,
         count: u32,
     ) -> Result<DeltaPage, ProviderError> {
+        if let Some(budget) = &self.sync_budget {
+            budget.acquire(token.expose()).await;
+        }
         let request = wire::TransactionsSyncRequest {
             credentials: self.http.credentials(),
             access_token: token.expose().to_owned(),

@@ -1,0 +1,396 @@
+//! Error-code semantics of the provider's item state, applied by the account's sync
+//! task before and after it talks to the provider:
+//!
+//! - ITEM_LOGIN_REQUIRED (a provider answer, or an `ITEM`/`ERROR` webhook carrying it)
+//!   parks the account as needs-reauth: the mark is stored on the account (with the
+//!   inbox position it was set at), its retry record goes, a `needs_reauth` incident is
+//!   opened. A parked account is never synced, retried or polled.
+//! - An `ITEM`/`LOGIN_REPAIRED` webhook newer than that position unparks it (and the
+//!   same sync catches up everything kept in the inbox meanwhile); so does a relink
+//!   (`POST /v1/accounts` again with a new token, see `Registry::relinked`).
+//! - `PENDING_EXPIRATION` / `PENDING_DISCONNECT` record the announced deadline on the
+//!   account and open a warning incident; LOGIN_REPAIRED or a relink clears them.
+//!
+//! The decisions read the inbox entries the sync claimed, not messages: webhooks are
+//! durable in the inbox before they are acknowledged, so a crash, a passivation or a
+//! restart can never lose a LOGIN_REPAIRED (the next activation finds it there).
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+
+use super::registry::Registry;
+use super::sync::SyncError;
+use crate::domain::{Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
+use crate::incidents::IncidentKind;
+use crate::providers::ProviderError;
+use crate::store::StoreError;
+
+/// The provider's code for "the user must log in again".
+pub const LOGIN_REQUIRED: &str = "ITEM_LOGIN_REQUIRED";
+
+/// What the pre-sync check decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Go on with the sync (not parked, or just unparked).
+    Proceed,
+    /// Parked: do not call the provider.
+    Parked {
+        /// Whether this check parked it (an ITEM/ERROR webhook).
+        newly_parked: bool,
+    },
+}
+
+/// What an inbox entry says about the item's login state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LoginSignal {
+    /// `ITEM`/`ERROR` with ITEM_LOGIN_REQUIRED.
+    Required {
+        /// The error's request id, if the webhook carried one.
+        request_id: Option<String>,
+    },
+    /// `ITEM`/`LOGIN_REPAIRED`.
+    Repaired,
+}
+
+/// The login signal of one webhook, if it carries one.
+pub fn login_signal(entry: &InboxEntry) -> Option<LoginSignal> {
+    match entry.kind.as_str() {
+        "ITEM/LOGIN_REPAIRED" => Some(LoginSignal::Repaired),
+        "ITEM/ERROR" => {
+            let error = entry.body.get("error")?;
+            (error.get("error_code")?.as_str()? == LOGIN_REQUIRED).then(|| LoginSignal::Required {
+                request_id: error
+                    .get("request_id")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned),
+            })
+        }
+        _ => None,
+    }
+}
+
+/// The deadline a `PENDING_EXPIRATION` / `PENDING_DISCONNECT` webhook announces.
+pub fn deadline_of(entry: &InboxEntry, now: DateTime<Utc>) -> Option<PendingDeadline> {
+    let code = match entry.kind.as_str() {
+        "ITEM/PENDING_EXPIRATION" => "PENDING_EXPIRATION",
+        "ITEM/PENDING_DISCONNECT" => "PENDING_DISCONNECT",
+        _ => return None,
+    };
+    let text = |name: &str| entry.body.get(name).and_then(|v| v.as_str());
+    Some(PendingDeadline {
+        code: code.to_owned(),
+        deadline: text("consent_expiration_time")
+            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&Utc)),
+        reason: text("reason").map(str::to_owned),
+        since: now,
+    })
+}
+
+fn deadline_kind(deadline: &PendingDeadline) -> IncidentKind {
+    if deadline.code == "PENDING_DISCONNECT" {
+        IncidentKind::PendingDisconnect
+    } else {
+        IncidentKind::PendingExpiration
+    }
+}
+
+/// Whether a failed sync failed because the user must log in again.
+pub fn is_login_required(error: &SyncError) -> bool {
+    matches!(
+        error,
+        SyncError::Provider(ProviderError::Api { code, .. }) if code == LOGIN_REQUIRED
+    )
+}
+
+/// The pre-sync check over the claimed inbox entries (in seq order). Writes what it
+/// decides (park, unpark, deadlines, incidents) and makes it durable before answering.
+pub async fn check(
+    registry: &Arc<Registry>,
+    account: &Account,
+    entries: &[InboxEntry],
+) -> Result<Check, StoreError> {
+    let interesting = entries.iter().any(|e| e.kind.starts_with("ITEM/"));
+    if account.needs_reauth.is_none() && !interesting {
+        // The common case costs nothing: a plain transactions webhook, not parked.
+        return Ok(Check::Proceed);
+    }
+    let registry_for_task = registry.clone();
+    let account = account.clone();
+    let entries = entries.to_vec();
+    let (check, wrote) =
+        tokio::task::spawn_blocking(move || decide(&registry_for_task, &account, &entries))
+            .await
+            .map_err(|e| StoreError::Io(format!("reauth check task failed: {e}")))??;
+    if wrote {
+        registry.store().durable().await?;
+    }
+    Ok(check)
+}
+
+/// The decision and its writes; returns whether anything was written.
+fn decide(
+    registry: &Registry,
+    account: &Account,
+    entries: &[InboxEntry],
+) -> Result<(Check, bool), StoreError> {
+    let store = registry.store();
+    let id = &account.id;
+    let now = Utc::now();
+    let after_seq = account.needs_reauth.as_ref().map(|p| p.after_seq);
+    let newer = |entry: &&InboxEntry| after_seq.is_none_or(|after| entry.seq > after);
+    let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+    let latest_signal = entries
+        .iter()
+        .filter(newer)
+        .filter_map(|e| login_signal(e).map(|s| (e.seq, s)))
+        .next_back();
+    let mut wrote = false;
+    let mut check = Check::Proceed;
+    let mut repaired_at_seq = 0;
+    match (&account.needs_reauth, latest_signal) {
+        (Some(_), Some((seq, LoginSignal::Repaired))) => {
+            store.set_needs_reauth(id, None)?;
+            store.set_pending_deadline(id, None)?;
+            registry.resolve_incidents(
+                id,
+                &[
+                    IncidentKind::NeedsReauth,
+                    IncidentKind::PendingExpiration,
+                    IncidentKind::PendingDisconnect,
+                ],
+            )?;
+            tracing::info!(account_id = %id, seq, "login repaired, unparking account");
+            repaired_at_seq = seq;
+            wrote = true;
+        }
+        (Some(parked), Some((seq, LoginSignal::Required { request_id }))) if parked.relinked => {
+            // The new token already needs a login again.
+            park(registry, id, LOGIN_REQUIRED, request_id, "webhook", max_seq)?;
+            tracing::debug!(account_id = %id, seq, "login required again after relink");
+            wrote = true;
+            check = Check::Parked { newly_parked: true };
+        }
+        (Some(parked), _) if parked.relinked => {
+            store.set_needs_reauth(id, None)?;
+            registry.resolve_incidents(id, &[IncidentKind::NeedsReauth])?;
+            tracing::info!(account_id = %id, "relinked, unparking account");
+            repaired_at_seq = parked.after_seq;
+            wrote = true;
+        }
+        (Some(parked), _) => {
+            // Still parked: remember how far we looked, so the next activation or
+            // passivation does not look again at the same entries.
+            if max_seq > parked.after_seq {
+                store.set_needs_reauth(
+                    id,
+                    Some(NeedsReauth {
+                        after_seq: max_seq,
+                        ..parked.clone()
+                    }),
+                )?;
+                wrote = true;
+            }
+            check = Check::Parked {
+                newly_parked: false,
+            };
+        }
+        (None, Some((seq, LoginSignal::Required { request_id }))) => {
+            park(registry, id, LOGIN_REQUIRED, request_id, "webhook", max_seq)?;
+            tracing::debug!(account_id = %id, seq, "item error webhook: login required");
+            wrote = true;
+            check = Check::Parked { newly_parked: true };
+        }
+        (None, Some((seq, LoginSignal::Repaired))) => repaired_at_seq = seq,
+        (None, None) => {}
+    }
+    // Deadlines announced after the last repair (a repair renews the consent).
+    let announced = entries
+        .iter()
+        .filter(newer)
+        .filter(|e| e.seq > repaired_at_seq)
+        .filter_map(|e| deadline_of(e, now))
+        .next_back();
+    if let Some(deadline) = announced {
+        let current = account.pending_deadline.as_ref();
+        let same = current.is_some_and(|c| {
+            c.code == deadline.code
+                && c.deadline == deadline.deadline
+                && c.reason == deadline.reason
+        });
+        if !same || repaired_at_seq > 0 {
+            registry.open_incident(
+                id,
+                deadline_kind(&deadline),
+                serde_json::json!({
+                    "code": deadline.code,
+                    "deadline": deadline.deadline,
+                    "reason": deadline.reason,
+                }),
+            )?;
+            store.set_pending_deadline(id, Some(deadline))?;
+            wrote = true;
+        }
+    }
+    Ok((check, wrote))
+}
+
+/// Parks the account: the mark (its retry record goes with it) and the incident.
+fn park(
+    registry: &Registry,
+    id: &AccountId,
+    code: &str,
+    request_id: Option<String>,
+    source: &str,
+    after_seq: u64,
+) -> Result<(), StoreError> {
+    registry.store().set_needs_reauth(
+        id,
+        Some(NeedsReauth {
+            code: code.to_owned(),
+            request_id: request_id.clone(),
+            since: Utc::now(),
+            after_seq,
+            relinked: false,
+        }),
+    )?;
+    registry.open_incident(
+        id,
+        IncidentKind::NeedsReauth,
+        serde_json::json!({
+            "code": code,
+            "request_id": request_id,
+            "source": source,
+        }),
+    )?;
+    Ok(())
+}
+
+/// Parks the account after the provider answered ITEM_LOGIN_REQUIRED: the failed
+/// outcome, the mark and the incident, made durable. `after_seq`: the last inbox entry
+/// the failed sync had read.
+pub async fn park_after_error(
+    registry: &Arc<Registry>,
+    id: &AccountId,
+    error: &SyncError,
+    after_seq: u64,
+) -> Result<(), StoreError> {
+    let task_registry = registry.clone();
+    let task_id = id.clone();
+    let outcome = error.outcome();
+    let request_id = error.request_id();
+    tokio::task::spawn_blocking(move || {
+        task_registry
+            .store()
+            .record_sync_failed(&task_id, outcome, Utc::now())?;
+        park(
+            &task_registry,
+            &task_id,
+            LOGIN_REQUIRED,
+            request_id,
+            "provider",
+            after_seq,
+        )
+    })
+    .await
+    .map_err(|e| StoreError::Io(format!("park task failed: {e}")))??;
+    registry.store().durable().await
+}
+
+/// After a committed sync: the conditions a success lifts (a `sync_failed` left open,
+/// e.g. by a crash between resume and its incident write) are resolved. One key lookup
+/// per kind when nothing is open.
+pub async fn after_commit(registry: &Arc<Registry>, id: &AccountId) {
+    let task_registry = registry.clone();
+    let task_id = id.clone();
+    let resolved = tokio::task::spawn_blocking(move || {
+        task_registry.resolve_incidents(
+            &task_id,
+            &[IncidentKind::SyncFailed, IncidentKind::NeedsReauth],
+        )
+    })
+    .await;
+    match resolved {
+        Ok(Ok(0)) => {}
+        Ok(Ok(_)) => {
+            if let Err(error) = registry.store().durable().await {
+                tracing::warn!(account_id = %id, %error, "incident resolution not made durable");
+            }
+        }
+        Ok(Err(error)) => tracing::warn!(account_id = %id, %error, "could not resolve incidents"),
+        Err(error) => tracing::warn!(account_id = %id, %error, "incident resolution task failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::ProviderKind;
+    use serde_json::json;
+
+    fn entry(seq: u64, kind: &str, body: serde_json::Value) -> InboxEntry {
+        InboxEntry {
+            seq,
+            account_id: AccountId("acc_x".into()),
+            provider: ProviderKind::Plaid,
+            kind: kind.to_owned(),
+            received_at: Utc::now(),
+            body,
+        }
+    }
+
+    #[test]
+    fn item_webhooks_are_classified_by_code() {
+        let required = entry(
+            1,
+            "ITEM/ERROR",
+            json!({ "error": { "error_code": "ITEM_LOGIN_REQUIRED", "request_id": "r1" } }),
+        );
+        assert_eq!(
+            login_signal(&required),
+            Some(LoginSignal::Required {
+                request_id: Some("r1".into())
+            })
+        );
+        let other_error = entry(
+            2,
+            "ITEM/ERROR",
+            json!({ "error": { "error_code": "ITEM_NOT_FOUND" } }),
+        );
+        assert_eq!(login_signal(&other_error), None);
+        assert_eq!(
+            login_signal(&entry(3, "ITEM/LOGIN_REPAIRED", json!({}))),
+            Some(LoginSignal::Repaired)
+        );
+        assert_eq!(
+            login_signal(&entry(4, "TRANSACTIONS/SYNC_UPDATES_AVAILABLE", json!({}))),
+            None
+        );
+        let expiring = deadline_of(
+            &entry(
+                5,
+                "ITEM/PENDING_EXPIRATION",
+                json!({ "consent_expiration_time": "2026-03-01T12:00:00Z" }),
+            ),
+            Utc::now(),
+        )
+        .expect("a deadline");
+        assert_eq!(expiring.code, "PENDING_EXPIRATION");
+        assert_eq!(
+            expiring.deadline.map(|d| d.to_rfc3339()),
+            Some("2026-03-01T12:00:00+00:00".to_string())
+        );
+        let disconnect = deadline_of(
+            &entry(
+                6,
+                "ITEM/PENDING_DISCONNECT",
+                json!({ "reason": "INSTITUTION_MIGRATION" }),
+            ),
+            Utc::now(),
+        )
+        .expect("a deadline");
+        assert_eq!(disconnect.reason.as_deref(), Some("INSTITUTION_MIGRATION"));
+        assert_eq!(deadline_kind(&disconnect), IncidentKind::PendingDisconnect);
+    }
+}

@@ -1,0 +1,303 @@
+//! Outbound alerts: every incident opened or resolved is POSTed to `alerts.url`,
+//! signed with the Standard Webhooks scheme, so an on-call tool hears about accounts
+//! that stopped syncing without polling `GET /v1/incidents`.
+//!
+//! Alerts are written to the store's outbox in the same transaction as the incident
+//! change (see `Store::open_incident`), so an alert exists exactly when its change
+//! does, and survives restarts. One sender task delivers them: it makes the outbox
+//! durable first (never announce a change a crash could still undo), then POSTs each
+//! due alert; a 2xx removes it, anything else reschedules it with exponential backoff
+//! and full jitter, until `alerts.max_age` (then it is dropped and logged). The sender
+//! never runs on a sync's path: the actors only write the outbox and wake it.
+//!
+//! Signing (<https://www.standardwebhooks.com>): `webhook-id` is the alert's stable id
+//! (the same on every retry, so receivers can deduplicate), `webhook-timestamp` the
+//! attempt's unix seconds, `webhook-signature` is `v1,` + base64(HMAC-SHA256(key,
+//! "{id}.{timestamp}.{body}")) with the key decoded from the `whsec_…` secret.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use rand::{Rng, SeedableRng as _};
+use ring::hmac;
+use secrecy::{ExposeSecret, SecretBox, SecretString};
+use serde::Serialize;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::actors::account::backoff_delay;
+use crate::config::AlertSettings;
+use crate::incidents::{AlertEventType, AlertRecord, Incident};
+use crate::store::{Store, StoreError};
+
+/// Most alerts read from the outbox per pass.
+const BATCH: usize = 100;
+/// Longest the sender sleeps when nothing is scheduled (a wake-up comes sooner).
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
+/// Decodes a `whsec_…` secret into the HMAC key; `None` if malformed.
+pub fn decode_secret(secret: &SecretString) -> Option<SecretBox<Vec<u8>>> {
+    let encoded = secret.expose_secret().strip_prefix("whsec_")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()?;
+    (24..=64)
+        .contains(&key.len())
+        .then(|| SecretBox::new(Box::new(key)))
+}
+
+/// The `webhook-signature` value for one attempt.
+pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut ctx = hmac::Context::with_key(&key);
+    ctx.update(msg_id.as_bytes());
+    ctx.update(b".");
+    ctx.update(timestamp.to_string().as_bytes());
+    ctx.update(b".");
+    ctx.update(body);
+    let tag = ctx.sign();
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
+    )
+}
+
+/// The `webhook-id` of an alert: stable across its retries.
+pub fn message_id(record: &AlertRecord) -> String {
+    format!("msg_acctor_{}", record.id)
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    #[serde(rename = "type")]
+    event_type: AlertEventType,
+    timestamp: DateTime<Utc>,
+    data: &'a Incident,
+}
+
+/// The JSON body of an alert (the same bytes on every attempt).
+pub fn event_body(record: &AlertRecord) -> Vec<u8> {
+    let event = Event {
+        event_type: record.event_type,
+        timestamp: record.created_at,
+        data: &record.incident,
+    };
+    // Serializing plain data with string keys cannot fail.
+    serde_json::to_vec(&event).unwrap_or_default()
+}
+
+/// Why the sender could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertError {
+    /// The secret is not `whsec_` + base64.
+    #[error("alerts.secret must be whsec_ followed by a base64 key")]
+    BadSecret,
+    /// The HTTP client could not be built.
+    #[error("alert client: {0}")]
+    Client(String),
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AlertPass {
+    /// Alerts delivered (2xx).
+    pub delivered: u64,
+    /// Attempts that failed and were rescheduled.
+    pub failed: u64,
+    /// Alerts dropped past `alerts.max_age`.
+    pub dropped: u64,
+    /// When the earliest remaining alert is due.
+    pub next_due: Option<DateTime<Utc>>,
+}
+
+/// Counters of the sender (for metrics).
+#[derive(Debug, Default)]
+pub struct AlertCounters {
+    /// Alerts delivered since start.
+    pub delivered: AtomicU64,
+    /// Failed attempts since start.
+    pub failed_attempts: AtomicU64,
+    /// Alerts dropped past their max age since start.
+    pub dropped: AtomicU64,
+}
+
+/// Delivers the outbox. Build with [`AlertSender::new`], run with [`AlertSender::spawn`]
+/// (or drive [`AlertSender::pass`] with an injected clock in tests).
+pub struct AlertSender {
+    store: Arc<dyn Store>,
+    client: reqwest::Client,
+    url: String,
+    key: SecretBox<Vec<u8>>,
+    settings: AlertSettings,
+    counters: AlertCounters,
+}
+
+impl std::fmt::Debug for AlertSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlertSender")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AlertSender {
+    /// A sender for `settings`, `None` when alerts are off (no URL).
+    pub fn new(
+        store: Arc<dyn Store>,
+        settings: &AlertSettings,
+    ) -> Result<Option<AlertSender>, AlertError> {
+        if settings.url.is_empty() {
+            return Ok(None);
+        }
+        let key = decode_secret(&settings.secret).ok_or(AlertError::BadSecret)?;
+        let client = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout)
+            .user_agent(concat!("acctor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AlertError::Client(e.to_string()))?;
+        Ok(Some(AlertSender {
+            store,
+            client,
+            url: settings.url.clone(),
+            key,
+            settings: settings.clone(),
+            counters: AlertCounters::default(),
+        }))
+    }
+
+    /// The sender's counters.
+    pub fn counters(&self) -> &AlertCounters {
+        &self.counters
+    }
+
+    /// Delivers every alert due at `now` (one attempt each) and reschedules failures.
+    pub async fn pass(
+        &self,
+        now: DateTime<Utc>,
+        rng: &mut (impl Rng + Send),
+    ) -> Result<AlertPass, StoreError> {
+        // Whatever is in the outbox is announced only once it is on disk.
+        self.store.durable().await?;
+        let store = self.store.clone();
+        let pending = tokio::task::spawn_blocking(move || store.pending_alerts(BATCH))
+            .await
+            .map_err(|e| StoreError::Io(format!("outbox read failed: {e}")))??;
+        let max_age =
+            chrono::Duration::from_std(self.settings.max_age).unwrap_or(chrono::Duration::MAX);
+        let mut pass = AlertPass::default();
+        let mut next_due: Option<DateTime<Utc>> = None;
+        for mut record in pending {
+            if record.next_attempt_at > now {
+                next_due = Some(
+                    next_due.map_or(record.next_attempt_at, |d| d.min(record.next_attempt_at)),
+                );
+                continue;
+            }
+            if now - record.created_at > max_age {
+                tracing::error!(
+                    alert_id = record.id,
+                    incident_id = record.incident.id,
+                    attempts = record.attempts,
+                    "alert dropped undelivered past its max age"
+                );
+                self.store.remove_alert(record.id)?;
+                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+                pass.dropped += 1;
+                continue;
+            }
+            match self.deliver(&record, now).await {
+                Ok(()) => {
+                    self.store.remove_alert(record.id)?;
+                    self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                    pass.delivered += 1;
+                }
+                Err(error) => {
+                    record.attempts = record.attempts.saturating_add(1);
+                    let delay = backoff_delay(
+                        self.settings.retry_initial,
+                        self.settings.retry_max,
+                        record.attempts,
+                        rng,
+                    );
+                    record.next_attempt_at =
+                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+                    tracing::warn!(
+                        alert_id = record.id,
+                        attempt = record.attempts,
+                        %error,
+                        retry_in_ms = delay.as_millis() as u64,
+                        "alert delivery failed"
+                    );
+                    record.last_error = Some(error);
+                    self.store.update_alert(&record)?;
+                    next_due = Some(
+                        next_due.map_or(record.next_attempt_at, |d| d.min(record.next_attempt_at)),
+                    );
+                    self.counters
+                        .failed_attempts
+                        .fetch_add(1, Ordering::Relaxed);
+                    pass.failed += 1;
+                }
+            }
+        }
+        pass.next_due = next_due;
+        Ok(pass)
+    }
+
+    /// One signed POST; `Err` carries a short reason (no secrets).
+    async fn deliver(&self, record: &AlertRecord, now: DateTime<Utc>) -> Result<(), String> {
+        let body = event_body(record);
+        let id = message_id(record);
+        let timestamp = now.timestamp();
+        let signature = sign(self.key.expose_secret(), &id, timestamp, &body);
+        let response = self
+            .client
+            .post(&self.url)
+            .header("content-type", "application/json")
+            .header("webhook-id", &id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("transport: {}", e.without_url()))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("receiver answered {}", response.status()))
+        }
+    }
+
+    /// Runs the sender until aborted: a pass whenever `wake` fires or the earliest
+    /// scheduled retry is due.
+    pub fn spawn(self: Arc<Self>, wake: Arc<Notify>) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            loop {
+                let wait = match self.pass(Utc::now(), &mut rng).await {
+                    Ok(pass) => pass
+                        .next_due
+                        .map(|due| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                        .unwrap_or(IDLE_WAIT)
+                        .min(IDLE_WAIT),
+                    Err(error) => {
+                        tracing::warn!(%error, "alert pass failed");
+                        self.settings.retry_initial
+                    }
+                };
+                tokio::select! {
+                    _ = wake.notified() => {}
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+#[path = "alerts_tests.rs"]
+mod tests;

@@ -1,0 +1,337 @@
+//! Error-code semantics and incidents over HTTP: ITEM_LOGIN_REQUIRED parks an account
+//! (no provider calls, no retries, webhooks still acknowledged and kept), LOGIN_REPAIRED
+//! or a relink unparks it and catches up; the attempt limit and quarantine open
+//! incidents that resume resolves; the incidents API filters and rejects bad filters.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::{now_unix, spawn_env_with, sync_webhook_body, TestEnv, CONVERGE};
+
+/// Polls until `done` holds for the value `read` returns (an observable condition).
+async fn wait_until<F, Fut>(what: &str, read: F, done: impl Fn(&Value) -> bool) -> Value
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Value>,
+{
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let value = read().await;
+        if done(&value) {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what}: {value}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn incidents(env: &TestEnv, query: &str) -> Value {
+    env.get_json(&format!("{}/v1/incidents?{query}", env.app_url))
+        .await
+}
+
+async fn sync_calls(env: &TestEnv, item_id: &str) -> u64 {
+    env.stats(item_id).await["sync_calls"]
+        .as_u64()
+        .expect("sync_calls")
+}
+
+async fn plaid(env: &TestEnv, path: &str, body: Value) -> Value {
+    let mut body = body;
+    body["client_id"] = json!("acctor-demo-client");
+    body["secret"] = json!("acctor-demo-secret");
+    env.post_json(&format!("{}{path}", env.sandbox_url), body)
+        .await
+}
+
+async fn park_via_reset_login(env: &TestEnv, account: &str, token: &str) -> Value {
+    // Plaid's own Sandbox call: the item needs a login and fires ITEM/ERROR at acctor.
+    plaid(
+        env,
+        "/sandbox/item/reset_login",
+        json!({ "access_token": token }),
+    )
+    .await;
+    wait_until(
+        "the needs_reauth park",
+        || env.sync_status(account),
+        |s| s["state"] == "needs_reauth" && s["needs_reauth"]["code"] == "ITEM_LOGIN_REQUIRED",
+    )
+    .await
+}
+
+#[tokio::test]
+async fn login_required_parks_without_provider_calls_and_login_repaired_catches_up() {
+    let env = spawn_env_with(|settings| {
+        // Sweeper passes come fast and re-drive the parked account's inbox: they must
+        // not turn into provider calls either.
+        settings.sweeper.tick = Duration::from_millis(20);
+        settings.sweeper.stale_inbox_after = Duration::from_millis(40);
+    })
+    .await;
+    let (item_id, token) = env.create_item(30).await;
+    let account = env
+        .link(&item_id, &token, "owner-reauth", &["reauth@example.com"])
+        .await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.converge(&account, &item_id).await;
+
+    let status = park_via_reset_login(&env, &account, &token).await;
+    assert!(status["retry"].is_null(), "no retry record: {status}");
+    let open = incidents(
+        &env,
+        "state=open&kind=needs_reauth&account=reauth@example.com",
+    )
+    .await;
+    let list = open["incidents"].as_array().expect("incidents");
+    assert_eq!(list.len(), 1, "{open}");
+    assert_eq!(list[0]["severity"], "critical");
+    assert_eq!(list[0]["details"]["code"], "ITEM_LOGIN_REQUIRED");
+    let incident_id = list[0]["id"].as_u64().expect("id");
+
+    // Data keeps changing at the bank and webhooks keep coming: all acknowledged.
+    let calls_parked = sync_calls(&env, &item_id).await;
+    let requests_before = status["actor"]["sync_requests"].as_u64().unwrap_or(0);
+    env.mutate(&item_id, 4, 2, 1).await;
+    for n in 0..3 {
+        let body = sync_webhook_body(&item_id, json!({ "n": n }));
+        let jwt = env.sandbox.sign_webhook(&body, now_unix());
+        assert_eq!(env.post_webhook(&body, Some(&jwt)).await.status(), 200);
+    }
+    // Our 4 webhooks reached the actor, and then the sweeper re-drove the stale inbox
+    // at least twice more: every one of them was only a store read.
+    let status = wait_until(
+        "webhooks and sweeper passes reaching the parked actor",
+        || env.sync_status(&account),
+        |s| s["actor"]["sync_requests"].as_u64() >= Some(requests_before + 6),
+    )
+    .await;
+    assert_eq!(status["state"], "needs_reauth", "{status}");
+    assert!(
+        status["pending_inbox"].as_u64() >= Some(4),
+        "kept: {status}"
+    );
+    assert!(status["retry"].is_null(), "{status}");
+    assert_eq!(
+        sync_calls(&env, &item_id).await,
+        calls_parked,
+        "a parked account never calls the provider"
+    );
+
+    // Plaid's Sandbox repair: the item works again and LOGIN_REPAIRED is fired, signed.
+    plaid(
+        &env,
+        "/sandbox/item/fire_webhook",
+        json!({ "access_token": token, "webhook_code": "LOGIN_REPAIRED" }),
+    )
+    .await;
+    env.converge(&account, &item_id).await;
+    let status = env.sync_status(&account).await;
+    assert!(status["needs_reauth"].is_null(), "{status}");
+    assert!(sync_calls(&env, &item_id).await > calls_parked);
+    let incident = env
+        .get_json(&format!("{}/v1/incidents/{incident_id}", env.app_url))
+        .await;
+    assert!(incident["resolved_at"].is_string(), "{incident}");
+    let open = incidents(&env, &format!("state=open&account={account}")).await;
+    assert_eq!(open["incidents"], json!([]), "{open}");
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_relink_with_a_new_token_unparks_and_catches_up() {
+    let env = spawn_env_with(|_| {}).await;
+    let (item_id, token) = env.create_item(20).await;
+    let account = env.link(&item_id, &token, "owner-relink", &[]).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.converge(&account, &item_id).await;
+    park_via_reset_login(&env, &account, &token).await;
+    env.mutate(&item_id, 3, 0, 0).await;
+
+    // The user went through update mode: the item works again, the app relinks.
+    env.faults(&item_id, json!({ "login_required": false }))
+        .await;
+    let response = env
+        .client
+        .post(format!("{}/v1/accounts", env.app_url))
+        .json(&json!({
+            "provider": "plaid", "item_id": item_id, "access_token": token,
+            "owner_id": "owner-relink",
+        }))
+        .send()
+        .await
+        .expect("relink");
+    assert_eq!(response.status(), 200, "a relink, not a new link");
+    let body: Value = response.json().await.expect("json");
+    assert_eq!(body["id"], account.as_str(), "same account");
+    env.converge(&account, &item_id).await;
+    let resolved = incidents(&env, "state=resolved&kind=needs_reauth").await;
+    assert_eq!(
+        resolved["incidents"].as_array().map(Vec::len),
+        Some(1),
+        "{resolved}"
+    );
+
+    // Another owner cannot take the item over by relinking it.
+    let response = env
+        .client
+        .post(format!("{}/v1/accounts", env.app_url))
+        .json(&json!({
+            "provider": "plaid", "item_id": item_id, "access_token": token,
+            "owner_id": "someone-else",
+        }))
+        .send()
+        .await
+        .expect("relink");
+    assert_eq!(response.status(), 409);
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_attempt_limit_opens_an_incident_that_resume_resolves() {
+    let env = spawn_env_with(|settings| {
+        settings.sweeper.tick = Duration::from_millis(20);
+        settings.actors.sync_retry_initial = Duration::from_millis(10);
+        settings.actors.sync_retry_max = Duration::from_millis(20);
+        settings.actors.max_sync_attempts = 2;
+    })
+    .await;
+    let (account, item_id) = env.linked_item(10).await;
+    env.converge(&account, &item_id).await;
+    env.faults(
+        &item_id,
+        json!({ "error_rate": { "transactions_sync": 1.0 }, "error_mix": { "internal": 1 } }),
+    )
+    .await;
+    env.mutate(&item_id, 2, 0, 0).await;
+    let query = format!("state=open&kind=sync_failed&account={account}");
+    let open = wait_until(
+        "the sync_failed incident",
+        || incidents(&env, &query),
+        |v| v["incidents"].as_array().is_some_and(|l| l.len() == 1),
+    )
+    .await;
+    let incident = &open["incidents"][0];
+    assert_eq!(
+        incident["details"]["code"], "INTERNAL_SERVER_ERROR",
+        "{incident}"
+    );
+    assert_eq!(incident["details"]["attempts"], 2, "{incident}");
+    assert_eq!(env.sync_status(&account).await["state"], "failed");
+
+    env.faults(
+        &item_id,
+        json!({ "error_rate": { "transactions_sync": null } }),
+    )
+    .await;
+    env.post_json(
+        &format!("{}/v1/accounts/{account}/resume", env.app_url),
+        json!({}),
+    )
+    .await;
+    env.converge(&account, &item_id).await;
+    let open = incidents(&env, &format!("state=open&account={account}")).await;
+    assert_eq!(open["incidents"], json!([]), "{open}");
+    let resolved = incidents(&env, "state=resolved&kind=sync_failed").await;
+    assert_eq!(resolved["incidents"][0]["id"], incident["id"], "{resolved}");
+    env.shutdown().await;
+}
+
+#[tokio::test]
+async fn incident_filters_page_and_reject_bad_values() {
+    let env = spawn_env_with(|_| {}).await;
+    // Three parked accounts: three needs_reauth incidents, newest first.
+    let mut accounts = Vec::new();
+    for n in 0..3 {
+        let (item_id, token) = env.create_item(5).await;
+        let id = env
+            .link(&item_id, &token, &format!("owner-f{n}"), &[])
+            .await["id"]
+            .as_str()
+            .expect("id")
+            .to_string();
+        env.converge(&id, &item_id).await;
+        park_via_reset_login(&env, &id, &token).await;
+        accounts.push(id);
+    }
+    let all = incidents(&env, "kind=needs_reauth").await;
+    let ids: Vec<u64> = all["incidents"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|i| i["id"].as_u64().expect("id"))
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let page1 = incidents(&env, "kind=needs_reauth&limit=2").await;
+    assert_eq!(page1["incidents"].as_array().map(Vec::len), Some(2));
+    let next = page1["next"].as_u64().expect("next");
+    let page2 = incidents(&env, &format!("kind=needs_reauth&limit=2&after={next}")).await;
+    assert_eq!(page2["incidents"][0]["id"], ids[2]);
+    assert!(page2["next"].is_null());
+    let one = incidents(&env, &format!("account={}", accounts[1])).await;
+    assert_eq!(one["incidents"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one["incidents"][0]["account_id"], accounts[1].as_str());
+    let future = incidents(&env, "since=2999-01-01T00:00:00Z").await;
+    assert_eq!(future["incidents"], json!([]));
+    assert_eq!(
+        incidents(&env, "state=resolved").await["incidents"],
+        json!([])
+    );
+
+    for (query, field) in [
+        ("state=closed", "state"),
+        ("kind=fire", "kind"),
+        ("since=yesterday", "since"),
+        ("after=abc", "after"),
+        ("limit=0", "limit"),
+        ("limit=5000", "limit"),
+    ] {
+        let response = env
+            .client
+            .get(format!("{}/v1/incidents?{query}", env.app_url))
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(response.status(), 400, "{query}");
+        let body: Value = response.json().await.expect("json error");
+        assert_eq!(body["error"]["code"], "invalid_query", "{query}: {body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with(field),
+            "{query}: {body}"
+        );
+    }
+    let response = env
+        .client
+        .get(format!("{}/v1/incidents?account=nobody", env.app_url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 404);
+    let response = env
+        .client
+        .get(format!("{}/v1/incidents/999999", env.app_url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 404);
+    let response = env
+        .client
+        .get(format!("{}/v1/incidents/nope", env.app_url))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(response.status(), 400);
+    env.shutdown().await;
+}
