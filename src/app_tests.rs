@@ -13,6 +13,8 @@ use crate::store::failing::FailingStore;
 
 struct Running {
     url: String,
+    /// The admin API token.
+    token: String,
     stop: tokio::sync::oneshot::Sender<()>,
     join: JoinHandle<anyhow::Result<()>>,
 }
@@ -35,11 +37,20 @@ async fn start(sandbox_url: &str, dir: &tempfile::TempDir) -> (Running, Arc<Fail
     .expect("app builds");
     let failing = failing.lock().expect("lock").take().expect("layer applied");
     let url = format!("http://{}", app.addr());
+    let token = app.admin_token().expose_secret().to_string();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let join = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    (Running { url, stop, join }, failing)
+    (
+        Running {
+            url,
+            token,
+            stop,
+            join,
+        },
+        failing,
+    )
 }
 
 async fn post_webhook(
@@ -99,6 +110,7 @@ async fn a_store_that_cannot_write_gets_webhooks_503_with_retry_after_never_2xx(
     let item = sandbox.create_item(5, Some("http://127.0.0.1:9/nowhere".to_string()));
     let linked: Value = client
         .post(format!("{}/v1/accounts", app.url))
+        .bearer_auth(&app.token)
         .json(&json!({
             "provider": "plaid", "item_id": item.item_id, "access_token": item.access_token,
             "owner_id": "owner-1", "aliases": [],
@@ -137,6 +149,7 @@ async fn a_store_that_cannot_write_gets_webhooks_503_with_retry_after_never_2xx(
     loop {
         let status: Value = client
             .get(format!("{}/v1/accounts/{account}/sync", app.url))
+            .bearer_auth(&app.token)
             .send()
             .await
             .expect("status")
