@@ -39,8 +39,8 @@ async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
     let mut browser = Browser::launch(1440, 900).await;
     browser
         .navigate(&format!(
-            "{}/dashboard#token=test-token&account={watched}",
-            env.app_url
+            "{}/dashboard#token={}&account={watched}",
+            env.app_url, env.admin_token
         ))
         .await;
     browser
