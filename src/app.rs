@@ -8,7 +8,7 @@
 //! items are linked so a newcomer sees accounts syncing at once.
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -262,25 +262,26 @@ impl App {
             alerts,
         } = self;
         tracing::info!(%addr, "acctor listening");
-        let shutting_down = state.shutting_down.clone();
         let app = router(state.clone());
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                shutting_down.store(true, Ordering::SeqCst);
-                tracing::info!("shutdown requested, draining");
-            })
-            .await
-            .context("serving HTTP")?;
-        if let Some(sandbox) = sandbox {
-            if let Some(demo) = sandbox.demo {
-                demo.abort();
-            }
-            sandbox
-                .handle
-                .shutdown()
-                .await
-                .context("stopping the embedded sandbox")?;
+        let (stop_http, http_stop) = tokio::sync::oneshot::channel::<()>();
+        let mut server = tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stop.await;
+                })
+                .into_future(),
+        );
+        let served = tokio::select! {
+            () = shutdown => None,
+            ended = &mut server => Some(ended),
+        };
+        // From here webhooks get 503 + Retry-After and /readyz fails, but the listener
+        // stays open while the syncs drain: load balancers and providers see a clear
+        // "not now", and nothing is acknowledged that is not on disk.
+        state.shutting_down.store(true, Ordering::SeqCst);
+        tracing::info!("shutdown requested, draining");
+        if let Some(demo) = sandbox.as_ref().and_then(|s| s.demo.as_ref()) {
+            demo.abort();
         }
         janitor.abort();
         // Undelivered alerts stay in the outbox for the next start.
@@ -291,9 +292,36 @@ impl App {
         let _ = sweeper
             .stop_and_wait(None, Some(state.settings.actors.call_timeout))
             .await;
+        // Running syncs commit within `actors.shutdown_grace` or are abandoned; no new
+        // one starts. The embedded sandbox stays up for them until this returns.
         state.registry.shutdown().await;
         supervisor.stop(None);
+        let _ = stop_http.send(());
+        let served = match served {
+            Some(ended) => ended,
+            None => {
+                match tokio::time::timeout(state.settings.actors.call_timeout, &mut server).await {
+                    Ok(ended) => ended,
+                    Err(_) => {
+                        // Connections still open (a client that never finishes its request):
+                        // their requests are refused with 503 anyway.
+                        server.abort();
+                        Ok(Ok(()))
+                    }
+                }
+            }
+        };
+        if let Some(sandbox) = sandbox {
+            sandbox
+                .handle
+                .shutdown()
+                .await
+                .context("stopping the embedded sandbox")?;
+        }
         store.shutdown().await.context("final flush")?;
+        served
+            .context("the HTTP server task failed")?
+            .context("serving HTTP")?;
         tracing::info!("acctor stopped");
         Ok(())
     }

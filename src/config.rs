@@ -140,6 +140,11 @@ pub struct ActorSettings {
     /// Timeout of calls into actors.
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
+    /// At shutdown, how long syncs already running may take to commit before they are
+    /// abandoned (nothing of an abandoned sync is written; its webhooks stay in the
+    /// inbox for the next start). No new sync starts once shutdown begins.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// First retry delay after a failed sync.
     #[serde(with = "humantime_serde")]
     pub sync_retry_initial: Duration,

@@ -586,6 +586,13 @@ impl AccountActor {
             state.phase = Phase::Idle;
             return;
         }
+        if self.registry.is_closing() {
+            // Shutting down: what this sync would cover stays in the inbox, and the
+            // next start's recovery syncs it.
+            state.phase = Phase::Idle;
+            state.event("sync_skipped", "shutting down");
+            return;
+        }
         state.phase = Phase::Syncing { again: false };
         state.sync_started = Instant::now();
         state.sync_reason = Some(reason);
@@ -599,8 +606,10 @@ impl AccountActor {
         let reply_to = myself.clone();
         let mailbox = state.mailbox.clone();
         let span = tracing::info_span!("sync", account_id = %id, reason = ?reason);
+        let slot = self.registry.sync_slot();
         state.task = Some(tokio::spawn(
             async move {
+                let _slot = slot;
                 let message = match sync_once(&registry, &id, &progress, attempt).await {
                     TaskOutcome::Finished(result) => AccountMessage::SyncFinished(result),
                     TaskOutcome::Parked(report) => AccountMessage::Parked(report),

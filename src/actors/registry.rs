@@ -124,6 +124,24 @@ pub struct Registry {
     /// Wakes the alert sender; set only when outbound alerts are configured, and then
     /// every incident change also enqueues an alert.
     alerts: OnceLock<Arc<tokio::sync::Notify>>,
+    /// Sync tasks running now (each holds a [`SyncSlot`]).
+    syncs_running: AtomicU64,
+    /// Woken when `syncs_running` drops to zero.
+    syncs_idle: tokio::sync::Notify,
+}
+
+/// Held by a running sync task: counts it in [`Registry::syncs_running`] until the task
+/// ends, however it ends (finished, failed or aborted).
+pub struct SyncSlot {
+    registry: Arc<Registry>,
+}
+
+impl Drop for SyncSlot {
+    fn drop(&mut self) {
+        if self.registry.syncs_running.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.registry.syncs_idle.notify_waiters();
+        }
+    }
 }
 
 impl Registry {
@@ -151,6 +169,8 @@ impl Registry {
             mailboxes: DashMap::new(),
             metrics: Arc::new(Metrics::new()),
             alerts: OnceLock::new(),
+            syncs_running: AtomicU64::new(0),
+            syncs_idle: tokio::sync::Notify::new(),
         });
         let _ = registry.me.set(Arc::downgrade(&registry));
         registry
@@ -562,21 +582,59 @@ impl Registry {
         self.actors.contains_key(id)
     }
 
-    /// Stops every actor and refuses new activations.
+    /// Whether shutdown has begun: no new activation, no new sync.
+    pub fn is_closing(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Counts a sync task as running until the returned slot is dropped.
+    pub(super) fn sync_slot(self: &Arc<Self>) -> SyncSlot {
+        self.syncs_running.fetch_add(1, Ordering::SeqCst);
+        SyncSlot {
+            registry: self.clone(),
+        }
+    }
+
+    /// Sync tasks running now.
+    pub fn syncs_running(&self) -> u64 {
+        self.syncs_running.load(Ordering::SeqCst)
+    }
+
+    /// Refuses new activations and new syncs, lets the syncs already running commit for
+    /// up to `actors.shutdown_grace`, then stops every actor (a sync still running is
+    /// abandoned: it has written nothing, and its webhooks stay in the inbox).
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        loop {
+            // Created before the check: `notify_waiters` reaches it even unpolled.
+            let idle = self.syncs_idle.notified();
+            let running = self.syncs_running();
+            if running == 0 {
+                break;
+            }
+            tracing::info!(running, "waiting for running syncs to commit");
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                tracing::warn!(
+                    running = self.syncs_running(),
+                    "shutdown grace over: abandoning the syncs still running"
+                );
+                break;
+            }
+        }
         let actors: Vec<(AccountId, ActorRef<AccountMessage>)> = self
             .actors
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
+        let timeout = self.settings.call_timeout;
+        futures::future::join_all(
+            actors
+                .iter()
+                .map(|(_, actor)| actor.stop_and_wait(Some("shutdown".to_string()), Some(timeout))),
+        )
+        .await;
         for (id, actor) in actors {
-            let _ = actor
-                .stop_and_wait(
-                    Some("shutdown".to_string()),
-                    Some(self.settings.call_timeout),
-                )
-                .await;
             self.forget(&id, actor.get_id());
         }
     }

@@ -116,6 +116,15 @@ impl TestEnv {
         }
     }
 
+    /// Asks acctor to shut down and returns its task without waiting for it, so a test
+    /// can talk to it while it drains.
+    pub fn begin_stop(&mut self) -> JoinHandle<anyhow::Result<()>> {
+        self.state = None;
+        let app = self.app.take().expect("acctor is running");
+        let _ = app.stop.send(());
+        app.join
+    }
+
     /// Restarts acctor on the same data dir.
     pub async fn restart_app(&mut self) {
         self.stop_app().await;

@@ -8,6 +8,7 @@ mod helpers;
 mod introspection;
 mod reauth;
 mod retries;
+mod shutdown;
 mod supervision;
 mod surface;
 mod sync;
