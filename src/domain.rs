@@ -118,6 +118,9 @@ pub enum SyncOutcome {
         pages: u64,
         /// Whether the cursor was rejected and rebuilt through the fallback path.
         fallback: bool,
+        /// The provider's request id of the last page fetched (for support tickets).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request_id: Option<String>,
     },
     /// Failed: nothing committed.
     Failed {

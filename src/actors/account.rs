@@ -630,6 +630,7 @@ impl AccountActor {
             removed,
             pages,
             fallback,
+            ..
         } = outcome
         {
             self.registry.metrics().sync_committed(

@@ -162,6 +162,8 @@ struct LoopResult {
     added: u64,
     modified: u64,
     cursor: String,
+    /// The provider's request id of the last page.
+    request_id: String,
 }
 
 /// Runs one sync of `account` and commits it, consuming the inbox entries `consumed`.
@@ -198,6 +200,7 @@ pub async fn run_sync(
                 removed: result.removals.len() as u64,
                 pages: progress.snapshot().pages,
                 fallback: false,
+                request_id: Some(result.request_id.clone()),
             };
             commit(
                 store,
@@ -259,7 +262,7 @@ async fn initial_sync(
 ) -> Result<SyncReport, SyncError> {
     let loop_started = std::time::Instant::now();
     let mut restarts = 0u32;
-    let (cursor, added, modified, removed) = 'restart: loop {
+    let (cursor, request_id, added, modified, removed) = 'restart: loop {
         blocking(store, {
             let id = account.id.clone();
             move |s| s.clear_rows(&id)
@@ -305,7 +308,7 @@ async fn initial_sync(
                 if let Some(last) = staging.take() {
                     join_staging(last).await?;
                 }
-                break 'restart (page.next_cursor, added, modified, removed);
+                break 'restart (page.next_cursor, page.request_id, added, modified, removed);
             }
             cursor = Some(page.next_cursor);
         }
@@ -317,6 +320,7 @@ async fn initial_sync(
         removed,
         pages: progress.snapshot().pages,
         fallback: false,
+        request_id: Some(request_id),
     };
     commit(
         store,
@@ -410,7 +414,7 @@ async fn pagination_loop(
                 folded.remove(id);
             }
             if !page.has_more {
-                return Ok(folded.finish(page.next_cursor));
+                return Ok(folded.finish(page.next_cursor, page.request_id));
             }
             cursor = Some(page.next_cursor);
         }
@@ -438,6 +442,7 @@ async fn reconcile(
         removed: 0,
         pages: progress.snapshot().pages,
         fallback: true,
+        request_id: Some(fresh.request_id.clone()),
     };
     commit(
         store,
@@ -579,7 +584,7 @@ impl Fold {
         self.rows.insert(id, None);
     }
 
-    fn finish(mut self, cursor: String) -> LoopResult {
+    fn finish(mut self, cursor: String, request_id: String) -> LoopResult {
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         for id in self.order {
@@ -594,6 +599,7 @@ impl Fold {
             added: self.added,
             modified: self.modified,
             cursor,
+            request_id,
         }
     }
 }
@@ -733,6 +739,7 @@ mod tests {
                     removed: 0,
                     pages: 1,
                     fallback: false,
+                    request_id: None,
                 },
                 started_at: Utc::now(),
                 finished_at: Utc::now(),
@@ -791,7 +798,7 @@ mod tests {
         fold.upsert(row("a", 3.0));
         fold.remove("b".to_string());
         fold.remove("c".to_string());
-        let result = fold.finish("cur".to_string());
+        let result = fold.finish("cur".to_string(), "req".to_string());
         assert_eq!(result.upserts, vec![row("a", 3.0)]);
         assert_eq!(result.removals, vec!["b".to_string(), "c".to_string()]);
         assert_eq!(result.cursor, "cur");

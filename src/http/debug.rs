@@ -137,8 +137,8 @@ pub struct ActorView {
     pub last_sync_outcome: Option<SyncOutcome>,
     /// The last failure, when the last sync failed.
     pub last_error: Option<LastError>,
-    /// The provider request id of the last failure (acctor records request ids of
-    /// failed calls only).
+    /// The provider request id of the last sync: its last page when it committed, the
+    /// failing call when it failed.
     pub last_request_id: Option<String>,
     /// When the next sync is due (retry record, or the live actor's timer).
     pub next_retry_at: Option<DateTime<Utc>>,
@@ -271,10 +271,11 @@ fn describe(
         }),
         _ => None,
     };
-    let last_request_id = last_error
-        .as_ref()
-        .and_then(|e| e.request_id.clone())
-        .or_else(|| retry.as_ref().and_then(|r| r.request_id.clone()));
+    let last_request_id = match &account.last_sync_outcome {
+        Some(SyncOutcome::Committed { request_id, .. }) => request_id.clone(),
+        _ => last_error.as_ref().and_then(|e| e.request_id.clone()),
+    }
+    .or_else(|| retry.as_ref().and_then(|r| r.request_id.clone()));
     let current = snapshot.as_ref().and_then(|s| {
         s.progress.map(|p| CurrentSync {
             reason: s.sync_reason,

@@ -61,6 +61,7 @@ fn commit_at(id: &AccountId, finished_at: DateTime<Utc>) -> SyncCommit {
             removed: 0,
             pages: 1,
             fallback: false,
+            request_id: None,
         },
         started_at: finished_at,
         finished_at,

@@ -1715,6 +1715,7 @@ mod tests {
                 removed: 0,
                 pages: 1,
                 fallback: false,
+                request_id: None,
             },
             started_at: t0(),
             finished_at: t0() + minutes(1),

@@ -157,6 +157,10 @@ async fn a_running_sync_shows_its_progress_then_its_outcome() {
     assert!(done["current"].is_null());
     assert_eq!(done["last_sync_outcome"]["added"], 400);
     assert!(done["last_sync_outcome"]["pages"].as_u64().expect("pages") >= 16);
+    // The provider's request id of the committed sync's last page, for support tickets.
+    let request_id = done["last_request_id"].as_str().unwrap_or("");
+    assert!(!request_id.is_empty(), "no request id: {done}");
+    assert_eq!(done["last_sync_outcome"]["request_id"], request_id);
     assert_eq!(done["transactions"], 400);
     assert_eq!(done["lag_seconds"], 0);
     let kinds: Vec<&str> = done["events"]
