@@ -41,13 +41,14 @@ const SCAN_BUDGET: usize = 10_000;
 /// States a live actor reports; filtering on them means asking the actors.
 const LIVE_STATES: [&str; 4] = ["idle", "syncing", "backoff", "scheduled"];
 /// Every state the `state` filter accepts (`active`: any live actor).
-const STATES: [&str; 11] = [
+const STATES: [&str; 12] = [
     "idle",
     "syncing",
     "backoff",
     "scheduled",
     "failed",
     "quarantined",
+    "needs_reauth",
     "restarting",
     "passivated",
     "unlinked",
@@ -421,9 +422,12 @@ fn prefilter(
     let Some(wanted) = wanted else { return true };
     let active = state.registry.is_active(&account.id);
     if wanted == "active" || LIVE_STATES.contains(&wanted) {
-        // The phase is only known once asked; failed accounts keep a live actor but
-        // report `failed`.
-        return active && account.failed.is_none() && account.status == LinkStatus::Linked;
+        // The phase is only known once asked; failed and parked accounts keep a live
+        // actor but report `failed` / `needs_reauth`.
+        return active
+            && account.failed.is_none()
+            && account.needs_reauth.is_none()
+            && account.status == LinkStatus::Linked;
     }
     if wanted == "unresponsive" {
         return active;
@@ -432,6 +436,7 @@ fn prefilter(
     let coarse = match (account.status, account.failed.is_some(), active) {
         (LinkStatus::Unlinked, _, _) => "unlinked",
         (_, true, _) => "failed",
+        _ if account.needs_reauth.is_some() => "needs_reauth",
         (_, false, true) => "live",
         _ => state_name(
             account,

@@ -335,3 +335,48 @@ async fn metrics_parse_and_their_counters_follow_traffic() {
     assert!(sample(&after, "acctor_actors_active", &[]) >= 1.0);
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn accounts_waiting_for_a_login_are_filtered_as_needs_reauth() {
+    let env = spawn_env_with(|_| {}).await;
+    let (parked_item, token) = env.create_item(10).await;
+    let parked = env.link(&parked_item, &token, "owner-parked", &[]).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let (healthy, healthy_item) = env.linked_item(10).await;
+    env.converge(&parked, &parked_item).await;
+    env.converge(&healthy, &healthy_item).await;
+    // Plaid's own Sandbox call: the item needs a login and fires ITEM/ERROR at acctor.
+    env.post_json(
+        &format!("{}/sandbox/item/reset_login", env.sandbox_url),
+        json!({
+            "client_id": "acctor-demo-client",
+            "secret": "acctor-demo-secret",
+            "access_token": token,
+        }),
+    )
+    .await;
+    wait_for_actor(&env, &parked, "the park", |v| v["state"] == "needs_reauth").await;
+
+    let ids = |page: &Value| -> Vec<String> {
+        page["actors"]
+            .as_array()
+            .expect("actors")
+            .iter()
+            .map(|a| a["account_id"].as_str().expect("id").to_string())
+            .collect()
+    };
+    let url = |state: &str| format!("{}/debug/actors?state={state}", env.app_url);
+    assert_eq!(
+        ids(&env.get_json(&url("needs_reauth")).await),
+        vec![parked.clone()]
+    );
+    for other in ["idle", "active", "passivated"] {
+        assert!(
+            !ids(&env.get_json(&url(other)).await).contains(&parked),
+            "a parked account is not listed as {other}"
+        );
+    }
+    env.shutdown().await;
+}

@@ -98,20 +98,21 @@ async fn draining_refuses_webhooks_with_503_and_lets_the_running_sync_commit() {
         "the sync running at shutdown committed"
     );
 
-    // Nothing acknowledged is lost: once the provider answers again, the webhooks
-    // accepted before the refusal are synced and the inbox empties.
-    env.faults(
-        &item_id,
-        json!({ "error_rate": { "transactions_sync": null } }),
-    )
-    .await;
-    env.mutate_quietly(&item_id, 3, 0, 0).await;
+    // Nothing acknowledged is lost: the webhooks accepted before the refusal are still
+    // pending (every sync fails for now, so none can have consumed them), and once the
+    // provider answers again they are synced and the inbox empties.
     let status = env.sync_status(&account).await;
     assert_eq!(
         status["pending_inbox"].as_u64(),
         Some(u64::from(acknowledged)),
         "every webhook acknowledged during the drain is still pending: {status}"
     );
+    env.faults(
+        &item_id,
+        json!({ "error_rate": { "transactions_sync": null } }),
+    )
+    .await;
+    env.mutate_quietly(&item_id, 3, 0, 0).await;
     let _ = env
         .post_json(
             &format!("{}/v1/accounts/{account}/sync", env.app_url),
