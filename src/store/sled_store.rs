@@ -2418,7 +2418,7 @@ mod tests {
         );
         assert_eq!(
             store.due_retries(t0() + minutes(10), 10).unwrap(),
-            [moved.clone()]
+            std::slice::from_ref(&moved)
         );
 
         // A stale copy (the record moved since it was read) changes nothing.
