@@ -5,8 +5,9 @@
 //! Alerts are written to the store's outbox in the same transaction as the incident
 //! change (see `Store::open_incident`), so an alert exists exactly when its change
 //! does, and survives restarts. One sender task delivers them: it makes the outbox
-//! durable first (never announce a change a crash could still undo), then POSTs each
-//! due alert; a 2xx removes it, anything else reschedules it with exponential backoff
+//! durable first (never announce a change a crash could still undo), then POSTs the
+//! due alerts, earliest due first, read through the outbox's due-time index (so alerts
+//! waiting out a backoff never crowd out due ones); a 2xx removes it, anything else reschedules it with exponential backoff
 //! and full jitter, until `alerts.max_age` (then it is dropped and logged). The sender
 //! never runs on a sync's path: the actors only write the outbox and wake it.
 //!
@@ -109,7 +110,8 @@ pub struct AlertPass {
     pub failed: u64,
     /// Alerts dropped past `alerts.max_age`.
     pub dropped: u64,
-    /// When the earliest remaining alert is due.
+    /// When the earliest remaining alert is due (at or before the pass's `now` when
+    /// more were due than one pass takes).
     pub next_due: Option<DateTime<Utc>>,
 }
 
@@ -174,7 +176,8 @@ impl AlertSender {
         &self.counters
     }
 
-    /// Delivers every alert due at `now` (one attempt each) and reschedules failures.
+    /// Delivers up to one batch of the alerts due at `now`, earliest due first (one
+    /// attempt each), and reschedules failures.
     pub async fn pass(
         &self,
         now: DateTime<Utc>,
@@ -182,21 +185,16 @@ impl AlertSender {
     ) -> Result<AlertPass, StoreError> {
         // Whatever is in the outbox is announced only once it is on disk.
         self.store.durable().await?;
+        // Only due alerts, earliest due first: during a receiver outage the oldest
+        // alerts wait out their backoff, and must not use up the batch of those behind.
         let store = self.store.clone();
-        let pending = tokio::task::spawn_blocking(move || store.pending_alerts(BATCH))
+        let due = tokio::task::spawn_blocking(move || store.due_alerts(now, BATCH))
             .await
             .map_err(|e| StoreError::Io(format!("outbox read failed: {e}")))??;
         let max_age =
             chrono::Duration::from_std(self.settings.max_age).unwrap_or(chrono::Duration::MAX);
         let mut pass = AlertPass::default();
-        let mut next_due: Option<DateTime<Utc>> = None;
-        for mut record in pending {
-            if record.next_attempt_at > now {
-                next_due = Some(
-                    next_due.map_or(record.next_attempt_at, |d| d.min(record.next_attempt_at)),
-                );
-                continue;
-            }
+        for mut record in due {
             if now - record.created_at > max_age {
                 tracing::error!(
                     alert_id = record.id,
@@ -234,9 +232,6 @@ impl AlertSender {
                     );
                     record.last_error = Some(error);
                     self.store.update_alert(&record)?;
-                    next_due = Some(
-                        next_due.map_or(record.next_attempt_at, |d| d.min(record.next_attempt_at)),
-                    );
                     self.counters
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);
@@ -244,7 +239,9 @@ impl AlertSender {
                 }
             }
         }
-        pass.next_due = next_due;
+        // Read after the pass: rescheduled failures, alerts not yet due, and due ones
+        // beyond this batch (then it is `now` or earlier and the next pass runs at once).
+        pass.next_due = self.store.next_alert_due()?;
         Ok(pass)
     }
 

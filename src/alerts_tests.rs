@@ -267,3 +267,56 @@ async fn undelivered_alerts_survive_a_restart_and_are_dropped_past_their_max_age
     assert!(store.pending_alerts(10).expect("outbox").is_empty());
     assert_eq!(receiver.seen.lock().expect("lock").len(), 1);
 }
+
+/// A receiver outage with more alerts than one pass takes: the first batch fails and
+/// waits out its backoff, and the alerts behind it are tried on the very next pass
+/// instead of being starved by not-yet-due ones until their max age drops them.
+#[tokio::test]
+async fn alerts_behind_a_failing_batch_are_still_tried_during_an_outage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = open_store(&dir);
+    let (url, receiver) = spawn_receiver(u32::MAX).await;
+    let sender = AlertSender::new(store.clone(), &settings(&url))
+        .expect("builds")
+        .expect("configured");
+    let behind = 30;
+    for n in 0..BATCH + behind {
+        store
+            .open_incident(&OpenIncident {
+                account_id: AccountId(format!("acc_outage_{n}")),
+                kind: IncidentKind::SyncFailed,
+                details: serde_json::json!({ "n": n }),
+                at: t0(),
+                notify: true,
+            })
+            .expect("open");
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+
+    let first = sender.pass(t0(), &mut rng).await.expect("pass");
+    assert_eq!(first.failed, BATCH as u64);
+    assert_eq!(
+        first.next_due,
+        Some(t0()),
+        "more alerts are due now: the sender must come back at once"
+    );
+    // 1 ms later: the first batch waits out its backoff (at least 10 ms); the rest is due.
+    let second = sender
+        .pass(t0() + chrono::Duration::milliseconds(1), &mut rng)
+        .await
+        .expect("pass");
+    assert_eq!(second.failed, behind as u64, "{second:?}");
+    assert!(second.next_due.expect("all rescheduled") > t0() + chrono::Duration::milliseconds(1));
+    let ids: std::collections::HashSet<String> = receiver
+        .seen
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|(headers, _)| headers["webhook-id"].to_str().expect("ascii").to_string())
+        .collect();
+    assert_eq!(ids.len(), BATCH + behind, "every alert was tried once");
+    assert_eq!(
+        store.pending_alerts(1000).expect("outbox").len(),
+        BATCH + behind
+    );
+}

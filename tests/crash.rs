@@ -13,8 +13,10 @@
 //!    sandbox's data with no further webhook: the acknowledged event was on disk and is
 //!    replayed after the crash;
 //! 2. the other items get one more webhook (Plaid's later retry) and must converge too;
-//! 3. no transaction id appears twice, `/readyz` reports `inbox_depth` 0 and every
-//!    account's sync status `pending_inbox` 0.
+//! 3. no transaction id appears twice, `/readyz` reports `inbox_depth` 0, and once
+//!    acctor is quiescent again every account's sync status shows `pending_inbox` 0 and
+//!    no retry record (`retry` null) and `/metrics` shows `acctor_retry_backlog 0`:
+//!    no inbox entry and no retry record is left behind.
 //!
 //! Found by this test and fixed: the sandbox's `SYNC_UPDATES_AVAILABLE` bodies for one
 //! item are byte-identical, and the store used to answer a repeat as `Duplicate` (200,
@@ -444,13 +446,28 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
             sandbox.transactions(&http, &account.item_id).await
         );
         total_rows += rows.len();
+    }
+    // Converged with the faults off: whatever still runs (a last poll) ends well, and
+    // then nothing may be owed: no inbox entry, no retry record.
+    wait_quiescent(&http, &acctor, &accounts, profile.converge).await;
+    for account in accounts.iter() {
         let status = http
             .get_ok(&format!("{}/v1/accounts/{}/sync", acctor.url(), account.id))
             .await;
         assert_eq!(status["pending_inbox"].as_u64(), Some(0), "status {status}");
+        assert!(
+            status["retry"].is_null(),
+            "retry record left behind: {status}"
+        );
     }
     let ready = http.get_ok(&format!("{}/readyz", acctor.url())).await;
     assert_eq!(ready["inbox_depth"].as_u64(), Some(0), "readyz {ready}");
+    let metrics = http.get_text(&format!("{}/metrics", acctor.url())).await;
+    assert_eq!(
+        metric(&metrics, "acctor_retry_backlog"),
+        Some(0.0),
+        "retry records left behind:\n{metrics}"
+    );
 
     let mutations = counters
         .mutations
@@ -513,6 +530,14 @@ async fn wait_quiescent(http: &Http, acctor: &Acctor, accounts: &[Account], with
         // Polling an observable condition with a deadline, not sleeping to synchronize.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+}
+
+/// The value of an unlabelled sample in a Prometheus text exposition.
+fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let (sample, value) = line.split_once(' ')?;
+        (sample == name).then(|| value.trim().parse().ok())?
+    })
 }
 
 /// Polls `probe` until it returns `Some`, failing with `what` at the deadline.

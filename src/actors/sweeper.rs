@@ -2,7 +2,11 @@
 //! is sure to carry. Failed syncs leave retry records in the store; an account actor's
 //! own timer usually runs them, but a restart or a passivation forgets timers, so on
 //! every tick the sweeper reads the due part of the retry index (never all accounts)
-//! and asks each account's actor to sync. It also re-drives accounts whose pending
+//! and asks each account's actor to sync. A due record it cannot act on leaves the due
+//! part of the index (dropped when its account is quarantined, put off by one tick when
+//! the actor could not be reached), or the same earliest records would come back first
+//! on every pass and, once `batch` of them piled up, no other retry would ever be
+//! re-driven. It also re-drives accounts whose pending
 //! inbox entries are older than `sweeper.stale_inbox_after`: acknowledged webhooks
 //! whose sync never committed.
 //!
@@ -62,8 +66,10 @@ pub struct PassReport {
     pub retries_redriven: u64,
     /// Accounts with stale pending inbox entries asked to sync.
     pub stale_redriven: u64,
-    /// Retry records dropped because their account is gone or unlinked.
+    /// Retry records dropped because their account is gone, unlinked or quarantined.
     pub retries_dropped: u64,
+    /// Due retry records put off by one tick: their actor could not be reached.
+    pub retries_deferred: u64,
     /// Accounts asked to poll (no successful sync for the polling interval).
     pub polls_requested: u64,
     /// Due polls put off by one interval: the account is parked or a retry owns it.
@@ -83,6 +89,8 @@ pub struct SweeperSnapshot {
     pub stale_redriven: u64,
     /// Retry records dropped since start.
     pub retries_dropped: u64,
+    /// Retry records put off by one tick since start.
+    pub retries_deferred: u64,
     /// Polling syncs requested since start.
     pub polls_requested: u64,
     /// Due polls put off since start (parked account or pending retry).
@@ -192,6 +200,7 @@ impl Actor for SweeperActor {
                         state.snapshot.retries_redriven += report.retries_redriven;
                         state.snapshot.stale_redriven += report.stale_redriven;
                         state.snapshot.retries_dropped += report.retries_dropped;
+                        state.snapshot.retries_deferred += report.retries_deferred;
                         state.snapshot.polls_requested += report.polls_requested;
                         state.snapshot.polls_deferred += report.polls_deferred;
                         state.snapshot.polls_repaired += report.polls_repaired;
@@ -200,6 +209,7 @@ impl Actor for SweeperActor {
                                 retries = report.retries_redriven,
                                 stale = report.stale_redriven,
                                 dropped = report.retries_dropped,
+                                deferred = report.retries_deferred,
                                 polls = report.polls_requested,
                                 polls_deferred = report.polls_deferred,
                                 polls_repaired = report.polls_repaired,
@@ -231,6 +241,7 @@ pub fn sweep(
 ) -> Result<PassReport, StoreError> {
     let store = registry.store();
     let mut report = PassReport::default();
+    let one_tick = chrono::Duration::from_std(settings.tick).unwrap_or(chrono::Duration::MAX);
     for record in store.due_retries(now, settings.batch)? {
         match nudge(registry, &record.account_id, SyncReason::Retry) {
             Nudge::Sent => report.retries_redriven += 1,
@@ -239,7 +250,25 @@ pub fn sweep(
                 store.clear_retry(&record.account_id)?;
                 report.retries_dropped += 1;
             }
-            Nudge::Refused => {}
+            // Nothing retries a quarantined account until an operator resumes it, and
+            // its record would stay first in line. A resume re-syncs what is pending in
+            // the inbox, and the polling fallback covers the rest. Only this very
+            // record goes: one a sync wrote meanwhile stays.
+            Nudge::Quarantined => {
+                if store.reschedule_retry(&record, None)? {
+                    report.retries_dropped += 1;
+                }
+            }
+            // Its state is about to be written for the last time: leave it as it is.
+            Nudge::ShuttingDown => break,
+            // Could not activate it now: due again next tick, behind every record that is
+            // already due, so a few that keep failing never fill the batch.
+            Nudge::Refused => {
+                let later = now.checked_add_signed(one_tick).unwrap_or(now);
+                if store.reschedule_retry(&record, Some(later))? {
+                    report.retries_deferred += 1;
+                }
+            }
         }
     }
     poll_pass(registry, settings, now, &mut report)?;
@@ -323,8 +352,13 @@ fn poll_pass(
                 store.clear_poll(&entry)?;
                 report.polls_repaired += 1;
             }
+            // Quarantined before its record said so: parked, like above.
+            Nudge::Quarantined => {
+                store.defer_poll(&entry, now)?;
+                report.polls_deferred += 1;
+            }
             // Shutting down or failing to activate: stays due for the next pass.
-            Nudge::Refused => {}
+            Nudge::Refused | Nudge::ShuttingDown => {}
         }
     }
     Ok(())
@@ -335,7 +369,11 @@ enum Nudge {
     Sent,
     /// Unlinked or deleted.
     Gone,
-    /// Quarantined, shutting down or failing to activate: try again next pass.
+    /// The supervisor gave up on it: nothing syncs it until a resume.
+    Quarantined,
+    /// The registry is shutting down.
+    ShuttingDown,
+    /// Failing to activate or to answer: try again later.
     Refused,
 }
 
@@ -343,6 +381,8 @@ fn nudge(registry: &Registry, id: &AccountId, reason: SyncReason) -> Nudge {
     match registry.request_sync(id, reason) {
         Ok(()) => Nudge::Sent,
         Err(RegistryError::NotLinked(_)) => Nudge::Gone,
+        Err(RegistryError::Quarantined(_)) => Nudge::Quarantined,
+        Err(RegistryError::ShuttingDown) => Nudge::ShuttingDown,
         Err(error) => {
             tracing::debug!(account_id = %id, %error, "sweeper could not re-drive account");
             Nudge::Refused
@@ -647,6 +687,88 @@ mod tests {
             "{again:?}"
         );
         registry.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn quarantined_accounts_retry_records_do_not_starve_other_due_retries() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, provider, registry) = setup(&dir);
+        let old = Utc::now() - chrono::Duration::days(1);
+        let quarantine = Quarantine {
+            reason: "panic".into(),
+            failures: 6,
+            since: old,
+        };
+        let mut first = synced_at(1, old);
+        first.quarantine = Some(quarantine.clone());
+        let mut second = synced_at(2, old);
+        second.quarantine = Some(quarantine);
+        let healthy = synced_at(3, old);
+        // The quarantined accounts' records are due first, and fill the batch of 2.
+        for (n, account) in [&first, &second, &healthy].into_iter().enumerate() {
+            store.link_account(account).expect("link");
+            store
+                .record_retry(&RetryRecord {
+                    account_id: account.id.clone(),
+                    attempt: 1,
+                    due_at: old + chrono::Duration::seconds(n as i64),
+                    code: "INTERNAL_SERVER_ERROR".to_string(),
+                    request_id: None,
+                })
+                .expect("retry recorded");
+        }
+        let mut settings = poll_settings(Duration::from_secs(3600));
+        settings.batch = 2;
+        let now = Utc::now();
+
+        let mut total = PassReport::default();
+        for _ in 0..3 {
+            let report = sweep(&registry, &settings, now, false).expect("pass");
+            total.retries_redriven += report.retries_redriven;
+            total.retries_dropped += report.retries_dropped;
+        }
+        assert_eq!(total.retries_dropped, 2, "{total:?}");
+        assert!(
+            total.retries_redriven >= 1,
+            "the healthy retry starved: {total:?}"
+        );
+        wait_for("the healthy account's retry to commit", || {
+            provider.syncs.load(Ordering::SeqCst) == 1
+                && store.retry_of(&healthy.id).expect("read").is_none()
+        })
+        .await;
+        for parked in [&first, &second] {
+            assert!(store.retry_of(&parked.id).expect("read").is_none());
+            assert!(!registry.is_active(&parked.id));
+        }
+        assert!(store.due_retries(now, 10).expect("read").is_empty());
+        registry.shutdown().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_during_shutdown_leaves_retry_records_alone() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _provider, registry) = setup(&dir);
+        let account = synced_account(1);
+        store.link_account(&account).expect("link");
+        let record = RetryRecord {
+            account_id: account.id.clone(),
+            attempt: 3,
+            due_at: Utc::now() - chrono::Duration::seconds(1),
+            code: "INTERNAL_SERVER_ERROR".to_string(),
+            request_id: None,
+        };
+        store.record_retry(&record).expect("retry recorded");
+        registry.shutdown().await;
+        let report = sweep(
+            &registry,
+            &poll_settings(Duration::from_secs(3600)),
+            Utc::now(),
+            false,
+        )
+        .expect("pass");
+        assert_eq!(report, PassReport::default());
+        assert_eq!(store.retry_of(&account.id).expect("read"), Some(record));
     }
 
     #[tokio::test(start_paused = true)]

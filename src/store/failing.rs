@@ -163,6 +163,14 @@ impl Store for FailingStore {
         self.write()?;
         self.inner.clear_retry(id)
     }
+    fn reschedule_retry(
+        &self,
+        current: &RetryRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.reschedule_retry(current, due_at)
+    }
     fn due_retries(
         &self,
         now: DateTime<Utc>,
@@ -245,6 +253,12 @@ impl Store for FailingStore {
     }
     fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
         self.inner.pending_alerts(limit)
+    }
+    fn due_alerts(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+        self.inner.due_alerts(now, limit)
+    }
+    fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_alert_due()
     }
     fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
         self.write()?;

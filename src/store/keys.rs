@@ -50,6 +50,9 @@ pub(super) const INCIDENTS: &str = "incidents";
 pub(super) const INCIDENT_OPEN: &str = "incident_open";
 /// Outbound alerts not yet delivered, by id (big-endian u64).
 pub(super) const OUTBOX: &str = "outbox";
+/// The outbox's due-time index: (next attempt in big-endian millis, alert id) to
+/// nothing, one entry per alert in `outbox`, so the sender reads only what is due.
+pub(super) const OUTBOX_DUE: &str = "outbox_due";
 
 /// Version byte written in front of every record; bump it with a migration.
 const RECORD_VERSION: u8 = 1;
@@ -253,11 +256,24 @@ pub(super) fn unrouted_key(provider: ProviderKind, item_id: &str, seq: u64) -> V
     k
 }
 
-/// Key of a retry record: due time as big-endian unsigned millis (times before the
-/// epoch clamp to 0), then the account id, so byte order is due-time order.
 /// Key of an incident or an outbox record: its id, big-endian, so ids sort in order.
 pub(super) fn id_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
+}
+
+/// Key of an alert in the outbox's due-time index: the next attempt as big-endian
+/// unsigned millis (times before the epoch clamp to 0), then the id, so byte order is
+/// due order and alerts due at the same millisecond go oldest first.
+pub(super) fn outbox_due_key(due_millis: i64, id: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&u64::try_from(due_millis).unwrap_or(0).to_be_bytes());
+    k[8..].copy_from_slice(&id.to_be_bytes());
+    k
+}
+
+/// The alert id of an outbox due-index key.
+pub(super) fn outbox_due_id(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?))
 }
 
 /// Key of the open incident of (account, kind) in `incident_open`.
@@ -267,6 +283,8 @@ pub(super) fn incident_open_key(account: &AccountId, kind: &str) -> Vec<u8> {
     k
 }
 
+/// Key of a retry record: due time as big-endian unsigned millis (times before the
+/// epoch clamp to 0), then the account id, so byte order is due-time order.
 pub(super) fn retry_key(due_millis: i64, account: &AccountId) -> Vec<u8> {
     let mut k = u64::try_from(due_millis)
         .unwrap_or(0)
@@ -423,6 +441,15 @@ mod tests {
         assert!(poll_key(1_000, &a) < poll_key(1_001, &b));
         assert_eq!(poll_key_millis(&poll_key(1_234_567, &a)), Some(1_234_567));
         assert_eq!(poll_key_millis(&[1, 2]), None);
+    }
+
+    #[test]
+    fn outbox_due_keys_sort_by_due_time_then_id_and_carry_the_id() {
+        assert!(outbox_due_key(255, 9) < outbox_due_key(256, 1));
+        assert!(outbox_due_key(256, 1) < outbox_due_key(256, 2));
+        assert_eq!(outbox_due_key(-5, 3), outbox_due_key(0, 3));
+        assert_eq!(outbox_due_id(&outbox_due_key(1_234, 77)), Some(77));
+        assert_eq!(outbox_due_id(&[1, 2]), None);
     }
 
     #[test]

@@ -333,6 +333,16 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes the account's retry record, if any. A committed sync does this itself.
     fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError>;
 
+    /// Moves `current` to `due_at`, or deletes it (`None`), but only while it is still
+    /// the account's retry record, byte for byte: `false` (nothing written) when a sync
+    /// replaced or cleared it meanwhile, whose newer record must win. The sweeper uses
+    /// it to take records it cannot act on out of the due part of the index.
+    fn reschedule_retry(
+        &self,
+        current: &RetryRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
+
     /// Up to `limit` retry records due at or before `now`, earliest first. Reads only
     /// the due part of the due-time index, never every account.
     fn due_retries(&self, now: DateTime<Utc>, limit: usize)
@@ -424,8 +434,17 @@ pub trait Store: Send + Sync + 'static {
     /// Incidents matching `query`, newest first, at most `query.limit`.
     fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError>;
 
-    /// Up to `limit` undelivered alerts, oldest first (due or not: the sender decides).
+    /// Up to `limit` undelivered alerts, oldest first, due or not (for inspection; the
+    /// sender reads [`Store::due_alerts`]).
     fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// Up to `limit` undelivered alerts whose next attempt is due at or before `now` (to
+    /// the millisecond), earliest due first. Reads only the due part of the outbox's
+    /// due-time index, so alerts waiting out a backoff never crowd out due ones.
+    fn due_alerts(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertRecord>, StoreError>;
+
+    /// When the earliest undelivered alert is due; `None` when the outbox is empty.
+    fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Replaces an undelivered alert's record (after a failed attempt).
     fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError>;

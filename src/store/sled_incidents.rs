@@ -2,9 +2,17 @@
 //! each file reads in one sitting. `SledStore`'s `Store` impl delegates here.
 //!
 //! Opening and resolving are one multi-tree transaction over `incidents`,
-//! `incident_open` and `outbox`: the at-most-one-open-per-(account, kind) index, the
-//! incident and its alert change together or not at all, so a crash can neither leave
-//! two open incidents for one condition nor an alert for a change that never happened.
+//! `incident_open`, `outbox` and `outbox_due`: the at-most-one-open-per-(account, kind)
+//! index, the incident and its alert change together or not at all, so a crash can
+//! neither leave two open incidents for one condition nor an alert for a change that
+//! never happened.
+//!
+//! The outbox is read through its due-time index, never in id order: during a receiver
+//! outage the oldest alerts keep failing and wait out their backoff, and a read in id
+//! order would hand the sender those not-yet-due ones first, so alerts behind them
+//! would never be tried. The index is rebuilt from the outbox on every open (the outbox
+//! holds at most `alerts.max_age` of alerts), which also covers stores written before
+//! it existed.
 
 use chrono::{DateTime, Utc};
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
@@ -39,15 +47,43 @@ fn id_of(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
-/// The three trees, borrowed from the store.
+/// The four trees, borrowed from the store.
 pub(super) struct IncidentTrees<'a> {
     pub(super) incidents: &'a Tree,
     pub(super) open: &'a Tree,
     pub(super) outbox: &'a Tree,
+    /// (next attempt, id) of every alert in `outbox`.
+    pub(super) outbox_due: &'a Tree,
+}
+
+/// The due-index key of `record`.
+fn due_key(record: &AlertRecord) -> [u8; 16] {
+    keys::outbox_due_key(record.next_attempt_at.timestamp_millis(), record.id)
+}
+
+/// Rewrites the outbox's due-time index from the outbox itself. Run once at open,
+/// before any writer: whatever a crash or an older version left in the index, it
+/// matches the outbox afterwards. Undecodable records are left to the sender (it
+/// reports them when it reads them by id) and logged here.
+pub(super) fn rebuild_outbox_due(outbox: &Tree, outbox_due: &Tree) -> Result<(), StoreError> {
+    outbox_due.clear().map_err(io)?;
+    for item in outbox.iter() {
+        let (key, bytes) = item.map_err(io)?;
+        match keys::decode::<AlertRecord>(OUTBOX, &bytes) {
+            Ok(record) => {
+                outbox_due.insert(due_key(&record), &[]).map_err(io)?;
+            }
+            Err(error) => {
+                tracing::error!(alert_key = ?key.as_ref(), %error, "outbox record unreadable: not indexed");
+            }
+        }
+    }
+    Ok(())
 }
 
 fn enqueue_alert(
     outbox: &TransactionalTree,
+    outbox_due: &TransactionalTree,
     event_type: AlertEventType,
     incident: &Incident,
     at: DateTime<Utc>,
@@ -63,14 +99,15 @@ fn enqueue_alert(
         last_error: None,
     };
     outbox.insert(&keys::id_key(id), tx(keys::encode(OUTBOX, &record))?)?;
+    outbox_due.insert(&due_key(&record), &[])?;
     Ok(())
 }
 
 impl IncidentTrees<'_> {
     pub(super) fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
         let open_key = keys::incident_open_key(&open.account_id, open.kind.as_str());
-        (self.incidents, self.open, self.outbox)
-            .transaction(|(incidents, index, outbox)| {
+        (self.incidents, self.open, self.outbox, self.outbox_due)
+            .transaction(|(incidents, index, outbox, outbox_due)| {
                 if let Some(existing) = index.get(&open_key)? {
                     if let Some(bytes) = incidents.get(&existing)? {
                         let mut incident: Incident = tx(keys::decode(INCIDENTS, &bytes))?;
@@ -99,7 +136,13 @@ impl IncidentTrees<'_> {
                 incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
                 index.insert(open_key.as_slice(), &key)?;
                 if open.notify {
-                    enqueue_alert(outbox, AlertEventType::Opened, &incident, open.at)?;
+                    enqueue_alert(
+                        outbox,
+                        outbox_due,
+                        AlertEventType::Opened,
+                        &incident,
+                        open.at,
+                    )?;
                 }
                 Ok(incident)
             })
@@ -119,8 +162,8 @@ impl IncidentTrees<'_> {
         if self.open.get(&open_key).map_err(io)?.is_none() {
             return Ok(None);
         }
-        (self.incidents, self.open, self.outbox)
-            .transaction(|(incidents, index, outbox)| {
+        (self.incidents, self.open, self.outbox, self.outbox_due)
+            .transaction(|(incidents, index, outbox, outbox_due)| {
                 let Some(key) = index.remove(open_key.as_slice())? else {
                     return Ok(None);
                 };
@@ -131,7 +174,7 @@ impl IncidentTrees<'_> {
                 incident.resolved_at = Some(at);
                 incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
                 if notify {
-                    enqueue_alert(outbox, AlertEventType::Resolved, &incident, at)?;
+                    enqueue_alert(outbox, outbox_due, AlertEventType::Resolved, &incident, at)?;
                 }
                 Ok(Some(incident))
             })
@@ -227,23 +270,82 @@ impl IncidentTrees<'_> {
             .collect()
     }
 
+    /// Up to `limit` alerts due at or before `now` (to the millisecond), earliest due
+    /// first: one range read of the due-time index, then each record by id.
+    pub(super) fn due_alerts(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<AlertRecord>, StoreError> {
+        let end = keys::outbox_due_key(now.timestamp_millis().saturating_add(1), 0);
+        let mut out = Vec::new();
+        for key in self.outbox_due.range(..end).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            if let Some(record) = self.alert_of_due_key(&key.map_err(io)?)? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+
+    /// When the earliest alert is due (its record's exact time), `None` if none waits.
+    pub(super) fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        for key in self.outbox_due.iter().keys() {
+            if let Some(record) = self.alert_of_due_key(&key.map_err(io)?)? {
+                return Ok(Some(record.next_attempt_at));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The alert a due-index key points at; `None` for an entry whose alert is gone (a
+    /// removal that raced the read), which the next rebuild drops.
+    fn alert_of_due_key(&self, key: &[u8]) -> Result<Option<AlertRecord>, StoreError> {
+        let Some(id) = keys::outbox_due_id(key) else {
+            return Ok(None);
+        };
+        match self.outbox.get(keys::id_key(id)).map_err(io)? {
+            Some(bytes) => Ok(Some(keys::decode(OUTBOX, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
     pub(super) fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
         let key = keys::id_key(record.id);
         let value = keys::encode(OUTBOX, record)?;
+        let new_due = due_key(record);
         // Only while it is still pending: a concurrent removal (delivered) wins.
-        self.outbox
-            .transaction(|outbox| {
-                if outbox.get(key)?.is_some() {
-                    outbox.insert(&key, value.as_slice())?;
-                }
+        (self.outbox, self.outbox_due)
+            .transaction(|(outbox, outbox_due)| {
+                let Some(old) = outbox.get(key)? else {
+                    return Ok(());
+                };
+                let old: AlertRecord = tx(keys::decode(OUTBOX, &old))?;
+                outbox_due.remove(&due_key(&old))?;
+                outbox.insert(&key, value.as_slice())?;
+                outbox_due.insert(&new_due, &[])?;
                 Ok(())
             })
             .map_err(from_tx)
     }
 
     pub(super) fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
-        self.outbox.remove(keys::id_key(alert_id)).map_err(io)?;
-        Ok(())
+        let key = keys::id_key(alert_id);
+        (self.outbox, self.outbox_due)
+            .transaction(|(outbox, outbox_due)| {
+                let Some(old) = outbox.remove(&key)? else {
+                    return Ok(());
+                };
+                // An unreadable record still goes (the sender must be able to drop
+                // it); its index entry, if any, points at nothing and is skipped.
+                if let Ok(old) = keys::decode::<AlertRecord>(OUTBOX, &old) {
+                    outbox_due.remove(&due_key(&old))?;
+                }
+                Ok(())
+            })
+            .map_err(from_tx)
     }
 }
 
@@ -341,6 +443,64 @@ mod tests {
                 .resolved_at,
             Some(at(4))
         );
+    }
+
+    #[tokio::test]
+    async fn due_alerts_come_earliest_due_first_and_the_index_follows_every_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = {
+            let store = open_store(&dir);
+            for n in 0..3 {
+                store
+                    .open_incident(&open(
+                        &format!("acc_{n}"),
+                        IncidentKind::NeedsReauth,
+                        1,
+                        true,
+                    ))
+                    .expect("open");
+            }
+            let mut alerts = store.pending_alerts(10).expect("outbox");
+            assert_eq!(store.due_alerts(at(0), 10).expect("due"), []);
+            assert_eq!(store.due_alerts(at(1), 10).expect("due"), alerts);
+            assert_eq!(store.next_alert_due().expect("next"), Some(at(1)));
+            // The oldest fails and waits: the younger ones come first, then it.
+            alerts[0].next_attempt_at = at(5);
+            alerts[0].attempts = 1;
+            store.update_alert(&alerts[0]).expect("update");
+            let due: Vec<u64> = store
+                .due_alerts(at(1), 10)
+                .expect("due")
+                .iter()
+                .map(|a| a.id)
+                .collect();
+            assert_eq!(due, [alerts[1].id, alerts[2].id]);
+            assert_eq!(store.due_alerts(at(1), 1).expect("due").len(), 1);
+            store.remove_alert(alerts[1].id).expect("remove");
+            store.remove_alert(alerts[2].id).expect("remove");
+            assert_eq!(store.due_alerts(at(4), 10).expect("due"), []);
+            assert_eq!(store.next_alert_due().expect("next"), Some(at(5)));
+            assert_eq!(
+                store.due_alerts(at(5), 10).expect("due"),
+                [alerts[0].clone()]
+            );
+            store.durable().await.expect("durable");
+            store.shutdown().await.expect("shutdown");
+            alerts[0].id
+        };
+        // A store written before the due index existed (or whose index a crash left
+        // behind) gets it rebuilt from the outbox on open.
+        {
+            let db = sled::open(dir.path()).expect("raw sled");
+            db.drop_tree(super::keys::OUTBOX_DUE).expect("drop index");
+            db.flush().expect("flush");
+        }
+        let store = open_store(&dir);
+        let due = store.due_alerts(at(5), 10).expect("due");
+        assert_eq!(due.iter().map(|a| a.id).collect::<Vec<_>>(), [ids]);
+        assert_eq!(store.next_alert_due().expect("next"), Some(at(5)));
+        store.remove_alert(ids).expect("remove");
+        assert_eq!(store.next_alert_due().expect("next"), None);
     }
 
     #[tokio::test]

@@ -37,8 +37,8 @@ use sled::{IVec, Tree};
 
 use super::group_commit::{FlushFn, GroupCommit};
 use super::keys::{
-    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, POLL,
-    POLL_BACKFILLED, POLL_INDEX, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
+    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, OUTBOX_DUE,
+    POLL, POLL_BACKFILLED, POLL_INDEX, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
 use super::sled_incidents::IncidentTrees;
 use super::{
@@ -174,6 +174,8 @@ pub struct SledStore {
     incident_open: Tree,
     /// Undelivered outbound alerts.
     outbox: Tree,
+    /// The outbox's due-time index: (next attempt, id) of every undelivered alert.
+    outbox_due: Tree,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,
     /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
@@ -351,6 +353,8 @@ impl SledStore {
         let incidents = tree(INCIDENTS)?;
         let incident_open = tree(INCIDENT_OPEN)?;
         let outbox = tree(OUTBOX)?;
+        let outbox_due = tree(OUTBOX_DUE)?;
+        super::sled_incidents::rebuild_outbox_due(&outbox, &outbox_due)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -391,6 +395,7 @@ impl SledStore {
             incidents,
             incident_open,
             outbox,
+            outbox_due,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
@@ -531,6 +536,7 @@ impl SledStore {
             incidents: &self.incidents,
             open: &self.incident_open,
             outbox: &self.outbox,
+            outbox_due: &self.outbox_due,
         }
     }
 
@@ -1357,6 +1363,50 @@ impl Store for SledStore {
             .map_err(from_tx)
     }
 
+    fn reschedule_retry(
+        &self,
+        current: &RetryRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        let _gate = self.write_gate()?;
+        let index_key = keys::account_key(&current.account_id);
+        let current_key = keys::retry_key(current.due_at.timestamp_millis(), &current.account_id);
+        let current_value = keys::encode(RETRIES, current)?;
+        let moved = match due_at {
+            Some(due_at) => {
+                let record = RetryRecord {
+                    due_at,
+                    ..current.clone()
+                };
+                let key = keys::retry_key(due_at.timestamp_millis(), &record.account_id);
+                Some((key, keys::encode(RETRIES, &record)?))
+            }
+            None => None,
+        };
+        (&self.retries, &self.retry_index)
+            .transaction(|(retries, retry_index)| {
+                let still_current = retry_index.get(index_key.as_slice())?.as_deref()
+                    == Some(current_key.as_slice())
+                    && retries.get(current_key.as_slice())?.as_deref()
+                        == Some(current_value.as_slice());
+                if !still_current {
+                    return Ok(false);
+                }
+                retries.remove(current_key.as_slice())?;
+                match &moved {
+                    Some((key, value)) => {
+                        retry_index.insert(index_key.as_slice(), key.as_slice())?;
+                        retries.insert(key.as_slice(), value.as_slice())?;
+                    }
+                    None => {
+                        retry_index.remove(index_key.as_slice())?;
+                    }
+                }
+                Ok(true)
+            })
+            .map_err(from_tx)
+    }
+
     fn due_retries(
         &self,
         now: DateTime<Utc>,
@@ -1545,6 +1595,14 @@ impl Store for SledStore {
 
     fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
         self.incident_trees().pending_alerts(limit)
+    }
+
+    fn due_alerts(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+        self.incident_trees().due_alerts(now, limit)
+    }
+
+    fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.incident_trees().next_alert_due()
     }
 
     fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
@@ -2334,6 +2392,55 @@ mod tests {
             .due_retries(t0() + minutes(60), 10)
             .unwrap()
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn rescheduling_a_retry_moves_or_drops_it_only_while_it_is_current() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir);
+        let a = account("item-a", "owner-1", &[]);
+        store.link_account(&a).unwrap();
+        let first = retry(&a, 1, t0());
+        store.record_retry(&first).unwrap();
+
+        // Moved: out of the due part of the index, same attempt and code.
+        assert!(store
+            .reschedule_retry(&first, Some(t0() + minutes(10)))
+            .unwrap());
+        assert!(store.due_retries(t0() + minutes(9), 10).unwrap().is_empty());
+        let moved = store.retry_of(&a.id).unwrap().unwrap();
+        assert_eq!(
+            moved,
+            RetryRecord {
+                due_at: t0() + minutes(10),
+                ..first.clone()
+            }
+        );
+        assert_eq!(
+            store.due_retries(t0() + minutes(10), 10).unwrap(),
+            std::slice::from_ref(&moved)
+        );
+
+        // A stale copy (the record moved since it was read) changes nothing.
+        assert!(!store.reschedule_retry(&first, None).unwrap());
+        assert_eq!(store.retry_of(&a.id).unwrap(), Some(moved.clone()));
+
+        // A sync wrote a newer record meanwhile: it wins over the sweeper's copy.
+        let newer = retry(&a, 2, t0() + minutes(10));
+        store.record_retry(&newer).unwrap();
+        assert!(!store
+            .reschedule_retry(&moved, Some(t0() + minutes(20)))
+            .unwrap());
+        assert_eq!(store.retry_of(&a.id).unwrap(), Some(newer.clone()));
+
+        // Dropped: gone from both the record and the index.
+        assert!(store.reschedule_retry(&newer, None).unwrap());
+        assert_eq!(store.retry_of(&a.id).unwrap(), None);
+        assert!(store
+            .due_retries(t0() + minutes(60), 10)
+            .unwrap()
+            .is_empty());
+        assert!(!store.reschedule_retry(&newer, None).unwrap());
     }
 
     #[tokio::test]

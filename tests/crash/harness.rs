@@ -352,6 +352,15 @@ impl Http {
         serde_json::from_str(&text).expect("json")
     }
 
+    /// GET `url`, expecting a 2xx answer; its body as text.
+    pub async fn get_text(&self, url: &str) -> String {
+        let response = self.0.get(url).send().await.expect("GET");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert!(status.is_success(), "GET {url}: {status} {text}");
+        text
+    }
+
     /// POST `body` to `url`, expecting a 2xx JSON answer.
     pub async fn post_ok(&self, url: &str, body: &Value) -> Value {
         let response = self.0.post(url).json(body).send().await.expect("POST");
