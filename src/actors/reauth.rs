@@ -238,7 +238,8 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
         .filter(newer)
         .filter_map(|e| login_signal(e).map(|s| (e.seq, s)))
         .next_back();
-    let mut repaired_at_seq = 0;
+    // Seqs start at 0: "no repair" is `None`, not a sentinel seq.
+    let mut repaired_at_seq = None;
     // A repair renews the consent: a deadline announced before it no longer holds.
     let repair_lifts_deadline = [
         IncidentKind::PendingExpiration,
@@ -251,7 +252,7 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
             plan.resolve.push(IncidentKind::NeedsReauth);
             plan.resolve.extend(repair_lifts_deadline);
             plan.transition = Some(Transition::Repaired { seq });
-            repaired_at_seq = seq;
+            repaired_at_seq = Some(seq);
         }
         (Some(parked), Some((seq, LoginSignal::Required { request_id }))) if parked.relinked => {
             // The new token already needs a login again.
@@ -262,7 +263,7 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
             plan.needs_reauth = Some(None);
             plan.resolve.push(IncidentKind::NeedsReauth);
             plan.transition = Some(Transition::UnparkedByRelink);
-            repaired_at_seq = parked.after_seq;
+            repaired_at_seq = Some(parked.after_seq);
         }
         (Some(parked), _) => {
             // Still parked: remember how far we looked, so the next activation or
@@ -288,7 +289,7 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
                 plan.deadline = Some(None);
             }
             plan.resolve.extend(repair_lifts_deadline);
-            repaired_at_seq = seq;
+            repaired_at_seq = Some(seq);
         }
         (None, None) => {}
     }
@@ -296,7 +297,7 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
     let announced = entries
         .iter()
         .filter(newer)
-        .filter(|e| e.seq > repaired_at_seq)
+        .filter(|e| repaired_at_seq.is_none_or(|repaired| e.seq > repaired))
         .filter_map(|e| deadline_of(e, now))
         .next_back();
     if let Some(deadline) = announced {
@@ -306,7 +307,7 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
                 && c.deadline == deadline.deadline
                 && c.reason == deadline.reason
         });
-        if !same || repaired_at_seq > 0 {
+        if !same || repaired_at_seq.is_some() {
             plan.open.push((
                 deadline_kind(&deadline),
                 serde_json::json!({
@@ -366,8 +367,7 @@ pub async fn park_after_error(
     let parked = tokio::task::spawn_blocking(move || {
         let store = task_registry.store();
         let now = Utc::now();
-        let (mark, details) =
-            parked_mark(LOGIN_REQUIRED, request_id, "provider", after_seq, now);
+        let (mark, details) = parked_mark(LOGIN_REQUIRED, request_id, "provider", after_seq, now);
         let stored = store.update_login_state(&task_id, &|account| {
             if account.access_token != token {
                 return false;
@@ -414,6 +414,10 @@ pub async fn after_commit(registry: &Arc<Registry>, id: &AccountId) {
         Err(error) => tracing::warn!(account_id = %id, %error, "incident resolution task failed"),
     }
 }
+
+#[cfg(test)]
+#[path = "reauth_tests.rs"]
+mod race_tests;
 
 #[cfg(test)]
 mod tests {
