@@ -332,3 +332,132 @@ async fn a_resume_racing_the_quarantine_write_wins() {
     assert!(h.account(&id).quarantine.is_none());
     assert!(!h.open(&id, IncidentKind::Quarantined));
 }
+
+/// A provider whose every `/transactions/sync` call reports the token it got, then
+/// waits for the test to release it; the first call can be made to answer
+/// ITEM_LOGIN_REQUIRED.
+struct GatedProvider {
+    calls: tokio::sync::mpsc::UnboundedSender<String>,
+    release: tokio::sync::Semaphore,
+    login_error_first: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crate::providers::Provider for GatedProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Plaid
+    }
+
+    async fn sync_page(
+        &self,
+        token: &AccessToken,
+        _cursor: Option<&str>,
+        _count: u32,
+    ) -> Result<crate::providers::DeltaPage, ProviderError> {
+        let _ = self.calls.send(token.expose().to_string());
+        self.release.acquire().await.expect("open").forget();
+        if self
+            .login_error_first
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ProviderError::Api {
+                status: 400,
+                error_type: "ITEM_ERROR".into(),
+                code: LOGIN_REQUIRED.into(),
+                message: "login required".into(),
+                request_id: Some("req-login".into()),
+            });
+        }
+        Ok(crate::providers::DeltaPage {
+            added: vec![],
+            modified: vec![],
+            removed: vec![],
+            next_cursor: "cursor".into(),
+            has_more: false,
+            request_id: "req".into(),
+        })
+    }
+
+    async fn window_page(
+        &self,
+        _token: &AccessToken,
+        _start: chrono::NaiveDate,
+        _end: chrono::NaiveDate,
+        _offset: u64,
+        _count: u32,
+    ) -> Result<crate::providers::WindowPage, ProviderError> {
+        unreachable!("no reconcile in these tests")
+    }
+
+    async fn verify_webhook(
+        &self,
+        _headers: &http::HeaderMap,
+        _body: &[u8],
+    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
+        unreachable!("no webhooks in these tests")
+    }
+}
+
+fn gated(
+    login_error_first: bool,
+) -> (
+    Harness,
+    Arc<GatedProvider>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (calls, received) = tokio::sync::mpsc::unbounded_channel();
+    let provider = Arc::new(GatedProvider {
+        calls,
+        release: tokio::sync::Semaphore::new(0),
+        login_error_first: std::sync::atomic::AtomicBool::new(login_error_first),
+    });
+    (harness_with(provider.clone()), provider, received)
+}
+
+async fn next_call(received: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// B3: a relink's `Resume` that reaches the actor while a sync runs is not dropped:
+/// one more sync follows, with the new token.
+#[tokio::test]
+async fn a_resume_during_a_sync_runs_one_more_sync() {
+    let (h, provider, mut received) = gated(false);
+    let id = h.link("item-b3");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    // The initial sync is in the provider call; the user relinks meanwhile.
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    h.registry.relinked(&id).expect("relinked");
+    provider.release.add_permits(1);
+    assert_eq!(
+        next_call(&mut received).await.as_deref(),
+        Some("token-2"),
+        "the resume queued a sync behind the running one"
+    );
+    provider.release.add_permits(1);
+}
+
+/// B1/B3 on the provider path: ITEM_LOGIN_REQUIRED for the token a relink replaced
+/// while the sync ran does not park the account; the new token is tried at once.
+#[tokio::test]
+async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one() {
+    let (h, provider, mut received) = gated(true);
+    let id = h.link("item-b3b");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    h.registry.relinked(&id).expect("relinked");
+    provider.release.add_permits(1);
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-2"));
+    assert!(h.account(&id).needs_reauth.is_none(), "not parked");
+    assert!(!h.open(&id, IncidentKind::NeedsReauth));
+    provider.release.add_permits(8);
+}
