@@ -11,6 +11,10 @@
 //! - `PENDING_EXPIRATION` / `PENDING_DISCONNECT` record the announced deadline on the
 //!   account and open a warning incident; LOGIN_REPAIRED or a relink clears them.
 //!
+//! Every decision is taken on the account record as stored at the moment it is
+//! written (`Store::update_login_state`), never written back from a copy read earlier:
+//! a relink can land while a check runs, and it must not be lost.
+//!
 //! The decisions read the inbox entries the sync claimed, not messages: webhooks are
 //! durable in the inbox before they are acknowledged, so a crash, a passivation or a
 //! restart can never lose a LOGIN_REPAIRED (the next activation finds it there).
