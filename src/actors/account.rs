@@ -517,8 +517,14 @@ impl Actor for AccountActor {
                 state.gave_up = false;
                 state.needs_reauth = false;
                 state.attempt = 0;
-                if state.phase == Phase::Idle {
-                    self.start_sync(&myself, state, SyncReason::Manual);
+                match &mut state.phase {
+                    Phase::Idle => self.start_sync(&myself, state, SyncReason::Manual),
+                    // The running sync (or parked check) read the account before the
+                    // resume or relink: it may still see the mark or use the old token,
+                    // so one more follows it, which reads the record as it is now.
+                    Phase::Syncing { again } => *again = true,
+                    // A timer is set; the sync it starts reads the cleared record.
+                    Phase::Backoff { .. } | Phase::Scheduled { .. } => {}
                 }
             }
             AccountMessage::Due => {
@@ -816,49 +822,58 @@ async fn sync_once(
     progress: &SyncProgress,
     attempt: u32,
 ) -> TaskOutcome {
-    let prepared = match prepare(registry, id).await {
-        Ok(prepared) => prepared,
-        Err(error) => return failed(registry, id, error, attempt).await,
-    };
-    let checked_seq = prepared.consumed.iter().copied().max().unwrap_or(0);
-    match reauth::check(registry, &prepared.account, &prepared.entries).await {
-        Ok(reauth::Check::Proceed) => {}
-        Ok(reauth::Check::Parked { newly_parked }) => {
-            return TaskOutcome::Parked(ParkReport {
-                checked_seq,
-                newly_parked,
-            })
+    loop {
+        let prepared = match prepare(registry, id).await {
+            Ok(prepared) => prepared,
+            Err(error) => return failed(registry, id, error, attempt).await,
+        };
+        let checked_seq = prepared.consumed.iter().copied().max().unwrap_or(0);
+        match reauth::check(registry, &prepared.account, &prepared.entries).await {
+            Ok(reauth::Check::Proceed) => {}
+            Ok(reauth::Check::Parked { newly_parked }) => {
+                return TaskOutcome::Parked(ParkReport {
+                    checked_seq,
+                    newly_parked,
+                })
+            }
+            Err(error) => return failed(registry, id, SyncError::Store(error), attempt).await,
         }
-        Err(error) => return failed(registry, id, SyncError::Store(error), attempt).await,
-    }
-    let provider = registry.provider(prepared.account.provider);
-    let result = run_sync(
-        provider.as_ref(),
-        registry.store(),
-        &prepared.account,
-        prepared.consumed,
-        registry.sync_params(),
-        progress,
-    )
-    .await;
-    match result {
-        Ok(report) => {
-            reauth::after_commit(registry, id).await;
-            TaskOutcome::Finished(Ok(report))
-        }
-        Err(error) if reauth::is_login_required(&error) => {
-            match reauth::park_after_error(registry, id, &error, checked_seq).await {
-                Ok(()) => TaskOutcome::Parked(ParkReport {
+        let provider = registry.provider(prepared.account.provider);
+        let result = run_sync(
+            provider.as_ref(),
+            registry.store(),
+            &prepared.account,
+            prepared.consumed,
+            registry.sync_params(),
+            progress,
+        )
+        .await;
+        let error = match result {
+            Ok(report) => {
+                reauth::after_commit(registry, id).await;
+                return TaskOutcome::Finished(Ok(report));
+            }
+            Err(error) if reauth::is_login_required(&error) => error,
+            Err(error) => return failed(registry, id, error, attempt).await,
+        };
+        let token = &prepared.account.access_token;
+        match reauth::park_after_error(registry, id, &error, checked_seq, token).await {
+            Ok(true) => {
+                return TaskOutcome::Parked(ParkReport {
                     checked_seq,
                     newly_parked: true,
-                }),
-                Err(store_error) => {
-                    tracing::error!(account_id = %id, error = %store_error, "could not park account");
-                    failed(registry, id, error, attempt).await
-                }
+                })
+            }
+            // Relinked while this sync ran: the error is about the replaced token, and
+            // the new one has not been tried yet. Bounded by the number of relinks.
+            Ok(false) => {
+                tracing::info!(account_id = %id, "login error for a replaced token, syncing again");
+            }
+            Err(store_error) => {
+                tracing::error!(account_id = %id, error = %store_error, "could not park account");
+                return failed(registry, id, error, attempt).await;
             }
         }
-        Err(error) => failed(registry, id, error, attempt).await,
     }
 }
 

@@ -11,6 +11,10 @@
 //! - `PENDING_EXPIRATION` / `PENDING_DISCONNECT` record the announced deadline on the
 //!   account and open a warning incident; LOGIN_REPAIRED or a relink clears them.
 //!
+//! Every decision is taken on the account record as stored at the moment it is
+//! written (`Store::update_login_state`), never written back from a copy read earlier:
+//! a relink can land while a check runs, and it must not be lost.
+//!
 //! The decisions read the inbox entries the sync claimed, not messages: webhooks are
 //! durable in the inbox before they are acknowledged, so a crash, a passivation or a
 //! restart can never lose a LOGIN_REPAIRED (the next activation finds it there).
@@ -21,7 +25,7 @@ use chrono::{DateTime, Utc};
 
 use super::registry::Registry;
 use super::sync::SyncError;
-use crate::domain::{Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
+use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
 use crate::incidents::IncidentKind;
 use crate::providers::ProviderError;
 use crate::store::StoreError;
@@ -106,6 +110,9 @@ pub fn is_login_required(error: &SyncError) -> bool {
 
 /// The pre-sync check over the claimed inbox entries (in seq order). Writes what it
 /// decides (park, unpark, deadlines, incidents) and makes it durable before answering.
+///
+/// `account` (as the sync read it) only serves the fast path: the decision itself is
+/// taken on the record as stored at the moment of writing (see [`decide`]).
 pub async fn check(
     registry: &Arc<Registry>,
     account: &Account,
@@ -117,10 +124,10 @@ pub async fn check(
         return Ok(Check::Proceed);
     }
     let registry_for_task = registry.clone();
-    let account = account.clone();
+    let id = account.id.clone();
     let entries = entries.to_vec();
     let (check, wrote) =
-        tokio::task::spawn_blocking(move || decide(&registry_for_task, &account, &entries))
+        tokio::task::spawn_blocking(move || decide(&registry_for_task, &id, &entries))
             .await
             .map_err(|e| StoreError::Io(format!("reauth check task failed: {e}")))??;
     if wrote {
@@ -129,15 +136,104 @@ pub async fn check(
     Ok(check)
 }
 
+/// What a check changes, computed from one version of the account record.
+#[derive(Debug, Default)]
+struct Plan {
+    check: Option<Check>,
+    /// `Some(mark)`: write `mark` (a `None` mark unparks).
+    needs_reauth: Option<Option<NeedsReauth>>,
+    /// `Some(deadline)`: write `deadline` (a `None` deadline clears it).
+    deadline: Option<Option<PendingDeadline>>,
+    /// Incidents resolved, then incidents opened (kind, details).
+    resolve: Vec<IncidentKind>,
+    open: Vec<(IncidentKind, serde_json::Value)>,
+    transition: Option<Transition>,
+}
+
+/// What happened to the mark, for the log.
+#[derive(Clone, Copy, Debug)]
+enum Transition {
+    Repaired { seq: u64 },
+    ParkedByWebhook { seq: u64 },
+    ParkedAgainAfterRelink { seq: u64 },
+    UnparkedByRelink,
+}
+
+impl Plan {
+    fn park(&mut self, request_id: Option<String>, after_seq: u64, now: DateTime<Utc>) {
+        let (mark, details) = parked_mark(LOGIN_REQUIRED, request_id, "webhook", after_seq, now);
+        self.needs_reauth = Some(Some(mark));
+        self.open.push((IncidentKind::NeedsReauth, details));
+        self.check = Some(Check::Parked { newly_parked: true });
+    }
+
+    /// Applies the plan's fields to `account`; whether there was anything to write.
+    fn apply(&self, account: &mut Account) -> bool {
+        if let Some(mark) = &self.needs_reauth {
+            account.needs_reauth = mark.clone();
+        }
+        if let Some(deadline) = &self.deadline {
+            account.pending_deadline = deadline.clone();
+        }
+        self.needs_reauth.is_some() || self.deadline.is_some()
+    }
+}
+
 /// The decision and its writes; returns whether anything was written.
+///
+/// The decision is taken inside the store's read-modify-write, on the record as stored
+/// at that moment, never on a copy read earlier: a relink that lands while the check
+/// runs (setting `relinked`, raising `after_seq`) is seen by it, not overwritten. The
+/// incidents are written after the record; whichever of the check and the relink
+/// writes its record last also has the last word on the incidents that go with it,
+/// or, if the relink comes second, its `Resume` makes the actor check once more.
 fn decide(
     registry: &Registry,
-    account: &Account,
+    id: &AccountId,
     entries: &[InboxEntry],
 ) -> Result<(Check, bool), StoreError> {
-    let store = registry.store();
-    let id = &account.id;
     let now = Utc::now();
+    // The plan of the transaction run that committed (an earlier run's is replaced).
+    let planned = std::cell::RefCell::new(None);
+    registry.store().update_login_state(id, &|account| {
+        let plan = plan(account, entries, now);
+        let write = plan.apply(account);
+        *planned.borrow_mut() = Some(plan);
+        write
+    })?;
+    let plan = planned
+        .into_inner()
+        .ok_or_else(|| StoreError::InvalidState("login state update did not run".into()))?;
+    match plan.transition {
+        Some(Transition::Repaired { seq }) => {
+            tracing::info!(account_id = %id, seq, "login repaired, unparking account")
+        }
+        Some(Transition::ParkedByWebhook { seq }) => {
+            tracing::debug!(account_id = %id, seq, "item error webhook: login required")
+        }
+        Some(Transition::ParkedAgainAfterRelink { seq }) => {
+            tracing::debug!(account_id = %id, seq, "login required again after relink")
+        }
+        Some(Transition::UnparkedByRelink) => {
+            tracing::info!(account_id = %id, "relinked, unparking account")
+        }
+        None => {}
+    }
+    let mut wrote = plan.needs_reauth.is_some() || plan.deadline.is_some();
+    if !plan.resolve.is_empty() {
+        wrote |= registry.resolve_incidents(id, &plan.resolve)? > 0;
+    }
+    for (kind, details) in plan.open {
+        registry.open_incident(id, kind, details)?;
+        wrote = true;
+    }
+    Ok((plan.check.unwrap_or(Check::Proceed), wrote))
+}
+
+/// The decision over `entries` for the account as stored in `account`. Pure: it runs
+/// inside a store transaction that may be retried.
+fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
+    let mut plan = Plan::default();
     let after_seq = account.needs_reauth.as_ref().map(|p| p.after_seq);
     let newer = |entry: &&InboxEntry| after_seq.is_none_or(|after| entry.seq > after);
     let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
@@ -146,70 +242,66 @@ fn decide(
         .filter(newer)
         .filter_map(|e| login_signal(e).map(|s| (e.seq, s)))
         .next_back();
-    let mut wrote = false;
-    let mut check = Check::Proceed;
-    let mut repaired_at_seq = 0;
+    // Seqs start at 0: "no repair" is `None`, not a sentinel seq.
+    let mut repaired_at_seq = None;
+    // A repair renews the consent: a deadline announced before it no longer holds.
+    let repair_lifts_deadline = [
+        IncidentKind::PendingExpiration,
+        IncidentKind::PendingDisconnect,
+    ];
     match (&account.needs_reauth, latest_signal) {
         (Some(_), Some((seq, LoginSignal::Repaired))) => {
-            store.set_needs_reauth(id, None)?;
-            store.set_pending_deadline(id, None)?;
-            registry.resolve_incidents(
-                id,
-                &[
-                    IncidentKind::NeedsReauth,
-                    IncidentKind::PendingExpiration,
-                    IncidentKind::PendingDisconnect,
-                ],
-            )?;
-            tracing::info!(account_id = %id, seq, "login repaired, unparking account");
-            repaired_at_seq = seq;
-            wrote = true;
+            plan.needs_reauth = Some(None);
+            plan.deadline = Some(None);
+            plan.resolve.push(IncidentKind::NeedsReauth);
+            plan.resolve.extend(repair_lifts_deadline);
+            plan.transition = Some(Transition::Repaired { seq });
+            repaired_at_seq = Some(seq);
         }
         (Some(parked), Some((seq, LoginSignal::Required { request_id }))) if parked.relinked => {
             // The new token already needs a login again.
-            park(registry, id, LOGIN_REQUIRED, request_id, "webhook", max_seq)?;
-            tracing::debug!(account_id = %id, seq, "login required again after relink");
-            wrote = true;
-            check = Check::Parked { newly_parked: true };
+            plan.park(request_id, max_seq, now);
+            plan.transition = Some(Transition::ParkedAgainAfterRelink { seq });
         }
         (Some(parked), _) if parked.relinked => {
-            store.set_needs_reauth(id, None)?;
-            registry.resolve_incidents(id, &[IncidentKind::NeedsReauth])?;
-            tracing::info!(account_id = %id, "relinked, unparking account");
-            repaired_at_seq = parked.after_seq;
-            wrote = true;
+            plan.needs_reauth = Some(None);
+            plan.resolve.push(IncidentKind::NeedsReauth);
+            plan.transition = Some(Transition::UnparkedByRelink);
+            repaired_at_seq = Some(parked.after_seq);
         }
         (Some(parked), _) => {
             // Still parked: remember how far we looked, so the next activation or
-            // passivation does not look again at the same entries.
+            // passivation does not look again at the same entries. Only `after_seq`
+            // moves, and only forward.
             if max_seq > parked.after_seq {
-                store.set_needs_reauth(
-                    id,
-                    Some(NeedsReauth {
-                        after_seq: max_seq,
-                        ..parked.clone()
-                    }),
-                )?;
-                wrote = true;
+                plan.needs_reauth = Some(Some(NeedsReauth {
+                    after_seq: max_seq,
+                    ..parked.clone()
+                }));
             }
-            check = Check::Parked {
+            plan.check = Some(Check::Parked {
                 newly_parked: false,
-            };
+            });
         }
         (None, Some((seq, LoginSignal::Required { request_id }))) => {
-            park(registry, id, LOGIN_REQUIRED, request_id, "webhook", max_seq)?;
-            tracing::debug!(account_id = %id, seq, "item error webhook: login required");
-            wrote = true;
-            check = Check::Parked { newly_parked: true };
+            plan.park(request_id, max_seq, now);
+            plan.transition = Some(Transition::ParkedByWebhook { seq });
         }
-        (None, Some((seq, LoginSignal::Repaired))) => repaired_at_seq = seq,
+        (None, Some((seq, LoginSignal::Repaired))) => {
+            // Not parked, but the repair still renews the consent.
+            if account.pending_deadline.is_some() {
+                plan.deadline = Some(None);
+            }
+            plan.resolve.extend(repair_lifts_deadline);
+            repaired_at_seq = Some(seq);
+        }
         (None, None) => {}
     }
-    // Deadlines announced after the last repair (a repair renews the consent).
+    // Deadlines announced after the last repair (or relink).
     let announced = entries
         .iter()
         .filter(newer)
-        .filter(|e| e.seq > repaired_at_seq)
+        .filter(|e| repaired_at_seq.is_none_or(|repaired| e.seq > repaired))
         .filter_map(|e| deadline_of(e, now))
         .next_back();
     if let Some(deadline) = announced {
@@ -219,83 +311,87 @@ fn decide(
                 && c.deadline == deadline.deadline
                 && c.reason == deadline.reason
         });
-        if !same || repaired_at_seq > 0 {
-            registry.open_incident(
-                id,
+        if !same || repaired_at_seq.is_some() {
+            plan.open.push((
                 deadline_kind(&deadline),
                 serde_json::json!({
                     "code": deadline.code,
                     "deadline": deadline.deadline,
                     "reason": deadline.reason,
                 }),
-            )?;
-            store.set_pending_deadline(id, Some(deadline))?;
-            wrote = true;
+            ));
+            plan.deadline = Some(Some(deadline));
         }
     }
-    Ok((check, wrote))
+    plan
 }
 
-/// Parks the account: the mark (its retry record goes with it) and the incident.
-fn park(
-    registry: &Registry,
-    id: &AccountId,
+/// A needs-reauth mark and the details of its incident.
+fn parked_mark(
     code: &str,
     request_id: Option<String>,
     source: &str,
     after_seq: u64,
-) -> Result<(), StoreError> {
-    registry.store().set_needs_reauth(
-        id,
-        Some(NeedsReauth {
-            code: code.to_owned(),
-            request_id: request_id.clone(),
-            since: Utc::now(),
-            after_seq,
-            relinked: false,
-        }),
-    )?;
-    registry.open_incident(
-        id,
-        IncidentKind::NeedsReauth,
-        serde_json::json!({
-            "code": code,
-            "request_id": request_id,
-            "source": source,
-        }),
-    )?;
-    Ok(())
+    now: DateTime<Utc>,
+) -> (NeedsReauth, serde_json::Value) {
+    let details = serde_json::json!({
+        "code": code,
+        "request_id": request_id,
+        "source": source,
+    });
+    let mark = NeedsReauth {
+        code: code.to_owned(),
+        request_id,
+        since: now,
+        after_seq,
+        relinked: false,
+    };
+    (mark, details)
 }
 
-/// Parks the account after the provider answered ITEM_LOGIN_REQUIRED: the failed
-/// outcome, the mark and the incident, made durable. `after_seq`: the last inbox entry
-/// the failed sync had read.
+/// Parks the account after the provider answered ITEM_LOGIN_REQUIRED to a sync that
+/// used `token`: the failed outcome, the mark and the incident, made durable.
+/// `after_seq`: the last inbox entry the failed sync had read.
+///
+/// Returns `false`, writing nothing, when the account no longer holds `token`: it was
+/// relinked while the sync ran, so the error is about the replaced token and the
+/// caller syncs again with the new one.
 pub async fn park_after_error(
     registry: &Arc<Registry>,
     id: &AccountId,
     error: &SyncError,
     after_seq: u64,
-) -> Result<(), StoreError> {
+    token: &AccessToken,
+) -> Result<bool, StoreError> {
     let task_registry = registry.clone();
     let task_id = id.clone();
     let outcome = error.outcome();
     let request_id = error.request_id();
-    tokio::task::spawn_blocking(move || {
-        task_registry
-            .store()
-            .record_sync_failed(&task_id, outcome, Utc::now())?;
-        park(
-            &task_registry,
-            &task_id,
-            LOGIN_REQUIRED,
-            request_id,
-            "provider",
-            after_seq,
-        )
+    let token = token.clone();
+    let parked = tokio::task::spawn_blocking(move || {
+        let store = task_registry.store();
+        let now = Utc::now();
+        let (mark, details) = parked_mark(LOGIN_REQUIRED, request_id, "provider", after_seq, now);
+        let stored = store.update_login_state(&task_id, &|account| {
+            if account.access_token != token {
+                return false;
+            }
+            account.needs_reauth = Some(mark.clone());
+            true
+        })?;
+        if stored.access_token != token {
+            return Ok(false);
+        }
+        store.record_sync_failed(&task_id, outcome, now)?;
+        task_registry.open_incident(&task_id, IncidentKind::NeedsReauth, details)?;
+        Ok::<_, StoreError>(true)
     })
     .await
     .map_err(|e| StoreError::Io(format!("park task failed: {e}")))??;
-    registry.store().durable().await
+    if parked {
+        registry.store().durable().await?;
+    }
+    Ok(parked)
 }
 
 /// After a committed sync: the conditions a success lifts (a `sync_failed` left open,
@@ -322,6 +418,10 @@ pub async fn after_commit(registry: &Arc<Registry>, id: &AccountId) {
         Err(error) => tracing::warn!(account_id = %id, %error, "incident resolution task failed"),
     }
 }
+
+#[cfg(test)]
+#[path = "reauth_tests.rs"]
+mod race_tests;
 
 #[cfg(test)]
 mod tests {

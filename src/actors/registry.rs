@@ -461,6 +461,34 @@ impl Registry {
         })
     }
 
+    /// Writes a quarantine the supervisor decided (the record, then its incident), but
+    /// only while the in-memory mark is still there: the check and the writes run under
+    /// the restart record's map lock, which [`Registry::resume`] needs to drop the mark,
+    /// so a resume in between cannot be overwritten by a quarantine it already lifted.
+    /// Returns whether it wrote. Synchronous (store transactions, done while the lock
+    /// of one map shard is held: short, and quarantines are rare): call it from a
+    /// blocking thread, then make it durable.
+    pub fn persist_quarantine(
+        &self,
+        id: &AccountId,
+        quarantine: Quarantine,
+    ) -> Result<bool, StoreError> {
+        let Some(record) = self.restarts.get_mut(id) else {
+            return Ok(false);
+        };
+        if !record.quarantined {
+            return Ok(false);
+        }
+        let details = serde_json::json!({
+            "reason": quarantine.reason,
+            "failures": quarantine.failures,
+        });
+        self.store.set_quarantine(id, Some(quarantine))?;
+        self.open_incident(id, IncidentKind::Quarantined, details)?;
+        drop(record);
+        Ok(true)
+    }
+
     /// Whether the supervisor quarantined the account in this process (the account
     /// record says so too once its write lands; this covers the moment in between).
     pub fn is_quarantined_in_memory(&self, id: &AccountId) -> bool {
@@ -474,16 +502,22 @@ impl Registry {
     /// only reset the count and activated it). Synchronous like [`Registry::activate`]:
     /// call it from a blocking thread.
     pub fn resume(&self, id: &AccountId) -> Result<Option<Quarantine>, RegistryError> {
+        self.store
+            .get_account(id)?
+            .filter(|account| account.status == LinkStatus::Linked)
+            .ok_or_else(|| RegistryError::NotLinked(id.clone()))?;
+        // The in-memory mark goes first, then the record is read: a quarantine write
+        // still on its way either landed already (and is cleared below) or finds the
+        // mark gone and writes nothing (see `Registry::persist_quarantine`).
+        self.clear_restart_record(id);
         let account = self
             .store
             .get_account(id)?
-            .filter(|account| account.status == LinkStatus::Linked)
             .ok_or_else(|| RegistryError::NotLinked(id.clone()))?;
         if account.quarantine.is_some() {
             self.store.set_quarantine(id, None)?;
         }
         self.resolve_incidents(id, &[IncidentKind::Quarantined, IncidentKind::SyncFailed])?;
-        self.clear_restart_record(id);
         if account.failed.is_some() {
             // Given up after too many failed syncs: a live actor still believes so, so
             // it is told; a new activation reads the cleared record and is told too.
@@ -503,10 +537,10 @@ impl Registry {
         Ok(account.quarantine)
     }
 
-    /// After a relink (the store already holds the new token and no needs-reauth mark):
-    /// resolves the incidents the relink lifted and tells the account's actor, which
-    /// syncs at once, catching up everything kept in its inbox. Synchronous like
-    /// [`Registry::resume`].
+    /// After a relink (the store already holds the new token, its needs-reauth mark
+    /// flagged `relinked`, its `failed` mark cleared): resolves the incidents the relink
+    /// lifted and tells the account's actor, which syncs at once, catching up
+    /// everything kept in its inbox. Synchronous like [`Registry::resume`].
     pub fn relinked(&self, id: &AccountId) -> Result<(), RegistryError> {
         self.resolve_incidents(
             id,
@@ -514,6 +548,7 @@ impl Registry {
                 IncidentKind::NeedsReauth,
                 IncidentKind::PendingExpiration,
                 IncidentKind::PendingDisconnect,
+                IncidentKind::SyncFailed,
             ],
         )?;
         match self.get_or_activate(id) {

@@ -29,7 +29,6 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use super::registry::{Registry, RegistryError, RestartRecord};
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, Quarantine};
-use crate::incidents::IncidentKind;
 
 /// The supervisor actor.
 pub struct Supervisor {
@@ -239,26 +238,24 @@ impl Actor for Supervisor {
 
 impl Supervisor {
     /// Writes the quarantine to the account record and makes it durable, off the
-    /// mailbox. Until it lands, the registry's in-memory mark keeps the account down.
+    /// mailbox. Until it lands, the registry's in-memory mark keeps the account down; a
+    /// resume that lifts that mark first makes this write nothing (see
+    /// [`Registry::persist_quarantine`]).
     fn persist_quarantine(&self, id: AccountId, quarantine: Quarantine) {
-        let store = self.registry.store().clone();
         let registry = self.registry.clone();
         tokio::spawn(async move {
-            let write_store = store.clone();
+            let write_registry = registry.clone();
             let write_id = id.clone();
             let written = tokio::task::spawn_blocking(move || {
-                let details = serde_json::json!({
-                    "reason": quarantine.reason,
-                    "failures": quarantine.failures,
-                });
-                write_store.set_quarantine(&write_id, Some(quarantine))?;
-                registry
-                    .open_incident(&write_id, IncidentKind::Quarantined, details)
-                    .map(|_| ())
+                write_registry.persist_quarantine(&write_id, quarantine)
             })
             .await;
             let result = match written {
-                Ok(Ok(())) => store.durable().await,
+                Ok(Ok(true)) => registry.store().durable().await,
+                Ok(Ok(false)) => {
+                    tracing::info!(account_id = %id, "resumed before its quarantine was written");
+                    Ok(())
+                }
                 Ok(Err(error)) => Err(error),
                 Err(join_error) => {
                     tracing::error!(account_id = %id, error = %join_error, "quarantine write task failed");

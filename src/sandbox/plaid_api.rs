@@ -547,6 +547,7 @@ fn webhook_type_of(code: &str) -> Option<&'static str> {
         "NEW_ACCOUNTS_AVAILABLE"
         | "LOGIN_REPAIRED"
         | "PENDING_EXPIRATION"
+        | "PENDING_DISCONNECT"
         | "ERROR"
         | "USER_PERMISSION_REVOKED"
         | "WEBHOOK_UPDATE_ACKNOWLEDGED" => Some("ITEM"),
@@ -564,9 +565,29 @@ pub(super) fn webhook_extra(code: &str) -> serde_json::Map<String, serde_json::V
             extra
         }
         "ERROR" => login_required_extra(),
+        // Plaid announces both seven days ahead of the end of access.
+        "PENDING_EXPIRATION" => {
+            let mut extra = serde_json::Map::new();
+            let expires = chrono::Utc::now() + chrono::Duration::days(PENDING_NOTICE_DAYS);
+            extra.insert(
+                "consent_expiration_time".into(),
+                expires
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+                    .into(),
+            );
+            extra
+        }
+        "PENDING_DISCONNECT" => {
+            let mut extra = serde_json::Map::new();
+            extra.insert("reason".into(), "INSTITUTION_TOKEN_EXPIRATION".into());
+            extra
+        }
         _ => serde_json::Map::new(),
     }
 }
+
+/// How far ahead Plaid announces an expiring consent or a disconnection.
+const PENDING_NOTICE_DAYS: i64 = 7;
 
 fn login_required_extra() -> serde_json::Map<String, serde_json::Value> {
     let mut extra = serde_json::Map::new();

@@ -212,6 +212,14 @@ impl Store for FailingStore {
         self.write()?;
         self.inner.set_needs_reauth(id, needs_reauth)
     }
+    fn update_login_state(
+        &self,
+        id: &AccountId,
+        change: &dyn Fn(&mut Account) -> bool,
+    ) -> Result<Account, StoreError> {
+        self.write()?;
+        self.inner.update_login_state(id, change)
+    }
     fn set_pending_deadline(
         &self,
         id: &AccountId,

@@ -392,6 +392,20 @@ pub trait Store: Send + Sync + 'static {
         needs_reauth: Option<NeedsReauth>,
     ) -> Result<(), StoreError>;
 
+    /// Read-modify-write of the account's login state, for decisions that must not
+    /// write back a copy read earlier (a relink landing meanwhile would be lost):
+    /// `change` edits the record as stored now and returns whether to write; only its
+    /// `needs_reauth` and `pending_deadline` are kept, edits to other fields are dropped.
+    /// `change` may run more than once (a retried transaction) and must have no other
+    /// effect. A write that leaves a needs-reauth mark also deletes the retry record.
+    /// Returns the record as stored after the call; `AccountNotFound` if there is none.
+    /// Not durable until a later `durable()` resolves.
+    fn update_login_state(
+        &self,
+        id: &AccountId,
+        change: &dyn Fn(&mut Account) -> bool,
+    ) -> Result<Account, StoreError>;
+
     /// Sets or clears the provider-announced deadline of the account.
     fn set_pending_deadline(
         &self,
@@ -400,7 +414,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
 
     /// Relinks a linked account to a new access token (the user went through the
-    /// provider's update flow): the token is replaced, the pending deadline cleared, and
+    /// provider's update flow): the token is replaced, the pending deadline and the
+    /// `failed` mark cleared (a new token deserves new attempts), and
     /// a needs-reauth mark is flagged `relinked` (its next sync lifts it, ignoring the
     /// login errors already in the inbox); cursor and rows stay. `AccountNotFound` if it does
     /// not exist or is unlinked.

@@ -1527,6 +1527,41 @@ impl Store for SledStore {
         self.update_account(id, |account| account.needs_reauth = needs_reauth.clone())
     }
 
+    fn update_login_state(
+        &self,
+        id: &AccountId,
+        change: &dyn Fn(&mut Account) -> bool,
+    ) -> Result<Account, StoreError> {
+        let (account, wrote) = {
+            let _gate = self.write_gate()?;
+            let key = keys::account_key(id);
+            self.accounts
+                .transaction(|accounts| {
+                    let Some(bytes) = accounts.get(&key)? else {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::AccountNotFound(id.clone()),
+                        ));
+                    };
+                    let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                    // The caller sees the whole record but owns only the login state.
+                    let mut edited = account.clone();
+                    if !change(&mut edited) {
+                        return Ok((account, false));
+                    }
+                    account.needs_reauth = edited.needs_reauth;
+                    account.pending_deadline = edited.pending_deadline;
+                    accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                    Ok((account, true))
+                })
+                .map_err(from_tx)?
+        };
+        if wrote && account.needs_reauth.is_some() {
+            // A parked account is not retried (as with `set_needs_reauth`).
+            self.clear_retry(id)?;
+        }
+        Ok(account)
+    }
+
     fn set_pending_deadline(
         &self,
         id: &AccountId,
@@ -1556,6 +1591,7 @@ impl Store for SledStore {
                 ..parked
             });
             account.pending_deadline = None;
+            account.failed = None;
         })?;
         self.get_account(id)?
             .ok_or_else(|| StoreError::AccountNotFound(id.clone()))

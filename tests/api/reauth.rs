@@ -335,3 +335,107 @@ async fn incident_filters_page_and_reject_bad_values() {
     assert_eq!(response.status(), 400);
     env.shutdown().await;
 }
+
+async fn fire(env: &TestEnv, token: &str, code: &str) {
+    let answer = plaid(
+        env,
+        "/sandbox/item/fire_webhook",
+        json!({ "access_token": token, "webhook_code": code }),
+    )
+    .await;
+    assert_eq!(answer["webhook_fired"], true, "{code}: {answer}");
+}
+
+#[tokio::test]
+async fn announced_deadlines_open_warnings_that_login_repaired_and_relink_lift() {
+    let env = spawn_env_with(|_| {}).await;
+    let (item_id, token) = env.create_item(5).await;
+    let account = env.link(&item_id, &token, "owner-deadline", &[]).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.converge(&account, &item_id).await;
+
+    // PENDING_EXPIRATION: Plaid's body carries consent_expiration_time, 7 days ahead.
+    fire(&env, &token, "PENDING_EXPIRATION").await;
+    let status = wait_until(
+        "the expiration deadline",
+        || env.sync_status(&account),
+        |s| s["pending_deadline"]["code"] == "PENDING_EXPIRATION",
+    )
+    .await;
+    let deadline = status["pending_deadline"]["deadline"]
+        .as_str()
+        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+        .expect("a deadline");
+    let ahead = deadline.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(
+        ahead > chrono::Duration::days(6) && ahead <= chrono::Duration::days(7),
+        "{status}"
+    );
+    assert!(
+        status["needs_reauth"].is_null(),
+        "a warning, not a park: {status}"
+    );
+    let open = incidents(&env, &format!("state=open&account={account}")).await;
+    let list = open["incidents"].as_array().expect("incidents");
+    assert_eq!(list.len(), 1, "{open}");
+    assert_eq!(list[0]["kind"], "pending_expiration", "{open}");
+    assert_eq!(list[0]["severity"], "warning", "{open}");
+    let expiration_incident = list[0]["id"].as_u64().expect("id");
+
+    // LOGIN_REPAIRED on an account that is not parked still renews the consent.
+    fire(&env, &token, "LOGIN_REPAIRED").await;
+    wait_until(
+        "the deadline cleared by LOGIN_REPAIRED",
+        || env.sync_status(&account),
+        |s| s["pending_deadline"].is_null(),
+    )
+    .await;
+    let incident = env
+        .get_json(&format!(
+            "{}/v1/incidents/{expiration_incident}",
+            env.app_url
+        ))
+        .await;
+    assert!(incident["resolved_at"].is_string(), "{incident}");
+
+    // PENDING_DISCONNECT carries a reason; a relink (update mode) lifts it.
+    fire(&env, &token, "PENDING_DISCONNECT").await;
+    let status = wait_until(
+        "the disconnect deadline",
+        || env.sync_status(&account),
+        |s| s["pending_deadline"]["code"] == "PENDING_DISCONNECT",
+    )
+    .await;
+    assert_eq!(
+        status["pending_deadline"]["reason"], "INSTITUTION_TOKEN_EXPIRATION",
+        "{status}"
+    );
+    let open = incidents(&env, &format!("state=open&account={account}")).await;
+    assert_eq!(open["incidents"][0]["kind"], "pending_disconnect", "{open}");
+    let response = env
+        .client
+        .post(format!("{}/v1/accounts", env.app_url))
+        .json(&json!({
+            "provider": "plaid", "item_id": item_id, "access_token": token,
+            "owner_id": "owner-deadline",
+        }))
+        .send()
+        .await
+        .expect("relink");
+    assert_eq!(response.status(), 200, "a relink");
+    // The relink answers after its writes are durable: no waiting needed.
+    let status = env.sync_status(&account).await;
+    assert!(status["pending_deadline"].is_null(), "{status}");
+    let open = incidents(&env, &format!("state=open&account={account}")).await;
+    assert_eq!(open["incidents"], json!([]), "{open}");
+    let resolved = incidents(&env, &format!("state=resolved&account={account}")).await;
+    assert_eq!(
+        resolved["incidents"].as_array().map(Vec::len),
+        Some(2),
+        "{resolved}"
+    );
+    env.converge(&account, &item_id).await;
+    env.shutdown().await;
+}

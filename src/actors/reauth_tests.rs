@@ -1,0 +1,463 @@
+//! Races between the needs-reauth check and what lands while it runs (a relink, a
+//! resume, a quarantine write), on a real sled store in a temp dir. Each test sets up
+//! the interleaving the race produces explicitly, so it is deterministic.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::*;
+use crate::actors::sync::SyncParams;
+use crate::actors::test_support::EmptyProvider;
+use crate::config::Settings;
+use crate::domain::{LinkStatus, ProviderKind, Quarantine, SyncGaveUp};
+use crate::providers::DynProvider;
+use crate::store::{IncomingWebhook, IngestOutcome, SledStore, SledStoreConfig, Store};
+
+pub(super) struct Harness {
+    pub(super) registry: Arc<Registry>,
+    pub(super) store: Arc<dyn Store>,
+    _dir: tempfile::TempDir,
+}
+
+pub(super) fn harness_with(provider: DynProvider) -> Harness {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        cache_capacity_bytes: 8 * 1024 * 1024,
+        group_commit_window: Duration::ZERO,
+    })
+    .expect("store opens");
+    let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+    providers.insert(ProviderKind::Plaid, provider);
+    let registry = Registry::new(
+        store.clone(),
+        providers,
+        Settings::defaults().actors,
+        SyncParams::default(),
+    );
+    Harness {
+        registry,
+        store,
+        _dir: dir,
+    }
+}
+
+fn harness() -> Harness {
+    harness_with(Arc::new(EmptyProvider::default()))
+}
+
+impl Harness {
+    /// Links an account (no actor is started).
+    pub(super) fn link(&self, item: &str) -> AccountId {
+        let id = AccountId::generate();
+        self.store
+            .link_account(&Account {
+                id: id.clone(),
+                provider: ProviderKind::Plaid,
+                item_id: item.to_string(),
+                access_token: AccessToken::new("token-1"),
+                owner_id: format!("owner-{item}"),
+                aliases: vec![],
+                status: LinkStatus::Linked,
+                created_at: Utc::now(),
+                cursor: None,
+                cursor_updated_at: None,
+                last_sync_started_at: None,
+                last_sync_finished_at: None,
+                last_sync_outcome: None,
+                sync_count: 0,
+                quarantine: None,
+                failed: None,
+                needs_reauth: None,
+                pending_deadline: None,
+            })
+            .expect("link");
+        id
+    }
+
+    /// Puts a webhook in the item's inbox, as the webhook route does; its seq.
+    pub(super) fn ingest(&self, item: &str, kind: &str, body: serde_json::Value) -> u64 {
+        let mut dedup_key = [0u8; 32];
+        dedup_key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
+        let outcome = self
+            .store
+            .ingest(
+                IncomingWebhook {
+                    provider: ProviderKind::Plaid,
+                    item_id: item.to_string(),
+                    kind: kind.to_string(),
+                    dedup_key,
+                    body,
+                    received_at: Utc::now(),
+                },
+                Duration::from_secs(60),
+            )
+            .expect("ingest");
+        match outcome {
+            IngestOutcome::Accepted { seq, .. } => seq,
+            other => panic!("not appended: {other:?}"),
+        }
+    }
+
+    pub(super) fn account(&self, id: &AccountId) -> Account {
+        self.store.get_account(id).expect("read").expect("exists")
+    }
+
+    pub(super) fn open(&self, id: &AccountId, kind: IncidentKind) -> bool {
+        self.store
+            .open_incident_of(id, kind)
+            .expect("read")
+            .is_some()
+    }
+
+    /// Parks the account as an ITEM/ERROR webhook does, through the check.
+    async fn park_by_webhook(&self, id: &AccountId, item: &str) {
+        self.ingest(
+            item,
+            "ITEM/ERROR",
+            serde_json::json!({ "error": { "error_code": LOGIN_REQUIRED } }),
+        );
+        let account = self.account(id);
+        let entries = self.store.pending_inbox(id).expect("inbox");
+        let decided = check(&self.registry, &account, &entries)
+            .await
+            .expect("check");
+        assert_eq!(decided, Check::Parked { newly_parked: true });
+    }
+}
+
+/// B1: a check of a parked account that read the record before a relink must not
+/// write its stale copy back over the relink (which already resolved the incident).
+#[tokio::test]
+async fn a_relink_during_a_parked_check_is_not_lost() {
+    let h = harness();
+    let id = h.link("item-b1");
+    h.park_by_webhook(&id, "item-b1").await;
+    assert!(h.open(&id, IncidentKind::NeedsReauth));
+
+    // The check's sync task reads the account and claims a newer webhook...
+    h.ingest(
+        "item-b1",
+        "TRANSACTIONS/SYNC_UPDATES_AVAILABLE",
+        serde_json::json!({}),
+    );
+    let read_before_relink = h.account(&id);
+    let entries = h.store.claim_pending_inbox(&id).expect("claim");
+    // ...then the user relinks, as `POST /v1/accounts` does (its `Registry::relinked`
+    // resolves the incident; its actor nudge is left out: no actor runs here)...
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    h.registry
+        .resolve_incidents(&id, &[IncidentKind::NeedsReauth])
+        .expect("resolve");
+    // ...and the check goes on with what it read.
+    let decided = check(&h.registry, &read_before_relink, &entries)
+        .await
+        .expect("check");
+
+    let account = h.account(&id);
+    assert_eq!(decided, Check::Proceed, "the relink unparks it");
+    assert!(account.needs_reauth.is_none(), "{:?}", account.needs_reauth);
+    assert_eq!(account.access_token, AccessToken::new("token-2"));
+    assert!(!h.open(&id, IncidentKind::NeedsReauth));
+}
+
+/// B1, the other order: a relink that lands after the still-parked check wrote keeps
+/// its flag, and the check only ever raises `after_seq`.
+#[tokio::test]
+async fn a_parked_check_only_raises_after_seq_and_keeps_a_relink() {
+    let h = harness();
+    let id = h.link("item-b1b");
+    h.park_by_webhook(&id, "item-b1b").await;
+    let parked_at = h.account(&id).needs_reauth.expect("parked").after_seq;
+    let newer = h.ingest(
+        "item-b1b",
+        "TRANSACTIONS/SYNC_UPDATES_AVAILABLE",
+        serde_json::json!({}),
+    );
+    let entries = h.store.claim_pending_inbox(&id).expect("claim");
+    let decided = check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("check");
+    assert_eq!(
+        decided,
+        Check::Parked {
+            newly_parked: false
+        }
+    );
+    let mark = h.account(&id).needs_reauth.expect("still parked");
+    assert!(mark.after_seq == newer && newer > parked_at, "{mark:?}");
+    assert!(!mark.relinked);
+
+    // A stale read with a lower position never lowers it.
+    let mut stale = h.account(&id);
+    if let Some(mark) = stale.needs_reauth.as_mut() {
+        mark.after_seq = parked_at;
+    }
+    let old_entries: Vec<_> = entries
+        .iter()
+        .filter(|e| e.seq <= parked_at)
+        .cloned()
+        .collect();
+    check(&h.registry, &stale, &old_entries)
+        .await
+        .expect("check");
+    assert_eq!(
+        h.account(&id).needs_reauth.expect("parked").after_seq,
+        newer
+    );
+}
+
+/// B1 for the provider path: ITEM_LOGIN_REQUIRED answered to a sync that used the
+/// token a relink has since replaced parks nothing.
+#[tokio::test]
+async fn a_login_error_for_a_replaced_token_does_not_park() {
+    let h = harness();
+    let id = h.link("item-b1c");
+    let error = SyncError::Provider(ProviderError::Api {
+        status: 400,
+        error_type: "ITEM_ERROR".into(),
+        code: LOGIN_REQUIRED.into(),
+        message: "login".into(),
+        request_id: Some("req-x".into()),
+    });
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    let parked = park_after_error(&h.registry, &id, &error, 0, &AccessToken::new("token-1"))
+        .await
+        .expect("park");
+    assert!(!parked);
+    assert!(h.account(&id).needs_reauth.is_none());
+    assert!(!h.open(&id, IncidentKind::NeedsReauth));
+    // With the current token it parks.
+    let parked = park_after_error(&h.registry, &id, &error, 0, &AccessToken::new("token-2"))
+        .await
+        .expect("park");
+    assert!(parked);
+    assert!(h.account(&id).needs_reauth.is_some());
+    assert!(h.open(&id, IncidentKind::NeedsReauth));
+}
+
+/// B2: relinking an account marked failed clears the mark in the store (so a later
+/// activation syncs it) and resolves its sync_failed incident.
+#[tokio::test]
+async fn a_relink_clears_the_failed_mark_in_the_store() {
+    let h = harness();
+    let id = h.link("item-b2");
+    h.store
+        .set_sync_gave_up(
+            &id,
+            Some(SyncGaveUp {
+                reason: "INTERNAL_SERVER_ERROR: boom".into(),
+                attempts: 5,
+                since: Utc::now(),
+            }),
+        )
+        .expect("give up");
+    h.registry
+        .open_incident(&id, IncidentKind::SyncFailed, serde_json::json!({}))
+        .expect("incident");
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    assert!(h.account(&id).failed.is_none());
+    h.registry.relinked(&id).expect("relinked");
+    assert!(!h.open(&id, IncidentKind::SyncFailed));
+}
+
+/// B5: LOGIN_REPAIRED on an account that is not parked lifts an announced deadline
+/// and its warning incident.
+#[tokio::test]
+async fn login_repaired_clears_a_deadline_when_not_parked() {
+    let h = harness();
+    let id = h.link("item-b5");
+    h.ingest(
+        "item-b5",
+        "ITEM/PENDING_EXPIRATION",
+        serde_json::json!({ "consent_expiration_time": "2030-01-01T00:00:00Z" }),
+    );
+    let entries = h.store.claim_pending_inbox(&id).expect("claim");
+    let decided = check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("check");
+    assert_eq!(decided, Check::Proceed);
+    let deadline = h.account(&id).pending_deadline.expect("deadline recorded");
+    assert_eq!(deadline.code, "PENDING_EXPIRATION");
+    assert!(h.open(&id, IncidentKind::PendingExpiration));
+
+    h.ingest("item-b5", "ITEM/LOGIN_REPAIRED", serde_json::json!({}));
+    let entries = h.store.claim_pending_inbox(&id).expect("claim");
+    let decided = check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("check");
+    assert_eq!(decided, Check::Proceed);
+    assert!(h.account(&id).pending_deadline.is_none());
+    assert!(!h.open(&id, IncidentKind::PendingExpiration));
+}
+
+/// B7: a resume that lifts the in-memory quarantine before the supervisor's store
+/// write lands makes that write a no-op; a write that landed first is cleared by it.
+#[tokio::test]
+async fn a_resume_racing_the_quarantine_write_wins() {
+    let h = harness();
+    let id = h.link("item-b7");
+    let quarantine = || Quarantine {
+        reason: "panic".into(),
+        failures: 3,
+        since: Utc::now(),
+    };
+    // The supervisor marked it in memory; the resume comes before the write task.
+    h.registry
+        .with_restart_record(&id, |r| r.quarantined = true);
+    h.registry.resume(&id).expect("resume");
+    let wrote = h
+        .registry
+        .persist_quarantine(&id, quarantine())
+        .expect("write");
+    assert!(!wrote);
+    assert!(h.account(&id).quarantine.is_none());
+    assert!(!h.open(&id, IncidentKind::Quarantined));
+
+    // The write first, then the resume: lifted too.
+    h.registry
+        .with_restart_record(&id, |r| r.quarantined = true);
+    assert!(h
+        .registry
+        .persist_quarantine(&id, quarantine())
+        .expect("write"));
+    assert!(h.account(&id).quarantine.is_some());
+    h.registry.resume(&id).expect("resume");
+    assert!(h.account(&id).quarantine.is_none());
+    assert!(!h.open(&id, IncidentKind::Quarantined));
+}
+
+/// A provider whose every `/transactions/sync` call reports the token it got, then
+/// waits for the test to release it; the first call can be made to answer
+/// ITEM_LOGIN_REQUIRED.
+struct GatedProvider {
+    calls: tokio::sync::mpsc::UnboundedSender<String>,
+    release: tokio::sync::Semaphore,
+    login_error_first: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl crate::providers::Provider for GatedProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Plaid
+    }
+
+    async fn sync_page(
+        &self,
+        token: &AccessToken,
+        _cursor: Option<&str>,
+        _count: u32,
+    ) -> Result<crate::providers::DeltaPage, ProviderError> {
+        let _ = self.calls.send(token.expose().to_string());
+        self.release.acquire().await.expect("open").forget();
+        if self
+            .login_error_first
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ProviderError::Api {
+                status: 400,
+                error_type: "ITEM_ERROR".into(),
+                code: LOGIN_REQUIRED.into(),
+                message: "login required".into(),
+                request_id: Some("req-login".into()),
+            });
+        }
+        Ok(crate::providers::DeltaPage {
+            added: vec![],
+            modified: vec![],
+            removed: vec![],
+            next_cursor: "cursor".into(),
+            has_more: false,
+            request_id: "req".into(),
+        })
+    }
+
+    async fn window_page(
+        &self,
+        _token: &AccessToken,
+        _start: chrono::NaiveDate,
+        _end: chrono::NaiveDate,
+        _offset: u64,
+        _count: u32,
+    ) -> Result<crate::providers::WindowPage, ProviderError> {
+        unreachable!("no reconcile in these tests")
+    }
+
+    async fn verify_webhook(
+        &self,
+        _headers: &http::HeaderMap,
+        _body: &[u8],
+    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
+        unreachable!("no webhooks in these tests")
+    }
+}
+
+fn gated(
+    login_error_first: bool,
+) -> (
+    Harness,
+    Arc<GatedProvider>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let (calls, received) = tokio::sync::mpsc::unbounded_channel();
+    let provider = Arc::new(GatedProvider {
+        calls,
+        release: tokio::sync::Semaphore::new(0),
+        login_error_first: std::sync::atomic::AtomicBool::new(login_error_first),
+    });
+    (harness_with(provider.clone()), provider, received)
+}
+
+async fn next_call(received: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(10), received.recv())
+        .await
+        .ok()
+        .flatten()
+}
+
+/// B3: a relink's `Resume` that reaches the actor while a sync runs is not dropped:
+/// one more sync follows, with the new token.
+#[tokio::test]
+async fn a_resume_during_a_sync_runs_one_more_sync() {
+    let (h, provider, mut received) = gated(false);
+    let id = h.link("item-b3");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    // The initial sync is in the provider call; the user relinks meanwhile.
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    h.registry.relinked(&id).expect("relinked");
+    provider.release.add_permits(1);
+    assert_eq!(
+        next_call(&mut received).await.as_deref(),
+        Some("token-2"),
+        "the resume queued a sync behind the running one"
+    );
+    provider.release.add_permits(1);
+}
+
+/// B1/B3 on the provider path: ITEM_LOGIN_REQUIRED for the token a relink replaced
+/// while the sync ran does not park the account; the new token is tried at once.
+#[tokio::test]
+async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one() {
+    let (h, provider, mut received) = gated(true);
+    let id = h.link("item-b3b");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    h.registry.relinked(&id).expect("relinked");
+    provider.release.add_permits(1);
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-2"));
+    assert!(h.account(&id).needs_reauth.is_none(), "not parked");
+    assert!(!h.open(&id, IncidentKind::NeedsReauth));
+    provider.release.add_permits(8);
+}
