@@ -437,9 +437,11 @@ impl Actor for AccountActor {
                     Phase::Syncing { .. }
                         if matches!(reason, SyncReason::Retry | SyncReason::Poll) => {}
                     Phase::Syncing { again } => *again = true,
-                    // A due retry whose timer was lost or is late: run it now.
+                    // A due retry whose timer was lost or is late, or an operator's
+                    // explicit request: run it now.
                     Phase::Backoff { until }
-                        if reason == SyncReason::Retry && *until <= Utc::now() =>
+                        if (reason == SyncReason::Retry && *until <= Utc::now())
+                            || reason == SyncReason::Manual =>
                     {
                         state.phase = Phase::Idle;
                         self.start_sync(&myself, state, reason);
@@ -523,15 +525,26 @@ impl Actor for AccountActor {
                     // resume or relink: it may still see the mark or use the old token,
                     // so one more follows it, which reads the record as it is now.
                     Phase::Syncing { again } => *again = true,
-                    // A timer is set; the sync it starts reads the cleared record.
-                    Phase::Backoff { .. } | Phase::Scheduled { .. } => {}
+                    // An operator asked: do not wait out the backoff or the interval
+                    // (the timer's `Due` finds the actor no longer waiting and is moot).
+                    Phase::Backoff { .. } | Phase::Scheduled { .. } => {
+                        state.phase = Phase::Idle;
+                        self.start_sync(&myself, state, SyncReason::Manual);
+                    }
                 }
             }
             AccountMessage::Due => {
-                if matches!(state.phase, Phase::Backoff { .. } | Phase::Scheduled { .. }) {
+                // After a backoff the sync is the retry; after the minimum interval it
+                // covers the webhooks that arrived meanwhile.
+                let reason = match state.phase {
+                    Phase::Backoff { .. } => Some(SyncReason::Retry),
+                    Phase::Scheduled { .. } => Some(SyncReason::Webhook),
+                    _ => None,
+                };
+                if let Some(reason) = reason {
                     state.event("due", format!("{} over", state.phase.name()));
                     state.phase = Phase::Idle;
-                    self.start_sync(&myself, state, SyncReason::Webhook);
+                    self.start_sync(&myself, state, reason);
                 }
             }
             AccountMessage::IdleCheck => {

@@ -20,6 +20,10 @@ pub(super) struct Harness {
 }
 
 pub(super) fn harness_with(provider: DynProvider) -> Harness {
+    harness_with_settings(provider, Settings::defaults().actors)
+}
+
+fn harness_with_settings(provider: DynProvider, settings: crate::config::ActorSettings) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
         data_dir: dir.path().to_path_buf(),
@@ -29,12 +33,7 @@ pub(super) fn harness_with(provider: DynProvider) -> Harness {
     .expect("store opens");
     let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
     providers.insert(ProviderKind::Plaid, provider);
-    let registry = Registry::new(
-        store.clone(),
-        providers,
-        Settings::defaults().actors,
-        SyncParams::default(),
-    );
+    let registry = Registry::new(store.clone(), providers, settings, SyncParams::default());
     Harness {
         registry,
         store,
@@ -340,6 +339,8 @@ struct GatedProvider {
     calls: tokio::sync::mpsc::UnboundedSender<String>,
     release: tokio::sync::Semaphore,
     login_error_first: std::sync::atomic::AtomicBool,
+    /// The first call answers 429 RATE_LIMIT_EXCEEDED instead.
+    rate_limited_first: std::sync::atomic::AtomicBool,
 }
 
 #[async_trait::async_trait]
@@ -356,6 +357,18 @@ impl crate::providers::Provider for GatedProvider {
     ) -> Result<crate::providers::DeltaPage, ProviderError> {
         let _ = self.calls.send(token.expose().to_string());
         self.release.acquire().await.expect("open").forget();
+        if self
+            .rate_limited_first
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(ProviderError::Api {
+                status: 429,
+                error_type: "RATE_LIMIT_EXCEEDED".into(),
+                code: "TRANSACTIONS_SYNC_LIMIT".into(),
+                message: "rate limited".into(),
+                request_id: Some("req-429".into()),
+            });
+        }
         if self
             .login_error_first
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -410,6 +423,7 @@ fn gated(
         calls,
         release: tokio::sync::Semaphore::new(0),
         login_error_first: std::sync::atomic::AtomicBool::new(login_error_first),
+        rate_limited_first: std::sync::atomic::AtomicBool::new(false),
     });
     (harness_with(provider.clone()), provider, received)
 }
@@ -460,4 +474,40 @@ async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one()
     assert!(h.account(&id).needs_reauth.is_none(), "not parked");
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
     provider.release.add_permits(8);
+}
+
+/// An operator's resume does not wait out a backoff: the sync runs at once, although
+/// the rate-limit backoff of the failed attempt is an hour long.
+#[tokio::test]
+async fn a_resume_during_a_backoff_syncs_at_once() {
+    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let provider = Arc::new(GatedProvider {
+        calls,
+        release: tokio::sync::Semaphore::new(16),
+        login_error_first: std::sync::atomic::AtomicBool::new(false),
+        rate_limited_first: std::sync::atomic::AtomicBool::new(true),
+    });
+    let mut settings = Settings::defaults().actors;
+    settings.rate_limit_backoff = Duration::from_secs(3600);
+    let h = harness_with_settings(provider.clone(), settings);
+    let id = h.link("item-backoff");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    // The 429 put the account in an hour-long backoff, recorded in the store.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = h.registry.snapshot(&id).await.expect("status");
+        if snapshot.is_some_and(|s| s.state == "backoff") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never in backoff");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(h.store.retry_of(&id).expect("retry").is_some());
+    h.registry.resume(&id).expect("resume");
+    assert_eq!(
+        next_call(&mut received).await.as_deref(),
+        Some("token-1"),
+        "the resume synced without waiting for the backoff"
+    );
 }

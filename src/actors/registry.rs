@@ -519,20 +519,18 @@ impl Registry {
         }
         self.resolve_incidents(id, &[IncidentKind::Quarantined, IncidentKind::SyncFailed])?;
         if account.failed.is_some() {
-            // Given up after too many failed syncs: a live actor still believes so, so
-            // it is told; a new activation reads the cleared record and is told too.
             self.store.set_sync_gave_up(id, None)?;
-            match self.get_or_activate(id) {
-                Ok(actor) => {
-                    // A send fails only if it just stopped; the next activation reads
-                    // the cleared mark and syncs what is pending.
-                    let _ = self.send_counted(&actor, AccountMessage::Resume);
-                }
-                Err(RegistryError::RestartPending(_)) => {}
-                Err(error) => return Err(error),
+        }
+        // The actor is told (a live one may still believe it gave up, or wait out a
+        // backoff): it resets its attempts and syncs at once.
+        match self.get_or_activate(id) {
+            Ok(actor) => {
+                // A send fails only if it just stopped; the next activation reads the
+                // cleared marks and syncs what is pending.
+                let _ = self.send_counted(&actor, AccountMessage::Resume);
             }
-        } else {
-            self.activate(id)?;
+            Err(RegistryError::RestartPending(_)) => {}
+            Err(error) => return Err(error),
         }
         Ok(account.quarantine)
     }
