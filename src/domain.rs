@@ -182,6 +182,12 @@ pub struct Account {
     /// (PENDING_EXPIRATION / PENDING_DISCONNECT); cleared by LOGIN_REPAIRED or a relink.
     #[serde(default)]
     pub pending_deadline: Option<PendingDeadline>,
+    /// Inbox entries up to this seq have had their login signals acted on (an unpark by
+    /// LOGIN_REPAIRED or a relink): while they wait in the inbox for a sync to commit,
+    /// a later check must not act on them again (an old ITEM_LOGIN_REQUIRED would park
+    /// the account once more).
+    #[serde(default)]
+    pub login_seen_through: Option<u64>,
 }
 
 impl Account {

@@ -144,6 +144,8 @@ struct Plan {
     needs_reauth: Option<Option<NeedsReauth>>,
     /// `Some(deadline)`: write `deadline` (a `None` deadline clears it).
     deadline: Option<Option<PendingDeadline>>,
+    /// `Some(seq)`: login signals up to `seq` were acted on (an unpark).
+    seen_through: Option<u64>,
     /// Incidents resolved, then incidents opened (kind, details).
     resolve: Vec<IncidentKind>,
     open: Vec<(IncidentKind, serde_json::Value)>,
@@ -175,7 +177,13 @@ impl Plan {
         if let Some(deadline) = &self.deadline {
             account.pending_deadline = deadline.clone();
         }
-        self.needs_reauth.is_some() || self.deadline.is_some()
+        let raise_seen = self
+            .seen_through
+            .is_some_and(|seq| account.login_seen_through.is_none_or(|seen| seq > seen));
+        if raise_seen {
+            account.login_seen_through = self.seen_through;
+        }
+        self.needs_reauth.is_some() || self.deadline.is_some() || raise_seen
     }
 }
 
@@ -219,7 +227,8 @@ fn decide(
         }
         None => {}
     }
-    let mut wrote = plan.needs_reauth.is_some() || plan.deadline.is_some();
+    let mut wrote =
+        plan.needs_reauth.is_some() || plan.deadline.is_some() || plan.seen_through.is_some();
     if !plan.resolve.is_empty() {
         wrote |= registry.resolve_incidents(id, &plan.resolve)? > 0;
     }
@@ -234,7 +243,12 @@ fn decide(
 /// inside a store transaction that may be retried.
 fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
     let mut plan = Plan::default();
-    let after_seq = account.needs_reauth.as_ref().map(|p| p.after_seq);
+    // Entries up to the park, or up to the last unpark, have been acted on already.
+    let after_seq = account
+        .needs_reauth
+        .as_ref()
+        .map(|p| p.after_seq)
+        .max(account.login_seen_through);
     let newer = |entry: &&InboxEntry| after_seq.is_none_or(|after| entry.seq > after);
     let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
     let latest_signal = entries
@@ -256,6 +270,7 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
             plan.resolve.push(IncidentKind::NeedsReauth);
             plan.resolve.extend(repair_lifts_deadline);
             plan.transition = Some(Transition::Repaired { seq });
+            plan.seen_through = Some(max_seq);
             repaired_at_seq = Some(seq);
         }
         (Some(parked), Some((seq, LoginSignal::Required { request_id }))) if parked.relinked => {
@@ -267,6 +282,9 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
             plan.needs_reauth = Some(None);
             plan.resolve.push(IncidentKind::NeedsReauth);
             plan.transition = Some(Transition::UnparkedByRelink);
+            // The login errors kept in the inbox were for the old token; they stay
+            // there until a sync commits, and must not park it again meanwhile.
+            plan.seen_through = Some(max_seq.max(parked.after_seq));
             repaired_at_seq = Some(parked.after_seq);
         }
         (Some(parked), _) => {

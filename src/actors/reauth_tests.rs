@@ -69,6 +69,7 @@ impl Harness {
                 failed: None,
                 needs_reauth: None,
                 pending_deadline: None,
+                login_seen_through: None,
             })
             .expect("link");
         id
@@ -160,6 +161,55 @@ async fn a_relink_during_a_parked_check_is_not_lost() {
     assert!(account.needs_reauth.is_none(), "{:?}", account.needs_reauth);
     assert_eq!(account.access_token, AccessToken::new("token-2"));
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
+}
+
+/// After a relink unparked it, the old ITEM_LOGIN_REQUIRED webhook still waits in the
+/// inbox until a sync commits. If that sync fails (a 500, say), the retry's check sees
+/// the same entry again: it must not park the account a second time.
+#[tokio::test]
+async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
+    let h = harness();
+    let id = h.link("item-repark");
+    h.park_by_webhook(&id, "item-repark").await;
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    // (`Registry::relinked` would also wake an actor; none runs here, the test plays
+    // its sync task's checks itself.)
+    h.registry
+        .resolve_incidents(&id, &[IncidentKind::NeedsReauth])
+        .expect("resolve");
+    // The relink's sync: the check unparks...
+    let entries = h.store.claim_pending_inbox(&id).expect("claim");
+    let decided = check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("check");
+    assert_eq!(decided, Check::Proceed);
+    // ...then the provider fails, nothing commits, and the retry checks the same
+    // (still pending) entries once more.
+    let entries = h.store.claim_pending_inbox(&id).expect("claim again");
+    assert!(
+        entries.iter().any(|e| e.kind == "ITEM/ERROR"),
+        "the old error is still pending"
+    );
+    let decided = check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("retry's check");
+    assert_eq!(decided, Check::Proceed, "not parked again by the old error");
+    assert!(h.account(&id).needs_reauth.is_none());
+    assert!(!h.open(&id, IncidentKind::NeedsReauth));
+
+    // A login error that arrives after the relink still parks it.
+    h.ingest(
+        "item-repark",
+        "ITEM/ERROR",
+        serde_json::json!({ "error": { "error_code": LOGIN_REQUIRED } }),
+    );
+    let entries = h.store.claim_pending_inbox(&id).expect("claim new");
+    let decided = check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("check new");
+    assert_eq!(decided, Check::Parked { newly_parked: true });
 }
 
 /// B1, the other order: a relink that lands after the still-parked check wrote keeps

@@ -85,6 +85,7 @@ impl Harness {
                 failed: None,
                 needs_reauth: None,
                 pending_deadline: None,
+                login_seen_through: None,
             })
             .expect("link");
         self.registry.activate(&id).expect("activate");

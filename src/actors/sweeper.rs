@@ -435,6 +435,7 @@ mod tests {
             failed: None,
             needs_reauth: None,
             pending_deadline: None,
+            login_seen_through: None,
         }
     }
 

@@ -719,6 +719,7 @@ mod tests {
             failed: None,
             needs_reauth: None,
             pending_deadline: None,
+            login_seen_through: None,
         };
         store.link_account(&account).expect("links");
         let provider = ReconcileRace;

@@ -504,6 +504,7 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
                 failed: None,
                 needs_reauth: None,
                 pending_deadline: None,
+                login_seen_through: None,
             };
             store.link_account(&account)?;
             if n % 100_000 == 0 {

@@ -241,6 +241,7 @@ pub async fn link_or_relink(
         failed: None,
         needs_reauth: None,
         pending_deadline: None,
+        login_seen_through: None,
     };
     super::record_account(&account.id);
     let store = state.store.clone();

@@ -44,6 +44,7 @@ fn account(item_id: &str, created_at: DateTime<Utc>) -> Account {
         failed: None,
         needs_reauth: None,
         pending_deadline: None,
+        login_seen_through: None,
     }
 }
 

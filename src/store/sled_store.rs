@@ -1550,6 +1550,7 @@ impl Store for SledStore {
                     }
                     account.needs_reauth = edited.needs_reauth;
                     account.pending_deadline = edited.pending_deadline;
+                    account.login_seen_through = edited.login_seen_through;
                     accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
                     Ok((account, true))
                 })
@@ -1762,6 +1763,7 @@ mod tests {
             failed: None,
             needs_reauth: None,
             pending_deadline: None,
+            login_seen_through: None,
         }
     }
 
