@@ -262,6 +262,9 @@ pub struct AccountState {
     idle_timer: Option<JoinHandle<()>>,
     /// The account is marked failed: no syncs until resumed.
     gave_up: bool,
+    /// An operator's resume (or a relink) arrived while the current sync ran: if that
+    /// sync then gives up, the resume still wins.
+    resumed_during_sync: bool,
     /// Parked until the user logs in again: sync tasks only look for LOGIN_REPAIRED.
     needs_reauth: bool,
     /// Inbox entries up to here were seen by a needs-reauth check.
@@ -407,6 +410,7 @@ impl Actor for AccountActor {
             active_since: Utc::now(),
             idle_timer: Some(idle_timer),
             gave_up,
+            resumed_during_sync: false,
             needs_reauth,
             checked_seq,
         };
@@ -491,7 +495,22 @@ impl Actor for AccountActor {
                     }
                     Err(failure) => {
                         self.record_failed(state, &failure, took);
-                        self.enter_backoff(&myself, state, failure)
+                        self.enter_backoff(&myself, state, failure);
+                        if state.resumed_during_sync {
+                            // An operator resumed while this attempt ran (it read the
+                            // account before): the resume wins, as if it came a moment
+                            // later. No waiting out the backoff, no giving up.
+                            if state.gave_up {
+                                self.registry.store().set_sync_gave_up(&state.id, None)?;
+                                self.registry
+                                    .resolve_incidents(&state.id, &[IncidentKind::SyncFailed])?;
+                                state.gave_up = false;
+                                state.attempt = 0;
+                            }
+                            state.phase = Phase::Idle;
+                            state.event("resumed", "after the failed attempt");
+                            self.start_sync(&myself, state, SyncReason::Manual);
+                        }
                     }
                 }
             }
@@ -524,7 +543,10 @@ impl Actor for AccountActor {
                     // The running sync (or parked check) read the account before the
                     // resume or relink: it may still see the mark or use the old token,
                     // so one more follows it, which reads the record as it is now.
-                    Phase::Syncing { again } => *again = true,
+                    Phase::Syncing { again } => {
+                        *again = true;
+                        state.resumed_during_sync = true;
+                    }
                     // An operator asked: do not wait out the backoff or the interval
                     // (the timer's `Due` finds the actor no longer waiting and is moot).
                     Phase::Backoff { .. } | Phase::Scheduled { .. } => {
@@ -613,6 +635,7 @@ impl AccountActor {
             return;
         }
         state.phase = Phase::Syncing { again: false };
+        state.resumed_during_sync = false;
         state.sync_started = Instant::now();
         state.sync_reason = Some(reason);
         state.sync_started_at = Some(Utc::now());

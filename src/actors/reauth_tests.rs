@@ -561,3 +561,47 @@ async fn a_resume_during_a_backoff_syncs_at_once() {
         "the resume synced without waiting for the backoff"
     );
 }
+
+/// An operator's resume that arrives while an attempt runs wins even if that attempt
+/// then reaches the attempt limit: the account is not left marked failed.
+#[tokio::test]
+async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
+    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let provider = Arc::new(GatedProvider {
+        calls,
+        release: tokio::sync::Semaphore::new(0),
+        login_error_first: std::sync::atomic::AtomicBool::new(false),
+        rate_limited_first: std::sync::atomic::AtomicBool::new(true),
+    });
+    let mut settings = Settings::defaults().actors;
+    settings.max_sync_attempts = 1;
+    let h = harness_with_settings(provider.clone(), settings);
+    let id = h.link("item-last-attempt");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    // The only attempt allowed is in the provider call; the operator resumes now.
+    h.registry.resume(&id).expect("resume");
+    // Let the (already queued) resume reach the actor before the attempt ends.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.registry.mailbox_depth(&id).unwrap_or(0) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resume never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    provider.release.add_permits(1);
+    assert_eq!(
+        next_call(&mut received).await.as_deref(),
+        Some("token-1"),
+        "the resume's sync runs although the attempt gave up"
+    );
+    provider.release.add_permits(1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.account(&id).cursor.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "never committed");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(h.account(&id).failed.is_none(), "not left failed");
+    assert!(!h.open(&id, IncidentKind::SyncFailed));
+}
