@@ -191,6 +191,39 @@ pub struct Account {
 }
 
 impl Account {
+    /// A newly linked account with a fresh id: never synced, nothing parked. The one
+    /// place that knows every field's starting value.
+    pub fn new_linked(
+        provider: ProviderKind,
+        item_id: String,
+        access_token: AccessToken,
+        owner_id: String,
+        aliases: Vec<String>,
+        created_at: DateTime<Utc>,
+    ) -> Account {
+        Account {
+            id: AccountId::generate(),
+            provider,
+            item_id,
+            access_token,
+            owner_id,
+            aliases,
+            status: LinkStatus::Linked,
+            created_at,
+            cursor: None,
+            cursor_updated_at: None,
+            last_sync_started_at: None,
+            last_sync_finished_at: None,
+            last_sync_outcome: None,
+            sync_count: 0,
+            quarantine: None,
+            failed: None,
+            needs_reauth: None,
+            pending_deadline: None,
+            login_seen_through: None,
+        }
+    }
+
     /// Whether the account waits for a human (quarantined, given up on, or waiting for
     /// the user to log in again): nothing should sync or poll it until that is lifted.
     pub fn is_parked(&self) -> bool {

@@ -12,7 +12,7 @@ use crate::actors::account::SyncReason;
 use crate::actors::sync::SyncParams;
 use crate::actors::test_support::EmptyProvider;
 use crate::config::Settings;
-use crate::domain::{AccessToken, Account, LinkStatus, ProviderKind};
+use crate::domain::{AccessToken, Account, ProviderKind};
 use crate::providers::DynProvider;
 use crate::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
 
@@ -68,24 +68,14 @@ impl Harness {
         self.store
             .link_account(&Account {
                 id: id.clone(),
-                provider: ProviderKind::Plaid,
-                item_id: item.to_string(),
-                access_token: AccessToken::new("token"),
-                owner_id: format!("owner-{item}"),
-                aliases: vec![],
-                status: LinkStatus::Linked,
-                created_at: Utc::now(),
-                cursor: None,
-                cursor_updated_at: None,
-                last_sync_started_at: None,
-                last_sync_finished_at: None,
-                last_sync_outcome: None,
-                sync_count: 0,
-                quarantine: None,
-                failed: None,
-                needs_reauth: None,
-                pending_deadline: None,
-                login_seen_through: None,
+                ..Account::new_linked(
+                    ProviderKind::Plaid,
+                    item.to_string(),
+                    AccessToken::new("token"),
+                    format!("owner-{item}"),
+                    vec![],
+                    Utc::now(),
+                )
             })
             .expect("link");
         self.registry.activate(&id).expect("activate");

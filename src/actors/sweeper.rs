@@ -417,25 +417,17 @@ mod tests {
     /// A linked account that already synced once, so activating it does not sync.
     fn synced_account(n: u32) -> Account {
         Account {
-            id: AccountId::generate(),
-            provider: ProviderKind::Plaid,
-            item_id: format!("item-{n}"),
-            access_token: AccessToken::new("token"),
-            owner_id: format!("owner-{n}"),
-            aliases: vec![],
-            status: LinkStatus::Linked,
-            created_at: Utc::now(),
             cursor: Some("cursor-1".to_string()),
             cursor_updated_at: Some(Utc::now()),
-            last_sync_started_at: None,
-            last_sync_finished_at: None,
-            last_sync_outcome: None,
             sync_count: 1,
-            quarantine: None,
-            failed: None,
-            needs_reauth: None,
-            pending_deadline: None,
-            login_seen_through: None,
+            ..Account::new_linked(
+                ProviderKind::Plaid,
+                format!("item-{n}"),
+                AccessToken::new("token"),
+                format!("owner-{n}"),
+                vec![],
+                Utc::now(),
+            )
         }
     }
 

@@ -690,7 +690,7 @@ mod tests {
 
     #[tokio::test]
     async fn reconcile_drops_rows_created_after_the_fresh_cursor() {
-        use crate::domain::{AccessToken, AccountId, LinkStatus, ProviderKind};
+        use crate::domain::{AccessToken, ProviderKind};
         use crate::store::{SledStore, SledStoreConfig, TransactionQuery};
 
         let dir = tempfile::tempdir().expect("temp dir");
@@ -700,27 +700,14 @@ mod tests {
             group_commit_window: std::time::Duration::ZERO,
         })
         .expect("store opens");
-        let account = Account {
-            id: AccountId::generate(),
-            provider: ProviderKind::Plaid,
-            item_id: "item".to_string(),
-            access_token: AccessToken::new("token"),
-            owner_id: "owner".to_string(),
-            aliases: vec![],
-            status: LinkStatus::Linked,
-            created_at: Utc::now(),
-            cursor: None,
-            cursor_updated_at: None,
-            last_sync_started_at: None,
-            last_sync_finished_at: None,
-            last_sync_outcome: None,
-            sync_count: 0,
-            quarantine: None,
-            failed: None,
-            needs_reauth: None,
-            pending_deadline: None,
-            login_seen_through: None,
-        };
+        let account = Account::new_linked(
+            ProviderKind::Plaid,
+            "item".to_string(),
+            AccessToken::new("token"),
+            "owner".to_string(),
+            vec![],
+            Utc::now(),
+        );
         store.link_account(&account).expect("links");
         let provider = ReconcileRace;
         let params = SyncParams::default();

@@ -24,7 +24,7 @@ use serde_json::json;
 
 use acctor::app::App;
 use acctor::config::Settings;
-use acctor::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind};
+use acctor::domain::{AccessToken, Account, AccountId, ProviderKind};
 use acctor::sandbox::{Sandbox, SandboxConfig};
 use acctor::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
 
@@ -486,25 +486,16 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
         let started = Instant::now();
         for n in 0..count {
             let account = Account {
-                id: AccountId::generate(),
-                provider: ProviderKind::Plaid,
-                item_id: format!("item-{n}"),
-                access_token: AccessToken::new(format!("access-sandbox-{n}")),
-                owner_id: format!("owner-{n}"),
-                aliases: vec![],
-                status: LinkStatus::Linked,
-                created_at: chrono::Utc::now(),
                 cursor: Some("bench".into()),
                 cursor_updated_at: Some(chrono::Utc::now()),
-                last_sync_started_at: None,
-                last_sync_finished_at: None,
-                last_sync_outcome: None,
-                sync_count: 0,
-                quarantine: None,
-                failed: None,
-                needs_reauth: None,
-                pending_deadline: None,
-                login_seen_through: None,
+                ..Account::new_linked(
+                    ProviderKind::Plaid,
+                    format!("item-{n}"),
+                    AccessToken::new(format!("access-sandbox-{n}")),
+                    format!("owner-{n}"),
+                    vec![],
+                    chrono::Utc::now(),
+                )
             };
             store.link_account(&account)?;
             if n % 100_000 == 0 {

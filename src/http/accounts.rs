@@ -222,27 +222,14 @@ pub async fn link_or_relink(
             .await
             .map(|account| (account, true));
     }
-    let account = Account {
-        id: AccountId::generate(),
+    let account = Account::new_linked(
         provider,
-        item_id: request.item_id,
-        access_token: AccessToken::new(request.access_token),
-        owner_id: request.owner_id,
+        request.item_id,
+        AccessToken::new(request.access_token),
+        request.owner_id,
         aliases,
-        status: LinkStatus::Linked,
-        created_at: Utc::now(),
-        cursor: None,
-        cursor_updated_at: None,
-        last_sync_started_at: None,
-        last_sync_finished_at: None,
-        last_sync_outcome: None,
-        sync_count: 0,
-        quarantine: None,
-        failed: None,
-        needs_reauth: None,
-        pending_deadline: None,
-        login_seen_through: None,
-    };
+        Utc::now(),
+    );
     super::record_account(&account.id);
     let store = state.store.clone();
     let record = account.clone();

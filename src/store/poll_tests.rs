@@ -25,27 +25,14 @@ fn ms(n: i64) -> chrono::Duration {
 }
 
 fn account(item_id: &str, created_at: DateTime<Utc>) -> Account {
-    Account {
-        id: AccountId::generate(),
-        provider: ProviderKind::Plaid,
-        item_id: item_id.into(),
-        access_token: AccessToken::new("token"),
-        owner_id: format!("owner-{item_id}"),
-        aliases: vec![],
-        status: LinkStatus::Linked,
+    Account::new_linked(
+        ProviderKind::Plaid,
+        item_id.into(),
+        AccessToken::new("token"),
+        format!("owner-{item_id}"),
+        vec![],
         created_at,
-        cursor: None,
-        cursor_updated_at: None,
-        last_sync_started_at: None,
-        last_sync_finished_at: None,
-        last_sync_outcome: None,
-        sync_count: 0,
-        quarantine: None,
-        failed: None,
-        needs_reauth: None,
-        pending_deadline: None,
-        login_seen_through: None,
-    }
+    )
 }
 
 fn commit_at(id: &AccountId, finished_at: DateTime<Utc>) -> SyncCommit {

@@ -1744,27 +1744,14 @@ mod tests {
     }
 
     fn account(item_id: &str, owner_id: &str, aliases: &[&str]) -> Account {
-        Account {
-            id: AccountId::generate(),
-            provider: ProviderKind::Plaid,
-            item_id: item_id.into(),
-            access_token: AccessToken::new("access-sandbox-secret"),
-            owner_id: owner_id.into(),
-            aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            status: LinkStatus::Linked,
-            created_at: t0(),
-            cursor: None,
-            cursor_updated_at: None,
-            last_sync_started_at: None,
-            last_sync_finished_at: None,
-            last_sync_outcome: None,
-            sync_count: 0,
-            quarantine: None,
-            failed: None,
-            needs_reauth: None,
-            pending_deadline: None,
-            login_seen_through: None,
-        }
+        Account::new_linked(
+            ProviderKind::Plaid,
+            item_id.into(),
+            AccessToken::new("access-sandbox-secret"),
+            owner_id.into(),
+            aliases.iter().map(|a| a.to_string()).collect(),
+            t0(),
+        )
     }
 
     fn webhook(item_id: &str, dedup: u32, at: DateTime<Utc>) -> IncomingWebhook {
