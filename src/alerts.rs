@@ -137,10 +137,19 @@ pub struct AlertSender {
     counters: AlertCounters,
 }
 
+/// `scheme://host:port` of a URL, for logs: receiver URLs often carry a secret in their
+/// path or query (Slack- and PagerDuty-style hooks).
+pub fn origin_of(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => parsed.origin().ascii_serialization(),
+        Err(_) => "<invalid url>".to_string(),
+    }
+}
+
 impl std::fmt::Debug for AlertSender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AlertSender")
-            .field("url", &self.url)
+            .field("url", &origin_of(&self.url))
             .finish_non_exhaustive()
     }
 }
@@ -183,14 +192,16 @@ impl AlertSender {
         now: DateTime<Utc>,
         rng: &mut (impl Rng + Send),
     ) -> Result<AlertPass, StoreError> {
-        // Whatever is in the outbox is announced only once it is on disk.
-        self.store.durable().await?;
         // Only due alerts, earliest due first: during a receiver outage the oldest
         // alerts wait out their backoff, and must not use up the batch of those behind.
         let store = self.store.clone();
         let due = tokio::task::spawn_blocking(move || store.due_alerts(now, BATCH))
             .await
             .map_err(|e| StoreError::Io(format!("outbox read failed: {e}")))??;
+        // Read first, then made durable: everything announced below is on disk (an
+        // incident written just before the read is covered by this flush too).
+        self.store.durable().await?;
+        let started = std::time::Instant::now();
         let max_age =
             chrono::Duration::from_std(self.settings.max_age).unwrap_or(chrono::Duration::MAX);
         let mut pass = AlertPass::default();
@@ -207,7 +218,11 @@ impl AlertSender {
                 pass.dropped += 1;
                 continue;
             }
-            match self.deliver(&record, now).await {
+            // Each attempt is stamped with its own time: a slow receiver ahead in the
+            // batch must not make later alerts look stale to the receiver's tolerance.
+            let attempted_at = now
+                + chrono::Duration::from_std(started.elapsed()).unwrap_or(chrono::Duration::zero());
+            match self.deliver(&record, attempted_at).await {
                 Ok(()) => {
                     self.store.remove_alert(record.id)?;
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
@@ -292,6 +307,18 @@ impl AlertSender {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod origin_tests {
+    #[test]
+    fn origin_drops_path_and_query() {
+        assert_eq!(
+            super::origin_of("https://hooks.example.com:8443/services/T0/B0/SECRET?token=x"),
+            "https://hooks.example.com:8443"
+        );
+        assert_eq!(super::origin_of("not a url"), "<invalid url>");
     }
 }
 

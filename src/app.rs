@@ -156,7 +156,10 @@ impl App {
             Some(sender) => {
                 let wake = Arc::new(tokio::sync::Notify::new());
                 registry.set_alert_notifier(wake.clone());
-                tracing::info!(url = %settings.alerts.url, "outbound alerts on");
+                tracing::info!(
+                    receiver = %crate::alerts::origin_of(&settings.alerts.url),
+                    "outbound alerts on"
+                );
                 Some(Arc::new(sender).spawn(wake))
             }
             None => None,

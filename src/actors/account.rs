@@ -84,8 +84,10 @@ pub enum AccountMessage {
     /// needs-reauth mark: retry from attempt zero.
     Resume,
     /// A scheduled sync is due: the backoff after a failure, or the minimum interval
-    /// between two syncs, is over (internal).
-    Due,
+    /// between two syncs, is over (internal). Carries the number of the wait that set
+    /// it: timers are not cancelled, so one left over from an earlier wait (cut short by
+    /// a resume) must not end a later one early.
+    Due(u64),
     /// Periodic check whether the actor has been idle long enough to passivate (internal).
     IdleCheck,
     /// Describe yourself.
@@ -230,6 +232,11 @@ pub struct SyncFailure {
     pub plan: RetryPlan,
 }
 
+/// Reconciles in a row after which the follow-up sync waits a backoff instead of
+/// running at once (a provider that rejects every fresh cursor would otherwise make the
+/// actor list the whole window in a loop).
+const MAX_RECONCILES_IN_A_ROW: u32 = 3;
+
 /// The actor. Read-only configuration lives in the shared [`Registry`].
 pub struct AccountActor {
     registry: Arc<Registry>,
@@ -265,6 +272,10 @@ pub struct AccountState {
     /// An operator's resume (or a relink) arrived while the current sync ran: if that
     /// sync then gives up, the resume still wins.
     resumed_during_sync: bool,
+    /// The number of the current backoff or scheduled wait (see [`AccountMessage::Due`]).
+    wait: u64,
+    /// Reconciles (rejected cursors) in a row, without a plain delta sync between.
+    reconciles: u32,
     /// Parked until the user logs in again: sync tasks only look for LOGIN_REPAIRED.
     needs_reauth: bool,
     /// Inbox entries up to here were seen by a needs-reauth check.
@@ -372,7 +383,7 @@ impl Actor for AccountActor {
                     record.attempt,
                     wait.as_millis()
                 );
-                send_after_counted(&myself, &mailbox, wait, || AccountMessage::Due);
+                send_after_counted(&myself, &mailbox, wait, || AccountMessage::Due(0));
             }
             _ => {
                 // Work that arrived while passivated, a due retry, or a first sync never
@@ -411,6 +422,8 @@ impl Actor for AccountActor {
             idle_timer: Some(idle_timer),
             gave_up,
             resumed_during_sync: false,
+            wait: 0,
+            reconciles: 0,
             needs_reauth,
             checked_seq,
         };
@@ -471,9 +484,44 @@ impl Actor for AccountActor {
                         state.phase = Phase::Idle;
                         let since_start = state.sync_started.elapsed();
                         let min_interval = self.registry.settings().min_sync_interval;
-                        // The reconcile path's follow-up runs at once: it completes the
-                        // same logical sync.
-                        if report.follow_up || (again && since_start >= min_interval) {
+                        if report.follow_up {
+                            state.reconciles += 1;
+                        } else {
+                            state.reconciles = 0;
+                        }
+                        if report.follow_up && state.reconciles > MAX_RECONCILES_IN_A_ROW {
+                            // The provider keeps rejecting every new cursor: each round
+                            // lists the whole window, so further rounds back off like
+                            // failures instead of looping.
+                            let settings = self.registry.settings();
+                            let delay = backoff_delay(
+                                settings.sync_retry_initial,
+                                settings.sync_retry_max,
+                                state.reconciles - MAX_RECONCILES_IN_A_ROW,
+                                &mut rand::thread_rng(),
+                            );
+                            state.phase = Phase::Backoff {
+                                until: Utc::now()
+                                    + chrono::Duration::from_std(delay)
+                                        .unwrap_or(chrono::Duration::zero()),
+                            };
+                            state.event(
+                                "backoff",
+                                format!(
+                                    "cursor rejected after {} reconciles in a row: next in {} ms",
+                                    state.reconciles,
+                                    delay.as_millis()
+                                ),
+                            );
+                            tracing::warn!(account_id = %state.id, reconciles = state.reconciles, "provider keeps rejecting fresh cursors, backing off");
+                            state.wait += 1;
+                            let number = state.wait;
+                            send_after_counted(&myself, &state.mailbox, delay, move || {
+                                AccountMessage::Due(number)
+                            });
+                        } else if report.follow_up || (again && since_start >= min_interval) {
+                            // The reconcile path's follow-up runs at once: it completes
+                            // the same logical sync.
                             self.start_sync(&myself, state, SyncReason::Webhook);
                         } else if again {
                             // A burst: wait out the interval so everything arriving
@@ -488,8 +536,10 @@ impl Actor for AccountActor {
                                 "scheduled",
                                 format!("burst: next sync in {} ms", wait.as_millis()),
                             );
-                            send_after_counted(&myself, &state.mailbox, wait, || {
-                                AccountMessage::Due
+                            state.wait += 1;
+                            let number = state.wait;
+                            send_after_counted(&myself, &state.mailbox, wait, move || {
+                                AccountMessage::Due(number)
                             });
                         }
                     }
@@ -501,12 +551,24 @@ impl Actor for AccountActor {
                             // account before): the resume wins, as if it came a moment
                             // later. No waiting out the backoff, no giving up.
                             if state.gave_up {
-                                self.registry.store().set_sync_gave_up(&state.id, None)?;
-                                self.registry
-                                    .resolve_incidents(&state.id, &[IncidentKind::SyncFailed])?;
+                                // Small blocking writes, as elsewhere in this handler; a
+                                // failure is logged, not fatal: the resume still syncs,
+                                // and its commit clears what is left.
+                                let store = self.registry.store();
+                                if let Err(error) = store.set_sync_gave_up(&state.id, None) {
+                                    tracing::warn!(account_id = %state.id, %error, "could not clear the failed mark after a resume");
+                                }
+                                if let Err(error) = self
+                                    .registry
+                                    .resolve_incidents(&state.id, &[IncidentKind::SyncFailed])
+                                {
+                                    tracing::warn!(account_id = %state.id, %error, "could not resolve the sync_failed incident after a resume");
+                                }
                                 state.gave_up = false;
-                                state.attempt = 0;
                             }
+                            // The resume's full attempt budget, not what the failed
+                            // attempt (which read the old count) left.
+                            state.attempt = 0;
                             state.phase = Phase::Idle;
                             state.event("resumed", "after the failed attempt");
                             self.start_sync(&myself, state, SyncReason::Manual);
@@ -555,7 +617,11 @@ impl Actor for AccountActor {
                     }
                 }
             }
-            AccountMessage::Due => {
+            AccountMessage::Due(number) => {
+                if number != state.wait {
+                    // Left over from a wait a resume or manual sync cut short.
+                    return Ok(());
+                }
                 // After a backoff the sync is the retry; after the minimum interval it
                 // covers the webhooks that arrived meanwhile.
                 let reason = match state.phase {
@@ -752,7 +818,11 @@ impl AccountActor {
                     "backoff",
                     format!("attempt {attempt}: retry in {} ms", delay.as_millis()),
                 );
-                send_after_counted(myself, &state.mailbox, delay, || AccountMessage::Due);
+                state.wait += 1;
+                let number = state.wait;
+                send_after_counted(myself, &state.mailbox, delay, move || {
+                    AccountMessage::Due(number)
+                });
             }
             RetryPlan::GiveUp { attempt } => {
                 state.attempt = attempt;

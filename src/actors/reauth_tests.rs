@@ -381,6 +381,8 @@ struct GatedProvider {
     login_error_first: std::sync::atomic::AtomicBool,
     /// The first call answers 429 RATE_LIMIT_EXCEEDED instead.
     rate_limited_first: std::sync::atomic::AtomicBool,
+    /// Answers for the next calls, in order, before the flags above.
+    scripted: std::sync::Mutex<std::collections::VecDeque<ProviderError>>,
 }
 
 #[async_trait::async_trait]
@@ -397,6 +399,9 @@ impl crate::providers::Provider for GatedProvider {
     ) -> Result<crate::providers::DeltaPage, ProviderError> {
         let _ = self.calls.send(token.expose().to_string());
         self.release.acquire().await.expect("open").forget();
+        if let Some(error) = self.scripted.lock().expect("script").pop_front() {
+            return Err(error);
+        }
         if self
             .rate_limited_first
             .swap(false, std::sync::atomic::Ordering::SeqCst)
@@ -464,6 +469,7 @@ fn gated(
         release: tokio::sync::Semaphore::new(0),
         login_error_first: std::sync::atomic::AtomicBool::new(login_error_first),
         rate_limited_first: std::sync::atomic::AtomicBool::new(false),
+        scripted: Default::default(),
     });
     (harness_with(provider.clone()), provider, received)
 }
@@ -526,6 +532,7 @@ async fn a_resume_during_a_backoff_syncs_at_once() {
         release: tokio::sync::Semaphore::new(16),
         login_error_first: std::sync::atomic::AtomicBool::new(false),
         rate_limited_first: std::sync::atomic::AtomicBool::new(true),
+        scripted: Default::default(),
     });
     let mut settings = Settings::defaults().actors;
     settings.rate_limit_backoff = Duration::from_secs(3600);
@@ -562,6 +569,7 @@ async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
         release: tokio::sync::Semaphore::new(0),
         login_error_first: std::sync::atomic::AtomicBool::new(false),
         rate_limited_first: std::sync::atomic::AtomicBool::new(true),
+        scripted: Default::default(),
     });
     let mut settings = Settings::defaults().actors;
     settings.max_sync_attempts = 1;
@@ -594,4 +602,258 @@ async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
     }
     assert!(h.account(&id).failed.is_none(), "not left failed");
     assert!(!h.open(&id, IncidentKind::SyncFailed));
+}
+
+fn api_error(status: u16, code: &str) -> ProviderError {
+    ProviderError::Api {
+        status,
+        error_type: "API_ERROR".into(),
+        code: code.into(),
+        message: "scripted".into(),
+        request_id: Some("req-scripted".into()),
+    }
+}
+
+/// Timers are not cancelled: the `Due` of a backoff a resume cut short must not end a
+/// later backoff early — here the hour-long wait after a rate limit.
+#[tokio::test]
+async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
+    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let provider = Arc::new(GatedProvider {
+        calls,
+        release: tokio::sync::Semaphore::new(100),
+        login_error_first: std::sync::atomic::AtomicBool::new(false),
+        rate_limited_first: std::sync::atomic::AtomicBool::new(false),
+        scripted: std::sync::Mutex::new(
+            [
+                api_error(500, "INTERNAL_SERVER_ERROR"),
+                api_error(429, "TRANSACTIONS_SYNC_LIMIT"),
+            ]
+            .into(),
+        ),
+    });
+    let mut settings = Settings::defaults().actors;
+    settings.sync_retry_initial = Duration::from_millis(400);
+    settings.sync_retry_max = Duration::from_millis(400);
+    settings.rate_limit_backoff = Duration::from_secs(3600);
+    let h = harness_with_settings(provider.clone(), settings);
+    let id = h.link("item-stale-timer");
+    h.registry.activate(&id).expect("activate");
+    assert!(next_call(&mut received).await.is_some(), "first attempt");
+
+    let backoff = |h: &Harness, id: &AccountId| {
+        let registry = h.registry.clone();
+        let id = id.clone();
+        async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let snapshot = registry.snapshot(&id).await.expect("status");
+                if let Some(until) = snapshot
+                    .filter(|s| s.state == "backoff")
+                    .and_then(|s| s.next_retry_at)
+                {
+                    return until;
+                }
+                assert!(tokio::time::Instant::now() < deadline, "never in backoff");
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    // The 500's short backoff: its timer is set, then a resume cuts the wait short.
+    let first_until = backoff(&h, &id).await;
+    h.registry.resume(&id).expect("resume");
+    assert!(
+        next_call(&mut received).await.is_some(),
+        "the resume's sync"
+    );
+    // That sync is rate limited: an hour's wait.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let until = backoff(&h, &id).await;
+        if until > first_until + chrono::Duration::minutes(30) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no rate-limit wait");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Let the first backoff's timer fire (it was due at `first_until`, at most 400 ms
+    // after the first failure), plus a margin; it must change nothing.
+    while Utc::now() < first_until + chrono::Duration::milliseconds(300) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snapshot = h
+        .registry
+        .snapshot(&id)
+        .await
+        .expect("status")
+        .expect("live");
+    assert_eq!(
+        snapshot.state, "backoff",
+        "still waiting out the rate limit"
+    );
+    assert!(
+        received.try_recv().is_err(),
+        "no provider call inside the rate-limit window"
+    );
+}
+
+/// A resume during an attempt gives the account its whole attempt budget back, not
+/// just the one attempt the failure plan of the running attempt left.
+#[tokio::test]
+async fn a_resume_during_an_attempt_restores_the_whole_attempt_budget() {
+    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let provider = Arc::new(GatedProvider {
+        calls,
+        release: tokio::sync::Semaphore::new(0),
+        login_error_first: std::sync::atomic::AtomicBool::new(false),
+        rate_limited_first: std::sync::atomic::AtomicBool::new(false),
+        scripted: std::sync::Mutex::new(
+            [
+                api_error(500, "INTERNAL_SERVER_ERROR"),
+                api_error(500, "INTERNAL_SERVER_ERROR"),
+                api_error(500, "INTERNAL_SERVER_ERROR"),
+            ]
+            .into(),
+        ),
+    });
+    let mut settings = Settings::defaults().actors;
+    settings.sync_retry_initial = Duration::from_millis(20);
+    settings.sync_retry_max = Duration::from_millis(20);
+    settings.max_sync_attempts = 3;
+    let h = harness_with_settings(provider.clone(), settings);
+    let id = h.link("item-budget");
+    h.registry.activate(&id).expect("activate");
+    // Attempt 1 fails; attempt 2 is in the provider call when the operator resumes.
+    assert!(next_call(&mut received).await.is_some());
+    provider.release.add_permits(1);
+    assert!(next_call(&mut received).await.is_some(), "attempt 2");
+    h.registry.resume(&id).expect("resume");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.registry.mailbox_depth(&id).unwrap_or(0) > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resume never handled"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Attempt 2 fails; the resume's sync runs at once and fails too: that is the
+    // first failure since the resume, far from the limit of 3.
+    provider.release.add_permits(1);
+    assert!(
+        next_call(&mut received).await.is_some(),
+        "the resume's sync"
+    );
+    provider.release.add_permits(1);
+    assert!(
+        next_call(&mut received).await.is_some(),
+        "retried after its backoff, not given up"
+    );
+    assert!(h.account(&id).failed.is_none(), "not marked failed");
+    provider.release.add_permits(8);
+}
+
+/// A provider that accepts no cursor at all: every delta from a cursor is refused as
+/// invalid, a fresh loop always works, and the window is empty.
+#[derive(Default)]
+struct RejectsEveryCursor {
+    refused: std::sync::atomic::AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl crate::providers::Provider for RejectsEveryCursor {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Plaid
+    }
+
+    async fn sync_page(
+        &self,
+        _token: &AccessToken,
+        cursor: Option<&str>,
+        _count: u32,
+    ) -> Result<crate::providers::DeltaPage, ProviderError> {
+        if cursor.is_some() {
+            self.refused
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return Err(ProviderError::Api {
+                status: 400,
+                error_type: "INVALID_INPUT".into(),
+                code: crate::providers::plaid::wire::INVALID_FIELD.into(),
+                message: "cursor not recognized".into(),
+                request_id: Some("req-cursor".into()),
+            });
+        }
+        Ok(crate::providers::DeltaPage {
+            added: vec![],
+            modified: vec![],
+            removed: vec![],
+            next_cursor: "fresh".into(),
+            has_more: false,
+            request_id: "req".into(),
+        })
+    }
+
+    async fn window_page(
+        &self,
+        _token: &AccessToken,
+        _start: chrono::NaiveDate,
+        _end: chrono::NaiveDate,
+        _offset: u64,
+        _count: u32,
+    ) -> Result<crate::providers::WindowPage, ProviderError> {
+        Ok(crate::providers::WindowPage {
+            transactions: vec![],
+            total: 0,
+            request_id: "req".into(),
+        })
+    }
+
+    async fn verify_webhook(
+        &self,
+        _headers: &http::HeaderMap,
+        _body: &[u8],
+    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
+        unreachable!("no webhooks in these tests")
+    }
+}
+
+/// A provider that rejects every fresh cursor does not make the actor reconcile in a
+/// loop: after a few rounds in a row, the next one waits a backoff.
+#[tokio::test]
+async fn reconciles_in_a_row_back_off_instead_of_looping() {
+    let provider = Arc::new(RejectsEveryCursor::default());
+    let mut settings = Settings::defaults().actors;
+    settings.sync_retry_initial = Duration::from_secs(3600);
+    settings.sync_retry_max = Duration::from_secs(3600);
+    let h = harness_with_settings(provider.clone(), settings);
+    let id = h.link("item-cursor-loop");
+    h.registry.activate(&id).expect("activate");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.account(&id).cursor.is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first sync never committed"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    h.registry
+        .request_sync(&id, crate::actors::SyncReason::Manual)
+        .expect("sync requested");
+    let snapshot = loop {
+        let snapshot = h.registry.snapshot(&id).await.expect("status");
+        if let Some(s) = snapshot.filter(|s| s.state == "backoff") {
+            break s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still reconciling after {} refused cursors",
+            provider.refused.load(std::sync::atomic::Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    let refused = provider.refused.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        refused, 4,
+        "four reconciles at once, then the next follow-up waits"
+    );
+    assert!(snapshot.next_retry_at.is_some_and(|at| at > Utc::now()));
 }

@@ -435,7 +435,7 @@ async fn reconcile(
     let fresh = pagination_loop(provider, account, None, params, progress).await?;
     let (start, end) = window_bounds(params);
     let window = list_window(provider, account, start, end, params, progress).await?;
-    let rows = reconciled_rows(fresh.upserts, window, start, end);
+    let rows = reconciled_rows(fresh.upserts, window);
     let outcome = SyncOutcome::Committed {
         added: rows.len() as u64,
         modified: 0,
@@ -483,26 +483,19 @@ fn window_bounds(params: &SyncParams) -> (NaiveDate, NaiveDate) {
 /// removal (a delta does not mention rows that appeared and vanished after its cursor),
 /// and the local copy would keep a row the provider no longer has. Every row that still
 /// exists after C is delivered by that follow-up sync anyway. So the result is exactly
-/// the ids of the fresh loop: the listed version where the listing has the row, the
-/// fresh version for rows dated outside the window, and nothing for an in-window row
-/// the listing no longer has (it was removed after C; the follow-up reports it too).
-fn reconciled_rows(
-    fresh: Vec<Transaction>,
-    window: Vec<Transaction>,
-    start: NaiveDate,
-    end: NaiveDate,
-) -> Vec<Transaction> {
+/// the rows of the fresh loop, each in its listed version where the listing has it.
+/// A row the listing lacks keeps its fresh version: if it was removed after C, the
+/// follow-up reports the removal; if the offset-paged listing merely skipped it (a row
+/// removed before the offset and another added after it between two pages leave the
+/// total unchanged), dropping it would lose a row no delta will ever mention again.
+fn reconciled_rows(fresh: Vec<Transaction>, window: Vec<Transaction>) -> Vec<Transaction> {
     let mut listed: HashMap<String, Transaction> = window
         .into_iter()
         .map(|row| (row.id.clone(), row))
         .collect();
     let mut rows: Vec<Transaction> = fresh
         .into_iter()
-        .filter_map(|row| match listed.remove(&row.id) {
-            Some(newer) => Some(newer),
-            None if row.date < start || row.date > end => Some(row),
-            None => None,
-        })
+        .map(|row| listed.remove(&row.id).unwrap_or(row))
         .collect();
     rows.sort_by(|a, b| (a.date, &a.id).cmp(&(b.date, &b.id)));
     rows
@@ -764,18 +757,30 @@ mod tests {
     }
 
     #[test]
-    fn reconciled_rows_keep_fresh_rows_outside_the_window() {
-        let start = NaiveDate::from_ymd_opt(2026, 1, 1).unwrap();
-        let end = NaiveDate::from_ymd_opt(2026, 12, 31).unwrap();
+    fn reconciled_rows_are_the_fresh_rows_in_their_listed_versions() {
         let mut old = row("old", 1.0);
         old.date = NaiveDate::from_ymd_opt(2020, 5, 5).unwrap();
         let rows = reconciled_rows(
-            vec![old.clone(), row("kept", 1.0), row("removed-after-c", 1.0)],
+            vec![
+                old.clone(),
+                row("kept", 1.0),
+                row("removed-after-c", 1.0),
+                row("skipped-by-paging", 4.0),
+            ],
             vec![row("kept", 2.0), row("created-after-c", 1.0)],
-            start,
-            end,
         );
-        assert_eq!(rows, vec![old, row("kept", 2.0)]);
+        // Not in the listing: kept as fetched at C (a removal after C is reported by
+        // the follow-up sync; a row the paging skipped must not be lost). Created after
+        // C: left to the follow-up sync.
+        assert_eq!(
+            rows,
+            vec![
+                old,
+                row("kept", 2.0),
+                row("removed-after-c", 1.0),
+                row("skipped-by-paging", 4.0),
+            ]
+        );
     }
 
     #[test]

@@ -491,7 +491,19 @@ mod tests {
         // A store written before the due index existed (or whose index a crash left
         // behind) gets it rebuilt from the outbox on open.
         {
-            let db = sled::open(dir.path()).expect("raw sled");
+            // The dropped store's last flush task may still hold the database for a
+            // moment (sled's file lock): wait for it to let go.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            let db = loop {
+                match sled::open(dir.path()) {
+                    Ok(db) => break db,
+                    Err(error) if std::time::Instant::now() < deadline => {
+                        let _ = error;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    Err(error) => panic!("raw sled: {error}"),
+                }
+            };
             db.drop_tree(super::keys::OUTBOX_DUE).expect("drop index");
             db.flush().expect("flush");
         }

@@ -28,8 +28,10 @@ async fn draining_refuses_webhooks_with_503_and_lets_the_running_sync_commit() {
     let body = sync_webhook_body(&item_id, json!({ "nonce": "slow" }));
     let jwt = env.sandbox.sign_webhook(&body, now_unix());
     assert_eq!(env.post_webhook(&body, Some(&jwt)).await.status(), 200);
+    // Wait until the slow sync is inside the provider call: by then it has claimed the
+    // inbox, so the webhooks below stay pending for the next start.
     let deadline = tokio::time::Instant::now() + CONVERGE;
-    while env.sync_status(&account).await["state"] != "syncing" {
+    while env.stats(&item_id).await["in_flight_syncs"].as_u64() != Some(1) {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the sync never started"
