@@ -110,7 +110,10 @@ async fn a_login_fault_is_sticky_fires_item_error_once_and_login_repaired_heals_
     assert_eq!(received.len(), 1, "one ITEM/ERROR webhook");
     let webhook: Value = serde_json::from_slice(&received[0].1).unwrap();
     assert_eq!(
-        (webhook["webhook_type"].as_str(), webhook["webhook_code"].as_str()),
+        (
+            webhook["webhook_type"].as_str(),
+            webhook["webhook_code"].as_str()
+        ),
         (Some("ITEM"), Some("ERROR"))
     );
     assert_eq!(webhook["item_id"], item_id);
@@ -127,7 +130,10 @@ async fn a_login_fault_is_sticky_fires_item_error_once_and_login_repaired_heals_
     let (_, item) = bank
         .plaid("/item/get", json!({"access_token": token}))
         .await;
-    assert_eq!(item["item"]["error"]["error_code"], wire::ITEM_LOGIN_REQUIRED);
+    assert_eq!(
+        item["item"]["error"]["error_code"],
+        wire::ITEM_LOGIN_REQUIRED
+    );
     let (_, faults) = bank
         .admin_get(&format!("/admin/items/{item_id}/faults"))
         .await;
