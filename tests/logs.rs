@@ -1,9 +1,15 @@
 //! Secrets never reach the log. Its own test binary, because it installs the process's
 //! global tracing subscriber (at TRACE for acctor, DEBUG for the libraries below it) and
-//! captures every line, text and JSON, into memory while a whole flow runs: link, the
-//! initial sync, a signed webhook and the sync it triggers, a forged webhook, admin
-//! requests with a right and a wrong token. Then no access token, provider secret,
-//! admin token or webhook JWT may appear anywhere in what was captured.
+//! captures every line into memory while a whole flow runs: link, the initial sync, a
+//! signed webhook and the sync it triggers, provider errors (a failing sync that is
+//! retried, and a login fault that parks the account until LOGIN_REPAIRED), a forged
+//! webhook, admin requests with a right and a wrong token. Then no access token,
+//! provider secret, admin token or webhook JWT may appear anywhere in what was captured.
+//!
+//! The JSON and text lines are the shipped formats (`acctor::telemetry::layer`, what
+//! `telemetry::init` installs), written to memory instead of stdout; a third layer
+//! prints every span as it opens and closes, so that a secret in a span field is caught
+//! even where no event inside that span prints it.
 
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
@@ -11,14 +17,16 @@ mod helpers;
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use serde_json::Value;
+use acctor::telemetry::{self, LogFormat};
+use serde_json::{json, Value};
 use tracing_subscriber::fmt::format::FmtSpan;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-use helpers::{spawn_env, sync_webhook_body};
+use helpers::{spawn_env, sync_webhook_body, TestEnv, CONVERGE};
 
 /// An in-memory log sink.
 #[derive(Clone, Default)]
@@ -40,26 +48,38 @@ impl Captured {
     }
 }
 
+/// Polls the account's sync status until `done` holds (an observable condition).
+async fn wait_for_status(env: &TestEnv, account: &str, what: &str, done: impl Fn(&Value) -> bool) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let status = env.sync_status(account).await;
+        if done(&status) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never saw {what}: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
     let text = Captured::default();
     let json = Captured::default();
     let (text_sink, json_sink) = (text.clone(), json.clone());
+    let spans = Captured::default();
+    let spans_sink = spans.clone();
     tracing_subscriber::registry()
         .with(EnvFilter::new("debug,acctor=trace,api=trace,logs=trace"))
+        .with(telemetry::layer(LogFormat::Text, move || text_sink.clone()))
+        .with(telemetry::layer(LogFormat::Json, move || json_sink.clone()))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
                 .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
-                .with_writer(move || text_sink.clone()),
-        )
-        .with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .flatten_event(true)
-                .with_span_list(true)
-                .with_span_events(FmtSpan::NEW | FmtSpan::CLOSE)
-                .with_writer(move || json_sink.clone()),
+                .with_writer(move || spans_sink.clone()),
         )
         .try_init()
         .expect("the only subscriber in this test binary");
@@ -81,6 +101,41 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
     // A change at the bank: the sandbox signs a webhook (Plaid-Verification JWT) and
     // delivers it; acctor verifies it and syncs.
     env.mutate(&item_id, 3, 1, 1).await;
+    env.converge(&account_id, &item_id).await;
+
+    // Provider errors: a sync that fails with Plaid's error object (logged with its
+    // code, message and request id) and is retried once the provider recovers.
+    env.faults(
+        &item_id,
+        json!({ "error_rate": { "transactions_sync": 1.0 }, "error_mix": { "internal": 1 } }),
+    )
+    .await;
+    env.mutate(&item_id, 2, 0, 0).await;
+    wait_for_status(&env, &account_id, "a retry record", |s| {
+        s["retry"]["code"] == "INTERNAL_SERVER_ERROR"
+    })
+    .await;
+    env.faults(&item_id, json!({ "error_mix": { "login": 1 } }))
+        .await;
+    // And a login fault: the ITEM/ERROR webhook and the 400 park the account; Plaid's
+    // Sandbox repair (a call carrying the access token and the client secret) heals it.
+    wait_for_status(&env, &account_id, "the needs_reauth park", |s| {
+        s["state"] == "needs_reauth"
+    })
+    .await;
+    env.faults(
+        &item_id,
+        json!({ "error_rate": { "transactions_sync": null } }),
+    )
+    .await;
+    env.post_json(
+        &format!("{}/sandbox/item/fire_webhook", env.sandbox_url),
+        json!({
+            "client_id": "acctor-demo-client", "secret": "acctor-demo-secret",
+            "access_token": access_token, "webhook_code": "LOGIN_REPAIRED",
+        }),
+    )
+    .await;
     env.converge(&account_id, &item_id).await;
 
     // A forged webhook: its JWT is rejected, and must not be echoed into the log.
@@ -112,7 +167,7 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
     drop(state);
     env.shutdown().await;
 
-    let captured = format!("{}\n{}", text.text(), json.text());
+    let captured = format!("{}\n{}\n{}", text.text(), json.text(), spans.text());
     // The capture works and carries the account id in span fields: some JSON line of a
     // request about this account has it on its `http_request` span.
     assert!(captured.contains("account linked"), "nothing captured");
@@ -133,6 +188,25 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
         captured.contains("webhook acknowledged"),
         "the signed webhook was not part of the flow"
     );
+    // The provider errors were logged, in the shipped JSON format, with their codes.
+    let json_lines: Vec<Value> = json
+        .text()
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("every JSON line parses"))
+        .collect();
+    for (message, code) in [
+        ("sync failed", "INTERNAL_SERVER_ERROR"),
+        ("", "ITEM_LOGIN_REQUIRED"),
+    ] {
+        assert!(
+            json_lines.iter().any(|v| {
+                (message.is_empty() || v["message"] == message)
+                    && v.to_string().contains(code)
+                    && v["level"].is_string()
+            }),
+            "no JSON line for the provider error {code}"
+        );
+    }
 
     for (what, secret) in [
         ("the access token", access_token.as_str()),

@@ -6,9 +6,10 @@
 //! someone adds later is therefore protected unless it is deliberately made public here.
 //! Public are: provider webhooks (they carry provider signatures instead), `/healthz`,
 //! `/readyz` and `/metrics` (probes and scrapers hold no token), and the dashboard's
-//! static shell (`/dashboard`, `/dashboard/…`): the page holds no data, reads the token
-//! from its URL fragment and calls the admin API with it, so nothing private may be
-//! served under `/dashboard/`.
+//! static shell (`/dashboard` and its two files, by exact path): the page holds no
+//! data, reads the token from its URL fragment and calls the admin API with it. Exact
+//! paths rather than a `/dashboard/` prefix, so that a data route added under
+//! `/dashboard/` later is admin-only like any other.
 //!
 //! The token comes from `server.admin_token`; when that is unset, a random one is
 //! generated at first start into `<data_dir>/admin-token` (mode 0600) and reused
@@ -37,13 +38,22 @@ pub const ADMIN_TOKEN_FILE: &str = "admin-token";
 /// The prefix of generated tokens: makes a leaked one recognizable to secret scanners.
 const TOKEN_PREFIX: &str = "acctor_admin_";
 
-/// Whether `path` is served without the admin token. Exact paths and path prefixes
-/// only; anything else (including paths that match no route) needs the token, so an
-/// unauthenticated caller cannot even learn which routes exist.
+/// Whether `path` is served without the admin token: the exact paths above, and
+/// `/webhooks/{provider}` (one non-empty segment). Anything else (including paths that
+/// match no route) needs the token, so an unauthenticated caller cannot even learn
+/// which routes exist.
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/dashboard")
-        || path.starts_with("/webhooks/")
-        || path.starts_with("/dashboard/")
+    matches!(
+        path,
+        "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/dashboard"
+            | "/dashboard/dashboard.css"
+            | "/dashboard/dashboard.js"
+    ) || path
+        .strip_prefix("/webhooks/")
+        .is_some_and(|provider| !provider.is_empty() && !provider.contains('/'))
 }
 
 /// The expected token, kept only as its digest.
@@ -271,7 +281,8 @@ mod tests {
             "/readyz",
             "/metrics",
             "/dashboard",
-            "/dashboard/app.js",
+            "/dashboard/dashboard.css",
+            "/dashboard/dashboard.js",
             "/webhooks/plaid",
         ] {
             assert!(is_public(path), "{path} should be public");
@@ -283,7 +294,13 @@ mod tests {
             "/debug/actors",
             "/healthz/",
             "/dashboardx",
+            "/dashboard/",
+            "/dashboard/app.js",
+            "/dashboard/data.json",
+            "/dashboard/dashboard.js/x",
             "/webhooks",
+            "/webhooks/",
+            "/webhooks/plaid/extra",
             "/metricsx",
         ] {
             assert!(!is_public(path), "{path} should need the token");

@@ -374,7 +374,8 @@ pub struct ItemStatsSnapshot {
     /// Injected 429 rate-limit answers.
     #[serde(default)]
     pub injected_rate_limit_errors: u64,
-    /// Injected 400 `ITEM_LOGIN_REQUIRED` answers (the random fault, not `login_required`).
+    /// Draws of the random `login` fault (each answers 400 `ITEM_LOGIN_REQUIRED` and
+    /// leaves the item in `login_required`); not the answers that state gives by itself.
     #[serde(default)]
     pub injected_login_errors: u64,
     /// Requests held without an answer by the `timeout` fault.
@@ -758,6 +759,18 @@ impl Item {
         let mut state = lock(&self.state);
         state.faults.login_required = required;
         state.revision += 1;
+    }
+
+    /// Puts the item into `ITEM_LOGIN_REQUIRED`; `true` if it was not in it already,
+    /// in one step, so that two faulted calls racing each other announce it once.
+    pub fn require_login(&self) -> bool {
+        let mut state = lock(&self.state);
+        if state.faults.login_required {
+            return false;
+        }
+        state.faults.login_required = true;
+        state.revision += 1;
+        true
     }
 
     /// Whether the item is in `ITEM_LOGIN_REQUIRED`.

@@ -56,7 +56,11 @@ pub enum ErrorKind {
     /// 429 `RATE_LIMIT_EXCEEDED` with the endpoint's limit code
     /// (`TRANSACTIONS_SYNC_LIMIT`, `TRANSACTIONS_LIMIT`, `ITEM_GET_LIMIT`).
     RateLimit,
-    /// 400 `ITEM_ERROR` / `ITEM_LOGIN_REQUIRED` (this answer only; the item stays healthy).
+    /// 400 `ITEM_ERROR` / `ITEM_LOGIN_REQUIRED`, and sticky as at Plaid: the item enters
+    /// the login-required state `/sandbox/item/reset_login` sets (its webhook gets
+    /// `ITEM`/`ERROR` once, on entering it) and stays there until the login is repaired:
+    /// `/sandbox/item/fire_webhook` with `LOGIN_REPAIRED` (or the admin switch
+    /// `login_required: false`).
     Login,
     /// No answer: the handler holds the request for [`TIMEOUT_HOLD`].
     Timeout,

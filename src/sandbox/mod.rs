@@ -7,8 +7,8 @@
 //! has an `/admin` API to create and mutate items, inject faults (data moving under a
 //! pagination loop, rejected cursors, duplicate webhooks, latency, login errors, and
 //! seeded random errors, timeouts and webhook drops, duplicates and reordering, per item
-//! or globally, see `faults`) and
-//! read counters that prove how acctor behaved (for example that it never ran two syncs
+//! or globally, see `faults`; a random login error is sticky, as at Plaid, until
+//! `LOGIN_REPAIRED`) and read counters that prove how acctor behaved (for example that it never ran two syncs
 //! for one item at once).
 //!
 //! Layout: [`bank`] holds the state and change logs, `faults` the random fault settings

@@ -354,7 +354,8 @@ fn institution_name(institution_id: &str) -> Option<&'static str> {
 /// Applies the random faults of `item` to a call of `endpoint`: the added latency, then
 /// maybe an injected error. A `timeout` holds the call for [`faults::TIMEOUT_HOLD`]
 /// (an async sleep: other requests go on) and then answers 500, which no client with
-/// a sane timeout ever reads.
+/// a sane timeout ever reads. A `login` leaves the item in `login_required` and, like
+/// `/sandbox/item/reset_login`, delivers `ITEM`/`ERROR` before answering.
 async fn inject(sandbox: &Sandbox, item: &Item, endpoint: Endpoint) -> Result<(), PlaidApiError> {
     let faults = sandbox.bank().effective_faults(item);
     let latency = faults.latency(endpoint);
@@ -369,7 +370,17 @@ async fn inject(sandbox: &Sandbox, item: &Item, endpoint: Endpoint) -> Result<()
     match kind {
         ErrorKind::Internal => Err(PlaidApiError::internal_server_error()),
         ErrorKind::RateLimit => Err(PlaidApiError::rate_limited(endpoint)),
-        ErrorKind::Login => Err(PlaidApiError::login_required()),
+        ErrorKind::Login => {
+            // Plaid's login errors are sticky until the user repairs the login, and the
+            // item's webhook hears of it: a one-off answer on a healthy item would park
+            // acctor's account with nothing ever coming to repair it.
+            if item.require_login() {
+                sandbox
+                    .fire(item, "ITEM", "ERROR", login_required_extra())
+                    .await;
+            }
+            Err(PlaidApiError::login_required())
+        }
         ErrorKind::Timeout => {
             tokio::time::sleep(faults::TIMEOUT_HOLD).await;
             Err(PlaidApiError::internal_server_error())

@@ -145,6 +145,53 @@ async fn login_required_parks_without_provider_calls_and_login_repaired_catches_
 }
 
 #[tokio::test]
+async fn a_random_login_fault_leaves_the_item_needing_a_login_until_login_repaired() {
+    let env = spawn_env_with(|_| {}).await;
+    let (item_id, token) = env.create_item(10).await;
+    let account = env.link(&item_id, &token, "owner-login-fault", &[]).await["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    env.converge(&account, &item_id).await;
+    env.faults(
+        &item_id,
+        json!({ "error_rate": { "transactions_sync": 1.0 }, "error_mix": { "login": 1 } }),
+    )
+    .await;
+    env.mutate(&item_id, 2, 0, 0).await;
+    wait_until(
+        "the needs_reauth park",
+        || env.sync_status(&account),
+        |s| s["state"] == "needs_reauth" && s["needs_reauth"]["code"] == "ITEM_LOGIN_REQUIRED",
+    )
+    .await;
+    // The fault is off again, but the item is what acctor believes it is: needing a
+    // login (a one-off answer on a healthy item would park the account for good).
+    env.faults(
+        &item_id,
+        json!({ "error_rate": { "transactions_sync": null } }),
+    )
+    .await;
+    let item = plaid(&env, "/item/get", json!({ "access_token": token })).await;
+    assert_eq!(
+        item["item"]["error"]["error_code"], "ITEM_LOGIN_REQUIRED",
+        "{item}"
+    );
+
+    // The repair the sandbox documents for it: LOGIN_REPAIRED heals the item and acctor.
+    plaid(
+        &env,
+        "/sandbox/item/fire_webhook",
+        json!({ "access_token": token, "webhook_code": "LOGIN_REPAIRED" }),
+    )
+    .await;
+    env.converge(&account, &item_id).await;
+    let status = env.sync_status(&account).await;
+    assert!(status["needs_reauth"].is_null(), "{status}");
+    env.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_relink_with_a_new_token_unparks_and_catches_up() {
     let env = spawn_env_with(|_| {}).await;
     let (item_id, token) = env.create_item(20).await;

@@ -36,6 +36,27 @@ async fn wait_for(
     }
 }
 
+/// The live actor's events after its last `gave_up`, as `kind:detail`.
+fn since_gave_up(status: &Value) -> Vec<String> {
+    let events = status["actor"]["events"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let Some(gave_up) = events.iter().rposition(|e| e["kind"] == "gave_up") else {
+        return Vec::new();
+    };
+    events[gave_up + 1..]
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["kind"].as_str().unwrap_or(""),
+                e["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
 fn retry_settings(settings: &mut Settings) {
     settings.sweeper.tick = Duration::from_millis(20);
     settings.actors.sync_retry_initial = Duration::from_millis(200);
@@ -88,14 +109,40 @@ async fn too_many_failures_mark_the_account_failed_until_resumed() {
     assert!(status["retry"].is_null(), "no retry once failed: {status}");
     let finished = status["last_sync_finished_at"].clone();
 
-    // More webhooks are kept, but nothing syncs: the provider is not hammered.
+    // More webhooks are kept, but nothing syncs: the provider is not hammered. Proven
+    // on what the actor handled, not after a sleep: once its status (answered from the
+    // same mailbox) shows the new webhook's request handled after `gave_up` with no
+    // sync_started, while it is idle with no timer set (no backoff, no schedule), no
+    // later sync can come from that request; the sweeper leaves failed accounts alone.
+    let calls_before = env.stats(&item_id).await["sync_calls"]
+        .as_u64()
+        .expect("sync_calls");
     env.faults(&item_id, HEAL()).await;
     env.mutate(&item_id, 1, 0, 0).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = env.sync_status(&account).await;
+    let status = wait_for(&env, &account, "the webhook handled while failed", |s| {
+        since_gave_up(s).contains(&"sync_requested:webhook".to_string())
+    })
+    .await;
+    assert_eq!(status["actor"]["state"], "idle", "{status}");
+    assert!(status["actor"]["next_retry_at"].is_null(), "{status}");
+    assert!(
+        !since_gave_up(&status)
+            .iter()
+            .any(|k| k.starts_with("sync_started")),
+        "{status}"
+    );
     assert_eq!(status["state"], "failed", "{status}");
     assert_eq!(status["last_sync_finished_at"], finished, "{status}");
-    assert!(status["pending_inbox"].as_u64() >= Some(1), "{status}");
+    assert!(
+        status["pending_inbox"].as_u64() >= Some(2),
+        "kept: {status}"
+    );
+    assert!(status["retry"].is_null(), "no timer left: {status}");
+    assert_eq!(
+        env.stats(&item_id).await["sync_calls"].as_u64(),
+        Some(calls_before),
+        "no provider call while failed"
+    );
 
     env.post_json(
         &format!("{}/v1/accounts/{account}/resume", env.app_url),

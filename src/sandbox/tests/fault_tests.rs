@@ -64,6 +64,18 @@ async fn error_rate_one_answers_plaids_exact_error_for_each_kind_and_endpoint() 
             );
             assert_eq!(body["causes"], json!([]), "{body}");
             assert_eq!(body["display_message"].is_null(), kind != "login", "{body}");
+            if kind == "login" {
+                // The login fault is sticky (see the test below): repair it as Plaid's
+                // update mode would, so the next kinds and the cleared override answer
+                // on a healthy item.
+                let (status, _) = bank
+                    .plaid(
+                        "/sandbox/item/fire_webhook",
+                        json!({"access_token": token, "webhook_code": "LOGIN_REPAIRED"}),
+                    )
+                    .await;
+                assert_eq!(status, 200);
+            }
         }
         bank.faults(&item_id, json!({"error_rate": {endpoint: null}}))
             .await;
@@ -75,7 +87,71 @@ async fn error_rate_one_answers_plaids_exact_error_for_each_kind_and_endpoint() 
     assert_eq!(stats.injected_login_errors, 3);
     assert_eq!(stats.injected_rate_limit_errors, 3);
     assert_eq!(stats.injected_timeouts, 0);
-    // The login fault answers one call only: the item itself stays healthy.
+    let (_, item) = bank
+        .plaid("/item/get", json!({"access_token": token}))
+        .await;
+    assert!(item["item"]["error"].is_null(), "repaired: {item}");
+}
+
+#[tokio::test]
+async fn a_login_fault_is_sticky_fires_item_error_once_and_login_repaired_heals_it() {
+    let bank = start().await;
+    let mut hook = receiver(&[]).await;
+    let (item_id, token) = bank.create_item(5, Some(&hook.url)).await;
+    bank.faults(
+        &item_id,
+        json!({"error_rate": {"transactions_sync": 1.0}, "error_mix": {"login": 1.0}}),
+    )
+    .await;
+    let (status, body) = bank.sync(&token, "", 100).await;
+    assert_plaid_error(status, &body, 400, "ITEM_ERROR", wire::ITEM_LOGIN_REQUIRED);
+    // Delivered before the faulted call answered, as reset_login does.
+    let received = hook.drain();
+    assert_eq!(received.len(), 1, "one ITEM/ERROR webhook");
+    let webhook: Value = serde_json::from_slice(&received[0].1).unwrap();
+    assert_eq!(
+        (
+            webhook["webhook_type"].as_str(),
+            webhook["webhook_code"].as_str()
+        ),
+        (Some("ITEM"), Some("ERROR"))
+    );
+    assert_eq!(webhook["item_id"], item_id);
+    assert_eq!(webhook["error"]["error_code"], wire::ITEM_LOGIN_REQUIRED);
+    // A second draw while the item is already in the state does not announce it again.
+    assert_eq!(bank.sync(&token, "", 100).await.0, 400);
+    assert!(hook.drain().is_empty(), "no second ITEM/ERROR");
+
+    // Turning the fault off does not heal the item: the error is the item's state now.
+    bank.faults(&item_id, json!({"error_rate": {"transactions_sync": null}}))
+        .await;
+    let (status, body) = bank.sync(&token, "", 100).await;
+    assert_plaid_error(status, &body, 400, "ITEM_ERROR", wire::ITEM_LOGIN_REQUIRED);
+    let (_, item) = bank
+        .plaid("/item/get", json!({"access_token": token}))
+        .await;
+    assert_eq!(
+        item["item"]["error"]["error_code"],
+        wire::ITEM_LOGIN_REQUIRED
+    );
+    let (_, faults) = bank
+        .admin_get(&format!("/admin/items/{item_id}/faults"))
+        .await;
+    assert_eq!(faults["login_required"], true, "{faults}");
+    assert_eq!(bank.stats(&item_id).await.injected_login_errors, 2);
+
+    // Plaid's Sandbox repair: LOGIN_REPAIRED clears the state and says so.
+    let (status, body) = bank
+        .plaid(
+            "/sandbox/item/fire_webhook",
+            json!({"access_token": token, "webhook_code": "LOGIN_REPAIRED"}),
+        )
+        .await;
+    assert_eq!((status, body["webhook_fired"].as_bool()), (200, Some(true)));
+    let received = hook.drain();
+    assert_eq!(received.len(), 1);
+    assert_eq!(webhook_code(&received[0].1), "LOGIN_REPAIRED");
+    assert_eq!(bank.sync(&token, "", 100).await.0, 200);
     let (_, item) = bank
         .plaid("/item/get", json!({"access_token": token}))
         .await;
