@@ -286,9 +286,24 @@ pub struct Faults {
     pub sync_latency_after_ms: u64,
     /// Whether the item is in `ITEM_LOGIN_REQUIRED`.
     pub login_required: bool,
+    /// Plaid's per-Item request limit on `/transactions/sync`, enforced: past it, calls
+    /// answer 429 `RATE_LIMIT_EXCEEDED` / `TRANSACTIONS_SYNC_LIMIT` until the window
+    /// ends. Not a random fault: every call over the limit is refused.
+    #[serde(default)]
+    pub sync_limit: Option<SyncLimit>,
     /// Random faults this item sets itself, over the global ones (see `faults`).
     #[serde(flatten)]
     pub random: RandomFaults,
+}
+
+/// A fixed-window request limit: at most `max_calls` calls per `window_ms`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncLimit {
+    /// Calls allowed per window (0: every call is refused).
+    pub max_calls: u32,
+    /// The window, in milliseconds (0 counts as 1).
+    pub window_ms: u64,
 }
 
 /// A partial update of [`Faults`]: absent fields keep their value.
@@ -301,6 +316,8 @@ pub(crate) struct FaultsUpdate {
     pub sync_latency_ms: Option<u64>,
     pub sync_latency_after_ms: Option<u64>,
     pub login_required: Option<bool>,
+    #[serde(default, deserialize_with = "faults::nullable")]
+    pub sync_limit: Option<Option<SyncLimit>>,
     #[serde(default)]
     pub error_rate: Option<std::collections::BTreeMap<faults::Endpoint, Option<f64>>>,
     #[serde(default, deserialize_with = "faults::nullable")]
@@ -344,6 +361,7 @@ pub(crate) struct ItemStats {
     injected_rate_limit_errors: AtomicU64,
     injected_login_errors: AtomicU64,
     injected_timeouts: AtomicU64,
+    sync_limit_rejections: AtomicU64,
     webhooks_dropped: AtomicU64,
     webhooks_duplicated: AtomicU64,
     webhooks_reordered: AtomicU64,
@@ -381,6 +399,9 @@ pub struct ItemStatsSnapshot {
     /// Requests held without an answer by the `timeout` fault.
     #[serde(default)]
     pub injected_timeouts: u64,
+    /// `/transactions/sync` calls refused with 429 by the item's `sync_limit`.
+    #[serde(default)]
+    pub sync_limit_rejections: u64,
     /// Webhooks fired but never delivered.
     #[serde(default)]
     pub webhooks_dropped: u64,
@@ -448,6 +469,7 @@ impl ItemStats {
             injected_rate_limit_errors: get(&self.injected_rate_limit_errors),
             injected_login_errors: get(&self.injected_login_errors),
             injected_timeouts: get(&self.injected_timeouts),
+            sync_limit_rejections: get(&self.sync_limit_rejections),
             webhooks_dropped: get(&self.webhooks_dropped),
             webhooks_duplicated: get(&self.webhooks_duplicated),
             webhooks_reordered: get(&self.webhooks_reordered),
@@ -535,6 +557,8 @@ pub(crate) struct Item {
     pub fault_rng: Mutex<ChaCha8Rng>,
     /// Webhook deliveries held back by the reorder fault: (url, body).
     pub held_webhooks: Mutex<Vec<(String, Vec<u8>)>>,
+    /// The `sync_limit` window: when it started and the calls counted in it.
+    limit_window: Mutex<Option<(std::time::Instant, u32)>>,
 }
 
 struct ItemState {
@@ -596,6 +620,7 @@ impl Item {
             stats: ItemStats::default(),
             fault_rng: Mutex::new(faults::fault_rng(seed, number)),
             held_webhooks: Mutex::new(Vec::new()),
+            limit_window: Mutex::new(None),
         }
     }
 
@@ -713,6 +738,7 @@ impl Item {
             // Reseeded from the sandbox seed by `Bank::restore`.
             fault_rng: Mutex::new(faults::fault_rng(0, snapshot.number)),
             held_webhooks: Mutex::new(Vec::new()),
+            limit_window: Mutex::new(None),
         })
     }
 
@@ -748,6 +774,9 @@ impl Item {
         if let Some(required) = update.login_required {
             faults.login_required = required;
         }
+        if let Some(limit) = update.sync_limit {
+            faults.sync_limit = limit;
+        }
         faults.random.apply(update.random());
         let faults = faults.clone();
         state.revision += 1;
@@ -776,6 +805,28 @@ impl Item {
     /// Whether the item is in `ITEM_LOGIN_REQUIRED`.
     pub fn login_required(&self) -> bool {
         lock(&self.state).faults.login_required
+    }
+
+    /// Counts a `/transactions/sync` call against the item's `sync_limit`; `false`
+    /// (and counted as a rejection) when it is over the limit.
+    pub fn admit_sync(&self) -> bool {
+        let Some(limit) = lock(&self.state).faults.sync_limit else {
+            return true;
+        };
+        let now = std::time::Instant::now();
+        let window = Duration::from_millis(limit.window_ms.max(1));
+        let mut current = lock(&self.limit_window);
+        let (started, calls) = match *current {
+            Some((started, calls)) if now.duration_since(started) < window => (started, calls),
+            _ => (now, 0),
+        };
+        if calls >= limit.max_calls {
+            *current = Some((started, calls));
+            ItemStats::bump(&self.stats.sync_limit_rejections);
+            return false;
+        }
+        *current = Some((started, calls + 1));
+        true
     }
 
     /// The injected latency of a sync.

@@ -398,6 +398,9 @@ async fn transactions_sync(
     // The in-flight window spans the whole call, injected latency included, so two
     // calls that overlap at all are seen as overlapping.
     let _in_flight = item.enter_sync();
+    if !item.admit_sync() {
+        return Err(PlaidApiError::rate_limited(Endpoint::TransactionsSync));
+    }
     let latency = item.sync_latency();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

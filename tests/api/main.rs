@@ -1,6 +1,7 @@
 //! Integration tests: the real server and the real sandbox bank on loopback, over HTTP.
 
 mod accounts;
+mod budget;
 mod cdp;
 mod convergence;
 mod dashboard;
