@@ -311,17 +311,5 @@ impl AlertSender {
 }
 
 #[cfg(test)]
-mod origin_tests {
-    #[test]
-    fn origin_drops_path_and_query() {
-        assert_eq!(
-            super::origin_of("https://hooks.example.com:8443/services/T0/B0/SECRET?token=x"),
-            "https://hooks.example.com:8443"
-        );
-        assert_eq!(super::origin_of("not a url"), "<invalid url>");
-    }
-}
-
-#[cfg(test)]
 #[path = "alerts_tests.rs"]
 mod tests;

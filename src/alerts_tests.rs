@@ -320,3 +320,12 @@ async fn alerts_behind_a_failing_batch_are_still_tried_during_an_outage() {
         BATCH + behind
     );
 }
+
+#[test]
+fn origin_drops_path_and_query() {
+    assert_eq!(
+        super::origin_of("https://hooks.example.com:8443/services/T0/B0/SECRET?token=x"),
+        "https://hooks.example.com:8443"
+    );
+    assert_eq!(super::origin_of("not a url"), "<invalid url>");
+}

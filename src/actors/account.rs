@@ -36,7 +36,6 @@ use super::sync::{run_sync, ProgressSnapshot, SyncError, SyncProgress, SyncRepor
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, LinkStatus, ProviderKind, SyncGaveUp, SyncOutcome};
 use crate::incidents::IncidentKind;
-use crate::providers::ProviderError;
 use crate::store::{RetryRecord, StoreError};
 
 /// Why a sync was requested (for logs and status).
@@ -307,6 +306,28 @@ impl AccountState {
 }
 
 /// `send_after` whose message is counted in the mailbox when the timer fires.
+/// Enters `phase` (a `Backoff` or `Scheduled` wait) and sets the timer that ends it
+/// after `delay`. The timer carries the wait's number, so a timer left over from an
+/// earlier wait that was cut short cannot end this one (see [`AccountMessage::Due`]).
+fn start_wait(
+    myself: &ActorRef<AccountMessage>,
+    state: &mut AccountState,
+    phase: Phase,
+    delay: Duration,
+) {
+    state.phase = phase;
+    state.wait += 1;
+    let number = state.wait;
+    send_after_counted(myself, &state.mailbox, delay, move || {
+        AccountMessage::Due(number)
+    });
+}
+
+/// `delay` from now, as a wall-clock time (for status reports).
+fn after(delay: Duration) -> DateTime<Utc> {
+    Utc::now() + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero())
+}
+
 fn send_after_counted(
     myself: &ActorRef<AccountMessage>,
     mailbox: &MailboxCounter,
@@ -500,11 +521,6 @@ impl Actor for AccountActor {
                                 state.reconciles - MAX_RECONCILES_IN_A_ROW,
                                 &mut rand::thread_rng(),
                             );
-                            state.phase = Phase::Backoff {
-                                until: Utc::now()
-                                    + chrono::Duration::from_std(delay)
-                                        .unwrap_or(chrono::Duration::zero()),
-                            };
                             state.event(
                                 "backoff",
                                 format!(
@@ -514,11 +530,8 @@ impl Actor for AccountActor {
                                 ),
                             );
                             tracing::warn!(account_id = %state.id, reconciles = state.reconciles, "provider keeps rejecting fresh cursors, backing off");
-                            state.wait += 1;
-                            let number = state.wait;
-                            send_after_counted(&myself, &state.mailbox, delay, move || {
-                                AccountMessage::Due(number)
-                            });
+                            let until = after(delay);
+                            start_wait(&myself, state, Phase::Backoff { until }, delay);
                         } else if report.follow_up || (again && since_start >= min_interval) {
                             // The reconcile path's follow-up runs at once: it completes
                             // the same logical sync.
@@ -527,20 +540,12 @@ impl Actor for AccountActor {
                             // A burst: wait out the interval so everything arriving
                             // meanwhile is covered by one sync instead of many.
                             let wait = min_interval - since_start;
-                            state.phase = Phase::Scheduled {
-                                until: Utc::now()
-                                    + chrono::Duration::from_std(wait)
-                                        .unwrap_or(chrono::Duration::zero()),
-                            };
                             state.event(
                                 "scheduled",
                                 format!("burst: next sync in {} ms", wait.as_millis()),
                             );
-                            state.wait += 1;
-                            let number = state.wait;
-                            send_after_counted(&myself, &state.mailbox, wait, move || {
-                                AccountMessage::Due(number)
-                            });
+                            let until = after(wait);
+                            start_wait(&myself, state, Phase::Scheduled { until }, wait);
                         }
                     }
                     Err(failure) => {
@@ -813,16 +818,11 @@ impl AccountActor {
                     retry_in_ms = delay.as_millis() as u64,
                     "sync failed"
                 );
-                state.phase = Phase::Backoff { until };
                 state.event(
                     "backoff",
                     format!("attempt {attempt}: retry in {} ms", delay.as_millis()),
                 );
-                state.wait += 1;
-                let number = state.wait;
-                send_after_counted(myself, &state.mailbox, delay, move || {
-                    AccountMessage::Due(number)
-                });
+                start_wait(myself, state, Phase::Backoff { until }, delay);
             }
             RetryPlan::GiveUp { attempt } => {
                 state.attempt = attempt;
@@ -996,12 +996,7 @@ async fn failed(
 /// Whether the provider refused the sync for sending too many requests: such a retry
 /// waits at least `actors.rate_limit_backoff`, whatever the backoff says.
 pub fn is_rate_limited(error: &SyncError) -> bool {
-    match error {
-        SyncError::Provider(ProviderError::Api { status, code, .. }) => {
-            *status == 429 || code == "RATE_LIMIT_EXCEEDED" || code == "TRANSACTIONS_SYNC_LIMIT"
-        }
-        _ => false,
-    }
+    matches!(error, SyncError::Provider(e) if e.is_rate_limited())
 }
 
 /// The retry plan after the `previous_attempts + 1`-th consecutive failure: give up
@@ -1152,6 +1147,7 @@ pub fn backoff_delay(base: Duration, cap: Duration, attempt: u32, rng: &mut impl
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::ProviderError;
     use rand::SeedableRng;
 
     fn api_error(status: u16, code: &str) -> SyncError {

@@ -27,7 +27,6 @@ use super::registry::Registry;
 use super::sync::SyncError;
 use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
 use crate::incidents::IncidentKind;
-use crate::providers::ProviderError;
 use crate::store::StoreError;
 
 /// The provider's code for "the user must log in again".
@@ -102,10 +101,7 @@ fn deadline_kind(deadline: &PendingDeadline) -> IncidentKind {
 
 /// Whether a failed sync failed because the user must log in again.
 pub fn is_login_required(error: &SyncError) -> bool {
-    matches!(
-        error,
-        SyncError::Provider(ProviderError::Api { code, .. }) if code == LOGIN_REQUIRED
-    )
+    matches!(error, SyncError::Provider(e) if e.is_login_required())
 }
 
 /// The pre-sync check over the claimed inbox entries (in seq order). Writes what it

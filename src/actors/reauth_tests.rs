@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use super::*;
 use crate::actors::sync::SyncParams;
-use crate::actors::test_support::EmptyProvider;
+use crate::actors::test_support::{cursor_rejected, delta, window, EmptyProvider, FnProvider};
 use crate::config::Settings;
 use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
-use crate::providers::DynProvider;
+use crate::providers::{DynProvider, ProviderError};
 use crate::store::{IncomingWebhook, IngestOutcome, SledStore, SledStoreConfig, Store};
 
 pub(super) struct Harness {
@@ -752,75 +752,24 @@ async fn a_resume_during_an_attempt_restores_the_whole_attempt_budget() {
     provider.release.add_permits(8);
 }
 
-/// A provider that accepts no cursor at all: every delta from a cursor is refused as
-/// invalid, a fresh loop always works, and the window is empty.
-#[derive(Default)]
-struct RejectsEveryCursor {
-    refused: std::sync::atomic::AtomicU64,
-}
-
-#[async_trait::async_trait]
-impl crate::providers::Provider for RejectsEveryCursor {
-    fn kind(&self) -> ProviderKind {
-        ProviderKind::Plaid
-    }
-
-    async fn sync_page(
-        &self,
-        _token: &AccessToken,
-        cursor: Option<&str>,
-        _count: u32,
-    ) -> Result<crate::providers::DeltaPage, ProviderError> {
-        if cursor.is_some() {
-            self.refused
-                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            return Err(ProviderError::Api {
-                status: 400,
-                error_type: "INVALID_INPUT".into(),
-                code: crate::providers::plaid::wire::INVALID_FIELD.into(),
-                message: "cursor not recognized".into(),
-                request_id: Some("req-cursor".into()),
-            });
-        }
-        Ok(crate::providers::DeltaPage {
-            added: vec![],
-            modified: vec![],
-            removed: vec![],
-            next_cursor: "fresh".into(),
-            has_more: false,
-            request_id: "req".into(),
-        })
-    }
-
-    async fn window_page(
-        &self,
-        _token: &AccessToken,
-        _start: chrono::NaiveDate,
-        _end: chrono::NaiveDate,
-        _offset: u64,
-        _count: u32,
-    ) -> Result<crate::providers::WindowPage, ProviderError> {
-        Ok(crate::providers::WindowPage {
-            transactions: vec![],
-            total: 0,
-            request_id: "req".into(),
-        })
-    }
-
-    async fn verify_webhook(
-        &self,
-        _headers: &http::HeaderMap,
-        _body: &[u8],
-    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
-        unreachable!("no webhooks in these tests")
-    }
-}
-
 /// A provider that rejects every fresh cursor does not make the actor reconcile in a
 /// loop: after a few rounds in a row, the next one waits a backoff.
 #[tokio::test]
 async fn reconciles_in_a_row_back_off_instead_of_looping() {
-    let provider = Arc::new(RejectsEveryCursor::default());
+    // A provider that accepts no cursor at all: every delta from a cursor is refused,
+    // a fresh loop always works, and the window is empty.
+    let refused = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = refused.clone();
+    let provider = Arc::new(FnProvider::new(
+        move |cursor| match cursor {
+            Some(_) => {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Err(cursor_rejected())
+            }
+            None => Ok(delta(vec![], "fresh")),
+        },
+        || Ok(window(vec![])),
+    ));
     let mut settings = Settings::defaults().actors;
     settings.sync_retry_initial = Duration::from_secs(3600);
     settings.sync_retry_max = Duration::from_secs(3600);
@@ -846,11 +795,11 @@ async fn reconciles_in_a_row_back_off_instead_of_looping() {
         assert!(
             tokio::time::Instant::now() < deadline,
             "still reconciling after {} refused cursors",
-            provider.refused.load(std::sync::atomic::Ordering::SeqCst)
+            refused.load(std::sync::atomic::Ordering::SeqCst)
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     };
-    let refused = provider.refused.load(std::sync::atomic::Ordering::SeqCst);
+    let refused = refused.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(
         refused, 4,
         "four reconciles at once, then the next follow-up waits"

@@ -36,18 +36,12 @@ use tokio::task::JoinHandle;
 use super::account::SyncReason;
 use super::registry::{Registry, RegistryError};
 use crate::config::SweeperSettings;
-use crate::domain::{Account, AccountId, LinkStatus};
+use crate::domain::{AccountId, LinkStatus};
 use crate::store::StoreError;
 
 /// Where the sweeper reads the time. Production uses the wall clock (the store's times
 /// are wall-clock times); tests inject one driven by tokio's paused time.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
-
-/// Whether an account is parked: it waits for an operator or for its user to log in
-/// again, so polling must not wake it ([`Account::is_parked`]).
-pub fn is_parked(account: &Account) -> bool {
-    account.is_parked()
-}
 
 /// Messages of the sweeper.
 pub enum SweeperMessage {
@@ -336,7 +330,8 @@ fn poll_pass(
         }
         // Parked accounts wait for an operator; a pending retry already owns the next
         // sync. Both are looked at again one interval from now.
-        if is_parked(&account) || store.retry_of(id)?.is_some() {
+        // Parked: it waits for an operator or for its user to log in again.
+        if account.is_parked() || store.retry_of(id)?.is_some() {
             store.defer_poll(&entry, now)?;
             report.polls_deferred += 1;
             continue;
@@ -410,7 +405,7 @@ mod tests {
     use crate::actors::sync::SyncParams;
     use crate::actors::test_support::EmptyProvider;
     use crate::config::Settings;
-    use crate::domain::{AccessToken, ProviderKind, Quarantine, SyncGaveUp};
+    use crate::domain::{AccessToken, Account, ProviderKind, Quarantine, SyncGaveUp};
     use crate::providers::DynProvider;
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
 

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chrono::{Duration as ChronoDuration, NaiveDate, Utc};
+use chrono::{Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
 use crate::domain::{Account, SyncOutcome, Transaction};
@@ -433,8 +433,7 @@ async fn reconcile(
     started_at: chrono::DateTime<Utc>,
 ) -> Result<SyncReport, SyncError> {
     let fresh = pagination_loop(provider, account, None, params, progress).await?;
-    let (start, end) = window_bounds(params);
-    let window = list_window(provider, account, start, end, params, progress).await?;
+    let window = list_window(provider, account, params, progress).await?;
     let rows = reconciled_rows(fresh.upserts, window);
     let outcome = SyncOutcome::Committed {
         added: rows.len() as u64,
@@ -466,16 +465,6 @@ async fn reconcile(
     })
 }
 
-/// The date window the reconcile path lists: `window_days` back from today, through
-/// tomorrow (a provider's "today" may be ahead of ours).
-fn window_bounds(params: &SyncParams) -> (NaiveDate, NaiveDate) {
-    let today = Utc::now().date_naive();
-    (
-        today - ChronoDuration::days(params.window_days),
-        today + ChronoDuration::days(1),
-    )
-}
-
 /// The complete set at the fresh cursor C, refreshed with the window listing.
 ///
 /// The listing runs after C was issued, so it can hold rows created after C. Such a row
@@ -501,18 +490,20 @@ fn reconciled_rows(fresh: Vec<Transaction>, window: Vec<Transaction>) -> Vec<Tra
     rows
 }
 
-/// Lists every row dated within `[start, end]`. Offset paging is only consistent while
-/// the set does not change, so the listing is retried when the total moved or ids
-/// repeat.
+/// Lists every row dated within the window (`window_days` back from today, through
+/// tomorrow: a provider's "today" may be ahead of ours). Offset paging is only
+/// consistent while the set does not change, so the listing is retried when the total
+/// moved or ids repeat.
 async fn list_window(
     provider: &dyn Provider,
     account: &Account,
-    start: NaiveDate,
-    end: NaiveDate,
     params: &SyncParams,
     progress: &SyncProgress,
 ) -> Result<Vec<Transaction>, SyncError> {
     const ATTEMPTS: u32 = 5;
+    let today = Utc::now().date_naive();
+    let start = today - ChronoDuration::days(params.window_days);
+    let end = today + ChronoDuration::days(1);
     'attempt: for _ in 0..ATTEMPTS {
         let mut rows: HashMap<String, Transaction> = HashMap::new();
         let mut offset = 0u64;
@@ -603,7 +594,8 @@ pub type SharedProgress = Arc<SyncProgress>;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::DeltaPage;
+    use crate::actors::test_support::{cursor_rejected, delta, window, FnProvider};
+    use chrono::NaiveDate;
 
     fn row(id: &str, amount: f64) -> Transaction {
         Transaction {
@@ -617,68 +609,15 @@ mod tests {
     /// a fresh loop returns `a` at cursor `c1`; the window listing, which runs after
     /// `c1` was issued, also holds `x`, a row created after `c1` and removed again
     /// before the follow-up sync, so the delta from `c1` reports nothing about it.
-    struct ReconcileRace;
-
-    fn delta(rows: Vec<Transaction>, cursor: &str) -> DeltaPage {
-        DeltaPage {
-            added: rows,
-            modified: vec![],
-            removed: vec![],
-            next_cursor: cursor.to_string(),
-            has_more: false,
-            request_id: "req".to_string(),
-        }
-    }
-
-    #[async_trait::async_trait]
-    impl Provider for ReconcileRace {
-        fn kind(&self) -> crate::domain::ProviderKind {
-            crate::domain::ProviderKind::Plaid
-        }
-
-        async fn sync_page(
-            &self,
-            _token: &crate::domain::AccessToken,
-            cursor: Option<&str>,
-            _count: u32,
-        ) -> Result<DeltaPage, ProviderError> {
-            match cursor {
+    fn reconcile_race() -> FnProvider {
+        FnProvider::new(
+            |cursor| match cursor {
                 None => Ok(delta(vec![row("a", 1.0)], "c1")),
-                Some("c0") => Err(ProviderError::Api {
-                    status: 400,
-                    error_type: "INVALID_INPUT".to_string(),
-                    code: crate::providers::plaid::wire::INVALID_FIELD.to_string(),
-                    message: "cursor not recognized".to_string(),
-                    request_id: Some("req".to_string()),
-                }),
+                Some("c0") => Err(cursor_rejected()),
                 Some(other) => Ok(delta(vec![], &format!("{other}+"))),
-            }
-        }
-
-        async fn window_page(
-            &self,
-            _token: &crate::domain::AccessToken,
-            _start: NaiveDate,
-            _end: NaiveDate,
-            _offset: u64,
-            _count: u32,
-        ) -> Result<crate::providers::WindowPage, ProviderError> {
-            Ok(crate::providers::WindowPage {
-                transactions: vec![row("a", 2.0), row("x", 9.0)],
-                total: 2,
-                request_id: "req".to_string(),
-            })
-        }
-
-        async fn verify_webhook(
-            &self,
-            _headers: &http::HeaderMap,
-            _body: &[u8],
-        ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
-            Err(crate::providers::WebhookError::Malformed(
-                "not used".to_string(),
-            ))
-        }
+            },
+            || Ok(window(vec![row("a", 2.0), row("x", 9.0)])),
+        )
     }
 
     #[tokio::test]
@@ -702,7 +641,7 @@ mod tests {
             Utc::now(),
         );
         store.link_account(&account).expect("links");
-        let provider = ReconcileRace;
+        let provider = reconcile_race();
         let params = SyncParams::default();
         let progress = SyncProgress::default();
         // Give the account the stored cursor the provider will reject.

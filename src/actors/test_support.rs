@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use chrono::NaiveDate;
 use http::HeaderMap;
 
-use crate::domain::{AccessToken, ProviderKind};
+use crate::domain::{AccessToken, ProviderKind, Transaction};
 use crate::providers::{
     DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
 };
@@ -55,6 +55,100 @@ impl Provider for EmptyProvider {
             total: 0,
             request_id: "req".to_string(),
         })
+    }
+
+    async fn verify_webhook(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        Err(WebhookError::Malformed(
+            "not used in actor tests".to_string(),
+        ))
+    }
+}
+
+/// What a [`FnProvider`] answers a delta call with, given the cursor.
+type SyncFn = dyn Fn(Option<&str>) -> Result<DeltaPage, ProviderError> + Send + Sync;
+/// What a [`FnProvider`] answers a window listing with.
+type WindowFn = dyn Fn() -> Result<WindowPage, ProviderError> + Send + Sync;
+
+/// A provider whose answers are plain functions of the request, for tests that script
+/// one interleaving (a delta by cursor, one window page holding everything).
+pub(crate) struct FnProvider {
+    sync: Box<SyncFn>,
+    window: Box<WindowFn>,
+}
+
+impl FnProvider {
+    /// Answers deltas with `sync` and window listings with `window`.
+    pub(crate) fn new(
+        sync: impl Fn(Option<&str>) -> Result<DeltaPage, ProviderError> + Send + Sync + 'static,
+        window: impl Fn() -> Result<WindowPage, ProviderError> + Send + Sync + 'static,
+    ) -> FnProvider {
+        FnProvider {
+            sync: Box::new(sync),
+            window: Box::new(window),
+        }
+    }
+}
+
+/// One final delta page adding `rows`, ending at `cursor`.
+pub(crate) fn delta(rows: Vec<Transaction>, cursor: &str) -> DeltaPage {
+    DeltaPage {
+        added: rows,
+        modified: vec![],
+        removed: vec![],
+        next_cursor: cursor.to_string(),
+        has_more: false,
+        request_id: "req".to_string(),
+    }
+}
+
+/// One window page holding all of `rows`.
+pub(crate) fn window(rows: Vec<Transaction>) -> WindowPage {
+    WindowPage {
+        total: rows.len() as u64,
+        transactions: rows,
+        request_id: "req".to_string(),
+    }
+}
+
+/// Plaid's answer to a cursor it does not accept.
+pub(crate) fn cursor_rejected() -> ProviderError {
+    ProviderError::Api {
+        status: 400,
+        error_type: "INVALID_INPUT".to_string(),
+        code: crate::providers::plaid::wire::INVALID_FIELD.to_string(),
+        message: "cursor not recognized".to_string(),
+        request_id: Some("req-cursor".to_string()),
+    }
+}
+
+#[async_trait]
+impl Provider for FnProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Plaid
+    }
+
+    async fn sync_page(
+        &self,
+        _token: &AccessToken,
+        cursor: Option<&str>,
+        _count: u32,
+    ) -> Result<DeltaPage, ProviderError> {
+        (self.sync)(cursor)
+    }
+
+    async fn window_page(
+        &self,
+        _token: &AccessToken,
+        _start: NaiveDate,
+        _end: NaiveDate,
+        _offset: u64,
+        _count: u32,
+    ) -> Result<WindowPage, ProviderError> {
+        (self.window)()
     }
 
     async fn verify_webhook(

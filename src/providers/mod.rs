@@ -104,6 +104,22 @@ impl ProviderError {
         self.code() == plaid::wire::MUTATION_DURING_PAGINATION
     }
 
+    /// The provider refused the call for sending too many requests (HTTP 429, or a
+    /// rate-limit error object): the retry waits out the provider's window.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self, ProviderError::Api { status, error_type, code, .. }
+            if *status == 429
+                || error_type == plaid::wire::RATE_LIMIT_EXCEEDED
+                || code == plaid::wire::RATE_LIMIT_EXCEEDED
+                || code == plaid::wire::TRANSACTIONS_SYNC_LIMIT)
+    }
+
+    /// The user must log in again at the provider (Plaid `ITEM_LOGIN_REQUIRED`): no
+    /// retry can succeed until they do.
+    pub fn is_login_required(&self) -> bool {
+        self.code() == plaid::wire::ITEM_LOGIN_REQUIRED
+    }
+
     /// The provider no longer accepts the stored cursor: reconcile and rebuild it.
     pub fn is_cursor_rejected(&self) -> bool {
         matches!(self, ProviderError::Api { code, message, .. }
