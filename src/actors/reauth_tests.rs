@@ -202,6 +202,65 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     assert_eq!(decided, Check::Parked { newly_parked: true });
 }
 
+/// A deadline webhook still pending at relink time (its sync has not committed) was
+/// lifted by the relink: the relink's sync must not record it, nor reopen its warning.
+/// One announced after the relink still does.
+#[tokio::test]
+async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
+    let h = harness();
+    let id = h.link("item-deadline");
+    h.ingest(
+        "item-deadline",
+        "ITEM/PENDING_DISCONNECT",
+        serde_json::json!({ "reason": "INSTITUTION_TOKEN_EXPIRATION" }),
+    );
+    let entries = h.store.claim_pending_inbox(&id).expect("claim");
+    let decided = check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("check");
+    assert_eq!(decided, Check::Proceed, "a warning, not a park");
+    assert!(h.account(&id).pending_deadline.is_some());
+    assert!(h.open(&id, IncidentKind::PendingDisconnect));
+
+    // The user goes through update mode before any sync committed the entry.
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    h.registry.relinked(&id).expect("relinked");
+    assert!(!h.open(&id, IncidentKind::PendingDisconnect));
+
+    // The relink's sync checks the same, still pending, entry.
+    let entries = h.store.claim_pending_inbox(&id).expect("claim again");
+    assert!(entries.iter().any(|e| e.kind == "ITEM/PENDING_DISCONNECT"));
+    check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("relink's check");
+    assert!(
+        h.account(&id).pending_deadline.is_none(),
+        "lifted by the relink"
+    );
+    assert!(
+        !h.open(&id, IncidentKind::PendingDisconnect),
+        "the warning stays resolved"
+    );
+
+    // A deadline announced after the relink is a new warning.
+    h.ingest(
+        "item-deadline",
+        "ITEM/PENDING_EXPIRATION",
+        serde_json::json!({ "consent_expiration_time": "2030-01-01T00:00:00Z" }),
+    );
+    let entries = h.store.claim_pending_inbox(&id).expect("claim new");
+    check(&h.registry, &h.account(&id), &entries)
+        .await
+        .expect("check new");
+    assert_eq!(
+        h.account(&id).pending_deadline.map(|d| d.code),
+        Some("PENDING_EXPIRATION".to_string())
+    );
+    assert!(h.open(&id, IncidentKind::PendingExpiration));
+}
+
 /// B1, the other order: a relink that lands after the still-parked check wrote keeps
 /// its flag, and the check only ever raises `after_seq`.
 #[tokio::test]

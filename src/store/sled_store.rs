@@ -1576,21 +1576,21 @@ impl Store for SledStore {
         self.get_account(id)?
             .filter(|account| account.status == LinkStatus::Linked)
             .ok_or_else(|| StoreError::AccountNotFound(id.clone()))?;
-        // The login errors already in the inbox predate the new token: the next sync
-        // must not park on them (see `NeedsReauth::relinked`).
-        let seen = self
-            .pending_inbox(id)?
-            .iter()
-            .map(|entry| entry.seq)
-            .max()
-            .unwrap_or(0);
+        // What the inbox holds predates the new token: its login errors must not park
+        // the account again (see `NeedsReauth::relinked`), and the deadlines it
+        // announced were lifted by this relink (the user went through update mode), so
+        // they must not reopen their warnings either.
+        let seen = self.pending_inbox(id)?.iter().map(|entry| entry.seq).max();
         self.update_account(id, |account| {
             account.access_token = token.clone();
             account.needs_reauth = account.needs_reauth.clone().map(|parked| NeedsReauth {
-                after_seq: parked.after_seq.max(seen),
+                after_seq: parked.after_seq.max(seen.unwrap_or(0)),
                 relinked: true,
                 ..parked
             });
+            if seen.is_some() {
+                account.login_seen_through = account.login_seen_through.max(seen);
+            }
             account.pending_deadline = None;
             account.failed = None;
         })?;

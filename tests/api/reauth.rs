@@ -56,10 +56,48 @@ async fn park_via_reset_login(env: &TestEnv, account: &str, token: &str) -> Valu
         json!({ "access_token": token }),
     )
     .await;
-    wait_until(
+    let status = wait_until(
         "the needs_reauth park",
         || env.sync_status(account),
         |s| s["state"] == "needs_reauth" && s["needs_reauth"]["code"] == "ITEM_LOGIN_REQUIRED",
+    )
+    .await;
+    // The incident is written right after the mark, in its own store transaction.
+    open_incident_of(env, account, "needs_reauth").await;
+    status
+}
+
+/// Waits until the account has exactly one open incident of `kind`, and returns it.
+async fn open_incident_of(env: &TestEnv, account: &str, kind: &str) -> Value {
+    let query = format!("state=open&kind={kind}&account={account}");
+    let open = wait_until(
+        &format!("an open {kind} incident"),
+        || incidents(env, &query),
+        |v| v["incidents"].as_array().is_some_and(|l| l.len() == 1),
+    )
+    .await;
+    open["incidents"][0].clone()
+}
+
+/// Waits until the account has no open incident (resolutions follow the commit that
+/// lifts their condition, in their own store transaction).
+async fn no_open_incidents(env: &TestEnv, account: &str) {
+    let query = format!("state=open&account={account}");
+    wait_until(
+        "every incident resolved",
+        || incidents(env, &query),
+        |v| v["incidents"] == json!([]),
+    )
+    .await;
+}
+
+/// Waits until incident `id` is resolved, and returns it.
+async fn resolved_incident(env: &TestEnv, id: u64) -> Value {
+    let url = format!("{}/v1/incidents/{id}", env.app_url);
+    wait_until(
+        &format!("incident {id} resolved"),
+        || env.get_json(&url),
+        |v| v["resolved_at"].is_string(),
     )
     .await
 }
@@ -84,6 +122,7 @@ async fn login_required_parks_without_provider_calls_and_login_repaired_catches_
 
     let status = park_via_reset_login(&env, &account, &token).await;
     assert!(status["retry"].is_null(), "no retry record: {status}");
+    // Found by the alias as well.
     let open = incidents(
         &env,
         "state=open&kind=needs_reauth&account=reauth@example.com",
@@ -135,12 +174,8 @@ async fn login_required_parks_without_provider_calls_and_login_repaired_catches_
     let status = env.sync_status(&account).await;
     assert!(status["needs_reauth"].is_null(), "{status}");
     assert!(sync_calls(&env, &item_id).await > calls_parked);
-    let incident = env
-        .get_json(&format!("{}/v1/incidents/{incident_id}", env.app_url))
-        .await;
-    assert!(incident["resolved_at"].is_string(), "{incident}");
-    let open = incidents(&env, &format!("state=open&account={account}")).await;
-    assert_eq!(open["incidents"], json!([]), "{open}");
+    resolved_incident(&env, incident_id).await;
+    no_open_incidents(&env, &account).await;
     env.shutdown().await;
 }
 
@@ -220,12 +255,13 @@ async fn a_relink_with_a_new_token_unparks_and_catches_up() {
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["id"], account.as_str(), "same account");
     env.converge(&account, &item_id).await;
-    let resolved = incidents(&env, "state=resolved&kind=needs_reauth").await;
-    assert_eq!(
-        resolved["incidents"].as_array().map(Vec::len),
-        Some(1),
-        "{resolved}"
-    );
+    wait_until(
+        "the needs_reauth incident resolved",
+        || incidents(&env, "state=resolved&kind=needs_reauth"),
+        |v| v["incidents"].as_array().map(Vec::len) == Some(1),
+    )
+    .await;
+    no_open_incidents(&env, &account).await;
 
     // Another owner cannot take the item over by relinking it.
     let response = env
@@ -285,8 +321,7 @@ async fn the_attempt_limit_opens_an_incident_that_resume_resolves() {
     )
     .await;
     env.converge(&account, &item_id).await;
-    let open = incidents(&env, &format!("state=open&account={account}")).await;
-    assert_eq!(open["incidents"], json!([]), "{open}");
+    no_open_incidents(&env, &account).await;
     let resolved = incidents(&env, "state=resolved&kind=sync_failed").await;
     assert_eq!(resolved["incidents"][0]["id"], incident["id"], "{resolved}");
     env.shutdown().await;
@@ -424,12 +459,15 @@ async fn announced_deadlines_open_warnings_that_login_repaired_and_relink_lift()
         status["needs_reauth"].is_null(),
         "a warning, not a park: {status}"
     );
+    let warning = open_incident_of(&env, &account, "pending_expiration").await;
+    assert_eq!(warning["severity"], "warning", "{warning}");
     let open = incidents(&env, &format!("state=open&account={account}")).await;
-    let list = open["incidents"].as_array().expect("incidents");
-    assert_eq!(list.len(), 1, "{open}");
-    assert_eq!(list[0]["kind"], "pending_expiration", "{open}");
-    assert_eq!(list[0]["severity"], "warning", "{open}");
-    let expiration_incident = list[0]["id"].as_u64().expect("id");
+    assert_eq!(
+        open["incidents"].as_array().map(Vec::len),
+        Some(1),
+        "only the warning: {open}"
+    );
+    let expiration_incident = warning["id"].as_u64().expect("id");
 
     // LOGIN_REPAIRED on an account that is not parked still renews the consent.
     fire(&env, &token, "LOGIN_REPAIRED").await;
@@ -439,13 +477,7 @@ async fn announced_deadlines_open_warnings_that_login_repaired_and_relink_lift()
         |s| s["pending_deadline"].is_null(),
     )
     .await;
-    let incident = env
-        .get_json(&format!(
-            "{}/v1/incidents/{expiration_incident}",
-            env.app_url
-        ))
-        .await;
-    assert!(incident["resolved_at"].is_string(), "{incident}");
+    resolved_incident(&env, expiration_incident).await;
 
     // PENDING_DISCONNECT carries a reason; a relink (update mode) lifts it.
     fire(&env, &token, "PENDING_DISCONNECT").await;
@@ -459,8 +491,7 @@ async fn announced_deadlines_open_warnings_that_login_repaired_and_relink_lift()
         status["pending_deadline"]["reason"], "INSTITUTION_TOKEN_EXPIRATION",
         "{status}"
     );
-    let open = incidents(&env, &format!("state=open&account={account}")).await;
-    assert_eq!(open["incidents"][0]["kind"], "pending_disconnect", "{open}");
+    open_incident_of(&env, &account, "pending_disconnect").await;
     let response = env
         .client
         .post(format!("{}/v1/accounts", env.app_url))

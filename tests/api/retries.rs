@@ -101,8 +101,14 @@ async fn too_many_failures_mark_the_account_failed_until_resumed() {
 
     env.faults(&item_id, ALWAYS_FAIL()).await;
     env.mutate(&item_id, 2, 0, 0).await;
-    let status = wait_for(&env, &account, "the failed mark", |s| {
+    // The sync task stores the mark; its actor takes note (`gave_up`) when the task
+    // reports back. A webhook handled in between would be handled by a still-syncing
+    // actor, so wait for the actor's note before sending more.
+    let status = wait_for(&env, &account, "the failed mark, noted by the actor", |s| {
         s["state"] == "failed"
+            && s["actor"]["events"]
+                .as_array()
+                .is_some_and(|events| events.iter().any(|e| e["kind"] == "gave_up"))
     })
     .await;
     assert_eq!(status["failed"]["attempts"], 3, "{status}");
