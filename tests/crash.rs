@@ -13,7 +13,7 @@
 //!    sandbox's data with no further webhook: the acknowledged event was on disk and is
 //!    replayed after the crash;
 //! 2. the other items get one more webhook (Plaid's later retry) and must converge too;
-//! 3. no transaction id appears twice, `/readyz` reports `inbox_depth` 0, and once
+//! 3. no transaction id appears twice, `/debug/overview` reports `inbox_depth` 0, and once
 //!    acctor is quiescent again every account's sync status shows `pending_inbox` 0 and
 //!    no retry record (`retry` null) and `/metrics` shows `acctor_retry_backlog 0`:
 //!    no inbox entry and no retry record is left behind.
@@ -460,8 +460,14 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
             "retry record left behind: {status}"
         );
     }
-    let ready = http.get_ok(&format!("{}/readyz", acctor.url())).await;
-    assert_eq!(ready["inbox_depth"].as_u64(), Some(0), "readyz {ready}");
+    let overview = http
+        .get_ok(&format!("{}/debug/overview", acctor.url()))
+        .await;
+    assert_eq!(
+        overview["inbox_depth"].as_u64(),
+        Some(0),
+        "overview {overview}"
+    );
     let metrics = http.get_text(&format!("{}/metrics", acctor.url())).await;
     assert_eq!(
         metric(&metrics, "acctor_retry_backlog"),
@@ -495,15 +501,20 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
     );
 }
 
-/// Waits until `/readyz` shows an empty inbox and no account has anything pending,
-/// running or scheduled: after that nothing more will happen without a new webhook.
+/// Waits until the backlog shows an empty inbox and no account has anything pending,
+/// running, scheduled or waiting for a retry: after that nothing more will happen
+/// without a new webhook.
 async fn wait_quiescent(http: &Http, acctor: &Acctor, accounts: &[Account], within: Duration) {
     let deadline = Instant::now() + within;
     loop {
-        let ready = http.get_ok(&format!("{}/readyz", acctor.url())).await;
+        let overview = http
+            .get_ok(&format!("{}/debug/overview", acctor.url()))
+            .await;
         let mut busy = None;
-        if ready["inbox_depth"].as_u64() != Some(0) {
-            busy = Some(ready);
+        if overview["inbox_depth"].as_u64() != Some(0)
+            || overview["retry_backlog"].as_u64() != Some(0)
+        {
+            busy = Some(overview);
         }
         for account in accounts {
             if busy.is_some() {
@@ -514,7 +525,8 @@ async fn wait_quiescent(http: &Http, acctor: &Acctor, accounts: &[Account], with
                 .await;
             let state = status["state"].as_str().unwrap_or("?");
             if status["pending_inbox"].as_u64() != Some(0)
-                || matches!(state, "syncing" | "scheduled" | "backoff")
+                || !status["retry"].is_null()
+                || matches!(state, "syncing" | "scheduled" | "backoff" | "restarting")
             {
                 busy = Some(status);
             }

@@ -673,53 +673,63 @@ fn api_error(status: u16, code: &str) -> ProviderError {
     }
 }
 
+/// The attempt and end of the account's backoff, once its actor is in one.
+async fn backoff_of(h: &Harness, id: &AccountId) -> (u32, DateTime<Utc>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let snapshot = h.registry.snapshot(id).await.expect("status");
+        if let Some((attempt, Some(until))) = snapshot
+            .filter(|s| s.state == "backoff")
+            .map(|s| (s.attempt, s.next_retry_at))
+        {
+            return (attempt, until);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never in backoff");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
 /// Timers are not cancelled: the `Due` of a backoff a resume cut short must not end a
 /// later backoff early — here the hour-long wait after a rate limit.
 #[tokio::test]
 async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
-    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let provider = Arc::new(GatedProvider {
-        calls,
-        release: tokio::sync::Semaphore::new(100),
-        login_error_first: std::sync::atomic::AtomicBool::new(false),
-        rate_limited_first: std::sync::atomic::AtomicBool::new(false),
-        scripted: std::sync::Mutex::new(
-            [
-                api_error(500, "INTERNAL_SERVER_ERROR"),
-                api_error(429, "TRANSACTIONS_SYNC_LIMIT"),
-            ]
-            .into(),
-        ),
-    });
-    let mut settings = Settings::defaults().actors;
-    settings.sync_retry_initial = Duration::from_millis(400);
-    settings.sync_retry_max = Duration::from_millis(400);
-    settings.rate_limit_backoff = Duration::from_secs(3600);
-    let h = harness_with_settings(provider.clone(), settings);
-    let id = h.link("item-stale-timer");
-    h.registry.activate(&id).expect("activate");
-    assert!(next_call(&mut received).await.is_some(), "first attempt");
-
-    let backoff = |h: &Harness, id: &AccountId| {
-        let registry = h.registry.clone();
-        let id = id.clone();
-        async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            loop {
-                let snapshot = registry.snapshot(&id).await.expect("status");
-                if let Some(until) = snapshot
-                    .filter(|s| s.state == "backoff")
-                    .and_then(|s| s.next_retry_at)
-                {
-                    return until;
-                }
-                assert!(tokio::time::Instant::now() < deadline, "never in backoff");
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
+    // The 500's backoff is drawn with full jitter, so it can be as short as 10 ms. The
+    // test needs to resume while it is still pending; when its timer wins instead (a
+    // stall longer than the draw: attempt 2 then runs on its own), the round proves
+    // nothing and is played again on a fresh store.
+    let mut round = 0;
+    let (h, id, mut received, first_until) = loop {
+        round += 1;
+        assert!(round <= 5, "the first backoff's timer won every round");
+        let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
+        let provider = Arc::new(GatedProvider {
+            calls,
+            release: tokio::sync::Semaphore::new(100),
+            login_error_first: std::sync::atomic::AtomicBool::new(false),
+            rate_limited_first: std::sync::atomic::AtomicBool::new(false),
+            scripted: std::sync::Mutex::new(
+                [
+                    api_error(500, "INTERNAL_SERVER_ERROR"),
+                    api_error(429, "TRANSACTIONS_SYNC_LIMIT"),
+                ]
+                .into(),
+            ),
+        });
+        let mut settings = Settings::defaults().actors;
+        settings.sync_retry_initial = Duration::from_millis(400);
+        settings.sync_retry_max = Duration::from_millis(400);
+        settings.rate_limit_backoff = Duration::from_secs(3600);
+        let h = harness_with_settings(provider.clone(), settings);
+        let id = h.link("item-stale-timer");
+        h.registry.activate(&id).expect("activate");
+        assert!(next_call(&mut received).await.is_some(), "first attempt");
+        // The 500's short backoff, seen while its timer is still set.
+        match backoff_of(&h, &id).await {
+            (1, until) => break (h, id, received, until),
+            _ => continue,
         }
     };
-    // The 500's short backoff: its timer is set, then a resume cuts the wait short.
-    let first_until = backoff(&h, &id).await;
+    // A resume cuts the wait short.
     h.registry.resume(&id).expect("resume");
     assert!(
         next_call(&mut received).await.is_some(),
@@ -728,7 +738,7 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
     // That sync is rate limited: an hour's wait.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let until = backoff(&h, &id).await;
+        let (_, until) = backoff_of(&h, &id).await;
         if until > first_until + chrono::Duration::minutes(30) {
             break;
         }

@@ -85,18 +85,20 @@ pub struct ProgressSnapshot {
 }
 
 impl SyncProgress {
-    /// The current counts.
+    /// The current counts. A page counted here has its rows counted too: `page` adds
+    /// the rows first and publishes the page after, and this reads in the other order.
     pub fn snapshot(&self) -> ProgressSnapshot {
+        let pages = self.pages.load(Ordering::Acquire);
         ProgressSnapshot {
-            pages: self.pages.load(Ordering::Relaxed),
+            pages,
             rows: self.rows.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
         }
     }
 
     fn page(&self, rows: usize) {
-        self.pages.fetch_add(1, Ordering::Relaxed);
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.pages.fetch_add(1, Ordering::Release);
     }
 }
 

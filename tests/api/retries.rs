@@ -194,8 +194,13 @@ async fn a_retry_due_during_a_restart_is_run_by_the_sweeper_afterwards() {
     env_settings(&mut settings);
     env.start_app(settings).await;
 
+    // The record survived, or (with full jitter its delay can be as short as 10 ms)
+    // the sweeper already ran it: nothing else could have synced this account.
     let status = env.sync_status(&account).await;
-    assert!(!status["retry"].is_null(), "the record survived: {status}");
+    assert!(
+        !status["retry"].is_null() || status["sync_count"].as_u64() > Some(syncs_before),
+        "the record survived: {status}"
+    );
     assert_eq!(status["pending_inbox"], 0, "{status}");
     wait_for(&env, &account, "the retried sync", |s| {
         s["sync_count"].as_u64() > Some(syncs_before) && s["retry"].is_null()

@@ -21,8 +21,9 @@ async fn draining_refuses_webhooks_with_503_and_lets_the_running_sync_commit() {
         .to_string();
     env.converge(&account, &item_id).await;
 
-    // A slow sync: every page takes 1.5 s, so shutdown begins while it runs.
-    env.faults(&item_id, json!({ "sync_latency_ms": 1500 }))
+    // A slow sync: every page takes 5 s, so shutdown begins while it runs and it is
+    // still running when the drain is checked below, even on a slow machine.
+    env.faults(&item_id, json!({ "sync_latency_ms": 5000 }))
         .await;
     env.mutate_quietly(&item_id, 7, 2, 1).await;
     let body = sync_webhook_body(&item_id, json!({ "nonce": "slow" }));
@@ -54,6 +55,11 @@ async fn draining_refuses_webhooks_with_503_and_lets_the_running_sync_commit() {
         }
         assert!(tokio::time::Instant::now() < deadline, "never refused");
     };
+    // Still draining: the slow sync has not finished yet, and it is not cut short.
+    assert!(
+        !stopping.is_finished(),
+        "the drain did not wait for the sync"
+    );
     let retry_after = refusal
         .headers()
         .get("retry-after")
@@ -72,11 +78,6 @@ async fn draining_refuses_webhooks_with_503_and_lets_the_running_sync_commit() {
             .as_array()
             .is_some_and(|f| f.contains(&json!("shutdown"))),
         "readyz names the shutdown: {ready}"
-    );
-    // Still draining: the slow sync has not finished yet, and it is not cut short.
-    assert!(
-        !stopping.is_finished(),
-        "the drain did not wait for the sync"
     );
 
     stopping

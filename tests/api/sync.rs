@@ -186,15 +186,27 @@ async fn restart_on_the_same_data_dir_keeps_data_cursor_and_links() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acknowledged_event_interrupted_by_shutdown_is_processed_after_restart() {
-    let mut env = spawn_env().await;
+    // A grace far shorter than a page: the drain abandons the running sync.
+    let mut env = crate::helpers::spawn_env_with(|s| {
+        s.actors.shutdown_grace = std::time::Duration::from_millis(100);
+    })
+    .await;
     let (account, item) = env.linked_item(100).await;
     env.converge(&account, &item).await;
     // Slow provider: the sync started by the next webhook is still fetching when the
     // server stops, so its inbox entry is acknowledged but not consumed.
-    env.faults(&item, json!({ "sync_latency_ms": 2_000 })).await;
+    env.faults(&item, json!({ "sync_latency_ms": 3_000 })).await;
     let result = env.mutate(&item, 4, 3, 2).await;
     assert_eq!(result["webhook_status"], 200, "{result}");
     env.restart_app().await;
+    // The abandoned sync wrote nothing: the event is still pending after the restart
+    // (the recovery's own sync waits out the same slow page, so it cannot have
+    // committed yet).
+    let status = env.sync_status(&account).await;
+    assert!(
+        status["pending_inbox"].as_u64() >= Some(1),
+        "the interrupted event is still pending: {status}"
+    );
     env.faults(&item, json!({ "sync_latency_ms": 0 })).await;
     // Nothing else will ever nudge this account: only the restart recovery can.
     env.converge(&account, &item).await;
@@ -230,7 +242,9 @@ async fn a_passivated_account_is_reactivated_by_its_next_webhook() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_during_a_sync_waits_for_the_minimum_interval_then_syncs_once() {
     let env = crate::helpers::spawn_env_with(|s| {
-        s.actors.min_sync_interval = std::time::Duration::from_secs(2);
+        // Wide enough that the whole burst lands before the second sync reads the inbox
+        // even on a slow CI disk (every webhook is acknowledged after an fsync).
+        s.actors.min_sync_interval = std::time::Duration::from_secs(5);
     })
     .await;
     let (account, item) = env.linked_item(30).await;
@@ -239,13 +253,35 @@ async fn a_burst_during_a_sync_waits_for_the_minimum_interval_then_syncs_once() 
     let before = env.sync_status(&account).await["sync_count"]
         .as_u64()
         .expect("n");
-    // First webhook starts a slow sync (1 s per page); the burst arrives while it runs.
+    // First webhook starts a slow sync (1 s per page); the burst arrives while it runs,
+    // all at once as a provider's retries and fan-out do (they share flushes).
     env.mutate(&item, 2, 0, 0).await;
-    for n in 0..20 {
+    let burst = (0..20).map(|n| {
         let body = sync_webhook_body(&item, json!({ "burst": n }));
         let jwt = env.sandbox.sign_webhook(&body, now_unix());
-        assert_eq!(env.post_webhook(&body, Some(&jwt)).await.status(), 200);
+        let client = env.client.clone();
+        let url = format!("{}/webhooks/plaid", env.app_url);
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("Plaid-Verification", jwt)
+                .body(body)
+                .send()
+                .await
+                .expect("send")
+                .status()
+        })
+    });
+    for status in futures::future::join_all(burst).await {
+        assert_eq!(status.expect("task"), 200);
     }
+    // The premise: the burst is in before the second sync started.
+    let status = env.sync_status(&account).await;
+    assert_eq!(
+        status["sync_count"].as_u64(),
+        Some(before),
+        "the burst outlived the first sync and the interval: {status}"
+    );
     let deadline = tokio::time::Instant::now() + crate::helpers::CONVERGE;
     let scheduled = loop {
         let status = env.sync_status(&account).await;

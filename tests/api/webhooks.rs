@@ -19,7 +19,8 @@ async fn error_code(response: reqwest::Response) -> (u16, String) {
 
 /// Starts a slow sync of `item` (another event) and waits until it has read the inbox
 /// (its first page request is inside the sandbox): events arriving from now on stay
-/// pending, unread, until the next sync.
+/// pending, unread, until the next sync. With [`spawn_occupiable`]'s minimum interval
+/// that next sync waits seconds after this one, so they stay unread that long.
 async fn occupy_with_a_running_sync(env: &crate::helpers::TestEnv, item: &str) {
     env.faults(item, json!({ "sync_latency_ms": 600 })).await;
     let body = sync_webhook_body(item, json!({ "occupy": true }));
@@ -35,9 +36,19 @@ async fn occupy_with_a_running_sync(env: &crate::helpers::TestEnv, item: &str) {
     }
 }
 
+/// An environment where the sync after [`occupy_with_a_running_sync`]'s waits for the
+/// minimum interval (3 s) instead of starting when it ends (600 ms): the tests' repeat
+/// deliveries must land before it, and each costs an fsync on a possibly slow disk.
+async fn spawn_occupiable() -> crate::helpers::TestEnv {
+    crate::helpers::spawn_env_with(|s| {
+        s.actors.min_sync_interval = std::time::Duration::from_secs(3);
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_webhook_twice_is_accepted_once() {
-    let env = spawn_env().await;
+    let env = spawn_occupiable().await;
     let (account, item) = env.linked_item(20).await;
     env.converge(&account, &item).await;
     // While a sync runs, a new event stays pending and unread: its repeat is covered by
@@ -73,7 +84,7 @@ async fn the_same_webhook_twice_is_accepted_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicate_deliveries_from_the_sandbox_are_deduplicated() {
-    let env = spawn_env().await;
+    let env = spawn_occupiable().await;
     let (account, item) = env.linked_item(20).await;
     env.converge(&account, &item).await;
     let before = env.sync_status(&account).await["sync_count"]
