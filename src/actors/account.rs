@@ -372,6 +372,7 @@ impl Actor for AccountActor {
         if account.status != LinkStatus::Linked {
             return Err(format!("account {id} is unlinked").into());
         }
+        self.registry.ensure_mark_incidents(&account)?;
         let gave_up = account.failed.is_some();
         let checked_seq = account.needs_reauth.as_ref().map_or(0, |p| p.after_seq);
         let needs_reauth = account.needs_reauth.is_some();

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use super::*;
+use crate::actors::account::SyncReason;
+use crate::actors::registry::RegistryError;
 use crate::actors::sync::SyncParams;
 use crate::actors::test_support::{cursor_rejected, delta, window, EmptyProvider, FnProvider};
 use crate::config::Settings;
@@ -874,4 +876,112 @@ async fn reconciles_in_a_row_back_off_instead_of_looping() {
         "four reconciles at once, then the next follow-up waits"
     );
     assert!(snapshot.next_retry_at.is_some_and(|at| at > Utc::now()));
+}
+
+/// The incident of a mark whose write was interrupted (a crash between the mark and
+/// its incident, played here by writing only the mark) is opened when the account is
+/// next looked at: on activation for needs-reauth and failed, on a refused activation
+/// for a quarantine. A mark that has its incident does not get a second occurrence.
+#[tokio::test]
+async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looked_at() {
+    let h = harness();
+    let parked = h.link("item-lost-park");
+    let (mark, _) = parked_mark(
+        LOGIN_REQUIRED,
+        Some("req-9".into()),
+        "provider",
+        0,
+        Utc::now(),
+    );
+    h.store
+        .update_login_state(&parked, &|account| {
+            account.needs_reauth = Some(mark.clone());
+            true
+        })
+        .expect("mark");
+    let failed = h.link("item-lost-failed");
+    h.store
+        .set_sync_gave_up(
+            &failed,
+            Some(SyncGaveUp {
+                reason: "INTERNAL_SERVER_ERROR: boom".into(),
+                attempts: 5,
+                since: Utc::now(),
+            }),
+        )
+        .expect("mark");
+    let quarantined = h.link("item-lost-quarantine");
+    h.store
+        .set_quarantine(
+            &quarantined,
+            Some(Quarantine {
+                reason: "panicked".into(),
+                failures: 4,
+                since: Utc::now(),
+            }),
+        )
+        .expect("mark");
+    assert!(!h.open(&parked, IncidentKind::NeedsReauth));
+    assert!(!h.open(&failed, IncidentKind::SyncFailed));
+    assert!(!h.open(&quarantined, IncidentKind::Quarantined));
+
+    // Refused, but not silently.
+    assert!(matches!(
+        h.registry.request_sync(&quarantined, SyncReason::Webhook),
+        Err(RegistryError::Quarantined(_))
+    ));
+    let incident = h
+        .store
+        .open_incident_of(&quarantined, IncidentKind::Quarantined)
+        .expect("read")
+        .expect("opened");
+    assert_eq!(incident.details["failures"], 4);
+    assert_eq!(incident.details["source"], "recovered");
+
+    h.registry.activate(&parked).expect("activate");
+    h.registry.activate(&failed).expect("activate");
+    // Activation runs `pre_start` on the actor: wait for what it writes.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !(h.open(&parked, IncidentKind::NeedsReauth) && h.open(&failed, IncidentKind::SyncFailed))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "incidents never opened"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let incident = h
+        .store
+        .open_incident_of(&parked, IncidentKind::NeedsReauth)
+        .expect("read")
+        .expect("open");
+    assert_eq!(incident.details["code"], LOGIN_REQUIRED);
+    assert_eq!(incident.details["request_id"], "req-9");
+    let incident = h
+        .store
+        .open_incident_of(&failed, IncidentKind::SyncFailed)
+        .expect("read")
+        .expect("open");
+    assert_eq!(incident.details["attempts"], 5);
+
+    // Looked at again: the incidents are there, nothing is opened twice.
+    assert!(h
+        .registry
+        .request_sync(&quarantined, SyncReason::Webhook)
+        .is_err());
+    let account = h.account(&parked);
+    h.registry
+        .ensure_mark_incidents(&account)
+        .expect("ensure again");
+    for (id, kind) in [
+        (&parked, IncidentKind::NeedsReauth),
+        (&quarantined, IncidentKind::Quarantined),
+    ] {
+        let incident = h
+            .store
+            .open_incident_of(id, kind)
+            .expect("read")
+            .expect("open");
+        assert_eq!(incident.occurrences, 1, "{kind}");
+    }
 }

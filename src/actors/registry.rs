@@ -30,7 +30,7 @@ use super::account::{
 };
 use super::sync::SyncParams;
 use crate::config::ActorSettings;
-use crate::domain::{AccountId, LinkStatus, ProviderKind, Quarantine};
+use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine};
 use crate::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::metrics::Metrics;
 use crate::providers::DynProvider;
@@ -207,6 +207,58 @@ impl Registry {
             self.wake_alerts();
         }
         Ok(incident)
+    }
+
+    /// Opens the incident of each mark on the account (needs reauth, failed,
+    /// quarantined) that has none open. A mark and its incident are two store writes,
+    /// the mark first, so a crash between them would leave an account nobody is told
+    /// about; this runs wherever a marked account is looked at anyway (its activation,
+    /// a refused activation of a quarantined one). One key read per mark when all is
+    /// well. The mark is read again before opening: a resume or relink that lifted it
+    /// meanwhile wins (and one that lands after still resolves what this opens).
+    pub fn ensure_mark_incidents(&self, account: &Account) -> Result<(), StoreError> {
+        let marks = [
+            (account.needs_reauth.is_some(), IncidentKind::NeedsReauth),
+            (account.failed.is_some(), IncidentKind::SyncFailed),
+            (account.quarantine.is_some(), IncidentKind::Quarantined),
+        ];
+        for (marked, kind) in marks {
+            if !marked || self.store.open_incident_of(&account.id, kind)?.is_some() {
+                continue;
+            }
+            let Some(current) = self.store.get_account(&account.id)? else {
+                return Ok(());
+            };
+            let details = match kind {
+                IncidentKind::NeedsReauth => current.needs_reauth.as_ref().map(|mark| {
+                    serde_json::json!({
+                        "code": mark.code,
+                        "request_id": mark.request_id,
+                        "source": "recovered",
+                    })
+                }),
+                IncidentKind::SyncFailed => current.failed.as_ref().map(|mark| {
+                    serde_json::json!({
+                        "attempts": mark.attempts,
+                        "message": mark.reason,
+                        "source": "recovered",
+                    })
+                }),
+                IncidentKind::Quarantined => current.quarantine.as_ref().map(|mark| {
+                    serde_json::json!({
+                        "reason": mark.reason,
+                        "failures": mark.failures,
+                        "source": "recovered",
+                    })
+                }),
+                IncidentKind::PendingExpiration | IncidentKind::PendingDisconnect => None,
+            };
+            if let Some(details) = details {
+                tracing::warn!(account_id = %account.id, kind = %kind, "marked account without its incident (an interrupted write): opening it");
+                self.open_incident(&account.id, kind, details)?;
+            }
+        }
+        Ok(())
     }
 
     /// Resolves the account's open incidents of these kinds; returns how many were
@@ -705,6 +757,7 @@ impl Registry {
         match self.store.get_account(id)? {
             Some(account) if account.status == LinkStatus::Linked => {
                 if account.quarantine.is_some() {
+                    self.ensure_mark_incidents(&account)?;
                     return Err(RegistryError::Quarantined(id.clone()));
                 }
             }
