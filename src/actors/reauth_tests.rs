@@ -984,4 +984,18 @@ async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looke
             .expect("open");
         assert_eq!(incident.occurrences, 1, "{kind}");
     }
+
+    // A relink resolves the parked account's incident; until the next check lifts the
+    // relinked mark, looking at the account must not reopen it.
+    h.store
+        .relink_account(&parked, &AccessToken::new("token-2"))
+        .expect("relink");
+    h.registry
+        .resolve_incidents(&parked, &[IncidentKind::NeedsReauth])
+        .expect("resolve");
+    assert!(h.account(&parked).needs_reauth.is_some_and(|m| m.relinked));
+    h.registry
+        .ensure_mark_incidents(&h.account(&parked))
+        .expect("ensure after relink");
+    assert!(!h.open(&parked, IncidentKind::NeedsReauth));
 }

@@ -217,8 +217,11 @@ impl Registry {
     /// well. The mark is read again before opening: a resume or relink that lifted it
     /// meanwhile wins (and one that lands after still resolves what this opens).
     pub fn ensure_mark_incidents(&self, account: &Account) -> Result<(), StoreError> {
+        // A relinked mark is on its way out: the relink resolved its incident, and the
+        // next check lifts the mark.
+        let parked = |account: &Account| account.needs_reauth.as_ref().is_some_and(|m| !m.relinked);
         let marks = [
-            (account.needs_reauth.is_some(), IncidentKind::NeedsReauth),
+            (parked(account), IncidentKind::NeedsReauth),
             (account.failed.is_some(), IncidentKind::SyncFailed),
             (account.quarantine.is_some(), IncidentKind::Quarantined),
         ];
@@ -230,13 +233,17 @@ impl Registry {
                 return Ok(());
             };
             let details = match kind {
-                IncidentKind::NeedsReauth => current.needs_reauth.as_ref().map(|mark| {
-                    serde_json::json!({
-                        "code": mark.code,
-                        "request_id": mark.request_id,
-                        "source": "recovered",
-                    })
-                }),
+                IncidentKind::NeedsReauth => current
+                    .needs_reauth
+                    .as_ref()
+                    .filter(|_| parked(&current))
+                    .map(|mark| {
+                        serde_json::json!({
+                            "code": mark.code,
+                            "request_id": mark.request_id,
+                            "source": "recovered",
+                        })
+                    }),
                 IncidentKind::SyncFailed => current.failed.as_ref().map(|mark| {
                     serde_json::json!({
                         "attempts": mark.attempts,
