@@ -256,7 +256,7 @@ impl App {
             listener,
             addr,
             state,
-            sandbox,
+            mut sandbox,
             supervisor,
             sweeper,
             store,
@@ -283,13 +283,12 @@ impl App {
         // "not now", and nothing is acknowledged that is not on disk.
         state.shutting_down.store(true, Ordering::SeqCst);
         tracing::info!("shutdown requested, draining");
-        if let Some(demo) = sandbox.as_ref().and_then(|s| s.demo.as_ref()) {
-            demo.abort();
-        }
-        janitor.abort();
+        let mut background = vec![janitor];
         // Undelivered alerts stay in the outbox for the next start.
-        if let Some(alerts) = alerts {
-            alerts.abort();
+        background.extend(alerts);
+        background.extend(sandbox.as_mut().and_then(|s| s.demo.take()));
+        for task in &background {
+            task.abort();
         }
         // Before the actors: a pass must not activate what shutdown is stopping.
         let _ = sweeper
@@ -298,7 +297,9 @@ impl App {
         // Running syncs commit within `actors.shutdown_grace` or are abandoned; no new
         // one starts. The embedded sandbox stays up for them until this returns.
         state.registry.shutdown().await;
-        supervisor.stop(None);
+        let _ = supervisor
+            .stop_and_wait(None, Some(state.settings.actors.call_timeout))
+            .await;
         let _ = stop_http.send(());
         let served = match served {
             Some(ended) => ended,
@@ -309,6 +310,7 @@ impl App {
                         // Connections still open (a client that never finishes its request):
                         // their requests are refused with 503 anyway.
                         server.abort();
+                        let _ = server.await;
                         Ok(Ok(()))
                     }
                 }
@@ -322,12 +324,40 @@ impl App {
                 .context("stopping the embedded sandbox")?;
         }
         store.shutdown().await.context("final flush")?;
+        // An aborted task lets go of what it holds only once it is dropped: wait for it.
+        for task in background {
+            let _ = task.await;
+        }
+        let release_within = state.settings.actors.call_timeout;
+        drop(state);
+        release_store(store, release_within).await;
         served
             .context("the HTTP server task failed")?
             .context("serving HTTP")?;
         tracing::info!("acctor stopped");
         Ok(())
     }
+}
+
+/// Waits, at most `within`, until `store` is its last handle, then drops it: the data
+/// dir stays locked until sled's last handle is gone, and a caller that reopens the same
+/// data dir right after [`App::run_until_stopped`] (an in-process restart) must find it
+/// free. The tasks stopped before this let go of theirs within moments (a blocking store
+/// call finishes first); one still running past the bound (a recovery scan of a huge
+/// store, say) is logged, and the lock goes with the process.
+async fn release_store(store: Arc<SledStore>, within: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while Arc::strong_count(&store) > 1 {
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                handles = Arc::strong_count(&store) - 1,
+                "store still referenced after shutdown; its data dir stays locked until they finish"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    drop(store);
 }
 
 fn webhook_url(settings: &Settings, addr: SocketAddr) -> String {

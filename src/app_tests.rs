@@ -163,7 +163,53 @@ async fn a_store_that_cannot_write_gets_webhooks_503_with_retry_after_never_2xx(
         assert!(tokio::time::Instant::now() < deadline, "{status}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The layer holds the store: let go of it, so the stop does not wait for it.
+    drop(failing);
     let _ = app.stop.send(());
     app.join.await.expect("join").expect("clean stop");
     handle.shutdown().await.expect("sandbox stops");
+}
+
+/// The data dir is free once `run_until_stopped` returns: its last step waits until
+/// every other handle on the store is gone (while one lives, sled keeps the directory
+/// locked and an in-process restart on it would fail), and gives up after its bound.
+#[tokio::test]
+async fn the_store_is_released_only_once_every_other_handle_is_gone() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = || crate::store::SledStoreConfig {
+        data_dir: dir.path().to_path_buf(),
+        cache_capacity_bytes: 8 * 1024 * 1024,
+        group_commit_window: Duration::ZERO,
+    };
+    let store = SledStore::open(config()).expect("open");
+    let held = store.clone();
+    let (let_go, released) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn(async move {
+        let _ = released.await;
+        drop(held);
+    });
+    let mut release = tokio::spawn(release_store(store, Duration::from_secs(60)));
+    // Another task still holds a handle: the release waits, the directory is locked.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), &mut release)
+            .await
+            .is_err(),
+        "released while another handle was alive"
+    );
+    assert!(SledStore::open(config()).is_err(), "the lock is still held");
+    let _ = let_go.send(());
+    release.await.expect("release task");
+    holder.await.expect("holder");
+    SledStore::open(config()).expect("the data dir is free again");
+
+    // Past its bound it stops waiting (the process exit frees the lock then).
+    let store = SledStore::open(config()).expect("open");
+    let kept = store.clone();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        release_store(store, Duration::from_millis(20)),
+    )
+    .await
+    .expect("gives up after its bound");
+    drop(kept);
 }
