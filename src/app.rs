@@ -138,6 +138,8 @@ impl App {
             SyncParams {
                 page_size: settings.plaid.sync_page_size,
                 window_page_size: settings.plaid.window_page_size,
+                page_retries: settings.plaid.page_retries,
+                page_retry_delay: settings.plaid.page_retry_delay,
                 ..SyncParams::default()
             },
         );

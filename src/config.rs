@@ -129,6 +129,12 @@ pub struct PlaidSettings {
     pub sync_budget_per_minute: u32,
     /// How many of those may go at once before calls wait for the refill.
     pub sync_budget_burst: u32,
+    /// Retries in place of a page call that failed transiently (5xx, transport), so a
+    /// flaky provider does not cost the pages already fetched (0..=10).
+    pub page_retries: u32,
+    /// The wait before the first such retry; the n-th waits n times this.
+    #[serde(with = "humantime_serde")]
+    pub page_retry_delay: Duration,
 }
 
 /// Account actor settings.
@@ -291,6 +297,9 @@ impl Settings {
         }
         if !(1..=500).contains(&self.plaid.sync_page_size) {
             return Err(invalid("plaid.sync_page_size", "must be between 1 and 500"));
+        }
+        if self.plaid.page_retries > 10 {
+            return Err(invalid("plaid.page_retries", "must be at most 10"));
         }
         if !(1..=500).contains(&self.plaid.window_page_size) {
             return Err(invalid(

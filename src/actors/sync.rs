@@ -48,6 +48,11 @@ pub struct SyncParams {
     /// How many times one sync restarts its loop on mutation-during-pagination before
     /// giving up (the next sync tries again).
     pub max_loop_restarts: u32,
+    /// How many times a page call that failed transiently (5xx, transport) is tried
+    /// again in place, keeping the pages already fetched, before the sync fails.
+    pub page_retries: u32,
+    /// The wait before the first such retry; the n-th waits n times this.
+    pub page_retry_delay: std::time::Duration,
 }
 
 impl Default for SyncParams {
@@ -57,6 +62,9 @@ impl Default for SyncParams {
             window_page_size: 500,
             window_days: 731,
             max_loop_restarts: 8,
+            // Off unless configured: the actor tests script one answer per call.
+            page_retries: 0,
+            page_retry_delay: std::time::Duration::from_millis(100),
         }
     }
 }
@@ -99,6 +107,41 @@ impl SyncProgress {
     fn page(&self, rows: usize) {
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);
         self.pages.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// One `/transactions/sync` page. A transient failure (a 5xx, a request that did not
+/// complete) is retried in place up to `params.page_retries` times: the page's cursor is
+/// still valid, so the pages already fetched are kept instead of failing the whole sync
+/// and fetching them all again. Against a flaky provider that is the difference between
+/// converging and not: with a 30% failure rate a sync of 8 pages all succeeding at the
+/// first try happens 6% of the time, and 80% of the time with two retries per page.
+/// Everything else (rate limits, login, a rejected cursor, mutation during pagination)
+/// goes to the caller at once, which has its own handling for each.
+async fn fetch_page(
+    provider: &dyn Provider,
+    account: &Account,
+    cursor: Option<&str>,
+    params: &SyncParams,
+) -> Result<crate::providers::DeltaPage, ProviderError> {
+    let mut retries = 0u32;
+    loop {
+        match provider
+            .sync_page(&account.access_token, cursor, params.page_size)
+            .await
+        {
+            Err(error) if error.is_transient() && retries < params.page_retries => {
+                retries += 1;
+                tracing::debug!(
+                    account_id = %account.id,
+                    code = %error.code(),
+                    retries,
+                    "transient provider error, retrying the page"
+                );
+                tokio::time::sleep(params.page_retry_delay.saturating_mul(retries)).await;
+            }
+            answer => return answer,
+        }
     }
 }
 
@@ -274,9 +317,7 @@ async fn initial_sync(
         let (mut added, mut modified, mut removed) = (0u64, 0u64, 0u64);
         let mut staging: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
         loop {
-            let fetched = provider
-                .sync_page(&account.access_token, cursor.as_deref(), params.page_size)
-                .await;
+            let fetched = fetch_page(provider, account, cursor.as_deref(), params).await;
             // The previous page must be fully staged before this one: a row added on
             // one page may be modified or removed on a later one.
             if let Some(previous) = staging.take() {
@@ -386,10 +427,7 @@ async fn pagination_loop(
         let mut folded = Fold::default();
         let mut cursor: Option<String> = start_cursor.map(str::to_string);
         loop {
-            let page = match provider
-                .sync_page(&account.access_token, cursor.as_deref(), params.page_size)
-                .await
-            {
+            let page = match fetch_page(provider, account, cursor.as_deref(), params).await {
                 Ok(page) => page,
                 Err(e) if e.is_mutation_during_pagination() => {
                     restarts += 1;
@@ -620,6 +658,94 @@ mod tests {
             },
             || Ok(window(vec![row("a", 2.0), row("x", 9.0)])),
         )
+    }
+
+    /// A 5xx in the middle of a loop costs one call, not the pages already fetched:
+    /// the page is retried in place (the first sync and a delta sync alike), and with
+    /// no retries configured the same answer fails the sync.
+    #[tokio::test]
+    async fn a_transient_page_failure_is_retried_in_place() {
+        use crate::domain::{AccessToken, ProviderKind};
+        use crate::store::{SledStore, SledStoreConfig};
+        use std::sync::atomic::AtomicU32;
+
+        let server_error = || ProviderError::Api {
+            status: 500,
+            error_type: "API_ERROR".to_string(),
+            code: "INTERNAL_SERVER_ERROR".to_string(),
+            message: "scripted".to_string(),
+            request_id: Some("req-500".to_string()),
+        };
+        // Every cursor but the first fails once before it answers.
+        let failed_once: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();
+        let calls = Arc::new(AtomicU32::new(0));
+        let provider = {
+            let failed_once = failed_once.clone();
+            let calls = calls.clone();
+            FnProvider::new(
+                move |cursor| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    match cursor {
+                        None => Ok(crate::providers::DeltaPage {
+                            has_more: true,
+                            ..delta(vec![row("a", 1.0)], "p1")
+                        }),
+                        Some(c) if failed_once.lock().unwrap().insert(c.to_string()) => {
+                            Err(server_error())
+                        }
+                        Some("p1") => Ok(delta(vec![row("b", 2.0)], "c1")),
+                        Some(_) => Ok(delta(vec![row("c", 3.0)], "c2")),
+                    }
+                },
+                || Ok(window(vec![])),
+            )
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+            group_commit_window: std::time::Duration::ZERO,
+        })
+        .expect("store opens");
+        let account = Account::new_linked(
+            ProviderKind::Plaid,
+            "item".to_string(),
+            AccessToken::new("token"),
+            "owner".to_string(),
+            vec![],
+            Utc::now(),
+        );
+        store.link_account(&account).expect("links");
+        let progress = SyncProgress::default();
+
+        // No retries: the 500 on the second page fails the first sync.
+        let no_retries = SyncParams::default();
+        let stored = store.get_account(&account.id).unwrap().expect("linked");
+        let error = run_sync(&provider, &store, &stored, vec![], &no_retries, &progress)
+            .await
+            .expect_err("fails without retries");
+        assert_eq!(error.code(), "INTERNAL_SERVER_ERROR");
+        failed_once.lock().unwrap().clear();
+        calls.store(0, Ordering::SeqCst);
+
+        let params = SyncParams {
+            page_retries: 2,
+            page_retry_delay: std::time::Duration::from_millis(1),
+            ..SyncParams::default()
+        };
+        run_sync(&provider, &store, &stored, vec![], &params, &progress)
+            .await
+            .expect("first sync retries its second page");
+        assert_eq!(calls.load(Ordering::SeqCst), 3, "page 1, the 500, page 2");
+        let stored = store.get_account(&account.id).unwrap().expect("linked");
+        assert_eq!(stored.cursor.as_deref(), Some("c1"));
+        run_sync(&provider, &store, &stored, vec![], &params, &progress)
+            .await
+            .expect("delta sync retries its page");
+        assert_eq!(calls.load(Ordering::SeqCst), 5, "then the 500 and the page");
+        let stored = store.get_account(&account.id).unwrap().expect("linked");
+        assert_eq!(stored.cursor.as_deref(), Some("c2"));
+        assert_eq!(store.count_transactions(&account.id).expect("count"), 3);
     }
 
     #[tokio::test]

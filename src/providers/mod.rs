@@ -114,6 +114,17 @@ impl ProviderError {
                 || code == plaid::wire::TRANSACTIONS_SYNC_LIMIT)
     }
 
+    /// A failure of this one call that the same call may not meet again: a server-side
+    /// error (HTTP 5xx) or a request that did not complete. Not a rate limit (that one
+    /// waits out the provider's window) nor any answer about the request itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ProviderError::Api { status, .. } => *status >= 500,
+            ProviderError::Transport(_) => true,
+            ProviderError::Decode(_) => false,
+        }
+    }
+
     /// The user must log in again at the provider (Plaid `ITEM_LOGIN_REQUIRED`): no
     /// retry can succeed until they do.
     pub fn is_login_required(&self) -> bool {
