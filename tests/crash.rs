@@ -274,34 +274,16 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
 
     let mut accounts = Vec::with_capacity(profile.accounts);
     for n in 0..profile.accounts {
-        let created = http
-            .post_ok(
-                &format!("{}/admin/items", sandbox.url),
-                &json!({ "history": profile.history }),
+        accounts.push(
+            link_new_item(
+                &http,
+                &sandbox,
+                &acctor,
+                profile.history,
+                &format!("crash-owner-{n}"),
             )
-            .await;
-        let item_id = created["item_id"].as_str().expect("item_id").to_string();
-        let token = created["access_token"].as_str().expect("access_token");
-        let linked = http
-            .post_status(
-                &format!("{}/v1/accounts", acctor.url()),
-                &json!({
-                    "provider": "plaid",
-                    "item_id": item_id,
-                    "access_token": token,
-                    "owner_id": format!("crash-owner-{n}"),
-                    "aliases": [],
-                }),
-                201,
-            )
-            .await;
-        accounts.push(Account {
-            id: linked["id"].as_str().expect("account id").to_string(),
-            item_id,
-            // Linking starts the initial sync: nothing is owed beyond it yet.
-            last_acked: AtomicBool::new(true),
-            faults: std::sync::Mutex::new(Vec::new()),
-        });
+            .await,
+        );
     }
     let accounts = Arc::new(accounts);
 
@@ -501,6 +483,43 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
     );
 }
 
+/// Creates a sandbox item with `history` transactions and links it to `owner`; linking
+/// starts the initial sync, so nothing is owed beyond it yet.
+async fn link_new_item(
+    http: &Http,
+    sandbox: &Sandbox,
+    acctor: &Acctor,
+    history: u32,
+    owner: &str,
+) -> Account {
+    let created = http
+        .post_ok(
+            &format!("{}/admin/items", sandbox.url),
+            &json!({ "history": history }),
+        )
+        .await;
+    let item_id = created["item_id"].as_str().expect("item_id").to_string();
+    let linked = http
+        .post_status(
+            &format!("{}/v1/accounts", acctor.url()),
+            &json!({
+                "provider": "plaid",
+                "item_id": item_id,
+                "access_token": created["access_token"],
+                "owner_id": owner,
+                "aliases": [],
+            }),
+            201,
+        )
+        .await;
+    Account {
+        id: linked["id"].as_str().expect("account id").to_string(),
+        item_id,
+        last_acked: AtomicBool::new(true),
+        faults: std::sync::Mutex::new(Vec::new()),
+    }
+}
+
 /// Waits until the backlog shows an empty inbox and no account has anything pending,
 /// running, scheduled or waiting for a retry: after that nothing more will happen
 /// without a new webhook.
@@ -595,32 +614,8 @@ async fn duplicate_during_sync(kill: bool) {
     // The follow-up sync waits out this interval, which holds the window open.
     acctor.set_env("ACCTOR__ACTORS__MIN_SYNC_INTERVAL", "5s");
     acctor.start(&http).await;
-    let created = http
-        .post_ok(
-            &format!("{}/admin/items", sandbox.url),
-            &json!({ "history": 20 }),
-        )
-        .await;
-    let item_id = created["item_id"].as_str().expect("item_id").to_string();
-    let linked = http
-        .post_status(
-            &format!("{}/v1/accounts", acctor.url()),
-            &json!({
-                "provider": "plaid",
-                "item_id": item_id,
-                "access_token": created["access_token"],
-                "owner_id": "dup-owner",
-                "aliases": [],
-            }),
-            201,
-        )
-        .await;
-    let account = Account {
-        id: linked["id"].as_str().expect("account id").to_string(),
-        item_id: item_id.clone(),
-        last_acked: AtomicBool::new(true),
-        faults: std::sync::Mutex::new(Vec::new()),
-    };
+    let account = link_new_item(&http, &sandbox, &acctor, 20, "dup-owner").await;
+    let item_id = account.item_id.clone();
     converge(&http, &acctor, &sandbox, &account, Duration::from_secs(30)).await;
     let status_url = format!("{}/v1/accounts/{}/sync", acctor.url(), account.id);
     let syncs_before = http.get_ok(&status_url).await["sync_count"]
@@ -679,30 +674,8 @@ async fn sigterm_during_a_burst_exits_cleanly_and_loses_nothing_acknowledged() {
     acctor.start(&http).await;
     let mut accounts = Vec::new();
     for n in 0..ACCOUNTS {
-        let created = http
-            .post_ok(
-                &format!("{}/admin/items", sandbox.url),
-                &json!({ "history": 20 }),
-            )
-            .await;
-        let item_id = created["item_id"].as_str().expect("item_id").to_string();
-        let linked = http
-            .post_status(
-                &format!("{}/v1/accounts", acctor.url()),
-                &json!({
-                    "provider": "plaid", "item_id": item_id,
-                    "access_token": created["access_token"],
-                    "owner_id": format!("term-owner-{n}"), "aliases": [],
-                }),
-                201,
-            )
-            .await;
-        accounts.push(Account {
-            id: linked["id"].as_str().expect("account id").to_string(),
-            item_id,
-            last_acked: AtomicBool::new(true),
-            faults: std::sync::Mutex::new(Vec::new()),
-        });
+        accounts
+            .push(link_new_item(&http, &sandbox, &acctor, 20, &format!("term-owner-{n}")).await);
     }
     for account in &accounts {
         converge(&http, &acctor, &sandbox, account, Duration::from_secs(30)).await;

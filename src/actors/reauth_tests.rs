@@ -439,10 +439,7 @@ async fn a_resume_racing_the_quarantine_write_wins() {
 struct GatedProvider {
     calls: tokio::sync::mpsc::UnboundedSender<String>,
     release: tokio::sync::Semaphore,
-    login_error_first: std::sync::atomic::AtomicBool,
-    /// The first call answers 429 RATE_LIMIT_EXCEEDED instead.
-    rate_limited_first: std::sync::atomic::AtomicBool,
-    /// Answers for the next calls, in order, before the flags above.
+    /// Answers for the next calls, in order; an empty page once they are used up.
     scripted: std::sync::Mutex<std::collections::VecDeque<ProviderError>>,
 }
 
@@ -462,30 +459,6 @@ impl crate::providers::Provider for GatedProvider {
         self.release.acquire().await.expect("open").forget();
         if let Some(error) = self.scripted.lock().expect("script").pop_front() {
             return Err(error);
-        }
-        if self
-            .rate_limited_first
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(ProviderError::Api {
-                status: 429,
-                error_type: "RATE_LIMIT_EXCEEDED".into(),
-                code: "TRANSACTIONS_SYNC_LIMIT".into(),
-                message: "rate limited".into(),
-                request_id: Some("req-429".into()),
-            });
-        }
-        if self
-            .login_error_first
-            .swap(false, std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(ProviderError::Api {
-                status: 400,
-                error_type: "ITEM_ERROR".into(),
-                code: LOGIN_REQUIRED.into(),
-                message: "login required".into(),
-                request_id: Some("req-login".into()),
-            });
         }
         Ok(crate::providers::DeltaPage {
             added: vec![],
@@ -524,15 +497,37 @@ fn gated(
     Arc<GatedProvider>,
     tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
+    let errors = if login_error_first {
+        vec![ProviderError::Api {
+            status: 400,
+            error_type: "ITEM_ERROR".into(),
+            code: LOGIN_REQUIRED.into(),
+            message: "login required".into(),
+            request_id: Some("req-login".into()),
+        }]
+    } else {
+        vec![]
+    };
+    let (provider, received) = scripted(0, errors);
+    (harness_with(provider.clone()), provider, received)
+}
+
+/// A provider answering its calls with `errors` in order, then with empty pages; its
+/// first `permits` calls go at once, the later ones wait for `release`.
+fn scripted(
+    permits: usize,
+    errors: Vec<ProviderError>,
+) -> (
+    Arc<GatedProvider>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
     let (calls, received) = tokio::sync::mpsc::unbounded_channel();
     let provider = Arc::new(GatedProvider {
         calls,
-        release: tokio::sync::Semaphore::new(0),
-        login_error_first: std::sync::atomic::AtomicBool::new(login_error_first),
-        rate_limited_first: std::sync::atomic::AtomicBool::new(false),
-        scripted: Default::default(),
+        release: tokio::sync::Semaphore::new(permits),
+        scripted: std::sync::Mutex::new(errors.into()),
     });
-    (harness_with(provider.clone()), provider, received)
+    (provider, received)
 }
 
 async fn next_call(received: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> Option<String> {
@@ -587,14 +582,7 @@ async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one()
 /// the rate-limit backoff of the failed attempt is an hour long.
 #[tokio::test]
 async fn a_resume_during_a_backoff_syncs_at_once() {
-    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let provider = Arc::new(GatedProvider {
-        calls,
-        release: tokio::sync::Semaphore::new(16),
-        login_error_first: std::sync::atomic::AtomicBool::new(false),
-        rate_limited_first: std::sync::atomic::AtomicBool::new(true),
-        scripted: Default::default(),
-    });
+    let (provider, mut received) = scripted(16, vec![api_error(429, "TRANSACTIONS_SYNC_LIMIT")]);
     let mut settings = Settings::defaults().actors;
     settings.rate_limit_backoff = Duration::from_secs(3600);
     let h = harness_with_settings(provider.clone(), settings);
@@ -624,14 +612,7 @@ async fn a_resume_during_a_backoff_syncs_at_once() {
 /// then reaches the attempt limit: the account is not left marked failed.
 #[tokio::test]
 async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
-    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let provider = Arc::new(GatedProvider {
-        calls,
-        release: tokio::sync::Semaphore::new(0),
-        login_error_first: std::sync::atomic::AtomicBool::new(false),
-        rate_limited_first: std::sync::atomic::AtomicBool::new(true),
-        scripted: Default::default(),
-    });
+    let (provider, mut received) = scripted(0, vec![api_error(429, "TRANSACTIONS_SYNC_LIMIT")]);
     let mut settings = Settings::defaults().actors;
     settings.max_sync_attempts = 1;
     let h = harness_with_settings(provider.clone(), settings);
@@ -703,20 +684,13 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
     let (h, id, mut received, first_until) = loop {
         round += 1;
         assert!(round <= 5, "the first backoff's timer won every round");
-        let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
-        let provider = Arc::new(GatedProvider {
-            calls,
-            release: tokio::sync::Semaphore::new(100),
-            login_error_first: std::sync::atomic::AtomicBool::new(false),
-            rate_limited_first: std::sync::atomic::AtomicBool::new(false),
-            scripted: std::sync::Mutex::new(
-                [
-                    api_error(500, "INTERNAL_SERVER_ERROR"),
-                    api_error(429, "TRANSACTIONS_SYNC_LIMIT"),
-                ]
-                .into(),
-            ),
-        });
+        let (provider, mut received) = scripted(
+            100,
+            vec![
+                api_error(500, "INTERNAL_SERVER_ERROR"),
+                api_error(429, "TRANSACTIONS_SYNC_LIMIT"),
+            ],
+        );
         let mut settings = Settings::defaults().actors;
         settings.sync_retry_initial = Duration::from_millis(400);
         settings.sync_retry_max = Duration::from_millis(400);
@@ -772,21 +746,7 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
 /// just the one attempt the failure plan of the running attempt left.
 #[tokio::test]
 async fn a_resume_during_an_attempt_restores_the_whole_attempt_budget() {
-    let (calls, mut received) = tokio::sync::mpsc::unbounded_channel();
-    let provider = Arc::new(GatedProvider {
-        calls,
-        release: tokio::sync::Semaphore::new(0),
-        login_error_first: std::sync::atomic::AtomicBool::new(false),
-        rate_limited_first: std::sync::atomic::AtomicBool::new(false),
-        scripted: std::sync::Mutex::new(
-            [
-                api_error(500, "INTERNAL_SERVER_ERROR"),
-                api_error(500, "INTERNAL_SERVER_ERROR"),
-                api_error(500, "INTERNAL_SERVER_ERROR"),
-            ]
-            .into(),
-        ),
-    });
+    let (provider, mut received) = scripted(0, vec![api_error(500, "INTERNAL_SERVER_ERROR"); 3]);
     let mut settings = Settings::defaults().actors;
     settings.sync_retry_initial = Duration::from_millis(20);
     settings.sync_retry_max = Duration::from_millis(20);

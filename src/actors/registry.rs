@@ -36,6 +36,24 @@ use crate::metrics::Metrics;
 use crate::providers::DynProvider;
 use crate::store::{Store, StoreError};
 
+/// The incident kinds the account's marks call for. A relinked needs-reauth mark is on
+/// its way out: the relink resolved its incident, and the next check lifts the mark.
+fn marked_kinds(account: &Account) -> impl Iterator<Item = IncidentKind> {
+    [
+        (
+            account
+                .needs_reauth
+                .as_ref()
+                .is_some_and(|mark| !mark.relinked),
+            IncidentKind::NeedsReauth,
+        ),
+        (account.failed.is_some(), IncidentKind::SyncFailed),
+        (account.quarantine.is_some(), IncidentKind::Quarantined),
+    ]
+    .into_iter()
+    .filter_map(|(marked, kind)| marked.then_some(kind))
+}
+
 /// Why a message could not be delivered to an account.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -217,53 +235,35 @@ impl Registry {
     /// well. The mark is read again before opening: a resume or relink that lifted it
     /// meanwhile wins (and one that lands after still resolves what this opens).
     pub fn ensure_mark_incidents(&self, account: &Account) -> Result<(), StoreError> {
-        // A relinked mark is on its way out: the relink resolved its incident, and the
-        // next check lifts the mark.
-        let parked = |account: &Account| account.needs_reauth.as_ref().is_some_and(|m| !m.relinked);
-        let marks = [
-            (parked(account), IncidentKind::NeedsReauth),
-            (account.failed.is_some(), IncidentKind::SyncFailed),
-            (account.quarantine.is_some(), IncidentKind::Quarantined),
-        ];
-        for (marked, kind) in marks {
-            if !marked || self.store.open_incident_of(&account.id, kind)?.is_some() {
-                continue;
+        let mut missing = Vec::new();
+        for kind in marked_kinds(account) {
+            if self.store.open_incident_of(&account.id, kind)?.is_none() {
+                missing.push(kind);
             }
-            let Some(current) = self.store.get_account(&account.id)? else {
-                return Ok(());
-            };
-            let details = match kind {
-                IncidentKind::NeedsReauth => current
-                    .needs_reauth
-                    .as_ref()
-                    .filter(|_| parked(&current))
-                    .map(|mark| {
-                        serde_json::json!({
-                            "code": mark.code,
-                            "request_id": mark.request_id,
-                            "source": "recovered",
-                        })
-                    }),
-                IncidentKind::SyncFailed => current.failed.as_ref().map(|mark| {
-                    serde_json::json!({
-                        "attempts": mark.attempts,
-                        "message": mark.reason,
-                        "source": "recovered",
-                    })
-                }),
-                IncidentKind::Quarantined => current.quarantine.as_ref().map(|mark| {
-                    serde_json::json!({
-                        "reason": mark.reason,
-                        "failures": mark.failures,
-                        "source": "recovered",
-                    })
-                }),
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let Some(current) = self.store.get_account(&account.id)? else {
+            return Ok(());
+        };
+        for kind in marked_kinds(&current).filter(|kind| missing.contains(kind)) {
+            let mut details = match kind {
+                IncidentKind::NeedsReauth => current.needs_reauth.as_ref().map(
+                    |mark| serde_json::json!({ "code": mark.code, "request_id": mark.request_id }),
+                ),
+                IncidentKind::SyncFailed => current.failed.as_ref().map(
+                    |mark| serde_json::json!({ "attempts": mark.attempts, "message": mark.reason }),
+                ),
+                IncidentKind::Quarantined => current.quarantine.as_ref().map(
+                    |mark| serde_json::json!({ "reason": mark.reason, "failures": mark.failures }),
+                ),
                 IncidentKind::PendingExpiration | IncidentKind::PendingDisconnect => None,
-            };
-            if let Some(details) = details {
-                tracing::warn!(account_id = %account.id, kind = %kind, "marked account without its incident (an interrupted write): opening it");
-                self.open_incident(&account.id, kind, details)?;
             }
+            .unwrap_or_default();
+            details["source"] = serde_json::json!("recovered");
+            tracing::warn!(account_id = %account.id, kind = %kind, "marked account without its incident (an interrupted write): opening it");
+            self.open_incident(&account.id, kind, details)?;
         }
         Ok(())
     }

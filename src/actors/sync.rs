@@ -660,13 +660,35 @@ mod tests {
         )
     }
 
+    /// A store in a temp dir holding one linked account that never synced.
+    fn linked_store() -> (tempfile::TempDir, Arc<dyn Store>, Account) {
+        use crate::domain::{AccessToken, ProviderKind};
+        use crate::store::{SledStore, SledStoreConfig};
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+            group_commit_window: std::time::Duration::ZERO,
+        })
+        .expect("store opens");
+        let account = Account::new_linked(
+            ProviderKind::Plaid,
+            "item".to_string(),
+            AccessToken::new("token"),
+            "owner".to_string(),
+            vec![],
+            Utc::now(),
+        );
+        store.link_account(&account).expect("links");
+        (dir, store, account)
+    }
+
     /// A 5xx in the middle of a loop costs one call, not the pages already fetched:
     /// the page is retried in place (the first sync and a delta sync alike), and with
     /// no retries configured the same answer fails the sync.
     #[tokio::test]
     async fn a_transient_page_failure_is_retried_in_place() {
-        use crate::domain::{AccessToken, ProviderKind};
-        use crate::store::{SledStore, SledStoreConfig};
         use std::sync::atomic::AtomicU32;
 
         let server_error = || ProviderError::Api {
@@ -700,22 +722,7 @@ mod tests {
                 || Ok(window(vec![])),
             )
         };
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            cache_capacity_bytes: 8 * 1024 * 1024,
-            group_commit_window: std::time::Duration::ZERO,
-        })
-        .expect("store opens");
-        let account = Account::new_linked(
-            ProviderKind::Plaid,
-            "item".to_string(),
-            AccessToken::new("token"),
-            "owner".to_string(),
-            vec![],
-            Utc::now(),
-        );
-        store.link_account(&account).expect("links");
+        let (_dir, store, account) = linked_store();
         let progress = SyncProgress::default();
 
         // No retries: the 500 on the second page fails the first sync.
@@ -750,25 +757,9 @@ mod tests {
 
     #[tokio::test]
     async fn reconcile_drops_rows_created_after_the_fresh_cursor() {
-        use crate::domain::{AccessToken, ProviderKind};
-        use crate::store::{SledStore, SledStoreConfig, TransactionQuery};
+        use crate::store::TransactionQuery;
 
-        let dir = tempfile::tempdir().expect("temp dir");
-        let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            cache_capacity_bytes: 8 * 1024 * 1024,
-            group_commit_window: std::time::Duration::ZERO,
-        })
-        .expect("store opens");
-        let account = Account::new_linked(
-            ProviderKind::Plaid,
-            "item".to_string(),
-            AccessToken::new("token"),
-            "owner".to_string(),
-            vec![],
-            Utc::now(),
-        );
-        store.link_account(&account).expect("links");
+        let (_dir, store, account) = linked_store();
         let provider = reconcile_race();
         let params = SyncParams::default();
         let progress = SyncProgress::default();

@@ -336,6 +336,25 @@ impl TestEnv {
         request.send().await.expect("webhook request")
     }
 
+    /// Signs `body` as the sandbox would and posts it from its own task, so many can
+    /// be in flight at once; the task yields the HTTP status.
+    pub fn spawn_signed_webhook(&self, body: Vec<u8>) -> tokio::task::JoinHandle<u16> {
+        let jwt = self.sandbox.sign_webhook(&body, now_unix());
+        let client = self.client.clone();
+        let url = format!("{}/webhooks/plaid", self.app_url);
+        tokio::spawn(async move {
+            client
+                .post(url)
+                .header("Plaid-Verification", jwt)
+                .body(body)
+                .send()
+                .await
+                .expect("send")
+                .status()
+                .as_u16()
+        })
+    }
+
     pub async fn get_json(&self, url: &str) -> Value {
         let response = self.client.get(url).send().await.expect("GET");
         let status = response.status();

@@ -48,6 +48,19 @@ async fn plaid(env: &TestEnv, path: &str, body: Value) -> Value {
         .await
 }
 
+/// `POST /v1/accounts` for an item already linked: a relink (update mode) when
+/// `owner` owns it.
+async fn relink(env: &TestEnv, item_id: &str, token: &str, owner: &str) -> reqwest::Response {
+    env.client
+        .post(format!("{}/v1/accounts", env.app_url))
+        .json(&json!({
+            "provider": "plaid", "item_id": item_id, "access_token": token, "owner_id": owner,
+        }))
+        .send()
+        .await
+        .expect("relink")
+}
+
 async fn park_via_reset_login(env: &TestEnv, account: &str, token: &str) -> Value {
     // Plaid's own Sandbox call: the item needs a login and fires ITEM/ERROR at acctor.
     plaid(
@@ -241,16 +254,7 @@ async fn a_relink_with_a_new_token_unparks_and_catches_up() {
     // The user went through update mode: the item works again, the app relinks.
     env.faults(&item_id, json!({ "login_required": false }))
         .await;
-    let response = env
-        .client
-        .post(format!("{}/v1/accounts", env.app_url))
-        .json(&json!({
-            "provider": "plaid", "item_id": item_id, "access_token": token,
-            "owner_id": "owner-relink",
-        }))
-        .send()
-        .await
-        .expect("relink");
+    let response = relink(&env, &item_id, &token, "owner-relink").await;
     assert_eq!(response.status(), 200, "a relink, not a new link");
     let body: Value = response.json().await.expect("json");
     assert_eq!(body["id"], account.as_str(), "same account");
@@ -264,16 +268,7 @@ async fn a_relink_with_a_new_token_unparks_and_catches_up() {
     no_open_incidents(&env, &account).await;
 
     // Another owner cannot take the item over by relinking it.
-    let response = env
-        .client
-        .post(format!("{}/v1/accounts", env.app_url))
-        .json(&json!({
-            "provider": "plaid", "item_id": item_id, "access_token": token,
-            "owner_id": "someone-else",
-        }))
-        .send()
-        .await
-        .expect("relink");
+    let response = relink(&env, &item_id, &token, "someone-else").await;
     assert_eq!(response.status(), 409);
     env.shutdown().await;
 }
@@ -492,16 +487,7 @@ async fn announced_deadlines_open_warnings_that_login_repaired_and_relink_lift()
         "{status}"
     );
     open_incident_of(&env, &account, "pending_disconnect").await;
-    let response = env
-        .client
-        .post(format!("{}/v1/accounts", env.app_url))
-        .json(&json!({
-            "provider": "plaid", "item_id": item_id, "access_token": token,
-            "owner_id": "owner-deadline",
-        }))
-        .send()
-        .await
-        .expect("relink");
+    let response = relink(&env, &item_id, &token, "owner-deadline").await;
     assert_eq!(response.status(), 200, "a relink");
     // The relink answers after its writes are durable: no waiting needed.
     let status = env.sync_status(&account).await;

@@ -4,7 +4,7 @@
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::helpers::{now_unix, spawn_env, sync_webhook_body};
+use crate::helpers::{spawn_env, sync_webhook_body};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn initial_sync_of_5000_transactions_equals_the_sandbox() {
@@ -104,24 +104,10 @@ async fn two_hundred_concurrent_webhooks_never_overlap_and_coalesce() {
         .as_u64()
         .expect("count");
 
-    let mut tasks = Vec::new();
-    for n in 0..200 {
-        // Distinct bodies, so dedup does not hide the storm.
-        let body = sync_webhook_body(&item, json!({ "nonce": n }));
-        let jwt = env.sandbox.sign_webhook(&body, now_unix());
-        let client = env.client.clone();
-        let url = format!("{}/webhooks/plaid", env.app_url);
-        tasks.push(tokio::spawn(async move {
-            client
-                .post(url)
-                .header("Plaid-Verification", jwt)
-                .body(body)
-                .send()
-                .await
-                .expect("send")
-                .status()
-        }));
-    }
+    // Distinct bodies, so dedup does not hide the storm.
+    let tasks: Vec<_> = (0..200)
+        .map(|n| env.spawn_signed_webhook(sync_webhook_body(&item, json!({ "nonce": n }))))
+        .collect();
     for task in tasks {
         assert_eq!(task.await.expect("task"), 200);
     }
@@ -256,22 +242,8 @@ async fn a_burst_during_a_sync_waits_for_the_minimum_interval_then_syncs_once() 
     // First webhook starts a slow sync (1 s per page); the burst arrives while it runs,
     // all at once as a provider's retries and fan-out do (they share flushes).
     env.mutate(&item, 2, 0, 0).await;
-    let burst = (0..20).map(|n| {
-        let body = sync_webhook_body(&item, json!({ "burst": n }));
-        let jwt = env.sandbox.sign_webhook(&body, now_unix());
-        let client = env.client.clone();
-        let url = format!("{}/webhooks/plaid", env.app_url);
-        tokio::spawn(async move {
-            client
-                .post(url)
-                .header("Plaid-Verification", jwt)
-                .body(body)
-                .send()
-                .await
-                .expect("send")
-                .status()
-        })
-    });
+    let burst =
+        (0..20).map(|n| env.spawn_signed_webhook(sync_webhook_body(&item, json!({ "burst": n }))));
     for status in futures::future::join_all(burst).await {
         assert_eq!(status.expect("task"), 200);
     }
