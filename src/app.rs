@@ -26,7 +26,6 @@ use crate::actors::Registry;
 use crate::alerts::AlertSender;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
-use crate::http::accounts::{link_account, unlink_account, LinkRequest};
 use crate::http::auth::{resolve_admin_token, AdminTokenSource};
 use crate::http::health::Readiness;
 use crate::http::{router, AppState};
@@ -34,6 +33,8 @@ use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use crate::service;
+use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
 use crate::store::{SledStore, SledStoreConfig, Store};
 
@@ -168,10 +169,12 @@ impl App {
         };
 
         let state = AppState {
-            store: dyn_store,
-            registry,
-            providers: Arc::new(providers),
-            settings: settings.clone(),
+            ctx: service::Context {
+                store: dyn_store,
+                registry,
+                providers: Arc::new(providers),
+                settings: settings.clone(),
+            },
             shutting_down: Arc::new(AtomicBool::new(false)),
             readiness,
         };
@@ -188,11 +191,11 @@ impl App {
             None => None,
         };
 
-        let janitor = spawn_dedup_janitor(state.store.clone(), settings.store.dedup_ttl);
-        spawn_recovery(state.clone());
+        let janitor = spawn_dedup_janitor(state.ctx.store.clone(), settings.store.dedup_ttl);
+        service::recovery::spawn(state.ctx.clone());
         let (sweeper, _) = Actor::spawn(
             None,
-            SweeperActor::new(state.registry.clone(), settings.sweeper.clone()),
+            SweeperActor::new(state.ctx.registry.clone(), settings.sweeper.clone()),
             (),
         )
         .await
@@ -215,7 +218,7 @@ impl App {
     /// The admin API token in effect (configured, read from or generated into
     /// `<data_dir>/admin-token`). In-process clients (tests, benchmarks) use it.
     pub fn admin_token(&self) -> &SecretString {
-        match &self.state.settings.server.admin_token {
+        match &self.state.ctx.settings.server.admin_token {
             Some(token) => token,
             // `build` resolves the token before the settings are shared; an `App` never
             // exists without one.
@@ -294,19 +297,21 @@ impl App {
         }
         // Before the actors: a pass must not activate what shutdown is stopping.
         let _ = sweeper
-            .stop_and_wait(None, Some(state.settings.actors.call_timeout))
+            .stop_and_wait(None, Some(state.ctx.settings.actors.call_timeout))
             .await;
         // Running syncs commit within `actors.shutdown_grace` or are abandoned; no new
         // one starts. The embedded sandbox stays up for them until this returns.
-        state.registry.shutdown().await;
+        state.ctx.registry.shutdown().await;
         let _ = supervisor
-            .stop_and_wait(None, Some(state.settings.actors.call_timeout))
+            .stop_and_wait(None, Some(state.ctx.settings.actors.call_timeout))
             .await;
         let _ = stop_http.send(());
         let served = match served {
             Some(ended) => ended,
             None => {
-                match tokio::time::timeout(state.settings.actors.call_timeout, &mut server).await {
+                match tokio::time::timeout(state.ctx.settings.actors.call_timeout, &mut server)
+                    .await
+                {
                     Ok(ended) => ended,
                     Err(_) => {
                         // Connections still open (a client that never finishes its request):
@@ -330,7 +335,7 @@ impl App {
         for task in background {
             let _ = task.await;
         }
-        let release_within = state.settings.actors.call_timeout;
+        let release_within = state.ctx.settings.actors.call_timeout;
         drop(state);
         release_store(store, release_within).await;
         served
@@ -373,18 +378,18 @@ fn webhook_url(settings: &Settings, addr: SocketAddr) -> String {
 /// Links the demo items (replacing a previous run's: the embedded sandbox lives in
 /// memory, so their items are gone) and starts the activity that keeps them syncing.
 async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHandle<()>> {
-    let settings = &state.settings.sandbox;
+    let settings = &state.ctx.settings.sandbox;
     for n in 0..settings.demo_items {
         let alias = format!("demo-user-{n}@example.com");
-        if let Resolved::Found(old) = state.store.resolve(&alias)? {
-            unlink_account(state, &old, true)
+        if let Resolved::Found(old) = state.ctx.store.resolve(&alias)? {
+            accounts::unlink(&state.ctx, &old, true)
                 .await
-                .map_err(|e| anyhow::anyhow!("replacing demo account {old}: {}", e.message))?;
+                .with_context(|| format!("replacing demo account {old}"))?;
         }
         let item = sandbox.create_item(settings.demo_history, None);
-        let account = link_account(
-            state,
-            LinkRequest {
+        let (account, _) = accounts::link(
+            &state.ctx,
+            LinkInput {
                 provider: ProviderKind::Plaid.as_str().to_string(),
                 item_id: item.item_id.clone(),
                 access_token: item.access_token.clone(),
@@ -393,7 +398,7 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
             },
         )
         .await
-        .map_err(|e| anyhow::anyhow!("linking demo item {n}: {}", e.message))?;
+        .with_context(|| format!("linking demo item {n}"))?;
         tracing::info!(account_id = %account.id, alias = %alias, item_id = %item.item_id, "demo account linked");
     }
     let tick = settings.demo_tick;
@@ -433,50 +438,6 @@ fn spawn_dedup_janitor(store: Arc<dyn Store>, ttl: std::time::Duration) -> JoinH
             }
         }
     })
-}
-
-/// After a restart, re-drives the work a crash may have interrupted: every account with
-/// pending inbox entries (acknowledged webhooks whose sync never committed) and every
-/// linked account that never completed its initial sync. Runs in the background so the
-/// server answers at once; the actors serialize whatever it races with.
-fn spawn_recovery(state: AppState) {
-    // A scan of every account: a blocking thread, not an async worker.
-    tokio::task::spawn_blocking(move || {
-        let mut nudged = 0u64;
-        match state.store.accounts_with_pending_inbox() {
-            Ok(ids) => {
-                for id in ids {
-                    if state.registry.activate(&id).is_ok() {
-                        nudged += 1;
-                    }
-                }
-            }
-            Err(error) => tracing::error!(%error, "recovery: could not list pending inbox"),
-        }
-        let mut after: Option<crate::domain::AccountId> = None;
-        loop {
-            let page = match state.store.list_accounts(after.as_ref(), 1000) {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::error!(%error, "recovery: could not list accounts");
-                    break;
-                }
-            };
-            let Some(last) = page.last() else { break };
-            after = Some(last.id.clone());
-            for account in page {
-                if account.status == crate::domain::LinkStatus::Linked
-                    && account.cursor.is_none()
-                    && state.registry.activate(&account.id).is_ok()
-                {
-                    nudged += 1;
-                }
-            }
-        }
-        if nudged > 0 {
-            tracing::info!(accounts = nudged, "recovery: re-driving interrupted work");
-        }
-    });
 }
 
 #[cfg(test)]

@@ -17,5 +17,6 @@ pub mod incidents;
 pub mod metrics;
 pub mod providers;
 pub mod sandbox;
+pub mod service;
 pub mod store;
 pub mod telemetry;

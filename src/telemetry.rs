@@ -56,6 +56,13 @@ pub fn init(format: LogFormat) {
         .try_init();
 }
 
+/// Records the account the current request or task is about on its span (the HTTP
+/// request span declares the field empty), so every log line under it carries
+/// `account_id`.
+pub fn record_account(id: &crate::domain::AccountId) {
+    tracing::Span::current().record("account_id", tracing::field::display(id));
+}
+
 #[cfg(test)]
 mod tests {
     use std::io::Write;

@@ -158,11 +158,12 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
 
     // Whatever a careless log line would print: the settings and the stored account.
     let stored = state
+        .ctx
         .store
         .get_account(&acctor::domain::AccountId(account_id.clone()))
         .expect("store")
         .expect("account");
-    tracing::info!(settings = ?state.settings, account = ?stored, "debug output of secret holders");
+    tracing::info!(settings = ?state.ctx.settings, account = ?stored, "debug output of secret holders");
     let admin_token = env.admin_token.clone();
     drop(state);
     env.shutdown().await;

@@ -14,16 +14,15 @@ use utoipa_axum::routes;
 use super::error::ErrorBody;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
 use crate::actors::registry::RestartSnapshot;
-use crate::actors::{ActorSnapshot, SyncReason};
+use crate::actors::ActorSnapshot;
 use crate::config::Settings;
 use crate::domain::{
-    AccessToken, Account, AccountId, LinkStatus, NeedsReauth, PendingDeadline, ProviderKind,
-    Quarantine, SyncGaveUp, SyncOutcome,
+    Account, AccountId, LinkStatus, NeedsReauth, PendingDeadline, ProviderKind, Quarantine,
+    SyncGaveUp, SyncOutcome,
 };
-use crate::store::{Resolved, RetryRecord, TransactionQuery};
+use crate::service::accounts::{self, LinkInput, Linked};
+use crate::store::{RetryRecord, TransactionQuery};
 
-const MAX_KEY_LEN: usize = 256;
-const MAX_ALIASES: usize = 16;
 const MAX_PAGE: usize = 1000;
 
 /// The account routes.
@@ -101,28 +100,6 @@ impl From<&Account> for AccountView {
     }
 }
 
-fn check_key(field: &'static str, value: &str) -> Result<(), ApiError> {
-    if value.trim().is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("{field} must not be empty"),
-        ));
-    }
-    if value.len() > MAX_KEY_LEN {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("{field} is longer than {MAX_KEY_LEN} bytes"),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("{field} contains control characters"),
-        ));
-    }
-    Ok(())
-}
-
 /// Links an account; its actor starts the initial sync.
 #[utoipa::path(
     post,
@@ -143,151 +120,24 @@ async fn link(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<LinkRequest>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
-    let (account, relinked) = link_or_relink(&state, request).await?;
-    let status = if relinked {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
+    let (account, linked) = accounts::link(&state.ctx, request.into()).await?;
+    let status = match linked {
+        Linked::Relinked => StatusCode::OK,
+        Linked::Created => StatusCode::CREATED,
     };
     Ok((status, Json(AccountView::from(&account))))
 }
 
-/// Validates and links an account, then asks its actor for the initial sync. An item
-/// already linked is relinked instead (see [`link_or_relink`]).
-pub async fn link_account(state: &AppState, request: LinkRequest) -> Result<Account, ApiError> {
-    link_or_relink(state, request)
-        .await
-        .map(|(account, _)| account)
-}
-
-/// Links an account, or, when the item is already linked (the user went through the
-/// provider's update flow, e.g. after ITEM_LOGIN_REQUIRED), relinks it: the new access
-/// token replaces the old one, a needs-reauth park and a pending deadline are lifted
-/// with their incidents, and the account syncs at once, catching up every webhook kept
-/// meanwhile. Cursor, rows and aliases stay. A relink must name the same owner (409
-/// otherwise). Returns the account and whether it was a relink.
-pub async fn link_or_relink(
-    state: &AppState,
-    request: LinkRequest,
-) -> Result<(Account, bool), ApiError> {
-    let provider = ProviderKind::parse(&request.provider).ok_or_else(|| {
-        ApiError::bad_request(
-            "invalid_field",
-            format!(
-                "provider {:?} is not supported (supported: plaid)",
-                request.provider
-            ),
-        )
-    })?;
-    if !state.registry.has_provider(provider) {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("provider {provider} is not configured"),
-        ));
-    }
-    check_key("item_id", &request.item_id)?;
-    check_key("access_token", &request.access_token)?;
-    check_key("owner_id", &request.owner_id)?;
-    if request.aliases.len() > MAX_ALIASES {
-        return Err(ApiError::bad_request(
-            "invalid_field",
-            format!("at most {MAX_ALIASES} aliases"),
-        ));
-    }
-    let mut aliases = Vec::with_capacity(request.aliases.len());
-    for alias in &request.aliases {
-        check_key("aliases[]", alias)?;
-        if AccountId::looks_canonical(alias) {
-            return Err(ApiError::bad_request(
-                "invalid_field",
-                format!("alias {alias:?} has the shape of an account id"),
-            ));
-        }
-        if !aliases.contains(alias) {
-            aliases.push(alias.clone());
+impl From<LinkRequest> for LinkInput {
+    fn from(request: LinkRequest) -> Self {
+        LinkInput {
+            provider: request.provider,
+            item_id: request.item_id,
+            access_token: request.access_token,
+            owner_id: request.owner_id,
+            aliases: request.aliases,
         }
     }
-    if let Some(existing) = linked_item(state, provider, &request.item_id)? {
-        if existing.owner_id != request.owner_id {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "conflict",
-                format!(
-                    "item {} is already linked to account {} of another owner",
-                    existing.item_id, existing.id
-                ),
-            ));
-        }
-        return relink(state, existing, AccessToken::new(request.access_token))
-            .await
-            .map(|account| (account, true));
-    }
-    let account = Account::new_linked(
-        provider,
-        request.item_id,
-        AccessToken::new(request.access_token),
-        request.owner_id,
-        aliases,
-        Utc::now(),
-    );
-    super::record_account(&account.id);
-    let store = state.store.clone();
-    let record = account.clone();
-    let receipt = tokio::task::spawn_blocking(move || store.link_account(&record))
-        .await
-        .map_err(ApiError::internal)??;
-    state.store.durable().await?;
-    tracing::info!(
-        account_id = %account.id,
-        provider = %provider,
-        item_id = %account.item_id,
-        adopted_events = receipt.adopted_events,
-        "account linked"
-    );
-    // Its actor starts the initial sync by itself (no cursor yet), consuming any events
-    // adopted from before the link in the same commit.
-    state.registry.activate(&account.id)?;
-    Ok((account, false))
-}
-
-/// The linked account holding `item_id` at `provider`, if any.
-fn linked_item(
-    state: &AppState,
-    provider: ProviderKind,
-    item_id: &str,
-) -> Result<Option<Account>, ApiError> {
-    let Resolved::Found(id) = state.store.resolve(item_id)? else {
-        return Ok(None);
-    };
-    Ok(state.store.get_account(&id)?.filter(|account| {
-        account.status == LinkStatus::Linked
-            && account.provider == provider
-            && account.item_id == item_id
-    }))
-}
-
-async fn relink(
-    state: &AppState,
-    existing: Account,
-    token: AccessToken,
-) -> Result<Account, ApiError> {
-    let store = state.store.clone();
-    let registry = state.registry.clone();
-    let id = existing.id.clone();
-    let account = tokio::task::spawn_blocking(move || {
-        let account = store.relink_account(&id, &token)?;
-        registry.relinked(&id)?;
-        Ok::<_, ApiError>(account)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    state.store.durable().await?;
-    tracing::info!(
-        account_id = %account.id,
-        was_parked = existing.needs_reauth.is_some(),
-        "account relinked with a new access token"
-    );
-    Ok(account)
 }
 
 /// `GET /v1/accounts` query.
@@ -340,43 +190,9 @@ async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
     let limit = page_limit(query.limit, 100)?;
-    let after = query.after.map(AccountId);
-    let accounts = state.store.list_accounts(after.as_ref(), limit + 1)?;
-    let has_more = accounts.len() > limit;
-    let accounts: Vec<AccountView> = accounts.iter().take(limit).map(AccountView::from).collect();
-    let next = if has_more {
-        accounts.last().map(|a| a.id.clone())
-    } else {
-        None
-    };
+    let (accounts, next) = accounts::list(&state.ctx, query.after.map(AccountId), limit)?;
+    let accounts = accounts.iter().map(AccountView::from).collect();
     Ok(Json(AccountPage { accounts, next }))
-}
-
-/// Resolves an id or alias to a stored account, or a 404/409 error.
-pub(crate) fn resolve(state: &AppState, key: &str) -> Result<Account, ApiError> {
-    check_key("account key", key)?;
-    match state.store.resolve(key)? {
-        Resolved::Found(id) => {
-            super::record_account(&id);
-            state
-                .store
-                .get_account(&id)?
-                .ok_or_else(|| ApiError::not_found(format!("no account for {key:?}")))
-        }
-        Resolved::NotFound => Err(ApiError::not_found(format!("no account for {key:?}"))),
-        Resolved::Ambiguous(ids) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "ambiguous_key",
-            format!(
-                "{key:?} is shared by {} accounts; use an account id: {}",
-                ids.len(),
-                ids.iter()
-                    .map(|i| i.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        )),
-    }
 }
 
 /// One account, by id or any lookup key.
@@ -397,7 +213,7 @@ async fn show(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let account = resolve(&state, &key)?;
+    let account = accounts::resolve(&state.ctx, &key)?;
     Ok(Json(AccountView::from(&account)))
 }
 
@@ -441,36 +257,12 @@ async fn unlink(
     ApiPath(key): ApiPath<String>,
     ApiQuery(query): ApiQuery<UnlinkQuery>,
 ) -> Result<Json<UnlinkResponse>, ApiError> {
-    let account = resolve(&state, &key)?;
-    unlink_account(&state, &account.id, query.purge).await?;
+    let account = accounts::resolve(&state.ctx, &key)?;
+    accounts::unlink(&state.ctx, &account.id, query.purge).await?;
     Ok(Json(UnlinkResponse {
         id: account.id,
         purged: query.purge,
     }))
-}
-
-/// Unlinks an account: first in the store, so nothing can activate it again, then its
-/// actor is stopped (aborting a running sync), and only then is its data deleted.
-pub async fn unlink_account(state: &AppState, id: &AccountId, purge: bool) -> Result<(), ApiError> {
-    let unlink = |purge: bool| {
-        let store = state.store.clone();
-        let id = id.clone();
-        // A purge scans and deletes every row: never on an async worker.
-        async move {
-            tokio::task::spawn_blocking(move || store.unlink_account(&id, purge))
-                .await
-                .map_err(ApiError::internal)?
-                .map_err(ApiError::from)
-        }
-    };
-    unlink(false).await?;
-    state.registry.stop(id).await;
-    if purge {
-        unlink(true).await?;
-    }
-    state.store.durable().await?;
-    tracing::info!(account_id = %id, purged = purge, "account unlinked");
-    Ok(())
 }
 
 /// `GET /v1/accounts/{key}/transactions` query.
@@ -529,8 +321,8 @@ async fn transactions(
             ));
         }
     }
-    let account = resolve(&state, &key)?;
-    let page = state.store.list_transactions(
+    let account = accounts::resolve(&state.ctx, &key)?;
+    let page = state.ctx.store.list_transactions(
         &account.id,
         &TransactionQuery {
             start_date: query.start_date,
@@ -624,62 +416,29 @@ async fn sync_status(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<SyncStatus>, ApiError> {
-    let account = resolve(&state, &key)?;
-    let actor = state.registry.snapshot(&account.id).await?;
-    let pending_inbox = state.store.pending_inbox(&account.id)?.len();
-    let transactions = state.store.count_transactions(&account.id)?;
-    let supervision = state.registry.restart_status(&account.id);
-    let quarantined = is_quarantined(&state, &account);
-    let status_name = state_name(&account, actor.as_ref(), supervision.as_ref(), quarantined);
+    let account = accounts::resolve(&state.ctx, &key)?;
+    let report = accounts::sync_report(&state.ctx, &account).await?;
     Ok(Json(SyncStatus {
         account_id: account.id.clone(),
-        state: status_name,
-        active: actor.is_some(),
-        actor,
+        state: report.state,
+        active: report.actor.is_some(),
+        actor: report.actor,
         last_sync_started_at: account.last_sync_started_at,
         last_sync_finished_at: account.last_sync_finished_at,
         last_sync_outcome: account.last_sync_outcome.clone(),
-        cursor_age_seconds: account
-            .cursor_updated_at
-            .map(|at| (Utc::now() - at).num_seconds()),
-        pending_inbox,
-        transactions,
+        cursor_age_seconds: report.cursor_age_seconds,
+        pending_inbox: report.pending_inbox,
+        transactions: report.transactions,
         sync_count: account.sync_count,
-        restarts: supervision.as_ref().map_or(0, |s| s.restarts),
-        supervision,
-        quarantined,
+        restarts: report.supervision.as_ref().map_or(0, |s| s.restarts),
+        supervision: report.supervision,
+        quarantined: report.quarantined,
         quarantine: account.quarantine.clone(),
-        retry: state.store.retry_of(&account.id)?,
+        retry: report.retry,
         failed: account.failed.clone(),
         needs_reauth: account.needs_reauth.clone(),
         pending_deadline: account.pending_deadline.clone(),
     }))
-}
-
-/// Whether the account is quarantined, on record or (for the moment before the record
-/// lands) in the supervisor's memory.
-pub(crate) fn is_quarantined(state: &AppState, account: &Account) -> bool {
-    account.quarantine.is_some() || state.registry.is_quarantined_in_memory(&account.id)
-}
-
-/// The one state name the status and introspection APIs report: the live actor's phase
-/// when there is one, else what the store and the supervisor say.
-pub(crate) fn state_name(
-    account: &Account,
-    actor: Option<&ActorSnapshot>,
-    supervision: Option<&RestartSnapshot>,
-    quarantined: bool,
-) -> &'static str {
-    let restarting = supervision.is_some_and(|s| s.restart_due_at.is_some());
-    match (&account.status, actor) {
-        (LinkStatus::Unlinked, _) => "unlinked",
-        _ if account.failed.is_some() => "failed",
-        _ if account.needs_reauth.is_some() => "needs_reauth",
-        (_, Some(snapshot)) => snapshot.state,
-        _ if quarantined => "quarantined",
-        _ if restarting => "restarting",
-        (_, None) => "passivated",
-    }
 }
 
 /// The answer to a sync request.
@@ -711,17 +470,8 @@ async fn request_sync(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
-    let account = resolve(&state, &key)?;
-    if account.status != LinkStatus::Linked {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "unlinked",
-            format!("account {} is unlinked", account.id),
-        ));
-    }
-    state
-        .registry
-        .request_sync(&account.id, SyncReason::Manual)?;
+    let account = accounts::resolve(&state.ctx, &key)?;
+    accounts::request_sync(&state.ctx, &account)?;
     Ok((
         StatusCode::ACCEPTED,
         Json(SyncRequested {
@@ -763,22 +513,8 @@ async fn resume(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<ResumeResponse>, ApiError> {
-    let account = resolve(&state, &key)?;
-    if account.status != LinkStatus::Linked {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "unlinked",
-            format!("account {} is unlinked", account.id),
-        ));
-    }
-    let registry = state.registry.clone();
-    let id = account.id.clone();
-    let lifted = tokio::task::spawn_blocking(move || registry.resume(&id))
-        .await
-        .map_err(ApiError::internal)??;
-    // The cleared quarantine is on disk before we say so.
-    state.store.durable().await?;
-    tracing::info!(account_id = %account.id, was_quarantined = lifted.is_some(), "account resumed");
+    let account = accounts::resolve(&state.ctx, &key)?;
+    let lifted = accounts::resume(&state.ctx, &account).await?;
     Ok(Json(ResumeResponse {
         account_id: account.id,
         lifted,

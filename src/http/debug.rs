@@ -22,7 +22,6 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::accounts::{is_quarantined, resolve, state_name};
 use super::error::ErrorBody;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::actors::account::ActorEvent;
@@ -30,6 +29,7 @@ use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, RegistryError, SyncReason};
 use crate::domain::SyncOutcome;
 use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncGaveUp};
+use crate::service::accounts::{is_quarantined, resolve, state_name};
 use crate::store::{RetryRecord, Store, StoreError};
 
 const DEFAULT_LIMIT: usize = 50;
@@ -247,9 +247,9 @@ fn describe(
         Ok(snapshot) => (snapshot, None),
         Err(error) => (None, Some(error.to_string())),
     };
-    let supervision = state.registry.restart_status(&account.id);
-    let quarantined = is_quarantined(state, &account);
-    let active = snapshot.is_some() || state.registry.is_active(&account.id);
+    let supervision = state.ctx.registry.restart_status(&account.id);
+    let quarantined = is_quarantined(&state.ctx, &account);
+    let active = snapshot.is_some() || state.ctx.registry.is_active(&account.id);
     let mut name = state_name(
         &account,
         snapshot.as_ref(),
@@ -302,7 +302,7 @@ fn describe(
         aliases: account.aliases.clone(),
         state: name,
         active,
-        mailbox_depth: state.registry.mailbox_depth(&account.id),
+        mailbox_depth: state.ctx.registry.mailbox_depth(&account.id),
         current,
         lag_seconds: lag_seconds(&account, oldest_pending_at, now),
         cursor_age_seconds: account.cursor_updated_at.map(|at| (now - at).num_seconds()),
@@ -368,10 +368,10 @@ async fn show(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<ActorView>, ApiError> {
-    let account = resolve(&state, &key)?;
+    let account = resolve(&state.ctx, &key)?;
     // Asked first: the store facts read after it are at least as fresh as its answer.
-    let asked = state.registry.snapshot(&account.id).await;
-    let store = state.store.clone();
+    let asked = state.ctx.registry.snapshot(&account.id).await;
+    let store = state.ctx.store.clone();
     let facts = blocking(move || store_facts(store.as_ref(), account, true)).await?;
     Ok(Json(describe(&state, facts, asked)))
 }
@@ -420,7 +420,7 @@ fn prefilter(
         return false;
     }
     let Some(wanted) = wanted else { return true };
-    let active = state.registry.is_active(&account.id);
+    let active = state.ctx.registry.is_active(&account.id);
     if wanted == "active" || LIVE_STATES.contains(&wanted) {
         // The phase is only known once asked; failed and parked accounts keep a live
         // actor but report `failed` / `needs_reauth`.
@@ -432,7 +432,7 @@ fn prefilter(
     if wanted == "unresponsive" {
         return active;
     }
-    let supervision = state.registry.restart_status(&account.id);
+    let supervision = state.ctx.registry.restart_status(&account.id);
     let coarse = match (account.status, account.failed.is_some(), active) {
         (LinkStatus::Unlinked, _, _) => "unlinked",
         (_, true, _) => "failed",
@@ -442,7 +442,7 @@ fn prefilter(
             account,
             None,
             supervision.as_ref(),
-            is_quarantined(state, account),
+            is_quarantined(&state.ctx, account),
         ),
     };
     coarse == wanted
@@ -464,7 +464,7 @@ fn pick_page(
     provider: Option<ProviderKind>,
     wanted: Option<&str>,
 ) -> Result<(Vec<Account>, Option<String>, usize), ApiError> {
-    let store = &state.store;
+    let store = &state.ctx.store;
     let live_only =
         wanted.is_some_and(|w| w == "active" || w == "unresponsive" || LIVE_STATES.contains(&w));
     if sort == "id" && !live_only {
@@ -498,7 +498,7 @@ fn pick_page(
     // Every candidate is read and ordered: the live actors only for a live-state
     // filter, else every account record (a debug endpoint; documented as a full scan).
     let mut candidates: Vec<Account> = if live_only {
-        let mut ids = state.registry.active_ids();
+        let mut ids = state.ctx.registry.active_ids();
         ids.sort();
         let mut accounts = Vec::with_capacity(ids.len());
         for id in ids {
@@ -636,7 +636,7 @@ async fn list(
         let (page, next, scanned) = pick_page(&picker, &query, sort, limit, provider, wanted)?;
         let mut facts = Vec::with_capacity(page.len());
         for account in page {
-            facts.push(store_facts(picker.store.as_ref(), account, false)?);
+            facts.push(store_facts(picker.ctx.store.as_ref(), account, false)?);
         }
         Ok::<_, ApiError>((facts, next, scanned))
     })
@@ -644,7 +644,7 @@ async fn list(
     .map_err(ApiError::internal)??;
     // Only this page's live actors are asked, all at once: one timeout at worst.
     let asked = futures::future::join_all(accounts.iter().map(|facts| {
-        let registry = state.registry.clone();
+        let registry = state.ctx.registry.clone();
         let id = facts.account.id.clone();
         async move {
             if registry.is_active(&id) {

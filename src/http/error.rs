@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::actors::RegistryError;
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// The code of a missing or wrong admin token (webhook signature failures have their
@@ -164,6 +165,21 @@ impl From<RegistryError> for ApiError {
                 ApiError::unavailable("restarting", format!("account {id} is being restarted"), 1)
             }
             other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::Invalid { code, message } => ApiError::bad_request(code, message),
+            ServiceError::NotFound(message) => ApiError::not_found(message),
+            ServiceError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            ServiceError::Store(e) => e.into(),
+            ServiceError::Registry(e) => e.into(),
+            ServiceError::Internal(detail) => ApiError::internal(detail),
         }
     }
 }

@@ -208,8 +208,8 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadinessRep
         shutting_down,
         actors,
         store,
-        inbox_depth: state.store.inbox_depth().unwrap_or(0),
-        active_actors: state.registry.stats().active,
+        inbox_depth: state.ctx.store.inbox_depth().unwrap_or(0),
+        active_actors: state.ctx.registry.stats().active,
     };
     (status, Json(report))
 }
@@ -231,7 +231,7 @@ async fn probe_store(state: &AppState) -> StoreCheck {
             error: None,
         };
     }
-    let store = state.store.clone();
+    let store = state.ctx.store.clone();
     let probe = async move {
         // A sled write can wait on its process-wide lock: not on an async worker.
         tokio::task::spawn_blocking({

@@ -135,7 +135,7 @@ async fn list(
 ) -> Result<Json<IncidentPage>, ApiError> {
     let mut query = parse_params(&params)?;
     if let Some(key) = params.account.as_deref() {
-        query.account_id = Some(match state.store.resolve(key)? {
+        query.account_id = Some(match state.ctx.store.resolve(key)? {
             Resolved::Found(id) => id,
             Resolved::NotFound => {
                 return Err(ApiError::not_found(format!("no account for {key:?}")))
@@ -151,7 +151,7 @@ async fn list(
     }
     let limit = query.limit;
     query.limit = limit + 1;
-    let store = state.store.clone();
+    let store = state.ctx.store.clone();
     // A filtered listing can scan many records: a blocking thread, not an async worker.
     let mut incidents = tokio::task::spawn_blocking(move || store.list_incidents(&query))
         .await
@@ -187,6 +187,7 @@ async fn show(
         ApiError::bad_request("invalid_path", format!("{id:?} is not an incident id"))
     })?;
     state
+        .ctx
         .store
         .get_incident(id)?
         .map(Json)

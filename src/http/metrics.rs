@@ -28,8 +28,8 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// Reads the scrape-time levels. Blocking (store reads): call from a blocking thread.
 pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
-    let stats = state.registry.stats();
-    let store = &state.store;
+    let stats = state.ctx.registry.stats();
+    let store = &state.ctx.store;
     let retry_backlog = store.due_retries(DateTime::<Utc>::MAX_UTC, RETRY_COUNT_CAP)?;
     let now = Utc::now();
     let retries_due = retry_backlog.iter().filter(|r| r.due_at <= now).count();
@@ -72,7 +72,7 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
     )
 )]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let metrics = state.registry.metrics().clone();
+    let metrics = state.ctx.registry.metrics().clone();
     let text = tokio::task::spawn_blocking(move || {
         let values = scrape_values(&state)?;
         metrics

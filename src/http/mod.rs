@@ -1,5 +1,5 @@
-//! HTTP: one router per resource, merged here. Handlers only translate HTTP to domain
-//! calls and back; the work happens in the store and the actors.
+//! HTTP: one router per resource, merged here. Handlers only translate HTTP to
+//! [`crate::service`] calls and back; the rules live in the services.
 //!
 //! - [`webhooks`]: `POST /webhooks/{provider}` — verify, dedup, persist, acknowledge.
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
@@ -16,7 +16,6 @@
 //! operation; a test walks the router axum actually built ([`routes::list`]) and fails
 //! on any route missing from `/openapi.json`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -27,11 +26,8 @@ use axum::{Extension, Router};
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::actors::Registry;
 use crate::config::Settings;
-use crate::domain::ProviderKind;
-use crate::providers::DynProvider;
-use crate::store::Store;
+use crate::service::Context;
 
 pub mod accounts;
 pub mod auth;
@@ -47,17 +43,11 @@ pub mod webhooks;
 
 pub use error::ApiError;
 
-/// What every handler can reach.
+/// What every handler can reach: the use-cases' context, and what only HTTP needs.
 #[derive(Clone)]
 pub struct AppState {
-    /// The store.
-    pub store: Arc<dyn Store>,
-    /// Account actors.
-    pub registry: Arc<Registry>,
-    /// Provider clients by kind.
-    pub providers: Arc<HashMap<ProviderKind, DynProvider>>,
-    /// Validated settings.
-    pub settings: Arc<Settings>,
+    /// The services' dependencies (store, actors, providers, settings).
+    pub ctx: Context,
     /// Set when shutdown begins: webhooks are refused with 503 from then on.
     pub shutting_down: Arc<AtomicBool>,
     /// The background actors `/readyz` checks.
@@ -90,8 +80,8 @@ pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
 /// document, and the admin token check around all of it (public paths are listed in
 /// [`auth::is_public`]).
 pub fn router(state: AppState) -> Router {
-    let (routes, spec) = api(&state.settings).split_for_parts();
-    let admin = Arc::new(auth::AdminAuth::from_settings(&state.settings));
+    let (routes, spec) = api(&state.ctx.settings).split_for_parts();
+    let admin = Arc::new(auth::AdminAuth::from_settings(&state.ctx.settings));
     routes
         // Per route (so the matched template is known): one span per request, named by
         // template, never by raw path (paths carry aliases such as emails); handlers that
@@ -118,12 +108,6 @@ fn request_span<B>(request: &axum::http::Request<B>) -> tracing::Span {
         route,
         account_id = tracing::field::Empty,
     )
-}
-
-/// Records the account a request is about on its span, so every log line of the
-/// request carries `account_id`.
-pub(crate) fn record_account(id: &crate::domain::AccountId) {
-    tracing::Span::current().record("account_id", tracing::field::display(id));
 }
 
 async fn not_found(uri: Uri) -> ApiError {

@@ -77,7 +77,7 @@ async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WebhookAck>), ApiError> {
-    let metrics = state.registry.metrics().clone();
+    let metrics = state.ctx.registry.metrics().clone();
     let label = ProviderKind::parse(&provider).map_or("unknown", ProviderKind::as_str);
     let answer = receive_inner(state, provider.clone(), headers, body).await;
     match &answer {
@@ -117,6 +117,7 @@ async fn receive_inner(
     }
     let body = body?;
     let provider_client = state
+        .ctx
         .providers
         .get(&kind)
         .ok_or_else(|| ApiError::not_found(format!("provider {kind} is not configured")))?;
@@ -141,8 +142,8 @@ async fn receive_inner(
     // Back-pressure once the caller is known to be the provider (a bad signature is
     // still a 401): it retries a 429 later, so nothing is lost, and a stalled sync path
     // cannot grow the inbox without bound.
-    let depth = state.store.inbox_depth()?;
-    if depth >= state.settings.server.max_inbox_depth {
+    let depth = state.ctx.store.inbox_depth()?;
+    if depth >= state.ctx.settings.server.max_inbox_depth {
         tracing::warn!(provider = %kind, depth, "inbox full, refusing webhook");
         return Err(ApiError {
             retry_after: Some(30),
@@ -169,9 +170,9 @@ async fn receive_inner(
     // disconnects while we wait cannot strand the event: it is in the inbox and its
     // actor knows. A duplicate nudges too: its original may be consumed by a sync that
     // started before the data it announces, and `again` then covers it.
-    let store = state.store.clone();
-    let registry = state.registry.clone();
-    let ttl = state.settings.store.dedup_ttl;
+    let store = state.ctx.store.clone();
+    let registry = state.ctx.registry.clone();
+    let ttl = state.ctx.settings.store.dedup_ttl;
     let item_id = verified.item_id.clone();
     let event_kind = verified.kind.clone();
     let outcome = tokio::task::spawn_blocking(move || {
@@ -193,7 +194,7 @@ async fn receive_inner(
     .map_err(ApiError::internal)??;
     // A duplicate's original may still be waiting for its flush: acknowledging the
     // duplicate before that would acknowledge an event that is not on disk yet.
-    state.store.durable().await?;
+    state.ctx.store.durable().await?;
 
     let ack = match outcome {
         IngestOutcome::Accepted { seq, account_id } => WebhookAck {

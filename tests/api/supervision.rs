@@ -55,7 +55,7 @@ async fn spawn() -> Env {
     let app = App::build(settings).await.expect("app builds");
     let app_url = format!("http://{}", app.addr());
     sandbox.set_default_webhook_url(format!("{app_url}/webhooks/plaid"));
-    let registry = app.state().registry.clone();
+    let registry = app.state().ctx.registry.clone();
     let client = admin_client(app.admin_token().expose_secret());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let join = tokio::spawn(app.run_until_stopped(async move {

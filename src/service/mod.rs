@@ -1,0 +1,47 @@
+//! Use-cases: what a caller of acctor can ask for, independent of how it asks. The HTTP
+//! handlers, the embedded demo and the benchmarks all come through here, so a business
+//! rule (what a valid link is, when a relink replaces a link, the order of an unlink)
+//! lives in one place and `http/` only translates.
+//!
+//! Each use-case reaches what it needs through a [`Context`], built once by `app.rs`:
+//! the store, the account actors' registry, the provider plugins and the settings. The
+//! registry only activates actors and hands out their refs; it is not where services
+//! find their dependencies.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::actors::Registry;
+use crate::config::Settings;
+use crate::domain::ProviderKind;
+use crate::providers::DynProvider;
+use crate::store::Store;
+
+pub mod accounts;
+pub mod error;
+pub mod recovery;
+
+pub use error::ServiceError;
+
+/// The explicit dependencies of every use-case.
+#[derive(Clone)]
+pub struct Context {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The account actors: activation, messages, introspection.
+    pub registry: Arc<Registry>,
+    /// Provider plugins by kind.
+    pub providers: Arc<HashMap<ProviderKind, DynProvider>>,
+    /// Validated settings.
+    pub settings: Arc<Settings>,
+}
+
+/// Runs blocking store work (scans, purges, multi-key transactions) on a blocking
+/// thread, so no async worker waits on storage.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
+) -> Result<T, ServiceError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ServiceError::Internal(format!("blocking task failed: {e}")))?
+}

@@ -1,0 +1,51 @@
+//! Restart recovery: after a start, re-drives the work a crash may have interrupted.
+//! Acknowledged webhooks wait in the inbox and a first sync that never committed left
+//! no cursor, so both are found in the store and handed to their actors again; the
+//! actors serialize whatever this races with.
+
+use super::Context;
+use crate::domain::{AccountId, LinkStatus};
+
+/// After a restart, re-drives the work a crash may have interrupted: every account with
+/// pending inbox entries (acknowledged webhooks whose sync never committed) and every
+/// linked account that never completed its initial sync. Runs in the background so the
+/// server answers at once; the actors serialize whatever it races with.
+pub fn spawn(ctx: Context) {
+    // A scan of every account: a blocking thread, not an async worker.
+    tokio::task::spawn_blocking(move || {
+        let mut nudged = 0u64;
+        match ctx.store.accounts_with_pending_inbox() {
+            Ok(ids) => {
+                for id in ids {
+                    if ctx.registry.activate(&id).is_ok() {
+                        nudged += 1;
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "recovery: could not list pending inbox"),
+        }
+        let mut after: Option<AccountId> = None;
+        loop {
+            let page = match ctx.store.list_accounts(after.as_ref(), 1000) {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::error!(%error, "recovery: could not list accounts");
+                    break;
+                }
+            };
+            let Some(last) = page.last() else { break };
+            after = Some(last.id.clone());
+            for account in page {
+                if account.status == LinkStatus::Linked
+                    && account.cursor.is_none()
+                    && ctx.registry.activate(&account.id).is_ok()
+                {
+                    nudged += 1;
+                }
+            }
+        }
+        if nudged > 0 {
+            tracing::info!(accounts = nudged, "recovery: re-driving interrupted work");
+        }
+    });
+}
