@@ -455,8 +455,14 @@ fn encode<T: Serialize>(path: &Path, value: &T) -> Result<Vec<u8>, SandboxError>
 
 /// Replaces `path` with `bytes`: temp file, fsync, rename. The caller syncs the
 /// directory afterwards.
+/// Writes `bytes` to `path` atomically: a temp file beside it, fsynced, renamed over.
+/// Each write has its own temp name, so two writers of the same file (a saver still
+/// finishing after its handle was dropped, and a sandbox reopened on the same dir) never
+/// rename each other's temp file away; the last rename wins whole.
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), SandboxError> {
-    let temp = path.with_extension(TEMP_EXT);
+    static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let temp = path.with_extension(format!("{}.{n}.{TEMP_EXT}", std::process::id()));
     let mut options = OpenOptions::new();
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
@@ -510,13 +516,47 @@ mod tests {
         write_file(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
         assert_eq!(snapshot_files(dir.path()).unwrap(), vec![path.clone()]);
-        assert!(!path.with_extension(TEMP_EXT).exists());
+        let left: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left, vec![path.clone()], "no temp file left");
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = fs::metadata(&path).unwrap().permissions().mode();
             assert_eq!(mode & 0o077, 0, "owner-only");
         }
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_file_never_fail_and_leave_one_whole_file() {
+        // A saver finishing after its handle was dropped and a sandbox reopened on the
+        // same dir write the same files at once; with a shared temp name one of them
+        // found its temp file renamed away (NotFound).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sandbox.json");
+        std::thread::scope(|scope| {
+            for writer in 0..4u8 {
+                let path = &path;
+                scope.spawn(move || {
+                    for _ in 0..200 {
+                        write_file(path, &[writer; 64]).expect("every write succeeds");
+                    }
+                });
+            }
+        });
+        let content = fs::read(&path).unwrap();
+        assert_eq!(content.len(), 64);
+        assert!(
+            content.iter().all(|b| *b == content[0]),
+            "one writer's bytes"
+        );
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp file left"
+        );
     }
 
     #[test]
