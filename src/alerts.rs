@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::actors::account::backoff_delay;
+use crate::clock::SharedClock;
 use crate::config::AlertSettings;
 use crate::incidents::{AlertEventType, AlertRecord, Incident};
 use crate::store::{Store, StoreError};
@@ -286,14 +287,14 @@ impl AlertSender {
 
     /// Runs the sender until aborted: a pass whenever `wake` fires or the earliest
     /// scheduled retry is due.
-    pub fn spawn(self: Arc<Self>, wake: Arc<Notify>) -> JoinHandle<()> {
+    pub fn spawn(self: Arc<Self>, wake: Arc<Notify>, clock: SharedClock) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::from_entropy();
             loop {
-                let wait = match self.pass(Utc::now(), &mut rng).await {
+                let wait = match self.pass(clock.now(), &mut rng).await {
                     Ok(pass) => pass
                         .next_due
-                        .map(|due| (due - Utc::now()).to_std().unwrap_or(Duration::ZERO))
+                        .map(|due| (due - clock.now()).to_std().unwrap_or(Duration::ZERO))
                         .unwrap_or(IDLE_WAIT)
                         .min(IDLE_WAIT),
                     Err(error) => {

@@ -24,6 +24,7 @@ use crate::actors::sweeper::{SweeperActor, SweeperMessage};
 use crate::actors::sync::SyncParams;
 use crate::actors::Registry;
 use crate::alerts::AlertSender;
+use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::auth::{resolve_admin_token, AdminTokenSource};
@@ -61,7 +62,7 @@ impl App {
     /// Opens the store, starts the embedded sandbox if configured, spawns the supervisor
     /// and binds the HTTP listener.
     pub async fn build(settings: Settings) -> anyhow::Result<App> {
-        Self::build_with_store_layer(settings, |store| store).await
+        Self::build_with_store_layer(settings, clock::system(), |store| store).await
     }
 
     /// [`App::build`], with everything but the final shutdown flush talking to the store
@@ -69,6 +70,7 @@ impl App {
     /// purpose, so no production path can reach it.
     async fn build_with_store_layer(
         mut settings: Settings,
+        clock: SharedClock,
         layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> anyhow::Result<App> {
         settings.validate()?;
@@ -163,13 +165,14 @@ impl App {
                     receiver = %crate::alerts::origin_of(&settings.alerts.url),
                     "outbound alerts on"
                 );
-                Some(Arc::new(sender).spawn(wake))
+                Some(Arc::new(sender).spawn(wake, clock.clone()))
             }
             None => None,
         };
 
         let state = AppState {
             ctx: service::Context {
+                clock: clock.clone(),
                 store: dyn_store,
                 registry,
                 providers: Arc::new(providers),
@@ -191,11 +194,19 @@ impl App {
             None => None,
         };
 
-        let janitor = spawn_dedup_janitor(state.ctx.store.clone(), settings.store.dedup_ttl);
+        let janitor = spawn_dedup_janitor(
+            state.ctx.store.clone(),
+            settings.store.dedup_ttl,
+            clock.clone(),
+        );
         service::recovery::spawn(state.ctx.clone());
         let (sweeper, _) = Actor::spawn(
             None,
-            SweeperActor::new(state.ctx.registry.clone(), settings.sweeper.clone()),
+            SweeperActor::with_clock(
+                state.ctx.registry.clone(),
+                settings.sweeper.clone(),
+                clock.clone(),
+            ),
             (),
         )
         .await
@@ -419,7 +430,11 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
 
 /// Deletes expired dedup records a few times per TTL, so the dedup table holds about one
 /// TTL's worth of webhooks however long the server runs.
-fn spawn_dedup_janitor(store: Arc<dyn Store>, ttl: std::time::Duration) -> JoinHandle<()> {
+fn spawn_dedup_janitor(
+    store: Arc<dyn Store>,
+    ttl: std::time::Duration,
+    clock: SharedClock,
+) -> JoinHandle<()> {
     let every = (ttl / 4).max(std::time::Duration::from_secs(1));
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(every);
@@ -427,9 +442,8 @@ fn spawn_dedup_janitor(store: Arc<dyn Store>, ttl: std::time::Duration) -> JoinH
         loop {
             interval.tick().await;
             let store = store.clone();
-            let purged =
-                tokio::task::spawn_blocking(move || store.purge_expired_dedup(chrono::Utc::now()))
-                    .await;
+            let now = clock.now();
+            let purged = tokio::task::spawn_blocking(move || store.purge_expired_dedup(now)).await;
             match purged {
                 Ok(Ok(0)) => {}
                 Ok(Ok(n)) => tracing::debug!(purged = n, "expired dedup records deleted"),

@@ -28,7 +28,7 @@ async fn start(sandbox_url: &str, dir: &tempfile::TempDir) -> (Running, Arc<Fail
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
     let failing = std::sync::Mutex::new(None);
-    let app = App::build_with_store_layer(settings, |inner| {
+    let app = App::build_with_store_layer(settings, crate::clock::system(), |inner| {
         let store = FailingStore::new(inner);
         *failing.lock().expect("lock") = Some(store.clone());
         store

@@ -35,13 +35,10 @@ use tokio::task::JoinHandle;
 
 use super::account::SyncReason;
 use super::registry::{Registry, RegistryError};
+use crate::clock::SharedClock;
 use crate::config::SweeperSettings;
 use crate::domain::{AccountId, LinkStatus};
 use crate::store::StoreError;
-
-/// Where the sweeper reads the time. Production uses the wall clock (the store's times
-/// are wall-clock times); tests inject one driven by tokio's paused time.
-pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
 
 /// Messages of the sweeper.
 pub enum SweeperMessage {
@@ -99,17 +96,21 @@ pub struct SweeperSnapshot {
 pub struct SweeperActor {
     registry: Arc<Registry>,
     settings: SweeperSettings,
-    clock: Clock,
+    clock: SharedClock,
 }
 
 impl SweeperActor {
     /// A sweeper driving `registry`'s actors on the wall clock.
     pub fn new(registry: Arc<Registry>, settings: SweeperSettings) -> Self {
-        Self::with_clock(registry, settings, Arc::new(Utc::now))
+        Self::with_clock(registry, settings, crate::clock::system())
     }
 
     /// A sweeper reading the time from `clock` (tests: paused tokio time).
-    pub fn with_clock(registry: Arc<Registry>, settings: SweeperSettings, clock: Clock) -> Self {
+    pub fn with_clock(
+        registry: Arc<Registry>,
+        settings: SweeperSettings,
+        clock: SharedClock,
+    ) -> Self {
         SweeperActor {
             registry,
             settings,
@@ -176,7 +177,7 @@ impl Actor for SweeperActor {
                 }
                 let registry = self.registry.clone();
                 let settings = self.settings.clone();
-                let now = (self.clock)();
+                let now = self.clock.now();
                 state.running = Some(tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
                         sweep(&registry, &settings, now, scan_stale)
@@ -577,9 +578,7 @@ mod tests {
         // on paused time, and the sync it triggers commits at about the clock's time.
         let start_utc = Utc::now() - chrono::Duration::from_std(interval).expect("interval");
         let start = tokio::time::Instant::now();
-        let clock: Clock = Arc::new(move || {
-            start_utc + chrono::Duration::from_std(start.elapsed()).unwrap_or_default()
-        });
+        let clock = crate::clock::TokioClock::starting_at(start_utc);
         let account = synced_at(1, start_utc);
         store.link_account(&account).expect("link");
         let (sweeper, _) = Actor::spawn(

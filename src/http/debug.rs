@@ -235,7 +235,7 @@ fn describe(
     facts: StoreFacts,
     asked: Result<Option<ActorSnapshot>, RegistryError>,
 ) -> ActorView {
-    let now = Utc::now();
+    let now = state.ctx.clock.now();
     let StoreFacts {
         account,
         pending,
@@ -524,7 +524,7 @@ fn pick_page(
         "lag" => {
             let pending: HashSet<AccountId> =
                 store.accounts_with_pending_inbox()?.into_iter().collect();
-            let now = Utc::now();
+            let now = state.ctx.clock.now();
             let mut keyed = Vec::with_capacity(candidates.len());
             for account in candidates {
                 let oldest = if pending.contains(&account.id) {
@@ -716,6 +716,6 @@ async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiEr
         activations: values.activations,
         passivations: values.passivations,
         shutting_down: state.is_shutting_down(),
-        now: Utc::now(),
+        now: state.ctx.clock.now(),
     }))
 }

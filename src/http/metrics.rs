@@ -31,7 +31,7 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
     let stats = state.ctx.registry.stats();
     let store = &state.ctx.store;
     let retry_backlog = store.due_retries(DateTime::<Utc>::MAX_UTC, RETRY_COUNT_CAP)?;
-    let now = Utc::now();
+    let now = state.ctx.clock.now();
     let retries_due = retry_backlog.iter().filter(|r| r.due_at <= now).count();
     let open = store.list_incidents(&IncidentQuery {
         state: IncidentState::Open,

@@ -123,7 +123,7 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
         AccessToken::new(input.access_token),
         input.owner_id,
         aliases,
-        Utc::now(),
+        ctx.clock.now(),
     );
     record_account(&account.id);
     let store = ctx.store.clone();
@@ -309,7 +309,7 @@ pub async fn sync_report(ctx: &Context, account: &Account) -> Result<SyncReport,
     Ok(SyncReport {
         state,
         actor,
-        cursor_age_seconds: cursor_age(account, Utc::now()),
+        cursor_age_seconds: cursor_age(account, ctx.clock.now()),
         pending_inbox,
         transactions,
         supervision,

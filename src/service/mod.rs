@@ -4,7 +4,7 @@
 //! lives in one place and `http/` only translates.
 //!
 //! Each use-case reaches what it needs through a [`Context`], built once by `app.rs`:
-//! the store, the account actors' registry, the provider plugins and the settings. The
+//! the clock, the store, the account actors' registry, the provider plugins and the settings. The
 //! registry only activates actors and hands out their refs; it is not where services
 //! find their dependencies.
 
@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::actors::Registry;
+use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::providers::DynProvider;
@@ -26,6 +27,8 @@ pub use error::ServiceError;
 /// The explicit dependencies of every use-case.
 #[derive(Clone)]
 pub struct Context {
+    /// Where "now" comes from.
+    pub clock: SharedClock,
     /// The store.
     pub store: Arc<dyn Store>,
     /// The account actors: activation, messages, introspection.
