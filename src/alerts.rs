@@ -29,7 +29,7 @@ use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::actors::account::backoff_delay;
+use crate::backoff::backoff_delay;
 use crate::clock::SharedClock;
 use crate::config::AlertSettings;
 use crate::incidents::{AlertEventType, AlertRecord, Incident};

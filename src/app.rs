@@ -145,6 +145,7 @@ impl App {
                 page_retry_delay: settings.plaid.page_retry_delay,
                 ..SyncParams::default()
             },
+            clock.clone(),
         );
         if let Some(budget) = plaid.sync_budget() {
             let metrics = registry.metrics().clone();

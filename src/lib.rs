@@ -10,6 +10,7 @@
 pub mod actors;
 pub mod alerts;
 pub mod app;
+pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod domain;

@@ -35,7 +35,13 @@ fn harness_with_settings(provider: DynProvider, settings: crate::config::ActorSe
     .expect("store opens");
     let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
     providers.insert(ProviderKind::Plaid, provider);
-    let registry = Registry::new(store.clone(), providers, settings, SyncParams::default());
+    let registry = Registry::new(
+        store.clone(),
+        providers,
+        settings,
+        SyncParams::default(),
+        crate::clock::system(),
+    );
     Harness {
         registry,
         store,

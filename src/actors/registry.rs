@@ -29,6 +29,7 @@ use super::account::{
     SyncReason,
 };
 use super::sync::SyncParams;
+use crate::clock::SharedClock;
 use crate::config::ActorSettings;
 use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine};
 use crate::incidents::{Incident, IncidentKind, OpenIncident};
@@ -129,6 +130,7 @@ pub struct Registry {
     providers: HashMap<ProviderKind, DynProvider>,
     settings: ActorSettings,
     sync_params: SyncParams,
+    clock: SharedClock,
     supervisor: OnceLock<ActorCell>,
     me: OnceLock<std::sync::Weak<Registry>>,
     activations: AtomicU64,
@@ -163,12 +165,14 @@ impl Drop for SyncSlot {
 }
 
 impl Registry {
-    /// A registry over `store` with one client per provider.
+    /// A registry over `store` with one client per provider, reading the time from
+    /// `clock`.
     pub fn new(
         store: Arc<dyn Store>,
         providers: HashMap<ProviderKind, DynProvider>,
         settings: ActorSettings,
         sync_params: SyncParams,
+        clock: SharedClock,
     ) -> Arc<Registry> {
         let registry = Arc::new(Registry {
             actors: DashMap::new(),
@@ -177,6 +181,7 @@ impl Registry {
             providers,
             settings,
             sync_params,
+            clock,
             supervisor: OnceLock::new(),
             me: OnceLock::new(),
             activations: AtomicU64::new(0),
@@ -298,6 +303,11 @@ impl Registry {
     /// The store.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// Where the actors read the time.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
     }
 
     /// Actor settings.

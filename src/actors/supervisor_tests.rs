@@ -49,6 +49,7 @@ async fn harness(max_restarts: u32) -> Harness {
         providers,
         actor_settings(max_restarts),
         SyncParams::default(),
+        crate::clock::system(),
     );
     let (supervisor, _) = Actor::spawn(None, Supervisor::new(registry.clone()), ())
         .await

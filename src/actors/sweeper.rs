@@ -444,6 +444,7 @@ mod tests {
             providers,
             Settings::defaults().actors,
             SyncParams::default(),
+            crate::clock::system(),
         );
         let due = synced_account(1);
         let later = synced_account(2);
@@ -506,6 +507,7 @@ mod tests {
             providers,
             Settings::defaults().actors,
             SyncParams::default(),
+            crate::clock::system(),
         );
         (sled, provider, registry)
     }

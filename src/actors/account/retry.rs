@@ -1,0 +1,263 @@
+//! Retry and backoff after a failed sync: the plan (retry after an exponential backoff
+//! with full jitter, at least the rate-limit window after a 429, or give up after
+//! `actors.max_sync_attempts`), written to the store before the actor hears of it, so
+//! a restart or a passivation does not forget it (the sweeper re-drives due records).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rand::Rng;
+
+use crate::actors::registry::Registry;
+use crate::actors::sync::SyncError;
+use crate::backoff::backoff_delay;
+use crate::config::ActorSettings;
+use crate::domain::{AccountId, SyncGaveUp};
+use crate::incidents::IncidentKind;
+use crate::store::RetryRecord;
+
+/// What the sync task decided after a failure, already written to the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetryPlan {
+    /// A retry record is due at `until`, after `delay`.
+    Retry {
+        /// Consecutive failed attempts, this one included.
+        attempt: u32,
+        /// How long until the retry.
+        delay: Duration,
+        /// When it is due.
+        until: DateTime<Utc>,
+    },
+    /// `actors.max_sync_attempts` reached: the account is marked failed.
+    GiveUp {
+        /// Consecutive failed attempts, this one included.
+        attempt: u32,
+    },
+}
+
+/// A failed sync and what happens next.
+#[derive(Debug)]
+pub struct SyncFailure {
+    /// Why it failed.
+    pub error: SyncError,
+    /// The retry (or giving up) already recorded in the store.
+    pub plan: RetryPlan,
+}
+
+/// Whether the provider refused the sync for sending too many requests: such a retry
+/// waits at least `actors.rate_limit_backoff`, whatever the backoff says.
+pub fn is_rate_limited(error: &SyncError) -> bool {
+    matches!(error, SyncError::Provider(e) if e.is_rate_limited())
+}
+
+/// The retry plan after the `previous_attempts + 1`-th consecutive failure: give up
+/// past `max_sync_attempts`, else exponential backoff with full jitter, pushed to at
+/// least the rate-limit window when the provider rate-limited us.
+pub fn plan_retry(
+    settings: &ActorSettings,
+    error: &SyncError,
+    previous_attempts: u32,
+    now: DateTime<Utc>,
+    rng: &mut impl Rng,
+) -> RetryPlan {
+    let attempt = previous_attempts.saturating_add(1);
+    if attempt >= settings.max_sync_attempts {
+        return RetryPlan::GiveUp { attempt };
+    }
+    let mut delay = backoff_delay(
+        settings.sync_retry_initial,
+        settings.sync_retry_max,
+        attempt,
+        rng,
+    );
+    if is_rate_limited(error) {
+        delay = delay.max(settings.rate_limit_backoff);
+    }
+    let until = now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
+    RetryPlan::Retry {
+        attempt,
+        delay,
+        until,
+    }
+}
+
+/// Records a failed sync: its outcome on the account, and either a retry record or the
+/// `failed` mark, made durable so a crash does not forget the retry.
+pub(super) async fn record_failure(
+    registry: &Arc<Registry>,
+    id: &AccountId,
+    error: &SyncError,
+    previous_attempts: u32,
+) -> RetryPlan {
+    let plan = plan_retry(
+        registry.settings(),
+        error,
+        previous_attempts,
+        Utc::now(),
+        &mut rand::thread_rng(),
+    );
+    let store = registry.store().clone();
+    let incident_registry = registry.clone();
+    let failed_id = id.clone();
+    let outcome = error.outcome();
+    let code = error.code();
+    let request_id = error.request_id();
+    let reason = error.to_string();
+    let recorded = tokio::task::spawn_blocking(move || {
+        let now = Utc::now();
+        store.record_sync_failed(&failed_id, outcome, now)?;
+        match plan {
+            RetryPlan::Retry { attempt, until, .. } => store.record_retry(&RetryRecord {
+                account_id: failed_id,
+                attempt,
+                due_at: until,
+                code,
+                request_id,
+            }),
+            RetryPlan::GiveUp { attempt } => {
+                store.set_sync_gave_up(
+                    &failed_id,
+                    Some(SyncGaveUp {
+                        reason: format!("{code}: {reason}"),
+                        attempts: attempt,
+                        since: now,
+                    }),
+                )?;
+                incident_registry
+                    .open_incident(
+                        &failed_id,
+                        IncidentKind::SyncFailed,
+                        serde_json::json!({
+                            "code": code,
+                            "request_id": request_id,
+                            "attempts": attempt,
+                            "message": reason,
+                        }),
+                    )
+                    .map(|_| ())
+            }
+        }
+    })
+    .await;
+    match recorded {
+        Ok(Ok(())) => {
+            if let Err(error) = registry.store().durable().await {
+                tracing::warn!(account_id = %id, %error, "sync failure record not made durable");
+            }
+        }
+        _ => tracing::error!(account_id = %id, "could not record sync failure"),
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::providers::ProviderError;
+    use rand::SeedableRng;
+
+    fn api_error(status: u16, code: &str) -> SyncError {
+        SyncError::Provider(ProviderError::Api {
+            status,
+            error_type: "API_ERROR".to_string(),
+            code: code.to_string(),
+            message: "boom".to_string(),
+            request_id: Some("req-1".to_string()),
+        })
+    }
+
+    fn settings() -> ActorSettings {
+        let mut settings = crate::config::Settings::defaults().actors;
+        settings.sync_retry_initial = Duration::from_millis(100);
+        settings.sync_retry_max = Duration::from_secs(2);
+        settings.rate_limit_backoff = Duration::from_secs(60);
+        settings.max_sync_attempts = 4;
+        settings
+    }
+
+    #[test]
+    fn a_rate_limit_pushes_the_retry_to_at_least_the_window() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let now = Utc::now();
+        for error in [
+            api_error(429, "RATE_LIMIT_EXCEEDED"),
+            api_error(400, "TRANSACTIONS_SYNC_LIMIT"),
+            api_error(429, "SOMETHING_ELSE"),
+        ] {
+            let RetryPlan::Retry {
+                delay,
+                until,
+                attempt,
+            } = plan_retry(&settings(), &error, 0, now, &mut rng)
+            else {
+                panic!("first failure must be retried");
+            };
+            assert_eq!(attempt, 1);
+            assert!(delay >= Duration::from_secs(60), "{delay:?}");
+            assert!(until >= now + chrono::Duration::seconds(60));
+        }
+        // An ordinary failure stays within the backoff ceiling.
+        let RetryPlan::Retry { delay, .. } = plan_retry(
+            &settings(),
+            &api_error(500, "INTERNAL_SERVER_ERROR"),
+            0,
+            now,
+            &mut rng,
+        ) else {
+            panic!("first failure must be retried");
+        };
+        assert!(delay <= Duration::from_millis(100), "{delay:?}");
+    }
+
+    #[test]
+    fn the_attempt_limit_gives_up() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let error = api_error(500, "INTERNAL_SERVER_ERROR");
+        let now = Utc::now();
+        assert!(matches!(
+            plan_retry(&settings(), &error, 2, now, &mut rng),
+            RetryPlan::Retry { attempt: 3, .. }
+        ));
+        assert_eq!(
+            plan_retry(&settings(), &error, 3, now, &mut rng),
+            RetryPlan::GiveUp { attempt: 4 }
+        );
+    }
+
+    #[test]
+    fn backoff_grows_then_caps_and_stays_within_jitter_bounds() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let base = Duration::from_millis(100);
+        let cap = Duration::from_secs(5);
+        for attempt in 1..40 {
+            let ceiling = base.saturating_mul(1u32 << (attempt - 1).min(30)).min(cap);
+            for _ in 0..50 {
+                let d = backoff_delay(base, cap, attempt, &mut rng);
+                assert!(
+                    d <= ceiling.max(Duration::from_millis(10)),
+                    "attempt {attempt}: {d:?}"
+                );
+                assert!(d >= Duration::from_millis(10));
+            }
+        }
+        // Full jitter, not "ceiling plus noise": draws cover the whole [10 ms, ceiling].
+        let ceiling = Duration::from_millis(1_600);
+        let draws: Vec<Duration> = (0..500)
+            .map(|_| backoff_delay(base, cap, 5, &mut rng))
+            .collect();
+        let lowest = draws.iter().min().copied().unwrap_or_default();
+        let highest = draws.iter().max().copied().unwrap_or_default();
+        assert!(lowest < ceiling / 10, "{lowest:?}");
+        assert!(
+            highest > ceiling * 9 / 10 && highest <= ceiling,
+            "{highest:?}"
+        );
+        // Late attempts reach near the cap at least sometimes.
+        let max_seen = (0..200)
+            .map(|_| backoff_delay(base, cap, 20, &mut rng))
+            .max()
+            .unwrap_or_default();
+        assert!(max_seen > Duration::from_secs(4), "{max_seen:?}");
+    }
+}

@@ -1,0 +1,142 @@
+//! The sync task: what runs outside the mailbox for one sync. It reads the account and
+//! its pending inbox fresh, runs the needs-reauth check, calls the provider through the
+//! sync strategy, and reports back to the actor as one message. A failure is recorded
+//! (retry record or `failed` mark) before the report, so the store always knows first.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+
+use super::retry::{record_failure, SyncFailure};
+use crate::actors::reauth;
+use crate::actors::registry::Registry;
+use crate::actors::sync::{run_sync, SyncError, SyncProgress, SyncReport};
+use crate::domain::AccountId;
+use crate::store::StoreError;
+
+/// What a sync task that stopped at the needs-reauth check reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParkReport {
+    /// Every inbox entry up to this sequence number has been looked at: only a newer
+    /// one can unpark the account.
+    pub checked_seq: u64,
+    /// Whether this task parked it (as opposed to finding it parked).
+    pub newly_parked: bool,
+}
+
+/// How a sync task ended.
+pub(super) enum TaskOutcome {
+    /// It ran the sync (committed or failed).
+    Finished(Result<SyncReport, SyncFailure>),
+    /// It stopped at the needs-reauth check, or the provider said the login is needed.
+    Parked(ParkReport),
+}
+
+/// One sync: account and pending inbox read fresh, the needs-reauth check, then
+/// [`run_sync`].
+pub(super) async fn sync_once(
+    registry: &Arc<Registry>,
+    id: &AccountId,
+    progress: &SyncProgress,
+    attempt: u32,
+) -> TaskOutcome {
+    loop {
+        let prepared = match prepare(registry, id).await {
+            Ok(prepared) => prepared,
+            Err(error) => return failed(registry, id, error, attempt).await,
+        };
+        let checked_seq = prepared.consumed.iter().copied().max().unwrap_or(0);
+        match reauth::check(registry, &prepared.account, &prepared.entries).await {
+            Ok(reauth::Check::Proceed) => {}
+            Ok(reauth::Check::Parked { newly_parked }) => {
+                return TaskOutcome::Parked(ParkReport {
+                    checked_seq,
+                    newly_parked,
+                })
+            }
+            Err(error) => return failed(registry, id, SyncError::Store(error), attempt).await,
+        }
+        let provider = registry.provider(prepared.account.provider);
+        let result = run_sync(
+            provider.as_ref(),
+            registry.store(),
+            &prepared.account,
+            prepared.consumed,
+            registry.sync_params(),
+            progress,
+        )
+        .await;
+        let error = match result {
+            Ok(report) => {
+                reauth::after_commit(registry, id).await;
+                return TaskOutcome::Finished(Ok(report));
+            }
+            Err(error) if reauth::is_login_required(&error) => error,
+            Err(error) => return failed(registry, id, error, attempt).await,
+        };
+        let token = &prepared.account.access_token;
+        match reauth::park_after_error(registry, id, &error, checked_seq, token).await {
+            Ok(true) => {
+                return TaskOutcome::Parked(ParkReport {
+                    checked_seq,
+                    newly_parked: true,
+                })
+            }
+            // Relinked while this sync ran: the error is about the replaced token, and
+            // the new one has not been tried yet. Bounded by the number of relinks.
+            Ok(false) => {
+                tracing::info!(account_id = %id, "login error for a replaced token, syncing again");
+            }
+            Err(store_error) => {
+                tracing::error!(account_id = %id, error = %store_error, "could not park account");
+                return failed(registry, id, error, attempt).await;
+            }
+        }
+    }
+}
+
+async fn failed(
+    registry: &Arc<Registry>,
+    id: &AccountId,
+    error: SyncError,
+    attempt: u32,
+) -> TaskOutcome {
+    let plan = record_failure(registry, id, &error, attempt).await;
+    TaskOutcome::Finished(Err(SyncFailure { error, plan }))
+}
+
+/// What a sync starts from: the account and its pending inbox, read fresh.
+struct Prepared {
+    account: crate::domain::Account,
+    entries: Vec<crate::domain::InboxEntry>,
+    consumed: Vec<u64>,
+}
+
+/// Reads the account, records the start and claims the pending inbox entries.
+async fn prepare(registry: &Registry, id: &AccountId) -> Result<Prepared, SyncError> {
+    // The store reads and the "started" record run on a blocking thread: sled calls can
+    // wait on its global lock, and this task runs on an async worker.
+    let store = registry.store().clone();
+    let sync_id = id.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let account = store
+            .get_account(&sync_id)?
+            .ok_or(StoreError::AccountNotFound(sync_id.clone()))?;
+        // A parked account's check is not a sync: its status keeps the last real one.
+        if account.needs_reauth.is_none() {
+            store.record_sync_started(&sync_id, Utc::now())?;
+        }
+        // Claimed before the first fetch: a repeat arriving from now on is kept as a new
+        // event, since this sync may already be reading older data.
+        let entries = store.claim_pending_inbox(&sync_id)?;
+        let consumed = entries.iter().map(|e| e.seq).collect();
+        Ok::<_, StoreError>(Prepared {
+            account,
+            entries,
+            consumed,
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Io(format!("store task failed: {e}")))??;
+    Ok(prepared)
+}
