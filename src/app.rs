@@ -23,13 +23,13 @@ use crate::actors::supervisor::Supervisor;
 use crate::actors::sweeper::{SweeperActor, SweeperMessage};
 use crate::actors::sync::SyncParams;
 use crate::actors::Registry;
-use crate::alerts::AlertSender;
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::http::auth::{resolve_admin_token, AdminTokenSource};
 use crate::http::health::Readiness;
 use crate::http::{router, AppState};
+use crate::outbound::AlertSender;
 use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::DynProvider;
@@ -163,7 +163,7 @@ impl App {
                 let wake = Arc::new(tokio::sync::Notify::new());
                 registry.set_alert_notifier(wake.clone());
                 tracing::info!(
-                    receiver = %crate::alerts::origin_of(&settings.alerts.url),
+                    receiver = %crate::outbound::origin_of(&settings.alerts.url),
                     "outbound alerts on"
                 );
                 Some(Arc::new(sender).spawn(wake, clock.clone()))

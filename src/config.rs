@@ -337,7 +337,7 @@ impl Settings {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return Err(invalid("alerts.url", "must start with http:// or https://"));
             }
-            if crate::alerts::decode_secret(&self.alerts.secret).is_none() {
+            if crate::outbound::decode_secret(&self.alerts.secret).is_none() {
                 return Err(invalid(
                     "alerts.secret",
                     "must be whsec_ followed by a base64 key of 24 to 64 bytes",

@@ -8,7 +8,6 @@
 //! invariants, [`providers`] talk to the outside, [`sandbox`] simulates the outside.
 
 pub mod actors;
-pub mod alerts;
 pub mod app;
 pub mod backoff;
 pub mod clock;
@@ -17,6 +16,7 @@ pub mod domain;
 pub mod http;
 pub mod incidents;
 pub mod metrics;
+pub mod outbound;
 pub mod providers;
 pub mod sandbox;
 pub mod service;

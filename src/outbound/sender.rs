@@ -1,95 +1,39 @@
-//! Outbound alerts: every incident opened or resolved is POSTed to `alerts.url`,
-//! signed with the Standard Webhooks scheme, so an on-call tool hears about accounts
-//! that stopped syncing without polling `GET /v1/incidents`.
+//! The outbound sender. Today it delivers alerts: every incident opened or resolved is
+//! POSTed to `alerts.url`, signed with the Standard Webhooks scheme
+//! ([`super::signing`]), so an on-call tool hears about accounts that stopped syncing
+//! without polling `GET /v1/incidents`.
 //!
 //! Alerts are written to the store's outbox in the same transaction as the incident
 //! change (see `Store::open_incident`), so an alert exists exactly when its change
 //! does, and survives restarts. One sender task delivers them: it makes the outbox
 //! durable first (never announce a change a crash could still undo), then POSTs the
 //! due alerts, earliest due first, read through the outbox's due-time index (so alerts
-//! waiting out a backoff never crowd out due ones); a 2xx removes it, anything else reschedules it with exponential backoff
-//! and full jitter, until `alerts.max_age` (then it is dropped and logged). The sender
+//! waiting out a backoff never crowd out due ones); a 2xx removes it, anything else
+//! reschedules it with exponential backoff and full jitter, until `alerts.max_age` (then it is dropped and logged). The sender
 //! never runs on a sync's path: the actors only write the outbox and wake it.
-//!
-//! Signing (<https://www.standardwebhooks.com>): `webhook-id` is the alert's stable id
-//! (the same on every retry, so receivers can deduplicate), `webhook-timestamp` the
-//! attempt's unix seconds, `webhook-signature` is `v1,` + base64(HMAC-SHA256(key,
-//! "{id}.{timestamp}.{body}")) with the key decoded from the `whsec_…` secret.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng as _};
-use ring::hmac;
-use secrecy::{ExposeSecret, SecretBox, SecretString};
-use serde::Serialize;
+use secrecy::{ExposeSecret, SecretBox};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use super::alerts::{event_body, message_id};
+use super::signing::{decode_secret, origin_of, sign};
 use crate::backoff::backoff_delay;
 use crate::clock::SharedClock;
 use crate::config::AlertSettings;
-use crate::incidents::{AlertEventType, AlertRecord, Incident};
+use crate::incidents::AlertRecord;
 use crate::store::{Store, StoreError};
 
 /// Most alerts read from the outbox per pass.
 const BATCH: usize = 100;
 /// Longest the sender sleeps when nothing is scheduled (a wake-up comes sooner).
 const IDLE_WAIT: Duration = Duration::from_secs(60);
-
-/// Decodes a `whsec_…` secret into the HMAC key; `None` if malformed.
-pub fn decode_secret(secret: &SecretString) -> Option<SecretBox<Vec<u8>>> {
-    let encoded = secret.expose_secret().strip_prefix("whsec_")?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(encoded)
-        .ok()?;
-    (24..=64)
-        .contains(&key.len())
-        .then(|| SecretBox::new(Box::new(key)))
-}
-
-/// The `webhook-signature` value for one attempt.
-pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut ctx = hmac::Context::with_key(&key);
-    ctx.update(msg_id.as_bytes());
-    ctx.update(b".");
-    ctx.update(timestamp.to_string().as_bytes());
-    ctx.update(b".");
-    ctx.update(body);
-    let tag = ctx.sign();
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(tag.as_ref())
-    )
-}
-
-/// The `webhook-id` of an alert: stable across its retries.
-pub fn message_id(record: &AlertRecord) -> String {
-    format!("msg_acctor_{}", record.id)
-}
-
-#[derive(Serialize)]
-struct Event<'a> {
-    #[serde(rename = "type")]
-    event_type: AlertEventType,
-    timestamp: DateTime<Utc>,
-    data: &'a Incident,
-}
-
-/// The JSON body of an alert (the same bytes on every attempt).
-pub fn event_body(record: &AlertRecord) -> Vec<u8> {
-    let event = Event {
-        event_type: record.event_type,
-        timestamp: record.created_at,
-        data: &record.incident,
-    };
-    // Serializing plain data with string keys cannot fail.
-    serde_json::to_vec(&event).unwrap_or_default()
-}
 
 /// Why the sender could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -136,15 +80,6 @@ pub struct AlertSender {
     key: SecretBox<Vec<u8>>,
     settings: AlertSettings,
     counters: AlertCounters,
-}
-
-/// `scheme://host:port` of a URL, for logs: receiver URLs often carry a secret in their
-/// path or query (Slack- and PagerDuty-style hooks).
-pub fn origin_of(url: &str) -> String {
-    match reqwest::Url::parse(url) {
-        Ok(parsed) => parsed.origin().ascii_serialization(),
-        Err(_) => "<invalid url>".to_string(),
-    }
 }
 
 impl std::fmt::Debug for AlertSender {
@@ -312,5 +247,5 @@ impl AlertSender {
 }
 
 #[cfg(test)]
-#[path = "alerts_tests.rs"]
+#[path = "sender_tests.rs"]
 mod tests;
