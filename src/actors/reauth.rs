@@ -27,6 +27,7 @@ use super::registry::Registry;
 use super::sync::SyncError;
 use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
 use crate::incidents::IncidentKind;
+use crate::providers::ErrorClass;
 use crate::store::StoreError;
 
 /// The provider's code for "the user must log in again".
@@ -101,7 +102,7 @@ fn deadline_kind(deadline: &PendingDeadline) -> IncidentKind {
 
 /// Whether a failed sync failed because the user must log in again.
 pub fn is_login_required(error: &SyncError) -> bool {
-    matches!(error, SyncError::Provider(e) if e.is_login_required())
+    error.class() == Some(ErrorClass::LoginRequired)
 }
 
 /// The pre-sync check over the claimed inbox entries (in seq order). Writes what it

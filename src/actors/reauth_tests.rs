@@ -321,6 +321,7 @@ async fn a_login_error_for_a_replaced_token_does_not_park() {
         code: LOGIN_REQUIRED.into(),
         message: "login".into(),
         request_id: Some("req-x".into()),
+        class: ErrorClass::LoginRequired,
     });
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
@@ -504,6 +505,7 @@ fn gated(
             code: LOGIN_REQUIRED.into(),
             message: "login required".into(),
             request_id: Some("req-login".into()),
+            class: ErrorClass::LoginRequired,
         }]
     } else {
         vec![]
@@ -582,7 +584,7 @@ async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one()
 /// the rate-limit backoff of the failed attempt is an hour long.
 #[tokio::test]
 async fn a_resume_during_a_backoff_syncs_at_once() {
-    let (provider, mut received) = scripted(16, vec![api_error(429, "TRANSACTIONS_SYNC_LIMIT")]);
+    let (provider, mut received) = scripted(16, vec![api_error(429, "SYNC_LIMIT", RATE_LIMITED)]);
     let mut settings = Settings::defaults().actors;
     settings.rate_limit_backoff = Duration::from_secs(3600);
     let h = harness_with_settings(provider.clone(), settings);
@@ -612,7 +614,7 @@ async fn a_resume_during_a_backoff_syncs_at_once() {
 /// then reaches the attempt limit: the account is not left marked failed.
 #[tokio::test]
 async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
-    let (provider, mut received) = scripted(0, vec![api_error(429, "TRANSACTIONS_SYNC_LIMIT")]);
+    let (provider, mut received) = scripted(0, vec![api_error(429, "SYNC_LIMIT", RATE_LIMITED)]);
     let mut settings = Settings::defaults().actors;
     settings.max_sync_attempts = 1;
     let h = harness_with_settings(provider.clone(), settings);
@@ -646,15 +648,19 @@ async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
     assert!(!h.open(&id, IncidentKind::SyncFailed));
 }
 
-fn api_error(status: u16, code: &str) -> ProviderError {
+fn api_error(status: u16, code: &str, class: ErrorClass) -> ProviderError {
     ProviderError::Api {
         status,
         error_type: "API_ERROR".into(),
         code: code.into(),
         message: "scripted".into(),
         request_id: Some("req-scripted".into()),
+        class,
     }
 }
+
+/// A rate limit without a provider-given wait.
+const RATE_LIMITED: ErrorClass = ErrorClass::RateLimited { retry_after: None };
 
 /// The attempt and end of the account's backoff, once its actor is in one.
 async fn backoff_of(h: &Harness, id: &AccountId) -> (u32, DateTime<Utc>) {
@@ -687,8 +693,8 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
         let (provider, mut received) = scripted(
             100,
             vec![
-                api_error(500, "INTERNAL_SERVER_ERROR"),
-                api_error(429, "TRANSACTIONS_SYNC_LIMIT"),
+                api_error(500, "SERVER_ERROR", ErrorClass::Transient),
+                api_error(429, "SYNC_LIMIT", RATE_LIMITED),
             ],
         );
         let mut settings = Settings::defaults().actors;
@@ -746,7 +752,10 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
 /// just the one attempt the failure plan of the running attempt left.
 #[tokio::test]
 async fn a_resume_during_an_attempt_restores_the_whole_attempt_budget() {
-    let (provider, mut received) = scripted(0, vec![api_error(500, "INTERNAL_SERVER_ERROR"); 3]);
+    let (provider, mut received) = scripted(
+        0,
+        vec![api_error(500, "SERVER_ERROR", ErrorClass::Transient); 3],
+    );
     let mut settings = Settings::defaults().actors;
     settings.sync_retry_initial = Duration::from_millis(20);
     settings.sync_retry_max = Duration::from_millis(20);

@@ -23,7 +23,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
 use crate::domain::{Account, SyncOutcome, Transaction};
-use crate::providers::{Provider, ProviderError};
+use crate::providers::{ErrorClass, Provider, ProviderError};
 use crate::store::{ApplyMode, Store, StoreError, SyncCommit};
 
 /// Commits off the async workers: a large commit holds sled's process-wide transaction
@@ -130,7 +130,9 @@ async fn fetch_page(
             .sync_page(&account.access_token, cursor, params.page_size)
             .await
         {
-            Err(error) if error.is_transient() && retries < params.page_retries => {
+            Err(error)
+                if error.class() == ErrorClass::Transient && retries < params.page_retries =>
+            {
                 retries += 1;
                 tracing::debug!(
                     account_id = %account.id,
@@ -179,6 +181,14 @@ impl SyncError {
             SyncError::Store(_) => "STORE_ERROR".to_string(),
             SyncError::TooManyRestarts(_) => "MUTATION_RESTARTS_EXHAUSTED".to_string(),
             SyncError::UnstableWindow(_) => "WINDOW_UNSTABLE".to_string(),
+        }
+    }
+
+    /// What the provider's failure means; `None` when the provider did not fail.
+    pub fn class(&self) -> Option<ErrorClass> {
+        match self {
+            SyncError::Provider(e) => Some(e.class()),
+            _ => None,
         }
     }
 
@@ -276,7 +286,9 @@ pub async fn run_sync(
                 follow_up: false,
             })
         }
-        Err(SyncError::Provider(e)) if e.is_cursor_rejected() && account.cursor.is_some() => {
+        Err(SyncError::Provider(e))
+            if e.class() == ErrorClass::CursorRejected && account.cursor.is_some() =>
+        {
             tracing::warn!(
                 account_id = %account.id,
                 request_id = e.request_id().unwrap_or(""),
@@ -325,7 +337,7 @@ async fn initial_sync(
             }
             let page = match fetched {
                 Ok(page) => page,
-                Err(e) if e.is_mutation_during_pagination() => {
+                Err(e) if e.class() == ErrorClass::RestartPagination => {
                     restarts += 1;
                     progress.restarts.fetch_add(1, Ordering::Relaxed);
                     if restarts > params.max_loop_restarts {
@@ -429,7 +441,7 @@ async fn pagination_loop(
         loop {
             let page = match fetch_page(provider, account, cursor.as_deref(), params).await {
                 Ok(page) => page,
-                Err(e) if e.is_mutation_during_pagination() => {
+                Err(e) if e.class() == ErrorClass::RestartPagination => {
                     restarts += 1;
                     progress.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
@@ -697,6 +709,7 @@ mod tests {
             code: "INTERNAL_SERVER_ERROR".to_string(),
             message: "scripted".to_string(),
             request_id: Some("req-500".to_string()),
+            class: ErrorClass::Transient,
         };
         // Every cursor but the first fails once before it answers.
         let failed_once: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();

@@ -8,7 +8,7 @@ use http::HeaderMap;
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 use crate::providers::{
-    DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
+    DeltaPage, ErrorClass, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
 };
 
 /// A provider with no data that answers at once and counts its delta calls: every
@@ -114,14 +114,15 @@ pub(crate) fn window(rows: Vec<Transaction>) -> WindowPage {
     }
 }
 
-/// Plaid's answer to a cursor it does not accept.
+/// A provider's answer to a cursor it does not accept.
 pub(crate) fn cursor_rejected() -> ProviderError {
     ProviderError::Api {
         status: 400,
         error_type: "INVALID_INPUT".to_string(),
-        code: crate::providers::plaid::wire::INVALID_FIELD.to_string(),
+        code: "CURSOR_REJECTED".to_string(),
         message: "cursor not recognized".to_string(),
         request_id: Some("req-cursor".to_string()),
+        class: ErrorClass::CursorRejected,
     }
 }
 

@@ -1,10 +1,11 @@
 //! Providers: the clients acctor uses to pull deltas from the services that hold the
 //! data, and to verify the webhooks they send. One module per provider; each implements
 //! [`Provider`]. Error-code semantics (which errors mean "restart the loop", "the cursor
-//! is gone", "retry later") are decided here, so the account actor only sees
-//! [`ProviderError`]'s classification.
+//! is gone", "retry later") are decided by each provider's module, which gives every
+//! [`ProviderError`] its [`ErrorClass`]: the actors only ever see the class.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::NaiveDate;
@@ -56,7 +57,38 @@ pub struct VerifiedWebhook {
     pub body: serde_json::Value,
 }
 
-/// Why a provider call failed, classified for the sync loop.
+/// What a failed provider call means for whoever made it: the provider's own codes
+/// are mapped to these by its plugin, so the actors and the sync loop never read a
+/// provider's error codes.
+///
+/// How each class is handled today (see `actors::sync` and `actors::account`):
+/// `Transient` is retried in place by the page loop, then like any failure by the
+/// account's backoff; `RateLimited` waits at least `actors.rate_limit_backoff`;
+/// `LoginRequired` parks the account; `CursorRejected` reconciles (on a delta sync);
+/// `RestartPagination` restarts the pagination loop. `Permanent` is not retried in
+/// place, but the account still retries it with its ordinary backoff until
+/// `actors.max_sync_attempts` gives up: a permanent failure does not stop retries yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// This one call failed (server error, no answer): the same call may succeed.
+    Transient,
+    /// Too many requests: wait out the provider's window before the next try.
+    RateLimited {
+        /// How long the provider asked us to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+    /// The user must log in again at the provider: no retry can succeed until they do.
+    LoginRequired,
+    /// The provider no longer accepts the stored cursor: reconcile and rebuild it.
+    CursorRejected,
+    /// Data changed under the pagination: restart the loop from its first cursor.
+    RestartPagination,
+    /// An answer about the request itself (a client error, an undecodable answer):
+    /// the same call gets the same answer.
+    Permanent,
+}
+
+/// Why a provider call failed. [`ProviderError::class`] says what it means.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// The provider answered with an error object.
@@ -72,6 +104,8 @@ pub enum ProviderError {
         message: String,
         /// Provider request id.
         request_id: Option<String>,
+        /// What it means, decided by the provider's plugin when it built the error.
+        class: ErrorClass,
     },
     /// The request did not complete (connect, reset, timeout).
     #[error("transport: {0}")]
@@ -99,42 +133,15 @@ impl ProviderError {
         }
     }
 
-    /// Data changed under the pagination: restart the loop from its first cursor.
-    pub fn is_mutation_during_pagination(&self) -> bool {
-        self.code() == plaid::wire::MUTATION_DURING_PAGINATION
-    }
-
-    /// The provider refused the call for sending too many requests (HTTP 429, or a
-    /// rate-limit error object): the retry waits out the provider's window.
-    pub fn is_rate_limited(&self) -> bool {
-        matches!(self, ProviderError::Api { status, error_type, code, .. }
-            if *status == 429
-                || error_type == plaid::wire::RATE_LIMIT_EXCEEDED
-                || code == plaid::wire::RATE_LIMIT_EXCEEDED
-                || code == plaid::wire::TRANSACTIONS_SYNC_LIMIT)
-    }
-
-    /// A failure of this one call that the same call may not meet again: a server-side
-    /// error (HTTP 5xx) or a request that did not complete. Not a rate limit (that one
-    /// waits out the provider's window) nor any answer about the request itself.
-    pub fn is_transient(&self) -> bool {
+    /// What the failure means. A request that did not complete is transient whatever
+    /// the provider; an answer that could not be decoded would not decode the next time
+    /// either.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ProviderError::Api { status, .. } => *status >= 500,
-            ProviderError::Transport(_) => true,
-            ProviderError::Decode(_) => false,
+            ProviderError::Api { class, .. } => *class,
+            ProviderError::Transport(_) => ErrorClass::Transient,
+            ProviderError::Decode(_) => ErrorClass::Permanent,
         }
-    }
-
-    /// The user must log in again at the provider (Plaid `ITEM_LOGIN_REQUIRED`): no
-    /// retry can succeed until they do.
-    pub fn is_login_required(&self) -> bool {
-        self.code() == plaid::wire::ITEM_LOGIN_REQUIRED
-    }
-
-    /// The provider no longer accepts the stored cursor: reconcile and rebuild it.
-    pub fn is_cursor_rejected(&self) -> bool {
-        matches!(self, ProviderError::Api { code, message, .. }
-            if code == plaid::wire::INVALID_FIELD && message.contains("cursor"))
     }
 }
 

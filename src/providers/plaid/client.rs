@@ -18,6 +18,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use super::errors;
 use super::keys::{KeyCache, KeyFetcher};
 use super::verify::WebhookVerifier;
 use super::wire;
@@ -261,26 +262,27 @@ fn transport_error(path: &str, err: &reqwest::Error) -> ProviderError {
     ProviderError::Transport(format!("{path}: {what}{detail}"))
 }
 
-/// Maps a non-2xx answer: Plaid's error object when it is one, else `HTTP_<status>`.
+/// Maps a non-2xx answer: Plaid's error object when it is one, else `HTTP_<status>`;
+/// classified either way.
 fn api_error(status: u16, body: &[u8]) -> ProviderError {
     match serde_json::from_slice::<wire::PlaidError>(body) {
-        Ok(err) => ProviderError::Api {
+        Ok(err) => errors::api_error(
             status,
-            error_type: err.error_type,
-            code: err.error_code,
-            message: err.error_message,
-            request_id: Some(err.request_id).filter(|id| !id.is_empty()),
-        },
-        Err(_) => ProviderError::Api {
+            err.error_type,
+            err.error_code,
+            err.error_message,
+            Some(err.request_id).filter(|id| !id.is_empty()),
+        ),
+        Err(_) => errors::api_error(
             status,
-            error_type: "HTTP_ERROR".to_owned(),
-            code: format!("HTTP_{status}"),
-            message: String::from_utf8_lossy(body)
+            "HTTP_ERROR".to_owned(),
+            format!("HTTP_{status}"),
+            String::from_utf8_lossy(body)
                 .chars()
                 .take(ERROR_SNIPPET_CHARS)
                 .collect(),
-            request_id: None,
-        },
+            None,
+        ),
     }
 }
 

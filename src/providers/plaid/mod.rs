@@ -4,6 +4,7 @@
 //! Plaid and against the built-in sandbox bank.
 //!
 //! - [`client`]: HTTP calls, credentials, error mapping, verbatim transactions.
+//! - [`errors`]: what each Plaid error means ([`crate::providers::ErrorClass`]).
 //! - `verify`: the `Plaid-Verification` JWT (ES256 only) and the webhook body.
 //! - `keys`: the verification key cache that keeps verification off the network.
 
@@ -12,6 +13,7 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 
 pub mod client;
+pub mod errors;
 mod keys;
 mod verify;
 pub mod wire;

@@ -28,7 +28,7 @@ use super::verify::triggers_sync;
 use super::wire::{self, PlaidJwk};
 use super::{PlaidClient, PlaidClientConfig, B64URL};
 use crate::domain::AccessToken;
-use crate::providers::{Provider, ProviderError, WebhookError};
+use crate::providers::{ErrorClass, Provider, ProviderError, WebhookError};
 
 const NOW: i64 = 1_700_000_000;
 const KID: &str = "6c5516e1-92dc-479e-a8ff-5a51992e0001";
@@ -694,6 +694,7 @@ async fn plaid_error_body_maps_to_api_error() {
                 ref code,
                 ref message,
                 ref request_id,
+                class,
             },
         ) => {
             assert_eq!(status, 400);
@@ -701,7 +702,8 @@ async fn plaid_error_body_maps_to_api_error() {
             assert_eq!(code, wire::INVALID_FIELD);
             assert_eq!(message, "cursor not associated with access_token");
             assert_eq!(request_id.as_deref(), Some("req-42"));
-            assert!(e.is_cursor_rejected());
+            assert_eq!(class, ErrorClass::CursorRejected);
+            assert_eq!(e.class(), ErrorClass::CursorRejected);
         }
         other => panic!("{other:?}"),
     }
