@@ -12,7 +12,7 @@ use crate::actors::sync::SyncParams;
 use crate::actors::test_support::{cursor_rejected, delta, window, EmptyProvider, FnProvider};
 use crate::config::Settings;
 use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
-use crate::providers::{DynProvider, ProviderError};
+use crate::providers::{DynCursorSource, ProviderError};
 use crate::store::{IncomingWebhook, IngestOutcome, SledStore, SledStoreConfig, Store};
 
 pub(super) struct Harness {
@@ -21,11 +21,14 @@ pub(super) struct Harness {
     _dir: tempfile::TempDir,
 }
 
-pub(super) fn harness_with(provider: DynProvider) -> Harness {
+pub(super) fn harness_with(provider: DynCursorSource) -> Harness {
     harness_with_settings(provider, Settings::defaults().actors)
 }
 
-fn harness_with_settings(provider: DynProvider, settings: crate::config::ActorSettings) -> Harness {
+fn harness_with_settings(
+    provider: DynCursorSource,
+    settings: crate::config::ActorSettings,
+) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
         data_dir: dir.path().to_path_buf(),
@@ -33,7 +36,7 @@ fn harness_with_settings(provider: DynProvider, settings: crate::config::ActorSe
         group_commit_window: Duration::ZERO,
     })
     .expect("store opens");
-    let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+    let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
     providers.insert(ProviderKind::Plaid, provider);
     let registry = Registry::new(store.clone(), providers, settings, SyncParams::default());
     Harness {
@@ -450,6 +453,17 @@ impl crate::providers::Provider for GatedProvider {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        _headers: &http::HeaderMap,
+        _body: &[u8],
+    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
+        unreachable!("no webhooks in these tests")
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::providers::CursorSource for GatedProvider {
     async fn sync_page(
         &self,
         token: &AccessToken,
@@ -480,14 +494,6 @@ impl crate::providers::Provider for GatedProvider {
         _count: u32,
     ) -> Result<crate::providers::WindowPage, ProviderError> {
         unreachable!("no reconcile in these tests")
-    }
-
-    async fn verify_webhook(
-        &self,
-        _headers: &http::HeaderMap,
-        _body: &[u8],
-    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
-        unreachable!("no webhooks in these tests")
     }
 }
 

@@ -33,7 +33,7 @@ use crate::config::ActorSettings;
 use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine};
 use crate::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::metrics::Metrics;
-use crate::providers::DynProvider;
+use crate::providers::DynCursorSource;
 use crate::store::{Store, StoreError};
 
 /// The incident kinds the account's marks call for. A relinked needs-reauth mark is on
@@ -126,7 +126,7 @@ pub struct Registry {
     actors: DashMap<AccountId, ActorRef<AccountMessage>>,
     by_actor: DashMap<ActorId, AccountId>,
     store: Arc<dyn Store>,
-    providers: HashMap<ProviderKind, DynProvider>,
+    providers: HashMap<ProviderKind, DynCursorSource>,
     settings: ActorSettings,
     sync_params: SyncParams,
     supervisor: OnceLock<ActorCell>,
@@ -163,10 +163,10 @@ impl Drop for SyncSlot {
 }
 
 impl Registry {
-    /// A registry over `store` with one client per provider.
+    /// A registry over `store` with one client per provider (what its sync needs).
     pub fn new(
         store: Arc<dyn Store>,
-        providers: HashMap<ProviderKind, DynProvider>,
+        providers: HashMap<ProviderKind, DynCursorSource>,
         settings: ActorSettings,
         sync_params: SyncParams,
     ) -> Arc<Registry> {
@@ -375,9 +375,10 @@ impl Registry {
         &self.sync_params
     }
 
-    /// The client for `kind`. Every provider kind acctor knows is configured at start,
+    /// The client for `kind` (its plugin, and the cursor source its syncs page through).
+    /// Every provider kind acctor knows is configured at start,
     /// so a missing one is a start-up bug.
-    pub fn provider(&self, kind: ProviderKind) -> DynProvider {
+    pub fn provider(&self, kind: ProviderKind) -> DynCursorSource {
         match self.providers.get(&kind) {
             Some(provider) => provider.clone(),
             None => unreachable!("provider {kind} is configured at start-up"),

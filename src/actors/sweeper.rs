@@ -406,7 +406,7 @@ mod tests {
     use crate::actors::test_support::EmptyProvider;
     use crate::config::Settings;
     use crate::domain::{AccessToken, Account, ProviderKind, Quarantine, SyncGaveUp};
-    use crate::providers::DynProvider;
+    use crate::providers::DynCursorSource;
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
 
     /// A linked account that already synced once, so activating it does not sync.
@@ -436,7 +436,7 @@ mod tests {
         })
         .expect("store opens");
         let provider = Arc::new(EmptyProvider::default());
-        let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+        let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
         providers.insert(ProviderKind::Plaid, provider.clone());
         let registry = Registry::new(
             store.clone(),
@@ -498,7 +498,7 @@ mod tests {
         .expect("store opens");
         let store: Arc<dyn Store> = sled.clone();
         let provider = Arc::new(EmptyProvider::default());
-        let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+        let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
         providers.insert(ProviderKind::Plaid, provider.clone());
         let registry = Registry::new(
             store,

@@ -23,7 +23,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
 use crate::domain::{Account, SyncOutcome, Transaction};
-use crate::providers::{ErrorClass, Provider, ProviderError};
+use crate::providers::{CursorSource, ErrorClass, ProviderError};
 use crate::store::{ApplyMode, Store, StoreError, SyncCommit};
 
 /// Commits off the async workers: a large commit holds sled's process-wide transaction
@@ -119,7 +119,7 @@ impl SyncProgress {
 /// Everything else (rate limits, login, a rejected cursor, mutation during pagination)
 /// goes to the caller at once, which has its own handling for each.
 async fn fetch_page(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     account: &Account,
     cursor: Option<&str>,
     params: &SyncParams,
@@ -223,7 +223,7 @@ struct LoopResult {
 
 /// Runs one sync of `account` and commits it, consuming the inbox entries `consumed`.
 pub async fn run_sync(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
@@ -309,7 +309,7 @@ pub async fn run_sync(
 /// first cursor. A restarted loop (mutation during pagination) or a crash throws the
 /// staged rows away and starts over, so nothing partial is ever visible.
 async fn initial_sync(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
@@ -428,7 +428,7 @@ async fn join_staging(
 /// Pages from `start_cursor` until `has_more` is false, restarting from `start_cursor`
 /// on mutation during pagination. Nothing is written.
 async fn pagination_loop(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     account: &Account,
     start_cursor: Option<&str>,
     params: &SyncParams,
@@ -476,7 +476,7 @@ async fn pagination_loop(
 /// The reconcile path after a rejected cursor: a fresh cursor first, then the full
 /// window as the complete set, then an immediate follow-up sync from the new cursor.
 async fn reconcile(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
@@ -547,7 +547,7 @@ fn reconciled_rows(fresh: Vec<Transaction>, window: Vec<Transaction>) -> Vec<Tra
 /// consistent while the set does not change, so the listing is retried when the total
 /// moved or ids repeat.
 async fn list_window(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     account: &Account,
     params: &SyncParams,
     progress: &SyncProgress,

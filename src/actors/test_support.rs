@@ -8,7 +8,8 @@ use http::HeaderMap;
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 use crate::providers::{
-    DeltaPage, ErrorClass, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
+    CursorSource, DeltaPage, ErrorClass, Provider, ProviderError, VerifiedWebhook, WebhookError,
+    WindowPage,
 };
 
 /// A provider with no data that answers at once and counts its delta calls: every
@@ -25,6 +26,19 @@ impl Provider for EmptyProvider {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        Err(WebhookError::Malformed(
+            "not used in actor tests".to_string(),
+        ))
+    }
+}
+
+#[async_trait]
+impl CursorSource for EmptyProvider {
     async fn sync_page(
         &self,
         _token: &AccessToken,
@@ -55,16 +69,6 @@ impl Provider for EmptyProvider {
             total: 0,
             request_id: "req".to_string(),
         })
-    }
-
-    async fn verify_webhook(
-        &self,
-        _headers: &HeaderMap,
-        _body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError> {
-        Err(WebhookError::Malformed(
-            "not used in actor tests".to_string(),
-        ))
     }
 }
 
@@ -132,6 +136,19 @@ impl Provider for FnProvider {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        Err(WebhookError::Malformed(
+            "not used in actor tests".to_string(),
+        ))
+    }
+}
+
+#[async_trait]
+impl CursorSource for FnProvider {
     async fn sync_page(
         &self,
         _token: &AccessToken,
@@ -150,15 +167,5 @@ impl Provider for FnProvider {
         _count: u32,
     ) -> Result<WindowPage, ProviderError> {
         (self.window)()
-    }
-
-    async fn verify_webhook(
-        &self,
-        _headers: &HeaderMap,
-        _body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError> {
-        Err(WebhookError::Malformed(
-            "not used in actor tests".to_string(),
-        ))
     }
 }

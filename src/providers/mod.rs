@@ -161,12 +161,28 @@ pub enum WebhookError {
     KeyUnavailable(String),
 }
 
-/// A provider client: pulls deltas and verifies webhooks.
+/// A provider plugin: what every provider offers acctor, whatever its data looks like.
+/// Its webhooks are verified and read here; its failures carry an [`ErrorClass`]
+/// (see [`ProviderError::class`]). How its data is pulled is a separate capability:
+/// [`CursorSource`] for providers with a cursor delta (Plaid).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Which provider this is.
     fn kind(&self) -> ProviderKind;
 
+    /// Verifies a webhook's signature against the raw body, then parses it.
+    async fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError>;
+}
+
+/// A provider whose data is pulled as a cursor delta plus a date-window listing (Plaid's
+/// `/transactions/sync` and `/transactions/get`): what the cursor sync strategy in
+/// `actors::sync` needs. A provider without a cursor implements [`Provider`] only.
+#[async_trait]
+pub trait CursorSource: Provider {
     /// One page of changes since `cursor` (`None`: from the beginning).
     async fn sync_page(
         &self,
@@ -184,14 +200,10 @@ pub trait Provider: Send + Sync + 'static {
         offset: u64,
         count: u32,
     ) -> Result<WindowPage, ProviderError>;
-
-    /// Verifies a webhook's signature against the raw body, then parses it.
-    async fn verify_webhook(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError>;
 }
 
-/// A shared provider client.
+/// A shared provider plugin (the webhook route finds it by kind).
 pub type DynProvider = Arc<dyn Provider>;
+
+/// A shared cursor source (the account actors sync through it).
+pub type DynCursorSource = Arc<dyn CursorSource>;

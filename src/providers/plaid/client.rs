@@ -25,7 +25,7 @@ use super::wire;
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 use crate::providers::budget::RequestBudget;
 use crate::providers::{
-    DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
+    CursorSource, DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
 };
 
 /// Longest slice of an undecodable error body kept in the error message.
@@ -342,6 +342,18 @@ impl Provider for PlaidClient {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        let now = chrono::Utc::now().timestamp();
+        self.verifier.verify_at(headers, body, now).await
+    }
+}
+
+#[async_trait]
+impl CursorSource for PlaidClient {
     async fn sync_page(
         &self,
         token: &AccessToken,
@@ -397,14 +409,5 @@ impl Provider for PlaidClient {
             total: response.total_transactions,
             request_id: response.request_id,
         })
-    }
-
-    async fn verify_webhook(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError> {
-        let now = chrono::Utc::now().timestamp();
-        self.verifier.verify_at(headers, body, now).await
     }
 }

@@ -28,7 +28,7 @@ use super::verify::triggers_sync;
 use super::wire::{self, PlaidJwk};
 use super::{PlaidClient, PlaidClientConfig, B64URL};
 use crate::domain::AccessToken;
-use crate::providers::{ErrorClass, Provider, ProviderError, WebhookError};
+use crate::providers::{CursorSource, ErrorClass, Provider, ProviderError, WebhookError};
 
 const NOW: i64 = 1_700_000_000;
 const KID: &str = "6c5516e1-92dc-479e-a8ff-5a51992e0001";
