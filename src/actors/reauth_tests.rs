@@ -9,7 +9,10 @@ use super::*;
 use crate::actors::account::SyncReason;
 use crate::actors::registry::RegistryError;
 use crate::actors::sync::SyncParams;
-use crate::actors::test_support::{cursor_rejected, delta, window, EmptyProvider, FnProvider};
+use crate::actors::test_support::{
+    cursor_rejected, delta, hooks, test_action, window, EmptyProvider, FnProvider, EXPIRATION_CODE,
+    LOGIN_REQUIRED,
+};
 use crate::config::Settings;
 use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
 use crate::providers::{DynCursorSource, ProviderError};
@@ -105,13 +108,9 @@ impl Harness {
             .is_some()
     }
 
-    /// Parks the account as an ITEM/ERROR webhook does, through the check.
+    /// Parks the account as a login-required webhook does, through the check.
     async fn park_by_webhook(&self, id: &AccountId, item: &str) {
-        self.ingest(
-            item,
-            "ITEM/ERROR",
-            serde_json::json!({ "error": { "error_code": LOGIN_REQUIRED } }),
-        );
+        self.ingest(item, hooks::LOGIN_REQUIRED, serde_json::json!({}));
         let account = self.account(id);
         let entries = self.store.pending_inbox(id).expect("inbox");
         let decided = check(&self.registry, &account, &entries)
@@ -131,11 +130,7 @@ async fn a_relink_during_a_parked_check_is_not_lost() {
     assert!(h.open(&id, IncidentKind::NeedsReauth));
 
     // The check's sync task reads the account and claims a newer webhook...
-    h.ingest(
-        "item-b1",
-        "TRANSACTIONS/SYNC_UPDATES_AVAILABLE",
-        serde_json::json!({}),
-    );
+    h.ingest("item-b1", hooks::SYNC, serde_json::json!({}));
     let read_before_relink = h.account(&id);
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     // ...then the user relinks, as `POST /v1/accounts` does (its `Registry::relinked`
@@ -158,7 +153,7 @@ async fn a_relink_during_a_parked_check_is_not_lost() {
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
 }
 
-/// After a relink unparked it, the old ITEM_LOGIN_REQUIRED webhook still waits in the
+/// After a relink unparked it, the old login-required webhook still waits in the
 /// inbox until a sync commits. If that sync fails (a 500, say), the retry's check sees
 /// the same entry again: it must not park the account a second time.
 #[tokio::test]
@@ -184,7 +179,7 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     // (still pending) entries once more.
     let entries = h.store.claim_pending_inbox(&id).expect("claim again");
     assert!(
-        entries.iter().any(|e| e.kind == "ITEM/ERROR"),
+        entries.iter().any(|e| e.kind == hooks::LOGIN_REQUIRED),
         "the old error is still pending"
     );
     let decided = check(&h.registry, &h.account(&id), &entries)
@@ -195,11 +190,7 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
 
     // A login error that arrives after the relink still parks it.
-    h.ingest(
-        "item-repark",
-        "ITEM/ERROR",
-        serde_json::json!({ "error": { "error_code": LOGIN_REQUIRED } }),
-    );
+    h.ingest("item-repark", hooks::LOGIN_REQUIRED, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim new");
     let decided = check(&h.registry, &h.account(&id), &entries)
         .await
@@ -216,8 +207,8 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
     let id = h.link("item-deadline");
     h.ingest(
         "item-deadline",
-        "ITEM/PENDING_DISCONNECT",
-        serde_json::json!({ "reason": "INSTITUTION_TOKEN_EXPIRATION" }),
+        hooks::DISCONNECT,
+        serde_json::json!({ "reason": "TOKEN_EXPIRATION" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
@@ -236,7 +227,7 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
 
     // The relink's sync checks the same, still pending, entry.
     let entries = h.store.claim_pending_inbox(&id).expect("claim again");
-    assert!(entries.iter().any(|e| e.kind == "ITEM/PENDING_DISCONNECT"));
+    assert!(entries.iter().any(|e| e.kind == hooks::DISCONNECT));
     check(&h.registry, &h.account(&id), &entries)
         .await
         .expect("relink's check");
@@ -252,8 +243,8 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
     // A deadline announced after the relink is a new warning.
     h.ingest(
         "item-deadline",
-        "ITEM/PENDING_EXPIRATION",
-        serde_json::json!({ "consent_expiration_time": "2030-01-01T00:00:00Z" }),
+        hooks::EXPIRATION,
+        serde_json::json!({ "deadline": "2030-01-01T00:00:00Z" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim new");
     check(&h.registry, &h.account(&id), &entries)
@@ -261,7 +252,7 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
         .expect("check new");
     assert_eq!(
         h.account(&id).pending_deadline.map(|d| d.code),
-        Some("PENDING_EXPIRATION".to_string())
+        Some(EXPIRATION_CODE.to_string())
     );
     assert!(h.open(&id, IncidentKind::PendingExpiration));
 }
@@ -274,11 +265,7 @@ async fn a_parked_check_only_raises_after_seq_and_keeps_a_relink() {
     let id = h.link("item-b1b");
     h.park_by_webhook(&id, "item-b1b").await;
     let parked_at = h.account(&id).needs_reauth.expect("parked").after_seq;
-    let newer = h.ingest(
-        "item-b1b",
-        "TRANSACTIONS/SYNC_UPDATES_AVAILABLE",
-        serde_json::json!({}),
-    );
+    let newer = h.ingest("item-b1b", hooks::SYNC, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
         .await
@@ -312,7 +299,7 @@ async fn a_parked_check_only_raises_after_seq_and_keeps_a_relink() {
     );
 }
 
-/// B1 for the provider path: ITEM_LOGIN_REQUIRED answered to a sync that used the
+/// B1 for the provider path: a login-required error answered to a sync that used the
 /// token a relink has since replaced parks nothing.
 #[tokio::test]
 async fn a_login_error_for_a_replaced_token_does_not_park() {
@@ -320,7 +307,7 @@ async fn a_login_error_for_a_replaced_token_does_not_park() {
     let id = h.link("item-b1c");
     let error = SyncError::Provider(ProviderError::Api {
         status: 400,
-        error_type: "ITEM_ERROR".into(),
+        error_type: "LOGIN_ERROR".into(),
         code: LOGIN_REQUIRED.into(),
         message: "login".into(),
         request_id: Some("req-x".into()),
@@ -371,7 +358,7 @@ async fn a_relink_clears_the_failed_mark_in_the_store() {
     assert!(!h.open(&id, IncidentKind::SyncFailed));
 }
 
-/// B5: LOGIN_REPAIRED on an account that is not parked lifts an announced deadline
+/// B5: a login repair on an account that is not parked lifts an announced deadline
 /// and its warning incident.
 #[tokio::test]
 async fn login_repaired_clears_a_deadline_when_not_parked() {
@@ -379,8 +366,8 @@ async fn login_repaired_clears_a_deadline_when_not_parked() {
     let id = h.link("item-b5");
     h.ingest(
         "item-b5",
-        "ITEM/PENDING_EXPIRATION",
-        serde_json::json!({ "consent_expiration_time": "2030-01-01T00:00:00Z" }),
+        hooks::EXPIRATION,
+        serde_json::json!({ "deadline": "2030-01-01T00:00:00Z" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
@@ -388,10 +375,10 @@ async fn login_repaired_clears_a_deadline_when_not_parked() {
         .expect("check");
     assert_eq!(decided, Check::Proceed);
     let deadline = h.account(&id).pending_deadline.expect("deadline recorded");
-    assert_eq!(deadline.code, "PENDING_EXPIRATION");
+    assert_eq!(deadline.code, EXPIRATION_CODE);
     assert!(h.open(&id, IncidentKind::PendingExpiration));
 
-    h.ingest("item-b5", "ITEM/LOGIN_REPAIRED", serde_json::json!({}));
+    h.ingest("item-b5", hooks::LOGIN_REPAIRED, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
         .await
@@ -439,7 +426,7 @@ async fn a_resume_racing_the_quarantine_write_wins() {
 
 /// A provider whose every `/transactions/sync` call reports the token it got, then
 /// waits for the test to release it; the first call can be made to answer
-/// ITEM_LOGIN_REQUIRED.
+/// login required.
 struct GatedProvider {
     calls: tokio::sync::mpsc::UnboundedSender<String>,
     release: tokio::sync::Semaphore,
@@ -459,6 +446,10 @@ impl crate::providers::Provider for GatedProvider {
         _body: &[u8],
     ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
         unreachable!("no webhooks in these tests")
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> crate::providers::WebhookAction {
+        test_action(kind, body)
     }
 }
 
@@ -507,7 +498,7 @@ fn gated(
     let errors = if login_error_first {
         vec![ProviderError::Api {
             status: 400,
-            error_type: "ITEM_ERROR".into(),
+            error_type: "LOGIN_ERROR".into(),
             code: LOGIN_REQUIRED.into(),
             message: "login required".into(),
             request_id: Some("req-login".into()),
@@ -567,7 +558,7 @@ async fn a_resume_during_a_sync_runs_one_more_sync() {
     provider.release.add_permits(1);
 }
 
-/// B1/B3 on the provider path: ITEM_LOGIN_REQUIRED for the token a relink replaced
+/// B1/B3 on the provider path: login required for the token a relink replaced
 /// while the sync ran does not park the account; the new token is tried at once.
 #[tokio::test]
 async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one() {

@@ -104,7 +104,7 @@ impl Harness {
                 IncomingWebhook {
                     provider: ProviderKind::Plaid,
                     item_id: item.to_string(),
-                    kind: "TRANSACTIONS/SYNC_UPDATES_AVAILABLE".to_string(),
+                    kind: crate::actors::test_support::hooks::SYNC.to_string(),
                     dedup_key,
                     body: serde_json::json!({ "item_id": item }),
                     received_at: Utc::now(),

@@ -11,6 +11,7 @@ use crate::providers::{
     CursorSource, DeltaPage, ErrorClass, Provider, ProviderError, VerifiedWebhook, WebhookError,
     WindowPage,
 };
+use crate::providers::{DeadlineKind, WebhookAction};
 
 /// A provider with no data that answers at once and counts its delta calls: every
 /// delta is one empty page, so the only time that passes in a test is the actors' own.
@@ -34,6 +35,10 @@ impl Provider for EmptyProvider {
         Err(WebhookError::Malformed(
             "not used in actor tests".to_string(),
         ))
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction {
+        test_action(kind, body)
     }
 }
 
@@ -69,6 +74,53 @@ impl CursorSource for EmptyProvider {
             total: 0,
             request_id: "req".to_string(),
         })
+    }
+}
+
+/// Webhook kinds as the test doubles speak them: a provider-neutral stand-in for a real
+/// plugin's bodies (see [`test_action`]), so the actor tests exercise the actors, not a
+/// provider's format (the Plaid plugin's reading is tested in `providers::plaid`).
+pub(crate) mod hooks {
+    /// Data changed.
+    pub(crate) const SYNC: &str = "test/sync";
+    /// The user must log in again; the body may carry a `request_id`.
+    pub(crate) const LOGIN_REQUIRED: &str = "test/login_required";
+    /// The user logged in again.
+    pub(crate) const LOGIN_REPAIRED: &str = "test/login_repaired";
+    /// Consent expires; the body may carry a `deadline` (RFC 3339) and a `reason`.
+    pub(crate) const EXPIRATION: &str = "test/expiration";
+    /// The connection goes away; the body may carry a `deadline` and a `reason`.
+    pub(crate) const DISCONNECT: &str = "test/disconnect";
+}
+
+/// The doubles' code for "the user must log in again", in errors and webhooks alike.
+pub(crate) const LOGIN_REQUIRED: &str = "LOGIN_REQUIRED";
+/// The doubles' code of an announced consent expiration.
+pub(crate) const EXPIRATION_CODE: &str = "EXPIRATION";
+/// The doubles' code of an announced disconnection.
+pub(crate) const DISCONNECT_CODE: &str = "DISCONNECT";
+
+/// What a test webhook (see [`hooks`]) asks for.
+pub(crate) fn test_action(kind: &str, body: &serde_json::Value) -> WebhookAction {
+    let text = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    let deadline = |kind, code: &str| WebhookAction::DeadlineAnnounced {
+        kind,
+        code: code.to_owned(),
+        deadline: text("deadline")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        reason: text("reason"),
+    };
+    match kind {
+        hooks::SYNC => WebhookAction::Sync,
+        hooks::LOGIN_REQUIRED => WebhookAction::LoginRequired {
+            code: LOGIN_REQUIRED.to_owned(),
+            request_id: text("request_id"),
+        },
+        hooks::LOGIN_REPAIRED => WebhookAction::LoginRepaired,
+        hooks::EXPIRATION => deadline(DeadlineKind::Expiration, EXPIRATION_CODE),
+        hooks::DISCONNECT => deadline(DeadlineKind::Disconnect, DISCONNECT_CODE),
+        _ => WebhookAction::Ignore,
     }
 }
 
@@ -144,6 +196,10 @@ impl Provider for FnProvider {
         Err(WebhookError::Malformed(
             "not used in actor tests".to_string(),
         ))
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction {
+        test_action(kind, body)
     }
 }
 

@@ -13,7 +13,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::Utc;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -154,12 +153,11 @@ async fn receive_inner(
         });
     }
 
-    let dedup_key = dedup_key(kind, &verified.item_id, &body);
     let incoming = IncomingWebhook {
         provider: kind,
-        item_id: verified.item_id.clone(),
+        item_id: verified.effect.external_id.clone(),
         kind: verified.kind.clone(),
-        dedup_key,
+        dedup_key: verified.effect.dedup_key,
         body: verified.body,
         received_at: Utc::now(),
     };
@@ -172,7 +170,7 @@ async fn receive_inner(
     let store = state.store.clone();
     let registry = state.registry.clone();
     let ttl = state.settings.store.dedup_ttl;
-    let item_id = verified.item_id.clone();
+    let item_id = verified.effect.external_id.clone();
     let event_kind = verified.kind.clone();
     let outcome = tokio::task::spawn_blocking(move || {
         let outcome = store.ingest(incoming, ttl)?;
@@ -213,15 +211,4 @@ async fn receive_inner(
         ProviderKind::Plaid => StatusCode::OK,
     };
     Ok((status, Json(ack)))
-}
-
-/// Same provider, same item, same bytes: the same event.
-fn dedup_key(provider: ProviderKind, item_id: &str, body: &[u8]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(provider.as_str().as_bytes());
-    hasher.update([0u8]);
-    hasher.update(item_id.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(body);
-    hasher.finalize().into()
 }

@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use http::HeaderMap;
+use sha2::{Digest, Sha256};
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 
@@ -44,17 +45,83 @@ pub struct WindowPage {
     pub request_id: String,
 }
 
-/// A webhook whose signature has been verified and whose body has been parsed.
+/// What a verified webhook means, whatever the provider: which linked object it is
+/// about, which key makes a repeat of it a duplicate, and what acctor should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookEffect {
+    /// The routing key: the provider's id of the linked object (a Plaid `item_id`),
+    /// resolved to an account by the store's item/alias index.
+    pub external_id: String,
+    /// The dedup key: the same key within the dedup TTL is the same event.
+    pub dedup_key: [u8; 32],
+    /// What the event asks for.
+    pub action: WebhookAction,
+}
+
+/// What a webhook asks acctor to do. The actions of later providers come here with the
+/// code that acts on them: applying an object event (Stripe's objects) and setting an
+/// operation's status (a long-running operation's outcome).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookAction {
+    /// The linked object's data changed: sync it.
+    Sync,
+    /// The user must log in again at the provider: park the account until they do.
+    LoginRequired {
+        /// The provider's code for it, recorded on the mark and its incident.
+        code: String,
+        /// The provider's request id of the error, when the webhook carried one.
+        request_id: Option<String>,
+    },
+    /// The user logged in again: unpark the account and lift any announced deadline.
+    LoginRepaired,
+    /// The provider announced when access ends.
+    DeadlineAnnounced {
+        /// Consent expiring, or the connection going away.
+        kind: DeadlineKind,
+        /// The provider's code for it, recorded on the account and its incident.
+        code: String,
+        /// When access ends, when the provider said.
+        deadline: Option<DateTime<Utc>>,
+        /// The provider's reason, when it gave one.
+        reason: Option<String>,
+    },
+    /// Nothing to act on beyond the sync every webhook nudges: kept in the inbox all the
+    /// same, and consumed by the account's next sync.
+    Ignore,
+}
+
+/// What kind of end of access a provider announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadlineKind {
+    /// The user's consent expires.
+    Expiration,
+    /// The connection will stop working (e.g. an institution migration).
+    Disconnect,
+}
+
+/// A webhook whose signature has been verified and whose body has been parsed: what it
+/// means, and the event as the inbox keeps it (its kind and body, which
+/// [`Provider::action_of`] reads again when the account's actor gets to it).
 #[derive(Clone, Debug)]
 pub struct VerifiedWebhook {
-    /// The provider's id of the linked object (Plaid `item_id`).
-    pub item_id: String,
-    /// `WEBHOOK_TYPE/WEBHOOK_CODE`, e.g. `TRANSACTIONS/SYNC_UPDATES_AVAILABLE`.
+    /// What it means.
+    pub effect: WebhookEffect,
+    /// The provider's name for the event, e.g. `TRANSACTIONS/SYNC_UPDATES_AVAILABLE`.
     pub kind: String,
-    /// Whether this event means the account's data changed and it should sync.
-    pub triggers_sync: bool,
     /// The parsed body.
     pub body: serde_json::Value,
+}
+
+/// The dedup key of a provider whose events carry no id of their own: same provider,
+/// same linked object, same bytes, same event.
+pub fn body_dedup_key(provider: ProviderKind, external_id: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(provider.as_str().as_bytes());
+    hasher.update([0u8]);
+    hasher.update(external_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body);
+    hasher.finalize().into()
 }
 
 /// What a failed provider call means for whoever made it: the provider's own codes
@@ -176,6 +243,11 @@ pub trait Provider: Send + Sync + 'static {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<VerifiedWebhook, WebhookError>;
+
+    /// What a stored event asks for, from its `kind` and `body` as
+    /// [`Provider::verify_webhook`] returned them: the same reading the webhook got when
+    /// it arrived, so the inbox keeps the event itself, not an interpretation of it.
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction;
 }
 
 /// A provider whose data is pulled as a cursor delta plus a date-window listing (Plaid's

@@ -21,11 +21,13 @@ use tracing::debug;
 use super::errors;
 use super::keys::{KeyCache, KeyFetcher};
 use super::verify::WebhookVerifier;
+use super::webhooks;
 use super::wire;
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 use crate::providers::budget::RequestBudget;
 use crate::providers::{
-    CursorSource, DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
+    CursorSource, DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookAction, WebhookError,
+    WindowPage,
 };
 
 /// Longest slice of an undecodable error body kept in the error message.
@@ -349,6 +351,10 @@ impl Provider for PlaidClient {
     ) -> Result<VerifiedWebhook, WebhookError> {
         let now = chrono::Utc::now().timestamp();
         self.verifier.verify_at(headers, body, now).await
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction {
+        webhooks::action_of(kind, body)
     }
 }
 

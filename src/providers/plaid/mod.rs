@@ -5,7 +5,8 @@
 //!
 //! - [`client`]: HTTP calls, credentials, error mapping, verbatim transactions.
 //! - [`errors`]: what each Plaid error means ([`crate::providers::ErrorClass`]).
-//! - `verify`: the `Plaid-Verification` JWT (ES256 only) and the webhook body.
+//! - `verify`: the `Plaid-Verification` JWT (ES256 only).
+//! - `webhooks`: what a webhook body means ([`crate::providers::WebhookEffect`]).
 //! - `keys`: the verification key cache that keeps verification off the network.
 
 use base64::alphabet;
@@ -16,6 +17,7 @@ pub mod client;
 pub mod errors;
 mod keys;
 mod verify;
+mod webhooks;
 pub mod wire;
 
 #[cfg(test)]
