@@ -1,7 +1,8 @@
-//! HTTP: one router per resource, merged here. Handlers only translate HTTP to domain
-//! calls and back; the work happens in the store and the actors.
+//! HTTP: one router per resource, merged here. Handlers only translate HTTP to
+//! use-case calls ([`crate::service`]) or domain calls and back; the work happens in the
+//! services, the store and the actors.
 //!
-//! - [`webhooks`]: `POST /webhooks/{provider}` — verify, dedup, persist, acknowledge.
+//! - [`webhooks`]: `POST /webhooks/{provider}` — the ingest use-case over HTTP.
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`incidents`]: `/v1/incidents…` — incidents, filtered, newest first.
@@ -31,6 +32,7 @@ use crate::actors::Registry;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::providers::DynProvider;
+use crate::service::ingest::Ingest;
 use crate::store::Store;
 
 pub mod accounts;
@@ -68,6 +70,18 @@ impl AppState {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The webhook ingest use-case over this state (a handful of `Arc` clones).
+    pub fn ingest(&self) -> Ingest {
+        Ingest::new(
+            self.store.clone(),
+            self.registry.clone(),
+            self.providers.clone(),
+            self.shutting_down.clone(),
+            self.settings.server.max_inbox_depth,
+            self.settings.store.dedup_ttl,
+        )
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use sha2::{Digest, Sha256};
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
@@ -248,6 +248,12 @@ pub trait Provider: Send + Sync + 'static {
     /// [`Provider::verify_webhook`] returned them: the same reading the webhook got when
     /// it arrived, so the inbox keeps the event itself, not an interpretation of it.
     fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction;
+
+    /// The status that acknowledges a webhook once it is on disk: a 2xx, 200 unless the
+    /// provider wants another.
+    fn ack_status(&self) -> StatusCode {
+        StatusCode::OK
+    }
 }
 
 /// A provider whose data is pulled as a cursor delta plus a date-window listing (Plaid's

@@ -12,7 +12,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use futures::FutureExt as _;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -355,6 +355,11 @@ impl Provider for PlaidClient {
 
     fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction {
         webhooks::action_of(kind, body)
+    }
+
+    /// Plaid counts anything but exactly 200 as a failed delivery.
+    fn ack_status(&self) -> StatusCode {
+        StatusCode::OK
     }
 }
 
