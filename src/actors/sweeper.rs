@@ -277,7 +277,7 @@ pub fn sweep(
             }
             // A failed or quarantined account keeps its inbox until an operator resumes
             // it. One waiting for a re-login is still nudged: its actor only reads the
-            // store (no provider call) and unparks on a LOGIN_REPAIRED whose own nudge
+            // store (no provider call) and unparks on a login repair whose own nudge
             // was lost.
             if store
                 .get_account(&id)?
