@@ -32,7 +32,7 @@ use crate::http::{router, AppState};
 use crate::outbound::AlertSender;
 use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
-use crate::providers::DynProvider;
+use crate::providers::{DynCursorSource, DynProvider};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use crate::service;
 use crate::service::accounts::{self, LinkInput};
@@ -132,11 +132,13 @@ impl App {
         let plaid = Arc::new(plaid_client);
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, plaid.clone());
+        let mut cursor_sources: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
+        cursor_sources.insert(ProviderKind::Plaid, plaid.clone());
 
         let dyn_store: Arc<dyn Store> = layer(store.clone());
         let registry = Registry::new(
             dyn_store.clone(),
-            providers.clone(),
+            cursor_sources,
             settings.actors.clone(),
             SyncParams {
                 page_size: settings.plaid.sync_page_size,

@@ -4,7 +4,8 @@
 //! Every linked account is an actor whose mailbox serializes everything done to it; the
 //! store is the only memory that matters (actors rebuild from it at any moment). See
 //! `DESIGN.md` for the data flow; the modules mirror it:
-//! [`http`] ingests and serves, [`actors`] serialize and sync, [`store`] keeps the
+//! [`http`] translates requests, [`service`] holds the use-cases (webhook ingest),
+//! [`actors`] serialize and sync, [`store`] keeps the
 //! invariants, [`providers`] talk to the outside, [`sandbox`] simulates the outside.
 
 pub mod actors;

@@ -14,4 +14,4 @@ pub use account::{AccountMessage, ActorSnapshot, SyncReason};
 pub use registry::{Registry, RegistryError};
 
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;

@@ -1,15 +1,17 @@
-//! Error-code semantics of the provider's item state, applied by the account's sync
-//! task before and after it talks to the provider:
+//! The needs-reauth state of an account, applied by its sync task before and after it
+//! talks to the provider. What an event or an error means is the provider plugin's
+//! call ([`WebhookAction`], [`ErrorClass`]); what acctor does about it is decided here:
 //!
-//! - ITEM_LOGIN_REQUIRED (a provider answer, or an `ITEM`/`ERROR` webhook carrying it)
-//!   parks the account as needs-reauth: the mark is stored on the account (with the
-//!   inbox position it was set at), its retry record goes, a `needs_reauth` incident is
-//!   opened. A parked account is never synced, retried or polled.
-//! - An `ITEM`/`LOGIN_REPAIRED` webhook newer than that position unparks it (and the
+//! - Login required (a provider answer classified [`ErrorClass::LoginRequired`], or a
+//!   webhook whose action is [`WebhookAction::LoginRequired`]) parks the account as
+//!   needs-reauth: the mark is stored on the account (with the inbox position it was set
+//!   at), its retry record goes, a `needs_reauth` incident is opened. A parked account is
+//!   never synced, retried or polled.
+//! - A [`WebhookAction::LoginRepaired`] newer than that position unparks it (and the
 //!   same sync catches up everything kept in the inbox meanwhile); so does a relink
 //!   (`POST /v1/accounts` again with a new token, see `Registry::relinked`).
-//! - `PENDING_EXPIRATION` / `PENDING_DISCONNECT` record the announced deadline on the
-//!   account and open a warning incident; LOGIN_REPAIRED or a relink clears them.
+//! - A [`WebhookAction::DeadlineAnnounced`] records the deadline on the account and
+//!   opens a warning incident; a login repair or a relink clears them.
 //!
 //! Every decision is taken on the account record as stored at the moment it is
 //! written (`Store::update_login_state`), never written back from a copy read earlier:
@@ -17,7 +19,10 @@
 //!
 //! The decisions read the inbox entries the sync claimed, not messages: webhooks are
 //! durable in the inbox before they are acknowledged, so a crash, a passivation or a
-//! restart can never lose a LOGIN_REPAIRED (the next activation finds it there).
+//! restart can never lose a login repair (the next activation finds it there). The
+//! inbox keeps each event as the provider sent it; the account's provider plugin reads
+//! it again here ([`crate::providers::Provider::action_of`]), exactly as the webhook
+//! route read it on arrival.
 
 use std::sync::Arc;
 
@@ -27,10 +32,8 @@ use super::registry::Registry;
 use super::sync::SyncError;
 use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
 use crate::incidents::IncidentKind;
+use crate::providers::{DeadlineKind, ErrorClass, WebhookAction};
 use crate::store::StoreError;
-
-/// The provider's code for "the user must log in again".
-pub const LOGIN_REQUIRED: &str = "ITEM_LOGIN_REQUIRED";
 
 /// What the pre-sync check decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +42,7 @@ pub enum Check {
     Proceed,
     /// Parked: do not call the provider.
     Parked {
-        /// Whether this check parked it (an ITEM/ERROR webhook).
+        /// Whether this check parked it (a login-required webhook).
         newly_parked: bool,
     },
 }
@@ -47,61 +50,76 @@ pub enum Check {
 /// What an inbox entry says about the item's login state.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LoginSignal {
-    /// `ITEM`/`ERROR` with ITEM_LOGIN_REQUIRED.
+    /// The user must log in again.
     Required {
+        /// The provider's code for it.
+        code: String,
         /// The error's request id, if the webhook carried one.
         request_id: Option<String>,
     },
-    /// `ITEM`/`LOGIN_REPAIRED`.
+    /// The user logged in again.
     Repaired,
 }
 
-/// The login signal of one webhook, if it carries one.
-pub fn login_signal(entry: &InboxEntry) -> Option<LoginSignal> {
-    match entry.kind.as_str() {
-        "ITEM/LOGIN_REPAIRED" => Some(LoginSignal::Repaired),
-        "ITEM/ERROR" => {
-            let error = entry.body.get("error")?;
-            (error.get("error_code")?.as_str()? == LOGIN_REQUIRED).then(|| LoginSignal::Required {
-                request_id: error
-                    .get("request_id")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_owned),
-            })
-        }
+/// One claimed inbox entry as its provider reads it.
+#[derive(Clone, Debug)]
+struct Read {
+    seq: u64,
+    action: WebhookAction,
+}
+
+/// The login signal of one webhook's action, if it carries one.
+pub fn login_signal(action: &WebhookAction) -> Option<LoginSignal> {
+    match action {
+        WebhookAction::LoginRepaired => Some(LoginSignal::Repaired),
+        WebhookAction::LoginRequired { code, request_id } => Some(LoginSignal::Required {
+            code: code.clone(),
+            request_id: request_id.clone(),
+        }),
         _ => None,
     }
 }
 
-/// The deadline a `PENDING_EXPIRATION` / `PENDING_DISCONNECT` webhook announces.
-pub fn deadline_of(entry: &InboxEntry, now: DateTime<Utc>) -> Option<PendingDeadline> {
-    let code = match entry.kind.as_str() {
-        "ITEM/PENDING_EXPIRATION" => "PENDING_EXPIRATION",
-        "ITEM/PENDING_DISCONNECT" => "PENDING_DISCONNECT",
-        _ => return None,
+/// The deadline a webhook's action announces, and the kind of incident that warns of it.
+pub fn deadline_of(
+    action: &WebhookAction,
+    now: DateTime<Utc>,
+) -> Option<(IncidentKind, PendingDeadline)> {
+    let WebhookAction::DeadlineAnnounced {
+        kind,
+        code,
+        deadline,
+        reason,
+    } = action
+    else {
+        return None;
     };
-    let text = |name: &str| entry.body.get(name).and_then(|v| v.as_str());
-    Some(PendingDeadline {
-        code: code.to_owned(),
-        deadline: text("consent_expiration_time")
-            .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-            .map(|t| t.with_timezone(&Utc)),
-        reason: text("reason").map(str::to_owned),
+    let incident = match kind {
+        DeadlineKind::Expiration => IncidentKind::PendingExpiration,
+        DeadlineKind::Disconnect => IncidentKind::PendingDisconnect,
+    };
+    let deadline = PendingDeadline {
+        code: code.clone(),
+        deadline: *deadline,
+        reason: reason.clone(),
         since: now,
-    })
+    };
+    Some((incident, deadline))
 }
 
-fn deadline_kind(deadline: &PendingDeadline) -> IncidentKind {
-    if deadline.code == "PENDING_DISCONNECT" {
-        IncidentKind::PendingDisconnect
-    } else {
-        IncidentKind::PendingExpiration
-    }
+/// Whether an action concerns the login state (the check has work to do).
+fn concerns_login(action: &WebhookAction) -> bool {
+    matches!(
+        action,
+        WebhookAction::LoginRequired { .. }
+            | WebhookAction::LoginRepaired
+            | WebhookAction::DeadlineAnnounced { .. }
+    )
 }
 
 /// Whether a failed sync failed because the user must log in again.
 pub fn is_login_required(error: &SyncError) -> bool {
-    matches!(error, SyncError::Provider(e) if e.is_login_required())
+    error.class() == Some(ErrorClass::LoginRequired)
 }
 
 /// The pre-sync check over the claimed inbox entries (in seq order). Writes what it
@@ -114,16 +132,26 @@ pub async fn check(
     account: &Account,
     entries: &[InboxEntry],
 ) -> Result<Check, StoreError> {
-    let interesting = entries.iter().any(|e| e.kind.starts_with("ITEM/"));
+    // Each entry read by the plugin of the provider that sent it (a map lookup and a
+    // look at a few fields of the body).
+    let reads: Vec<Read> = entries
+        .iter()
+        .map(|entry| Read {
+            seq: entry.seq,
+            action: registry
+                .provider(entry.provider)
+                .action_of(&entry.kind, &entry.body),
+        })
+        .collect();
+    let interesting = reads.iter().any(|read| concerns_login(&read.action));
     if account.needs_reauth.is_none() && !interesting {
-        // The common case costs nothing: a plain transactions webhook, not parked.
+        // The common case costs nothing: a plain data webhook, not parked.
         return Ok(Check::Proceed);
     }
     let registry_for_task = registry.clone();
     let id = account.id.clone();
-    let entries = entries.to_vec();
     let (check, wrote) =
-        tokio::task::spawn_blocking(move || decide(&registry_for_task, &id, &entries))
+        tokio::task::spawn_blocking(move || decide(&registry_for_task, &id, &reads))
             .await
             .map_err(|e| StoreError::Io(format!("reauth check task failed: {e}")))??;
     if wrote {
@@ -158,8 +186,8 @@ enum Transition {
 }
 
 impl Plan {
-    fn park(&mut self, request_id: Option<String>, after_seq: u64, now: DateTime<Utc>) {
-        let (mark, details) = parked_mark(LOGIN_REQUIRED, request_id, "webhook", after_seq, now);
+    fn park(&mut self, code: &str, request_id: Option<String>, after_seq: u64, now: DateTime<Utc>) {
+        let (mark, details) = parked_mark(code, request_id, "webhook", after_seq, now);
         self.needs_reauth = Some(Some(mark));
         self.open.push((IncidentKind::NeedsReauth, details));
         self.check = Some(Check::Parked { newly_parked: true });
@@ -194,7 +222,7 @@ impl Plan {
 fn decide(
     registry: &Registry,
     id: &AccountId,
-    entries: &[InboxEntry],
+    entries: &[Read],
 ) -> Result<(Check, bool), StoreError> {
     let now = Utc::now();
     // The plan of the transaction run that committed (an earlier run's is replaced).
@@ -237,7 +265,7 @@ fn decide(
 
 /// The decision over `entries` for the account as stored in `account`. Pure: it runs
 /// inside a store transaction that may be retried.
-fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
+fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
     let mut plan = Plan::default();
     // Entries up to the park, or up to the last unpark, have been acted on already.
     let after_seq = account
@@ -245,12 +273,12 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
         .as_ref()
         .map(|p| p.after_seq)
         .max(account.login_seen_through);
-    let newer = |entry: &&InboxEntry| after_seq.is_none_or(|after| entry.seq > after);
+    let newer = |entry: &&Read| after_seq.is_none_or(|after| entry.seq > after);
     let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
     let latest_signal = entries
         .iter()
         .filter(newer)
-        .filter_map(|e| login_signal(e).map(|s| (e.seq, s)))
+        .filter_map(|e| login_signal(&e.action).map(|s| (e.seq, s)))
         .next_back();
     // Seqs start at 0: "no repair" is `None`, not a sentinel seq.
     let mut repaired_at_seq = None;
@@ -269,9 +297,11 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
             plan.seen_through = Some(max_seq);
             repaired_at_seq = Some(seq);
         }
-        (Some(parked), Some((seq, LoginSignal::Required { request_id }))) if parked.relinked => {
+        (Some(parked), Some((seq, LoginSignal::Required { code, request_id })))
+            if parked.relinked =>
+        {
             // The new token already needs a login again.
-            plan.park(request_id, max_seq, now);
+            plan.park(&code, request_id, max_seq, now);
             plan.transition = Some(Transition::ParkedAgainAfterRelink { seq });
         }
         (Some(parked), _) if parked.relinked => {
@@ -297,8 +327,8 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
                 newly_parked: false,
             });
         }
-        (None, Some((seq, LoginSignal::Required { request_id }))) => {
-            plan.park(request_id, max_seq, now);
+        (None, Some((seq, LoginSignal::Required { code, request_id }))) => {
+            plan.park(&code, request_id, max_seq, now);
             plan.transition = Some(Transition::ParkedByWebhook { seq });
         }
         (None, Some((seq, LoginSignal::Repaired))) => {
@@ -316,9 +346,9 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
         .iter()
         .filter(newer)
         .filter(|e| repaired_at_seq.is_none_or(|repaired| e.seq > repaired))
-        .filter_map(|e| deadline_of(e, now))
+        .filter_map(|e| deadline_of(&e.action, now))
         .next_back();
-    if let Some(deadline) = announced {
+    if let Some((incident, deadline)) = announced {
         let current = account.pending_deadline.as_ref();
         let same = current.is_some_and(|c| {
             c.code == deadline.code
@@ -327,7 +357,7 @@ fn plan(account: &Account, entries: &[InboxEntry], now: DateTime<Utc>) -> Plan {
         });
         if !same || repaired_at_seq.is_some() {
             plan.open.push((
-                deadline_kind(&deadline),
+                incident,
                 serde_json::json!({
                     "code": deadline.code,
                     "deadline": deadline.deadline,
@@ -363,7 +393,7 @@ fn parked_mark(
     (mark, details)
 }
 
-/// Parks the account after the provider answered ITEM_LOGIN_REQUIRED to a sync that
+/// Parks the account after the provider answered "login required" to a sync that
 /// used `token`: the failed outcome, the mark and the incident, made durable.
 /// `after_seq`: the last inbox entry the failed sync had read.
 ///
@@ -381,11 +411,13 @@ pub async fn park_after_error(
     let task_id = id.clone();
     let outcome = error.outcome();
     let request_id = error.request_id();
+    // The provider's own code for it, as the mark and its incident record it.
+    let code = error.code();
     let token = token.clone();
     let parked = tokio::task::spawn_blocking(move || {
         let store = task_registry.store();
         let now = Utc::now();
-        let (mark, details) = parked_mark(LOGIN_REQUIRED, request_id, "provider", after_seq, now);
+        let (mark, details) = parked_mark(&code, request_id, "provider", after_seq, now);
         let stored = store.update_login_state(&task_id, &|account| {
             if account.access_token != token {
                 return false;
@@ -440,71 +472,56 @@ mod race_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::ProviderKind;
-    use serde_json::json;
-
-    fn entry(seq: u64, kind: &str, body: serde_json::Value) -> InboxEntry {
-        InboxEntry {
-            seq,
-            account_id: AccountId("acc_x".into()),
-            provider: ProviderKind::Plaid,
-            kind: kind.to_owned(),
-            received_at: Utc::now(),
-            body,
-        }
-    }
 
     #[test]
-    fn item_webhooks_are_classified_by_code() {
-        let required = entry(
-            1,
-            "ITEM/ERROR",
-            json!({ "error": { "error_code": "ITEM_LOGIN_REQUIRED", "request_id": "r1" } }),
-        );
+    fn actions_give_login_signals_and_deadlines() {
+        let required = WebhookAction::LoginRequired {
+            code: "LOGIN".into(),
+            request_id: Some("r1".into()),
+        };
         assert_eq!(
             login_signal(&required),
             Some(LoginSignal::Required {
+                code: "LOGIN".into(),
                 request_id: Some("r1".into())
             })
         );
-        let other_error = entry(
-            2,
-            "ITEM/ERROR",
-            json!({ "error": { "error_code": "ITEM_NOT_FOUND" } }),
-        );
-        assert_eq!(login_signal(&other_error), None);
         assert_eq!(
-            login_signal(&entry(3, "ITEM/LOGIN_REPAIRED", json!({}))),
+            login_signal(&WebhookAction::LoginRepaired),
             Some(LoginSignal::Repaired)
         );
-        assert_eq!(
-            login_signal(&entry(4, "TRANSACTIONS/SYNC_UPDATES_AVAILABLE", json!({}))),
-            None
-        );
-        let expiring = deadline_of(
-            &entry(
-                5,
-                "ITEM/PENDING_EXPIRATION",
-                json!({ "consent_expiration_time": "2026-03-01T12:00:00Z" }),
-            ),
+        assert_eq!(login_signal(&WebhookAction::Sync), None);
+        assert_eq!(login_signal(&WebhookAction::Ignore), None);
+        assert!(!concerns_login(&WebhookAction::Sync) && !concerns_login(&WebhookAction::Ignore));
+
+        let at = DateTime::parse_from_rfc3339("2026-03-01T12:00:00Z")
+            .expect("a time")
+            .with_timezone(&Utc);
+        let (incident, expiring) = deadline_of(
+            &WebhookAction::DeadlineAnnounced {
+                kind: DeadlineKind::Expiration,
+                code: "EXPIRING".into(),
+                deadline: Some(at),
+                reason: None,
+            },
             Utc::now(),
         )
         .expect("a deadline");
-        assert_eq!(expiring.code, "PENDING_EXPIRATION");
-        assert_eq!(
-            expiring.deadline.map(|d| d.to_rfc3339()),
-            Some("2026-03-01T12:00:00+00:00".to_string())
-        );
-        let disconnect = deadline_of(
-            &entry(
-                6,
-                "ITEM/PENDING_DISCONNECT",
-                json!({ "reason": "INSTITUTION_MIGRATION" }),
-            ),
+        assert_eq!(incident, IncidentKind::PendingExpiration);
+        assert_eq!(expiring.code, "EXPIRING");
+        assert_eq!(expiring.deadline, Some(at));
+        let (incident, disconnect) = deadline_of(
+            &WebhookAction::DeadlineAnnounced {
+                kind: DeadlineKind::Disconnect,
+                code: "GOING".into(),
+                deadline: None,
+                reason: Some("INSTITUTION_MIGRATION".into()),
+            },
             Utc::now(),
         )
         .expect("a deadline");
         assert_eq!(disconnect.reason.as_deref(), Some("INSTITUTION_MIGRATION"));
-        assert_eq!(deadline_kind(&disconnect), IncidentKind::PendingDisconnect);
+        assert_eq!(incident, IncidentKind::PendingDisconnect);
+        assert!(deadline_of(&WebhookAction::LoginRepaired, Utc::now()).is_none());
     }
 }

@@ -9,10 +9,13 @@ use super::*;
 use crate::actors::account::SyncReason;
 use crate::actors::registry::RegistryError;
 use crate::actors::sync::SyncParams;
-use crate::actors::test_support::{cursor_rejected, delta, window, EmptyProvider, FnProvider};
+use crate::actors::test_support::{
+    cursor_rejected, delta, hooks, test_action, window, EmptyProvider, FnProvider, EXPIRATION_CODE,
+    LOGIN_REQUIRED,
+};
 use crate::config::Settings;
 use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
-use crate::providers::{DynProvider, ProviderError};
+use crate::providers::{DynCursorSource, ProviderError};
 use crate::store::{IncomingWebhook, IngestOutcome, SledStore, SledStoreConfig, Store};
 
 pub(super) struct Harness {
@@ -21,11 +24,14 @@ pub(super) struct Harness {
     _dir: tempfile::TempDir,
 }
 
-pub(super) fn harness_with(provider: DynProvider) -> Harness {
+pub(super) fn harness_with(provider: DynCursorSource) -> Harness {
     harness_with_settings(provider, Settings::defaults().actors)
 }
 
-fn harness_with_settings(provider: DynProvider, settings: crate::config::ActorSettings) -> Harness {
+fn harness_with_settings(
+    provider: DynCursorSource,
+    settings: crate::config::ActorSettings,
+) -> Harness {
     let dir = tempfile::tempdir().expect("temp dir");
     let store: Arc<dyn Store> = SledStore::open(SledStoreConfig {
         data_dir: dir.path().to_path_buf(),
@@ -33,7 +39,7 @@ fn harness_with_settings(provider: DynProvider, settings: crate::config::ActorSe
         group_commit_window: Duration::ZERO,
     })
     .expect("store opens");
-    let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+    let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
     providers.insert(ProviderKind::Plaid, provider);
     let registry = Registry::new(
         store.clone(),
@@ -108,13 +114,9 @@ impl Harness {
             .is_some()
     }
 
-    /// Parks the account as an ITEM/ERROR webhook does, through the check.
+    /// Parks the account as a login-required webhook does, through the check.
     async fn park_by_webhook(&self, id: &AccountId, item: &str) {
-        self.ingest(
-            item,
-            "ITEM/ERROR",
-            serde_json::json!({ "error": { "error_code": LOGIN_REQUIRED } }),
-        );
+        self.ingest(item, hooks::LOGIN_REQUIRED, serde_json::json!({}));
         let account = self.account(id);
         let entries = self.store.pending_inbox(id).expect("inbox");
         let decided = check(&self.registry, &account, &entries)
@@ -134,11 +136,7 @@ async fn a_relink_during_a_parked_check_is_not_lost() {
     assert!(h.open(&id, IncidentKind::NeedsReauth));
 
     // The check's sync task reads the account and claims a newer webhook...
-    h.ingest(
-        "item-b1",
-        "TRANSACTIONS/SYNC_UPDATES_AVAILABLE",
-        serde_json::json!({}),
-    );
+    h.ingest("item-b1", hooks::SYNC, serde_json::json!({}));
     let read_before_relink = h.account(&id);
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     // ...then the user relinks, as `POST /v1/accounts` does (its `Registry::relinked`
@@ -161,7 +159,7 @@ async fn a_relink_during_a_parked_check_is_not_lost() {
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
 }
 
-/// After a relink unparked it, the old ITEM_LOGIN_REQUIRED webhook still waits in the
+/// After a relink unparked it, the old login-required webhook still waits in the
 /// inbox until a sync commits. If that sync fails (a 500, say), the retry's check sees
 /// the same entry again: it must not park the account a second time.
 #[tokio::test]
@@ -187,7 +185,7 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     // (still pending) entries once more.
     let entries = h.store.claim_pending_inbox(&id).expect("claim again");
     assert!(
-        entries.iter().any(|e| e.kind == "ITEM/ERROR"),
+        entries.iter().any(|e| e.kind == hooks::LOGIN_REQUIRED),
         "the old error is still pending"
     );
     let decided = check(&h.registry, &h.account(&id), &entries)
@@ -198,11 +196,7 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
 
     // A login error that arrives after the relink still parks it.
-    h.ingest(
-        "item-repark",
-        "ITEM/ERROR",
-        serde_json::json!({ "error": { "error_code": LOGIN_REQUIRED } }),
-    );
+    h.ingest("item-repark", hooks::LOGIN_REQUIRED, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim new");
     let decided = check(&h.registry, &h.account(&id), &entries)
         .await
@@ -219,8 +213,8 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
     let id = h.link("item-deadline");
     h.ingest(
         "item-deadline",
-        "ITEM/PENDING_DISCONNECT",
-        serde_json::json!({ "reason": "INSTITUTION_TOKEN_EXPIRATION" }),
+        hooks::DISCONNECT,
+        serde_json::json!({ "reason": "TOKEN_EXPIRATION" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
@@ -239,7 +233,7 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
 
     // The relink's sync checks the same, still pending, entry.
     let entries = h.store.claim_pending_inbox(&id).expect("claim again");
-    assert!(entries.iter().any(|e| e.kind == "ITEM/PENDING_DISCONNECT"));
+    assert!(entries.iter().any(|e| e.kind == hooks::DISCONNECT));
     check(&h.registry, &h.account(&id), &entries)
         .await
         .expect("relink's check");
@@ -255,8 +249,8 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
     // A deadline announced after the relink is a new warning.
     h.ingest(
         "item-deadline",
-        "ITEM/PENDING_EXPIRATION",
-        serde_json::json!({ "consent_expiration_time": "2030-01-01T00:00:00Z" }),
+        hooks::EXPIRATION,
+        serde_json::json!({ "deadline": "2030-01-01T00:00:00Z" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim new");
     check(&h.registry, &h.account(&id), &entries)
@@ -264,7 +258,7 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
         .expect("check new");
     assert_eq!(
         h.account(&id).pending_deadline.map(|d| d.code),
-        Some("PENDING_EXPIRATION".to_string())
+        Some(EXPIRATION_CODE.to_string())
     );
     assert!(h.open(&id, IncidentKind::PendingExpiration));
 }
@@ -277,11 +271,7 @@ async fn a_parked_check_only_raises_after_seq_and_keeps_a_relink() {
     let id = h.link("item-b1b");
     h.park_by_webhook(&id, "item-b1b").await;
     let parked_at = h.account(&id).needs_reauth.expect("parked").after_seq;
-    let newer = h.ingest(
-        "item-b1b",
-        "TRANSACTIONS/SYNC_UPDATES_AVAILABLE",
-        serde_json::json!({}),
-    );
+    let newer = h.ingest("item-b1b", hooks::SYNC, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
         .await
@@ -315,7 +305,7 @@ async fn a_parked_check_only_raises_after_seq_and_keeps_a_relink() {
     );
 }
 
-/// B1 for the provider path: ITEM_LOGIN_REQUIRED answered to a sync that used the
+/// B1 for the provider path: a login-required error answered to a sync that used the
 /// token a relink has since replaced parks nothing.
 #[tokio::test]
 async fn a_login_error_for_a_replaced_token_does_not_park() {
@@ -323,10 +313,11 @@ async fn a_login_error_for_a_replaced_token_does_not_park() {
     let id = h.link("item-b1c");
     let error = SyncError::Provider(ProviderError::Api {
         status: 400,
-        error_type: "ITEM_ERROR".into(),
+        error_type: "LOGIN_ERROR".into(),
         code: LOGIN_REQUIRED.into(),
         message: "login".into(),
         request_id: Some("req-x".into()),
+        class: ErrorClass::LoginRequired,
     });
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
@@ -373,7 +364,7 @@ async fn a_relink_clears_the_failed_mark_in_the_store() {
     assert!(!h.open(&id, IncidentKind::SyncFailed));
 }
 
-/// B5: LOGIN_REPAIRED on an account that is not parked lifts an announced deadline
+/// B5: a login repair on an account that is not parked lifts an announced deadline
 /// and its warning incident.
 #[tokio::test]
 async fn login_repaired_clears_a_deadline_when_not_parked() {
@@ -381,8 +372,8 @@ async fn login_repaired_clears_a_deadline_when_not_parked() {
     let id = h.link("item-b5");
     h.ingest(
         "item-b5",
-        "ITEM/PENDING_EXPIRATION",
-        serde_json::json!({ "consent_expiration_time": "2030-01-01T00:00:00Z" }),
+        hooks::EXPIRATION,
+        serde_json::json!({ "deadline": "2030-01-01T00:00:00Z" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
@@ -390,10 +381,10 @@ async fn login_repaired_clears_a_deadline_when_not_parked() {
         .expect("check");
     assert_eq!(decided, Check::Proceed);
     let deadline = h.account(&id).pending_deadline.expect("deadline recorded");
-    assert_eq!(deadline.code, "PENDING_EXPIRATION");
+    assert_eq!(deadline.code, EXPIRATION_CODE);
     assert!(h.open(&id, IncidentKind::PendingExpiration));
 
-    h.ingest("item-b5", "ITEM/LOGIN_REPAIRED", serde_json::json!({}));
+    h.ingest("item-b5", hooks::LOGIN_REPAIRED, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
     let decided = check(&h.registry, &h.account(&id), &entries)
         .await
@@ -441,7 +432,7 @@ async fn a_resume_racing_the_quarantine_write_wins() {
 
 /// A provider whose every `/transactions/sync` call reports the token it got, then
 /// waits for the test to release it; the first call can be made to answer
-/// ITEM_LOGIN_REQUIRED.
+/// login required.
 struct GatedProvider {
     calls: tokio::sync::mpsc::UnboundedSender<String>,
     release: tokio::sync::Semaphore,
@@ -455,6 +446,21 @@ impl crate::providers::Provider for GatedProvider {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        _headers: &http::HeaderMap,
+        _body: &[u8],
+    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
+        unreachable!("no webhooks in these tests")
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> crate::providers::WebhookAction {
+        test_action(kind, body)
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::providers::CursorSource for GatedProvider {
     async fn sync_page(
         &self,
         token: &AccessToken,
@@ -486,14 +492,6 @@ impl crate::providers::Provider for GatedProvider {
     ) -> Result<crate::providers::WindowPage, ProviderError> {
         unreachable!("no reconcile in these tests")
     }
-
-    async fn verify_webhook(
-        &self,
-        _headers: &http::HeaderMap,
-        _body: &[u8],
-    ) -> Result<crate::providers::VerifiedWebhook, crate::providers::WebhookError> {
-        unreachable!("no webhooks in these tests")
-    }
 }
 
 fn gated(
@@ -506,10 +504,11 @@ fn gated(
     let errors = if login_error_first {
         vec![ProviderError::Api {
             status: 400,
-            error_type: "ITEM_ERROR".into(),
+            error_type: "LOGIN_ERROR".into(),
             code: LOGIN_REQUIRED.into(),
             message: "login required".into(),
             request_id: Some("req-login".into()),
+            class: ErrorClass::LoginRequired,
         }]
     } else {
         vec![]
@@ -565,7 +564,7 @@ async fn a_resume_during_a_sync_runs_one_more_sync() {
     provider.release.add_permits(1);
 }
 
-/// B1/B3 on the provider path: ITEM_LOGIN_REQUIRED for the token a relink replaced
+/// B1/B3 on the provider path: login required for the token a relink replaced
 /// while the sync ran does not park the account; the new token is tried at once.
 #[tokio::test]
 async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one() {
@@ -588,7 +587,7 @@ async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one()
 /// the rate-limit backoff of the failed attempt is an hour long.
 #[tokio::test]
 async fn a_resume_during_a_backoff_syncs_at_once() {
-    let (provider, mut received) = scripted(16, vec![api_error(429, "TRANSACTIONS_SYNC_LIMIT")]);
+    let (provider, mut received) = scripted(16, vec![api_error(429, "SYNC_LIMIT", RATE_LIMITED)]);
     let mut settings = Settings::defaults().actors;
     settings.rate_limit_backoff = Duration::from_secs(3600);
     let h = harness_with_settings(provider.clone(), settings);
@@ -618,7 +617,7 @@ async fn a_resume_during_a_backoff_syncs_at_once() {
 /// then reaches the attempt limit: the account is not left marked failed.
 #[tokio::test]
 async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
-    let (provider, mut received) = scripted(0, vec![api_error(429, "TRANSACTIONS_SYNC_LIMIT")]);
+    let (provider, mut received) = scripted(0, vec![api_error(429, "SYNC_LIMIT", RATE_LIMITED)]);
     let mut settings = Settings::defaults().actors;
     settings.max_sync_attempts = 1;
     let h = harness_with_settings(provider.clone(), settings);
@@ -652,15 +651,19 @@ async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
     assert!(!h.open(&id, IncidentKind::SyncFailed));
 }
 
-fn api_error(status: u16, code: &str) -> ProviderError {
+fn api_error(status: u16, code: &str, class: ErrorClass) -> ProviderError {
     ProviderError::Api {
         status,
         error_type: "API_ERROR".into(),
         code: code.into(),
         message: "scripted".into(),
         request_id: Some("req-scripted".into()),
+        class,
     }
 }
+
+/// A rate limit without a provider-given wait.
+const RATE_LIMITED: ErrorClass = ErrorClass::RateLimited { retry_after: None };
 
 /// The attempt and end of the account's backoff, once its actor is in one.
 async fn backoff_of(h: &Harness, id: &AccountId) -> (u32, DateTime<Utc>) {
@@ -693,8 +696,8 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
         let (provider, mut received) = scripted(
             100,
             vec![
-                api_error(500, "INTERNAL_SERVER_ERROR"),
-                api_error(429, "TRANSACTIONS_SYNC_LIMIT"),
+                api_error(500, "SERVER_ERROR", ErrorClass::Transient),
+                api_error(429, "SYNC_LIMIT", RATE_LIMITED),
             ],
         );
         let mut settings = Settings::defaults().actors;
@@ -752,7 +755,10 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
 /// just the one attempt the failure plan of the running attempt left.
 #[tokio::test]
 async fn a_resume_during_an_attempt_restores_the_whole_attempt_budget() {
-    let (provider, mut received) = scripted(0, vec![api_error(500, "INTERNAL_SERVER_ERROR"); 3]);
+    let (provider, mut received) = scripted(
+        0,
+        vec![api_error(500, "SERVER_ERROR", ErrorClass::Transient); 3],
+    );
     let mut settings = Settings::defaults().actors;
     settings.sync_retry_initial = Duration::from_millis(20);
     settings.sync_retry_max = Duration::from_millis(20);

@@ -34,7 +34,7 @@ use crate::config::ActorSettings;
 use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine};
 use crate::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::metrics::Metrics;
-use crate::providers::DynProvider;
+use crate::providers::DynCursorSource;
 use crate::store::{Store, StoreError};
 
 /// The incident kinds the account's marks call for. A relinked needs-reauth mark is on
@@ -127,7 +127,7 @@ pub struct Registry {
     actors: DashMap<AccountId, ActorRef<AccountMessage>>,
     by_actor: DashMap<ActorId, AccountId>,
     store: Arc<dyn Store>,
-    providers: HashMap<ProviderKind, DynProvider>,
+    providers: HashMap<ProviderKind, DynCursorSource>,
     settings: ActorSettings,
     sync_params: SyncParams,
     clock: SharedClock,
@@ -165,11 +165,11 @@ impl Drop for SyncSlot {
 }
 
 impl Registry {
-    /// A registry over `store` with one client per provider, reading the time from
-    /// `clock`.
+    /// A registry over `store` with one client per provider (what its sync needs),
+    /// reading the time from `clock`.
     pub fn new(
         store: Arc<dyn Store>,
-        providers: HashMap<ProviderKind, DynProvider>,
+        providers: HashMap<ProviderKind, DynCursorSource>,
         settings: ActorSettings,
         sync_params: SyncParams,
         clock: SharedClock,
@@ -385,9 +385,10 @@ impl Registry {
         &self.sync_params
     }
 
-    /// The client for `kind`. Every provider kind acctor knows is configured at start,
+    /// The client for `kind` (its plugin, and the cursor source its syncs page through).
+    /// Every provider kind acctor knows is configured at start,
     /// so a missing one is a start-up bug.
-    pub fn provider(&self, kind: ProviderKind) -> DynProvider {
+    pub fn provider(&self, kind: ProviderKind) -> DynCursorSource {
         match self.providers.get(&kind) {
             Some(provider) => provider.clone(),
             None => unreachable!("provider {kind} is configured at start-up"),

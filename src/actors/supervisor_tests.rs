@@ -13,7 +13,7 @@ use crate::actors::sync::SyncParams;
 use crate::actors::test_support::EmptyProvider;
 use crate::config::Settings;
 use crate::domain::{AccessToken, Account, ProviderKind};
-use crate::providers::DynProvider;
+use crate::providers::DynCursorSource;
 use crate::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
 
 struct Harness {
@@ -42,7 +42,7 @@ async fn harness(max_restarts: u32) -> Harness {
         group_commit_window: Duration::ZERO,
     })
     .expect("store opens");
-    let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+    let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
     providers.insert(ProviderKind::Plaid, Arc::new(EmptyProvider::default()));
     let registry = Registry::new(
         store.clone(),
@@ -105,7 +105,7 @@ impl Harness {
                 IncomingWebhook {
                     provider: ProviderKind::Plaid,
                     item_id: item.to_string(),
-                    kind: "TRANSACTIONS/SYNC_UPDATES_AVAILABLE".to_string(),
+                    kind: crate::actors::test_support::hooks::SYNC.to_string(),
                     dedup_key,
                     body: serde_json::json!({ "item_id": item }),
                     received_at: Utc::now(),

@@ -278,7 +278,7 @@ pub fn sweep(
             }
             // A failed or quarantined account keeps its inbox until an operator resumes
             // it. One waiting for a re-login is still nudged: its actor only reads the
-            // store (no provider call) and unparks on a LOGIN_REPAIRED whose own nudge
+            // store (no provider call) and unparks on a login repair whose own nudge
             // was lost.
             if store
                 .get_account(&id)?
@@ -407,7 +407,7 @@ mod tests {
     use crate::actors::test_support::EmptyProvider;
     use crate::config::Settings;
     use crate::domain::{AccessToken, Account, ProviderKind, Quarantine, SyncGaveUp};
-    use crate::providers::DynProvider;
+    use crate::providers::DynCursorSource;
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
 
     /// A linked account that already synced once, so activating it does not sync.
@@ -437,7 +437,7 @@ mod tests {
         })
         .expect("store opens");
         let provider = Arc::new(EmptyProvider::default());
-        let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+        let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
         providers.insert(ProviderKind::Plaid, provider.clone());
         let registry = Registry::new(
             store.clone(),
@@ -500,7 +500,7 @@ mod tests {
         .expect("store opens");
         let store: Arc<dyn Store> = sled.clone();
         let provider = Arc::new(EmptyProvider::default());
-        let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
+        let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
         providers.insert(ProviderKind::Plaid, provider.clone());
         let registry = Registry::new(
             store,

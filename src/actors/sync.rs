@@ -23,7 +23,7 @@ use chrono::{Duration as ChronoDuration, Utc};
 use serde::Serialize;
 
 use crate::domain::{Account, SyncOutcome, Transaction};
-use crate::providers::{Provider, ProviderError};
+use crate::providers::{CursorSource, ErrorClass, ProviderError};
 use crate::store::{ApplyMode, Store, StoreError, SyncCommit};
 
 /// Commits off the async workers: a large commit holds sled's process-wide transaction
@@ -119,7 +119,7 @@ impl SyncProgress {
 /// Everything else (rate limits, login, a rejected cursor, mutation during pagination)
 /// goes to the caller at once, which has its own handling for each.
 async fn fetch_page(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     account: &Account,
     cursor: Option<&str>,
     params: &SyncParams,
@@ -130,7 +130,9 @@ async fn fetch_page(
             .sync_page(&account.access_token, cursor, params.page_size)
             .await
         {
-            Err(error) if error.is_transient() && retries < params.page_retries => {
+            Err(error)
+                if error.class() == ErrorClass::Transient && retries < params.page_retries =>
+            {
                 retries += 1;
                 tracing::debug!(
                     account_id = %account.id,
@@ -182,6 +184,14 @@ impl SyncError {
         }
     }
 
+    /// What the provider's failure means; `None` when the provider did not fail.
+    pub fn class(&self) -> Option<ErrorClass> {
+        match self {
+            SyncError::Provider(e) => Some(e.class()),
+            _ => None,
+        }
+    }
+
     /// The provider request id, when the failure came from the provider.
     pub fn request_id(&self) -> Option<String> {
         match self {
@@ -213,7 +223,7 @@ struct LoopResult {
 
 /// Runs one sync of `account` and commits it, consuming the inbox entries `consumed`.
 pub async fn run_sync(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
@@ -276,7 +286,9 @@ pub async fn run_sync(
                 follow_up: false,
             })
         }
-        Err(SyncError::Provider(e)) if e.is_cursor_rejected() && account.cursor.is_some() => {
+        Err(SyncError::Provider(e))
+            if e.class() == ErrorClass::CursorRejected && account.cursor.is_some() =>
+        {
             tracing::warn!(
                 account_id = %account.id,
                 request_id = e.request_id().unwrap_or(""),
@@ -297,7 +309,7 @@ pub async fn run_sync(
 /// first cursor. A restarted loop (mutation during pagination) or a crash throws the
 /// staged rows away and starts over, so nothing partial is ever visible.
 async fn initial_sync(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
@@ -325,7 +337,7 @@ async fn initial_sync(
             }
             let page = match fetched {
                 Ok(page) => page,
-                Err(e) if e.is_mutation_during_pagination() => {
+                Err(e) if e.class() == ErrorClass::RestartPagination => {
                     restarts += 1;
                     progress.restarts.fetch_add(1, Ordering::Relaxed);
                     if restarts > params.max_loop_restarts {
@@ -416,7 +428,7 @@ async fn join_staging(
 /// Pages from `start_cursor` until `has_more` is false, restarting from `start_cursor`
 /// on mutation during pagination. Nothing is written.
 async fn pagination_loop(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     account: &Account,
     start_cursor: Option<&str>,
     params: &SyncParams,
@@ -429,7 +441,7 @@ async fn pagination_loop(
         loop {
             let page = match fetch_page(provider, account, cursor.as_deref(), params).await {
                 Ok(page) => page,
-                Err(e) if e.is_mutation_during_pagination() => {
+                Err(e) if e.class() == ErrorClass::RestartPagination => {
                     restarts += 1;
                     progress.restarts.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
@@ -464,7 +476,7 @@ async fn pagination_loop(
 /// The reconcile path after a rejected cursor: a fresh cursor first, then the full
 /// window as the complete set, then an immediate follow-up sync from the new cursor.
 async fn reconcile(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     store: &Arc<dyn Store>,
     account: &Account,
     consumed: Vec<u64>,
@@ -535,7 +547,7 @@ fn reconciled_rows(fresh: Vec<Transaction>, window: Vec<Transaction>) -> Vec<Tra
 /// consistent while the set does not change, so the listing is retried when the total
 /// moved or ids repeat.
 async fn list_window(
-    provider: &dyn Provider,
+    provider: &dyn CursorSource,
     account: &Account,
     params: &SyncParams,
     progress: &SyncProgress,
@@ -697,6 +709,7 @@ mod tests {
             code: "INTERNAL_SERVER_ERROR".to_string(),
             message: "scripted".to_string(),
             request_id: Some("req-500".to_string()),
+            class: ErrorClass::Transient,
         };
         // Every cursor but the first fails once before it answers.
         let failed_once: Arc<std::sync::Mutex<std::collections::HashSet<String>>> = Arc::default();

@@ -8,8 +8,10 @@ use http::HeaderMap;
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 use crate::providers::{
-    DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
+    CursorSource, DeltaPage, ErrorClass, Provider, ProviderError, VerifiedWebhook, WebhookError,
+    WindowPage,
 };
+use crate::providers::{DeadlineKind, WebhookAction};
 
 /// A provider with no data that answers at once and counts its delta calls: every
 /// delta is one empty page, so the only time that passes in a test is the actors' own.
@@ -25,6 +27,23 @@ impl Provider for EmptyProvider {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        Err(WebhookError::Malformed(
+            "not used in actor tests".to_string(),
+        ))
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction {
+        test_action(kind, body)
+    }
+}
+
+#[async_trait]
+impl CursorSource for EmptyProvider {
     async fn sync_page(
         &self,
         _token: &AccessToken,
@@ -56,15 +75,52 @@ impl Provider for EmptyProvider {
             request_id: "req".to_string(),
         })
     }
+}
 
-    async fn verify_webhook(
-        &self,
-        _headers: &HeaderMap,
-        _body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError> {
-        Err(WebhookError::Malformed(
-            "not used in actor tests".to_string(),
-        ))
+/// Webhook kinds as the test doubles speak them: a provider-neutral stand-in for a real
+/// plugin's bodies (see [`test_action`]), so the actor tests exercise the actors, not a
+/// provider's format (the Plaid plugin's reading is tested in `providers::plaid`).
+pub(crate) mod hooks {
+    /// Data changed.
+    pub(crate) const SYNC: &str = "test/sync";
+    /// The user must log in again; the body may carry a `request_id`.
+    pub(crate) const LOGIN_REQUIRED: &str = "test/login_required";
+    /// The user logged in again.
+    pub(crate) const LOGIN_REPAIRED: &str = "test/login_repaired";
+    /// Consent expires; the body may carry a `deadline` (RFC 3339) and a `reason`.
+    pub(crate) const EXPIRATION: &str = "test/expiration";
+    /// The connection goes away; the body may carry a `deadline` and a `reason`.
+    pub(crate) const DISCONNECT: &str = "test/disconnect";
+}
+
+/// The doubles' code for "the user must log in again", in errors and webhooks alike.
+pub(crate) const LOGIN_REQUIRED: &str = "LOGIN_REQUIRED";
+/// The doubles' code of an announced consent expiration.
+pub(crate) const EXPIRATION_CODE: &str = "EXPIRATION";
+/// The doubles' code of an announced disconnection.
+pub(crate) const DISCONNECT_CODE: &str = "DISCONNECT";
+
+/// What a test webhook (see [`hooks`]) asks for.
+pub(crate) fn test_action(kind: &str, body: &serde_json::Value) -> WebhookAction {
+    let text = |name: &str| body.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    let deadline = |kind, code: &str| WebhookAction::DeadlineAnnounced {
+        kind,
+        code: code.to_owned(),
+        deadline: text("deadline")
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc)),
+        reason: text("reason"),
+    };
+    match kind {
+        hooks::SYNC => WebhookAction::Sync,
+        hooks::LOGIN_REQUIRED => WebhookAction::LoginRequired {
+            code: LOGIN_REQUIRED.to_owned(),
+            request_id: text("request_id"),
+        },
+        hooks::LOGIN_REPAIRED => WebhookAction::LoginRepaired,
+        hooks::EXPIRATION => deadline(DeadlineKind::Expiration, EXPIRATION_CODE),
+        hooks::DISCONNECT => deadline(DeadlineKind::Disconnect, DISCONNECT_CODE),
+        _ => WebhookAction::Ignore,
     }
 }
 
@@ -114,14 +170,15 @@ pub(crate) fn window(rows: Vec<Transaction>) -> WindowPage {
     }
 }
 
-/// Plaid's answer to a cursor it does not accept.
+/// A provider's answer to a cursor it does not accept.
 pub(crate) fn cursor_rejected() -> ProviderError {
     ProviderError::Api {
         status: 400,
         error_type: "INVALID_INPUT".to_string(),
-        code: crate::providers::plaid::wire::INVALID_FIELD.to_string(),
+        code: "CURSOR_REJECTED".to_string(),
         message: "cursor not recognized".to_string(),
         request_id: Some("req-cursor".to_string()),
+        class: ErrorClass::CursorRejected,
     }
 }
 
@@ -131,6 +188,23 @@ impl Provider for FnProvider {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        _headers: &HeaderMap,
+        _body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        Err(WebhookError::Malformed(
+            "not used in actor tests".to_string(),
+        ))
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction {
+        test_action(kind, body)
+    }
+}
+
+#[async_trait]
+impl CursorSource for FnProvider {
     async fn sync_page(
         &self,
         _token: &AccessToken,
@@ -149,15 +223,5 @@ impl Provider for FnProvider {
         _count: u32,
     ) -> Result<WindowPage, ProviderError> {
         (self.window)()
-    }
-
-    async fn verify_webhook(
-        &self,
-        _headers: &HeaderMap,
-        _body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError> {
-        Err(WebhookError::Malformed(
-            "not used in actor tests".to_string(),
-        ))
     }
 }

@@ -1,7 +1,7 @@
 //! HTTP: one router per resource, merged here. Handlers only translate HTTP to
 //! [`crate::service`] calls and back; the rules live in the services.
 //!
-//! - [`webhooks`]: `POST /webhooks/{provider}` — verify, dedup, persist, acknowledge.
+//! - [`webhooks`]: `POST /webhooks/{provider}` — the ingest use-case over HTTP.
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`incidents`]: `/v1/incidents…` — incidents, filtered, newest first.
@@ -27,6 +27,7 @@ use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Settings;
+use crate::service::ingest::Ingest;
 use crate::service::Context;
 
 pub mod accounts;
@@ -58,6 +59,11 @@ impl AppState {
     /// Whether shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// The webhook ingest use-case over this state (a handful of `Arc` clones).
+    pub fn ingest(&self) -> Ingest {
+        Ingest::new(self.ctx.clone(), self.shutting_down.clone())
     }
 }
 

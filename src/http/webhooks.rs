@@ -1,30 +1,27 @@
-//! `POST /webhooks/{provider}`: the one path by which providers tell us data changed.
-//!
-//! Order matters and is the whole contract: size limit (413) → signature verification
-//! (401) → parse (400) → back-pressure (429) → dedup + append to the inbox, resolving the
-//! item to its account → nudge the account's actor → wait for group commit to make it
-//! durable → 200. A 2xx is only ever sent for an event that is on disk; an event for an
-//! item not linked yet is kept and adopted when the item is linked.
+//! `POST /webhooks/{provider}`: HTTP in front of the ingest use-case
+//! ([`crate::service::ingest`]), which holds every rule. This module only translates:
+//! the route names the provider (404 unknown, 503 shutting down), the body limit is
+//! HTTP's (413), then the use-case's refusals become statuses (401 signature, 400
+//! malformed, 503 verification key or store, 429 inbox full, with `Retry-After`) and
+//! its acknowledgement the plugin's status with a [`WebhookAck`] body. Every answer is
+//! counted in `acctor_webhooks_total`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
-use chrono::Utc;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::{ApiError, ApiPath, AppState};
-use crate::actors::SyncReason;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::providers::WebhookError;
-use crate::store::{IncomingWebhook, IngestOutcome};
+use crate::service::ingest::{IngestError, Outcome};
 
 /// The webhook routes, with their own body limit.
 pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
@@ -106,123 +103,53 @@ async fn receive_inner(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WebhookAck>), ApiError> {
-    let kind = ProviderKind::parse(&provider)
-        .ok_or_else(|| ApiError::not_found(format!("unknown provider {provider:?}")))?;
-    if state.is_shutting_down() {
-        return Err(ApiError::unavailable(
-            "shutting_down",
-            "the server is shutting down; retry later",
-            5,
-        ));
-    }
+    let ingest = state.ingest();
+    let kind = ingest.admit(&provider).map_err(api_error)?;
     let body = body?;
-    let provider_client = state
-        .ctx
-        .providers
-        .get(&kind)
-        .ok_or_else(|| ApiError::not_found(format!("provider {kind} is not configured")))?;
-    let verified = provider_client
-        .verify_webhook(&headers, &body)
+    let ack = ingest
+        .receive(kind, &headers, &body)
         .await
-        .map_err(|error| {
-            tracing::warn!(provider = %kind, error = %error, "webhook rejected");
-            match error {
-                WebhookError::Unauthorized(message) => {
-                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
-                }
-                WebhookError::Malformed(message) => {
-                    ApiError::bad_request("malformed_webhook", message)
-                }
-                WebhookError::KeyUnavailable(message) => {
-                    ApiError::unavailable("verification_key_unavailable", message, 5)
-                }
-            }
-        })?;
+        .map_err(api_error)?;
+    let body = match ack.outcome {
+        Outcome::Accepted { seq, routed } => WebhookAck {
+            status: ack.outcome.name(),
+            seq: Some(seq),
+            routed,
+        },
+        Outcome::Duplicate { routed } => WebhookAck {
+            status: ack.outcome.name(),
+            seq: None,
+            routed,
+        },
+    };
+    Ok((ack.status, Json(body)))
+}
 
-    // Back-pressure once the caller is known to be the provider (a bad signature is
-    // still a 401): it retries a 429 later, so nothing is lost, and a stalled sync path
-    // cannot grow the inbox without bound.
-    let depth = state.ctx.store.inbox_depth()?;
-    if depth >= state.ctx.settings.server.max_inbox_depth {
-        tracing::warn!(provider = %kind, depth, "inbox full, refusing webhook");
-        return Err(ApiError {
+/// The answer to a webhook the use-case refused.
+fn api_error(error: IngestError) -> ApiError {
+    match error {
+        IngestError::UnknownProvider(_) | IngestError::NotConfigured(_) => {
+            ApiError::not_found(error.to_string())
+        }
+        IngestError::ShuttingDown => ApiError::unavailable("shutting_down", error.to_string(), 5),
+        IngestError::Rejected(WebhookError::Unauthorized(message)) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", message)
+        }
+        IngestError::Rejected(WebhookError::Malformed(message)) => {
+            ApiError::bad_request("malformed_webhook", message)
+        }
+        IngestError::Rejected(WebhookError::KeyUnavailable(message)) => {
+            ApiError::unavailable("verification_key_unavailable", message, 5)
+        }
+        IngestError::InboxFull { .. } => ApiError {
             retry_after: Some(30),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "inbox_full",
-                format!("{depth} events are waiting to be processed; retry later"),
+                error.to_string(),
             )
-        });
+        },
+        IngestError::Store(error) => error.into(),
+        IngestError::Task(detail) => ApiError::internal(detail),
     }
-
-    let dedup_key = dedup_key(kind, &verified.item_id, &body);
-    let incoming = IncomingWebhook {
-        provider: kind,
-        item_id: verified.item_id.clone(),
-        kind: verified.kind.clone(),
-        dedup_key,
-        body: verified.body,
-        received_at: Utc::now(),
-    };
-    // Off the async workers: sled calls can wait on sled's process-wide lock (held by
-    // flush rounds and sync commits), and a blocked worker stalls every request on it.
-    // The actor is nudged in the same step, before the durability wait, so a client that
-    // disconnects while we wait cannot strand the event: it is in the inbox and its
-    // actor knows. A duplicate nudges too: its original may be consumed by a sync that
-    // started before the data it announces, and `again` then covers it.
-    let store = state.ctx.store.clone();
-    let registry = state.ctx.registry.clone();
-    let ttl = state.ctx.settings.store.dedup_ttl;
-    let item_id = verified.item_id.clone();
-    let event_kind = verified.kind.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        let outcome = store.ingest(incoming, ttl)?;
-        let account = match &outcome {
-            IngestOutcome::Accepted { account_id, .. }
-            | IngestOutcome::Duplicate { account_id } => account_id.clone(),
-        };
-        if let Some(id) = account {
-            // The event is on its way to disk; a failed nudge only delays it until
-            // the next activation or restart recovery.
-            if let Err(error) = registry.request_sync(&id, SyncReason::Webhook) {
-                tracing::warn!(account_id = %id, %error, "could not nudge account actor");
-            }
-        }
-        Ok::<_, crate::store::StoreError>(outcome)
-    })
-    .await
-    .map_err(ApiError::internal)??;
-    // A duplicate's original may still be waiting for its flush: acknowledging the
-    // duplicate before that would acknowledge an event that is not on disk yet.
-    state.ctx.store.durable().await?;
-
-    let ack = match outcome {
-        IngestOutcome::Accepted { seq, account_id } => WebhookAck {
-            status: "accepted",
-            seq: Some(seq),
-            routed: account_id.is_some(),
-        },
-        IngestOutcome::Duplicate { account_id } => WebhookAck {
-            status: "duplicate",
-            seq: None,
-            routed: account_id.is_some(),
-        },
-    };
-    tracing::debug!(provider = %kind, item_id = %item_id, kind = %event_kind, status = ack.status, "webhook acknowledged");
-    // Plaid counts anything but exactly 200 as a failed delivery.
-    let status = match kind {
-        ProviderKind::Plaid => StatusCode::OK,
-    };
-    Ok((status, Json(ack)))
-}
-
-/// Same provider, same item, same bytes: the same event.
-fn dedup_key(provider: ProviderKind, item_id: &str, body: &[u8]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    hasher.update(provider.as_str().as_bytes());
-    hasher.update([0u8]);
-    hasher.update(item_id.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(body);
-    hasher.finalize().into()
 }

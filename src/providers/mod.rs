@@ -1,14 +1,16 @@
 //! Providers: the clients acctor uses to pull deltas from the services that hold the
 //! data, and to verify the webhooks they send. One module per provider; each implements
 //! [`Provider`]. Error-code semantics (which errors mean "restart the loop", "the cursor
-//! is gone", "retry later") are decided here, so the account actor only sees
-//! [`ProviderError`]'s classification.
+//! is gone", "retry later") are decided by each provider's module, which gives every
+//! [`ProviderError`] its [`ErrorClass`]: the actors only ever see the class.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
-use http::HeaderMap;
+use chrono::{DateTime, NaiveDate, Utc};
+use http::{HeaderMap, StatusCode};
+use sha2::{Digest, Sha256};
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 
@@ -43,20 +45,117 @@ pub struct WindowPage {
     pub request_id: String,
 }
 
-/// A webhook whose signature has been verified and whose body has been parsed.
+/// What a verified webhook means, whatever the provider: which linked object it is
+/// about, which key makes a repeat of it a duplicate, and what acctor should do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookEffect {
+    /// The routing key: the provider's id of the linked object (a Plaid `item_id`),
+    /// resolved to an account by the store's item/alias index.
+    pub external_id: String,
+    /// The dedup key: the same key within the dedup TTL is the same event.
+    pub dedup_key: [u8; 32],
+    /// What the event asks for.
+    pub action: WebhookAction,
+}
+
+/// What a webhook asks acctor to do. The actions of later providers come here with the
+/// code that acts on them: applying an object event (Stripe's objects) and setting an
+/// operation's status (a long-running operation's outcome).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WebhookAction {
+    /// The linked object's data changed: sync it.
+    Sync,
+    /// The user must log in again at the provider: park the account until they do.
+    LoginRequired {
+        /// The provider's code for it, recorded on the mark and its incident.
+        code: String,
+        /// The provider's request id of the error, when the webhook carried one.
+        request_id: Option<String>,
+    },
+    /// The user logged in again: unpark the account and lift any announced deadline.
+    LoginRepaired,
+    /// The provider announced when access ends.
+    DeadlineAnnounced {
+        /// Consent expiring, or the connection going away.
+        kind: DeadlineKind,
+        /// The provider's code for it, recorded on the account and its incident.
+        code: String,
+        /// When access ends, when the provider said.
+        deadline: Option<DateTime<Utc>>,
+        /// The provider's reason, when it gave one.
+        reason: Option<String>,
+    },
+    /// Nothing to act on beyond the sync every webhook nudges: kept in the inbox all the
+    /// same, and consumed by the account's next sync.
+    Ignore,
+}
+
+/// What kind of end of access a provider announced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadlineKind {
+    /// The user's consent expires.
+    Expiration,
+    /// The connection will stop working (e.g. an institution migration).
+    Disconnect,
+}
+
+/// A webhook whose signature has been verified and whose body has been parsed: what it
+/// means, and the event as the inbox keeps it (its kind and body, which
+/// [`Provider::action_of`] reads again when the account's actor gets to it).
 #[derive(Clone, Debug)]
 pub struct VerifiedWebhook {
-    /// The provider's id of the linked object (Plaid `item_id`).
-    pub item_id: String,
-    /// `WEBHOOK_TYPE/WEBHOOK_CODE`, e.g. `TRANSACTIONS/SYNC_UPDATES_AVAILABLE`.
+    /// What it means.
+    pub effect: WebhookEffect,
+    /// The provider's name for the event, e.g. `TRANSACTIONS/SYNC_UPDATES_AVAILABLE`.
     pub kind: String,
-    /// Whether this event means the account's data changed and it should sync.
-    pub triggers_sync: bool,
     /// The parsed body.
     pub body: serde_json::Value,
 }
 
-/// Why a provider call failed, classified for the sync loop.
+/// The dedup key of a provider whose events carry no id of their own: same provider,
+/// same linked object, same bytes, same event.
+pub fn body_dedup_key(provider: ProviderKind, external_id: &str, body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(provider.as_str().as_bytes());
+    hasher.update([0u8]);
+    hasher.update(external_id.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
+/// What a failed provider call means for whoever made it: the provider's own codes
+/// are mapped to these by its plugin, so the actors and the sync loop never read a
+/// provider's error codes.
+///
+/// How each class is handled today (see `actors::sync` and `actors::account`):
+/// `Transient` is retried in place by the page loop, then like any failure by the
+/// account's backoff; `RateLimited` waits at least `actors.rate_limit_backoff`;
+/// `LoginRequired` parks the account; `CursorRejected` reconciles (on a delta sync);
+/// `RestartPagination` restarts the pagination loop. `Permanent` is not retried in
+/// place, but the account still retries it with its ordinary backoff until
+/// `actors.max_sync_attempts` gives up: a permanent failure does not stop retries yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// This one call failed (server error, no answer): the same call may succeed.
+    Transient,
+    /// Too many requests: wait out the provider's window before the next try.
+    RateLimited {
+        /// How long the provider asked us to wait, when it said.
+        retry_after: Option<Duration>,
+    },
+    /// The user must log in again at the provider: no retry can succeed until they do.
+    LoginRequired,
+    /// The provider no longer accepts the stored cursor: reconcile and rebuild it.
+    CursorRejected,
+    /// Data changed under the pagination: restart the loop from its first cursor.
+    RestartPagination,
+    /// An answer about the request itself (a client error, an undecodable answer):
+    /// the same call gets the same answer.
+    Permanent,
+}
+
+/// Why a provider call failed. [`ProviderError::class`] says what it means.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ProviderError {
     /// The provider answered with an error object.
@@ -72,6 +171,8 @@ pub enum ProviderError {
         message: String,
         /// Provider request id.
         request_id: Option<String>,
+        /// What it means, decided by the provider's plugin when it built the error.
+        class: ErrorClass,
     },
     /// The request did not complete (connect, reset, timeout).
     #[error("transport: {0}")]
@@ -99,42 +200,15 @@ impl ProviderError {
         }
     }
 
-    /// Data changed under the pagination: restart the loop from its first cursor.
-    pub fn is_mutation_during_pagination(&self) -> bool {
-        self.code() == plaid::wire::MUTATION_DURING_PAGINATION
-    }
-
-    /// The provider refused the call for sending too many requests (HTTP 429, or a
-    /// rate-limit error object): the retry waits out the provider's window.
-    pub fn is_rate_limited(&self) -> bool {
-        matches!(self, ProviderError::Api { status, error_type, code, .. }
-            if *status == 429
-                || error_type == plaid::wire::RATE_LIMIT_EXCEEDED
-                || code == plaid::wire::RATE_LIMIT_EXCEEDED
-                || code == plaid::wire::TRANSACTIONS_SYNC_LIMIT)
-    }
-
-    /// A failure of this one call that the same call may not meet again: a server-side
-    /// error (HTTP 5xx) or a request that did not complete. Not a rate limit (that one
-    /// waits out the provider's window) nor any answer about the request itself.
-    pub fn is_transient(&self) -> bool {
+    /// What the failure means. A request that did not complete is transient whatever
+    /// the provider; an answer that could not be decoded would not decode the next time
+    /// either.
+    pub fn class(&self) -> ErrorClass {
         match self {
-            ProviderError::Api { status, .. } => *status >= 500,
-            ProviderError::Transport(_) => true,
-            ProviderError::Decode(_) => false,
+            ProviderError::Api { class, .. } => *class,
+            ProviderError::Transport(_) => ErrorClass::Transient,
+            ProviderError::Decode(_) => ErrorClass::Permanent,
         }
-    }
-
-    /// The user must log in again at the provider (Plaid `ITEM_LOGIN_REQUIRED`): no
-    /// retry can succeed until they do.
-    pub fn is_login_required(&self) -> bool {
-        self.code() == plaid::wire::ITEM_LOGIN_REQUIRED
-    }
-
-    /// The provider no longer accepts the stored cursor: reconcile and rebuild it.
-    pub fn is_cursor_rejected(&self) -> bool {
-        matches!(self, ProviderError::Api { code, message, .. }
-            if code == plaid::wire::INVALID_FIELD && message.contains("cursor"))
     }
 }
 
@@ -154,12 +228,39 @@ pub enum WebhookError {
     KeyUnavailable(String),
 }
 
-/// A provider client: pulls deltas and verifies webhooks.
+/// A provider plugin: what every provider offers acctor, whatever its data looks like.
+/// Its webhooks are verified and read here; its failures carry an [`ErrorClass`]
+/// (see [`ProviderError::class`]). How its data is pulled is a separate capability:
+/// [`CursorSource`] for providers with a cursor delta (Plaid).
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
     /// Which provider this is.
     fn kind(&self) -> ProviderKind;
 
+    /// Verifies a webhook's signature against the raw body, then parses it.
+    async fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError>;
+
+    /// What a stored event asks for, from its `kind` and `body` as
+    /// [`Provider::verify_webhook`] returned them: the same reading the webhook got when
+    /// it arrived, so the inbox keeps the event itself, not an interpretation of it.
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction;
+
+    /// The status that acknowledges a webhook once it is on disk: a 2xx, 200 unless the
+    /// provider wants another.
+    fn ack_status(&self) -> StatusCode {
+        StatusCode::OK
+    }
+}
+
+/// A provider whose data is pulled as a cursor delta plus a date-window listing (Plaid's
+/// `/transactions/sync` and `/transactions/get`): what the cursor sync strategy in
+/// `actors::sync` needs. A provider without a cursor implements [`Provider`] only.
+#[async_trait]
+pub trait CursorSource: Provider {
     /// One page of changes since `cursor` (`None`: from the beginning).
     async fn sync_page(
         &self,
@@ -177,14 +278,10 @@ pub trait Provider: Send + Sync + 'static {
         offset: u64,
         count: u32,
     ) -> Result<WindowPage, ProviderError>;
-
-    /// Verifies a webhook's signature against the raw body, then parses it.
-    async fn verify_webhook(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError>;
 }
 
-/// A shared provider client.
+/// A shared provider plugin (the webhook route finds it by kind).
 pub type DynProvider = Arc<dyn Provider>;
+
+/// A shared cursor source (the account actors sync through it).
+pub type DynCursorSource = Arc<dyn CursorSource>;

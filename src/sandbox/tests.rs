@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 
 use super::*;
 use crate::providers::plaid::wire::{self, PlaidJwk, PlaidTransaction};
-use crate::providers::ProviderError;
+use crate::providers::{ErrorClass, ProviderError};
 
 const CLIENT_ID: &str = "test-client";
 const SECRET: &str = "test-secret";
@@ -198,13 +198,13 @@ fn strings(value: &Value) -> Vec<String> {
 
 /// The error as acctor's Plaid client would classify it.
 fn provider_error(status: u16, body: &Value) -> ProviderError {
-    ProviderError::Api {
+    crate::providers::plaid::errors::api_error(
         status,
-        error_type: body["error_type"].as_str().unwrap().to_string(),
-        code: body["error_code"].as_str().unwrap().to_string(),
-        message: body["error_message"].as_str().unwrap().to_string(),
-        request_id: body["request_id"].as_str().map(str::to_string),
-    }
+        body["error_type"].as_str().unwrap().to_string(),
+        body["error_code"].as_str().unwrap().to_string(),
+        body["error_message"].as_str().unwrap().to_string(),
+        body["request_id"].as_str().map(str::to_string),
+    )
 }
 
 fn assert_plaid_error(status: u16, body: &Value, want_status: u16, error_type: &str, code: &str) {
@@ -344,7 +344,7 @@ async fn data_changing_under_a_loop_answers_mutation_during_pagination_then_rest
         "TRANSACTIONS_ERROR",
         wire::MUTATION_DURING_PAGINATION,
     );
-    assert!(provider_error(status, &body).is_mutation_during_pagination());
+    assert!(provider_error(status, &body).class() == ErrorClass::RestartPagination);
 
     // Restarting from the loop's first cursor sees the new state, whole.
     let restarted = bank.sync_loop(&token, "", 100).await;
@@ -391,7 +391,7 @@ async fn bad_foreign_and_injected_cursor_rejections_name_the_cursor() {
             body["error_message"].as_str().unwrap().contains("cursor"),
             "{body}"
         );
-        assert!(provider_error(status, &body).is_cursor_rejected());
+        assert!(provider_error(status, &body).class() == ErrorClass::CursorRejected);
     }
 
     let settled = bank.sync_loop(&token, "", 500).await;
@@ -400,7 +400,7 @@ async fn bad_foreign_and_injected_cursor_rejections_name_the_cursor() {
     assert_eq!(bank.sync(&token, "", 100).await.0, 200);
     let (status, body) = bank.sync(&token, &settled.cursor, 100).await;
     assert_plaid_error(status, &body, 400, "INVALID_REQUEST", wire::INVALID_FIELD);
-    assert!(provider_error(status, &body).is_cursor_rejected());
+    assert!(provider_error(status, &body).class() == ErrorClass::CursorRejected);
     assert_eq!(bank.sync(&token, &settled.cursor, 100).await.0, 200);
     assert_eq!(bank.stats(&item_id).await.cursor_rejections_sent, 4);
 }
@@ -455,7 +455,7 @@ async fn credentials_bodies_tokens_and_counts_are_checked_like_plaid() {
         let (status, body) = bank.sync(&token, "", count).await;
         assert_plaid_error(status, &body, 400, "INVALID_REQUEST", wire::INVALID_FIELD);
         assert!(
-            !provider_error(status, &body).is_cursor_rejected(),
+            provider_error(status, &body).class() != ErrorClass::CursorRejected,
             "{body}"
         );
     }

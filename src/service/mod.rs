@@ -4,9 +4,13 @@
 //! lives in one place and `http/` only translates.
 //!
 //! Each use-case reaches what it needs through a [`Context`], built once by `app.rs`:
-//! the clock, the store, the account actors' registry, the provider plugins and the settings. The
-//! registry only activates actors and hands out their refs; it is not where services
-//! find their dependencies.
+//! the clock, the store, the account actors' registry, the provider plugins and the
+//! settings. The registry only activates actors and hands out their refs; it is not
+//! where services find their dependencies.
+//!
+//! - [`accounts`]: link, relink, unlink, resume, sync requests and status.
+//! - [`ingest`]: a provider's webhook, from its raw bytes to the acknowledgement.
+//! - [`recovery`]: re-driving interrupted work after a start.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use crate::store::Store;
 
 pub mod accounts;
 pub mod error;
+pub mod ingest;
 pub mod recovery;
 
 pub use error::ServiceError;

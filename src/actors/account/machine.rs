@@ -453,7 +453,7 @@ impl AccountActor {
         if report.newly_parked {
             tracing::warn!(account_id = %state.id, "account needs reauth, parked");
         }
-        // A webhook during the check may be the LOGIN_REPAIRED: look again (a store
+        // A webhook during the check may be the login repair: look again (a store
         // read, no provider call).
         if again {
             self.start_sync(myself, state, SyncReason::Webhook);
@@ -541,7 +541,7 @@ pub(super) fn first_phase(
     match retry {
         _ if gave_up => activated = "marked failed: waiting for resume".to_string(),
         // Parked: only webhooks newer than the last check can matter (a
-        // LOGIN_REPAIRED among them unparks it).
+        // login repair among them unparks it).
         _ if account.needs_reauth.is_some() => {
             let relinked = account.needs_reauth.as_ref().is_some_and(|p| p.relinked);
             activated = "parked: needs reauth".to_string();

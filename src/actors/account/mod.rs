@@ -11,10 +11,10 @@
 //! [`AccountMessage::SyncFinished`] (or [`AccountMessage::Parked`]). The mailbox stays
 //! free to answer status queries mid-sync.
 //!
-//! Needs-reauth parking: ITEM_LOGIN_REQUIRED from a provider call, or an ITEM/ERROR
-//! webhook carrying it, parks the account (see [`crate::actors::reauth`]): the sync
-//! task reads the pending inbox first and, while parked, stops there unless a
-//! LOGIN_REPAIRED webhook arrived after the account parked. So a parked account costs
+//! Needs-reauth parking: a provider call failing with "login required", or a webhook
+//! saying so, parks the account (see [`crate::actors::reauth`]): the sync task reads
+//! the pending inbox first and, while parked, stops there unless a login-repaired
+//! webhook arrived after the account parked. So a parked account costs
 //! one store read per webhook and never calls the provider; its webhooks stay in the
 //! inbox and the first sync after the repair (or a relink) consumes them all.
 //!
@@ -141,7 +141,7 @@ pub struct AccountState {
     wait: u64,
     /// Reconciles (rejected cursors) in a row, without a plain delta sync between.
     reconciles: u32,
-    /// Parked until the user logs in again: sync tasks only look for LOGIN_REPAIRED.
+    /// Parked until the user logs in again: sync tasks only look for a login repair.
     needs_reauth: bool,
     /// Inbox entries up to here were seen by a needs-reauth check.
     checked_seq: u64,

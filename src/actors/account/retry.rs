@@ -15,6 +15,7 @@ use crate::backoff::backoff_delay;
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, SyncGaveUp};
 use crate::incidents::IncidentKind;
+use crate::providers::ErrorClass;
 use crate::store::RetryRecord;
 
 /// What the sync task decided after a failure, already written to the store.
@@ -48,7 +49,7 @@ pub struct SyncFailure {
 /// Whether the provider refused the sync for sending too many requests: such a retry
 /// waits at least `actors.rate_limit_backoff`, whatever the backoff says.
 pub fn is_rate_limited(error: &SyncError) -> bool {
-    matches!(error, SyncError::Provider(e) if e.is_rate_limited())
+    matches!(error.class(), Some(ErrorClass::RateLimited { .. }))
 }
 
 /// The retry plan after the `previous_attempts + 1`-th consecutive failure: give up
@@ -157,15 +158,18 @@ mod tests {
     use crate::providers::ProviderError;
     use rand::SeedableRng;
 
-    fn api_error(status: u16, code: &str) -> SyncError {
+    fn api_error(status: u16, code: &str, class: ErrorClass) -> SyncError {
         SyncError::Provider(ProviderError::Api {
             status,
             error_type: "API_ERROR".to_string(),
             code: code.to_string(),
             message: "boom".to_string(),
             request_id: Some("req-1".to_string()),
+            class,
         })
     }
+
+    const RATE_LIMITED: ErrorClass = ErrorClass::RateLimited { retry_after: None };
 
     fn settings() -> ActorSettings {
         let mut settings = crate::config::Settings::defaults().actors;
@@ -181,9 +185,16 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let now = Utc::now();
         for error in [
-            api_error(429, "RATE_LIMIT_EXCEEDED"),
-            api_error(400, "TRANSACTIONS_SYNC_LIMIT"),
-            api_error(429, "SOMETHING_ELSE"),
+            api_error(429, "RATE_LIMITED", RATE_LIMITED),
+            api_error(400, "SYNC_LIMIT", RATE_LIMITED),
+            // A shorter wait the provider asks for does not shorten the window.
+            api_error(
+                429,
+                "RATE_LIMITED",
+                ErrorClass::RateLimited {
+                    retry_after: Some(Duration::from_secs(1)),
+                },
+            ),
         ] {
             let RetryPlan::Retry {
                 delay,
@@ -197,23 +208,24 @@ mod tests {
             assert!(delay >= Duration::from_secs(60), "{delay:?}");
             assert!(until >= now + chrono::Duration::seconds(60));
         }
-        // An ordinary failure stays within the backoff ceiling.
-        let RetryPlan::Retry { delay, .. } = plan_retry(
-            &settings(),
-            &api_error(500, "INTERNAL_SERVER_ERROR"),
-            0,
-            now,
-            &mut rng,
-        ) else {
-            panic!("first failure must be retried");
-        };
-        assert!(delay <= Duration::from_millis(100), "{delay:?}");
+        // An ordinary failure stays within the backoff ceiling; so does a permanent
+        // one, which is still retried with the ordinary backoff for now.
+        for error in [
+            api_error(500, "SERVER_ERROR", ErrorClass::Transient),
+            api_error(400, "BAD_REQUEST", ErrorClass::Permanent),
+        ] {
+            let RetryPlan::Retry { delay, .. } = plan_retry(&settings(), &error, 0, now, &mut rng)
+            else {
+                panic!("first failure must be retried");
+            };
+            assert!(delay <= Duration::from_millis(100), "{delay:?}");
+        }
     }
 
     #[test]
     fn the_attempt_limit_gives_up() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
-        let error = api_error(500, "INTERNAL_SERVER_ERROR");
+        let error = api_error(500, "SERVER_ERROR", ErrorClass::Transient);
         let now = Utc::now();
         assert!(matches!(
             plan_retry(&settings(), &error, 2, now, &mut rng),

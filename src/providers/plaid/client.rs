@@ -12,19 +12,22 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use futures::FutureExt as _;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::debug;
 
+use super::errors;
 use super::keys::{KeyCache, KeyFetcher};
 use super::verify::WebhookVerifier;
+use super::webhooks;
 use super::wire;
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 use crate::providers::budget::RequestBudget;
 use crate::providers::{
-    DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookError, WindowPage,
+    CursorSource, DeltaPage, Provider, ProviderError, VerifiedWebhook, WebhookAction, WebhookError,
+    WindowPage,
 };
 
 /// Longest slice of an undecodable error body kept in the error message.
@@ -261,26 +264,27 @@ fn transport_error(path: &str, err: &reqwest::Error) -> ProviderError {
     ProviderError::Transport(format!("{path}: {what}{detail}"))
 }
 
-/// Maps a non-2xx answer: Plaid's error object when it is one, else `HTTP_<status>`.
+/// Maps a non-2xx answer: Plaid's error object when it is one, else `HTTP_<status>`;
+/// classified either way.
 fn api_error(status: u16, body: &[u8]) -> ProviderError {
     match serde_json::from_slice::<wire::PlaidError>(body) {
-        Ok(err) => ProviderError::Api {
+        Ok(err) => errors::api_error(
             status,
-            error_type: err.error_type,
-            code: err.error_code,
-            message: err.error_message,
-            request_id: Some(err.request_id).filter(|id| !id.is_empty()),
-        },
-        Err(_) => ProviderError::Api {
+            err.error_type,
+            err.error_code,
+            err.error_message,
+            Some(err.request_id).filter(|id| !id.is_empty()),
+        ),
+        Err(_) => errors::api_error(
             status,
-            error_type: "HTTP_ERROR".to_owned(),
-            code: format!("HTTP_{status}"),
-            message: String::from_utf8_lossy(body)
+            "HTTP_ERROR".to_owned(),
+            format!("HTTP_{status}"),
+            String::from_utf8_lossy(body)
                 .chars()
                 .take(ERROR_SNIPPET_CHARS)
                 .collect(),
-            request_id: None,
-        },
+            None,
+        ),
     }
 }
 
@@ -340,6 +344,27 @@ impl Provider for PlaidClient {
         ProviderKind::Plaid
     }
 
+    async fn verify_webhook(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<VerifiedWebhook, WebhookError> {
+        let now = chrono::Utc::now().timestamp();
+        self.verifier.verify_at(headers, body, now).await
+    }
+
+    fn action_of(&self, kind: &str, body: &serde_json::Value) -> WebhookAction {
+        webhooks::action_of(kind, body)
+    }
+
+    /// Plaid counts anything but exactly 200 as a failed delivery.
+    fn ack_status(&self) -> StatusCode {
+        StatusCode::OK
+    }
+}
+
+#[async_trait]
+impl CursorSource for PlaidClient {
     async fn sync_page(
         &self,
         token: &AccessToken,
@@ -395,14 +420,5 @@ impl Provider for PlaidClient {
             total: response.total_transactions,
             request_id: response.request_id,
         })
-    }
-
-    async fn verify_webhook(
-        &self,
-        headers: &HeaderMap,
-        body: &[u8],
-    ) -> Result<VerifiedWebhook, WebhookError> {
-        let now = chrono::Utc::now().timestamp();
-        self.verifier.verify_at(headers, body, now).await
     }
 }

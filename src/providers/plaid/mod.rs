@@ -4,7 +4,9 @@
 //! Plaid and against the built-in sandbox bank.
 //!
 //! - [`client`]: HTTP calls, credentials, error mapping, verbatim transactions.
-//! - `verify`: the `Plaid-Verification` JWT (ES256 only) and the webhook body.
+//! - [`errors`]: what each Plaid error means ([`crate::providers::ErrorClass`]).
+//! - `verify`: the `Plaid-Verification` JWT (ES256 only).
+//! - `webhooks`: what a webhook body means ([`crate::providers::WebhookEffect`]).
 //! - `keys`: the verification key cache that keeps verification off the network.
 
 use base64::alphabet;
@@ -12,8 +14,10 @@ use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 
 pub mod client;
+pub mod errors;
 mod keys;
 mod verify;
+mod webhooks;
 pub mod wire;
 
 #[cfg(test)]

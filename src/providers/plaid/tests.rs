@@ -24,11 +24,13 @@ use tokio::sync::Semaphore;
 use super::keys::{
     KEY_TTL_SECS, MAX_NEW_KID_FETCHES_PER_SEC, NEGATIVE_TTL_SECS, STALE_IF_ERROR_SECS,
 };
-use super::verify::triggers_sync;
+use super::webhooks::triggers_sync;
 use super::wire::{self, PlaidJwk};
 use super::{PlaidClient, PlaidClientConfig, B64URL};
 use crate::domain::AccessToken;
-use crate::providers::{Provider, ProviderError, WebhookError};
+use crate::providers::{
+    CursorSource, ErrorClass, Provider, ProviderError, WebhookAction, WebhookError,
+};
 
 const NOW: i64 = 1_700_000_000;
 const KID: &str = "6c5516e1-92dc-479e-a8ff-5a51992e0001";
@@ -287,9 +289,9 @@ async fn valid_webhook_verifies_and_parses() {
         .verify_webhook_at(&headers_with(&token), SYNC_BODY.as_bytes(), NOW)
         .await
         .unwrap();
-    assert_eq!(verified.item_id, "item-1");
+    assert_eq!(verified.effect.external_id, "item-1");
     assert_eq!(verified.kind, "TRANSACTIONS/SYNC_UPDATES_AVAILABLE");
-    assert!(verified.triggers_sync);
+    assert_eq!(verified.effect.action, WebhookAction::Sync);
     assert_eq!(
         verified.body,
         serde_json::from_str::<Value>(SYNC_BODY).unwrap()
@@ -694,6 +696,7 @@ async fn plaid_error_body_maps_to_api_error() {
                 ref code,
                 ref message,
                 ref request_id,
+                class,
             },
         ) => {
             assert_eq!(status, 400);
@@ -701,7 +704,8 @@ async fn plaid_error_body_maps_to_api_error() {
             assert_eq!(code, wire::INVALID_FIELD);
             assert_eq!(message, "cursor not associated with access_token");
             assert_eq!(request_id.as_deref(), Some("req-42"));
-            assert!(e.is_cursor_rejected());
+            assert_eq!(class, ErrorClass::CursorRejected);
+            assert_eq!(e.class(), ErrorClass::CursorRejected);
         }
         other => panic!("{other:?}"),
     }

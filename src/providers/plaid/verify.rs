@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use base64::Engine as _;
 
 use super::keys::{KeyCache, KeyError};
+use super::webhooks::parse_body;
 use super::B64URL;
 use crate::providers::{VerifiedWebhook, WebhookError};
 
@@ -173,43 +174,4 @@ fn decode_segment<'b>(
         .decode_slice(encoded, &mut buf[..])
         .map_err(|_| unauthorized(format!("jwt {what} is not base64url")))?;
     Ok(&buf[..len])
-}
-
-/// Parses a verified body: an object with string `webhook_type`, `webhook_code` and
-/// `item_id` (Plaid's common webhook fields), the rest kept verbatim.
-pub(crate) fn parse_body(body: &[u8]) -> Result<VerifiedWebhook, WebhookError> {
-    let value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| WebhookError::Malformed(format!("webhook body is not json: {e}")))?;
-    let field = |name: &str| {
-        value
-            .get(name)
-            .and_then(serde_json::Value::as_str)
-            .ok_or_else(|| WebhookError::Malformed(format!("webhook body has no string {name}")))
-    };
-    let webhook_type = field("webhook_type")?;
-    let webhook_code = field("webhook_code")?;
-    let item_id = field("item_id")?.to_owned();
-    let triggers_sync = triggers_sync(webhook_type, webhook_code);
-    let kind = format!("{webhook_type}/{webhook_code}");
-    Ok(VerifiedWebhook {
-        item_id,
-        kind,
-        triggers_sync,
-        body: value,
-    })
-}
-
-/// Whether a webhook means the item's transactions changed (or can be fetched again).
-pub(crate) fn triggers_sync(webhook_type: &str, webhook_code: &str) -> bool {
-    matches!(
-        (webhook_type, webhook_code),
-        (
-            "TRANSACTIONS",
-            "SYNC_UPDATES_AVAILABLE"
-                | "DEFAULT_UPDATE"
-                | "INITIAL_UPDATE"
-                | "HISTORICAL_UPDATE"
-                | "TRANSACTIONS_REMOVED"
-        ) | ("ITEM", "LOGIN_REPAIRED")
-    )
 }
