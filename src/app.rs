@@ -74,21 +74,9 @@ impl App {
         layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> anyhow::Result<App> {
         settings.validate()?;
-        let store = SledStore::open(SledStoreConfig {
-            data_dir: settings.store.data_dir.clone(),
-            cache_capacity_bytes: settings.store.cache_capacity_bytes,
-            group_commit_window: settings.store.group_commit_window,
-        })
-        .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))?;
+        let store = open_store(&settings)?;
         // After the store: it creates the data dir the generated token lives in.
-        let admin_token_source =
-            resolve_admin_token(&mut settings).context("setting up the admin token")?;
-        match admin_token_source.path() {
-            Some(path) => {
-                tracing::info!(path = %path.display(), "admin api token is in this file")
-            }
-            None => tracing::info!("admin api token from configuration (server.admin_token)"),
-        }
+        let admin_token_source = admin_token(&mut settings)?;
         let settings = Arc::new(settings);
 
         let listener = TcpListener::bind(settings.server.listen)
@@ -97,39 +85,12 @@ impl App {
         let addr = listener.local_addr()?;
 
         let (plaid_base_url, sandbox) = if settings.plaid.base_url.is_empty() {
-            let sandbox = Sandbox::new(SandboxConfig {
-                client_id: settings.sandbox.client_id.clone(),
-                secret: settings.sandbox.secret.expose_secret().to_string(),
-                default_webhook_url: Some(webhook_url(&settings, addr)),
-                seed: settings.sandbox.seed,
-                data_dir: None,
-            })
-            .context("creating the embedded sandbox")?;
-            let sandbox_listener = TcpListener::bind(settings.sandbox.listen)
-                .await
-                .with_context(|| format!("binding the sandbox on {}", settings.sandbox.listen))?;
-            let handle = sandbox.clone().serve(sandbox_listener).await;
-            tracing::info!(url = %handle.base_url(), "embedded sandbox bank listening");
+            let (sandbox, handle) = start_embedded_sandbox(&settings, addr).await?;
             (handle.base_url(), Some((sandbox, handle)))
         } else {
             (settings.plaid.base_url.clone(), None)
         };
-
-        let mut plaid_client = PlaidClient::new(PlaidClientConfig {
-            base_url: plaid_base_url,
-            client_id: settings.plaid.client_id.clone(),
-            secret: settings.plaid.secret.clone(),
-            request_timeout: settings.plaid.request_timeout,
-            max_webhook_age: settings.plaid.max_webhook_age,
-        })
-        .context("building the Plaid client")?;
-        if let Some(budget) = RequestBudget::new(
-            settings.plaid.sync_budget_per_minute,
-            settings.plaid.sync_budget_burst,
-        ) {
-            plaid_client = plaid_client.with_sync_budget(Arc::new(budget));
-        }
-        let plaid = Arc::new(plaid_client);
+        let plaid = plaid_client(&settings, plaid_base_url)?;
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, plaid.clone());
         let mut cursor_sources: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
@@ -196,25 +157,7 @@ impl App {
             }
             None => None,
         };
-
-        let janitor = spawn_dedup_janitor(
-            state.ctx.store.clone(),
-            settings.store.dedup_ttl,
-            clock.clone(),
-        );
-        service::recovery::spawn(state.ctx.clone());
-        let (sweeper, _) = Actor::spawn(
-            None,
-            SweeperActor::with_clock(
-                state.ctx.registry.clone(),
-                settings.sweeper.clone(),
-                clock.clone(),
-            ),
-            (),
-        )
-        .await
-        .context("spawning the sweeper")?;
-        state.readiness.watch("sweeper", sweeper.get_cell());
+        let (janitor, sweeper) = start_background(&state).await?;
         Ok(App {
             listener,
             addr,
@@ -379,6 +322,94 @@ async fn release_store(store: Arc<SledStore>, within: std::time::Duration) {
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
     drop(store);
+}
+
+/// Opens the embedded store in `store.data_dir`.
+fn open_store(settings: &Settings) -> anyhow::Result<Arc<SledStore>> {
+    SledStore::open(SledStoreConfig {
+        data_dir: settings.store.data_dir.clone(),
+        cache_capacity_bytes: settings.store.cache_capacity_bytes,
+        group_commit_window: settings.store.group_commit_window,
+    })
+    .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))
+}
+
+/// Resolves the admin token (configured, or generated into the data dir) and says
+/// where it is.
+fn admin_token(settings: &mut Settings) -> anyhow::Result<AdminTokenSource> {
+    let source = resolve_admin_token(settings).context("setting up the admin token")?;
+    match source.path() {
+        Some(path) => tracing::info!(path = %path.display(), "admin api token is in this file"),
+        None => tracing::info!("admin api token from configuration (server.admin_token)"),
+    }
+    Ok(source)
+}
+
+/// Starts the simulated bank inside the process, its webhooks pointed at `addr`.
+async fn start_embedded_sandbox(
+    settings: &Settings,
+    addr: SocketAddr,
+) -> anyhow::Result<(Sandbox, SandboxHandle)> {
+    let sandbox = Sandbox::new(SandboxConfig {
+        client_id: settings.sandbox.client_id.clone(),
+        secret: settings.sandbox.secret.expose_secret().to_string(),
+        default_webhook_url: Some(webhook_url(settings, addr)),
+        seed: settings.sandbox.seed,
+        data_dir: None,
+    })
+    .context("creating the embedded sandbox")?;
+    let listener = TcpListener::bind(settings.sandbox.listen)
+        .await
+        .with_context(|| format!("binding the sandbox on {}", settings.sandbox.listen))?;
+    let handle = sandbox.clone().serve(listener).await;
+    tracing::info!(url = %handle.base_url(), "embedded sandbox bank listening");
+    Ok((sandbox, handle))
+}
+
+/// The Plaid client for `base_url`, with its client-side request budget if configured.
+fn plaid_client(settings: &Settings, base_url: String) -> anyhow::Result<Arc<PlaidClient>> {
+    let mut client = PlaidClient::new(PlaidClientConfig {
+        base_url,
+        client_id: settings.plaid.client_id.clone(),
+        secret: settings.plaid.secret.clone(),
+        request_timeout: settings.plaid.request_timeout,
+        max_webhook_age: settings.plaid.max_webhook_age,
+    })
+    .context("building the Plaid client")?;
+    if let Some(budget) = RequestBudget::new(
+        settings.plaid.sync_budget_per_minute,
+        settings.plaid.sync_budget_burst,
+    ) {
+        client = client.with_sync_budget(Arc::new(budget));
+    }
+    Ok(Arc::new(client))
+}
+
+/// Starts what runs beside the requests: the dedup janitor, restart recovery and the
+/// sweeper (watched by `/readyz`).
+async fn start_background(
+    state: &AppState,
+) -> anyhow::Result<(JoinHandle<()>, ractor::ActorRef<SweeperMessage>)> {
+    let ctx = &state.ctx;
+    let janitor = spawn_dedup_janitor(
+        ctx.store.clone(),
+        ctx.settings.store.dedup_ttl,
+        ctx.clock.clone(),
+    );
+    service::recovery::spawn(ctx.clone());
+    let (sweeper, _) = Actor::spawn(
+        None,
+        SweeperActor::with_clock(
+            ctx.registry.clone(),
+            ctx.settings.sweeper.clone(),
+            ctx.clock.clone(),
+        ),
+        (),
+    )
+    .await
+    .context("spawning the sweeper")?;
+    state.readiness.watch("sweeper", sweeper.get_cell());
+    Ok((janitor, sweeper))
 }
 
 fn webhook_url(settings: &Settings, addr: SocketAddr) -> String {
