@@ -358,7 +358,7 @@ mod tests {
 
     use crate::domain::AccountId;
     use crate::incidents::{IncidentKind, IncidentQuery, IncidentState, OpenIncident};
-    use crate::store::{SledStore, SledStoreConfig, Store};
+    use crate::store::{Durability, IncidentStore, OutboxStore, SledStore, SledStoreConfig};
 
     fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {
         SledStore::open(SledStoreConfig {

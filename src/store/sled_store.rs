@@ -1,4 +1,4 @@
-//! The sled implementation of [`Store`]: typed trees, versioned records and the
+//! The sled implementation of [`Store`](super::Store): typed trees, versioned records and the
 //! multi-tree transactions that keep the store's invariants.
 //!
 //! sled 0.34.7 shapes several choices here:
@@ -41,9 +41,10 @@ use super::keys::{
     POLL, POLL_BACKFILLED, POLL_INDEX, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
 use super::sled_incidents::IncidentTrees;
+use super::{AccountStore, DueIndex, Durability, InboxStore, IncidentStore, OutboxStore, RowStore};
 use super::{
     ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, PollEntry, Resolved, RetryRecord,
-    Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, LinkStatus, NeedsReauth, PendingDeadline,
@@ -560,7 +561,7 @@ impl Drop for SledStore {
     }
 }
 
-impl Store for SledStore {
+impl AccountStore for SledStore {
     fn link_account(&self, account: &Account) -> Result<LinkReceipt, StoreError> {
         let _gate = self.write_gate()?;
         let mut record = account.clone();
@@ -810,6 +811,105 @@ impl Store for SledStore {
         self.update_account(id, |account| account.quarantine = quarantine.clone())
     }
 
+    fn count_accounts(&self) -> Result<u64, StoreError> {
+        Ok(self.accounts.len() as u64)
+    }
+
+    fn set_sync_gave_up(
+        &self,
+        id: &AccountId,
+        gave_up: Option<SyncGaveUp>,
+    ) -> Result<(), StoreError> {
+        if gave_up.is_some() {
+            self.clear_retry(id)?;
+        }
+        self.update_account(id, |account| account.failed = gave_up.clone())
+    }
+
+    fn set_needs_reauth(
+        &self,
+        id: &AccountId,
+        needs_reauth: Option<NeedsReauth>,
+    ) -> Result<(), StoreError> {
+        if needs_reauth.is_some() {
+            self.clear_retry(id)?;
+        }
+        self.update_account(id, |account| account.needs_reauth = needs_reauth.clone())
+    }
+
+    fn update_login_state(
+        &self,
+        id: &AccountId,
+        change: &dyn Fn(&mut Account) -> bool,
+    ) -> Result<Account, StoreError> {
+        let (account, wrote) = {
+            let _gate = self.write_gate()?;
+            let key = keys::account_key(id);
+            self.accounts
+                .transaction(|accounts| {
+                    let Some(bytes) = accounts.get(&key)? else {
+                        return Err(ConflictableTransactionError::Abort(
+                            StoreError::AccountNotFound(id.clone()),
+                        ));
+                    };
+                    let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                    // The caller sees the whole record but owns only the login state.
+                    let mut edited = account.clone();
+                    if !change(&mut edited) {
+                        return Ok((account, false));
+                    }
+                    account.needs_reauth = edited.needs_reauth;
+                    account.pending_deadline = edited.pending_deadline;
+                    account.login_seen_through = edited.login_seen_through;
+                    accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                    Ok((account, true))
+                })
+                .map_err(from_tx)?
+        };
+        if wrote && account.needs_reauth.is_some() {
+            // A parked account is not retried (as with `set_needs_reauth`).
+            self.clear_retry(id)?;
+        }
+        Ok(account)
+    }
+
+    fn set_pending_deadline(
+        &self,
+        id: &AccountId,
+        deadline: Option<PendingDeadline>,
+    ) -> Result<(), StoreError> {
+        self.update_account(id, |account| account.pending_deadline = deadline.clone())
+    }
+
+    fn relink_account(&self, id: &AccountId, token: &AccessToken) -> Result<Account, StoreError> {
+        // Unlinked accounts are linked anew, not relinked (their keys are gone).
+        self.get_account(id)?
+            .filter(|account| account.status == LinkStatus::Linked)
+            .ok_or_else(|| StoreError::AccountNotFound(id.clone()))?;
+        // What the inbox holds predates the new token: its login errors must not park
+        // the account again (see `NeedsReauth::relinked`), and the deadlines it
+        // announced were lifted by this relink (the user went through update mode), so
+        // they must not reopen their warnings either.
+        let seen = self.pending_inbox(id)?.iter().map(|entry| entry.seq).max();
+        self.update_account(id, |account| {
+            account.access_token = token.clone();
+            account.needs_reauth = account.needs_reauth.clone().map(|parked| NeedsReauth {
+                after_seq: parked.after_seq.max(seen.unwrap_or(0)),
+                relinked: true,
+                ..parked
+            });
+            if seen.is_some() {
+                account.login_seen_through = account.login_seen_through.max(seen);
+            }
+            account.pending_deadline = None;
+            account.failed = None;
+        })?;
+        self.get_account(id)?
+            .ok_or_else(|| StoreError::AccountNotFound(id.clone()))
+    }
+}
+
+impl InboxStore for SledStore {
     fn ingest(
         &self,
         webhook: IncomingWebhook,
@@ -938,21 +1038,6 @@ impl Store for SledStore {
         Ok(IngestOutcome::Accepted { seq, account_id })
     }
 
-    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        self.group.wait()
-    }
-
-    fn write_probe(&self) -> Result<(), StoreError> {
-        let _gate = self.write_gate()?;
-        // sled's default tree holds nothing else; one fixed key, so probes never grow it.
-        let now = Utc::now().timestamp_millis().to_be_bytes();
-        self.files
-            .db
-            .insert(PROBE_KEY, &now)
-            .map(|_| ())
-            .map_err(io)
-    }
-
     fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
         self.inbox
             .scan_prefix(keys::account_prefix(id))
@@ -970,10 +1055,6 @@ impl Store for SledStore {
                 .map_err(io)?;
         }
         Ok(entries)
-    }
-
-    fn inbox_depth(&self) -> Result<u64, StoreError> {
-        Ok(self.inbox_depth.load(Ordering::Relaxed))
     }
 
     fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError> {
@@ -998,6 +1079,10 @@ impl Store for SledStore {
             }
             accounts.push(account);
         }
+    }
+
+    fn inbox_depth(&self) -> Result<u64, StoreError> {
+        Ok(self.inbox_depth.load(Ordering::Relaxed))
     }
 
     fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -1027,7 +1112,9 @@ impl Store for SledStore {
         }
         Ok(purged)
     }
+}
 
+impl RowStore for SledStore {
     fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
         if commit.mode == ApplyMode::Staged
@@ -1333,7 +1420,9 @@ impl Store for SledStore {
         }
         Ok(n)
     }
+}
 
+impl DueIndex for SledStore {
     fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
         let index_key = keys::account_key(&record.account_id);
@@ -1435,21 +1524,6 @@ impl Store for SledStore {
         }
     }
 
-    fn set_sync_gave_up(
-        &self,
-        id: &AccountId,
-        gave_up: Option<SyncGaveUp>,
-    ) -> Result<(), StoreError> {
-        if gave_up.is_some() {
-            self.clear_retry(id)?;
-        }
-        self.update_account(id, |account| account.failed = gave_up.clone())
-    }
-
-    fn count_accounts(&self) -> Result<u64, StoreError> {
-        Ok(self.accounts.len() as u64)
-    }
-
     fn due_polls(
         &self,
         anchored_by: DateTime<Utc>,
@@ -1515,89 +1589,9 @@ impl Store for SledStore {
             })
             .map_err(from_tx)
     }
+}
 
-    fn set_needs_reauth(
-        &self,
-        id: &AccountId,
-        needs_reauth: Option<NeedsReauth>,
-    ) -> Result<(), StoreError> {
-        if needs_reauth.is_some() {
-            self.clear_retry(id)?;
-        }
-        self.update_account(id, |account| account.needs_reauth = needs_reauth.clone())
-    }
-
-    fn update_login_state(
-        &self,
-        id: &AccountId,
-        change: &dyn Fn(&mut Account) -> bool,
-    ) -> Result<Account, StoreError> {
-        let (account, wrote) = {
-            let _gate = self.write_gate()?;
-            let key = keys::account_key(id);
-            self.accounts
-                .transaction(|accounts| {
-                    let Some(bytes) = accounts.get(&key)? else {
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::AccountNotFound(id.clone()),
-                        ));
-                    };
-                    let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
-                    // The caller sees the whole record but owns only the login state.
-                    let mut edited = account.clone();
-                    if !change(&mut edited) {
-                        return Ok((account, false));
-                    }
-                    account.needs_reauth = edited.needs_reauth;
-                    account.pending_deadline = edited.pending_deadline;
-                    account.login_seen_through = edited.login_seen_through;
-                    accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
-                    Ok((account, true))
-                })
-                .map_err(from_tx)?
-        };
-        if wrote && account.needs_reauth.is_some() {
-            // A parked account is not retried (as with `set_needs_reauth`).
-            self.clear_retry(id)?;
-        }
-        Ok(account)
-    }
-
-    fn set_pending_deadline(
-        &self,
-        id: &AccountId,
-        deadline: Option<PendingDeadline>,
-    ) -> Result<(), StoreError> {
-        self.update_account(id, |account| account.pending_deadline = deadline.clone())
-    }
-
-    fn relink_account(&self, id: &AccountId, token: &AccessToken) -> Result<Account, StoreError> {
-        // Unlinked accounts are linked anew, not relinked (their keys are gone).
-        self.get_account(id)?
-            .filter(|account| account.status == LinkStatus::Linked)
-            .ok_or_else(|| StoreError::AccountNotFound(id.clone()))?;
-        // What the inbox holds predates the new token: its login errors must not park
-        // the account again (see `NeedsReauth::relinked`), and the deadlines it
-        // announced were lifted by this relink (the user went through update mode), so
-        // they must not reopen their warnings either.
-        let seen = self.pending_inbox(id)?.iter().map(|entry| entry.seq).max();
-        self.update_account(id, |account| {
-            account.access_token = token.clone();
-            account.needs_reauth = account.needs_reauth.clone().map(|parked| NeedsReauth {
-                after_seq: parked.after_seq.max(seen.unwrap_or(0)),
-                relinked: true,
-                ..parked
-            });
-            if seen.is_some() {
-                account.login_seen_through = account.login_seen_through.max(seen);
-            }
-            account.pending_deadline = None;
-            account.failed = None;
-        })?;
-        self.get_account(id)?
-            .ok_or_else(|| StoreError::AccountNotFound(id.clone()))
-    }
-
+impl IncidentStore for SledStore {
     fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
         let _gate = self.write_gate()?;
         self.incident_trees().open_incident(open)
@@ -1629,7 +1623,9 @@ impl Store for SledStore {
     fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
         self.incident_trees().list_incidents(query)
     }
+}
 
+impl OutboxStore for SledStore {
     fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
         self.incident_trees().pending_alerts(limit)
     }
@@ -1650,6 +1646,23 @@ impl Store for SledStore {
     fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
         self.incident_trees().remove_alert(alert_id)
+    }
+}
+
+impl Durability for SledStore {
+    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        self.group.wait()
+    }
+
+    fn write_probe(&self) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        // sled's default tree holds nothing else; one fixed key, so probes never grow it.
+        let now = Utc::now().timestamp_millis().to_be_bytes();
+        self.files
+            .db
+            .insert(PROBE_KEY, &now)
+            .map(|_| ())
+            .map_err(io)
     }
 }
 
