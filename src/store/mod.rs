@@ -30,12 +30,9 @@ use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenI
 
 #[cfg(test)]
 pub(crate) mod failing;
-mod group_commit;
-mod keys;
-mod sled_incidents;
-mod sled_store;
+mod sled;
 
-pub use sled_store::{SledStore, SledStoreConfig};
+pub use sled::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,10 @@
 //! - durability is ours: sled's own periodic flusher is off and [`GroupCommit`] flushes
 //!   and fsyncs from one task.
 
+mod group_commit;
+mod incidents;
+mod keys;
+
 use std::collections::HashSet;
 use std::fmt;
 use std::fs::File;
@@ -35,12 +39,6 @@ use sled::transaction::{
 };
 use sled::{IVec, Tree};
 
-use super::group_commit::{FlushFn, GroupCommit};
-use super::keys::{
-    self, ACCOUNTS, CLAIMS, DEDUP, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, OUTBOX_DUE,
-    POLL, POLL_BACKFILLED, POLL_INDEX, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
-};
-use super::sled_incidents::IncidentTrees;
 use super::{AccountStore, DueIndex, Durability, InboxStore, IncidentStore, OutboxStore, RowStore};
 use super::{
     ApplyMode, IncomingWebhook, IngestOutcome, LinkReceipt, PollEntry, Resolved, RetryRecord,
@@ -51,6 +49,12 @@ use crate::domain::{
     ProviderKind, Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
 use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
+use group_commit::{FlushFn, GroupCommit};
+use incidents::IncidentTrees;
+use keys::{
+    ACCOUNTS, CLAIMS, DEDUP, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, OUTBOX_DUE, POLL,
+    POLL_BACKFILLED, POLL_INDEX, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
+};
 
 /// Where and how to open the sled store.
 #[derive(Clone, Debug)]
@@ -355,7 +359,7 @@ impl SledStore {
         let incident_open = tree(INCIDENT_OPEN)?;
         let outbox = tree(OUTBOX)?;
         let outbox_due = tree(OUTBOX_DUE)?;
-        super::sled_incidents::rebuild_outbox_due(&outbox, &outbox_due)?;
+        incidents::rebuild_outbox_due(&outbox, &outbox_due)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -2842,7 +2846,7 @@ mod tests {
     }
 
     /// One sync of 50,000 rows in a single transaction.
-    /// `cargo test --lib store::sled_store::tests::commit_of_50k_upserts -- --ignored --nocapture`
+    /// `cargo test --lib store::sled::tests::commit_of_50k_upserts -- --ignored --nocapture`
     #[tokio::test]
     #[ignore = "measurement: prints how long a 50k-row commit takes"]
     async fn commit_of_50k_upserts() {
@@ -2884,7 +2888,7 @@ mod tests {
     }
 
     /// Durable ingest ceiling: N tasks each looping ingest + durable().
-    /// `cargo test --lib store::sled_store::tests::durable_ingest_ceiling -- --ignored --nocapture`
+    /// `cargo test --lib store::sled::tests::durable_ingest_ceiling -- --ignored --nocapture`
     /// (set ACCTOR_BENCH_DIR to measure on a real disk instead of the temp dir).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "measurement: prints durable ingests per second"]
