@@ -1,11 +1,18 @@
 //! The polling index: kept in step with link, commit and unlink, read by anchor time,
 //! moved forward only, and rebuilt for stores written before it existed.
 
-use chrono::{TimeZone, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
 use tempfile::TempDir;
 
-use super::*;
-use crate::domain::AccessToken;
+use super::super::keys;
+use super::super::{SledStore, SledStoreConfig};
+use crate::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind, SyncOutcome};
+use crate::store::{
+    AccountStore, ApplyMode, DueIndex, Durability, PollEntry, RowStore, SyncCommit,
+};
 
 fn open(dir: &TempDir) -> Arc<SledStore> {
     SledStore::open(SledStoreConfig {
