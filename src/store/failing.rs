@@ -10,9 +10,9 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use super::{
-    AccountStore, DueIndex, Durability, InboxStore, IncidentStore, IncomingWebhook, IngestOutcome,
-    LinkReceipt, OutboxStore, PollEntry, Resolved, RetryRecord, RowStore, Store, StoreError,
-    SyncCommit, TransactionPage, TransactionQuery,
+    AccountStore, DueEntry, DueIndex, DueKind, Durability, InboxStore, IncidentStore,
+    IncomingWebhook, IngestOutcome, LinkReceipt, OutboxStore, PollEntry, Resolved, RetryRecord,
+    RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
@@ -191,6 +191,36 @@ impl RowStore for FailingStore {
 }
 
 impl DueIndex for FailingStore {
+    fn schedule_due(&self, entry: &DueEntry) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.schedule_due(entry)
+    }
+    fn due_entries(
+        &self,
+        now: DateTime<Utc>,
+        kind: Option<DueKind>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.inner.due_entries(now, kind, limit)
+    }
+    fn reschedule_due(
+        &self,
+        current: &DueEntry,
+        next: Option<&DueEntry>,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.reschedule_due(current, next)
+    }
+    fn remove_due(&self, kind: DueKind, subject: &str) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.remove_due(kind, subject)
+    }
+    fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError> {
+        self.inner.due_entry_of(kind, subject)
+    }
+    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_due(kind)
+    }
     fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {
         self.write()?;
         self.inner.record_retry(record)

@@ -14,7 +14,14 @@
 //!   for the item before it was linked, in one transaction.
 //! - every linked account has one entry in the polling index, written by the same
 //!   transaction as the link, commit or unlink that changes it, so the polling fallback
-//!   reads only what is due.
+//!   reads only what is due;
+//! - retries, polls and the alert outbox share one due-time index ([`DueIndex`], keyed by
+//!   (time, [`DueKind`], subject)): every write that changes an entry does so in the
+//!   transaction of the change that calls for it.
+//!
+//! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
+//! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
+//! [`Store`] is all of them, and what the rest of the code holds.
 
 use std::time::Duration;
 
@@ -28,10 +35,12 @@ use crate::domain::{
 };
 use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
 
+mod due;
 #[cfg(test)]
 pub(crate) mod failing;
 mod sled;
 
+pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
 pub use sled::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
@@ -157,33 +166,6 @@ pub struct SyncCommit {
     pub started_at: DateTime<Utc>,
     /// When it finished.
     pub finished_at: DateTime<Utc>,
-}
-
-/// A failed sync's pending retry, kept in the store so a restart or a passivation does
-/// not forget it: the sweeper finds due ones through the due-time index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryRecord {
-    /// The account to re-sync.
-    pub account_id: AccountId,
-    /// Consecutive failed attempts so far (1 after the first failure).
-    pub attempt: u32,
-    /// When the retry is due.
-    pub due_at: DateTime<Utc>,
-    /// The last failure's code (provider error code or a short internal code).
-    pub code: String,
-    /// The provider's request id of the last failure, when there was one.
-    pub request_id: Option<String>,
-}
-
-/// A linked account's entry in the polling index, the sparse index the sweeper's
-/// polling fallback reads instead of every account.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PollEntry {
-    /// The account.
-    pub account_id: AccountId,
-    /// The latest of: its last successful sync, its link, the last time the sweeper asked
-    /// it to poll. A poll is due once this is older than the polling interval.
-    pub anchor: DateTime<Utc>,
 }
 
 /// A page request over an account's transactions, ordered by (date, id).
@@ -367,9 +349,45 @@ pub trait RowStore {
     fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError>;
 }
 
-/// The due-time index: what is due when. Retry records and the polling index are
-/// views over it; the sweeper reads only its due part, never every account.
+/// The due-time index: one durable timer keyed by (time, [`DueKind`], subject) that
+/// serves retries, polls and the alert outbox. The generic operations come first; the
+/// retry and polling methods are views over [`DueKind::Retry`] and [`DueKind::Poll`]
+/// entries (the outbox's live in [`OutboxStore`]). Readers read only the due part of
+/// the index, never every account.
 pub trait DueIndex {
+    /// Schedules `entry`, replacing its subject's previous entry of the same kind (a
+    /// subject has at most one per kind). Not durable until a later `durable()` resolves.
+    fn schedule_due(&self, entry: &DueEntry) -> Result<(), StoreError>;
+
+    /// Up to `limit` entries due at or before `now` (to the millisecond), of `kind` or of
+    /// every kind, earliest first; ties go by kind, then subject. Reads only the due
+    /// part of the index.
+    fn due_entries(
+        &self,
+        now: DateTime<Utc>,
+        kind: Option<DueKind>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError>;
+
+    /// Replaces `current` with `next` (same kind and subject; `None` removes it), but
+    /// only while `current` is still its subject's entry, time and payload: `false`
+    /// (nothing written) when it changed or went meanwhile, so the newer write wins.
+    /// `InvalidState` if `next` is about another kind or subject.
+    fn reschedule_due(
+        &self,
+        current: &DueEntry,
+        next: Option<&DueEntry>,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the subject's entry of `kind`; whether there was one.
+    fn remove_due(&self, kind: DueKind, subject: &str) -> Result<bool, StoreError>;
+
+    /// The subject's entry of `kind`, if it has one.
+    fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError>;
+
+    /// When the earliest entry (of `kind`, or of any kind) is due; `None` if there is none.
+    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError>;
+
     /// Writes the account's retry record, replacing its previous one (an account has at
     /// most one). Not durable until a later `durable()` resolves.
     fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError>;
@@ -417,8 +435,6 @@ pub trait DueIndex {
     /// Removes `entry` from the polling index (its account is gone or unlinked), and
     /// the account's reverse mapping if it points at it.
     fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError>;
-
-    // ---- parking, relink, incidents and the alert outbox ----
 }
 
 /// Incidents: at most one open per (account, kind); opening and resolving may enqueue

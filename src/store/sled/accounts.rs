@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
 use sled::IVec;
 
-use super::due::{move_poll_entry, poll_anchor};
+use super::due::{poll_anchor, TxDue};
 use super::inbox::UnroutedEvent;
 use super::keys::{self, ACCOUNTS, INBOX, LOOKUP, UNROUTED};
 use super::{from_tx, io, saturating_sub, tx, SledStore, TxResult};
@@ -17,7 +17,7 @@ use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, LinkStatus, NeedsReauth, PendingDeadline,
     Quarantine, SyncGaveUp, SyncOutcome,
 };
-use crate::store::{AccountStore, DueIndex, InboxStore, LinkReceipt, Resolved, StoreError};
+use crate::store::{AccountStore, DueKind, InboxStore, LinkReceipt, Resolved, StoreError};
 
 /// Removes `key` from the lookup tree if it still points at `id` (after an unlink and
 /// relink, the same item id belongs to another account and must stay).
@@ -111,17 +111,17 @@ impl AccountStore for SledStore {
         let owner_key = keys::owner_key(&record.owner_id, id);
         let unrouted_prefix = keys::unrouted_prefix(record.provider, &record.item_id);
         let kept = Self::scan_keys(&self.unrouted, &unrouted_prefix)?;
-        let poll_key = keys::poll_key(poll_anchor(&record).timestamp_millis(), id);
+        let poll_millis = keys::due_millis(poll_anchor(&record));
 
         let adopted = (
             &self.accounts,
             &self.lookup,
             &self.inbox,
             &self.unrouted,
-            &self.poll,
-            &self.poll_index,
+            &self.due,
+            &self.due_subjects,
         )
-            .transaction(|(accounts, lookup, inbox, unrouted, poll, poll_index)| {
+            .transaction(|(accounts, lookup, inbox, unrouted, entries, subjects)| {
                 // Relinking the same id replaces its keys rather than adding to them.
                 if let Some(previous) = accounts.get(&account_key)? {
                     let previous: Account = tx(keys::decode(ACCOUNTS, &previous))?;
@@ -154,7 +154,7 @@ impl AccountStore for SledStore {
                     lookup.insert(key.as_slice(), id_value.as_slice())?;
                 }
                 lookup.insert(owner_key.as_slice(), id_value.as_slice())?;
-                move_poll_entry(poll, poll_index, &account_key, Some(&poll_key))?;
+                TxDue { entries, subjects }.put(DueKind::Poll, id.as_str(), poll_millis, &[])?;
                 adopt(unrouted, inbox, &kept, id)
             })
             .map_err(from_tx)?;
@@ -247,19 +247,22 @@ impl AccountStore for SledStore {
             &self.transactions,
             &self.txn_index,
             &self.inbox,
-            &self.poll,
-            &self.poll_index,
+            &self.due,
+            &self.due_subjects,
         )
             .transaction(
-                |(accounts, lookup, transactions, txn_index, inbox, poll, poll_index)| {
+                |(accounts, lookup, transactions, txn_index, inbox, entries, subjects)| {
                     let Some(bytes) = accounts.get(&account_key)? else {
                         return Ok(None);
                     };
                     let previous: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
                     remove_lookup_keys(lookup, &previous)?;
-                    move_poll_entry(poll, poll_index, &account_key, None)?;
+                    let due = TxDue { entries, subjects };
+                    due.remove(DueKind::Poll, id.as_str())?;
                     let mut inbox_removed = 0u64;
                     if purge {
+                        // A purged account has nothing left to retry either.
+                        due.remove(DueKind::Retry, id.as_str())?;
                         accounts.remove(account_key.as_slice())?;
                         for key in &rows {
                             transactions.remove(key)?;
@@ -310,7 +313,6 @@ impl AccountStore for SledStore {
         if purge {
             // Nothing can stage for a purged account (it no longer exists).
             self.staging.remove(id);
-            self.clear_retry(id)?;
         }
         Ok(Some(previous))
     }
@@ -348,10 +350,11 @@ impl AccountStore for SledStore {
         id: &AccountId,
         gave_up: Option<SyncGaveUp>,
     ) -> Result<(), StoreError> {
-        if gave_up.is_some() {
-            self.clear_retry(id)?;
+        let change = |account: &mut Account| account.failed = gave_up.clone();
+        match gave_up {
+            Some(_) => self.update_account_clearing_retry(id, change),
+            None => self.update_account(id, change),
         }
-        self.update_account(id, |account| account.failed = gave_up.clone())
     }
 
     fn set_needs_reauth(
@@ -359,10 +362,11 @@ impl AccountStore for SledStore {
         id: &AccountId,
         needs_reauth: Option<NeedsReauth>,
     ) -> Result<(), StoreError> {
-        if needs_reauth.is_some() {
-            self.clear_retry(id)?;
+        let change = |account: &mut Account| account.needs_reauth = needs_reauth.clone();
+        match needs_reauth {
+            Some(_) => self.update_account_clearing_retry(id, change),
+            None => self.update_account(id, change),
         }
-        self.update_account(id, |account| account.needs_reauth = needs_reauth.clone())
     }
 
     fn update_login_state(
@@ -370,35 +374,32 @@ impl AccountStore for SledStore {
         id: &AccountId,
         change: &dyn Fn(&mut Account) -> bool,
     ) -> Result<Account, StoreError> {
-        let (account, wrote) = {
-            let _gate = self.write_gate()?;
-            let key = keys::account_key(id);
-            self.accounts
-                .transaction(|accounts| {
-                    let Some(bytes) = accounts.get(&key)? else {
-                        return Err(ConflictableTransactionError::Abort(
-                            StoreError::AccountNotFound(id.clone()),
-                        ));
-                    };
-                    let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
-                    // The caller sees the whole record but owns only the login state.
-                    let mut edited = account.clone();
-                    if !change(&mut edited) {
-                        return Ok((account, false));
-                    }
-                    account.needs_reauth = edited.needs_reauth;
-                    account.pending_deadline = edited.pending_deadline;
-                    account.login_seen_through = edited.login_seen_through;
-                    accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
-                    Ok((account, true))
-                })
-                .map_err(from_tx)?
-        };
-        if wrote && account.needs_reauth.is_some() {
-            // A parked account is not retried (as with `set_needs_reauth`).
-            self.clear_retry(id)?;
-        }
-        Ok(account)
+        let _gate = self.write_gate()?;
+        let key = keys::account_key(id);
+        (&self.accounts, &self.due, &self.due_subjects)
+            .transaction(|(accounts, entries, subjects)| {
+                let Some(bytes) = accounts.get(&key)? else {
+                    return Err(ConflictableTransactionError::Abort(
+                        StoreError::AccountNotFound(id.clone()),
+                    ));
+                };
+                let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                // The caller sees the whole record but owns only the login state.
+                let mut edited = account.clone();
+                if !change(&mut edited) {
+                    return Ok(account);
+                }
+                account.needs_reauth = edited.needs_reauth;
+                account.pending_deadline = edited.pending_deadline;
+                account.login_seen_through = edited.login_seen_through;
+                accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                if account.needs_reauth.is_some() {
+                    // A parked account is not retried (as with `set_needs_reauth`).
+                    TxDue { entries, subjects }.remove(DueKind::Retry, id.as_str())?;
+                }
+                Ok(account)
+            })
+            .map_err(from_tx)
     }
 
     fn set_pending_deadline(

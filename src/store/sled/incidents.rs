@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use sled::transaction::Transactional;
 use sled::Tree;
 
+use super::due::TxDue;
 use super::keys::{self, INCIDENTS};
 use super::outbox::enqueue_alert;
 use super::{from_tx, io, tx, SledStore};
@@ -22,20 +23,27 @@ fn id_of(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
-/// The four trees, borrowed from the store.
+/// The trees an incident change writes, borrowed from the store.
 pub(super) struct IncidentTrees<'a> {
     pub(super) incidents: &'a Tree,
     pub(super) open: &'a Tree,
     pub(super) outbox: &'a Tree,
-    /// (next attempt, id) of every alert in `outbox`.
-    pub(super) outbox_due: &'a Tree,
+    /// The due index (`due`, `due_subjects`): where an enqueued alert's entry goes.
+    pub(super) due: &'a Tree,
+    pub(super) due_subjects: &'a Tree,
 }
 
 impl IncidentTrees<'_> {
     pub(super) fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
         let open_key = keys::incident_open_key(&open.account_id, open.kind.as_str());
-        (self.incidents, self.open, self.outbox, self.outbox_due)
-            .transaction(|(incidents, index, outbox, outbox_due)| {
+        (
+            self.incidents,
+            self.open,
+            self.outbox,
+            self.due,
+            self.due_subjects,
+        )
+            .transaction(|(incidents, index, outbox, entries, subjects)| {
                 if let Some(existing) = index.get(&open_key)? {
                     if let Some(bytes) = incidents.get(&existing)? {
                         let mut incident: Incident = tx(keys::decode(INCIDENTS, &bytes))?;
@@ -66,7 +74,7 @@ impl IncidentTrees<'_> {
                 if open.notify {
                     enqueue_alert(
                         outbox,
-                        outbox_due,
+                        TxDue { entries, subjects },
                         AlertEventType::Opened,
                         &incident,
                         open.at,
@@ -90,8 +98,14 @@ impl IncidentTrees<'_> {
         if self.open.get(&open_key).map_err(io)?.is_none() {
             return Ok(None);
         }
-        (self.incidents, self.open, self.outbox, self.outbox_due)
-            .transaction(|(incidents, index, outbox, outbox_due)| {
+        (
+            self.incidents,
+            self.open,
+            self.outbox,
+            self.due,
+            self.due_subjects,
+        )
+            .transaction(|(incidents, index, outbox, entries, subjects)| {
                 let Some(key) = index.remove(open_key.as_slice())? else {
                     return Ok(None);
                 };
@@ -102,7 +116,8 @@ impl IncidentTrees<'_> {
                 incident.resolved_at = Some(at);
                 incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
                 if notify {
-                    enqueue_alert(outbox, outbox_due, AlertEventType::Resolved, &incident, at)?;
+                    let due = TxDue { entries, subjects };
+                    enqueue_alert(outbox, due, AlertEventType::Resolved, &incident, at)?;
                 }
                 Ok(Some(incident))
             })
@@ -379,7 +394,14 @@ mod tests {
                     Err(error) => panic!("raw sled: {error}"),
                 }
             };
-            db.drop_tree(super::keys::OUTBOX_DUE).expect("drop index");
+            // The outbox's part of the due index is lost.
+            let prefix = [crate::store::DueKind::Outbox.tag()];
+            for name in [super::keys::DUE, super::keys::DUE_SUBJECTS] {
+                let tree = db.open_tree(name).expect("due index tree");
+                for key in tree.scan_prefix(prefix).keys() {
+                    tree.remove(key.expect("key")).expect("remove");
+                }
+            }
             db.flush().expect("flush");
         }
         let store = open_store(&dir);

@@ -4,7 +4,8 @@
 //! This file owns [`SledStore`] itself: opening (and migrating) the trees, the write
 //! gate, shutdown and durability. Each record family implements its trait in its own
 //! file: `accounts.rs`, `inbox.rs`, `rows.rs`, `due.rs`, `incidents.rs`, `outbox.rs`;
-//! `keys.rs` is the byte layout and `group_commit.rs` the one flusher.
+//! `keys.rs` is the byte layout, `migrate.rs` the upgrade of older data dirs at open, and
+//! `group_commit.rs` the one flusher.
 //!
 //! sled 0.34.7 shapes several choices here:
 //! - `flush` holds sled's process-wide lock shared for the whole of its I/O, and
@@ -29,6 +30,7 @@ mod group_commit;
 mod inbox;
 mod incidents;
 mod keys;
+mod migrate;
 mod outbox;
 mod rows;
 #[cfg(test)]
@@ -42,19 +44,22 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use chrono::Utc;
 use futures::future::BoxFuture;
-use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::transaction::{
+    ConflictableTransactionError, TransactionError, Transactional, TransactionalTree,
+};
 use sled::{IVec, Tree};
 
 use super::Durability;
-use super::StoreError;
+use super::{DueKind, StoreError};
 use crate::domain::{Account, AccountId};
-use due::backfill_poll_index;
+use due::TxDue;
 use group_commit::{FlushFn, GroupCommit};
 use incidents::IncidentTrees;
 use keys::{
-    ACCOUNTS, CLAIMS, DEDUP, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, OUTBOX_DUE, POLL,
-    POLL_INDEX, RETRIES, RETRY_INDEX, TRANSACTIONS, TXN_INDEX, UNROUTED,
+    ACCOUNTS, CLAIMS, DEDUP, DUE, DUE_SUBJECTS, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX,
+    TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
+use migrate::DueTrees;
 
 /// Where and how to open the sled store.
 #[derive(Clone, Debug)]
@@ -143,22 +148,17 @@ pub struct SledStore {
     /// Inbox entries already read by a running sync: a repeat of one of them is no
     /// longer covered by a sync still to come, so it is appended, not dropped.
     claims: Tree,
-    /// Retry records by (due time, account): what the sweeper re-drives.
-    retries: Tree,
-    /// Account id to its key in `retries`.
-    retry_index: Tree,
-    /// The polling index: (anchor, account) for every linked account.
-    poll: Tree,
-    /// Account id to its key in `poll`.
-    poll_index: Tree,
+    /// The due index: (kind, time, subject) of every retry, polling entry and
+    /// undelivered alert, with its payload (see `due.rs`).
+    due: Tree,
+    /// (kind, subject) to the time of its entry in `due`.
+    due_subjects: Tree,
     /// Incidents by id.
     incidents: Tree,
     /// (account, kind) of open incidents to their id.
     incident_open: Tree,
     /// Undelivered outbound alerts.
     outbox: Tree,
-    /// The outbox's due-time index: (next attempt, id) of every undelivered alert.
-    outbox_due: Tree,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,
     /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
@@ -202,7 +202,17 @@ pub(super) fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
     result.map_err(ConflictableTransactionError::Abort)
 }
 
-pub(super) fn saturating_sub(counter: &AtomicU64, n: u64) {
+/// The account record at `key` inside a transaction; `AccountNotFound` aborts it.
+fn read_account(accounts: &TransactionalTree, key: &[u8], id: &AccountId) -> TxResult<Account> {
+    let Some(bytes) = accounts.get(key)? else {
+        return Err(ConflictableTransactionError::Abort(
+            StoreError::AccountNotFound(id.clone()),
+        ));
+    };
+    tx(keys::decode(ACCOUNTS, &bytes))
+}
+
+fn saturating_sub(counter: &AtomicU64, n: u64) {
     if n > 0 {
         // fetch_update with a closure that always returns Some cannot fail.
         let _ = counter.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
@@ -235,16 +245,17 @@ impl SledStore {
         let unrouted = tree(UNROUTED)?;
         let dedup = tree(DEDUP)?;
         let claims = tree(CLAIMS)?;
-        let retries = tree(RETRIES)?;
-        let retry_index = tree(RETRY_INDEX)?;
-        let poll = tree(POLL)?;
-        let poll_index = tree(POLL_INDEX)?;
-        backfill_poll_index(&accounts, &poll, &poll_index)?;
+        let due = tree(DUE)?;
+        let due_subjects = tree(DUE_SUBJECTS)?;
+        let due_trees = DueTrees {
+            entries: &due,
+            subjects: &due_subjects,
+        };
+        migrate::migrate_legacy_indexes(&db, &accounts, &due_trees)?;
         let incidents = tree(INCIDENTS)?;
         let incident_open = tree(INCIDENT_OPEN)?;
         let outbox = tree(OUTBOX)?;
-        let outbox_due = tree(OUTBOX_DUE)?;
-        outbox::rebuild_outbox_due(&outbox, &outbox_due)?;
+        outbox::rebuild_outbox_due(&outbox, &due_trees)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -278,14 +289,11 @@ impl SledStore {
             unrouted,
             dedup,
             claims,
-            retries,
-            retry_index,
-            poll,
-            poll_index,
+            due,
+            due_subjects,
             incidents,
             incident_open,
             outbox,
-            outbox_due,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
@@ -349,14 +357,29 @@ impl SledStore {
         let key = keys::account_key(id);
         self.accounts
             .transaction(|accounts| {
-                let Some(bytes) = accounts.get(&key)? else {
-                    return Err(ConflictableTransactionError::Abort(
-                        StoreError::AccountNotFound(id.clone()),
-                    ));
-                };
-                let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                let mut account = read_account(accounts, &key, id)?;
                 change(&mut account);
                 accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                Ok(())
+            })
+            .map_err(from_tx)
+    }
+
+    /// Read-modify-write of one account record that also deletes its retry entry, in
+    /// the same transaction (a parked or given-up account is not retried).
+    fn update_account_clearing_retry(
+        &self,
+        id: &AccountId,
+        change: impl Fn(&mut Account),
+    ) -> Result<(), StoreError> {
+        let _gate = self.write_gate()?;
+        let key = keys::account_key(id);
+        (&self.accounts, &self.due, &self.due_subjects)
+            .transaction(|(accounts, entries, subjects)| {
+                let mut account = read_account(accounts, &key, id)?;
+                change(&mut account);
+                accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                TxDue { entries, subjects }.remove(DueKind::Retry, id.as_str())?;
                 Ok(())
             })
             .map_err(from_tx)
@@ -367,7 +390,8 @@ impl SledStore {
             incidents: &self.incidents,
             open: &self.incident_open,
             outbox: &self.outbox,
-            outbox_due: &self.outbox_due,
+            due: &self.due,
+            due_subjects: &self.due_subjects,
         }
     }
 }

@@ -9,12 +9,12 @@ use std::sync::Arc;
 use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::IVec;
 
-use super::due::move_poll_entry;
+use super::due::TxDue;
 use super::keys::{self, ACCOUNTS, TRANSACTIONS, TXN_INDEX};
 use super::{from_tx, io, saturating_sub, tx, SledStore};
 use crate::domain::{Account, AccountId, LinkStatus, Transaction};
 use crate::store::{
-    ApplyMode, RowStore, StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    ApplyMode, DueKind, RowStore, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 
 /// A transaction row prepared outside the transaction so the closure only moves bytes.
@@ -154,29 +154,18 @@ impl RowStore for SledStore {
             .iter()
             .map(|seq| keys::inbox_key(account_id, *seq))
             .collect();
-        let poll_key = keys::poll_key(commit.finished_at.timestamp_millis(), account_id);
+        let poll_millis = keys::due_millis(commit.finished_at);
 
         let inbox_removed = (
             &self.accounts,
             &self.transactions,
             &self.txn_index,
             &self.inbox,
-            &self.retries,
-            &self.retry_index,
-            &self.poll,
-            &self.poll_index,
+            &self.due,
+            &self.due_subjects,
         )
             .transaction(
-                |(
-                    accounts,
-                    transactions,
-                    txn_index,
-                    inbox,
-                    retries,
-                    retry_index,
-                    poll,
-                    poll_index,
-                )| {
+                |(accounts, transactions, txn_index, inbox, entries, subjects)| {
                     let Some(bytes) = accounts.get(&account_key)? else {
                         return Err(ConflictableTransactionError::Abort(
                             StoreError::AccountNotFound(account_id.clone()),
@@ -231,17 +220,16 @@ impl RowStore for SledStore {
                         }
                     }
                     // The sync succeeded: any pending retry of it is moot.
-                    if let Some(retry_key) = retry_index.remove(account_key.as_slice())? {
-                        retries.remove(retry_key)?;
-                    }
+                    let due = TxDue { entries, subjects };
+                    due.remove(DueKind::Retry, account_id.as_str())?;
                     // ... and the next poll is a full interval away. Forward only (the
                     // sweeper may have anchored it at its poll request, later than this
                     // sync's end). An unlinked account has no entry and gets none back.
-                    let anchored = poll_index.get(&account_key)?;
+                    let anchored = due.millis_of(DueKind::Poll, account_id.as_str())?;
                     if account.status == LinkStatus::Linked
-                        && anchored.is_none_or(|current| current.as_ref() < poll_key.as_slice())
+                        && anchored.is_none_or(|current| current < poll_millis)
                     {
-                        move_poll_entry(poll, poll_index, &account_key, Some(&poll_key))?;
+                        due.put(DueKind::Poll, account_id.as_str(), poll_millis, &[])?;
                     }
                     Ok(removed)
                 },
