@@ -185,3 +185,7 @@ fn backfill_polls(accounts: &Tree, due: &DueTrees<'_>) -> Result<u64, StoreError
     }
     Ok(added)
 }
+
+#[cfg(test)]
+#[path = "migrate_tests.rs"]
+mod tests;
