@@ -408,6 +408,7 @@ mod tests {
     use crate::config::Settings;
     use crate::domain::{AccessToken, Account, ProviderKind, Quarantine, SyncGaveUp};
     use crate::providers::DynCursorSource;
+    use crate::store::{AccountStore, DueIndex};
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
 
     /// A linked account that already synced once, so activating it does not sync.

@@ -26,7 +26,8 @@ use acctor::app::App;
 use acctor::config::Settings;
 use acctor::domain::{AccessToken, Account, AccountId, ProviderKind};
 use acctor::sandbox::{Sandbox, SandboxConfig};
-use acctor::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
+use acctor::store::{AccountStore, Durability};
+use acctor::store::{IncomingWebhook, SledStore, SledStoreConfig};
 
 /// glibc's allocator spends most of a large sync in lock contention and `malloc_consolidate`
 /// (measured with perf); mimalloc's per-thread heaps do not.

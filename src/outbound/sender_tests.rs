@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use super::*;
 use crate::domain::AccountId;
 use crate::incidents::{Incident, IncidentKind, OpenIncident};
+use crate::store::{Durability, IncidentStore, OutboxStore};
 use crate::store::{SledStore, SledStoreConfig};
 
 const KEY: &[u8] = b"0123456789abcdef0123456789abcdef";

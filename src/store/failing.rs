@@ -10,8 +10,9 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use super::{
-    IncomingWebhook, IngestOutcome, LinkReceipt, PollEntry, Resolved, RetryRecord, Store,
-    StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    AccountStore, DueEntry, DueIndex, DueKind, Durability, InboxStore, IncidentStore,
+    IncomingWebhook, IngestOutcome, LinkReceipt, OutboxStore, PollEntry, Resolved, RetryRecord,
+    RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
@@ -47,7 +48,7 @@ impl FailingStore {
     }
 }
 
-impl Store for FailingStore {
+impl AccountStore for FailingStore {
     fn link_account(&self, account: &Account) -> Result<LinkReceipt, StoreError> {
         self.write()?;
         self.inner.link_account(account)
@@ -90,96 +91,8 @@ impl Store for FailingStore {
         self.write()?;
         self.inner.set_quarantine(id, quarantine)
     }
-    fn ingest(
-        &self,
-        webhook: IncomingWebhook,
-        dedup_ttl: Duration,
-    ) -> Result<IngestOutcome, StoreError> {
-        self.write()?;
-        self.inner.ingest(webhook, dedup_ttl)
-    }
-    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>> {
-        if self.fail_flush.load(Ordering::SeqCst) {
-            return Box::pin(async { Err(StoreError::Io("injected: fsync failed".into())) });
-        }
-        self.inner.durable()
-    }
-    fn write_probe(&self) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.write_probe()
-    }
-    fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
-        self.inner.pending_inbox(id)
-    }
-    fn claim_pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
-        self.write()?;
-        self.inner.claim_pending_inbox(id)
-    }
-    fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError> {
-        self.inner.accounts_with_pending_inbox()
-    }
-    fn inbox_depth(&self) -> Result<u64, StoreError> {
-        self.inner.inbox_depth()
-    }
-    fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.write()?;
-        self.inner.purge_expired_dedup(now)
-    }
-    fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.commit_sync(commit)
-    }
-    fn stage_rows(
-        &self,
-        id: &AccountId,
-        upserts: Vec<Transaction>,
-        removals: Vec<String>,
-    ) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.stage_rows(id, upserts, removals)
-    }
-    fn clear_rows(&self, id: &AccountId) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.clear_rows(id)
-    }
-    fn list_transactions(
-        &self,
-        id: &AccountId,
-        query: &TransactionQuery,
-    ) -> Result<TransactionPage, StoreError> {
-        self.inner.list_transactions(id, query)
-    }
-    fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError> {
-        self.inner.count_transactions(id)
-    }
     fn count_accounts(&self) -> Result<u64, StoreError> {
         self.inner.count_accounts()
-    }
-    fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.record_retry(record)
-    }
-    fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.clear_retry(id)
-    }
-    fn reschedule_retry(
-        &self,
-        current: &RetryRecord,
-        due_at: Option<DateTime<Utc>>,
-    ) -> Result<bool, StoreError> {
-        self.write()?;
-        self.inner.reschedule_retry(current, due_at)
-    }
-    fn due_retries(
-        &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<RetryRecord>, StoreError> {
-        self.inner.due_retries(now, limit)
-    }
-    fn retry_of(&self, id: &AccountId) -> Result<Option<RetryRecord>, StoreError> {
-        self.inner.retry_of(id)
     }
     fn set_sync_gave_up(
         &self,
@@ -188,21 +101,6 @@ impl Store for FailingStore {
     ) -> Result<(), StoreError> {
         self.write()?;
         self.inner.set_sync_gave_up(id, gave_up)
-    }
-    fn due_polls(
-        &self,
-        anchored_by: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<PollEntry>, StoreError> {
-        self.inner.due_polls(anchored_by, limit)
-    }
-    fn defer_poll(&self, entry: &PollEntry, at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.defer_poll(entry, at)
-    }
-    fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError> {
-        self.write()?;
-        self.inner.clear_poll(entry)
     }
     fn set_needs_reauth(
         &self,
@@ -232,6 +130,141 @@ impl Store for FailingStore {
         self.write()?;
         self.inner.relink_account(id, token)
     }
+}
+
+impl InboxStore for FailingStore {
+    fn ingest(
+        &self,
+        webhook: IncomingWebhook,
+        dedup_ttl: Duration,
+    ) -> Result<IngestOutcome, StoreError> {
+        self.write()?;
+        self.inner.ingest(webhook, dedup_ttl)
+    }
+    fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
+        self.inner.pending_inbox(id)
+    }
+    fn claim_pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
+        self.write()?;
+        self.inner.claim_pending_inbox(id)
+    }
+    fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError> {
+        self.inner.accounts_with_pending_inbox()
+    }
+    fn inbox_depth(&self) -> Result<u64, StoreError> {
+        self.inner.inbox_depth()
+    }
+    fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.write()?;
+        self.inner.purge_expired_dedup(now)
+    }
+}
+
+impl RowStore for FailingStore {
+    fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.commit_sync(commit)
+    }
+    fn stage_rows(
+        &self,
+        id: &AccountId,
+        upserts: Vec<Transaction>,
+        removals: Vec<String>,
+    ) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.stage_rows(id, upserts, removals)
+    }
+    fn clear_rows(&self, id: &AccountId) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.clear_rows(id)
+    }
+    fn list_transactions(
+        &self,
+        id: &AccountId,
+        query: &TransactionQuery,
+    ) -> Result<TransactionPage, StoreError> {
+        self.inner.list_transactions(id, query)
+    }
+    fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError> {
+        self.inner.count_transactions(id)
+    }
+}
+
+impl DueIndex for FailingStore {
+    fn schedule_due(&self, entry: &DueEntry) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.schedule_due(entry)
+    }
+    fn due_entries(
+        &self,
+        now: DateTime<Utc>,
+        kind: Option<DueKind>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError> {
+        self.inner.due_entries(now, kind, limit)
+    }
+    fn reschedule_due(
+        &self,
+        current: &DueEntry,
+        next: Option<&DueEntry>,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.reschedule_due(current, next)
+    }
+    fn remove_due(&self, kind: DueKind, subject: &str) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.remove_due(kind, subject)
+    }
+    fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError> {
+        self.inner.due_entry_of(kind, subject)
+    }
+    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_due(kind)
+    }
+    fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.record_retry(record)
+    }
+    fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.clear_retry(id)
+    }
+    fn reschedule_retry(
+        &self,
+        current: &RetryRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        self.write()?;
+        self.inner.reschedule_retry(current, due_at)
+    }
+    fn due_retries(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<RetryRecord>, StoreError> {
+        self.inner.due_retries(now, limit)
+    }
+    fn retry_of(&self, id: &AccountId) -> Result<Option<RetryRecord>, StoreError> {
+        self.inner.retry_of(id)
+    }
+    fn due_polls(
+        &self,
+        anchored_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PollEntry>, StoreError> {
+        self.inner.due_polls(anchored_by, limit)
+    }
+    fn defer_poll(&self, entry: &PollEntry, at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.defer_poll(entry, at)
+    }
+    fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.clear_poll(entry)
+    }
+}
+
+impl IncidentStore for FailingStore {
     fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
         self.write()?;
         self.inner.open_incident(open)
@@ -259,6 +292,9 @@ impl Store for FailingStore {
     fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
         self.inner.list_incidents(query)
     }
+}
+
+impl OutboxStore for FailingStore {
     fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
         self.inner.pending_alerts(limit)
     }
@@ -275,5 +311,18 @@ impl Store for FailingStore {
     fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
         self.write()?;
         self.inner.remove_alert(alert_id)
+    }
+}
+
+impl Durability for FailingStore {
+    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        if self.fail_flush.load(Ordering::SeqCst) {
+            return Box::pin(async { Err(StoreError::Io("injected: fsync failed".into())) });
+        }
+        self.inner.durable()
+    }
+    fn write_probe(&self) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.write_probe()
     }
 }

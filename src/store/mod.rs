@@ -14,7 +14,14 @@
 //!   for the item before it was linked, in one transaction.
 //! - every linked account has one entry in the polling index, written by the same
 //!   transaction as the link, commit or unlink that changes it, so the polling fallback
-//!   reads only what is due.
+//!   reads only what is due;
+//! - retries, polls and the alert outbox share one due-time index ([`DueIndex`], keyed by
+//!   (time, [`DueKind`], subject)): every write that changes an entry does so in the
+//!   transaction of the change that calls for it.
+//!
+//! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
+//! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
+//! [`Store`] is all of them, and what the rest of the code holds.
 
 use std::time::Duration;
 
@@ -28,14 +35,13 @@ use crate::domain::{
 };
 use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
 
+mod due;
 #[cfg(test)]
 pub(crate) mod failing;
-mod group_commit;
-mod keys;
-mod sled_incidents;
-mod sled_store;
+mod sled;
 
-pub use sled_store::{SledStore, SledStoreConfig};
+pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
+pub use sled::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +138,7 @@ pub enum ApplyMode {
     /// The upserts are the complete set: every other local row of the account goes
     /// (the reconcile path after a rejected cursor).
     Replace,
-    /// The rows were already written with [`Store::stage_rows`] (the initial sync of an
+    /// The rows were already written with [`RowStore::stage_rows`] (the initial sync of an
     /// account that has never committed one); the commit makes them visible by setting
     /// the first cursor. `upserts` and `removals` must be empty.
     Staged,
@@ -162,33 +168,6 @@ pub struct SyncCommit {
     pub finished_at: DateTime<Utc>,
 }
 
-/// A failed sync's pending retry, kept in the store so a restart or a passivation does
-/// not forget it: the sweeper finds due ones through the due-time index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RetryRecord {
-    /// The account to re-sync.
-    pub account_id: AccountId,
-    /// Consecutive failed attempts so far (1 after the first failure).
-    pub attempt: u32,
-    /// When the retry is due.
-    pub due_at: DateTime<Utc>,
-    /// The last failure's code (provider error code or a short internal code).
-    pub code: String,
-    /// The provider's request id of the last failure, when there was one.
-    pub request_id: Option<String>,
-}
-
-/// A linked account's entry in the polling index, the sparse index the sweeper's
-/// polling fallback reads instead of every account.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PollEntry {
-    /// The account.
-    pub account_id: AccountId,
-    /// The latest of: its last successful sync, its link, the last time the sweeper asked
-    /// it to poll. A poll is due once this is older than the polling interval.
-    pub anchor: DateTime<Utc>,
-}
-
 /// A page request over an account's transactions, ordered by (date, id).
 #[derive(Clone, Debug, Default)]
 pub struct TransactionQuery {
@@ -211,10 +190,9 @@ pub struct TransactionPage {
     pub next: Option<String>,
 }
 
-/// The storage contract. Methods are synchronous and short (sled works in memory and
-/// writes back in the background); `durable()` is the one wait, and it is shared by
-/// every writer through group commit.
-pub trait Store: Send + Sync + 'static {
+/// Account records and their lookup keys: linking, resolving, listing, unlinking and the
+/// per-account marks (sync started/failed, quarantine, gave-up, login state).
+pub trait AccountStore {
     /// Links an account: record, lookup keys (`item_id`, `owner_id`, aliases) and the
     /// adoption of events kept for its item, in one transaction.
     /// `Conflict` when its item id or an alias already belongs to a linked account.
@@ -257,99 +235,8 @@ pub trait Store: Send + Sync + 'static {
         quarantine: Option<Quarantine>,
     ) -> Result<(), StoreError>;
 
-    /// Deduplicates and appends a webhook, resolving its item to an account (a link
-    /// racing it cannot strand it: either side adopts the entry). Not durable until a
-    /// later `durable()` resolves. Blocking: call from a blocking thread.
-    fn ingest(
-        &self,
-        webhook: IncomingWebhook,
-        dedup_ttl: Duration,
-    ) -> Result<IngestOutcome, StoreError>;
-
-    /// Resolves once everything written before the call is on disk (flushed and
-    /// fsynced). Many concurrent callers share one flush.
-    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>>;
-
-    /// Writes one small record that means nothing (the readiness probe: followed by
-    /// [`Store::durable`], it proves the store still accepts and persists writes).
-    fn write_probe(&self) -> Result<(), StoreError>;
-
-    /// The inbox entries of an account not yet consumed by a committed sync, by seq.
-    fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
-
-    /// The pending inbox entries of an account, marked as read by the sync that is
-    /// starting: from now on a repeat of one of them is appended as a new event instead
-    /// of being dropped as a duplicate, because this sync may fetch data older than it.
-    fn claim_pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
-
-    /// Every account with at least one pending inbox entry (the restart recovery pass
-    /// re-drives them). Proportional to the inbox, not to the number of accounts.
-    fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError>;
-
-    /// How many inbox entries are pending across all accounts (including those kept for
-    /// items not linked yet).
-    fn inbox_depth(&self) -> Result<u64, StoreError>;
-
-    /// Deletes dedup records older than their TTL; returns how many went.
-    fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
-
-    /// Applies one sync atomically: rows, cursor, outcome, consumed inbox entries.
-    fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError>;
-
-    /// Writes rows of an account that has never committed a sync, outside any
-    /// transaction (cheap, and no process-wide lock held for a 50,000-row first sync).
-    /// Rows of such an account are invisible to readers until the `Staged` commit sets
-    /// its first cursor, so a crash or a restarted loop leaves nothing visible; the next
-    /// attempt starts with [`Store::clear_rows`]. `InvalidState` once a sync committed.
-    fn stage_rows(
-        &self,
-        id: &AccountId,
-        upserts: Vec<Transaction>,
-        removals: Vec<String>,
-    ) -> Result<(), StoreError>;
-
-    /// Deletes every row of an account that has never committed a sync (leftovers of an
-    /// interrupted first sync). `InvalidState` once a sync committed.
-    fn clear_rows(&self, id: &AccountId) -> Result<(), StoreError>;
-
-    /// A page of an account's transactions ordered by (date, id). Empty until the
-    /// account's first sync has committed.
-    fn list_transactions(
-        &self,
-        id: &AccountId,
-        query: &TransactionQuery,
-    ) -> Result<TransactionPage, StoreError>;
-
-    /// How many transactions an account has locally.
-    fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError>;
-
     /// Number of account records (linked and unlinked).
     fn count_accounts(&self) -> Result<u64, StoreError>;
-
-    /// Writes the account's retry record, replacing its previous one (an account has at
-    /// most one). Not durable until a later `durable()` resolves.
-    fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError>;
-
-    /// Deletes the account's retry record, if any. A committed sync does this itself.
-    fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError>;
-
-    /// Moves `current` to `due_at`, or deletes it (`None`), but only while it is still
-    /// the account's retry record, byte for byte: `false` (nothing written) when a sync
-    /// replaced or cleared it meanwhile, whose newer record must win. The sweeper uses
-    /// it to take records it cannot act on out of the due part of the index.
-    fn reschedule_retry(
-        &self,
-        current: &RetryRecord,
-        due_at: Option<DateTime<Utc>>,
-    ) -> Result<bool, StoreError>;
-
-    /// Up to `limit` retry records due at or before `now`, earliest first. Reads only
-    /// the due part of the due-time index, never every account.
-    fn due_retries(&self, now: DateTime<Utc>, limit: usize)
-        -> Result<Vec<RetryRecord>, StoreError>;
-
-    /// The account's current retry record.
-    fn retry_of(&self, id: &AccountId) -> Result<Option<RetryRecord>, StoreError>;
 
     /// Marks the account as given up on (`Some`: its retry record goes too) or clears
     /// that mark (`None`, on resume); nothing else changes.
@@ -358,31 +245,6 @@ pub trait Store: Send + Sync + 'static {
         id: &AccountId,
         gave_up: Option<SyncGaveUp>,
     ) -> Result<(), StoreError>;
-
-    /// Up to `limit` entries of the polling index anchored at or before `anchored_by`,
-    /// oldest first. Reads only that part of the index, never every account. Linking
-    /// adds an account's entry (anchored at its last successful sync or its creation),
-    /// a committed sync moves it forward to the commit's `finished_at`, unlinking
-    /// removes it, all in the same transaction as the change itself.
-    fn due_polls(
-        &self,
-        anchored_by: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<PollEntry>, StoreError>;
-
-    /// Gives `entry`'s account (which the caller found linked) its polling entry at
-    /// `at`, or leaves it where it is when that is later: anchors only move forward.
-    /// `entry`, as read from [`Store::due_polls`], is removed if it was stale (the
-    /// account's entry is elsewhere, or the account had none), so whatever state the
-    /// index is in, acting on what it returned repairs it. Not durable until a later
-    /// `durable()` resolves; losing it in a crash only brings a poll forward.
-    fn defer_poll(&self, entry: &PollEntry, at: DateTime<Utc>) -> Result<(), StoreError>;
-
-    /// Removes `entry` from the polling index (its account is gone or unlinked), and
-    /// the account's reverse mapping if it points at it.
-    fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError>;
-
-    // ---- parking, relink, incidents and the alert outbox ----
 
     /// Sets (`Some`) or clears (`None`) the account's needs-reauth mark; a mark set also
     /// deletes its retry record (a parked account is not retried). Nothing else changes.
@@ -420,7 +282,164 @@ pub trait Store: Send + Sync + 'static {
     /// login errors already in the inbox); cursor and rows stay. `AccountNotFound` if it does
     /// not exist or is unlinked.
     fn relink_account(&self, id: &AccountId, token: &AccessToken) -> Result<Account, StoreError>;
+}
 
+/// The webhook inbox: deduplicated, durable-before-2xx ingest, and what syncs read of it.
+pub trait InboxStore {
+    /// Deduplicates and appends a webhook, resolving its item to an account (a link
+    /// racing it cannot strand it: either side adopts the entry). Not durable until a
+    /// later `durable()` resolves. Blocking: call from a blocking thread.
+    fn ingest(
+        &self,
+        webhook: IncomingWebhook,
+        dedup_ttl: Duration,
+    ) -> Result<IngestOutcome, StoreError>;
+
+    /// The inbox entries of an account not yet consumed by a committed sync, by seq.
+    fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
+
+    /// The pending inbox entries of an account, marked as read by the sync that is
+    /// starting: from now on a repeat of one of them is appended as a new event instead
+    /// of being dropped as a duplicate, because this sync may fetch data older than it.
+    fn claim_pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError>;
+
+    /// Every account with at least one pending inbox entry (the restart recovery pass
+    /// re-drives them). Proportional to the inbox, not to the number of accounts.
+    fn accounts_with_pending_inbox(&self) -> Result<Vec<AccountId>, StoreError>;
+
+    /// How many inbox entries are pending across all accounts (including those kept for
+    /// items not linked yet).
+    fn inbox_depth(&self) -> Result<u64, StoreError>;
+
+    /// Deletes dedup records older than their TTL; returns how many went.
+    fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError>;
+}
+
+/// An account's local rows (transactions) and the one-transaction sync commit that
+/// changes them together with the cursor and the consumed inbox entries.
+pub trait RowStore {
+    /// Applies one sync atomically: rows, cursor, outcome, consumed inbox entries.
+    fn commit_sync(&self, commit: SyncCommit) -> Result<(), StoreError>;
+
+    /// Writes rows of an account that has never committed a sync, outside any
+    /// transaction (cheap, and no process-wide lock held for a 50,000-row first sync).
+    /// Rows of such an account are invisible to readers until the `Staged` commit sets
+    /// its first cursor, so a crash or a restarted loop leaves nothing visible; the next
+    /// attempt starts with [`RowStore::clear_rows`]. `InvalidState` once a sync committed.
+    fn stage_rows(
+        &self,
+        id: &AccountId,
+        upserts: Vec<Transaction>,
+        removals: Vec<String>,
+    ) -> Result<(), StoreError>;
+
+    /// Deletes every row of an account that has never committed a sync (leftovers of an
+    /// interrupted first sync). `InvalidState` once a sync committed.
+    fn clear_rows(&self, id: &AccountId) -> Result<(), StoreError>;
+
+    /// A page of an account's transactions ordered by (date, id). Empty until the
+    /// account's first sync has committed.
+    fn list_transactions(
+        &self,
+        id: &AccountId,
+        query: &TransactionQuery,
+    ) -> Result<TransactionPage, StoreError>;
+
+    /// How many transactions an account has locally.
+    fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError>;
+}
+
+/// The due-time index: one durable timer keyed by (time, [`DueKind`], subject) that
+/// serves retries, polls and the alert outbox. The generic operations come first; the
+/// retry and polling methods are views over [`DueKind::Retry`] and [`DueKind::Poll`]
+/// entries (the outbox's live in [`OutboxStore`]). Readers read only the due part of
+/// the index, never every account.
+pub trait DueIndex {
+    /// Schedules `entry`, replacing its subject's previous entry of the same kind (a
+    /// subject has at most one per kind). Not durable until a later `durable()` resolves.
+    fn schedule_due(&self, entry: &DueEntry) -> Result<(), StoreError>;
+
+    /// Up to `limit` entries due at or before `now` (to the millisecond), of `kind` or of
+    /// every kind, earliest first; ties go by kind, then subject. Reads only the due
+    /// part of the index.
+    fn due_entries(
+        &self,
+        now: DateTime<Utc>,
+        kind: Option<DueKind>,
+        limit: usize,
+    ) -> Result<Vec<DueEntry>, StoreError>;
+
+    /// Replaces `current` with `next` (same kind and subject; `None` removes it), but
+    /// only while `current` is still its subject's entry, time and payload: `false`
+    /// (nothing written) when it changed or went meanwhile, so the newer write wins.
+    /// `InvalidState` if `next` is about another kind or subject.
+    fn reschedule_due(
+        &self,
+        current: &DueEntry,
+        next: Option<&DueEntry>,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes the subject's entry of `kind`; whether there was one.
+    fn remove_due(&self, kind: DueKind, subject: &str) -> Result<bool, StoreError>;
+
+    /// The subject's entry of `kind`, if it has one.
+    fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError>;
+
+    /// When the earliest entry (of `kind`, or of any kind) is due; `None` if there is none.
+    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    /// Writes the account's retry record, replacing its previous one (an account has at
+    /// most one). Not durable until a later `durable()` resolves.
+    fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError>;
+
+    /// Deletes the account's retry record, if any. A committed sync does this itself.
+    fn clear_retry(&self, id: &AccountId) -> Result<(), StoreError>;
+
+    /// Moves `current` to `due_at`, or deletes it (`None`), but only while it is still
+    /// the account's retry record, byte for byte: `false` (nothing written) when a sync
+    /// replaced or cleared it meanwhile, whose newer record must win. The sweeper uses
+    /// it to take records it cannot act on out of the due part of the index.
+    fn reschedule_retry(
+        &self,
+        current: &RetryRecord,
+        due_at: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError>;
+
+    /// Up to `limit` retry records due at or before `now`, earliest first. Reads only
+    /// the due part of the due-time index, never every account.
+    fn due_retries(&self, now: DateTime<Utc>, limit: usize)
+        -> Result<Vec<RetryRecord>, StoreError>;
+
+    /// The account's current retry record.
+    fn retry_of(&self, id: &AccountId) -> Result<Option<RetryRecord>, StoreError>;
+
+    /// Up to `limit` entries of the polling index anchored at or before `anchored_by`,
+    /// oldest first. Reads only that part of the index, never every account. Linking
+    /// adds an account's entry (anchored at its last successful sync or its creation),
+    /// a committed sync moves it forward to the commit's `finished_at`, unlinking
+    /// removes it, all in the same transaction as the change itself.
+    fn due_polls(
+        &self,
+        anchored_by: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PollEntry>, StoreError>;
+
+    /// Gives `entry`'s account (which the caller found linked) its polling entry at
+    /// `at`, or leaves it where it is when that is later: anchors only move forward.
+    /// `entry`, as read from [`DueIndex::due_polls`], is removed if it was stale (the
+    /// account's entry is elsewhere, or the account had none), so whatever state the
+    /// index is in, acting on what it returned repairs it. Not durable until a later
+    /// `durable()` resolves; losing it in a crash only brings a poll forward.
+    fn defer_poll(&self, entry: &PollEntry, at: DateTime<Utc>) -> Result<(), StoreError>;
+
+    /// Removes `entry` from the polling index (its account is gone or unlinked), and
+    /// the account's reverse mapping if it points at it.
+    fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError>;
+}
+
+/// Incidents: at most one open per (account, kind); opening and resolving may enqueue
+/// an alert in the same transaction.
+pub trait IncidentStore {
     /// Opens the incident of (account, kind), or refreshes the open one (details,
     /// `updated_at`, occurrences). With `notify`, a newly opened incident also enqueues
     /// an alert in the same transaction. Not durable until a later `durable()`.
@@ -448,9 +467,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Incidents matching `query`, newest first, at most `query.limit`.
     fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError>;
+}
 
+/// The alert outbox: undelivered alerts, read by their next attempt's due time.
+pub trait OutboxStore {
     /// Up to `limit` undelivered alerts, oldest first, due or not (for inspection; the
-    /// sender reads [`Store::due_alerts`]).
+    /// sender reads [`OutboxStore::due_alerts`]).
     fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError>;
 
     /// Up to `limit` undelivered alerts whose next attempt is due at or before `now` (to
@@ -466,4 +488,52 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes an alert (delivered, or given up on).
     fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError>;
+}
+
+/// Making writes durable: the one wait of the store, shared by every writer through
+/// group commit, and the readiness probe.
+pub trait Durability {
+    /// Resolves once everything written before the call is on disk (flushed and
+    /// fsynced). Many concurrent callers share one flush.
+    fn durable(&self) -> BoxFuture<'static, Result<(), StoreError>>;
+
+    /// Writes one small record that means nothing (the readiness probe: followed by
+    /// [`Durability::durable`], it proves the store still accepts and persists writes).
+    fn write_probe(&self) -> Result<(), StoreError>;
+}
+
+/// The storage contract: every record family's trait at once. Methods are synchronous
+/// and short (sled works in memory and writes back in the background); `durable()` is
+/// the one wait, and it is shared by every writer through group commit.
+///
+/// Callers hold an `Arc<dyn Store>` and call any family's methods on it without
+/// importing the family traits (a trait object's supertrait methods are in scope); an
+/// implementation implements each family and gets `Store` from the blanket impl.
+pub trait Store:
+    AccountStore
+    + InboxStore
+    + RowStore
+    + DueIndex
+    + IncidentStore
+    + OutboxStore
+    + Durability
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Store for T where
+    T: AccountStore
+        + InboxStore
+        + RowStore
+        + DueIndex
+        + IncidentStore
+        + OutboxStore
+        + Durability
+        + Send
+        + Sync
+        + 'static
+        + ?Sized
+{
 }

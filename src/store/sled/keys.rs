@@ -7,11 +7,11 @@
 //! Transaction keys end in `YYYY-MM-DD|id`: a fixed-width date then the id, so byte
 //! order is (date, id) order and the same string doubles as the public page token.
 
-use chrono::{Datelike, NaiveDate};
+use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::domain::{AccountId, ProviderKind};
-use crate::store::StoreError;
+use crate::store::{DueKind, StoreError};
 
 /// Account records by canonical id.
 pub(super) const ACCOUNTS: &str = "accounts";
@@ -30,29 +30,47 @@ pub(super) const DEDUP: &str = "dedup";
 /// Inbox entries a running sync has read (same keys as the inbox, empty values).
 pub(super) const CLAIMS: &str = "claims";
 
-/// Retry records by (due time in big-endian millis, account id): a sparse due-time index.
-pub(super) const RETRIES: &str = "retries";
-/// Account id to the key of its record in `retries` (an account has at most one).
-pub(super) const RETRY_INDEX: &str = "retry_index";
-
-/// The polling index: (poll anchor in big-endian millis, account id) to the account id,
-/// one entry per linked account. The anchor is the last successful sync, the link, or
-/// the last time the sweeper asked the account to poll, whichever is latest.
-pub(super) const POLL: &str = "poll";
-/// Account id to the key of its entry in `poll`; also holds [`POLL_BACKFILLED`].
-pub(super) const POLL_INDEX: &str = "poll_index";
-/// Marker in `poll_index` written once every linked account of a store created before
-/// the polling index has its entry (no account id starts with a NUL byte).
-pub(super) const POLL_BACKFILLED: &[u8] = b"\0backfilled";
 /// Incidents by id (big-endian u64: byte order is opening order).
 pub(super) const INCIDENTS: &str = "incidents";
 /// (account, kind) of each open incident to its id: at most one open per pair.
 pub(super) const INCIDENT_OPEN: &str = "incident_open";
 /// Outbound alerts not yet delivered, by id (big-endian u64).
 pub(super) const OUTBOX: &str = "outbox";
-/// The outbox's due-time index: (next attempt in big-endian millis, alert id) to
-/// nothing, one entry per alert in `outbox`, so the sender reads only what is due.
-pub(super) const OUTBOX_DUE: &str = "outbox_due";
+/// The due-time index: (kind tag, due time in big-endian millis, subject) to the
+/// entry's payload, so one kind's due part is one range read from the kind's start.
+/// Byte order is (kind, time, subject); readers of several kinds merge their ranges
+/// into (time, kind, subject) order.
+pub(super) const DUE: &str = "due";
+/// (kind tag, subject) to the big-endian millis of the subject's entry in `due`: at most
+/// one entry per (kind, subject), found without a scan. Also holds [`DUE_MIGRATED`].
+pub(super) const DUE_SUBJECTS: &str = "due_subjects";
+/// Marker in `due_subjects` written once the indexes of older versions were moved into
+/// `due` (no kind has tag 0, so no subject key starts with a NUL byte).
+pub(super) const DUE_MIGRATED: &[u8] = b"\0migrated";
+
+/// Trees of older versions, read once by the migration into `due`, then dropped.
+pub(super) mod legacy {
+    /// Retry records by (due time in big-endian millis, account id).
+    pub(in crate::store::sled) const RETRIES: &str = "retries";
+    /// Account id to the key of its record in `retries`.
+    pub(in crate::store::sled) const RETRY_INDEX: &str = "retry_index";
+    /// The polling index: (anchor in big-endian millis, account id) to the account id.
+    pub(in crate::store::sled) const POLL: &str = "poll";
+    /// Account id to the key of its entry in `poll`; also holds [`POLL_BACKFILLED`].
+    pub(in crate::store::sled) const POLL_INDEX: &str = "poll_index";
+    /// Marker in `poll_index`: every linked account had its polling entry.
+    pub(in crate::store::sled) const POLL_BACKFILLED: &[u8] = b"\0backfilled";
+    /// The outbox's due-time index: (next attempt in big-endian millis, alert id).
+    pub(in crate::store::sled) const OUTBOX_DUE: &str = "outbox_due";
+    /// Every legacy index tree.
+    pub(in crate::store::sled) const TREES: [&str; 5] =
+        [RETRIES, RETRY_INDEX, POLL, POLL_INDEX, OUTBOX_DUE];
+
+    /// The time (millis) in front of a legacy retry, poll or outbox-due key.
+    pub(in crate::store::sled) fn key_millis(key: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(key.get(..8)?.try_into().ok()?))
+    }
+}
 
 /// Version byte written in front of every record; bump it with a migration.
 const RECORD_VERSION: u8 = 1;
@@ -261,21 +279,6 @@ pub(super) fn id_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-/// Key of an alert in the outbox's due-time index: the next attempt as big-endian
-/// unsigned millis (times before the epoch clamp to 0), then the id, so byte order is
-/// due order and alerts due at the same millisecond go oldest first.
-pub(super) fn outbox_due_key(due_millis: i64, id: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&u64::try_from(due_millis).unwrap_or(0).to_be_bytes());
-    k[8..].copy_from_slice(&id.to_be_bytes());
-    k
-}
-
-/// The alert id of an outbox due-index key.
-pub(super) fn outbox_due_id(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(8..16)?.try_into().ok()?))
-}
-
 /// Key of the open incident of (account, kind) in `incident_open`.
 pub(super) fn incident_open_key(account: &AccountId, kind: &str) -> Vec<u8> {
     let mut k = prefixed(account.as_str());
@@ -283,27 +286,41 @@ pub(super) fn incident_open_key(account: &AccountId, kind: &str) -> Vec<u8> {
     k
 }
 
-/// Key of a retry record: due time as big-endian unsigned millis (times before the
-/// epoch clamp to 0), then the account id, so byte order is due-time order.
-pub(super) fn retry_key(due_millis: i64, account: &AccountId) -> Vec<u8> {
-    let mut k = u64::try_from(due_millis)
-        .unwrap_or(0)
-        .to_be_bytes()
-        .to_vec();
-    k.extend_from_slice(account.as_str().as_bytes());
+/// A time as stored in due-index keys: unsigned millis since the epoch, times before
+/// it clamped to 0, so big-endian byte order is time order.
+pub(super) fn due_millis(at: DateTime<Utc>) -> u64 {
+    u64::try_from(at.timestamp_millis()).unwrap_or(0)
+}
+
+/// The time a stored due-index millis value stands for (`None` past chrono's range).
+pub(super) fn due_time(millis: u64) -> Option<DateTime<Utc>> {
+    DateTime::<Utc>::from_timestamp_millis(i64::try_from(millis).ok()?)
+}
+
+/// Key of an entry in `due`: kind tag, big-endian millis, subject.
+pub(super) fn due_key(kind: DueKind, millis: u64, subject: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(9 + subject.len());
+    k.push(kind.tag());
+    k.extend_from_slice(&millis.to_be_bytes());
+    k.extend_from_slice(subject.as_bytes());
     k
 }
 
-/// Key of a polling-index entry: the anchor time laid out like [`retry_key`], so byte
-/// order is anchor order and the due part of the index is one range from its start.
-pub(super) fn poll_key(anchor_millis: i64, account: &AccountId) -> Vec<u8> {
-    retry_key(anchor_millis, account)
+/// The (kind, millis, subject) of a `due` key; `None` for a key this version cannot
+/// read (unknown kind, short, or a subject that is not UTF-8).
+pub(super) fn due_key_parts(key: &[u8]) -> Option<(DueKind, u64, &str)> {
+    let kind = DueKind::from_tag(*key.first()?)?;
+    let millis = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+    let subject = std::str::from_utf8(key.get(9..)?).ok()?;
+    Some((kind, millis, subject))
 }
 
-/// The anchor time (millis) of a polling-index key.
-pub(super) fn poll_key_millis(key: &[u8]) -> Option<i64> {
-    let millis = u64::from_be_bytes(key.get(..8)?.try_into().ok()?);
-    i64::try_from(millis).ok()
+/// Key of a subject's entry in `due_subjects`: kind tag, subject.
+pub(super) fn due_subject_key(kind: DueKind, subject: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + subject.len());
+    k.push(kind.tag());
+    k.extend_from_slice(subject.as_bytes());
+    k
 }
 
 /// The smallest key greater than every key starting with `prefix` (`None`: no bound).
@@ -426,30 +443,45 @@ mod tests {
     }
 
     #[test]
-    fn retry_keys_sort_by_due_time_then_account() {
-        let a = AccountId("acc_b".into());
-        let b = AccountId("acc_a".into());
-        assert!(retry_key(255, &a) < retry_key(256, &b));
-        assert!(retry_key(256, &b) < retry_key(256, &a));
-        assert_eq!(retry_key(-5, &a), retry_key(0, &a));
+    fn due_keys_sort_by_kind_then_time_then_subject_and_carry_their_parts() {
+        use chrono::TimeZone;
+        assert!(due_key(DueKind::Retry, 255, "b") < due_key(DueKind::Retry, 256, "a"));
+        assert!(due_key(DueKind::Retry, 256, "a") < due_key(DueKind::Retry, 256, "b"));
+        // One kind's entries are one range: a later kind sorts after every time.
+        assert!(due_key(DueKind::Retry, u64::MAX, "z") < due_key(DueKind::Poll, 0, "a"));
+        let key = due_key(DueKind::Outbox, 1_234, &DueKind::alert_subject(77));
+        assert_eq!(
+            due_key_parts(&key),
+            Some((DueKind::Outbox, 1_234, "00000000000000000077"))
+        );
+        assert_eq!(due_key_parts(&[DueKind::Poll.tag(), 1, 2]), None);
+        assert_eq!(
+            due_key_parts(&[0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None,
+            "no kind 0"
+        );
+        // Times before the epoch clamp to it, and stored millis read back as times.
+        let before = Utc.with_ymd_and_hms(1960, 1, 1, 0, 0, 0).unwrap();
+        assert_eq!(due_millis(before), 0);
+        let at = Utc.timestamp_millis_opt(1_700_000_000_123).unwrap();
+        assert_eq!(due_time(due_millis(at)), Some(at));
+        assert!(due_subject_key(DueKind::Retry, "acc") < due_subject_key(DueKind::Poll, ""));
+        assert!(!DUE_MIGRATED.starts_with(&due_subject_key(DueKind::Retry, "")));
     }
 
     #[test]
-    fn poll_keys_sort_by_anchor_and_carry_it() {
-        let a = AccountId("acc_b".into());
-        let b = AccountId("acc_a".into());
-        assert!(poll_key(1_000, &a) < poll_key(1_001, &b));
-        assert_eq!(poll_key_millis(&poll_key(1_234_567, &a)), Some(1_234_567));
-        assert_eq!(poll_key_millis(&[1, 2]), None);
-    }
-
-    #[test]
-    fn outbox_due_keys_sort_by_due_time_then_id_and_carry_the_id() {
-        assert!(outbox_due_key(255, 9) < outbox_due_key(256, 1));
-        assert!(outbox_due_key(256, 1) < outbox_due_key(256, 2));
-        assert_eq!(outbox_due_key(-5, 3), outbox_due_key(0, 3));
-        assert_eq!(outbox_due_id(&outbox_due_key(1_234, 77)), Some(77));
-        assert_eq!(outbox_due_id(&[1, 2]), None);
+    fn alert_subjects_sort_like_alert_ids() {
+        assert!(DueKind::alert_subject(9) < DueKind::alert_subject(10));
+        assert!(DueKind::alert_subject(255) < DueKind::alert_subject(u64::MAX));
+        assert_eq!(
+            DueKind::alert_id(&DueKind::alert_subject(u64::MAX)),
+            Some(u64::MAX)
+        );
+        assert_eq!(
+            DueKind::from_tag(DueKind::Outbox.tag()),
+            Some(DueKind::Outbox)
+        );
+        assert_eq!(DueKind::from_tag(0), None);
     }
 
     #[test]

@@ -1,113 +1,49 @@
-//! The sled side of incidents and the alert outbox, apart from the rest of the store so
-//! each file reads in one sitting. `SledStore`'s `Store` impl delegates here.
+//! Incidents: the sled side of opening, refreshing, resolving and listing them.
 //!
 //! Opening and resolving are one multi-tree transaction over `incidents`,
-//! `incident_open`, `outbox` and `outbox_due`: the at-most-one-open-per-(account, kind)
+//! `incident_open` and the outbox's trees: the at-most-one-open-per-(account, kind)
 //! index, the incident and its alert change together or not at all, so a crash can
 //! neither leave two open incidents for one condition nor an alert for a change that
 //! never happened.
-//!
-//! The outbox is read through its due-time index, never in id order: during a receiver
-//! outage the oldest alerts keep failing and wait out their backoff, and a read in id
-//! order would hand the sender those not-yet-due ones first, so alerts behind them
-//! would never be tried. The index is rebuilt from the outbox on every open (the outbox
-//! holds at most `alerts.max_age` of alerts), which also covers stores written before
-//! it existed.
 
 use chrono::{DateTime, Utc};
-use sled::transaction::{ConflictableTransactionError, Transactional, TransactionalTree};
+use sled::transaction::Transactional;
 use sled::Tree;
 
-use super::keys::{self, INCIDENTS, OUTBOX};
-use super::StoreError;
+use super::due::TxDue;
+use super::keys::{self, INCIDENTS};
+use super::outbox::enqueue_alert;
+use super::{from_tx, io, tx, SledStore};
 use crate::domain::AccountId;
-use crate::incidents::{
-    AlertEventType, AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident,
-};
-
-type TxResult<T> = Result<T, ConflictableTransactionError<StoreError>>;
-
-fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
-    result.map_err(ConflictableTransactionError::Abort)
-}
-
-fn io(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Io(e.to_string())
-}
-
-fn from_tx(e: sled::transaction::TransactionError<StoreError>) -> StoreError {
-    match e {
-        sled::transaction::TransactionError::Abort(e) => e,
-        sled::transaction::TransactionError::Storage(e) => io(e),
-    }
-}
+use crate::incidents::{AlertEventType, Incident, IncidentKind, IncidentQuery, OpenIncident};
+use crate::store::{IncidentStore, StoreError};
 
 /// Decodes a big-endian id key.
 fn id_of(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
 }
 
-/// The four trees, borrowed from the store.
+/// The trees an incident change writes, borrowed from the store.
 pub(super) struct IncidentTrees<'a> {
     pub(super) incidents: &'a Tree,
     pub(super) open: &'a Tree,
     pub(super) outbox: &'a Tree,
-    /// (next attempt, id) of every alert in `outbox`.
-    pub(super) outbox_due: &'a Tree,
-}
-
-/// The due-index key of `record`.
-fn due_key(record: &AlertRecord) -> [u8; 16] {
-    keys::outbox_due_key(record.next_attempt_at.timestamp_millis(), record.id)
-}
-
-/// Rewrites the outbox's due-time index from the outbox itself. Run once at open,
-/// before any writer: whatever a crash or an older version left in the index, it
-/// matches the outbox afterwards. Undecodable records are left to the sender (it
-/// reports them when it reads them by id) and logged here.
-pub(super) fn rebuild_outbox_due(outbox: &Tree, outbox_due: &Tree) -> Result<(), StoreError> {
-    outbox_due.clear().map_err(io)?;
-    for item in outbox.iter() {
-        let (key, bytes) = item.map_err(io)?;
-        match keys::decode::<AlertRecord>(OUTBOX, &bytes) {
-            Ok(record) => {
-                outbox_due.insert(due_key(&record), &[]).map_err(io)?;
-            }
-            Err(error) => {
-                tracing::error!(alert_key = ?key.as_ref(), %error, "outbox record unreadable: not indexed");
-            }
-        }
-    }
-    Ok(())
-}
-
-fn enqueue_alert(
-    outbox: &TransactionalTree,
-    outbox_due: &TransactionalTree,
-    event_type: AlertEventType,
-    incident: &Incident,
-    at: DateTime<Utc>,
-) -> TxResult<()> {
-    let id = outbox.generate_id()?;
-    let record = AlertRecord {
-        id,
-        event_type,
-        incident: incident.clone(),
-        created_at: at,
-        next_attempt_at: at,
-        attempts: 0,
-        last_error: None,
-    };
-    outbox.insert(&keys::id_key(id), tx(keys::encode(OUTBOX, &record))?)?;
-    outbox_due.insert(&due_key(&record), &[])?;
-    Ok(())
+    /// The due index (`due`, `due_subjects`): where an enqueued alert's entry goes.
+    pub(super) due: &'a Tree,
+    pub(super) due_subjects: &'a Tree,
 }
 
 impl IncidentTrees<'_> {
     pub(super) fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
         let open_key = keys::incident_open_key(&open.account_id, open.kind.as_str());
-        (self.incidents, self.open, self.outbox, self.outbox_due)
-            .transaction(|(incidents, index, outbox, outbox_due)| {
+        (
+            self.incidents,
+            self.open,
+            self.outbox,
+            self.due,
+            self.due_subjects,
+        )
+            .transaction(|(incidents, index, outbox, entries, subjects)| {
                 if let Some(existing) = index.get(&open_key)? {
                     if let Some(bytes) = incidents.get(&existing)? {
                         let mut incident: Incident = tx(keys::decode(INCIDENTS, &bytes))?;
@@ -138,7 +74,7 @@ impl IncidentTrees<'_> {
                 if open.notify {
                     enqueue_alert(
                         outbox,
-                        outbox_due,
+                        TxDue { entries, subjects },
                         AlertEventType::Opened,
                         &incident,
                         open.at,
@@ -162,8 +98,14 @@ impl IncidentTrees<'_> {
         if self.open.get(&open_key).map_err(io)?.is_none() {
             return Ok(None);
         }
-        (self.incidents, self.open, self.outbox, self.outbox_due)
-            .transaction(|(incidents, index, outbox, outbox_due)| {
+        (
+            self.incidents,
+            self.open,
+            self.outbox,
+            self.due,
+            self.due_subjects,
+        )
+            .transaction(|(incidents, index, outbox, entries, subjects)| {
                 let Some(key) = index.remove(open_key.as_slice())? else {
                     return Ok(None);
                 };
@@ -174,7 +116,8 @@ impl IncidentTrees<'_> {
                 incident.resolved_at = Some(at);
                 incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
                 if notify {
-                    enqueue_alert(outbox, outbox_due, AlertEventType::Resolved, &incident, at)?;
+                    let due = TxDue { entries, subjects };
+                    enqueue_alert(outbox, due, AlertEventType::Resolved, &incident, at)?;
                 }
                 Ok(Some(incident))
             })
@@ -260,92 +203,39 @@ impl IncidentTrees<'_> {
         }
         Ok(out)
     }
+}
 
-    pub(super) fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
-        self.outbox
-            .iter()
-            .values()
-            .take(limit)
-            .map(|bytes| keys::decode(OUTBOX, &bytes.map_err(io)?))
-            .collect()
+impl IncidentStore for SledStore {
+    fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
+        let _gate = self.write_gate()?;
+        self.incident_trees().open_incident(open)
     }
 
-    /// Up to `limit` alerts due at or before `now` (to the millisecond), earliest due
-    /// first: one range read of the due-time index, then each record by id.
-    pub(super) fn due_alerts(
+    fn resolve_incident(
         &self,
-        now: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<AlertRecord>, StoreError> {
-        let end = keys::outbox_due_key(now.timestamp_millis().saturating_add(1), 0);
-        let mut out = Vec::new();
-        for key in self.outbox_due.range(..end).keys() {
-            if out.len() >= limit {
-                break;
-            }
-            if let Some(record) = self.alert_of_due_key(&key.map_err(io)?)? {
-                out.push(record);
-            }
-        }
-        Ok(out)
+        id: &AccountId,
+        kind: IncidentKind,
+        at: DateTime<Utc>,
+        notify: bool,
+    ) -> Result<Option<Incident>, StoreError> {
+        let _gate = self.write_gate()?;
+        self.incident_trees().resolve_incident(id, kind, at, notify)
     }
 
-    /// When the earliest alert is due (its record's exact time), `None` if none waits.
-    pub(super) fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        for key in self.outbox_due.iter().keys() {
-            if let Some(record) = self.alert_of_due_key(&key.map_err(io)?)? {
-                return Ok(Some(record.next_attempt_at));
-            }
-        }
-        Ok(None)
+    fn open_incident_of(
+        &self,
+        id: &AccountId,
+        kind: IncidentKind,
+    ) -> Result<Option<Incident>, StoreError> {
+        self.incident_trees().open_incident_of(id, kind)
     }
 
-    /// The alert a due-index key points at; `None` for an entry whose alert is gone (a
-    /// removal that raced the read), which the next rebuild drops.
-    fn alert_of_due_key(&self, key: &[u8]) -> Result<Option<AlertRecord>, StoreError> {
-        let Some(id) = keys::outbox_due_id(key) else {
-            return Ok(None);
-        };
-        match self.outbox.get(keys::id_key(id)).map_err(io)? {
-            Some(bytes) => Ok(Some(keys::decode(OUTBOX, &bytes)?)),
-            None => Ok(None),
-        }
+    fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
+        self.incident_trees().get_incident(incident_id)
     }
 
-    pub(super) fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
-        let key = keys::id_key(record.id);
-        let value = keys::encode(OUTBOX, record)?;
-        let new_due = due_key(record);
-        // Only while it is still pending: a concurrent removal (delivered) wins.
-        (self.outbox, self.outbox_due)
-            .transaction(|(outbox, outbox_due)| {
-                let Some(old) = outbox.get(key)? else {
-                    return Ok(());
-                };
-                let old: AlertRecord = tx(keys::decode(OUTBOX, &old))?;
-                outbox_due.remove(&due_key(&old))?;
-                outbox.insert(&key, value.as_slice())?;
-                outbox_due.insert(&new_due, &[])?;
-                Ok(())
-            })
-            .map_err(from_tx)
-    }
-
-    pub(super) fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
-        let key = keys::id_key(alert_id);
-        (self.outbox, self.outbox_due)
-            .transaction(|(outbox, outbox_due)| {
-                let Some(old) = outbox.remove(&key)? else {
-                    return Ok(());
-                };
-                // An unreadable record still goes (the sender must be able to drop
-                // it); its index entry, if any, points at nothing and is skipped.
-                if let Ok(old) = keys::decode::<AlertRecord>(OUTBOX, &old) {
-                    outbox_due.remove(&due_key(&old))?;
-                }
-                Ok(())
-            })
-            .map_err(from_tx)
+    fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError> {
+        self.incident_trees().list_incidents(query)
     }
 }
 
@@ -358,7 +248,7 @@ mod tests {
 
     use crate::domain::AccountId;
     use crate::incidents::{IncidentKind, IncidentQuery, IncidentState, OpenIncident};
-    use crate::store::{SledStore, SledStoreConfig, Store};
+    use crate::store::{Durability, IncidentStore, OutboxStore, SledStore, SledStoreConfig};
 
     fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {
         SledStore::open(SledStoreConfig {
@@ -504,7 +394,14 @@ mod tests {
                     Err(error) => panic!("raw sled: {error}"),
                 }
             };
-            db.drop_tree(super::keys::OUTBOX_DUE).expect("drop index");
+            // The outbox's part of the due index is lost.
+            let prefix = [crate::store::DueKind::Outbox.tag()];
+            for name in [super::keys::DUE, super::keys::DUE_SUBJECTS] {
+                let tree = db.open_tree(name).expect("due index tree");
+                for key in tree.scan_prefix(prefix).keys() {
+                    tree.remove(key.expect("key")).expect("remove");
+                }
+            }
             db.flush().expect("flush");
         }
         let store = open_store(&dir);

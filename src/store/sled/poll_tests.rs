@@ -1,11 +1,19 @@
-//! The polling index: kept in step with link, commit and unlink, read by anchor time,
-//! moved forward only, and rebuilt for stores written before it existed.
+//! The polling index (the due index's `Poll` entries): kept in step with link, commit
+//! and unlink, read by anchor time, moved forward only, and backfilled for stores
+//! written before it existed.
 
-use chrono::{TimeZone, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
 use tempfile::TempDir;
 
-use super::*;
-use crate::domain::AccessToken;
+use super::super::keys;
+use super::super::{SledStore, SledStoreConfig};
+use crate::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind, SyncOutcome};
+use crate::store::{
+    AccountStore, ApplyMode, DueIndex, DueKind, Durability, PollEntry, RowStore, SyncCommit,
+};
 
 fn open(dir: &TempDir) -> Arc<SledStore> {
     SledStore::open(SledStoreConfig {
@@ -54,6 +62,12 @@ fn commit_at(id: &AccountId, finished_at: DateTime<Utc>) -> SyncCommit {
         started_at: finished_at,
         finished_at,
     }
+}
+
+/// (entries, reverse mappings) of the polling kind, as stored.
+fn raw_poll_entries(store: &SledStore) -> (usize, usize) {
+    let count = |tree: &sled::Tree| tree.scan_prefix([DueKind::Poll.tag()]).count();
+    (count(&store.due), count(&store.due_subjects))
 }
 
 fn due(store: &SledStore, by: DateTime<Utc>) -> Vec<(AccountId, DateTime<Utc>)> {
@@ -118,11 +132,10 @@ async fn the_polling_index_follows_link_commit_and_unlink() {
     );
     store.unlink_account(&b.id, true).unwrap();
     assert!(due(&store, t0() + ms(10_000)).is_empty());
-    assert_eq!(store.poll.len(), 0);
     assert_eq!(
-        store.poll_index.len(),
-        1,
-        "only the backfill marker is left"
+        raw_poll_entries(&store),
+        (0, 0),
+        "no entry and no reverse mapping is left"
     );
 
     // Relinking puts it back, anchored at its last successful sync.
@@ -141,7 +154,7 @@ async fn the_polling_index_follows_link_commit_and_unlink() {
     };
     store.clear_poll(&a_entry).unwrap();
     assert!(due(&store, t0() + ms(10_000)).is_empty());
-    assert_eq!(store.poll_index.len(), 1);
+    assert_eq!(raw_poll_entries(&store), (0, 0));
     store.shutdown().await.unwrap();
 }
 
@@ -160,12 +173,20 @@ async fn a_store_from_before_the_polling_index_is_backfilled_once_at_open() {
             .commit_sync(commit_at(&synced.id, t0() + ms(5)))
             .unwrap();
         store.unlink_account(&unlinked.id, false).unwrap();
-        // What an older version left: no index at all, no marker.
-        store.poll.clear().unwrap();
-        store.poll_index.clear().unwrap();
-        // ... and a half-written entry from a backfill interrupted by a crash.
+        // What an older version left: no polling entries at all, no marker.
+        for tree in [&store.due, &store.due_subjects] {
+            for key in tree.scan_prefix([DueKind::Poll.tag()]).keys() {
+                tree.remove(key.unwrap()).unwrap();
+            }
+        }
+        store.due_subjects.remove(keys::DUE_MIGRATED).unwrap();
+        // ... and a half-written entry from a backfill interrupted by a crash (in the
+        // polling index of that version).
         store
-            .poll_index
+            .files
+            .db
+            .open_tree(keys::legacy::POLL_INDEX)
+            .unwrap()
             .insert(keys::account_key(&linked.id), b"gone".as_slice())
             .unwrap();
         store.durable().await.unwrap();
@@ -176,10 +197,12 @@ async fn a_store_from_before_the_polling_index_is_backfilled_once_at_open() {
         due(&store, t0() + ms(10)),
         [(linked.id.clone(), t0()), (synced.id.clone(), t0() + ms(5))]
     );
-    assert!(store
-        .poll_index
-        .contains_key(keys::POLL_BACKFILLED)
-        .unwrap());
+    assert!(store.due_subjects.contains_key(keys::DUE_MIGRATED).unwrap());
+    assert!(!store
+        .files
+        .db
+        .tree_names()
+        .contains(&keys::legacy::POLL_INDEX.as_bytes().into()));
     // Once marked, a later open does not scan again (an entry cleared now stays so).
     store
         .clear_poll(&PollEntry {
