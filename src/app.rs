@@ -37,7 +37,7 @@ use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use crate::service;
 use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
-use crate::store::{SledStore, SledStoreConfig, Store};
+use crate::store::{AsyncStore, SledStore, SledStoreConfig, Store};
 
 /// A built, bound, not yet serving application.
 pub struct App {
@@ -137,7 +137,7 @@ impl App {
         let state = AppState {
             ctx: service::Context {
                 clock: clock.clone(),
-                store: dyn_store,
+                store: AsyncStore::new(dyn_store),
                 registry,
                 providers: Arc::new(providers),
                 settings: settings.clone(),
@@ -392,7 +392,7 @@ async fn start_background(
 ) -> anyhow::Result<(JoinHandle<()>, ractor::ActorRef<SweeperMessage>)> {
     let ctx = &state.ctx;
     let janitor = spawn_dedup_janitor(
-        ctx.store.clone(),
+        ctx.store.blocking().clone(),
         ctx.settings.store.dedup_ttl,
         ctx.clock.clone(),
     );
@@ -426,7 +426,8 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
     let settings = &state.ctx.settings.sandbox;
     for n in 0..settings.demo_items {
         let alias = format!("demo-user-{n}@example.com");
-        if let Resolved::Found(old) = state.ctx.store.resolve(&alias)? {
+        let key = alias.clone();
+        if let Resolved::Found(old) = state.ctx.store.run(move |s| s.resolve(&key)).await? {
             accounts::unlink(&state.ctx, &old, true)
                 .await
                 .with_context(|| format!("replacing demo account {old}"))?;

@@ -160,6 +160,7 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
     let stored = state
         .ctx
         .store
+        .blocking()
         .get_account(&acctor::domain::AccountId(account_id.clone()))
         .expect("store")
         .expect("account");

@@ -348,7 +348,7 @@ async fn ingest(
 
     // The store's own ceiling: concurrent ingest + durable, no HTTP, no verification.
     for writers in [64usize, 256] {
-        let store = state.ctx.store.clone();
+        let store = state.ctx.store.blocking().clone();
         let done = Arc::new(AtomicU64::new(0));
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = tokio::task::JoinSet::new();
@@ -436,14 +436,19 @@ async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
         let view: serde_json::Value = response.json().await?;
         let id = AccountId(view["id"].as_str().context("id")?.to_string());
         loop {
-            let account = state.ctx.store.get_account(&id)?.context("account")?;
+            let account = state
+                .ctx
+                .store
+                .blocking()
+                .get_account(&id)?
+                .context("account")?;
             if account.sync_count >= 1 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = start.elapsed();
-        let rows = state.ctx.store.count_transactions(&id)?;
+        let rows = state.ctx.store.blocking().count_transactions(&id)?;
         println!(
             "| {transactions} | {run} | {} | {rows} |",
             elapsed.as_millis()
@@ -514,7 +519,11 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
         let mut ids = Vec::new();
         let mut after: Option<AccountId> = None;
         while (ids.len() as u64) < samples {
-            let page = state.ctx.store.list_accounts(after.as_ref(), 1000)?;
+            let page = state
+                .ctx
+                .store
+                .blocking()
+                .list_accounts(after.as_ref(), 1000)?;
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             ids.extend(page.into_iter().map(|a| a.id));

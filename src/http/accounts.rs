@@ -190,7 +190,7 @@ async fn list(
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
     let limit = page_limit(query.limit, 100)?;
-    let (accounts, next) = accounts::list(&state.ctx, query.after.map(AccountId), limit)?;
+    let (accounts, next) = accounts::list(&state.ctx, query.after.map(AccountId), limit).await?;
     let accounts = accounts.iter().map(AccountView::from).collect();
     Ok(Json(AccountPage { accounts, next }))
 }
@@ -213,7 +213,7 @@ async fn show(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<AccountView>, ApiError> {
-    let account = accounts::resolve(&state.ctx, &key)?;
+    let account = accounts::resolve(&state.ctx, &key).await?;
     Ok(Json(AccountView::from(&account)))
 }
 
@@ -257,7 +257,7 @@ async fn unlink(
     ApiPath(key): ApiPath<String>,
     ApiQuery(query): ApiQuery<UnlinkQuery>,
 ) -> Result<Json<UnlinkResponse>, ApiError> {
-    let account = accounts::resolve(&state.ctx, &key)?;
+    let account = accounts::resolve(&state.ctx, &key).await?;
     accounts::unlink(&state.ctx, &account.id, query.purge).await?;
     Ok(Json(UnlinkResponse {
         id: account.id,
@@ -321,16 +321,18 @@ async fn transactions(
             ));
         }
     }
-    let account = accounts::resolve(&state.ctx, &key)?;
-    let page = state.ctx.store.list_transactions(
+    let account = accounts::resolve(&state.ctx, &key).await?;
+    let page = accounts::transactions(
+        &state.ctx,
         &account.id,
-        &TransactionQuery {
+        TransactionQuery {
             start_date: query.start_date,
             end_date: query.end_date,
             after: query.after,
             limit,
         },
-    )?;
+    )
+    .await?;
     Ok(Json(TransactionsResponse {
         account_id: account.id,
         transactions: page.transactions.into_iter().map(|t| t.body).collect(),
@@ -416,7 +418,7 @@ async fn sync_status(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<SyncStatus>, ApiError> {
-    let account = accounts::resolve(&state.ctx, &key)?;
+    let account = accounts::resolve(&state.ctx, &key).await?;
     let report = accounts::sync_report(&state.ctx, &account).await?;
     Ok(Json(SyncStatus {
         account_id: account.id.clone(),
@@ -470,7 +472,7 @@ async fn request_sync(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
-    let account = accounts::resolve(&state.ctx, &key)?;
+    let account = accounts::resolve(&state.ctx, &key).await?;
     accounts::request_sync(&state.ctx, &account)?;
     Ok((
         StatusCode::ACCEPTED,
@@ -513,7 +515,7 @@ async fn resume(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<ResumeResponse>, ApiError> {
-    let account = accounts::resolve(&state.ctx, &key)?;
+    let account = accounts::resolve(&state.ctx, &key).await?;
     let lifted = accounts::resume(&state.ctx, &account).await?;
     Ok(Json(ResumeResponse {
         account_id: account.id,

@@ -368,11 +368,14 @@ async fn show(
     State(state): State<AppState>,
     ApiPath(key): ApiPath<String>,
 ) -> Result<Json<ActorView>, ApiError> {
-    let account = resolve(&state.ctx, &key)?;
+    let account = resolve(&state.ctx, &key).await?;
     // Asked first: the store facts read after it are at least as fresh as its answer.
     let asked = state.ctx.registry.snapshot(&account.id).await;
-    let store = state.ctx.store.clone();
-    let facts = blocking(move || store_facts(store.as_ref(), account, true)).await?;
+    let facts = state
+        .ctx
+        .store
+        .run(move |s| store_facts(s, account, true))
+        .await?;
     Ok(Json(describe(&state, facts, asked)))
 }
 
@@ -464,7 +467,7 @@ fn pick_page(
     provider: Option<ProviderKind>,
     wanted: Option<&str>,
 ) -> Result<(Vec<Account>, Option<String>, usize), ApiError> {
-    let store = &state.ctx.store;
+    let store = state.ctx.store.blocking();
     let live_only =
         wanted.is_some_and(|w| w == "active" || w == "unresponsive" || LIVE_STATES.contains(&w));
     if sort == "id" && !live_only {
@@ -636,7 +639,11 @@ async fn list(
         let (page, next, scanned) = pick_page(&picker, &query, sort, limit, provider, wanted)?;
         let mut facts = Vec::with_capacity(page.len());
         for account in page {
-            facts.push(store_facts(picker.ctx.store.as_ref(), account, false)?);
+            facts.push(store_facts(
+                picker.ctx.store.blocking().as_ref(),
+                account,
+                false,
+            )?);
         }
         Ok::<_, ApiError>((facts, next, scanned))
     })

@@ -208,7 +208,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadinessRep
         shutting_down,
         actors,
         store,
-        inbox_depth: state.ctx.store.inbox_depth().unwrap_or(0),
+        inbox_depth: state.ctx.store.run(|s| s.inbox_depth()).await.unwrap_or(0),
         active_actors: state.ctx.registry.stats().active,
     };
     (status, Json(report))
@@ -233,14 +233,12 @@ async fn probe_store(state: &AppState) -> StoreCheck {
     }
     let store = state.ctx.store.clone();
     let probe = async move {
-        // A sled write can wait on its process-wide lock: not on an async worker.
-        tokio::task::spawn_blocking({
-            let store = store.clone();
-            move || store.write_probe()
-        })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
+        // A sled write can wait on its process-wide lock: the facade runs it off the
+        // async workers.
+        store
+            .run(|s| s.write_probe())
+            .await
+            .map_err(|e| e.to_string())?;
         store.durable().await.map_err(|e| e.to_string())
     };
     let result = match tokio::time::timeout(STORE_PROBE_TIMEOUT, probe).await {

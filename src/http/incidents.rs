@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 use super::error::ErrorBody;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
 use crate::incidents::{Incident, IncidentKind, IncidentQuery, IncidentState};
-use crate::store::Resolved;
+use crate::service;
 
 const MAX_PAGE: usize = 1000;
 
@@ -133,35 +133,9 @@ async fn list(
     State(state): State<AppState>,
     ApiQuery(params): ApiQuery<IncidentsParams>,
 ) -> Result<Json<IncidentPage>, ApiError> {
-    let mut query = parse_params(&params)?;
-    if let Some(key) = params.account.as_deref() {
-        query.account_id = Some(match state.ctx.store.resolve(key)? {
-            Resolved::Found(id) => id,
-            Resolved::NotFound => {
-                return Err(ApiError::not_found(format!("no account for {key:?}")))
-            }
-            Resolved::Ambiguous(_) => {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::CONFLICT,
-                    "ambiguous_key",
-                    format!("{key:?} is shared by several accounts; use an account id"),
-                ))
-            }
-        });
-    }
-    let limit = query.limit;
-    query.limit = limit + 1;
-    let store = state.ctx.store.clone();
-    // A filtered listing can scan many records: a blocking thread, not an async worker.
-    let mut incidents = tokio::task::spawn_blocking(move || store.list_incidents(&query))
-        .await
-        .map_err(ApiError::internal)??;
-    let next = if incidents.len() > limit {
-        incidents.truncate(limit);
-        incidents.last().map(|i| i.id)
-    } else {
-        None
-    };
+    let query = parse_params(&params)?;
+    let (incidents, next) =
+        service::incidents::list(&state.ctx, query, params.account.as_deref()).await?;
     Ok(Json(IncidentPage { incidents, next }))
 }
 
@@ -186,10 +160,5 @@ async fn show(
     let id: u64 = id.parse().map_err(|_| {
         ApiError::bad_request("invalid_path", format!("{id:?} is not an incident id"))
     })?;
-    state
-        .ctx
-        .store
-        .get_incident(id)?
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no incident {id}")))
+    Ok(Json(service::incidents::get(&state.ctx, id).await?))
 }

@@ -29,7 +29,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Reads the scrape-time levels. Blocking (store reads): call from a blocking thread.
 pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
     let stats = state.ctx.registry.stats();
-    let store = &state.ctx.store;
+    let store = state.ctx.store.blocking();
     let retry_backlog = store.due_retries(DateTime::<Utc>::MAX_UTC, RETRY_COUNT_CAP)?;
     let now = state.ctx.clock.now();
     let retries_due = retry_backlog.iter().filter(|r| r.due_at <= now).count();

@@ -150,6 +150,5 @@ fn api_error(error: IngestError) -> ApiError {
             )
         },
         IngestError::Store(error) => error.into(),
-        IngestError::Task(detail) => ApiError::internal(detail),
     }
 }

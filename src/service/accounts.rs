@@ -8,7 +8,7 @@ use super::{blocking, Context, ServiceError};
 use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, SyncReason};
 use crate::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind, Quarantine};
-use crate::store::{Resolved, RetryRecord};
+use crate::store::{Resolved, RetryRecord, TransactionPage, TransactionQuery};
 use crate::telemetry::record_account;
 
 /// The longest lookup key (item id, owner id, alias, token) accepted.
@@ -104,7 +104,7 @@ fn validate(ctx: &Context, input: &LinkInput) -> Result<(ProviderKind, Vec<Strin
 /// owner (`conflict` otherwise). A new account's actor starts the initial sync.
 pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), ServiceError> {
     let (provider, aliases) = validate(ctx, &input)?;
-    if let Some(existing) = linked_item(ctx, provider, &input.item_id)? {
+    if let Some(existing) = linked_item(ctx, provider, &input.item_id).await? {
         if existing.owner_id != input.owner_id {
             return Err(ServiceError::conflict(
                 "conflict",
@@ -126,9 +126,8 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
         ctx.clock.now(),
     );
     record_account(&account.id);
-    let store = ctx.store.clone();
     let record = account.clone();
-    let receipt = blocking(move || Ok(store.link_account(&record)?)).await?;
+    let receipt = ctx.store.run(move |s| s.link_account(&record)).await?;
     ctx.store.durable().await?;
     tracing::info!(
         account_id = %account.id,
@@ -144,15 +143,20 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
 }
 
 /// The linked account holding `item_id` at `provider`, if any.
-fn linked_item(
+async fn linked_item(
     ctx: &Context,
     provider: ProviderKind,
     item_id: &str,
 ) -> Result<Option<Account>, ServiceError> {
-    let Resolved::Found(id) = ctx.store.resolve(item_id)? else {
-        return Ok(None);
-    };
-    Ok(ctx.store.get_account(&id)?.filter(|account| {
+    let key = item_id.to_owned();
+    let found = ctx
+        .store
+        .run(move |s| match s.resolve(&key)? {
+            Resolved::Found(id) => s.get_account(&id),
+            _ => Ok(None),
+        })
+        .await?;
+    Ok(found.filter(|account| {
         account.status == LinkStatus::Linked
             && account.provider == provider
             && account.item_id == item_id
@@ -164,7 +168,7 @@ async fn relink(
     existing: Account,
     token: AccessToken,
 ) -> Result<Account, ServiceError> {
-    let store = ctx.store.clone();
+    let store = ctx.store.blocking().clone();
     let registry = ctx.registry.clone();
     let id = existing.id.clone();
     let account = blocking(move || {
@@ -184,13 +188,25 @@ async fn relink(
 
 /// Resolves an id, alias, item id or owner id to a stored account: `NotFound`, or a
 /// `ambiguous_key` conflict naming the accounts that share it.
-pub fn resolve(ctx: &Context, key: &str) -> Result<Account, ServiceError> {
+pub async fn resolve(ctx: &Context, key: &str) -> Result<Account, ServiceError> {
     check_key("account key", key)?;
     let not_found = || ServiceError::NotFound(format!("no account for {key:?}"));
-    match ctx.store.resolve(key)? {
+    let owned = key.to_owned();
+    let (resolved, account) = ctx
+        .store
+        .run(move |s| {
+            let resolved = s.resolve(&owned)?;
+            let account = match &resolved {
+                Resolved::Found(id) => s.get_account(id)?,
+                _ => None,
+            };
+            Ok((resolved, account))
+        })
+        .await?;
+    match resolved {
         Resolved::Found(id) => {
             record_account(&id);
-            ctx.store.get_account(&id)?.ok_or_else(not_found)
+            account.ok_or_else(not_found)
         }
         Resolved::NotFound => Err(not_found()),
         Resolved::Ambiguous(ids) => Err(ServiceError::conflict(
@@ -209,12 +225,15 @@ pub fn resolve(ctx: &Context, key: &str) -> Result<Account, ServiceError> {
 
 /// A page of accounts in id order after `after`, and the id to continue after when
 /// more follow.
-pub fn list(
+pub async fn list(
     ctx: &Context,
     after: Option<AccountId>,
     limit: usize,
 ) -> Result<(Vec<Account>, Option<AccountId>), ServiceError> {
-    let mut accounts = ctx.store.list_accounts(after.as_ref(), limit + 1)?;
+    let mut accounts = ctx
+        .store
+        .run(move |s| s.list_accounts(after.as_ref(), limit + 1))
+        .await?;
     let has_more = accounts.len() > limit;
     accounts.truncate(limit);
     let next = if has_more {
@@ -225,15 +244,27 @@ pub fn list(
     Ok((accounts, next))
 }
 
+/// A page of an account's transactions, ordered by (date, id).
+pub async fn transactions(
+    ctx: &Context,
+    id: &AccountId,
+    query: TransactionQuery,
+) -> Result<TransactionPage, ServiceError> {
+    let id = id.clone();
+    Ok(ctx
+        .store
+        .run(move |s| s.list_transactions(&id, &query))
+        .await?)
+}
+
 /// Unlinks an account: first in the store, so nothing can activate it again, then its
 /// actor is stopped (aborting a running sync), and only then, with `purge`, is its data
 /// deleted. Durable before it returns.
 pub async fn unlink(ctx: &Context, id: &AccountId, purge: bool) -> Result<(), ServiceError> {
     let unlink = |purge: bool| {
-        let store = ctx.store.clone();
         let id = id.clone();
         // A purge scans and deletes every row: never on an async worker.
-        blocking(move || Ok(store.unlink_account(&id, purge)?))
+        ctx.store.run(move |s| s.unlink_account(&id, purge))
     };
     unlink(false).await?;
     ctx.registry.stop(id).await;
@@ -301,8 +332,17 @@ pub struct SyncReport {
 /// supervisor.
 pub async fn sync_report(ctx: &Context, account: &Account) -> Result<SyncReport, ServiceError> {
     let actor = ctx.registry.snapshot(&account.id).await?;
-    let pending_inbox = ctx.store.pending_inbox(&account.id)?.len();
-    let transactions = ctx.store.count_transactions(&account.id)?;
+    let id = account.id.clone();
+    let (pending_inbox, transactions, retry) = ctx
+        .store
+        .run(move |s| {
+            Ok((
+                s.pending_inbox(&id)?.len(),
+                s.count_transactions(&id)?,
+                s.retry_of(&id)?,
+            ))
+        })
+        .await?;
     let supervision = ctx.registry.restart_status(&account.id);
     let quarantined = is_quarantined(ctx, account);
     let state = state_name(account, actor.as_ref(), supervision.as_ref(), quarantined);
@@ -314,7 +354,7 @@ pub async fn sync_report(ctx: &Context, account: &Account) -> Result<SyncReport,
         transactions,
         supervision,
         quarantined,
-        retry: ctx.store.retry_of(&account.id)?,
+        retry,
     })
 }
 

@@ -44,9 +44,6 @@ pub enum IngestError {
     /// The store could not take or persist the event.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The blocking task that appends the event did not finish.
-    #[error("{0}")]
-    Task(String),
 }
 
 /// What happened to an acknowledged event.
@@ -132,15 +129,6 @@ impl Ingest {
                 tracing::warn!(provider = %kind, error = %error, "webhook rejected");
             })?;
 
-        // Back-pressure once the caller is known to be the provider (a bad signature is
-        // still refused as such): it retries later, so nothing is lost, and a stalled
-        // sync path cannot grow the inbox without bound.
-        let depth = self.ctx.store.inbox_depth()?;
-        if depth >= self.ctx.settings.server.max_inbox_depth {
-            tracing::warn!(provider = %kind, depth, "inbox full, refusing webhook");
-            return Err(IngestError::InboxFull { depth });
-        }
-
         let effect = verified.effect;
         let item_id = effect.external_id;
         let event_kind = verified.kind;
@@ -160,26 +148,40 @@ impl Ingest {
         // that started before the data it announces, and `again` then covers it. Every
         // event nudges, whatever its action: the account's sync reads them all (the
         // needs-reauth check among them).
-        let store = self.ctx.store.clone();
+        //
+        // Back-pressure first, in the same step, once the caller is known to be the
+        // provider (a bad signature is still refused as such): it retries later, so
+        // nothing is lost, and a stalled sync path cannot grow the inbox without bound.
         let registry = self.ctx.registry.clone();
         let ttl = self.ctx.settings.store.dedup_ttl;
-        let outcome = tokio::task::spawn_blocking(move || {
-            let outcome = store.ingest(incoming, ttl)?;
-            let account = match &outcome {
-                IngestOutcome::Accepted { account_id, .. }
-                | IngestOutcome::Duplicate { account_id } => account_id.clone(),
-            };
-            if let Some(id) = account {
-                // The event is on its way to disk; a failed nudge only delays it until
-                // the next activation or restart recovery.
-                if let Err(error) = registry.request_sync(&id, SyncReason::Webhook) {
-                    tracing::warn!(account_id = %id, %error, "could not nudge account actor");
+        let max_depth = self.ctx.settings.server.max_inbox_depth;
+        let admitted = self
+            .ctx
+            .store
+            .run(move |store| {
+                let depth = store.inbox_depth()?;
+                if depth >= max_depth {
+                    return Ok(Err(depth));
                 }
-            }
-            Ok::<_, StoreError>(outcome)
-        })
-        .await
-        .map_err(|error| IngestError::Task(error.to_string()))??;
+                let outcome = store.ingest(incoming, ttl)?;
+                let account = match &outcome {
+                    IngestOutcome::Accepted { account_id, .. }
+                    | IngestOutcome::Duplicate { account_id } => account_id.clone(),
+                };
+                if let Some(id) = account {
+                    // The event is on its way to disk; a failed nudge only delays it
+                    // until the next activation or restart recovery.
+                    if let Err(error) = registry.request_sync(&id, SyncReason::Webhook) {
+                        tracing::warn!(account_id = %id, %error, "could not nudge account actor");
+                    }
+                }
+                Ok(Ok(outcome))
+            })
+            .await?;
+        let outcome = admitted.map_err(|depth| {
+            tracing::warn!(provider = %kind, depth, "inbox full, refusing webhook");
+            IngestError::InboxFull { depth }
+        })?;
         // A duplicate's original may still be waiting for its flush: acknowledging the
         // duplicate before that would acknowledge an event that is not on disk yet.
         self.ctx.store.durable().await?;
@@ -282,7 +284,7 @@ mod tests {
         settings.store.dedup_ttl = Duration::from_secs(60);
         let ctx = Context {
             clock: crate::clock::system(),
-            store,
+            store: crate::store::AsyncStore::new(store),
             registry,
             providers: Arc::new(plugins),
             settings: Arc::new(settings),
@@ -329,7 +331,7 @@ mod tests {
             unsigned,
             Err(IngestError::Rejected(WebhookError::Unauthorized(_)))
         ));
-        assert_eq!(ingest.ctx.store.inbox_depth().expect("depth"), 0);
+        assert_eq!(ingest.ctx.store.blocking().inbox_depth().expect("depth"), 0);
         let malformed = ingest.receive(kind, &signed(), b"not json").await;
         assert!(matches!(
             malformed,

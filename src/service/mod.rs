@@ -9,6 +9,7 @@
 //! where services find their dependencies.
 //!
 //! - [`accounts`]: link, relink, unlink, resume, sync requests and status.
+//! - [`incidents`]: incidents, listed and read.
 //! - [`ingest`]: a provider's webhook, from its raw bytes to the acknowledgement.
 //! - [`recovery`]: re-driving interrupted work after a start.
 
@@ -20,10 +21,11 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::providers::DynProvider;
-use crate::store::Store;
+use crate::store::AsyncStore;
 
 pub mod accounts;
 pub mod error;
+pub mod incidents;
 pub mod ingest;
 pub mod recovery;
 
@@ -34,8 +36,8 @@ pub use error::ServiceError;
 pub struct Context {
     /// Where "now" comes from.
     pub clock: SharedClock,
-    /// The store.
-    pub store: Arc<dyn Store>,
+    /// The store, through its async facade.
+    pub store: AsyncStore,
     /// The account actors: activation, messages, introspection.
     pub registry: Arc<Registry>,
     /// Provider plugins by kind.
@@ -44,8 +46,10 @@ pub struct Context {
     pub settings: Arc<Settings>,
 }
 
-/// Runs blocking store work (scans, purges, multi-key transactions) on a blocking
-/// thread, so no async worker waits on storage.
+/// Runs synchronous work that reaches the store through the registry (resume, relink:
+/// they update the supervisor's memory and the store together) on a blocking thread,
+/// so no async worker waits on storage. Plain store work goes through
+/// [`AsyncStore::run`](crate::store::AsyncStore::run).
 pub(crate) async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, ServiceError> + Send + 'static,
 ) -> Result<T, ServiceError> {

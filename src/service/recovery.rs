@@ -12,9 +12,10 @@ use crate::domain::{AccountId, LinkStatus};
 /// server answers at once; the actors serialize whatever it races with.
 pub fn spawn(ctx: Context) {
     // A scan of every account: a blocking thread, not an async worker.
+    let store = ctx.store.blocking().clone();
     tokio::task::spawn_blocking(move || {
         let mut nudged = 0u64;
-        match ctx.store.accounts_with_pending_inbox() {
+        match store.accounts_with_pending_inbox() {
             Ok(ids) => {
                 for id in ids {
                     if ctx.registry.activate(&id).is_ok() {
@@ -26,7 +27,7 @@ pub fn spawn(ctx: Context) {
         }
         let mut after: Option<AccountId> = None;
         loop {
-            let page = match ctx.store.list_accounts(after.as_ref(), 1000) {
+            let page = match store.list_accounts(after.as_ref(), 1000) {
                 Ok(page) => page,
                 Err(error) => {
                     tracing::error!(%error, "recovery: could not list accounts");

@@ -21,7 +21,8 @@
 //!
 //! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
 //! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
-//! [`Store`] is all of them, and what the rest of the code holds.
+//! [`Store`] is all of them. Async code holds the [`AsyncStore`] facade, which runs
+//! store work on the blocking pool, never on a runtime thread.
 
 use std::time::Duration;
 
@@ -36,11 +37,13 @@ use crate::domain::{
 use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 mod due;
+mod facade;
 #[cfg(test)]
 pub(crate) mod failing;
 mod sled;
 
 pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
+pub use facade::AsyncStore;
 pub use sled::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
