@@ -473,7 +473,7 @@ async fn request_sync(
     ApiPath(key): ApiPath<String>,
 ) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
     let account = accounts::resolve(&state.ctx, &key).await?;
-    accounts::request_sync(&state.ctx, &account)?;
+    accounts::request_sync(&state.ctx, &account).await?;
     Ok((
         StatusCode::ACCEPTED,
         Json(SyncRequested {

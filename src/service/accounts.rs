@@ -138,7 +138,10 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
     );
     // Its actor starts the initial sync by itself (no cursor yet), consuming any events
     // adopted from before the link in the same commit.
-    ctx.registry.activate(&account.id)?;
+    // Activation reads the account: off the async workers.
+    let registry = ctx.registry.clone();
+    let id = account.id.clone();
+    blocking(move || Ok(registry.activate(&id)?)).await?;
     Ok((account, Linked::Created))
 }
 
@@ -287,10 +290,12 @@ fn ensure_linked(account: &Account) -> Result<(), ServiceError> {
 }
 
 /// Asks the account's actor for a sync now (`unlinked` conflict for an unlinked one).
-pub fn request_sync(ctx: &Context, account: &Account) -> Result<(), ServiceError> {
+pub async fn request_sync(ctx: &Context, account: &Account) -> Result<(), ServiceError> {
     ensure_linked(account)?;
-    ctx.registry.request_sync(&account.id, SyncReason::Manual)?;
-    Ok(())
+    // A cold actor is activated, which reads the account: off the async workers.
+    let registry = ctx.registry.clone();
+    let id = account.id.clone();
+    blocking(move || Ok(registry.request_sync(&id, SyncReason::Manual)?)).await
 }
 
 /// Lifts a quarantine (and a `failed` mark), resets the restart count and activates the

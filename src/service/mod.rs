@@ -46,8 +46,9 @@ pub struct Context {
     pub settings: Arc<Settings>,
 }
 
-/// Runs synchronous work that reaches the store through the registry (resume, relink:
-/// they update the supervisor's memory and the store together) on a blocking thread,
+/// Runs synchronous work that reaches the store through the registry (activation
+/// reads the account; resume and relink update the supervisor's memory and the store
+/// together) on a blocking thread,
 /// so no async worker waits on storage. Plain store work goes through
 /// [`AsyncStore::run`](crate::store::AsyncStore::run).
 pub(crate) async fn blocking<T: Send + 'static>(
