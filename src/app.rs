@@ -21,7 +21,6 @@ use tokio::task::JoinHandle;
 
 use crate::actors::supervisor::Supervisor;
 use crate::actors::sweeper::{SweeperActor, SweeperMessage};
-use crate::actors::sync::SyncParams;
 use crate::actors::Registry;
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
@@ -38,6 +37,7 @@ use crate::service;
 use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
 use crate::store::{SledStore, SledStoreConfig, Store};
+use crate::sync::plaid::SyncParams;
 
 /// A built, bound, not yet serving application.
 pub struct App {

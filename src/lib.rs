@@ -22,4 +22,5 @@ pub mod providers;
 pub mod sandbox;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

@@ -8,10 +8,6 @@ pub mod reauth;
 pub mod registry;
 pub mod supervisor;
 pub mod sweeper;
-pub mod sync;
 
 pub use account::{AccountMessage, ActorSnapshot, SyncReason};
 pub use registry::{Registry, RegistryError};
-
-#[cfg(test)]
-pub(crate) mod test_support;

@@ -29,11 +29,11 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 
 use super::registry::Registry;
-use super::sync::SyncError;
 use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
 use crate::incidents::IncidentKind;
 use crate::providers::{DeadlineKind, ErrorClass, WebhookAction};
 use crate::store::StoreError;
+use crate::sync::SyncError;
 
 /// What the pre-sync check decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,15 +8,15 @@ use std::time::Duration;
 use super::*;
 use crate::actors::account::SyncReason;
 use crate::actors::registry::RegistryError;
-use crate::actors::sync::SyncParams;
-use crate::actors::test_support::{
+use crate::config::Settings;
+use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
+use crate::providers::test_support::{
     cursor_rejected, delta, hooks, test_action, window, EmptyProvider, FnProvider, EXPIRATION_CODE,
     LOGIN_REQUIRED,
 };
-use crate::config::Settings;
-use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
 use crate::providers::{DynCursorSource, ProviderError};
 use crate::store::{IncomingWebhook, IngestOutcome, SledStore, SledStoreConfig, Store};
+use crate::sync::plaid::SyncParams;
 
 pub(super) struct Harness {
     pub(super) registry: Arc<Registry>,

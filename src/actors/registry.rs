@@ -28,7 +28,6 @@ use super::account::{
     mailbox_sent, mailbox_taken, AccountActor, AccountMessage, ActorSnapshot, MailboxCounter,
     SyncReason,
 };
-use super::sync::SyncParams;
 use crate::clock::SharedClock;
 use crate::config::ActorSettings;
 use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine};
@@ -36,6 +35,7 @@ use crate::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::metrics::Metrics;
 use crate::providers::DynCursorSource;
 use crate::store::{Store, StoreError};
+use crate::sync::plaid::SyncParams;
 
 /// The incident kinds the account's marks call for. A relinked needs-reauth mark is on
 /// its way out: the relink resolved its incident, and the next check lifts the mark.

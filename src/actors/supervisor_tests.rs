@@ -9,12 +9,12 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::actors::account::SyncReason;
-use crate::actors::sync::SyncParams;
-use crate::actors::test_support::EmptyProvider;
 use crate::config::Settings;
 use crate::domain::{AccessToken, Account, ProviderKind};
+use crate::providers::test_support::EmptyProvider;
 use crate::providers::DynCursorSource;
 use crate::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
+use crate::sync::plaid::SyncParams;
 
 struct Harness {
     registry: Arc<Registry>,
@@ -105,7 +105,7 @@ impl Harness {
                 IncomingWebhook {
                     provider: ProviderKind::Plaid,
                     item_id: item.to_string(),
-                    kind: crate::actors::test_support::hooks::SYNC.to_string(),
+                    kind: crate::providers::test_support::hooks::SYNC.to_string(),
                     dedup_key,
                     body: serde_json::json!({ "item_id": item }),
                     received_at: Utc::now(),

@@ -403,12 +403,12 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::actors::sync::SyncParams;
-    use crate::actors::test_support::EmptyProvider;
     use crate::config::Settings;
     use crate::domain::{AccessToken, Account, ProviderKind, Quarantine, SyncGaveUp};
+    use crate::providers::test_support::EmptyProvider;
     use crate::providers::DynCursorSource;
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
+    use crate::sync::plaid::SyncParams;
 
     /// A linked account that already synced once, so activating it does not sync.
     fn synced_account(n: u32) -> Account {

@@ -207,15 +207,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::actors::sync::SyncParams;
-    use crate::actors::test_support::{hooks, test_action, EmptyProvider};
     use crate::actors::Registry;
     use crate::config::Settings;
+    use crate::providers::test_support::{hooks, test_action, EmptyProvider};
     use crate::providers::{
         body_dedup_key, DynCursorSource, DynProvider, Provider, VerifiedWebhook, WebhookAction,
         WebhookEffect,
     };
     use crate::store::{SledStore, SledStoreConfig, Store};
+    use crate::sync::plaid::SyncParams;
 
     /// A plugin that trusts a `x-test-signature: ok` header, reads the body's
     /// `object` as the routing key and acknowledges with 202.

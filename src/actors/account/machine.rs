@@ -13,12 +13,12 @@ use super::retry::{is_rate_limited, RetryPlan, SyncFailure};
 use super::snapshot::{mailbox_sent, MailboxCounter, Phase};
 use super::task::{sync_once, ParkReport, TaskOutcome};
 use super::{AccountActor, AccountMessage, AccountState, SyncReason};
-use crate::actors::sync::{SyncError, SyncProgress, SyncReport};
 use crate::backoff::backoff_delay;
 use crate::clock::after;
 use crate::domain::{Account, AccountId, SyncOutcome};
 use crate::incidents::IncidentKind;
 use crate::store::{RetryRecord, Store, StoreError};
+use crate::sync::{SyncError, SyncProgress, SyncReport};
 
 /// Reconciles in a row after which the follow-up sync waits a backoff instead of
 /// running at once (a provider that rejects every fresh cursor would otherwise make the

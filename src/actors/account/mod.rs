@@ -31,9 +31,9 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::registry::Registry;
-use super::sync::{SyncProgress, SyncReport};
 use crate::clock::SharedClock;
 use crate::domain::{AccountId, LinkStatus, ProviderKind};
+use crate::sync::{SyncProgress, SyncReport};
 
 mod machine;
 pub mod retry;

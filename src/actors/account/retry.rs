@@ -10,13 +10,13 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::actors::registry::Registry;
-use crate::actors::sync::SyncError;
 use crate::backoff::backoff_delay;
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, SyncGaveUp};
 use crate::incidents::IncidentKind;
 use crate::providers::ErrorClass;
 use crate::store::RetryRecord;
+use crate::sync::SyncError;
 
 /// What the sync task decided after a failure, already written to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -10,9 +10,10 @@ use chrono::Utc;
 use super::retry::{record_failure, SyncFailure};
 use crate::actors::reauth;
 use crate::actors::registry::Registry;
-use crate::actors::sync::{run_sync, SyncError, SyncProgress, SyncReport};
 use crate::domain::AccountId;
 use crate::store::StoreError;
+use crate::sync::plaid::run_sync;
+use crate::sync::{SyncError, SyncProgress, SyncReport};
 
 /// What a sync task that stopped at the needs-reauth check reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
