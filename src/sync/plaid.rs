@@ -214,64 +214,15 @@ async fn initial_sync(
     started_at: chrono::DateTime<Utc>,
 ) -> Result<SyncReport, SyncError> {
     let loop_started = std::time::Instant::now();
-    let mut restarts = 0u32;
-    let (cursor, request_id, added, modified, removed) = 'restart: loop {
-        blocking(store, {
-            let id = account.id.clone();
-            move |s| s.clear_rows(&id)
-        })
-        .await?;
-        let mut cursor: Option<String> = None;
-        let (mut added, mut modified, mut removed) = (0u64, 0u64, 0u64);
-        let mut staging: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
-        loop {
-            let fetched = fetch_page(provider, account, cursor.as_deref(), params).await;
-            // The previous page must be fully staged before this one: a row added on
-            // one page may be modified or removed on a later one.
-            if let Some(previous) = staging.take() {
-                join_staging(previous).await?;
-            }
-            let page = match fetched {
-                Ok(page) => page,
-                Err(e) if e.class() == ErrorClass::RestartPagination => {
-                    restarts += 1;
-                    progress.restarts.fetch_add(1, Ordering::Relaxed);
-                    if restarts > params.max_loop_restarts {
-                        return Err(SyncError::TooManyRestarts(restarts));
-                    }
-                    continue 'restart;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            progress.page(page.added.len() + page.modified.len() + page.removed.len());
-            added += page.added.len() as u64;
-            modified += page.modified.len() as u64;
-            removed += page.removed.len() as u64;
-            let mut rows = page.added;
-            rows.extend(page.modified);
-            let store = store.clone();
-            let id = account.id.clone();
-            let removals = page.removed;
-            staging = Some(tokio::task::spawn_blocking(move || {
-                store.stage_rows(&id, rows, removals)
-            }));
-            if !page.has_more {
-                if let Some(last) = staging.take() {
-                    join_staging(last).await?;
-                }
-                break 'restart (page.next_cursor, page.request_id, added, modified, removed);
-            }
-            cursor = Some(page.next_cursor);
-        }
-    };
+    let staged = stage_all_pages(provider, store, account, params, progress).await?;
     let fetched = std::time::Instant::now();
     let outcome = SyncOutcome::Committed {
-        added,
-        modified,
-        removed,
+        added: staged.added,
+        modified: staged.modified,
+        removed: staged.removed,
         pages: progress.snapshot().pages,
         fallback: false,
-        request_id: Some(request_id),
+        request_id: Some(staged.request_id),
     };
     commit(
         store,
@@ -280,7 +231,7 @@ async fn initial_sync(
             mode: ApplyMode::Staged,
             upserts: Vec::new(),
             removals: Vec::new(),
-            cursor,
+            cursor: staged.cursor,
             consumed,
             outcome: outcome.clone(),
             started_at,
@@ -299,6 +250,95 @@ async fn initial_sync(
         outcome,
         follow_up: false,
     })
+}
+
+/// What a complete staged loop of the first sync fetched.
+struct Staged {
+    cursor: String,
+    request_id: String,
+    added: u64,
+    modified: u64,
+    removed: u64,
+}
+
+/// Stages every page of the first sync, starting the loop over (staged rows cleared)
+/// on mutation during pagination, up to `params.max_loop_restarts` times.
+async fn stage_all_pages(
+    provider: &dyn CursorSource,
+    store: &Arc<dyn Store>,
+    account: &Account,
+    params: &SyncParams,
+    progress: &SyncProgress,
+) -> Result<Staged, SyncError> {
+    let mut restarts = 0u32;
+    loop {
+        if let Some(staged) = stage_one_loop(provider, store, account, params, progress).await? {
+            return Ok(staged);
+        }
+        restarts += 1;
+        progress.restarts.fetch_add(1, Ordering::Relaxed);
+        if restarts > params.max_loop_restarts {
+            return Err(SyncError::TooManyRestarts(restarts));
+        }
+    }
+}
+
+/// One loop of the first sync from no cursor: clears what an earlier loop staged, then
+/// stages each page while the next is fetched. `None`: the provider reported a mutation
+/// during pagination and the loop must start over.
+async fn stage_one_loop(
+    provider: &dyn CursorSource,
+    store: &Arc<dyn Store>,
+    account: &Account,
+    params: &SyncParams,
+    progress: &SyncProgress,
+) -> Result<Option<Staged>, SyncError> {
+    blocking(store, {
+        let id = account.id.clone();
+        move |s| s.clear_rows(&id)
+    })
+    .await?;
+    let mut cursor: Option<String> = None;
+    let (mut added, mut modified, mut removed) = (0u64, 0u64, 0u64);
+    let mut staging: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
+    loop {
+        let fetched = fetch_page(provider, account, cursor.as_deref(), params).await;
+        // The previous page must be fully staged before this one: a row added on
+        // one page may be modified or removed on a later one.
+        if let Some(previous) = staging.take() {
+            join_staging(previous).await?;
+        }
+        let page = match fetched {
+            Ok(page) => page,
+            Err(e) if e.class() == ErrorClass::RestartPagination => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        progress.page(page.added.len() + page.modified.len() + page.removed.len());
+        added += page.added.len() as u64;
+        modified += page.modified.len() as u64;
+        removed += page.removed.len() as u64;
+        let mut rows = page.added;
+        rows.extend(page.modified);
+        let store = store.clone();
+        let id = account.id.clone();
+        let removals = page.removed;
+        staging = Some(tokio::task::spawn_blocking(move || {
+            store.stage_rows(&id, rows, removals)
+        }));
+        if !page.has_more {
+            if let Some(last) = staging.take() {
+                join_staging(last).await?;
+            }
+            return Ok(Some(Staged {
+                cursor: page.next_cursor,
+                request_id: page.request_id,
+                added,
+                modified,
+                removed,
+            }));
+        }
+        cursor = Some(page.next_cursor);
+    }
 }
 
 /// Runs a store call on a blocking thread.
