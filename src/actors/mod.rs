@@ -4,10 +4,14 @@
 //! stale inbox entries. One actor per file.
 
 pub mod account;
+pub mod context;
+pub mod incidents;
 pub mod reauth;
 pub mod registry;
+pub mod resume;
 pub mod supervisor;
 pub mod sweeper;
 
 pub use account::{AccountMessage, ActorSnapshot, SyncReason};
+pub use context::ActorContext;
 pub use registry::{Registry, RegistryError};

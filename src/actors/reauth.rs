@@ -9,7 +9,7 @@
 //!   never synced, retried or polled.
 //! - A [`WebhookAction::LoginRepaired`] newer than that position unparks it (and the
 //!   same sync catches up everything kept in the inbox meanwhile); so does a relink
-//!   (`POST /v1/accounts` again with a new token, see `Registry::relinked`).
+//!   (`POST /v1/accounts` again with a new token, see [`super::resume::relinked`]).
 //! - A [`WebhookAction::DeadlineAnnounced`] records the deadline on the account and
 //!   opens a warning incident; a login repair or a relink clears them.
 //!
@@ -28,7 +28,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::registry::Registry;
+use super::context::ActorContext;
+use super::incidents::{open_incident, resolve_incidents};
 use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
 use crate::incidents::IncidentKind;
 use crate::providers::{DeadlineKind, ErrorClass, WebhookAction};
@@ -128,7 +129,7 @@ pub fn is_login_required(error: &SyncError) -> bool {
 /// `account` (as the sync read it) only serves the fast path: the decision itself is
 /// taken on the record as stored at the moment of writing (see [`decide`]).
 pub async fn check(
-    registry: &Arc<Registry>,
+    ctx: &Arc<ActorContext>,
     account: &Account,
     entries: &[InboxEntry],
 ) -> Result<Check, StoreError> {
@@ -138,7 +139,7 @@ pub async fn check(
         .iter()
         .map(|entry| Read {
             seq: entry.seq,
-            action: registry
+            action: ctx
                 .provider(entry.provider)
                 .action_of(&entry.kind, &entry.body),
         })
@@ -148,14 +149,13 @@ pub async fn check(
         // The common case costs nothing: a plain data webhook, not parked.
         return Ok(Check::Proceed);
     }
-    let registry_for_task = registry.clone();
+    let task_ctx = ctx.clone();
     let id = account.id.clone();
-    let (check, wrote) =
-        tokio::task::spawn_blocking(move || decide(&registry_for_task, &id, &reads))
-            .await
-            .map_err(|e| StoreError::Io(format!("reauth check task failed: {e}")))??;
+    let (check, wrote) = tokio::task::spawn_blocking(move || decide(&task_ctx, &id, &reads))
+        .await
+        .map_err(|e| StoreError::Io(format!("reauth check task failed: {e}")))??;
     if wrote {
-        registry.store().durable().await?;
+        ctx.store.durable().await?;
     }
     Ok(check)
 }
@@ -220,14 +220,14 @@ impl Plan {
 /// writes its record last also has the last word on the incidents that go with it,
 /// or, if the relink comes second, its `Resume` makes the actor check once more.
 fn decide(
-    registry: &Registry,
+    ctx: &ActorContext,
     id: &AccountId,
     entries: &[Read],
 ) -> Result<(Check, bool), StoreError> {
     let now = Utc::now();
     // The plan of the transaction run that committed (an earlier run's is replaced).
     let planned = std::cell::RefCell::new(None);
-    registry.store().update_login_state(id, &|account| {
+    ctx.store.update_login_state(id, &|account| {
         let plan = plan(account, entries, now);
         let write = plan.apply(account);
         *planned.borrow_mut() = Some(plan);
@@ -254,10 +254,10 @@ fn decide(
     let mut wrote =
         plan.needs_reauth.is_some() || plan.deadline.is_some() || plan.seen_through.is_some();
     if !plan.resolve.is_empty() {
-        wrote |= registry.resolve_incidents(id, &plan.resolve)? > 0;
+        wrote |= resolve_incidents(ctx, id, &plan.resolve)? > 0;
     }
     for (kind, details) in plan.open {
-        registry.open_incident(id, kind, details)?;
+        open_incident(ctx, id, kind, details)?;
         wrote = true;
     }
     Ok((plan.check.unwrap_or(Check::Proceed), wrote))
@@ -401,13 +401,13 @@ fn parked_mark(
 /// relinked while the sync ran, so the error is about the replaced token and the
 /// caller syncs again with the new one.
 pub async fn park_after_error(
-    registry: &Arc<Registry>,
+    ctx: &Arc<ActorContext>,
     id: &AccountId,
     error: &SyncError,
     after_seq: u64,
     token: &AccessToken,
 ) -> Result<bool, StoreError> {
-    let task_registry = registry.clone();
+    let task_ctx = ctx.clone();
     let task_id = id.clone();
     let outcome = error.outcome();
     let request_id = error.request_id();
@@ -415,7 +415,7 @@ pub async fn park_after_error(
     let code = error.code();
     let token = token.clone();
     let parked = tokio::task::spawn_blocking(move || {
-        let store = task_registry.store();
+        let store = &task_ctx.store;
         let now = Utc::now();
         let (mark, details) = parked_mark(&code, request_id, "provider", after_seq, now);
         let stored = store.update_login_state(&task_id, &|account| {
@@ -429,13 +429,13 @@ pub async fn park_after_error(
             return Ok(false);
         }
         store.record_sync_failed(&task_id, outcome, now)?;
-        task_registry.open_incident(&task_id, IncidentKind::NeedsReauth, details)?;
+        open_incident(&task_ctx, &task_id, IncidentKind::NeedsReauth, details)?;
         Ok::<_, StoreError>(true)
     })
     .await
     .map_err(|e| StoreError::Io(format!("park task failed: {e}")))??;
     if parked {
-        registry.store().durable().await?;
+        ctx.store.durable().await?;
     }
     Ok(parked)
 }
@@ -443,11 +443,12 @@ pub async fn park_after_error(
 /// After a committed sync: the conditions a success lifts (a `sync_failed` left open,
 /// e.g. by a crash between resume and its incident write) are resolved. One key lookup
 /// per kind when nothing is open.
-pub async fn after_commit(registry: &Arc<Registry>, id: &AccountId) {
-    let task_registry = registry.clone();
+pub async fn after_commit(ctx: &Arc<ActorContext>, id: &AccountId) {
+    let task_ctx = ctx.clone();
     let task_id = id.clone();
     let resolved = tokio::task::spawn_blocking(move || {
-        task_registry.resolve_incidents(
+        resolve_incidents(
+            &task_ctx,
             &task_id,
             &[IncidentKind::SyncFailed, IncidentKind::NeedsReauth],
         )
@@ -456,7 +457,7 @@ pub async fn after_commit(registry: &Arc<Registry>, id: &AccountId) {
     match resolved {
         Ok(Ok(0)) => {}
         Ok(Ok(_)) => {
-            if let Err(error) = registry.store().durable().await {
+            if let Err(error) = ctx.store.durable().await {
                 tracing::warn!(account_id = %id, %error, "incident resolution not made durable");
             }
         }

@@ -207,7 +207,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::actors::Registry;
+    use crate::actors::{ActorContext, Registry};
     use crate::config::Settings;
     use crate::providers::test_support::{hooks, test_action, EmptyProvider};
     use crate::providers::{
@@ -268,13 +268,14 @@ mod tests {
         .expect("store opens");
         let sources: HashMap<ProviderKind, DynCursorSource> =
             HashMap::from([(ProviderKind::Plaid, Arc::new(EmptyProvider::default()) as _)]);
-        let registry = Registry::new(
+        let actors = ActorContext::new(
             store.clone(),
             sources,
             Settings::defaults().actors,
             SyncParams::default(),
             crate::clock::system(),
         );
+        let registry = Registry::new(actors.clone());
         let plugins: HashMap<ProviderKind, DynProvider> =
             HashMap::from([(ProviderKind::Plaid, Arc::new(TestPlugin) as _)]);
         let mut settings = Settings::defaults();
@@ -283,7 +284,9 @@ mod tests {
         let ctx = Context {
             clock: crate::clock::system(),
             store,
+            metrics: actors.metrics.clone(),
             registry,
+            actors,
             providers: Arc::new(plugins),
             settings: Arc::new(settings),
         };
