@@ -273,15 +273,31 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
         .as_ref()
         .map(|p| p.after_seq)
         .max(account.login_seen_through);
-    let newer = |entry: &&Read| after_seq.is_none_or(|after| entry.seq > after);
-    let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
-    let latest_signal = entries
+    let newer: Vec<&Read> = entries
         .iter()
-        .filter(newer)
+        .filter(|entry| after_seq.is_none_or(|after| entry.seq > after))
+        .collect();
+    let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+    let repaired_at_seq = plan_login(&mut plan, account, &newer, max_seq, now);
+    plan_deadline(&mut plan, account, &newer, repaired_at_seq, now);
+    plan
+}
+
+/// The needs-reauth part of the plan: what the latest login signal newer than what was
+/// acted on does to the mark. Returns the seq of the repair (or relink) it saw, if any:
+/// deadlines announced before it no longer hold. Seqs start at 0: "no repair" is
+/// `None`, not a sentinel seq.
+fn plan_login(
+    plan: &mut Plan,
+    account: &Account,
+    newer: &[&Read],
+    max_seq: u64,
+    now: DateTime<Utc>,
+) -> Option<u64> {
+    let latest_signal = newer
+        .iter()
         .filter_map(|e| login_signal(&e.action).map(|s| (e.seq, s)))
         .next_back();
-    // Seqs start at 0: "no repair" is `None`, not a sentinel seq.
-    let mut repaired_at_seq = None;
     // A repair renews the consent: a deadline announced before it no longer holds.
     let repair_lifts_deadline = [
         IncidentKind::PendingExpiration,
@@ -295,7 +311,7 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             plan.resolve.extend(repair_lifts_deadline);
             plan.transition = Some(Transition::Repaired { seq });
             plan.seen_through = Some(max_seq);
-            repaired_at_seq = Some(seq);
+            Some(seq)
         }
         (Some(parked), Some((seq, LoginSignal::Required { code, request_id })))
             if parked.relinked =>
@@ -303,6 +319,7 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             // The new token already needs a login again.
             plan.park(&code, request_id, max_seq, now);
             plan.transition = Some(Transition::ParkedAgainAfterRelink { seq });
+            None
         }
         (Some(parked), _) if parked.relinked => {
             plan.needs_reauth = Some(None);
@@ -311,7 +328,7 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             // The login errors kept in the inbox were for the old token; they stay
             // there until a sync commits, and must not park it again meanwhile.
             plan.seen_through = Some(max_seq.max(parked.after_seq));
-            repaired_at_seq = Some(parked.after_seq);
+            Some(parked.after_seq)
         }
         (Some(parked), _) => {
             // Still parked: remember how far we looked, so the next activation or
@@ -326,10 +343,12 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             plan.check = Some(Check::Parked {
                 newly_parked: false,
             });
+            None
         }
         (None, Some((seq, LoginSignal::Required { code, request_id }))) => {
             plan.park(&code, request_id, max_seq, now);
             plan.transition = Some(Transition::ParkedByWebhook { seq });
+            None
         }
         (None, Some((seq, LoginSignal::Repaired))) => {
             // Not parked, but the repair still renews the consent.
@@ -337,37 +356,44 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
                 plan.deadline = Some(None);
             }
             plan.resolve.extend(repair_lifts_deadline);
-            repaired_at_seq = Some(seq);
+            Some(seq)
         }
-        (None, None) => {}
+        (None, None) => None,
     }
-    // Deadlines announced after the last repair (or relink).
-    let announced = entries
+}
+
+/// The deadline part of the plan: the last deadline announced after the last repair
+/// (or relink), recorded with its warning incident unless it is the one already kept.
+fn plan_deadline(
+    plan: &mut Plan,
+    account: &Account,
+    newer: &[&Read],
+    repaired_at_seq: Option<u64>,
+    now: DateTime<Utc>,
+) {
+    let announced = newer
         .iter()
-        .filter(newer)
         .filter(|e| repaired_at_seq.is_none_or(|repaired| e.seq > repaired))
         .filter_map(|e| deadline_of(&e.action, now))
         .next_back();
-    if let Some((incident, deadline)) = announced {
-        let current = account.pending_deadline.as_ref();
-        let same = current.is_some_and(|c| {
-            c.code == deadline.code
-                && c.deadline == deadline.deadline
-                && c.reason == deadline.reason
-        });
-        if !same || repaired_at_seq.is_some() {
-            plan.open.push((
-                incident,
-                serde_json::json!({
-                    "code": deadline.code,
-                    "deadline": deadline.deadline,
-                    "reason": deadline.reason,
-                }),
-            ));
-            plan.deadline = Some(Some(deadline));
-        }
+    let Some((incident, deadline)) = announced else {
+        return;
+    };
+    let current = account.pending_deadline.as_ref();
+    let same = current.is_some_and(|c| {
+        c.code == deadline.code && c.deadline == deadline.deadline && c.reason == deadline.reason
+    });
+    if !same || repaired_at_seq.is_some() {
+        plan.open.push((
+            incident,
+            serde_json::json!({
+                "code": deadline.code,
+                "deadline": deadline.deadline,
+                "reason": deadline.reason,
+            }),
+        ));
+        plan.deadline = Some(Some(deadline));
     }
-    plan
 }
 
 /// A needs-reauth mark and the details of its incident.
