@@ -173,7 +173,7 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
-    // (`Registry::relinked` would also wake an actor; none runs here, the test plays
+    // (`actors::resume::relinked` would also wake an actor; none runs here, the test plays
     // its sync task's checks itself.)
     resolve_incidents(&h.ctx, &id, &[IncidentKind::NeedsReauth]).expect("resolve");
     // The relink's sync: the check unparks...

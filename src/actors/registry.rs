@@ -9,9 +9,15 @@
 //!
 //! It also holds each account's restart bookkeeping (kept by the supervisor, read by the
 //! status API): while a restart is scheduled or the account is quarantined, nothing
-//! activates it. Quarantine is also written to the account record, so it survives a
-//! process restart; the failure counts are deliberately in memory only (a fresh process
-//! gives every account a fresh budget).
+//! activates it. Quarantine is also written to the account record (by the supervisor,
+//! under [`Registry::while_quarantined`]), so it survives a process restart; the failure
+//! counts are deliberately in memory only (a fresh process gives every account a fresh
+//! budget). Besides: per-activation mailbox counters, the count of running syncs
+//! ([`SyncSlot`]) that shutdown waits on, and the test hook that injects panics.
+//!
+//! It is not where dependencies live: it is built from an [`ActorContext`] and hands
+//! that to each actor it activates; it reads the context only for its timeouts and to
+//! check that an account is linked before activating it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
