@@ -21,8 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::actors::supervisor::Supervisor;
 use crate::actors::sweeper::{SweeperActor, SweeperMessage};
-use crate::actors::sync::SyncParams;
-use crate::actors::Registry;
+use crate::actors::{ActorContext, Registry};
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
 use crate::domain::ProviderKind;
@@ -38,6 +37,7 @@ use crate::service;
 use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
 use crate::store::{AsyncStore, SledStore, SledStoreConfig, Store};
+use crate::sync::plaid::SyncParams;
 
 /// A built, bound, not yet serving application.
 pub struct App {
@@ -97,7 +97,7 @@ impl App {
         cursor_sources.insert(ProviderKind::Plaid, plaid.clone());
 
         let dyn_store: Arc<dyn Store> = layer(store.clone());
-        let registry = Registry::new(
+        let actors = ActorContext::new(
             dyn_store.clone(),
             cursor_sources,
             settings.actors.clone(),
@@ -110,13 +110,15 @@ impl App {
             },
             clock.clone(),
         );
+        let registry = Registry::new(actors.clone());
         if let Some(budget) = plaid.sync_budget() {
-            let metrics = registry.metrics().clone();
+            let metrics = actors.metrics.clone();
             budget.observe(move |waited| metrics.rate_limit_wait("plaid", "client_budget", waited));
         }
-        let (supervisor, _) = Actor::spawn(None, Supervisor::new(registry.clone()), ())
-            .await
-            .context("spawning the supervisor")?;
+        let (supervisor, _) =
+            Actor::spawn(None, Supervisor::new(actors.clone(), registry.clone()), ())
+                .await
+                .context("spawning the supervisor")?;
         registry.set_supervisor(supervisor.get_cell());
         let readiness = Arc::new(Readiness::new());
         readiness.watch("supervisor", supervisor.get_cell());
@@ -124,7 +126,7 @@ impl App {
         let alerts = match AlertSender::new(dyn_store.clone(), &settings.alerts)? {
             Some(sender) => {
                 let wake = Arc::new(tokio::sync::Notify::new());
-                registry.set_alert_notifier(wake.clone());
+                actors.set_alert_notifier(wake.clone());
                 tracing::info!(
                     receiver = %crate::outbound::origin_of(&settings.alerts.url),
                     "outbound alerts on"
@@ -138,7 +140,9 @@ impl App {
             ctx: service::Context {
                 clock: clock.clone(),
                 store: AsyncStore::new(dyn_store),
+                metrics: actors.metrics.clone(),
                 registry,
+                actors: actors.clone(),
                 providers: Arc::new(providers),
                 settings: settings.clone(),
             },
@@ -400,6 +404,7 @@ async fn start_background(
     let (sweeper, _) = Actor::spawn(
         None,
         SweeperActor::with_clock(
+            ctx.actors.clone(),
             ctx.registry.clone(),
             ctx.settings.sweeper.clone(),
             ctx.clock.clone(),

@@ -4,9 +4,11 @@
 //! Every linked account is an actor whose mailbox serializes everything done to it; the
 //! store is the only memory that matters (actors rebuild from it at any moment). See
 //! `DESIGN.md` for the data flow; the modules mirror it:
-//! [`http`] translates requests, [`service`] holds the use-cases (webhook ingest),
-//! [`actors`] serialize and sync, [`store`] keeps the
-//! invariants, [`providers`] talk to the outside, [`sandbox`] simulates the outside.
+//! [`http`] translates requests, [`service`] holds the use-cases (link, ingest, resume),
+//! [`actors`] serialize the work on each account, [`sync`] says what one sync means for
+//! each provider, [`providers`] talk to the outside, [`outbound`] sends what leaves,
+//! [`store`] keeps the invariants, [`sandbox`] simulates the outside. Arrows point
+//! down that list, never up.
 
 pub mod actors;
 pub mod app;
@@ -22,4 +24,5 @@ pub mod providers;
 pub mod sandbox;
 pub mod service;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

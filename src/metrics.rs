@@ -2,8 +2,9 @@
 //!
 //! Every [`Metrics`] owns its own `prometheus_client` registry: there is no global
 //! state, so the many apps a test binary runs side by side never see each other's
-//! counts. The registry of actors creates it and every layer reaches it from there
-//! (`registry.metrics()`), which is why no constructor signature had to change.
+//! counts. The actors' context (`actors::ActorContext`) creates it; the actors count
+//! into it from there, and the services and handlers read the same set from
+//! `service::Context::metrics`.
 //!
 //! Two kinds of values live here:
 //! - event counters and histograms, moved by the code paths they describe (webhook

@@ -9,7 +9,7 @@
 //!   never synced, retried or polled.
 //! - A [`WebhookAction::LoginRepaired`] newer than that position unparks it (and the
 //!   same sync catches up everything kept in the inbox meanwhile); so does a relink
-//!   (`POST /v1/accounts` again with a new token, see `Registry::relinked`).
+//!   (`POST /v1/accounts` again with a new token, see [`super::resume::relinked`]).
 //! - A [`WebhookAction::DeadlineAnnounced`] records the deadline on the account and
 //!   opens a warning incident; a login repair or a relink clears them.
 //!
@@ -28,12 +28,13 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use super::registry::Registry;
-use super::sync::SyncError;
+use super::context::ActorContext;
+use super::incidents::{open_incident, resolve_incidents};
 use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
 use crate::incidents::IncidentKind;
 use crate::providers::{DeadlineKind, ErrorClass, WebhookAction};
 use crate::store::StoreError;
+use crate::sync::SyncError;
 
 /// What the pre-sync check decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +129,7 @@ pub fn is_login_required(error: &SyncError) -> bool {
 /// `account` (as the sync read it) only serves the fast path: the decision itself is
 /// taken on the record as stored at the moment of writing (see [`decide`]).
 pub async fn check(
-    registry: &Arc<Registry>,
+    ctx: &Arc<ActorContext>,
     account: &Account,
     entries: &[InboxEntry],
 ) -> Result<Check, StoreError> {
@@ -138,7 +139,7 @@ pub async fn check(
         .iter()
         .map(|entry| Read {
             seq: entry.seq,
-            action: registry
+            action: ctx
                 .provider(entry.provider)
                 .action_of(&entry.kind, &entry.body),
         })
@@ -148,14 +149,13 @@ pub async fn check(
         // The common case costs nothing: a plain data webhook, not parked.
         return Ok(Check::Proceed);
     }
-    let registry_for_task = registry.clone();
+    let task_ctx = ctx.clone();
     let id = account.id.clone();
-    let (check, wrote) =
-        tokio::task::spawn_blocking(move || decide(&registry_for_task, &id, &reads))
-            .await
-            .map_err(|e| StoreError::Io(format!("reauth check task failed: {e}")))??;
+    let (check, wrote) = tokio::task::spawn_blocking(move || decide(&task_ctx, &id, &reads))
+        .await
+        .map_err(|e| StoreError::Io(format!("reauth check task failed: {e}")))??;
     if wrote {
-        registry.store().durable().await?;
+        ctx.store.durable().await?;
     }
     Ok(check)
 }
@@ -220,14 +220,14 @@ impl Plan {
 /// writes its record last also has the last word on the incidents that go with it,
 /// or, if the relink comes second, its `Resume` makes the actor check once more.
 fn decide(
-    registry: &Registry,
+    ctx: &ActorContext,
     id: &AccountId,
     entries: &[Read],
 ) -> Result<(Check, bool), StoreError> {
     let now = Utc::now();
     // The plan of the transaction run that committed (an earlier run's is replaced).
     let planned = std::cell::RefCell::new(None);
-    registry.store().update_login_state(id, &|account| {
+    ctx.store.update_login_state(id, &|account| {
         let plan = plan(account, entries, now);
         let write = plan.apply(account);
         *planned.borrow_mut() = Some(plan);
@@ -254,10 +254,10 @@ fn decide(
     let mut wrote =
         plan.needs_reauth.is_some() || plan.deadline.is_some() || plan.seen_through.is_some();
     if !plan.resolve.is_empty() {
-        wrote |= registry.resolve_incidents(id, &plan.resolve)? > 0;
+        wrote |= resolve_incidents(ctx, id, &plan.resolve)? > 0;
     }
     for (kind, details) in plan.open {
-        registry.open_incident(id, kind, details)?;
+        open_incident(ctx, id, kind, details)?;
         wrote = true;
     }
     Ok((plan.check.unwrap_or(Check::Proceed), wrote))
@@ -273,15 +273,31 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
         .as_ref()
         .map(|p| p.after_seq)
         .max(account.login_seen_through);
-    let newer = |entry: &&Read| after_seq.is_none_or(|after| entry.seq > after);
-    let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
-    let latest_signal = entries
+    let newer: Vec<&Read> = entries
         .iter()
-        .filter(newer)
+        .filter(|entry| after_seq.is_none_or(|after| entry.seq > after))
+        .collect();
+    let max_seq = entries.iter().map(|e| e.seq).max().unwrap_or(0);
+    let repaired_at_seq = plan_login(&mut plan, account, &newer, max_seq, now);
+    plan_deadline(&mut plan, account, &newer, repaired_at_seq, now);
+    plan
+}
+
+/// The needs-reauth part of the plan: what the latest login signal newer than what was
+/// acted on does to the mark. Returns the seq of the repair (or relink) it saw, if any:
+/// deadlines announced before it no longer hold. Seqs start at 0: "no repair" is
+/// `None`, not a sentinel seq.
+fn plan_login(
+    plan: &mut Plan,
+    account: &Account,
+    newer: &[&Read],
+    max_seq: u64,
+    now: DateTime<Utc>,
+) -> Option<u64> {
+    let latest_signal = newer
+        .iter()
         .filter_map(|e| login_signal(&e.action).map(|s| (e.seq, s)))
         .next_back();
-    // Seqs start at 0: "no repair" is `None`, not a sentinel seq.
-    let mut repaired_at_seq = None;
     // A repair renews the consent: a deadline announced before it no longer holds.
     let repair_lifts_deadline = [
         IncidentKind::PendingExpiration,
@@ -295,7 +311,7 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             plan.resolve.extend(repair_lifts_deadline);
             plan.transition = Some(Transition::Repaired { seq });
             plan.seen_through = Some(max_seq);
-            repaired_at_seq = Some(seq);
+            Some(seq)
         }
         (Some(parked), Some((seq, LoginSignal::Required { code, request_id })))
             if parked.relinked =>
@@ -303,6 +319,7 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             // The new token already needs a login again.
             plan.park(&code, request_id, max_seq, now);
             plan.transition = Some(Transition::ParkedAgainAfterRelink { seq });
+            None
         }
         (Some(parked), _) if parked.relinked => {
             plan.needs_reauth = Some(None);
@@ -311,7 +328,7 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             // The login errors kept in the inbox were for the old token; they stay
             // there until a sync commits, and must not park it again meanwhile.
             plan.seen_through = Some(max_seq.max(parked.after_seq));
-            repaired_at_seq = Some(parked.after_seq);
+            Some(parked.after_seq)
         }
         (Some(parked), _) => {
             // Still parked: remember how far we looked, so the next activation or
@@ -326,10 +343,12 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
             plan.check = Some(Check::Parked {
                 newly_parked: false,
             });
+            None
         }
         (None, Some((seq, LoginSignal::Required { code, request_id }))) => {
             plan.park(&code, request_id, max_seq, now);
             plan.transition = Some(Transition::ParkedByWebhook { seq });
+            None
         }
         (None, Some((seq, LoginSignal::Repaired))) => {
             // Not parked, but the repair still renews the consent.
@@ -337,37 +356,44 @@ fn plan(account: &Account, entries: &[Read], now: DateTime<Utc>) -> Plan {
                 plan.deadline = Some(None);
             }
             plan.resolve.extend(repair_lifts_deadline);
-            repaired_at_seq = Some(seq);
+            Some(seq)
         }
-        (None, None) => {}
+        (None, None) => None,
     }
-    // Deadlines announced after the last repair (or relink).
-    let announced = entries
+}
+
+/// The deadline part of the plan: the last deadline announced after the last repair
+/// (or relink), recorded with its warning incident unless it is the one already kept.
+fn plan_deadline(
+    plan: &mut Plan,
+    account: &Account,
+    newer: &[&Read],
+    repaired_at_seq: Option<u64>,
+    now: DateTime<Utc>,
+) {
+    let announced = newer
         .iter()
-        .filter(newer)
         .filter(|e| repaired_at_seq.is_none_or(|repaired| e.seq > repaired))
         .filter_map(|e| deadline_of(&e.action, now))
         .next_back();
-    if let Some((incident, deadline)) = announced {
-        let current = account.pending_deadline.as_ref();
-        let same = current.is_some_and(|c| {
-            c.code == deadline.code
-                && c.deadline == deadline.deadline
-                && c.reason == deadline.reason
-        });
-        if !same || repaired_at_seq.is_some() {
-            plan.open.push((
-                incident,
-                serde_json::json!({
-                    "code": deadline.code,
-                    "deadline": deadline.deadline,
-                    "reason": deadline.reason,
-                }),
-            ));
-            plan.deadline = Some(Some(deadline));
-        }
+    let Some((incident, deadline)) = announced else {
+        return;
+    };
+    let current = account.pending_deadline.as_ref();
+    let same = current.is_some_and(|c| {
+        c.code == deadline.code && c.deadline == deadline.deadline && c.reason == deadline.reason
+    });
+    if !same || repaired_at_seq.is_some() {
+        plan.open.push((
+            incident,
+            serde_json::json!({
+                "code": deadline.code,
+                "deadline": deadline.deadline,
+                "reason": deadline.reason,
+            }),
+        ));
+        plan.deadline = Some(Some(deadline));
     }
-    plan
 }
 
 /// A needs-reauth mark and the details of its incident.
@@ -401,13 +427,13 @@ fn parked_mark(
 /// relinked while the sync ran, so the error is about the replaced token and the
 /// caller syncs again with the new one.
 pub async fn park_after_error(
-    registry: &Arc<Registry>,
+    ctx: &Arc<ActorContext>,
     id: &AccountId,
     error: &SyncError,
     after_seq: u64,
     token: &AccessToken,
 ) -> Result<bool, StoreError> {
-    let task_registry = registry.clone();
+    let task_ctx = ctx.clone();
     let task_id = id.clone();
     let outcome = error.outcome();
     let request_id = error.request_id();
@@ -415,7 +441,7 @@ pub async fn park_after_error(
     let code = error.code();
     let token = token.clone();
     let parked = tokio::task::spawn_blocking(move || {
-        let store = task_registry.store();
+        let store = &task_ctx.store;
         let now = Utc::now();
         let (mark, details) = parked_mark(&code, request_id, "provider", after_seq, now);
         let stored = store.update_login_state(&task_id, &|account| {
@@ -429,13 +455,13 @@ pub async fn park_after_error(
             return Ok(false);
         }
         store.record_sync_failed(&task_id, outcome, now)?;
-        task_registry.open_incident(&task_id, IncidentKind::NeedsReauth, details)?;
+        open_incident(&task_ctx, &task_id, IncidentKind::NeedsReauth, details)?;
         Ok::<_, StoreError>(true)
     })
     .await
     .map_err(|e| StoreError::Io(format!("park task failed: {e}")))??;
     if parked {
-        registry.store().durable().await?;
+        ctx.store.durable().await?;
     }
     Ok(parked)
 }
@@ -443,11 +469,12 @@ pub async fn park_after_error(
 /// After a committed sync: the conditions a success lifts (a `sync_failed` left open,
 /// e.g. by a crash between resume and its incident write) are resolved. One key lookup
 /// per kind when nothing is open.
-pub async fn after_commit(registry: &Arc<Registry>, id: &AccountId) {
-    let task_registry = registry.clone();
+pub async fn after_commit(ctx: &Arc<ActorContext>, id: &AccountId) {
+    let task_ctx = ctx.clone();
     let task_id = id.clone();
     let resolved = tokio::task::spawn_blocking(move || {
-        task_registry.resolve_incidents(
+        resolve_incidents(
+            &task_ctx,
             &task_id,
             &[IncidentKind::SyncFailed, IncidentKind::NeedsReauth],
         )
@@ -456,7 +483,7 @@ pub async fn after_commit(registry: &Arc<Registry>, id: &AccountId) {
     match resolved {
         Ok(Ok(0)) => {}
         Ok(Ok(_)) => {
-            if let Err(error) = registry.store().durable().await {
+            if let Err(error) = ctx.store.durable().await {
                 tracing::warn!(account_id = %id, %error, "incident resolution not made durable");
             }
         }

@@ -7,18 +7,23 @@ use std::time::Duration;
 
 use super::*;
 use crate::actors::account::SyncReason;
-use crate::actors::registry::RegistryError;
-use crate::actors::sync::SyncParams;
-use crate::actors::test_support::{
+use crate::actors::context::ActorContext;
+use crate::actors::incidents::{ensure_mark_incidents, resolve_incidents};
+use crate::actors::registry::{Registry, RegistryError};
+use crate::actors::resume::{relinked, resume};
+use crate::actors::supervisor::write_quarantine;
+use crate::config::Settings;
+use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
+use crate::providers::test_support::{
     cursor_rejected, delta, hooks, test_action, window, EmptyProvider, FnProvider, EXPIRATION_CODE,
     LOGIN_REQUIRED,
 };
-use crate::config::Settings;
-use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
 use crate::providers::{DynCursorSource, ProviderError};
 use crate::store::{IncomingWebhook, IngestOutcome, SledStore, SledStoreConfig, Store};
+use crate::sync::plaid::SyncParams;
 
 pub(super) struct Harness {
+    pub(super) ctx: Arc<ActorContext>,
     pub(super) registry: Arc<Registry>,
     pub(super) store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
@@ -41,14 +46,16 @@ fn harness_with_settings(
     .expect("store opens");
     let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
     providers.insert(ProviderKind::Plaid, provider);
-    let registry = Registry::new(
+    let ctx = ActorContext::new(
         store.clone(),
         providers,
         settings,
         SyncParams::default(),
         crate::clock::system(),
     );
+    let registry = Registry::new(ctx.clone());
     Harness {
+        ctx,
         registry,
         store,
         _dir: dir,
@@ -119,9 +126,7 @@ impl Harness {
         self.ingest(item, hooks::LOGIN_REQUIRED, serde_json::json!({}));
         let account = self.account(id);
         let entries = self.store.pending_inbox(id).expect("inbox");
-        let decided = check(&self.registry, &account, &entries)
-            .await
-            .expect("check");
+        let decided = check(&self.ctx, &account, &entries).await.expect("check");
         assert_eq!(decided, Check::Parked { newly_parked: true });
     }
 }
@@ -139,16 +144,14 @@ async fn a_relink_during_a_parked_check_is_not_lost() {
     h.ingest("item-b1", hooks::SYNC, serde_json::json!({}));
     let read_before_relink = h.account(&id);
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
-    // ...then the user relinks, as `POST /v1/accounts` does (its `Registry::relinked`
+    // ...then the user relinks, as `POST /v1/accounts` does (its `actors::resume::relinked`
     // resolves the incident; its actor nudge is left out: no actor runs here)...
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
-    h.registry
-        .resolve_incidents(&id, &[IncidentKind::NeedsReauth])
-        .expect("resolve");
+    resolve_incidents(&h.ctx, &id, &[IncidentKind::NeedsReauth]).expect("resolve");
     // ...and the check goes on with what it read.
-    let decided = check(&h.registry, &read_before_relink, &entries)
+    let decided = check(&h.ctx, &read_before_relink, &entries)
         .await
         .expect("check");
 
@@ -170,14 +173,12 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
-    // (`Registry::relinked` would also wake an actor; none runs here, the test plays
+    // (`actors::resume::relinked` would also wake an actor; none runs here, the test plays
     // its sync task's checks itself.)
-    h.registry
-        .resolve_incidents(&id, &[IncidentKind::NeedsReauth])
-        .expect("resolve");
+    resolve_incidents(&h.ctx, &id, &[IncidentKind::NeedsReauth]).expect("resolve");
     // The relink's sync: the check unparks...
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
-    let decided = check(&h.registry, &h.account(&id), &entries)
+    let decided = check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("check");
     assert_eq!(decided, Check::Proceed);
@@ -188,7 +189,7 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
         entries.iter().any(|e| e.kind == hooks::LOGIN_REQUIRED),
         "the old error is still pending"
     );
-    let decided = check(&h.registry, &h.account(&id), &entries)
+    let decided = check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("retry's check");
     assert_eq!(decided, Check::Proceed, "not parked again by the old error");
@@ -198,7 +199,7 @@ async fn an_old_login_error_does_not_park_again_after_a_relink_unparked() {
     // A login error that arrives after the relink still parks it.
     h.ingest("item-repark", hooks::LOGIN_REQUIRED, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim new");
-    let decided = check(&h.registry, &h.account(&id), &entries)
+    let decided = check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("check new");
     assert_eq!(decided, Check::Parked { newly_parked: true });
@@ -217,7 +218,7 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
         serde_json::json!({ "reason": "TOKEN_EXPIRATION" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
-    let decided = check(&h.registry, &h.account(&id), &entries)
+    let decided = check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("check");
     assert_eq!(decided, Check::Proceed, "a warning, not a park");
@@ -228,13 +229,13 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
-    h.registry.relinked(&id).expect("relinked");
+    relinked(&h.ctx, &h.registry, &id).expect("relinked");
     assert!(!h.open(&id, IncidentKind::PendingDisconnect));
 
     // The relink's sync checks the same, still pending, entry.
     let entries = h.store.claim_pending_inbox(&id).expect("claim again");
     assert!(entries.iter().any(|e| e.kind == hooks::DISCONNECT));
-    check(&h.registry, &h.account(&id), &entries)
+    check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("relink's check");
     assert!(
@@ -253,7 +254,7 @@ async fn a_deadline_announced_before_a_relink_does_not_reopen_its_warning() {
         serde_json::json!({ "deadline": "2030-01-01T00:00:00Z" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim new");
-    check(&h.registry, &h.account(&id), &entries)
+    check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("check new");
     assert_eq!(
@@ -273,7 +274,7 @@ async fn a_parked_check_only_raises_after_seq_and_keeps_a_relink() {
     let parked_at = h.account(&id).needs_reauth.expect("parked").after_seq;
     let newer = h.ingest("item-b1b", hooks::SYNC, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
-    let decided = check(&h.registry, &h.account(&id), &entries)
+    let decided = check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("check");
     assert_eq!(
@@ -296,9 +297,7 @@ async fn a_parked_check_only_raises_after_seq_and_keeps_a_relink() {
         .filter(|e| e.seq <= parked_at)
         .cloned()
         .collect();
-    check(&h.registry, &stale, &old_entries)
-        .await
-        .expect("check");
+    check(&h.ctx, &stale, &old_entries).await.expect("check");
     assert_eq!(
         h.account(&id).needs_reauth.expect("parked").after_seq,
         newer
@@ -322,14 +321,14 @@ async fn a_login_error_for_a_replaced_token_does_not_park() {
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
-    let parked = park_after_error(&h.registry, &id, &error, 0, &AccessToken::new("token-1"))
+    let parked = park_after_error(&h.ctx, &id, &error, 0, &AccessToken::new("token-1"))
         .await
         .expect("park");
     assert!(!parked);
     assert!(h.account(&id).needs_reauth.is_none());
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
     // With the current token it parks.
-    let parked = park_after_error(&h.registry, &id, &error, 0, &AccessToken::new("token-2"))
+    let parked = park_after_error(&h.ctx, &id, &error, 0, &AccessToken::new("token-2"))
         .await
         .expect("park");
     assert!(parked);
@@ -353,14 +352,12 @@ async fn a_relink_clears_the_failed_mark_in_the_store() {
             }),
         )
         .expect("give up");
-    h.registry
-        .open_incident(&id, IncidentKind::SyncFailed, serde_json::json!({}))
-        .expect("incident");
+    open_incident(&h.ctx, &id, IncidentKind::SyncFailed, serde_json::json!({})).expect("incident");
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
     assert!(h.account(&id).failed.is_none());
-    h.registry.relinked(&id).expect("relinked");
+    relinked(&h.ctx, &h.registry, &id).expect("relinked");
     assert!(!h.open(&id, IncidentKind::SyncFailed));
 }
 
@@ -376,7 +373,7 @@ async fn login_repaired_clears_a_deadline_when_not_parked() {
         serde_json::json!({ "deadline": "2030-01-01T00:00:00Z" }),
     );
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
-    let decided = check(&h.registry, &h.account(&id), &entries)
+    let decided = check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("check");
     assert_eq!(decided, Check::Proceed);
@@ -386,7 +383,7 @@ async fn login_repaired_clears_a_deadline_when_not_parked() {
 
     h.ingest("item-b5", hooks::LOGIN_REPAIRED, serde_json::json!({}));
     let entries = h.store.claim_pending_inbox(&id).expect("claim");
-    let decided = check(&h.registry, &h.account(&id), &entries)
+    let decided = check(&h.ctx, &h.account(&id), &entries)
         .await
         .expect("check");
     assert_eq!(decided, Check::Proceed);
@@ -408,11 +405,8 @@ async fn a_resume_racing_the_quarantine_write_wins() {
     // The supervisor marked it in memory; the resume comes before the write task.
     h.registry
         .with_restart_record(&id, |r| r.quarantined = true);
-    h.registry.resume(&id).expect("resume");
-    let wrote = h
-        .registry
-        .persist_quarantine(&id, quarantine())
-        .expect("write");
+    resume(&h.ctx, &h.registry, &id).expect("resume");
+    let wrote = write_quarantine(&h.ctx, &h.registry, &id, quarantine()).expect("write");
     assert!(!wrote);
     assert!(h.account(&id).quarantine.is_none());
     assert!(!h.open(&id, IncidentKind::Quarantined));
@@ -420,12 +414,9 @@ async fn a_resume_racing_the_quarantine_write_wins() {
     // The write first, then the resume: lifted too.
     h.registry
         .with_restart_record(&id, |r| r.quarantined = true);
-    assert!(h
-        .registry
-        .persist_quarantine(&id, quarantine())
-        .expect("write"));
+    assert!(write_quarantine(&h.ctx, &h.registry, &id, quarantine()).expect("write"));
     assert!(h.account(&id).quarantine.is_some());
-    h.registry.resume(&id).expect("resume");
+    resume(&h.ctx, &h.registry, &id).expect("resume");
     assert!(h.account(&id).quarantine.is_none());
     assert!(!h.open(&id, IncidentKind::Quarantined));
 }
@@ -554,7 +545,7 @@ async fn a_resume_during_a_sync_runs_one_more_sync() {
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
-    h.registry.relinked(&id).expect("relinked");
+    relinked(&h.ctx, &h.registry, &id).expect("relinked");
     provider.release.add_permits(1);
     assert_eq!(
         next_call(&mut received).await.as_deref(),
@@ -575,7 +566,7 @@ async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one()
     h.store
         .relink_account(&id, &AccessToken::new("token-2"))
         .expect("relink");
-    h.registry.relinked(&id).expect("relinked");
+    relinked(&h.ctx, &h.registry, &id).expect("relinked");
     provider.release.add_permits(1);
     assert_eq!(next_call(&mut received).await.as_deref(), Some("token-2"));
     assert!(h.account(&id).needs_reauth.is_none(), "not parked");
@@ -605,7 +596,7 @@ async fn a_resume_during_a_backoff_syncs_at_once() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(h.store.retry_of(&id).expect("retry").is_some());
-    h.registry.resume(&id).expect("resume");
+    resume(&h.ctx, &h.registry, &id).expect("resume");
     assert_eq!(
         next_call(&mut received).await.as_deref(),
         Some("token-1"),
@@ -625,7 +616,7 @@ async fn a_resume_during_the_last_attempt_is_not_undone_by_giving_up() {
     h.registry.activate(&id).expect("activate");
     assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
     // The only attempt allowed is in the provider call; the operator resumes now.
-    h.registry.resume(&id).expect("resume");
+    resume(&h.ctx, &h.registry, &id).expect("resume");
     // Let the (already queued) resume reach the actor before the attempt ends.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.registry.mailbox_depth(&id).unwrap_or(0) > 0 {
@@ -715,7 +706,7 @@ async fn a_stale_backoff_timer_does_not_end_a_later_rate_limit_wait() {
         }
     };
     // A resume cuts the wait short.
-    h.registry.resume(&id).expect("resume");
+    resume(&h.ctx, &h.registry, &id).expect("resume");
     assert!(
         next_call(&mut received).await.is_some(),
         "the resume's sync"
@@ -770,7 +761,7 @@ async fn a_resume_during_an_attempt_restores_the_whole_attempt_budget() {
     assert!(next_call(&mut received).await.is_some());
     provider.release.add_permits(1);
     assert!(next_call(&mut received).await.is_some(), "attempt 2");
-    h.registry.resume(&id).expect("resume");
+    resume(&h.ctx, &h.registry, &id).expect("resume");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.registry.mailbox_depth(&id).unwrap_or(0) > 0 {
         assert!(
@@ -942,9 +933,7 @@ async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looke
         .request_sync(&quarantined, SyncReason::Webhook)
         .is_err());
     let account = h.account(&parked);
-    h.registry
-        .ensure_mark_incidents(&account)
-        .expect("ensure again");
+    ensure_mark_incidents(&h.ctx, &account).expect("ensure again");
     for (id, kind) in [
         (&parked, IncidentKind::NeedsReauth),
         (&quarantined, IncidentKind::Quarantined),
@@ -962,12 +951,8 @@ async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looke
     h.store
         .relink_account(&parked, &AccessToken::new("token-2"))
         .expect("relink");
-    h.registry
-        .resolve_incidents(&parked, &[IncidentKind::NeedsReauth])
-        .expect("resolve");
+    resolve_incidents(&h.ctx, &parked, &[IncidentKind::NeedsReauth]).expect("resolve");
     assert!(h.account(&parked).needs_reauth.is_some_and(|m| m.relinked));
-    h.registry
-        .ensure_mark_incidents(&h.account(&parked))
-        .expect("ensure after relink");
+    ensure_mark_incidents(&h.ctx, &h.account(&parked)).expect("ensure after relink");
     assert!(!h.open(&parked, IncidentKind::NeedsReauth));
 }

@@ -9,11 +9,17 @@
 //!
 //! It also holds each account's restart bookkeeping (kept by the supervisor, read by the
 //! status API): while a restart is scheduled or the account is quarantined, nothing
-//! activates it. Quarantine is also written to the account record, so it survives a
-//! process restart; the failure counts are deliberately in memory only (a fresh process
-//! gives every account a fresh budget).
+//! activates it. Quarantine is also written to the account record (by the supervisor,
+//! under [`Registry::while_quarantined`]), so it survives a process restart; the failure
+//! counts are deliberately in memory only (a fresh process gives every account a fresh
+//! budget). Besides: per-activation mailbox counters, the count of running syncs
+//! ([`SyncSlot`]) that shutdown waits on, and the test hook that injects panics.
+//!
+//! It is not where dependencies live: it is built from an [`ActorContext`] and hands
+//! that to each actor it activates; it reads the context only for its timeouts and to
+//! check that an account is linked before activating it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -28,32 +34,10 @@ use super::account::{
     mailbox_sent, mailbox_taken, AccountActor, AccountMessage, ActorSnapshot, MailboxCounter,
     SyncReason,
 };
-use super::sync::SyncParams;
-use crate::clock::SharedClock;
-use crate::config::ActorSettings;
-use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine};
-use crate::incidents::{Incident, IncidentKind, OpenIncident};
-use crate::metrics::Metrics;
-use crate::providers::DynCursorSource;
-use crate::store::{Store, StoreError};
-
-/// The incident kinds the account's marks call for. A relinked needs-reauth mark is on
-/// its way out: the relink resolved its incident, and the next check lifts the mark.
-fn marked_kinds(account: &Account) -> impl Iterator<Item = IncidentKind> {
-    [
-        (
-            account
-                .needs_reauth
-                .as_ref()
-                .is_some_and(|mark| !mark.relinked),
-            IncidentKind::NeedsReauth,
-        ),
-        (account.failed.is_some(), IncidentKind::SyncFailed),
-        (account.quarantine.is_some(), IncidentKind::Quarantined),
-    ]
-    .into_iter()
-    .filter_map(|(marked, kind)| marked.then_some(kind))
-}
+use super::context::ActorContext;
+use super::incidents::ensure_mark_incidents;
+use crate::domain::{AccountId, LinkStatus};
+use crate::store::StoreError;
 
 /// Why a message could not be delivered to an account.
 #[derive(Debug, thiserror::Error)]
@@ -126,11 +110,9 @@ pub struct RegistryStats {
 pub struct Registry {
     actors: DashMap<AccountId, ActorRef<AccountMessage>>,
     by_actor: DashMap<ActorId, AccountId>,
-    store: Arc<dyn Store>,
-    providers: HashMap<ProviderKind, DynCursorSource>,
-    settings: ActorSettings,
-    sync_params: SyncParams,
-    clock: SharedClock,
+    /// What every activated actor is handed; the registry itself reads only the
+    /// settings (timeouts) and the store (is the account linked?).
+    ctx: Arc<ActorContext>,
     supervisor: OnceLock<ActorCell>,
     me: OnceLock<std::sync::Weak<Registry>>,
     activations: AtomicU64,
@@ -140,10 +122,6 @@ pub struct Registry {
     injected_panics: DashMap<AccountId, u32>,
     /// In-flight message counts per live activation (see [`MailboxCounter`]).
     mailboxes: DashMap<ActorId, MailboxCounter>,
-    metrics: Arc<Metrics>,
-    /// Wakes the alert sender; set only when outbound alerts are configured, and then
-    /// every incident change also enqueues an alert.
-    alerts: OnceLock<Arc<tokio::sync::Notify>>,
     /// Sync tasks running now (each holds a [`SyncSlot`]).
     syncs_running: AtomicU64,
     /// Woken when `syncs_running` drops to zero.
@@ -165,23 +143,12 @@ impl Drop for SyncSlot {
 }
 
 impl Registry {
-    /// A registry over `store` with one client per provider (what its sync needs),
-    /// reading the time from `clock`.
-    pub fn new(
-        store: Arc<dyn Store>,
-        providers: HashMap<ProviderKind, DynCursorSource>,
-        settings: ActorSettings,
-        sync_params: SyncParams,
-        clock: SharedClock,
-    ) -> Arc<Registry> {
+    /// A registry whose actors take their dependencies from `ctx`.
+    pub fn new(ctx: Arc<ActorContext>) -> Arc<Registry> {
         let registry = Arc::new(Registry {
             actors: DashMap::new(),
             by_actor: DashMap::new(),
-            store,
-            providers,
-            settings,
-            sync_params,
-            clock,
+            ctx,
             supervisor: OnceLock::new(),
             me: OnceLock::new(),
             activations: AtomicU64::new(0),
@@ -190,8 +157,6 @@ impl Registry {
             restarts: DashMap::new(),
             injected_panics: DashMap::new(),
             mailboxes: DashMap::new(),
-            metrics: Arc::new(Metrics::new()),
-            alerts: OnceLock::new(),
             syncs_running: AtomicU64::new(0),
             syncs_idle: tokio::sync::Notify::new(),
         });
@@ -202,122 +167,6 @@ impl Registry {
     /// Links every future activation to `supervisor` (set once, at start-up).
     pub fn set_supervisor(&self, supervisor: ActorCell) {
         let _ = self.supervisor.set(supervisor);
-    }
-
-    /// Turns on outbound alerts: from now on every incident opened or resolved through
-    /// the registry enqueues an alert and wakes `sender` (set once, at start-up).
-    pub fn set_alert_notifier(&self, sender: Arc<tokio::sync::Notify>) {
-        let _ = self.alerts.set(sender);
-    }
-
-    /// Opens (or refreshes) the account's incident of `kind`. Synchronous (a store
-    /// transaction): call from a blocking thread. Not durable until `durable()`.
-    pub fn open_incident(
-        &self,
-        id: &AccountId,
-        kind: IncidentKind,
-        details: serde_json::Value,
-    ) -> Result<Incident, StoreError> {
-        let incident = self.store.open_incident(&OpenIncident {
-            account_id: id.clone(),
-            kind,
-            details,
-            at: Utc::now(),
-            notify: self.alerts.get().is_some(),
-        })?;
-        if incident.occurrences == 1 {
-            tracing::warn!(account_id = %id, kind = %kind, incident_id = incident.id, "incident opened");
-            self.wake_alerts();
-        }
-        Ok(incident)
-    }
-
-    /// Opens the incident of each mark on the account (needs reauth, failed,
-    /// quarantined) that has none open. A mark and its incident are two store writes,
-    /// the mark first, so a crash between them would leave an account nobody is told
-    /// about; this runs wherever a marked account is looked at anyway (its activation,
-    /// a refused activation of a quarantined one). One key read per mark when all is
-    /// well. The mark is read again before opening: a resume or relink that lifted it
-    /// meanwhile wins (and one that lands after still resolves what this opens).
-    pub fn ensure_mark_incidents(&self, account: &Account) -> Result<(), StoreError> {
-        let mut missing = Vec::new();
-        for kind in marked_kinds(account) {
-            if self.store.open_incident_of(&account.id, kind)?.is_none() {
-                missing.push(kind);
-            }
-        }
-        if missing.is_empty() {
-            return Ok(());
-        }
-        let Some(current) = self.store.get_account(&account.id)? else {
-            return Ok(());
-        };
-        for kind in marked_kinds(&current).filter(|kind| missing.contains(kind)) {
-            let mut details = match kind {
-                IncidentKind::NeedsReauth => current.needs_reauth.as_ref().map(
-                    |mark| serde_json::json!({ "code": mark.code, "request_id": mark.request_id }),
-                ),
-                IncidentKind::SyncFailed => current.failed.as_ref().map(
-                    |mark| serde_json::json!({ "attempts": mark.attempts, "message": mark.reason }),
-                ),
-                IncidentKind::Quarantined => current.quarantine.as_ref().map(
-                    |mark| serde_json::json!({ "reason": mark.reason, "failures": mark.failures }),
-                ),
-                IncidentKind::PendingExpiration | IncidentKind::PendingDisconnect => None,
-            }
-            .unwrap_or_default();
-            details["source"] = serde_json::json!("recovered");
-            tracing::warn!(account_id = %account.id, kind = %kind, "marked account without its incident (an interrupted write): opening it");
-            self.open_incident(&account.id, kind, details)?;
-        }
-        Ok(())
-    }
-
-    /// Resolves the account's open incidents of these kinds; returns how many were
-    /// open. Synchronous like [`Registry::open_incident`].
-    pub fn resolve_incidents(
-        &self,
-        id: &AccountId,
-        kinds: &[IncidentKind],
-    ) -> Result<u32, StoreError> {
-        let mut resolved = 0;
-        let notify = self.alerts.get().is_some();
-        for &kind in kinds {
-            if let Some(incident) = self.store.resolve_incident(id, kind, Utc::now(), notify)? {
-                tracing::info!(account_id = %id, kind = %kind, incident_id = incident.id, "incident resolved");
-                resolved += 1;
-            }
-        }
-        if resolved > 0 {
-            self.wake_alerts();
-        }
-        Ok(resolved)
-    }
-
-    fn wake_alerts(&self) {
-        if let Some(sender) = self.alerts.get() {
-            sender.notify_one();
-        }
-    }
-
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
-    }
-
-    /// Where the actors read the time.
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
-
-    /// Actor settings.
-    pub fn settings(&self) -> &ActorSettings {
-        &self.settings
-    }
-
-    /// This instance's metrics (one set per registry, hence per app: no global state).
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// The in-flight message counter of the activation `actor_id` (created on first
@@ -380,26 +229,6 @@ impl Registry {
             })
     }
 
-    /// Sync tunables.
-    pub fn sync_params(&self) -> &SyncParams {
-        &self.sync_params
-    }
-
-    /// The client for `kind` (its plugin, and the cursor source its syncs page through).
-    /// Every provider kind acctor knows is configured at start,
-    /// so a missing one is a start-up bug.
-    pub fn provider(&self, kind: ProviderKind) -> DynCursorSource {
-        match self.providers.get(&kind) {
-            Some(provider) => provider.clone(),
-            None => unreachable!("provider {kind} is configured at start-up"),
-        }
-    }
-
-    /// Whether the registry knows a client for `kind`.
-    pub fn has_provider(&self, kind: ProviderKind) -> bool {
-        self.providers.contains_key(&kind)
-    }
-
     /// Asks the account's actor to sync, activating it if needed.
     /// Synchronous: activation reads the account from the store, so async callers on a
     /// hot path call it from a blocking thread (sled reads can wait on its global lock).
@@ -432,7 +261,7 @@ impl Registry {
         let Some(actor) = self.actors.get(id).map(|a| a.clone()) else {
             return Ok(None);
         };
-        let timeout = self.settings.call_timeout;
+        let timeout = self.ctx.settings.call_timeout;
         match self.call_status(&actor, timeout).await {
             Ok(CallResult::Success(snapshot)) => Ok(Some(snapshot)),
             Ok(CallResult::Timeout) => Err(RegistryError::Timeout(id.clone(), timeout)),
@@ -454,7 +283,7 @@ impl Registry {
     /// Activates the account's actor if needed and asks it for its snapshot: the round
     /// trip a webhook to a passivated account pays, plus the answer.
     pub async fn ping(&self, id: &AccountId) -> Result<ActorSnapshot, RegistryError> {
-        let timeout = self.settings.call_timeout;
+        let timeout = self.ctx.settings.call_timeout;
         for _ in 0..3 {
             let actor = self.get_or_activate(id)?;
             match self.call_status(&actor, timeout).await {
@@ -480,7 +309,7 @@ impl Registry {
             let _ = actor
                 .stop_and_wait(
                     Some("unlinked".to_string()),
-                    Some(self.settings.call_timeout),
+                    Some(self.ctx.settings.call_timeout),
                 )
                 .await;
         }
@@ -531,32 +360,21 @@ impl Registry {
         })
     }
 
-    /// Writes a quarantine the supervisor decided (the record, then its incident), but
-    /// only while the in-memory mark is still there: the check and the writes run under
-    /// the restart record's map lock, which [`Registry::resume`] needs to drop the mark,
-    /// so a resume in between cannot be overwritten by a quarantine it already lifted.
-    /// Returns whether it wrote. Synchronous (store transactions, done while the lock
-    /// of one map shard is held: short, and quarantines are rare): call it from a
-    /// blocking thread, then make it durable.
-    pub fn persist_quarantine(
-        &self,
-        id: &AccountId,
-        quarantine: Quarantine,
-    ) -> Result<bool, StoreError> {
-        let Some(record) = self.restarts.get_mut(id) else {
-            return Ok(false);
-        };
+    /// Runs `write` (the supervisor's quarantine write: the record, then its incident)
+    /// only while the account's in-memory quarantine mark is still there, holding the
+    /// restart record's map lock throughout, which [`Registry::clear_restart_record`]
+    /// (a resume) needs to drop the mark: so a resume in between cannot be overwritten
+    /// by a quarantine it already lifted. `None`: the mark was gone, `write` did not run.
+    /// `write` runs under the lock of one map shard: keep it short (quarantines are rare)
+    /// and call this from a blocking thread.
+    pub fn while_quarantined<R>(&self, id: &AccountId, write: impl FnOnce() -> R) -> Option<R> {
+        let record = self.restarts.get_mut(id)?;
         if !record.quarantined {
-            return Ok(false);
+            return None;
         }
-        let details = serde_json::json!({
-            "reason": quarantine.reason,
-            "failures": quarantine.failures,
-        });
-        self.store.set_quarantine(id, Some(quarantine))?;
-        self.open_incident(id, IncidentKind::Quarantined, details)?;
+        let written = write();
         drop(record);
-        Ok(true)
+        Some(written)
     }
 
     /// Whether the supervisor quarantined the account in this process (the account
@@ -565,70 +383,16 @@ impl Registry {
         self.restarts.get(id).is_some_and(|r| r.quarantined)
     }
 
-    /// Lifts a quarantine and the `failed` mark of an account whose syncs kept failing
-    /// (the latter also starts a sync): clears them in the store, resets the failure count and
-    /// activates the account, whose actor then syncs the webhooks that piled up.
-    /// Returns the quarantine that was lifted (`None`: it was not quarantined, and this
-    /// only reset the count and activated it). Synchronous like [`Registry::activate`]:
-    /// call it from a blocking thread.
-    pub fn resume(&self, id: &AccountId) -> Result<Option<Quarantine>, RegistryError> {
-        self.store
-            .get_account(id)?
-            .filter(|account| account.status == LinkStatus::Linked)
-            .ok_or_else(|| RegistryError::NotLinked(id.clone()))?;
-        // The in-memory mark goes first, then the record is read: a quarantine write
-        // still on its way either landed already (and is cleared below) or finds the
-        // mark gone and writes nothing (see `Registry::persist_quarantine`).
-        self.clear_restart_record(id);
-        let account = self
-            .store
-            .get_account(id)?
-            .ok_or_else(|| RegistryError::NotLinked(id.clone()))?;
-        if account.quarantine.is_some() {
-            self.store.set_quarantine(id, None)?;
-        }
-        self.resolve_incidents(id, &[IncidentKind::Quarantined, IncidentKind::SyncFailed])?;
-        if account.failed.is_some() {
-            self.store.set_sync_gave_up(id, None)?;
-        }
-        // The actor is told (a live one may still believe it gave up, or wait out a
-        // backoff): it resets its attempts and syncs at once.
-        match self.get_or_activate(id) {
-            Ok(actor) => {
-                // A send fails only if it just stopped; the next activation reads the
-                // cleared marks and syncs what is pending.
-                let _ = self.send_counted(&actor, AccountMessage::Resume);
-            }
-            Err(RegistryError::RestartPending(_)) => {}
-            Err(error) => return Err(error),
-        }
-        Ok(account.quarantine)
-    }
-
-    /// After a relink (the store already holds the new token, its needs-reauth mark
-    /// flagged `relinked`, its `failed` mark cleared): resolves the incidents the relink
-    /// lifted and tells the account's actor, which syncs at once, catching up
-    /// everything kept in its inbox. Synchronous like [`Registry::resume`].
-    pub fn relinked(&self, id: &AccountId) -> Result<(), RegistryError> {
-        self.resolve_incidents(
-            id,
-            &[
-                IncidentKind::NeedsReauth,
-                IncidentKind::PendingExpiration,
-                IncidentKind::PendingDisconnect,
-                IncidentKind::SyncFailed,
-            ],
-        )?;
-        match self.get_or_activate(id) {
-            Ok(actor) => {
-                // A send fails only if it just stopped; the next activation reads the
-                // cleared mark and syncs what is pending.
-                let _ = self.send_counted(&actor, AccountMessage::Resume);
-                Ok(())
-            }
-            Err(RegistryError::RestartPending(_)) | Err(RegistryError::Quarantined(_)) => Ok(()),
-            Err(error) => Err(error),
-        }
+    /// Tells the account's actor to retry at once from attempt zero (after a resume or
+    /// a relink lifted what held it), activating it if needed. The activation's refusal
+    /// is returned as is: a pending restart or a quarantine is the caller's call.
+    /// Synchronous like [`Registry::activate`].
+    pub fn send_resume(&self, id: &AccountId) -> Result<(), RegistryError> {
+        let actor = self.get_or_activate(id)?;
+        // A send fails only if it just stopped; the next activation reads the
+        // cleared marks and syncs what is pending.
+        let _ = self.send_counted(&actor, AccountMessage::Resume);
+        Ok(())
     }
 
     /// Test hook: the account's next `times` sync starts panic inside its actor's
@@ -708,7 +472,7 @@ impl Registry {
     /// abandoned: it has written nothing, and its webhooks stay in the inbox).
     pub async fn shutdown(&self) {
         self.closed.store(true, Ordering::SeqCst);
-        let deadline = tokio::time::Instant::now() + self.settings.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + self.ctx.settings.shutdown_grace;
         loop {
             // Created before the check: `notify_waiters` reaches it even unpolled.
             let idle = self.syncs_idle.notified();
@@ -730,7 +494,7 @@ impl Registry {
             .iter()
             .map(|e| (e.key().clone(), e.value().clone()))
             .collect();
-        let timeout = self.settings.call_timeout;
+        let timeout = self.ctx.settings.call_timeout;
         futures::future::join_all(
             actors
                 .iter()
@@ -772,10 +536,10 @@ impl Registry {
                 return Err(RegistryError::RestartPending(id.clone()));
             }
         }
-        match self.store.get_account(id)? {
+        match self.ctx.store.get_account(id)? {
             Some(account) if account.status == LinkStatus::Linked => {
                 if account.quarantine.is_some() {
-                    self.ensure_mark_incidents(&account)?;
+                    ensure_mark_incidents(&self.ctx, &account)?;
                     return Err(RegistryError::Quarantined(id.clone()));
                 }
             }
@@ -792,11 +556,15 @@ impl Registry {
                 let spawned = match self.supervisor.get() {
                     Some(supervisor) => ActorRuntime::spawn_linked_instant(
                         None,
-                        AccountActor::new(me),
+                        AccountActor::new(self.ctx.clone(), me),
                         id.clone(),
                         supervisor.clone(),
                     ),
-                    None => ActorRuntime::spawn_instant(None, AccountActor::new(me), id.clone()),
+                    None => ActorRuntime::spawn_instant(
+                        None,
+                        AccountActor::new(self.ctx.clone(), me),
+                        id.clone(),
+                    ),
                 };
                 let (actor, _startup) =
                     spawned.map_err(|e| RegistryError::Spawn(id.clone(), e.to_string()))?;

@@ -26,19 +26,24 @@ use std::time::Duration;
 use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::context::ActorContext;
+use super::incidents::open_incident;
 use super::registry::{Registry, RegistryError, RestartRecord};
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, Quarantine};
+use crate::incidents::IncidentKind;
 
 /// The supervisor actor.
 pub struct Supervisor {
+    ctx: Arc<ActorContext>,
     registry: Arc<Registry>,
 }
 
 impl Supervisor {
-    /// A supervisor for the actors of `registry`.
-    pub fn new(registry: Arc<Registry>) -> Self {
-        Supervisor { registry }
+    /// A supervisor for the actors of `registry`, reading its settings, metrics and
+    /// store from `ctx`.
+    pub fn new(ctx: Arc<ActorContext>, registry: Arc<Registry>) -> Self {
+        Supervisor { ctx, registry }
     }
 }
 
@@ -177,11 +182,8 @@ impl Actor for Supervisor {
                 };
                 let reason = error.to_string();
                 let decision = self.registry.with_restart_record(&id, |record| {
-                    let decision = record_failure(
-                        record,
-                        tokio::time::Instant::now(),
-                        self.registry.settings(),
-                    );
+                    let decision =
+                        record_failure(record, tokio::time::Instant::now(), &self.ctx.settings);
                     record.last_failure = Some(reason.clone());
                     match decision {
                         RestartDecision::Restart { delay } => {
@@ -201,7 +203,7 @@ impl Actor for Supervisor {
                 match decision {
                     RestartDecision::Restart { delay } => {
                         state.restarts += 1;
-                        self.registry.metrics().actor_restarted();
+                        self.ctx.metrics.actor_restarted();
                         tracing::error!(
                             account_id = %id,
                             error = %reason,
@@ -212,7 +214,7 @@ impl Actor for Supervisor {
                     }
                     RestartDecision::Quarantine { failures } => {
                         state.quarantines += 1;
-                        self.registry.metrics().actor_quarantined();
+                        self.ctx.metrics.actor_quarantined();
                         tracing::error!(
                             account_id = %id,
                             error = %reason,
@@ -240,18 +242,19 @@ impl Supervisor {
     /// Writes the quarantine to the account record and makes it durable, off the
     /// mailbox. Until it lands, the registry's in-memory mark keeps the account down; a
     /// resume that lifts that mark first makes this write nothing (see
-    /// [`Registry::persist_quarantine`]).
+    /// [`Registry::while_quarantined`]).
     fn persist_quarantine(&self, id: AccountId, quarantine: Quarantine) {
+        let ctx = self.ctx.clone();
         let registry = self.registry.clone();
         tokio::spawn(async move {
-            let write_registry = registry.clone();
+            let write_ctx = ctx.clone();
             let write_id = id.clone();
             let written = tokio::task::spawn_blocking(move || {
-                write_registry.persist_quarantine(&write_id, quarantine)
+                write_quarantine(&write_ctx, &registry, &write_id, quarantine)
             })
             .await;
             let result = match written {
-                Ok(Ok(true)) => registry.store().durable().await,
+                Ok(Ok(true)) => ctx.store.durable().await,
                 Ok(Ok(false)) => {
                     tracing::info!(account_id = %id, "resumed before its quarantine was written");
                     Ok(())
@@ -266,6 +269,31 @@ impl Supervisor {
                 tracing::error!(account_id = %id, %error, "could not persist quarantine");
             }
         });
+    }
+}
+
+/// Writes a quarantine the supervisor decided (the record, then its incident), but
+/// only while the registry's in-memory mark is still there (see
+/// [`Registry::while_quarantined`]). Returns whether it wrote. Synchronous (store
+/// transactions): call it from a blocking thread, then make it durable.
+pub(super) fn write_quarantine(
+    ctx: &ActorContext,
+    registry: &Registry,
+    id: &AccountId,
+    quarantine: Quarantine,
+) -> Result<bool, crate::store::StoreError> {
+    let written = registry.while_quarantined(id, || {
+        let details = serde_json::json!({
+            "reason": quarantine.reason,
+            "failures": quarantine.failures,
+        });
+        ctx.store.set_quarantine(id, Some(quarantine))?;
+        open_incident(ctx, id, IncidentKind::Quarantined, details)?;
+        Ok(())
+    });
+    match written {
+        None => Ok(false),
+        Some(result) => result.map(|()| true),
     }
 }
 

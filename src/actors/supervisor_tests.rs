@@ -9,14 +9,15 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::actors::account::SyncReason;
-use crate::actors::sync::SyncParams;
-use crate::actors::test_support::EmptyProvider;
 use crate::config::Settings;
 use crate::domain::{AccessToken, Account, ProviderKind};
+use crate::providers::test_support::EmptyProvider;
 use crate::providers::DynCursorSource;
 use crate::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
+use crate::sync::plaid::SyncParams;
 
 struct Harness {
+    ctx: Arc<ActorContext>,
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
     _dir: tempfile::TempDir,
@@ -44,18 +45,20 @@ async fn harness(max_restarts: u32) -> Harness {
     .expect("store opens");
     let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
     providers.insert(ProviderKind::Plaid, Arc::new(EmptyProvider::default()));
-    let registry = Registry::new(
+    let ctx = ActorContext::new(
         store.clone(),
         providers,
         actor_settings(max_restarts),
         SyncParams::default(),
         crate::clock::system(),
     );
-    let (supervisor, _) = Actor::spawn(None, Supervisor::new(registry.clone()), ())
+    let registry = Registry::new(ctx.clone());
+    let (supervisor, _) = Actor::spawn(None, Supervisor::new(ctx.clone(), registry.clone()), ())
         .await
         .expect("supervisor spawns");
     registry.set_supervisor(supervisor.get_cell());
     Harness {
+        ctx,
         registry,
         store,
         _dir: dir,
@@ -105,7 +108,7 @@ impl Harness {
                 IncomingWebhook {
                     provider: ProviderKind::Plaid,
                     item_id: item.to_string(),
-                    kind: crate::actors::test_support::hooks::SYNC.to_string(),
+                    kind: crate::providers::test_support::hooks::SYNC.to_string(),
                     dedup_key,
                     body: serde_json::json!({ "item_id": item }),
                     received_at: Utc::now(),
@@ -297,7 +300,7 @@ async fn too_many_failures_quarantine_without_touching_neighbours_and_resume_lif
 
     // Resume: quarantine lifted, count reset, the kept webhooks synced.
     h.registry.inject_panic(&sick, 0);
-    let lifted = h.registry.resume(&sick).expect("resume");
+    let lifted = crate::actors::resume::resume(&h.ctx, &h.registry, &sick).expect("resume");
     assert_eq!(lifted, Some(quarantine));
     assert!(h.registry.restart_status(&sick).is_none(), "count reset");
     h.wait_for("the kept webhooks to sync", || h.pending(&sick) == 0)

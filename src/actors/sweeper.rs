@@ -34,6 +34,7 @@ use serde::Serialize;
 use tokio::task::JoinHandle;
 
 use super::account::SyncReason;
+use super::context::ActorContext;
 use super::registry::{Registry, RegistryError};
 use crate::clock::SharedClock;
 use crate::config::SweeperSettings;
@@ -94,24 +95,28 @@ pub struct SweeperSnapshot {
 
 /// The sweeper actor (read-only configuration).
 pub struct SweeperActor {
+    ctx: Arc<ActorContext>,
     registry: Arc<Registry>,
     settings: SweeperSettings,
     clock: SharedClock,
 }
 
 impl SweeperActor {
-    /// A sweeper driving `registry`'s actors on the wall clock.
-    pub fn new(registry: Arc<Registry>, settings: SweeperSettings) -> Self {
-        Self::with_clock(registry, settings, crate::clock::system())
+    /// A sweeper reading the store from `ctx` and driving `registry`'s actors, on the
+    /// wall clock.
+    pub fn new(ctx: Arc<ActorContext>, registry: Arc<Registry>, settings: SweeperSettings) -> Self {
+        Self::with_clock(ctx, registry, settings, crate::clock::system())
     }
 
     /// A sweeper reading the time from `clock` (tests: paused tokio time).
     pub fn with_clock(
+        ctx: Arc<ActorContext>,
         registry: Arc<Registry>,
         settings: SweeperSettings,
         clock: SharedClock,
     ) -> Self {
         SweeperActor {
+            ctx,
             registry,
             settings,
             clock,
@@ -175,12 +180,13 @@ impl Actor for SweeperActor {
                 if scan_stale {
                     state.last_stale_scan = Some(Instant::now());
                 }
+                let ctx = self.ctx.clone();
                 let registry = self.registry.clone();
                 let settings = self.settings.clone();
                 let now = self.clock.now();
                 state.running = Some(tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        sweep(&registry, &settings, now, scan_stale)
+                        sweep(&ctx, &registry, &settings, now, scan_stale)
                     })
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Io(format!("sweep task failed: {e}"))));
@@ -229,12 +235,13 @@ impl Actor for SweeperActor {
 /// One pass at time `now`, on a blocking thread (store reads and activations can wait
 /// on sled): due retries, due polls, then, when `scan_stale`, stale inbox entries.
 pub fn sweep(
+    ctx: &ActorContext,
     registry: &Registry,
     settings: &SweeperSettings,
     now: DateTime<Utc>,
     scan_stale: bool,
 ) -> Result<PassReport, StoreError> {
-    let store = registry.store();
+    let store = &ctx.store;
     let mut report = PassReport::default();
     let one_tick = chrono::Duration::from_std(settings.tick).unwrap_or(chrono::Duration::MAX);
     for record in store.due_retries(now, settings.batch)? {
@@ -266,7 +273,7 @@ pub fn sweep(
             }
         }
     }
-    poll_pass(registry, settings, now, &mut report)?;
+    poll_pass(ctx, registry, settings, now, &mut report)?;
     if scan_stale {
         let older_than = now
             - chrono::Duration::from_std(settings.stale_inbox_after)
@@ -297,12 +304,13 @@ pub fn sweep(
 /// The polling fallback: asks every account whose polling anchor is older than the
 /// interval to sync, at most `settings.batch` per pass, oldest first.
 fn poll_pass(
+    ctx: &ActorContext,
     registry: &Registry,
     settings: &SweeperSettings,
     now: DateTime<Utc>,
     report: &mut PassReport,
 ) -> Result<(), StoreError> {
-    let store = registry.store();
+    let store = &ctx.store;
     let interval =
         chrono::Duration::from_std(settings.poll_interval).unwrap_or(chrono::Duration::MAX);
     let Some(anchored_by) = now.checked_sub_signed(interval) else {
@@ -403,13 +411,13 @@ mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
-    use crate::actors::sync::SyncParams;
-    use crate::actors::test_support::EmptyProvider;
     use crate::config::Settings;
     use crate::domain::{AccessToken, Account, ProviderKind, Quarantine, SyncGaveUp};
+    use crate::providers::test_support::EmptyProvider;
     use crate::providers::DynCursorSource;
     use crate::store::{AccountStore, DueIndex};
     use crate::store::{RetryRecord, SledStore, SledStoreConfig, Store};
+    use crate::sync::plaid::SyncParams;
 
     /// A linked account that already synced once, so activating it does not sync.
     fn synced_account(n: u32) -> Account {
@@ -440,13 +448,14 @@ mod tests {
         let provider = Arc::new(EmptyProvider::default());
         let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
         providers.insert(ProviderKind::Plaid, provider.clone());
-        let registry = Registry::new(
+        let ctx = ActorContext::new(
             store.clone(),
             providers,
             Settings::defaults().actors,
             SyncParams::default(),
             crate::clock::system(),
         );
+        let registry = Registry::new(ctx.clone());
         let due = synced_account(1);
         let later = synced_account(2);
         for (account, due_at) in [
@@ -466,9 +475,13 @@ mod tests {
         }
         let mut settings = Settings::defaults().sweeper;
         settings.tick = Duration::from_secs(1);
-        let (sweeper, _) = Actor::spawn(None, SweeperActor::new(registry.clone(), settings), ())
-            .await
-            .expect("sweeper spawns");
+        let (sweeper, _) = Actor::spawn(
+            None,
+            SweeperActor::new(ctx.clone(), registry.clone(), settings),
+            (),
+        )
+        .await
+        .expect("sweeper spawns");
 
         // The due record's sync commits and clears it; nothing else is touched.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
@@ -491,8 +504,15 @@ mod tests {
         registry.shutdown().await;
     }
 
-    /// Store, provider double and registry over a fresh temp dir.
-    fn setup(dir: &tempfile::TempDir) -> (Arc<SledStore>, Arc<EmptyProvider>, Arc<Registry>) {
+    /// Store, provider double, actor context and registry over a fresh temp dir.
+    fn setup(
+        dir: &tempfile::TempDir,
+    ) -> (
+        Arc<SledStore>,
+        Arc<EmptyProvider>,
+        Arc<ActorContext>,
+        Arc<Registry>,
+    ) {
         let sled = SledStore::open(SledStoreConfig {
             data_dir: dir.path().to_path_buf(),
             cache_capacity_bytes: 8 * 1024 * 1024,
@@ -503,14 +523,15 @@ mod tests {
         let provider = Arc::new(EmptyProvider::default());
         let mut providers: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
         providers.insert(ProviderKind::Plaid, provider.clone());
-        let registry = Registry::new(
+        let ctx = ActorContext::new(
             store,
             providers,
             Settings::defaults().actors,
             SyncParams::default(),
             crate::clock::system(),
         );
-        (sled, provider, registry)
+        let registry = Registry::new(ctx.clone());
+        (sled, provider, ctx, registry)
     }
 
     /// A linked account whose last successful sync was at `synced_at`.
@@ -540,7 +561,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_poll_is_due_exactly_when_the_interval_has_passed() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, provider, registry) = setup(&dir);
+        let (store, provider, ctx, registry) = setup(&dir);
         let interval = Duration::from_secs(3600);
         let settings = poll_settings(interval);
         let synced = Utc::now() - chrono::Duration::days(10);
@@ -549,6 +570,7 @@ mod tests {
         let due_at = synced + chrono::Duration::from_std(interval).expect("interval");
 
         let early = sweep(
+            &ctx,
             &registry,
             &settings,
             due_at - chrono::Duration::milliseconds(1),
@@ -558,7 +580,7 @@ mod tests {
         assert_eq!(early, PassReport::default(), "1 ms early: nothing to do");
         assert!(!registry.is_active(&account.id));
 
-        let on_time = sweep(&registry, &settings, due_at, false).expect("pass");
+        let on_time = sweep(&ctx, &registry, &settings, due_at, false).expect("pass");
         assert_eq!(on_time.polls_requested, 1, "{on_time:?}");
         wait_for("the polling sync", || {
             provider.syncs.load(Ordering::SeqCst) == 1
@@ -566,7 +588,7 @@ mod tests {
         })
         .await;
         // Its commit moved the anchor: the same instant finds nothing due any more.
-        let after = sweep(&registry, &settings, due_at, false).expect("pass");
+        let after = sweep(&ctx, &registry, &settings, due_at, false).expect("pass");
         assert_eq!(after, PassReport::default());
         registry.shutdown().await;
     }
@@ -574,7 +596,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn the_sweeper_polls_a_silent_account_once_the_interval_passes_not_before() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, provider, registry) = setup(&dir);
+        let (store, provider, ctx, registry) = setup(&dir);
         let interval = Duration::from_secs(30 * 60);
         // The clock runs on tokio's paused time and starts one interval in the past, so
         // the account's anchor (the clock's start) is due when the interval has elapsed
@@ -586,7 +608,12 @@ mod tests {
         store.link_account(&account).expect("link");
         let (sweeper, _) = Actor::spawn(
             None,
-            SweeperActor::with_clock(registry.clone(), poll_settings(interval), clock),
+            SweeperActor::with_clock(
+                ctx.clone(),
+                registry.clone(),
+                poll_settings(interval),
+                clock,
+            ),
             (),
         )
         .await
@@ -625,7 +652,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn parked_accounts_are_not_polled_and_do_not_crowd_the_batch() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, provider, registry) = setup(&dir);
+        let (store, provider, ctx, registry) = setup(&dir);
         let old = Utc::now() - chrono::Duration::days(10);
         let mut failed = synced_at(1, old);
         failed.failed = Some(SyncGaveUp {
@@ -647,13 +674,13 @@ mod tests {
         settings.batch = 2;
         let now = Utc::now();
 
-        let first = sweep(&registry, &settings, now, false).expect("pass");
+        let first = sweep(&ctx, &registry, &settings, now, false).expect("pass");
         assert_eq!(
             (first.polls_deferred, first.polls_requested),
             (2, 0),
             "{first:?}"
         );
-        let second = sweep(&registry, &settings, now, false).expect("pass");
+        let second = sweep(&ctx, &registry, &settings, now, false).expect("pass");
         assert_eq!(
             (second.polls_deferred, second.polls_requested),
             (0, 1),
@@ -667,10 +694,10 @@ mod tests {
         assert!(!registry.is_active(&quarantined.id));
         // Deferred by one interval: looked at again only then.
         let almost = now + chrono::Duration::minutes(59);
-        let quiet = sweep(&registry, &settings, almost, false).expect("pass");
+        let quiet = sweep(&ctx, &registry, &settings, almost, false).expect("pass");
         assert_eq!(quiet, PassReport::default());
         let hour_later = now + chrono::Duration::minutes(60);
-        let again = sweep(&registry, &settings, hour_later, false).expect("pass");
+        let again = sweep(&ctx, &registry, &settings, hour_later, false).expect("pass");
         assert_eq!(
             (again.polls_deferred, again.polls_requested),
             (2, 0),
@@ -682,7 +709,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn quarantined_accounts_retry_records_do_not_starve_other_due_retries() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, provider, registry) = setup(&dir);
+        let (store, provider, ctx, registry) = setup(&dir);
         let old = Utc::now() - chrono::Duration::days(1);
         let quarantine = Quarantine {
             reason: "panic".into(),
@@ -713,7 +740,7 @@ mod tests {
 
         let mut total = PassReport::default();
         for _ in 0..3 {
-            let report = sweep(&registry, &settings, now, false).expect("pass");
+            let report = sweep(&ctx, &registry, &settings, now, false).expect("pass");
             total.retries_redriven += report.retries_redriven;
             total.retries_dropped += report.retries_dropped;
         }
@@ -738,7 +765,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_pass_during_shutdown_leaves_retry_records_alone() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, _provider, registry) = setup(&dir);
+        let (store, _provider, ctx, registry) = setup(&dir);
         let account = synced_account(1);
         store.link_account(&account).expect("link");
         let record = RetryRecord {
@@ -751,6 +778,7 @@ mod tests {
         store.record_retry(&record).expect("retry recorded");
         registry.shutdown().await;
         let report = sweep(
+            &ctx,
             &registry,
             &poll_settings(Duration::from_secs(3600)),
             Utc::now(),
@@ -764,7 +792,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn stale_polling_entries_are_repaired_not_acted_on() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let (store, provider, registry) = setup(&dir);
+        let (store, provider, ctx, registry) = setup(&dir);
         let now = Utc::now();
         let recent = synced_at(1, now - chrono::Duration::minutes(1));
         store.link_account(&recent).expect("link");
@@ -774,7 +802,7 @@ mod tests {
         store.plant_stale_poll_entry(&AccountId::generate(), now - chrono::Duration::days(2));
         let settings = poll_settings(Duration::from_secs(3600));
 
-        let report = sweep(&registry, &settings, now, false).expect("pass");
+        let report = sweep(&ctx, &registry, &settings, now, false).expect("pass");
         assert_eq!(report.polls_repaired, 2, "{report:?}");
         assert_eq!(report.polls_requested, 0, "{report:?}");
         let anchored_by = now - chrono::Duration::minutes(60);

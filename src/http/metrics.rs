@@ -72,7 +72,7 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
     )
 )]
 async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let metrics = state.ctx.registry.metrics().clone();
+    let metrics = state.ctx.metrics.clone();
     let text = tokio::task::spawn_blocking(move || {
         let values = scrape_values(&state)?;
         metrics

@@ -74,7 +74,7 @@ async fn receive(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WebhookAck>), ApiError> {
-    let metrics = state.ctx.registry.metrics().clone();
+    let metrics = state.ctx.metrics.clone();
     let label = ProviderKind::parse(&provider).map_or("unknown", ProviderKind::as_str);
     let answer = receive_inner(state, provider.clone(), headers, body).await;
     match &answer {

@@ -16,6 +16,8 @@ use crate::domain::{AccessToken, ProviderKind, Transaction};
 
 pub mod budget;
 pub mod plaid;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 /// One page of a cursor delta.
 #[derive(Clone, Debug)]
@@ -128,7 +130,7 @@ pub fn body_dedup_key(provider: ProviderKind, external_id: &str, body: &[u8]) ->
 /// are mapped to these by its plugin, so the actors and the sync loop never read a
 /// provider's error codes.
 ///
-/// How each class is handled today (see `actors::sync` and `actors::account`):
+/// How each class is handled today (see `sync::plaid` and `actors::account`):
 /// `Transient` is retried in place by the page loop, then like any failure by the
 /// account's backoff; `RateLimited` waits at least `actors.rate_limit_backoff`;
 /// `LoginRequired` parks the account; `CursorRejected` reconciles (on a delta sync);
@@ -258,7 +260,7 @@ pub trait Provider: Send + Sync + 'static {
 
 /// A provider whose data is pulled as a cursor delta plus a date-window listing (Plaid's
 /// `/transactions/sync` and `/transactions/get`): what the cursor sync strategy in
-/// `actors::sync` needs. A provider without a cursor implements [`Provider`] only.
+/// `sync::plaid` needs. A provider without a cursor implements [`Provider`] only.
 #[async_trait]
 pub trait CursorSource: Provider {
     /// One page of changes since `cursor` (`None`: from the beginning).

@@ -172,11 +172,12 @@ async fn relink(
     token: AccessToken,
 ) -> Result<Account, ServiceError> {
     let store = ctx.store.blocking().clone();
+    let actors = ctx.actors.clone();
     let registry = ctx.registry.clone();
     let id = existing.id.clone();
     let account = blocking(move || {
         let account = store.relink_account(&id, &token)?;
-        registry.relinked(&id)?;
+        crate::actors::resume::relinked(&actors, &registry, &id)?;
         Ok(account)
     })
     .await?;
@@ -303,9 +304,11 @@ pub async fn request_sync(ctx: &Context, account: &Account) -> Result<(), Servic
 /// quarantine, durable before it returns.
 pub async fn resume(ctx: &Context, account: &Account) -> Result<Option<Quarantine>, ServiceError> {
     ensure_linked(account)?;
+    let actors = ctx.actors.clone();
     let registry = ctx.registry.clone();
     let id = account.id.clone();
-    let lifted = blocking(move || Ok(registry.resume(&id)?)).await?;
+    let lifted =
+        blocking(move || Ok(crate::actors::resume::resume(&actors, &registry, &id)?)).await?;
     // The cleared quarantine is on disk before we say so.
     ctx.store.durable().await?;
     tracing::info!(account_id = %account.id, was_quarantined = lifted.is_some(), "account resumed");

@@ -209,15 +209,15 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::actors::sync::SyncParams;
-    use crate::actors::test_support::{hooks, test_action, EmptyProvider};
-    use crate::actors::Registry;
+    use crate::actors::{ActorContext, Registry};
     use crate::config::Settings;
+    use crate::providers::test_support::{hooks, test_action, EmptyProvider};
     use crate::providers::{
         body_dedup_key, DynCursorSource, DynProvider, Provider, VerifiedWebhook, WebhookAction,
         WebhookEffect,
     };
     use crate::store::{SledStore, SledStoreConfig, Store};
+    use crate::sync::plaid::SyncParams;
 
     /// A plugin that trusts a `x-test-signature: ok` header, reads the body's
     /// `object` as the routing key and acknowledges with 202.
@@ -270,13 +270,14 @@ mod tests {
         .expect("store opens");
         let sources: HashMap<ProviderKind, DynCursorSource> =
             HashMap::from([(ProviderKind::Plaid, Arc::new(EmptyProvider::default()) as _)]);
-        let registry = Registry::new(
+        let actors = ActorContext::new(
             store.clone(),
             sources,
             Settings::defaults().actors,
             SyncParams::default(),
             crate::clock::system(),
         );
+        let registry = Registry::new(actors.clone());
         let plugins: HashMap<ProviderKind, DynProvider> =
             HashMap::from([(ProviderKind::Plaid, Arc::new(TestPlugin) as _)]);
         let mut settings = Settings::defaults();
@@ -285,7 +286,9 @@ mod tests {
         let ctx = Context {
             clock: crate::clock::system(),
             store: crate::store::AsyncStore::new(store),
+            metrics: actors.metrics.clone(),
             registry,
+            actors,
             providers: Arc::new(plugins),
             settings: Arc::new(settings),
         };

@@ -4,9 +4,9 @@
 //! lives in one place and `http/` only translates.
 //!
 //! Each use-case reaches what it needs through a [`Context`], built once by `app.rs`:
-//! the clock, the store, the account actors' registry, the provider plugins and the
-//! settings. The registry only activates actors and hands out their refs; it is not
-//! where services find their dependencies.
+//! the clock, the store, the metrics, the account actors' registry and context, the
+//! provider plugins and the settings. The registry only activates actors and hands out
+//! their refs; it is not where services find their dependencies.
 //!
 //! - [`accounts`]: link, relink, unlink, resume, sync requests and status.
 //! - [`incidents`]: incidents, listed and read.
@@ -16,10 +16,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::actors::Registry;
+use crate::actors::{ActorContext, Registry};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
+use crate::metrics::Metrics;
 use crate::providers::DynProvider;
 use crate::store::AsyncStore;
 
@@ -38,8 +39,13 @@ pub struct Context {
     pub clock: SharedClock,
     /// The store, through its async facade.
     pub store: AsyncStore,
+    /// This instance's metrics (the same set the actors count into).
+    pub metrics: Arc<Metrics>,
     /// The account actors: activation, messages, introspection.
     pub registry: Arc<Registry>,
+    /// The actors' dependencies (the same store, clock and metrics), for use-cases
+    /// that lift actor-owned state: resume, relink (see [`crate::actors::resume`]).
+    pub actors: Arc<ActorContext>,
     /// Provider plugins by kind.
     pub providers: Arc<HashMap<ProviderKind, DynProvider>>,
     /// Validated settings.

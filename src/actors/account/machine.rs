@@ -13,12 +13,13 @@ use super::retry::{is_rate_limited, RetryPlan, SyncFailure};
 use super::snapshot::{mailbox_sent, MailboxCounter, Phase};
 use super::task::{sync_once, ParkReport, TaskOutcome};
 use super::{AccountActor, AccountMessage, AccountState, SyncReason};
-use crate::actors::sync::{SyncError, SyncProgress, SyncReport};
+use crate::actors::incidents::resolve_incidents;
 use crate::backoff::backoff_delay;
 use crate::clock::after;
 use crate::domain::{Account, AccountId, SyncOutcome};
 use crate::incidents::IncidentKind;
 use crate::store::{RetryRecord, Store, StoreError};
+use crate::sync::{SyncError, SyncProgress, SyncReport};
 
 /// Reconciles in a row after which the follow-up sync waits a backoff instead of
 /// running at once (a provider that rejects every fresh cursor would otherwise make the
@@ -87,7 +88,7 @@ impl AccountActor {
         state.sync_started_at = Some(Utc::now());
         state.event("sync_started", reason.name());
         state.progress = Arc::new(SyncProgress::default());
-        let registry = self.registry.clone();
+        let ctx = self.ctx.clone();
         let progress = state.progress.clone();
         let id = state.id.clone();
         let attempt = state.attempt;
@@ -98,7 +99,7 @@ impl AccountActor {
         state.task = Some(tokio::spawn(
             async move {
                 let _slot = slot;
-                let message = match sync_once(&registry, &id, &progress, attempt).await {
+                let message = match sync_once(&ctx, &id, &progress, attempt).await {
                     TaskOutcome::Finished(result) => AccountMessage::SyncFinished(result),
                     TaskOutcome::Parked(report) => AccountMessage::Parked(report),
                 };
@@ -121,7 +122,7 @@ impl AccountActor {
             ..
         } = outcome
         {
-            self.registry.metrics().sync_committed(
+            self.ctx.metrics.sync_committed(
                 state.provider.as_str(),
                 took,
                 *added,
@@ -147,7 +148,7 @@ impl AccountActor {
             _ => None,
         };
         let gave_up = matches!(failure.plan, RetryPlan::GiveUp { .. });
-        let metrics = self.registry.metrics();
+        let metrics = &self.ctx.metrics;
         metrics.sync_failed(provider, took, provider_code.as_deref(), gave_up);
         if let (true, RetryPlan::Retry { delay, .. }) =
             (is_rate_limited(&failure.error), failure.plan)
@@ -225,7 +226,7 @@ impl AccountActor {
     ) -> Result<(), ActorProcessingErr> {
         // Work already waiting is synced, not handed over (unless it is marked failed:
         // then it waits for a resume; or parked: then only webhooks it has not checked).
-        let store = self.registry.store().as_ref();
+        let store = self.ctx.store.as_ref();
         if has_new_work(
             store,
             &state.id,
@@ -244,7 +245,7 @@ impl AccountActor {
         // activation. If the store cannot tell, hand over anyway (an empty sync is
         // harmless; a stranded event is not).
         let pending = has_new_work(
-            self.registry.store().as_ref(),
+            self.ctx.store.as_ref(),
             &state.id,
             state.gave_up,
             state.needs_reauth,
@@ -351,7 +352,7 @@ impl AccountActor {
         tracing::info!(account_id = %state.id, outcome = ?report.outcome, "sync committed");
         state.phase = Phase::Idle;
         let since_start = state.sync_started.elapsed();
-        let min_interval = self.registry.settings().min_sync_interval;
+        let min_interval = self.ctx.settings.min_sync_interval;
         if report.follow_up {
             state.reconciles += 1;
         } else {
@@ -360,7 +361,7 @@ impl AccountActor {
         if report.follow_up && state.reconciles > MAX_RECONCILES_IN_A_ROW {
             // The provider keeps rejecting every new cursor: each round lists the whole
             // window, so further rounds back off like failures instead of looping.
-            let settings = self.registry.settings();
+            let settings = &self.ctx.settings;
             let delay = backoff_delay(
                 settings.sync_retry_initial,
                 settings.sync_retry_max,
@@ -415,13 +416,11 @@ impl AccountActor {
         if state.gave_up {
             // Small blocking writes, as elsewhere in this handler; a failure is logged,
             // not fatal: the resume still syncs, and its commit clears what is left.
-            let store = self.registry.store();
+            let store = &self.ctx.store;
             if let Err(error) = store.set_sync_gave_up(&state.id, None) {
                 tracing::warn!(account_id = %state.id, %error, "could not clear the failed mark after a resume");
             }
-            if let Err(error) = self
-                .registry
-                .resolve_incidents(&state.id, &[IncidentKind::SyncFailed])
+            if let Err(error) = resolve_incidents(&self.ctx, &state.id, &[IncidentKind::SyncFailed])
             {
                 tracing::warn!(account_id = %state.id, %error, "could not resolve the sync_failed incident after a resume");
             }
@@ -515,7 +514,7 @@ impl AccountActor {
         state: &mut AccountState,
     ) -> Result<(), ActorProcessingErr> {
         let idle_for = state.last_activity.elapsed();
-        if state.phase == Phase::Idle && idle_for >= self.registry.settings().passivate_after {
+        if state.phase == Phase::Idle && idle_for >= self.ctx.settings.passivate_after {
             self.passivate(myself, state)?;
         }
         Ok(())

@@ -30,10 +30,12 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::task::JoinHandle;
 
+use super::context::ActorContext;
+use super::incidents::ensure_mark_incidents;
 use super::registry::Registry;
-use super::sync::{SyncProgress, SyncReport};
 use crate::clock::SharedClock;
 use crate::domain::{AccountId, LinkStatus, ProviderKind};
+use crate::sync::{SyncProgress, SyncReport};
 
 mod machine;
 pub mod retry;
@@ -101,15 +103,18 @@ pub enum AccountMessage {
     Status(RpcReplyPort<ActorSnapshot>),
 }
 
-/// The actor. Read-only configuration lives in the shared [`Registry`].
+/// The actor. Its dependencies are the shared [`ActorContext`]; the [`Registry`] that
+/// activated it is asked only registry things (its mailbox counter, its sync slot,
+/// leaving the map on passivation).
 pub struct AccountActor {
+    ctx: Arc<ActorContext>,
     registry: Arc<Registry>,
 }
 
 impl AccountActor {
-    /// An actor bound to `registry` (which holds the store, providers and settings).
-    pub fn new(registry: Arc<Registry>) -> Self {
-        AccountActor { registry }
+    /// An actor reading its dependencies from `ctx`, activated by `registry`.
+    pub fn new(ctx: Arc<ActorContext>, registry: Arc<Registry>) -> Self {
+        AccountActor { ctx, registry }
     }
 }
 
@@ -171,19 +176,19 @@ impl Actor for AccountActor {
         id: AccountId,
     ) -> Result<Self::State, ActorProcessingErr> {
         self.registry.register_actor(myself.get_id(), &id);
-        let store = self.registry.store();
+        let store = &self.ctx.store;
         let account = store
             .get_account(&id)?
             .ok_or_else(|| format!("account {id} does not exist"))?;
         if account.status != LinkStatus::Linked {
             return Err(format!("account {id} is unlinked").into());
         }
-        self.registry.ensure_mark_incidents(&account)?;
+        ensure_mark_incidents(&self.ctx, &account)?;
         let gave_up = account.failed.is_some();
         let checked_seq = account.needs_reauth.as_ref().map_or(0, |p| p.after_seq);
         let needs_reauth = account.needs_reauth.is_some();
         let retry = store.retry_of(&id)?;
-        let clock = self.registry.clock().clone();
+        let clock = self.ctx.clock.clone();
         let now = clock.now();
         let mailbox = self.registry.mailbox_counter(myself.get_id());
         let (phase, activated) = machine::first_phase(
@@ -194,8 +199,7 @@ impl Actor for AccountActor {
             &mailbox,
             now,
         )?;
-        let check_every =
-            (self.registry.settings().passivate_after / 2).max(Duration::from_millis(10));
+        let check_every = (self.ctx.settings.passivate_after / 2).max(Duration::from_millis(10));
         let idle_mailbox = mailbox.clone();
         let idle_timer = myself.send_interval(check_every, move || {
             mailbox_sent(&idle_mailbox);

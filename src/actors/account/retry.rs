@@ -9,14 +9,15 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rand::Rng;
 
-use crate::actors::registry::Registry;
-use crate::actors::sync::SyncError;
+use crate::actors::context::ActorContext;
+use crate::actors::incidents::open_incident;
 use crate::backoff::backoff_delay;
 use crate::config::ActorSettings;
 use crate::domain::{AccountId, SyncGaveUp};
 use crate::incidents::IncidentKind;
 use crate::providers::ErrorClass;
 use crate::store::RetryRecord;
+use crate::sync::SyncError;
 
 /// What the sync task decided after a failure, already written to the store.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,20 +87,20 @@ pub fn plan_retry(
 /// Records a failed sync: its outcome on the account, and either a retry record or the
 /// `failed` mark, made durable so a crash does not forget the retry.
 pub(super) async fn record_failure(
-    registry: &Arc<Registry>,
+    ctx: &Arc<ActorContext>,
     id: &AccountId,
     error: &SyncError,
     previous_attempts: u32,
 ) -> RetryPlan {
     let plan = plan_retry(
-        registry.settings(),
+        &ctx.settings,
         error,
         previous_attempts,
         Utc::now(),
         &mut rand::thread_rng(),
     );
-    let store = registry.store().clone();
-    let incident_registry = registry.clone();
+    let store = ctx.store.clone();
+    let incident_ctx = ctx.clone();
     let failed_id = id.clone();
     let outcome = error.outcome();
     let code = error.code();
@@ -125,25 +126,25 @@ pub(super) async fn record_failure(
                         since: now,
                     }),
                 )?;
-                incident_registry
-                    .open_incident(
-                        &failed_id,
-                        IncidentKind::SyncFailed,
-                        serde_json::json!({
-                            "code": code,
-                            "request_id": request_id,
-                            "attempts": attempt,
-                            "message": reason,
-                        }),
-                    )
-                    .map(|_| ())
+                open_incident(
+                    &incident_ctx,
+                    &failed_id,
+                    IncidentKind::SyncFailed,
+                    serde_json::json!({
+                        "code": code,
+                        "request_id": request_id,
+                        "attempts": attempt,
+                        "message": reason,
+                    }),
+                )
+                .map(|_| ())
             }
         }
     })
     .await;
     match recorded {
         Ok(Ok(())) => {
-            if let Err(error) = registry.store().durable().await {
+            if let Err(error) = ctx.store.durable().await {
                 tracing::warn!(account_id = %id, %error, "sync failure record not made durable");
             }
         }

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use super::{AccountState, SyncReason};
-use crate::actors::sync::ProgressSnapshot;
+use crate::sync::ProgressSnapshot;
 
 /// Where the account's state machine is.
 #[derive(Clone, Debug, PartialEq, Eq)]

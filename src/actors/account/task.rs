@@ -8,11 +8,12 @@ use std::sync::Arc;
 use chrono::Utc;
 
 use super::retry::{record_failure, SyncFailure};
+use crate::actors::context::ActorContext;
 use crate::actors::reauth;
-use crate::actors::registry::Registry;
-use crate::actors::sync::{run_sync, SyncError, SyncProgress, SyncReport};
 use crate::domain::AccountId;
 use crate::store::StoreError;
+use crate::sync::plaid::run_sync;
+use crate::sync::{SyncError, SyncProgress, SyncReport};
 
 /// What a sync task that stopped at the needs-reauth check reports.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,18 +36,18 @@ pub(super) enum TaskOutcome {
 /// One sync: account and pending inbox read fresh, the needs-reauth check, then
 /// [`run_sync`].
 pub(super) async fn sync_once(
-    registry: &Arc<Registry>,
+    ctx: &Arc<ActorContext>,
     id: &AccountId,
     progress: &SyncProgress,
     attempt: u32,
 ) -> TaskOutcome {
     loop {
-        let prepared = match prepare(registry, id).await {
+        let prepared = match prepare(ctx, id).await {
             Ok(prepared) => prepared,
-            Err(error) => return failed(registry, id, error, attempt).await,
+            Err(error) => return failed(ctx, id, error, attempt).await,
         };
         let checked_seq = prepared.consumed.iter().copied().max().unwrap_or(0);
-        match reauth::check(registry, &prepared.account, &prepared.entries).await {
+        match reauth::check(ctx, &prepared.account, &prepared.entries).await {
             Ok(reauth::Check::Proceed) => {}
             Ok(reauth::Check::Parked { newly_parked }) => {
                 return TaskOutcome::Parked(ParkReport {
@@ -54,28 +55,28 @@ pub(super) async fn sync_once(
                     newly_parked,
                 })
             }
-            Err(error) => return failed(registry, id, SyncError::Store(error), attempt).await,
+            Err(error) => return failed(ctx, id, SyncError::Store(error), attempt).await,
         }
-        let provider = registry.provider(prepared.account.provider);
+        let provider = ctx.provider(prepared.account.provider);
         let result = run_sync(
             provider.as_ref(),
-            registry.store(),
+            &ctx.store,
             &prepared.account,
             prepared.consumed,
-            registry.sync_params(),
+            &ctx.sync_params,
             progress,
         )
         .await;
         let error = match result {
             Ok(report) => {
-                reauth::after_commit(registry, id).await;
+                reauth::after_commit(ctx, id).await;
                 return TaskOutcome::Finished(Ok(report));
             }
             Err(error) if reauth::is_login_required(&error) => error,
-            Err(error) => return failed(registry, id, error, attempt).await,
+            Err(error) => return failed(ctx, id, error, attempt).await,
         };
         let token = &prepared.account.access_token;
-        match reauth::park_after_error(registry, id, &error, checked_seq, token).await {
+        match reauth::park_after_error(ctx, id, &error, checked_seq, token).await {
             Ok(true) => {
                 return TaskOutcome::Parked(ParkReport {
                     checked_seq,
@@ -89,19 +90,19 @@ pub(super) async fn sync_once(
             }
             Err(store_error) => {
                 tracing::error!(account_id = %id, error = %store_error, "could not park account");
-                return failed(registry, id, error, attempt).await;
+                return failed(ctx, id, error, attempt).await;
             }
         }
     }
 }
 
 async fn failed(
-    registry: &Arc<Registry>,
+    ctx: &Arc<ActorContext>,
     id: &AccountId,
     error: SyncError,
     attempt: u32,
 ) -> TaskOutcome {
-    let plan = record_failure(registry, id, &error, attempt).await;
+    let plan = record_failure(ctx, id, &error, attempt).await;
     TaskOutcome::Finished(Err(SyncFailure { error, plan }))
 }
 
@@ -113,10 +114,10 @@ struct Prepared {
 }
 
 /// Reads the account, records the start and claims the pending inbox entries.
-async fn prepare(registry: &Registry, id: &AccountId) -> Result<Prepared, SyncError> {
+async fn prepare(ctx: &ActorContext, id: &AccountId) -> Result<Prepared, SyncError> {
     // The store reads and the "started" record run on a blocking thread: sled calls can
     // wait on its global lock, and this task runs on an async worker.
-    let store = registry.store().clone();
+    let store = ctx.store.clone();
     let sync_id = id.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         let account = store

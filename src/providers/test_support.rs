@@ -1,4 +1,6 @@
-//! Test doubles shared by the actor tests (compiled for tests only).
+//! Test doubles of provider plugins shared by the sync and actor tests (compiled for
+//! tests only). They live with `providers/` so that `sync/` tests use them without
+//! reaching up into `actors/`.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -16,12 +16,12 @@
 //! mailbox keeps answering status queries while pages are fetched.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{Duration as ChronoDuration, Utc};
-use serde::Serialize;
 
+use super::{SyncError, SyncProgress, SyncReport};
 use crate::domain::{Account, SyncOutcome, Transaction};
 use crate::providers::{CursorSource, ErrorClass, ProviderError};
 use crate::store::{ApplyMode, Store, StoreError, SyncCommit};
@@ -69,47 +69,6 @@ impl Default for SyncParams {
     }
 }
 
-/// Live progress of a running sync, shared with the actor so status queries can report
-/// it mid-sync without waiting for the task.
-#[derive(Debug, Default)]
-pub struct SyncProgress {
-    /// Pages fetched so far (all loops, both paths).
-    pub pages: AtomicU64,
-    /// Rows received so far.
-    pub rows: AtomicU64,
-    /// Loop restarts caused by mutation during pagination.
-    pub restarts: AtomicU64,
-}
-
-/// A snapshot of [`SyncProgress`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct ProgressSnapshot {
-    /// Pages fetched.
-    pub pages: u64,
-    /// Rows received.
-    pub rows: u64,
-    /// Loop restarts.
-    pub restarts: u64,
-}
-
-impl SyncProgress {
-    /// The current counts. A page counted here has its rows counted too: `page` adds
-    /// the rows first and publishes the page after, and this reads in the other order.
-    pub fn snapshot(&self) -> ProgressSnapshot {
-        let pages = self.pages.load(Ordering::Acquire);
-        ProgressSnapshot {
-            pages,
-            rows: self.rows.load(Ordering::Relaxed),
-            restarts: self.restarts.load(Ordering::Relaxed),
-        }
-    }
-
-    fn page(&self, rows: usize) {
-        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
-        self.pages.fetch_add(1, Ordering::Release);
-    }
-}
-
 /// One `/transactions/sync` page. A transient failure (a 5xx, a request that did not
 /// complete) is retried in place up to `params.page_retries` times: the page's cursor is
 /// still valid, so the pages already fetched are kept instead of failing the whole sync
@@ -143,69 +102,6 @@ async fn fetch_page(
                 tokio::time::sleep(params.page_retry_delay.saturating_mul(retries)).await;
             }
             answer => return answer,
-        }
-    }
-}
-
-/// What a committed sync did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SyncReport {
-    /// The outcome recorded on the account.
-    pub outcome: SyncOutcome,
-    /// Whether another sync should run at once (after the reconcile path).
-    pub follow_up: bool,
-}
-
-/// Why a sync committed nothing.
-#[derive(Debug, thiserror::Error)]
-pub enum SyncError {
-    /// The provider failed.
-    #[error(transparent)]
-    Provider(#[from] ProviderError),
-    /// The store failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    /// The provider kept mutating data under every pagination attempt.
-    #[error("data kept changing during pagination ({0} restarts)")]
-    TooManyRestarts(u32),
-    /// The reconcile window kept changing while it was listed.
-    #[error("window listing kept changing ({0} attempts)")]
-    UnstableWindow(u32),
-}
-
-impl SyncError {
-    /// A short code for status reports.
-    pub fn code(&self) -> String {
-        match self {
-            SyncError::Provider(e) => e.code().to_string(),
-            SyncError::Store(_) => "STORE_ERROR".to_string(),
-            SyncError::TooManyRestarts(_) => "MUTATION_RESTARTS_EXHAUSTED".to_string(),
-            SyncError::UnstableWindow(_) => "WINDOW_UNSTABLE".to_string(),
-        }
-    }
-
-    /// What the provider's failure means; `None` when the provider did not fail.
-    pub fn class(&self) -> Option<ErrorClass> {
-        match self {
-            SyncError::Provider(e) => Some(e.class()),
-            _ => None,
-        }
-    }
-
-    /// The provider request id, when the failure came from the provider.
-    pub fn request_id(&self) -> Option<String> {
-        match self {
-            SyncError::Provider(e) => e.request_id().map(str::to_string),
-            _ => None,
-        }
-    }
-
-    /// The failure as recorded on the account.
-    pub fn outcome(&self) -> SyncOutcome {
-        SyncOutcome::Failed {
-            code: self.code(),
-            message: self.to_string(),
-            request_id: self.request_id(),
         }
     }
 }
@@ -318,64 +214,15 @@ async fn initial_sync(
     started_at: chrono::DateTime<Utc>,
 ) -> Result<SyncReport, SyncError> {
     let loop_started = std::time::Instant::now();
-    let mut restarts = 0u32;
-    let (cursor, request_id, added, modified, removed) = 'restart: loop {
-        blocking(store, {
-            let id = account.id.clone();
-            move |s| s.clear_rows(&id)
-        })
-        .await?;
-        let mut cursor: Option<String> = None;
-        let (mut added, mut modified, mut removed) = (0u64, 0u64, 0u64);
-        let mut staging: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
-        loop {
-            let fetched = fetch_page(provider, account, cursor.as_deref(), params).await;
-            // The previous page must be fully staged before this one: a row added on
-            // one page may be modified or removed on a later one.
-            if let Some(previous) = staging.take() {
-                join_staging(previous).await?;
-            }
-            let page = match fetched {
-                Ok(page) => page,
-                Err(e) if e.class() == ErrorClass::RestartPagination => {
-                    restarts += 1;
-                    progress.restarts.fetch_add(1, Ordering::Relaxed);
-                    if restarts > params.max_loop_restarts {
-                        return Err(SyncError::TooManyRestarts(restarts));
-                    }
-                    continue 'restart;
-                }
-                Err(e) => return Err(e.into()),
-            };
-            progress.page(page.added.len() + page.modified.len() + page.removed.len());
-            added += page.added.len() as u64;
-            modified += page.modified.len() as u64;
-            removed += page.removed.len() as u64;
-            let mut rows = page.added;
-            rows.extend(page.modified);
-            let store = store.clone();
-            let id = account.id.clone();
-            let removals = page.removed;
-            staging = Some(tokio::task::spawn_blocking(move || {
-                store.stage_rows(&id, rows, removals)
-            }));
-            if !page.has_more {
-                if let Some(last) = staging.take() {
-                    join_staging(last).await?;
-                }
-                break 'restart (page.next_cursor, page.request_id, added, modified, removed);
-            }
-            cursor = Some(page.next_cursor);
-        }
-    };
+    let staged = stage_all_pages(provider, store, account, params, progress).await?;
     let fetched = std::time::Instant::now();
     let outcome = SyncOutcome::Committed {
-        added,
-        modified,
-        removed,
+        added: staged.added,
+        modified: staged.modified,
+        removed: staged.removed,
         pages: progress.snapshot().pages,
         fallback: false,
-        request_id: Some(request_id),
+        request_id: Some(staged.request_id),
     };
     commit(
         store,
@@ -384,7 +231,7 @@ async fn initial_sync(
             mode: ApplyMode::Staged,
             upserts: Vec::new(),
             removals: Vec::new(),
-            cursor,
+            cursor: staged.cursor,
             consumed,
             outcome: outcome.clone(),
             started_at,
@@ -403,6 +250,95 @@ async fn initial_sync(
         outcome,
         follow_up: false,
     })
+}
+
+/// What a complete staged loop of the first sync fetched.
+struct Staged {
+    cursor: String,
+    request_id: String,
+    added: u64,
+    modified: u64,
+    removed: u64,
+}
+
+/// Stages every page of the first sync, starting the loop over (staged rows cleared)
+/// on mutation during pagination, up to `params.max_loop_restarts` times.
+async fn stage_all_pages(
+    provider: &dyn CursorSource,
+    store: &Arc<dyn Store>,
+    account: &Account,
+    params: &SyncParams,
+    progress: &SyncProgress,
+) -> Result<Staged, SyncError> {
+    let mut restarts = 0u32;
+    loop {
+        if let Some(staged) = stage_one_loop(provider, store, account, params, progress).await? {
+            return Ok(staged);
+        }
+        restarts += 1;
+        progress.restarts.fetch_add(1, Ordering::Relaxed);
+        if restarts > params.max_loop_restarts {
+            return Err(SyncError::TooManyRestarts(restarts));
+        }
+    }
+}
+
+/// One loop of the first sync from no cursor: clears what an earlier loop staged, then
+/// stages each page while the next is fetched. `None`: the provider reported a mutation
+/// during pagination and the loop must start over.
+async fn stage_one_loop(
+    provider: &dyn CursorSource,
+    store: &Arc<dyn Store>,
+    account: &Account,
+    params: &SyncParams,
+    progress: &SyncProgress,
+) -> Result<Option<Staged>, SyncError> {
+    blocking(store, {
+        let id = account.id.clone();
+        move |s| s.clear_rows(&id)
+    })
+    .await?;
+    let mut cursor: Option<String> = None;
+    let (mut added, mut modified, mut removed) = (0u64, 0u64, 0u64);
+    let mut staging: Option<tokio::task::JoinHandle<Result<(), StoreError>>> = None;
+    loop {
+        let fetched = fetch_page(provider, account, cursor.as_deref(), params).await;
+        // The previous page must be fully staged before this one: a row added on
+        // one page may be modified or removed on a later one.
+        if let Some(previous) = staging.take() {
+            join_staging(previous).await?;
+        }
+        let page = match fetched {
+            Ok(page) => page,
+            Err(e) if e.class() == ErrorClass::RestartPagination => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        progress.page(page.added.len() + page.modified.len() + page.removed.len());
+        added += page.added.len() as u64;
+        modified += page.modified.len() as u64;
+        removed += page.removed.len() as u64;
+        let mut rows = page.added;
+        rows.extend(page.modified);
+        let store = store.clone();
+        let id = account.id.clone();
+        let removals = page.removed;
+        staging = Some(tokio::task::spawn_blocking(move || {
+            store.stage_rows(&id, rows, removals)
+        }));
+        if !page.has_more {
+            if let Some(last) = staging.take() {
+                join_staging(last).await?;
+            }
+            return Ok(Some(Staged {
+                cursor: page.next_cursor,
+                request_id: page.request_id,
+                added,
+                modified,
+                removed,
+            }));
+        }
+        cursor = Some(page.next_cursor);
+    }
 }
 
 /// Runs a store call on a blocking thread.
@@ -640,13 +576,10 @@ impl Fold {
     }
 }
 
-/// Shares progress between the actor and its sync task.
-pub type SharedProgress = Arc<SyncProgress>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::actors::test_support::{cursor_rejected, delta, window, FnProvider};
+    use crate::providers::test_support::{cursor_rejected, delta, window, FnProvider};
     use chrono::NaiveDate;
 
     fn row(id: &str, amount: f64) -> Transaction {

@@ -1,0 +1,99 @@
+//! The explicit dependencies of the actors: everything an account actor, its sync task,
+//! the supervisor, the sweeper and the needs-reauth check read but do not own. It is
+//! built once by `app.rs` (or a test) and shared as `Arc<ActorContext>`; the
+//! [`Registry`](super::registry::Registry) is built from it and hands it to every
+//! actor it activates.
+//!
+//! It exists so that the registry can be what its name says (activation, passivation,
+//! refs) instead of the place every dependency is fetched from: an actor reads the store
+//! from here, asks the registry only for registry things (its slot, its mailbox counter,
+//! whether shutdown began).
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::Notify;
+
+use crate::clock::SharedClock;
+use crate::config::ActorSettings;
+use crate::domain::ProviderKind;
+use crate::metrics::Metrics;
+use crate::providers::DynCursorSource;
+use crate::store::Store;
+use crate::sync::plaid::SyncParams;
+
+/// What the actors depend on. Read-only after start-up, except the alert wake-up,
+/// which is set once (see [`ActorContext::set_alert_notifier`]).
+pub struct ActorContext {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Actor settings (timeouts, passivation, restart budget, sync retries).
+    pub settings: ActorSettings,
+    /// Tunables of the sync strategy.
+    pub sync_params: SyncParams,
+    /// This instance's metrics (one set per context, hence per app: no global state).
+    pub metrics: Arc<Metrics>,
+    /// Where the actors read the time.
+    pub clock: SharedClock,
+    /// The cursor source of each provider kind (its plugin, and what its syncs page
+    /// through).
+    cursor_sources: HashMap<ProviderKind, DynCursorSource>,
+    /// Wakes the alert sender; set only when outbound alerts are configured, and then
+    /// every incident change also enqueues an alert (see [`super::incidents`]).
+    alerts: OnceLock<Arc<Notify>>,
+}
+
+impl ActorContext {
+    /// A context over `store` with one cursor source per provider kind, reading the time
+    /// from `clock`, with a fresh set of metrics and outbound alerts off.
+    pub fn new(
+        store: Arc<dyn Store>,
+        cursor_sources: HashMap<ProviderKind, DynCursorSource>,
+        settings: ActorSettings,
+        sync_params: SyncParams,
+        clock: SharedClock,
+    ) -> Arc<ActorContext> {
+        Arc::new(ActorContext {
+            store,
+            settings,
+            sync_params,
+            metrics: Arc::new(Metrics::new()),
+            clock,
+            cursor_sources,
+            alerts: OnceLock::new(),
+        })
+    }
+
+    /// The client for `kind` (its plugin, and the cursor source its syncs page through).
+    /// Every provider kind acctor knows is configured at start,
+    /// so a missing one is a start-up bug.
+    pub fn provider(&self, kind: ProviderKind) -> DynCursorSource {
+        match self.cursor_sources.get(&kind) {
+            Some(provider) => provider.clone(),
+            None => unreachable!("provider {kind} is configured at start-up"),
+        }
+    }
+
+    /// Whether the context knows a client for `kind`.
+    pub fn has_provider(&self, kind: ProviderKind) -> bool {
+        self.cursor_sources.contains_key(&kind)
+    }
+
+    /// Turns on outbound alerts: from now on every incident opened or resolved by the
+    /// actors enqueues an alert and wakes `sender` (set once, at start-up).
+    pub fn set_alert_notifier(&self, sender: Arc<Notify>) {
+        let _ = self.alerts.set(sender);
+    }
+
+    /// Whether outbound alerts are on (incident changes then enqueue an alert).
+    pub(super) fn alerts_on(&self) -> bool {
+        self.alerts.get().is_some()
+    }
+
+    /// Wakes the alert sender, if alerts are on.
+    pub(super) fn wake_alerts(&self) {
+        if let Some(sender) = self.alerts.get() {
+            sender.notify_one();
+        }
+    }
+}
