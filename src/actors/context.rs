@@ -19,13 +19,15 @@ use crate::config::ActorSettings;
 use crate::domain::ProviderKind;
 use crate::metrics::Metrics;
 use crate::providers::DynCursorSource;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::sync::plaid::SyncParams;
 
 /// What the actors depend on. Read-only after start-up, except the alert wake-up,
 /// which is set once (see [`ActorContext::set_alert_notifier`]).
 pub struct ActorContext {
-    /// The store.
+    /// The store, for code already on a blocking thread (sync tasks' store steps, the
+    /// sweeper's pass, the incident helpers). Async code, actor handlers above all,
+    /// goes through [`ActorContext::blocking`] instead.
     pub store: Arc<dyn Store>,
     /// Actor settings (timeouts, passivation, restart budget, sync retries).
     pub settings: ActorSettings,
@@ -74,9 +76,19 @@ impl ActorContext {
         }
     }
 
-    /// Whether the context knows a client for `kind`.
-    pub fn has_provider(&self, kind: ProviderKind) -> bool {
-        self.cursor_sources.contains_key(&kind)
+    /// Runs `work` (store calls, incident helpers) on the blocking pool and waits for
+    /// it: the actors' counterpart of [`AsyncStore::run`](crate::store::AsyncStore::run),
+    /// with the whole context at hand. An actor handler awaiting it holds its own
+    /// mailbox for a store call, never a runtime thread.
+    pub async fn blocking<T, F>(self: &Arc<Self>, work: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ActorContext) -> Result<T, StoreError> + Send + 'static,
+    {
+        let ctx = self.clone();
+        tokio::task::spawn_blocking(move || work(&ctx))
+            .await
+            .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
     }
 
     /// Turns on outbound alerts: from now on every incident opened or resolved by the

@@ -8,8 +8,6 @@
 //! nothing of the registry. All are synchronous (store transactions): call them from a
 //! blocking thread, and make the result durable (`Store::durable`) after.
 
-use chrono::Utc;
-
 use super::context::ActorContext;
 use crate::domain::{Account, AccountId};
 use crate::incidents::{Incident, IncidentKind, OpenIncident};
@@ -45,7 +43,7 @@ pub fn open_incident(
         account_id: id.clone(),
         kind,
         details,
-        at: Utc::now(),
+        at: ctx.clock.now(),
         notify: ctx.alerts_on(),
     })?;
     if incident.occurrences == 1 {
@@ -105,7 +103,10 @@ pub fn resolve_incidents(
     let mut resolved = 0;
     let notify = ctx.alerts_on();
     for &kind in kinds {
-        if let Some(incident) = ctx.store.resolve_incident(id, kind, Utc::now(), notify)? {
+        if let Some(incident) = ctx
+            .store
+            .resolve_incident(id, kind, ctx.clock.now(), notify)?
+        {
             tracing::info!(account_id = %id, kind = %kind, incident_id = incident.id, "incident resolved");
             resolved += 1;
         }

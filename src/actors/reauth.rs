@@ -224,7 +224,7 @@ fn decide(
     id: &AccountId,
     entries: &[Read],
 ) -> Result<(Check, bool), StoreError> {
-    let now = Utc::now();
+    let now = ctx.clock.now();
     // The plan of the transaction run that committed (an earlier run's is replaced).
     let planned = std::cell::RefCell::new(None);
     ctx.store.update_login_state(id, &|account| {
@@ -442,7 +442,7 @@ pub async fn park_after_error(
     let token = token.clone();
     let parked = tokio::task::spawn_blocking(move || {
         let store = &task_ctx.store;
-        let now = Utc::now();
+        let now = task_ctx.clock.now();
         let (mark, details) = parked_mark(&code, request_id, "provider", after_seq, now);
         let stored = store.update_login_state(&task_id, &|account| {
             if account.access_token != token {

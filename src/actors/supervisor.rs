@@ -23,7 +23,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::context::ActorContext;
@@ -188,11 +187,8 @@ impl Actor for Supervisor {
                     match decision {
                         RestartDecision::Restart { delay } => {
                             record.restarts += 1;
-                            record.restart_due_at = Some(
-                                Utc::now()
-                                    + chrono::Duration::from_std(delay)
-                                        .unwrap_or(chrono::Duration::zero()),
-                            );
+                            record.restart_due_at =
+                                Some(crate::clock::after(self.ctx.clock.now(), delay));
                         }
                         RestartDecision::Quarantine { .. } => record.quarantined = true,
                     }
@@ -226,7 +222,7 @@ impl Actor for Supervisor {
                             Quarantine {
                                 reason,
                                 failures,
-                                since: Utc::now(),
+                                since: self.ctx.clock.now(),
                             },
                         );
                     }

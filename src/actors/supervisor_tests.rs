@@ -15,6 +15,7 @@ use crate::providers::test_support::EmptyProvider;
 use crate::providers::DynCursorSource;
 use crate::store::{IncomingWebhook, SledStore, SledStoreConfig, Store};
 use crate::sync::plaid::SyncParams;
+use chrono::Utc;
 
 struct Harness {
     ctx: Arc<ActorContext>,

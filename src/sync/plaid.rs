@@ -22,6 +22,7 @@ use std::sync::Arc;
 use chrono::{Duration as ChronoDuration, Utc};
 
 use super::{SyncError, SyncProgress, SyncReport};
+use crate::clock::Clock;
 use crate::domain::{Account, SyncOutcome, Transaction};
 use crate::providers::{CursorSource, ErrorClass, ProviderError};
 use crate::store::{ApplyMode, Store, StoreError, SyncCommit};
@@ -117,21 +118,39 @@ struct LoopResult {
     request_id: String,
 }
 
+/// What one sync works with: the account's cursor source, the store, the strategy's
+/// tunables, the progress it reports as it goes, and the clock its commit is stamped
+/// with.
+#[derive(Clone, Copy)]
+pub struct SyncEnv<'a> {
+    /// Where the pages come from.
+    pub provider: &'a dyn CursorSource,
+    /// Where the sync is committed.
+    pub store: &'a Arc<dyn Store>,
+    /// Page sizes, retries, the reconcile window.
+    pub params: &'a SyncParams,
+    /// Live progress, read by the status API.
+    pub progress: &'a SyncProgress,
+    /// Where "now" comes from.
+    pub clock: &'a dyn Clock,
+}
+
 /// Runs one sync of `account` and commits it, consuming the inbox entries `consumed`.
 pub async fn run_sync(
-    provider: &dyn CursorSource,
-    store: &Arc<dyn Store>,
+    env: &SyncEnv<'_>,
     account: &Account,
     consumed: Vec<u64>,
-    params: &SyncParams,
-    progress: &SyncProgress,
 ) -> Result<SyncReport, SyncError> {
-    let started_at = Utc::now();
+    let SyncEnv {
+        provider,
+        store,
+        params,
+        progress,
+        ..
+    } = *env;
+    let started_at = env.clock.now();
     if account.cursor.is_none() {
-        return initial_sync(
-            provider, store, account, consumed, params, progress, started_at,
-        )
-        .await;
+        return initial_sync(env, account, consumed, started_at).await;
     }
     let loop_started = std::time::Instant::now();
     match pagination_loop(
@@ -164,7 +183,7 @@ pub async fn run_sync(
                     consumed,
                     outcome: outcome.clone(),
                     started_at,
-                    finished_at: Utc::now(),
+                    finished_at: env.clock.now(),
                 },
             )
             .await?;
@@ -190,10 +209,7 @@ pub async fn run_sync(
                 request_id = e.request_id().unwrap_or(""),
                 "provider rejected the stored cursor, reconciling"
             );
-            reconcile(
-                provider, store, account, consumed, params, progress, started_at,
-            )
-            .await
+            reconcile(env, account, consumed, started_at).await
         }
         Err(e) => Err(e),
     }
@@ -205,16 +221,16 @@ pub async fn run_sync(
 /// first cursor. A restarted loop (mutation during pagination) or a crash throws the
 /// staged rows away and starts over, so nothing partial is ever visible.
 async fn initial_sync(
-    provider: &dyn CursorSource,
-    store: &Arc<dyn Store>,
+    env: &SyncEnv<'_>,
     account: &Account,
     consumed: Vec<u64>,
-    params: &SyncParams,
-    progress: &SyncProgress,
     started_at: chrono::DateTime<Utc>,
 ) -> Result<SyncReport, SyncError> {
+    let SyncEnv {
+        store, progress, ..
+    } = *env;
     let loop_started = std::time::Instant::now();
-    let staged = stage_all_pages(provider, store, account, params, progress).await?;
+    let staged = stage_all_pages(env, account).await?;
     let fetched = std::time::Instant::now();
     let outcome = SyncOutcome::Committed {
         added: staged.added,
@@ -235,7 +251,7 @@ async fn initial_sync(
             consumed,
             outcome: outcome.clone(),
             started_at,
-            finished_at: Utc::now(),
+            finished_at: env.clock.now(),
         },
     )
     .await?;
@@ -263,16 +279,13 @@ struct Staged {
 
 /// Stages every page of the first sync, starting the loop over (staged rows cleared)
 /// on mutation during pagination, up to `params.max_loop_restarts` times.
-async fn stage_all_pages(
-    provider: &dyn CursorSource,
-    store: &Arc<dyn Store>,
-    account: &Account,
-    params: &SyncParams,
-    progress: &SyncProgress,
-) -> Result<Staged, SyncError> {
+async fn stage_all_pages(env: &SyncEnv<'_>, account: &Account) -> Result<Staged, SyncError> {
+    let SyncEnv {
+        params, progress, ..
+    } = *env;
     let mut restarts = 0u32;
     loop {
-        if let Some(staged) = stage_one_loop(provider, store, account, params, progress).await? {
+        if let Some(staged) = stage_one_loop(env, account).await? {
             return Ok(staged);
         }
         restarts += 1;
@@ -286,13 +299,14 @@ async fn stage_all_pages(
 /// One loop of the first sync from no cursor: clears what an earlier loop staged, then
 /// stages each page while the next is fetched. `None`: the provider reported a mutation
 /// during pagination and the loop must start over.
-async fn stage_one_loop(
-    provider: &dyn CursorSource,
-    store: &Arc<dyn Store>,
-    account: &Account,
-    params: &SyncParams,
-    progress: &SyncProgress,
-) -> Result<Option<Staged>, SyncError> {
+async fn stage_one_loop(env: &SyncEnv<'_>, account: &Account) -> Result<Option<Staged>, SyncError> {
+    let SyncEnv {
+        provider,
+        store,
+        params,
+        progress,
+        ..
+    } = *env;
     blocking(store, {
         let id = account.id.clone();
         move |s| s.clear_rows(&id)
@@ -412,16 +426,20 @@ async fn pagination_loop(
 /// The reconcile path after a rejected cursor: a fresh cursor first, then the full
 /// window as the complete set, then an immediate follow-up sync from the new cursor.
 async fn reconcile(
-    provider: &dyn CursorSource,
-    store: &Arc<dyn Store>,
+    env: &SyncEnv<'_>,
     account: &Account,
     consumed: Vec<u64>,
-    params: &SyncParams,
-    progress: &SyncProgress,
     started_at: chrono::DateTime<Utc>,
 ) -> Result<SyncReport, SyncError> {
+    let SyncEnv {
+        provider,
+        store,
+        params,
+        progress,
+        ..
+    } = *env;
     let fresh = pagination_loop(provider, account, None, params, progress).await?;
-    let window = list_window(provider, account, params, progress).await?;
+    let window = list_window(env, account).await?;
     let rows = reconciled_rows(fresh.upserts, window);
     let outcome = SyncOutcome::Committed {
         added: rows.len() as u64,
@@ -442,7 +460,7 @@ async fn reconcile(
             consumed,
             outcome: outcome.clone(),
             started_at,
-            finished_at: Utc::now(),
+            finished_at: env.clock.now(),
         },
     )
     .await?;
@@ -482,14 +500,15 @@ fn reconciled_rows(fresh: Vec<Transaction>, window: Vec<Transaction>) -> Vec<Tra
 /// tomorrow: a provider's "today" may be ahead of ours). Offset paging is only
 /// consistent while the set does not change, so the listing is retried when the total
 /// moved or ids repeat.
-async fn list_window(
-    provider: &dyn CursorSource,
-    account: &Account,
-    params: &SyncParams,
-    progress: &SyncProgress,
-) -> Result<Vec<Transaction>, SyncError> {
+async fn list_window(env: &SyncEnv<'_>, account: &Account) -> Result<Vec<Transaction>, SyncError> {
+    let SyncEnv {
+        provider,
+        params,
+        progress,
+        ..
+    } = *env;
     const ATTEMPTS: u32 = 5;
-    let today = Utc::now().date_naive();
+    let today = env.clock.now().date_naive();
     let start = today - ChronoDuration::days(params.window_days);
     let end = today + ChronoDuration::days(1);
     'attempt: for _ in 0..ATTEMPTS {
@@ -578,6 +597,22 @@ impl Fold {
 
 #[cfg(test)]
 mod tests {
+    /// The environment of a test sync, on the system clock.
+    fn env<'a>(
+        provider: &'a dyn CursorSource,
+        store: &'a Arc<dyn Store>,
+        params: &'a SyncParams,
+        progress: &'a SyncProgress,
+    ) -> SyncEnv<'a> {
+        SyncEnv {
+            provider,
+            store,
+            params,
+            progress,
+            clock: &crate::clock::SystemClock,
+        }
+    }
+
     use super::*;
     use crate::providers::test_support::{cursor_rejected, delta, window, FnProvider};
     use chrono::NaiveDate;
@@ -674,9 +709,13 @@ mod tests {
         // No retries: the 500 on the second page fails the first sync.
         let no_retries = SyncParams::default();
         let stored = store.get_account(&account.id).unwrap().expect("linked");
-        let error = run_sync(&provider, &store, &stored, vec![], &no_retries, &progress)
-            .await
-            .expect_err("fails without retries");
+        let error = run_sync(
+            &env(&provider, &store, &no_retries, &progress),
+            &stored,
+            vec![],
+        )
+        .await
+        .expect_err("fails without retries");
         assert_eq!(error.code(), "INTERNAL_SERVER_ERROR");
         failed_once.lock().unwrap().clear();
         calls.store(0, Ordering::SeqCst);
@@ -686,13 +725,13 @@ mod tests {
             page_retry_delay: std::time::Duration::from_millis(1),
             ..SyncParams::default()
         };
-        run_sync(&provider, &store, &stored, vec![], &params, &progress)
+        run_sync(&env(&provider, &store, &params, &progress), &stored, vec![])
             .await
             .expect("first sync retries its second page");
         assert_eq!(calls.load(Ordering::SeqCst), 3, "page 1, the 500, page 2");
         let stored = store.get_account(&account.id).unwrap().expect("linked");
         assert_eq!(stored.cursor.as_deref(), Some("c1"));
-        run_sync(&provider, &store, &stored, vec![], &params, &progress)
+        run_sync(&env(&provider, &store, &params, &progress), &stored, vec![])
             .await
             .expect("delta sync retries its page");
         assert_eq!(calls.load(Ordering::SeqCst), 5, "then the 500 and the page");
@@ -732,13 +771,13 @@ mod tests {
             .expect("seeds the cursor");
 
         let stored = store.get_account(&account.id).unwrap().expect("linked");
-        let report = run_sync(&provider, &store, &stored, vec![], &params, &progress)
+        let report = run_sync(&env(&provider, &store, &params, &progress), &stored, vec![])
             .await
             .expect("reconciles");
         assert!(report.follow_up, "the reconcile path asks for a follow-up");
         let stored = store.get_account(&account.id).unwrap().expect("linked");
         assert_eq!(stored.cursor.as_deref(), Some("c1"));
-        run_sync(&provider, &store, &stored, vec![], &params, &progress)
+        run_sync(&env(&provider, &store, &params, &progress), &stored, vec![])
             .await
             .expect("follow-up syncs");
 

@@ -3,7 +3,9 @@
 //! scans) runs in the sync task, and timers come back as messages, so no handler blocks.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ractor::{ActorProcessingErr, ActorRef};
@@ -85,7 +87,7 @@ impl AccountActor {
         state.resumed_during_sync = false;
         state.sync_started = Instant::now();
         state.sync_reason = Some(reason);
-        state.sync_started_at = Some(Utc::now());
+        state.sync_started_at = Some(state.clock.now());
         state.event("sync_started", reason.name());
         state.progress = Arc::new(SyncProgress::default());
         let ctx = self.ctx.clone();
@@ -219,21 +221,14 @@ impl AccountActor {
     /// Leaves the registry, then stops. Anything sent to this actor after the registry
     /// dropped it goes to a new activation; a webhook that reached the store just before
     /// is caught by the pending-inbox check and handed to that new activation.
-    fn passivate(
+    async fn passivate(
         &self,
         myself: &ActorRef<AccountMessage>,
         state: &mut AccountState,
     ) -> Result<(), ActorProcessingErr> {
         // Work already waiting is synced, not handed over (unless it is marked failed:
         // then it waits for a resume; or parked: then only webhooks it has not checked).
-        let store = self.ctx.store.as_ref();
-        if has_new_work(
-            store,
-            &state.id,
-            state.gave_up,
-            state.needs_reauth,
-            state.checked_seq,
-        )? {
+        if self.new_work(state).await? {
             self.start_sync(myself, state, SyncReason::Activation);
             return Ok(());
         }
@@ -244,14 +239,7 @@ impl AccountActor {
         // have been sent to this mailbox, which stopping discards: hand it to a new
         // activation. If the store cannot tell, hand over anyway (an empty sync is
         // harmless; a stranded event is not).
-        let pending = has_new_work(
-            self.ctx.store.as_ref(),
-            &state.id,
-            state.gave_up,
-            state.needs_reauth,
-            state.checked_seq,
-        )
-        .unwrap_or(!state.gave_up);
+        let pending = self.new_work(state).await.unwrap_or(!state.gave_up);
         tracing::debug!(account_id = %state.id, pending, "passivating idle actor");
         state.event("passivating", String::new());
         myself.stop(Some("passivated".to_string()));
@@ -268,24 +256,43 @@ impl AccountActor {
     }
 }
 
-/// Whether the account has inbox work its actor should look at: none while it is
-/// marked failed; only entries newer than the last check while it is parked.
-fn has_new_work(
-    store: &dyn crate::store::Store,
-    id: &AccountId,
-    gave_up: bool,
-    needs_reauth: bool,
-    checked_seq: u64,
-) -> Result<bool, StoreError> {
+/// The sequence numbers of the account's pending inbox entries.
+pub(super) fn pending_seqs(store: &dyn Store, id: &AccountId) -> Result<Vec<u64>, StoreError> {
+    Ok(store.pending_inbox(id)?.iter().map(|e| e.seq).collect())
+}
+
+/// Whether inbox entries `pending` (their sequence numbers) are work the actor should
+/// look at: none while it is marked failed; only entries newer than the last check
+/// while it is parked.
+fn has_new_work(pending: &[u64], gave_up: bool, needs_reauth: bool, checked_seq: u64) -> bool {
     if gave_up {
-        return Ok(false);
+        return false;
     }
-    let pending = store.pending_inbox(id)?;
-    Ok(if needs_reauth {
-        pending.iter().any(|entry| entry.seq > checked_seq)
+    if needs_reauth {
+        pending.iter().any(|seq| *seq > checked_seq)
     } else {
         !pending.is_empty()
-    })
+    }
+}
+
+impl AccountActor {
+    /// [`has_new_work`] over the inbox as stored now (no store read while marked failed).
+    async fn new_work(&self, state: &AccountState) -> Result<bool, StoreError> {
+        if state.gave_up {
+            return Ok(false);
+        }
+        let id = state.id.clone();
+        let pending = self
+            .ctx
+            .blocking(move |ctx| pending_seqs(ctx.store.as_ref(), &id))
+            .await?;
+        Ok(has_new_work(
+            &pending,
+            state.gave_up,
+            state.needs_reauth,
+            state.checked_seq,
+        ))
+    }
 }
 
 impl AccountActor {
@@ -398,7 +405,7 @@ impl AccountActor {
 
     /// A failed sync: back off or give up as the task recorded, unless a resume arrived
     /// during the attempt, which then wins.
-    pub(super) fn on_failed(
+    pub(super) async fn on_failed(
         &self,
         myself: &ActorRef<AccountMessage>,
         state: &mut AccountState,
@@ -414,14 +421,26 @@ impl AccountActor {
         // resume wins, as if it came a moment later. No waiting out the backoff, no
         // giving up.
         if state.gave_up {
-            // Small blocking writes, as elsewhere in this handler; a failure is logged,
-            // not fatal: the resume still syncs, and its commit clears what is left.
-            let store = &self.ctx.store;
-            if let Err(error) = store.set_sync_gave_up(&state.id, None) {
+            // Two small writes off the runtime threads; a failure is logged, not fatal:
+            // the resume still syncs, and its commit clears what is left.
+            let id = state.id.clone();
+            let written = self
+                .ctx
+                .blocking(move |ctx| {
+                    Ok((
+                        ctx.store.set_sync_gave_up(&id, None).err(),
+                        resolve_incidents(ctx, &id, &[IncidentKind::SyncFailed]).err(),
+                    ))
+                })
+                .await;
+            let (mark, incident) = match written {
+                Ok(errors) => errors,
+                Err(error) => (Some(error), None),
+            };
+            if let Some(error) = mark {
                 tracing::warn!(account_id = %state.id, %error, "could not clear the failed mark after a resume");
             }
-            if let Err(error) = resolve_incidents(&self.ctx, &state.id, &[IncidentKind::SyncFailed])
-            {
+            if let Some(error) = incident {
                 tracing::warn!(account_id = %state.id, %error, "could not resolve the sync_failed incident after a resume");
             }
             state.gave_up = false;
@@ -508,14 +527,14 @@ impl AccountActor {
     }
 
     /// Passivates an actor idle for `actors.passivate_after`.
-    pub(super) fn on_idle_check(
+    pub(super) async fn on_idle_check(
         &self,
         myself: &ActorRef<AccountMessage>,
         state: &mut AccountState,
     ) -> Result<(), ActorProcessingErr> {
         let idle_for = state.last_activity.elapsed();
         if state.phase == Phase::Idle && idle_for >= self.ctx.settings.passivate_after {
-            self.passivate(myself, state)?;
+            self.passivate(myself, state).await?;
         }
         Ok(())
     }
@@ -527,7 +546,7 @@ impl AccountActor {
 /// or syncing at once when work is pending.
 pub(super) fn first_phase(
     myself: &ActorRef<AccountMessage>,
-    store: &dyn Store,
+    pending: &[u64],
     account: &Account,
     retry: Option<&RetryRecord>,
     mailbox: &MailboxCounter,
@@ -544,7 +563,7 @@ pub(super) fn first_phase(
         _ if account.needs_reauth.is_some() => {
             let relinked = account.needs_reauth.as_ref().is_some_and(|p| p.relinked);
             activated = "parked: needs reauth".to_string();
-            if relinked || has_new_work(store, &account.id, false, true, checked_seq)? {
+            if relinked || has_new_work(pending, false, true, checked_seq) {
                 mailbox_sent(mailbox);
                 myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;
             }
@@ -566,8 +585,7 @@ pub(super) fn first_phase(
         _ => {
             // Work that arrived while passivated, a due retry, or a first sync never
             // done starts now.
-            let pending = !store.pending_inbox(&account.id)?.is_empty();
-            if pending || retry.is_some() || account.cursor.is_none() {
+            if !pending.is_empty() || retry.is_some() || account.cursor.is_none() {
                 activated = "pending work: syncing".to_string();
                 mailbox_sent(mailbox);
                 myself.send_message(AccountMessage::SyncRequested(SyncReason::Activation))?;

@@ -23,7 +23,9 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -176,29 +178,36 @@ impl Actor for AccountActor {
         id: AccountId,
     ) -> Result<Self::State, ActorProcessingErr> {
         self.registry.register_actor(myself.get_id(), &id);
-        let store = &self.ctx.store;
-        let account = store
-            .get_account(&id)?
-            .ok_or_else(|| format!("account {id} does not exist"))?;
+        // Everything activation reads, in one hop off the runtime threads.
+        let load = id.clone();
+        let loaded = self
+            .ctx
+            .blocking(move |ctx| {
+                let Some(account) = ctx.store.get_account(&load)? else {
+                    return Ok(None);
+                };
+                if account.status != LinkStatus::Linked {
+                    return Ok(Some((account, None, Vec::new())));
+                }
+                ensure_mark_incidents(ctx, &account)?;
+                let retry = ctx.store.retry_of(&load)?;
+                let pending = machine::pending_seqs(ctx.store.as_ref(), &load)?;
+                Ok(Some((account, retry, pending)))
+            })
+            .await?;
+        let (account, retry, pending) =
+            loaded.ok_or_else(|| format!("account {id} does not exist"))?;
         if account.status != LinkStatus::Linked {
             return Err(format!("account {id} is unlinked").into());
         }
-        ensure_mark_incidents(&self.ctx, &account)?;
         let gave_up = account.failed.is_some();
         let checked_seq = account.needs_reauth.as_ref().map_or(0, |p| p.after_seq);
         let needs_reauth = account.needs_reauth.is_some();
-        let retry = store.retry_of(&id)?;
         let clock = self.ctx.clock.clone();
         let now = clock.now();
         let mailbox = self.registry.mailbox_counter(myself.get_id());
-        let (phase, activated) = machine::first_phase(
-            &myself,
-            store.as_ref(),
-            &account,
-            retry.as_ref(),
-            &mailbox,
-            now,
-        )?;
+        let (phase, activated) =
+            machine::first_phase(&myself, &pending, &account, retry.as_ref(), &mailbox, now)?;
         let check_every = (self.ctx.settings.passivate_after / 2).max(Duration::from_millis(10));
         let idle_mailbox = mailbox.clone();
         let idle_timer = myself.send_interval(check_every, move || {
@@ -244,11 +253,13 @@ impl Actor for AccountActor {
         match message {
             AccountMessage::SyncRequested(reason) => self.on_sync_requested(&myself, state, reason),
             AccountMessage::SyncFinished(Ok(report)) => self.on_committed(&myself, state, report),
-            AccountMessage::SyncFinished(Err(failure)) => self.on_failed(&myself, state, failure),
+            AccountMessage::SyncFinished(Err(failure)) => {
+                self.on_failed(&myself, state, failure).await
+            }
             AccountMessage::Parked(report) => self.on_parked(&myself, state, report),
             AccountMessage::Resume => self.on_resume(&myself, state),
             AccountMessage::Due(number) => self.on_due(&myself, state, number),
-            AccountMessage::IdleCheck => self.on_idle_check(&myself, state)?,
+            AccountMessage::IdleCheck => self.on_idle_check(&myself, state).await?,
             // The caller may have timed out and gone; nothing to do then.
             AccountMessage::Status(reply) => {
                 let _ = reply.send(state.snapshot());

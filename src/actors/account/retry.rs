@@ -96,7 +96,7 @@ pub(super) async fn record_failure(
         &ctx.settings,
         error,
         previous_attempts,
-        Utc::now(),
+        ctx.clock.now(),
         &mut rand::thread_rng(),
     );
     let store = ctx.store.clone();
@@ -107,7 +107,7 @@ pub(super) async fn record_failure(
     let request_id = error.request_id();
     let reason = error.to_string();
     let recorded = tokio::task::spawn_blocking(move || {
-        let now = Utc::now();
+        let now = incident_ctx.clock.now();
         store.record_sync_failed(&failed_id, outcome, now)?;
         match plan {
             RetryPlan::Retry { attempt, until, .. } => store.record_retry(&RetryRecord {

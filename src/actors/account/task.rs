@@ -5,14 +5,12 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
-
 use super::retry::{record_failure, SyncFailure};
 use crate::actors::context::ActorContext;
 use crate::actors::reauth;
 use crate::domain::AccountId;
 use crate::store::StoreError;
-use crate::sync::plaid::run_sync;
+use crate::sync::plaid::{run_sync, SyncEnv};
 use crate::sync::{SyncError, SyncProgress, SyncReport};
 
 /// What a sync task that stopped at the needs-reauth check reports.
@@ -58,15 +56,14 @@ pub(super) async fn sync_once(
             Err(error) => return failed(ctx, id, SyncError::Store(error), attempt).await,
         }
         let provider = ctx.provider(prepared.account.provider);
-        let result = run_sync(
-            provider.as_ref(),
-            &ctx.store,
-            &prepared.account,
-            prepared.consumed,
-            &ctx.sync_params,
+        let env = SyncEnv {
+            provider: provider.as_ref(),
+            store: &ctx.store,
+            params: &ctx.sync_params,
             progress,
-        )
-        .await;
+            clock: ctx.clock.as_ref(),
+        };
+        let result = run_sync(&env, &prepared.account, prepared.consumed).await;
         let error = match result {
             Ok(report) => {
                 reauth::after_commit(ctx, id).await;
@@ -118,6 +115,7 @@ async fn prepare(ctx: &ActorContext, id: &AccountId) -> Result<Prepared, SyncErr
     // The store reads and the "started" record run on a blocking thread: sled calls can
     // wait on its global lock, and this task runs on an async worker.
     let store = ctx.store.clone();
+    let clock = ctx.clock.clone();
     let sync_id = id.clone();
     let prepared = tokio::task::spawn_blocking(move || {
         let account = store
@@ -125,7 +123,7 @@ async fn prepare(ctx: &ActorContext, id: &AccountId) -> Result<Prepared, SyncErr
             .ok_or(StoreError::AccountNotFound(sync_id.clone()))?;
         // A parked account's check is not a sync: its status keeps the last real one.
         if account.needs_reauth.is_none() {
-            store.record_sync_started(&sync_id, Utc::now())?;
+            store.record_sync_started(&sync_id, clock.now())?;
         }
         // Claimed before the first fetch: a repeat arriving from now on is kept as a new
         // event, since this sync may already be reading older data.
