@@ -22,12 +22,12 @@ use secrecy::{ExposeSecret, SecretBox};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::alerts::{event_body, message_id};
+use super::alerts::message_id;
 use super::signing::{decode_secret, origin_of, sign};
 use crate::backoff::backoff_delay;
 use crate::clock::SharedClock;
 use crate::config::AlertSettings;
-use crate::incidents::AlertRecord;
+use crate::store::OutboxMessage;
 use crate::store::{Store, StoreError};
 
 /// Most alerts read from the outbox per pass.
@@ -131,7 +131,7 @@ impl AlertSender {
         // Only due alerts, earliest due first: during a receiver outage the oldest
         // alerts wait out their backoff, and must not use up the batch of those behind.
         let store = self.store.clone();
-        let due = tokio::task::spawn_blocking(move || store.due_alerts(now, BATCH))
+        let due = tokio::task::spawn_blocking(move || store.due_outbox(now, BATCH))
             .await
             .map_err(|e| StoreError::Io(format!("outbox read failed: {e}")))??;
         // Read first, then made durable: everything announced below is on disk (an
@@ -145,11 +145,10 @@ impl AlertSender {
             if now - record.created_at > max_age {
                 tracing::error!(
                     alert_id = record.id,
-                    incident_id = record.incident.id,
                     attempts = record.attempts,
                     "alert dropped undelivered past its max age"
                 );
-                self.store.remove_alert(record.id)?;
+                self.store.remove_outbox(record.id)?;
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 pass.dropped += 1;
                 continue;
@@ -160,7 +159,7 @@ impl AlertSender {
                 + chrono::Duration::from_std(started.elapsed()).unwrap_or(chrono::Duration::zero());
             match self.deliver(&record, attempted_at).await {
                 Ok(()) => {
-                    self.store.remove_alert(record.id)?;
+                    self.store.remove_outbox(record.id)?;
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     pass.delivered += 1;
                 }
@@ -182,7 +181,7 @@ impl AlertSender {
                         "alert delivery failed"
                     );
                     record.last_error = Some(error);
-                    self.store.update_alert(&record)?;
+                    self.store.update_outbox(&record)?;
                     self.counters
                         .failed_attempts
                         .fetch_add(1, Ordering::Relaxed);
@@ -192,13 +191,13 @@ impl AlertSender {
         }
         // Read after the pass: rescheduled failures, alerts not yet due, and due ones
         // beyond this batch (then it is `now` or earlier and the next pass runs at once).
-        pass.next_due = self.store.next_alert_due()?;
+        pass.next_due = self.store.next_outbox_due()?;
         Ok(pass)
     }
 
     /// One signed POST; `Err` carries a short reason (no secrets).
-    async fn deliver(&self, record: &AlertRecord, now: DateTime<Utc>) -> Result<(), String> {
-        let body = event_body(record);
+    async fn deliver(&self, record: &OutboxMessage, now: DateTime<Utc>) -> Result<(), String> {
+        let body = record.payload.as_bytes().to_vec();
         let id = message_id(record);
         let timestamp = now.timestamp();
         let signature = sign(self.key.expose_secret(), &id, timestamp, &body);

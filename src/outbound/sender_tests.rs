@@ -197,7 +197,7 @@ async fn a_failing_receiver_gets_retries_with_backoff_then_exactly_one_delivery(
         due2 > due1 && due2 <= due1 + chrono::Duration::seconds(20),
         "{due2}"
     );
-    let record = &store.pending_alerts(10).expect("outbox")[0];
+    let record = &store.pending_outbox(10).expect("outbox")[0];
     assert_eq!(record.attempts, 2);
     assert!(
         record.last_error.as_deref().unwrap_or("").contains("503"),
@@ -212,7 +212,7 @@ async fn a_failing_receiver_gets_retries_with_backoff_then_exactly_one_delivery(
         .await
         .expect("pass");
     assert_eq!(later, AlertPass::default());
-    assert!(store.pending_alerts(10).expect("outbox").is_empty());
+    assert!(store.pending_outbox(10).expect("outbox").is_empty());
 
     let seen = receiver.seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), 3, "two failures, one delivery");
@@ -265,7 +265,7 @@ async fn undelivered_alerts_survive_a_restart_and_are_dropped_past_their_max_age
         .await
         .expect("pass");
     assert_eq!((pass.dropped, pass.failed), (1, 0));
-    assert!(store.pending_alerts(10).expect("outbox").is_empty());
+    assert!(store.pending_outbox(10).expect("outbox").is_empty());
     assert_eq!(receiver.seen.lock().expect("lock").len(), 1);
 }
 
@@ -317,7 +317,7 @@ async fn alerts_behind_a_failing_batch_are_still_tried_during_an_outage() {
         .collect();
     assert_eq!(ids.len(), BATCH + behind, "every alert was tried once");
     assert_eq!(
-        store.pending_alerts(1000).expect("outbox").len(),
+        store.pending_outbox(1000).expect("outbox").len(),
         BATCH + behind
     );
 }

@@ -388,7 +388,7 @@ async fn due_entries_survive_shutdown_and_reopen() {
         entry(DueKind::Retry, "acc_a", t0() + ms(1), "payload"),
         entry(
             DueKind::Outbox,
-            &DueKind::alert_subject(3),
+            &DueKind::outbox_subject(3),
             t0() + minutes(1),
             "",
         ),
