@@ -1,6 +1,6 @@
-//! The alert sender against a local receiver on port 0, driven with an injected clock:
+//! The sender against local receivers on port 0, driven with an injected clock:
 //! signatures verified by an independent HMAC, retries with backoff, exactly-once
-//! delivery, the max age.
+//! delivery, the max age (through the alerts' destination).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,8 +14,11 @@ use secrecy::SecretString;
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::config::AlertSettings;
 use crate::domain::AccountId;
 use crate::incidents::{Incident, IncidentKind, OpenIncident};
+use crate::outbound::signing::decode_secret;
+use crate::outbound::{alerts, Destinations};
 use crate::store::{Durability, IncidentStore, OutboxStore};
 use crate::store::{SledStore, SledStoreConfig};
 
@@ -114,6 +117,16 @@ fn settings(url: &str) -> AlertSettings {
     }
 }
 
+/// The alerts' sender, as the app builds it from `settings`.
+fn alert_sender(store: Arc<SledStore>, settings: &AlertSettings) -> Sender {
+    let endpoint = alerts::endpoint(settings)
+        .expect("builds")
+        .expect("configured");
+    let error_wait = endpoint.retry_initial;
+    let destinations = Destinations::with_alerts(endpoint);
+    Sender::new(store, Arc::new(destinations), error_wait).expect("builds")
+}
+
 fn t0() -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
         .single()
@@ -160,9 +173,7 @@ async fn a_failing_receiver_gets_retries_with_backoff_then_exactly_one_delivery(
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open_store(&dir);
     let (url, receiver) = spawn_receiver(2).await;
-    let sender = AlertSender::new(store.clone(), &settings(&url))
-        .expect("builds")
-        .expect("configured");
+    let sender = alert_sender(store.clone(), &settings(&url));
     let incident = raise(&store, t0());
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
 
@@ -182,9 +193,9 @@ async fn a_failing_receiver_gets_retries_with_backoff_then_exactly_one_delivery(
         .expect("pass");
     assert_eq!(
         early,
-        AlertPass {
+        Pass {
             next_due: Some(due1),
-            ..AlertPass::default()
+            ..Pass::default()
         }
     );
     assert_eq!(receiver.seen.lock().expect("lock").len(), 1);
@@ -211,7 +222,7 @@ async fn a_failing_receiver_gets_retries_with_backoff_then_exactly_one_delivery(
         .pass(due2 + chrono::Duration::hours(1), &mut rng)
         .await
         .expect("pass");
-    assert_eq!(later, AlertPass::default());
+    assert_eq!(later, Pass::default());
     assert!(store.pending_outbox(10).expect("outbox").is_empty());
 
     let seen = receiver.seen.lock().expect("lock").clone();
@@ -251,9 +262,7 @@ async fn undelivered_alerts_survive_a_restart_and_are_dropped_past_their_max_age
         store.shutdown().await.expect("shutdown");
     }
     let store = open_store(&dir);
-    let sender = AlertSender::new(store.clone(), &settings(&url))
-        .expect("builds")
-        .expect("configured");
+    let sender = alert_sender(store.clone(), &settings(&url));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
     let pass = sender.pass(t0(), &mut rng).await.expect("pass");
     assert_eq!(
@@ -277,9 +286,7 @@ async fn alerts_behind_a_failing_batch_are_still_tried_during_an_outage() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = open_store(&dir);
     let (url, receiver) = spawn_receiver(u32::MAX).await;
-    let sender = AlertSender::new(store.clone(), &settings(&url))
-        .expect("builds")
-        .expect("configured");
+    let sender = alert_sender(store.clone(), &settings(&url));
     let behind = 30;
     for n in 0..BATCH + behind {
         store
@@ -325,8 +332,8 @@ async fn alerts_behind_a_failing_batch_are_still_tried_during_an_outage() {
 #[test]
 fn origin_drops_path_and_query() {
     assert_eq!(
-        super::origin_of("https://hooks.example.com:8443/services/T0/B0/SECRET?token=x"),
+        crate::outbound::origin_of("https://hooks.example.com:8443/services/T0/B0/SECRET?token=x"),
         "https://hooks.example.com:8443"
     );
-    assert_eq!(super::origin_of("not a url"), "<invalid url>");
+    assert_eq!(crate::outbound::origin_of("not a url"), "<invalid url>");
 }
