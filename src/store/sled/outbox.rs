@@ -244,6 +244,38 @@ impl OutboxStore for SledStore {
     }
 }
 
+/// A standalone enqueue, for tests of the sender that need messages of destinations no
+/// change produces (users enqueue inside their change's transaction).
+#[cfg(test)]
+impl SledStore {
+    pub(crate) fn enqueue_for_test(
+        &self,
+        destination: Destination,
+        payload: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> u64 {
+        let id = self.files.db.generate_id().expect("id");
+        let message = OutboxMessage {
+            id,
+            destination,
+            event_type: "test.event".to_string(),
+            payload: JsonBody::of(payload).expect("body"),
+            created_at: at,
+            next_attempt_at: at,
+            attempts: 0,
+            last_error: None,
+        };
+        self.outbox
+            .insert(
+                keys::id_key(id),
+                keys::encode(OUTBOX, &message).expect("encode"),
+            )
+            .expect("insert");
+        self.update_outbox(&message).expect("index");
+        id
+    }
+}
+
 #[cfg(test)]
 #[path = "outbox_tests.rs"]
 mod tests;
