@@ -29,7 +29,7 @@ pub enum DueKind {
 }
 
 impl DueKind {
-    /// Every kind, in tie-break order.
+    /// Every kind, in tag order.
     pub const ALL: [DueKind; 3] = [DueKind::Retry, DueKind::Poll, DueKind::Outbox];
 
     /// The kind's stable one-byte tag (it is part of stored keys: never reuse one).

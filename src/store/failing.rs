@@ -197,11 +197,11 @@ impl DueIndex for FailingStore {
     }
     fn due_entries(
         &self,
-        now: DateTime<Utc>,
-        kind: Option<DueKind>,
+        until: DateTime<Utc>,
+        kind: DueKind,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        self.inner.due_entries(now, kind, limit)
+        self.inner.due_entries(until, kind, limit)
     }
     fn reschedule_due(
         &self,
@@ -218,7 +218,7 @@ impl DueIndex for FailingStore {
     fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError> {
         self.inner.due_entry_of(kind, subject)
     }
-    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    fn next_due(&self, kind: DueKind) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.inner.next_due(kind)
     }
     fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {

@@ -19,8 +19,8 @@
 //!   an incident opened or resolved enqueues its alert), so it exists exactly when its
 //!   change does;
 //! - retries, polls and the outbox share one due-time index ([`DueIndex`], keyed by
-//!   (time, [`DueKind`], subject)): every write that changes an entry does so in the
-//!   transaction of the change that calls for it.
+//!   ([`DueKind`], time, subject), read one kind at a time): every write that changes
+//!   an entry does so in the transaction of the change that calls for it.
 //!
 //! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
 //! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
@@ -354,8 +354,9 @@ pub trait RowStore {
     fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError>;
 }
 
-/// The due-time index: one durable timer keyed by (time, [`DueKind`], subject) that
-/// serves retries, polls and the outbox. The generic operations come first; the
+/// The due-time index: one durable timer keyed by ([`DueKind`], time, subject) that
+/// serves retries, polls and the outbox; every read is of one kind (a poll's time is
+/// its anchor, the others' their due time). The generic operations come first; the
 /// retry and polling methods are views over [`DueKind::Retry`] and [`DueKind::Poll`]
 /// entries (the outbox's live in [`OutboxStore`]). Readers read only the due part of
 /// the index, never every account.
@@ -364,13 +365,17 @@ pub trait DueIndex {
     /// subject has at most one per kind). Not durable until a later `durable()` resolves.
     fn schedule_due(&self, entry: &DueEntry) -> Result<(), StoreError>;
 
-    /// Up to `limit` entries due at or before `now` (to the millisecond), of `kind` or of
-    /// every kind, earliest first; ties go by kind, then subject. Reads only the due
-    /// part of the index.
+    /// Up to `limit` entries of `kind` whose time is at or before `until` (to the
+    /// millisecond), earliest first, ties by subject. Reads only that part of the index.
+    /// One kind at a time, because the kinds' times do not mean the same: for
+    /// [`DueKind::Poll`] the time is an anchor, not a due time (the store does not know
+    /// the polling interval), so a poll's "due" read passes `now - interval` (as
+    /// [`DueIndex::due_polls`] callers do), and a read across kinds would take every
+    /// poll for due.
     fn due_entries(
         &self,
-        now: DateTime<Utc>,
-        kind: Option<DueKind>,
+        until: DateTime<Utc>,
+        kind: DueKind,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError>;
 
@@ -390,8 +395,9 @@ pub trait DueIndex {
     /// The subject's entry of `kind`, if it has one.
     fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError>;
 
-    /// When the earliest entry (of `kind`, or of any kind) is due; `None` if there is none.
-    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// The earliest time among the entries of `kind` (for [`DueKind::Poll`], the oldest
+    /// anchor, not a due time); `None` if it has none.
+    fn next_due(&self, kind: DueKind) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Writes the account's retry record, replacing its previous one (an account has at
     /// most one). Not durable until a later `durable()` resolves.

@@ -39,8 +39,7 @@ pub(super) const INCIDENT_OPEN: &str = "incident_open";
 pub(super) const OUTBOX: &str = "outbox";
 /// The due-time index: (kind tag, due time in big-endian millis, subject) to the
 /// entry's payload, so one kind's due part is one range read from the kind's start.
-/// Byte order is (kind, time, subject); readers of several kinds merge their ranges
-/// into (time, kind, subject) order.
+/// Byte order is (kind, time, subject); every read is of one kind.
 pub(super) const DUE: &str = "due";
 /// (kind tag, subject) to the big-endian millis of the subject's entry in `due`: at most
 /// one entry per (kind, subject), found without a scan. Also holds [`DUE_MIGRATED`].
