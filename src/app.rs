@@ -28,7 +28,7 @@ use crate::domain::ProviderKind;
 use crate::http::auth::{resolve_admin_token, AdminTokenSource};
 use crate::http::health::Readiness;
 use crate::http::{router, AppState};
-use crate::outbound::AlertSender;
+use crate::outbound::{Destinations, Sender};
 use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::{DynCursorSource, DynProvider};
@@ -123,14 +123,18 @@ impl App {
         let readiness = Arc::new(Readiness::new());
         readiness.watch("supervisor", supervisor.get_cell());
         // Outbound alerts: the actors write the outbox and wake this one sender.
-        let alerts = match AlertSender::new(dyn_store.clone(), &settings.alerts)? {
-            Some(sender) => {
+        let alerts = match Destinations::from_settings(&settings)? {
+            Some(destinations) => {
                 let wake = Arc::new(tokio::sync::Notify::new());
-                actors.set_alert_notifier(wake.clone());
-                tracing::info!(
-                    receiver = %crate::outbound::origin_of(&settings.alerts.url),
-                    "outbound alerts on"
-                );
+                if let Some(alerts) = destinations.alerts() {
+                    actors.set_alert_notifier(wake.clone());
+                    tracing::info!(
+                        receiver = %crate::outbound::origin_of(&alerts.url),
+                        "outbound alerts on"
+                    );
+                }
+                let error_wait = destinations.error_wait();
+                let sender = Sender::new(dyn_store.clone(), Arc::new(destinations), error_wait)?;
                 Some(Arc::new(sender).spawn(wake, clock.clone()))
             }
             None => None,

@@ -6,7 +6,8 @@
 //! details and occurrence count) instead of piling up duplicates. When the condition is
 //! lifted (a successful sync, a resume, LOGIN_REPAIRED, a relink) its incident is
 //! resolved. Every open and resolve can enqueue an outbound alert in the same store
-//! transaction (see [`crate::alerts`]), so an alert exists exactly when its change does.
+//! transaction (see [`crate::outbound::alerts`]), so an alert exists exactly when its
+//! change does; [`IncidentEvent`] is that alert's body.
 
 use std::fmt;
 
@@ -193,21 +194,28 @@ pub enum AlertEventType {
     Resolved,
 }
 
-/// An outbound alert waiting in the outbox to be delivered.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct AlertRecord {
-    /// Store-assigned id; also the stable `webhook-id` of every delivery attempt.
-    pub id: u64,
+impl AlertEventType {
+    /// The event's `type` as sent: `incident.opened` or `incident.resolved`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertEventType::Opened => "incident.opened",
+            AlertEventType::Resolved => "incident.resolved",
+        }
+    }
+}
+
+/// The body of an alert, as POSTed to `alerts.url`: `{"type", "timestamp", "data":
+/// incident}`, in that field order. It is here, below the store, because the store
+/// builds it inside the transaction that changes the incident (the incident's id only
+/// exists there), and keeps the serialized bytes in the outbox so every attempt sends
+/// the same ones.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct IncidentEvent<'a> {
     /// What happened.
+    #[serde(rename = "type")]
     pub event_type: AlertEventType,
+    /// When it happened (the incident change's time, also the message's `created_at`).
+    pub timestamp: DateTime<Utc>,
     /// The incident as it was at that moment.
-    pub incident: Incident,
-    /// When it was enqueued (deliveries stop after `alerts.max_age`).
-    pub created_at: DateTime<Utc>,
-    /// When the next attempt is due.
-    pub next_attempt_at: DateTime<Utc>,
-    /// Failed attempts so far.
-    pub attempts: u32,
-    /// What the last failed attempt said.
-    pub last_error: Option<String>,
+    pub data: &'a Incident,
 }

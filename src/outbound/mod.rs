@@ -6,12 +6,19 @@
 //! retries with exponential backoff and full jitter, and gives up past a max age.
 //!
 //! - [`signing`]: Standard Webhooks secrets and signatures.
+//! - [`endpoint`]: where each destination's messages go ([`Endpoints`]).
 //! - [`sender`]: the delivery loop over the outbox's due-time index.
 //! - [`alerts`]: incident alerts, the first user of the outbox.
+//!
+//! A new user (subscriber webhooks, customer notifications) is a file here that says
+//! how its changes become messages and how its destination resolves to an endpoint,
+//! plus a `store::Destination` variant; the sender does not change.
 
 pub mod alerts;
+pub mod endpoint;
 pub mod sender;
 pub mod signing;
 
-pub use sender::{AlertError, AlertSender};
+pub use endpoint::{Destinations, Endpoint, Endpoints, OutboundError};
+pub use sender::{Pass, Sender, SenderCounters};
 pub use signing::{decode_secret, origin_of, sign};

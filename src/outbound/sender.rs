@@ -1,16 +1,17 @@
-//! The outbound sender. Today it delivers alerts: every incident opened or resolved is
-//! POSTed to `alerts.url`, signed with the Standard Webhooks scheme
-//! ([`super::signing`]), so an on-call tool hears about accounts that stopped syncing
-//! without polling `GET /v1/incidents`.
+//! The one sender: delivers every message of the outbox to its destination's endpoint,
+//! whoever enqueued it (alerts today; subscriber webhooks and notifications next).
 //!
-//! Alerts are written to the store's outbox in the same transaction as the incident
-//! change (see `Store::open_incident`), so an alert exists exactly when its change
-//! does, and survives restarts. One sender task delivers them: it makes the outbox
-//! durable first (never announce a change a crash could still undo), then POSTs the
-//! due alerts, earliest due first, read through the outbox's due-time index (so alerts
-//! waiting out a backoff never crowd out due ones); a 2xx removes it, anything else
-//! reschedules it with exponential backoff and full jitter, until `alerts.max_age` (then it is dropped and logged). The sender
-//! never runs on a sync's path: the actors only write the outbox and wake it.
+//! Messages are written to the store's outbox in the same transaction as the change
+//! they announce, so a message exists exactly when its change does, and survives
+//! restarts. One sender task delivers them: it makes the outbox durable first (never
+//! announce a change a crash could still undo), then POSTs the due messages, earliest
+//! due first, read through the outbox's due-time index (so messages waiting out a
+//! backoff never crowd out due ones), each signed with its endpoint's key
+//! ([`super::signing`]) over the exact bytes stored with it. A 2xx removes it; anything
+//! else reschedules it with exponential backoff and full jitter from its endpoint's
+//! retry policy, until the endpoint's max age (then it is dropped and logged). Time
+//! comes from the injected clock. The sender never runs on a sync's path: the actors
+//! only write the outbox and wake it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,193 +19,232 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rand::{Rng, SeedableRng as _};
-use secrecy::{ExposeSecret, SecretBox};
+use secrecy::ExposeSecret;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::alerts::{event_body, message_id};
-use super::signing::{decode_secret, origin_of, sign};
+use super::endpoint::{Endpoint, Endpoints, OutboundError};
+use super::signing::sign;
 use crate::backoff::backoff_delay;
 use crate::clock::SharedClock;
-use crate::config::AlertSettings;
-use crate::incidents::AlertRecord;
-use crate::store::{Store, StoreError};
+use crate::store::{OutboxMessage, Store, StoreError};
 
-/// Most alerts read from the outbox per pass.
+/// Most messages read from the outbox per pass.
 const BATCH: usize = 100;
-/// Longest the sender sleeps when nothing is scheduled (a wake-up comes sooner).
+/// Longest the sender sleeps when nothing is scheduled (a wake-up comes sooner); also
+/// how long a message whose destination has no endpoint waits before it is looked at
+/// again.
 const IDLE_WAIT: Duration = Duration::from_secs(60);
 
-/// Why the sender could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum AlertError {
-    /// The secret is not `whsec_` + base64.
-    #[error("alerts.secret must be whsec_ followed by a base64 key")]
-    BadSecret,
-    /// The HTTP client could not be built.
-    #[error("alert client: {0}")]
-    Client(String),
+/// The `webhook-id` of a message: stable across its retries.
+pub fn message_id(message: &OutboxMessage) -> String {
+    format!("msg_acctor_{}", message.id)
 }
 
 /// What one pass did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AlertPass {
-    /// Alerts delivered (2xx).
+pub struct Pass {
+    /// Messages delivered (2xx).
     pub delivered: u64,
     /// Attempts that failed and were rescheduled.
     pub failed: u64,
-    /// Alerts dropped past `alerts.max_age`.
+    /// Messages dropped past their endpoint's max age.
     pub dropped: u64,
-    /// When the earliest remaining alert is due (at or before the pass's `now` when
+    /// When the earliest remaining message is due (at or before the pass's `now` when
     /// more were due than one pass takes).
     pub next_due: Option<DateTime<Utc>>,
 }
 
 /// Counters of the sender (for metrics).
 #[derive(Debug, Default)]
-pub struct AlertCounters {
-    /// Alerts delivered since start.
+pub struct SenderCounters {
+    /// Messages delivered since start.
     pub delivered: AtomicU64,
     /// Failed attempts since start.
     pub failed_attempts: AtomicU64,
-    /// Alerts dropped past their max age since start.
+    /// Messages dropped past their max age since start.
     pub dropped: AtomicU64,
 }
 
-/// Delivers the outbox. Build with [`AlertSender::new`], run with [`AlertSender::spawn`]
-/// (or drive [`AlertSender::pass`] with an injected clock in tests).
-pub struct AlertSender {
+/// Delivers the outbox. Build with [`Sender::new`], run with [`Sender::spawn`] (or drive
+/// [`Sender::pass`] with an injected clock in tests).
+pub struct Sender {
     store: Arc<dyn Store>,
     client: reqwest::Client,
-    url: String,
-    key: SecretBox<Vec<u8>>,
-    settings: AlertSettings,
-    counters: AlertCounters,
+    endpoints: Arc<dyn Endpoints>,
+    error_wait: Duration,
+    counters: SenderCounters,
 }
 
-impl std::fmt::Debug for AlertSender {
+impl std::fmt::Debug for Sender {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AlertSender")
-            .field("url", &origin_of(&self.url))
-            .finish_non_exhaustive()
+        f.debug_struct("Sender").finish_non_exhaustive()
     }
 }
 
-impl AlertSender {
-    /// A sender for `settings`, `None` when alerts are off (no URL).
+/// `std` to `chrono`, saturating (a duration too long for chrono is "forever").
+fn chrono_of(duration: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(duration).unwrap_or(chrono::Duration::MAX)
+}
+
+impl Sender {
+    /// A sender of `store`'s outbox to `endpoints`; after a pass that failed (the store
+    /// could not be read or written) it waits `error_wait` before the next.
     pub fn new(
         store: Arc<dyn Store>,
-        settings: &AlertSettings,
-    ) -> Result<Option<AlertSender>, AlertError> {
-        if settings.url.is_empty() {
-            return Ok(None);
-        }
-        let key = decode_secret(&settings.secret).ok_or(AlertError::BadSecret)?;
+        endpoints: Arc<dyn Endpoints>,
+        error_wait: Duration,
+    ) -> Result<Sender, OutboundError> {
+        // Timeouts are per endpoint, set on each request.
         let client = reqwest::Client::builder()
-            .timeout(settings.request_timeout)
-            .connect_timeout(settings.request_timeout)
             .user_agent(concat!("acctor/", env!("CARGO_PKG_VERSION")))
             .build()
-            .map_err(|e| AlertError::Client(e.to_string()))?;
-        Ok(Some(AlertSender {
+            .map_err(|e| OutboundError::Client(e.to_string()))?;
+        Ok(Sender {
             store,
             client,
-            url: settings.url.clone(),
-            key,
-            settings: settings.clone(),
-            counters: AlertCounters::default(),
-        }))
+            endpoints,
+            error_wait,
+            counters: SenderCounters::default(),
+        })
     }
 
     /// The sender's counters.
-    pub fn counters(&self) -> &AlertCounters {
+    pub fn counters(&self) -> &SenderCounters {
         &self.counters
     }
 
-    /// Delivers up to one batch of the alerts due at `now`, earliest due first (one
+    /// Delivers up to one batch of the messages due at `now`, earliest due first (one
     /// attempt each), and reschedules failures.
     pub async fn pass(
         &self,
         now: DateTime<Utc>,
         rng: &mut (impl Rng + Send),
-    ) -> Result<AlertPass, StoreError> {
-        // Only due alerts, earliest due first: during a receiver outage the oldest
-        // alerts wait out their backoff, and must not use up the batch of those behind.
+    ) -> Result<Pass, StoreError> {
+        // Only due messages, earliest due first: during a receiver outage the oldest
+        // wait out their backoff, and must not use up the batch of those behind.
         let store = self.store.clone();
-        let due = tokio::task::spawn_blocking(move || store.due_alerts(now, BATCH))
+        let due = tokio::task::spawn_blocking(move || store.due_outbox(now, BATCH))
             .await
             .map_err(|e| StoreError::Io(format!("outbox read failed: {e}")))??;
-        // Read first, then made durable: everything announced below is on disk (an
-        // incident written just before the read is covered by this flush too).
+        // Read first, then made durable: everything announced below is on disk (a
+        // change written just before the read is covered by this flush too).
         self.store.durable().await?;
         let started = std::time::Instant::now();
-        let max_age =
-            chrono::Duration::from_std(self.settings.max_age).unwrap_or(chrono::Duration::MAX);
-        let mut pass = AlertPass::default();
-        for mut record in due {
-            if now - record.created_at > max_age {
-                tracing::error!(
-                    alert_id = record.id,
-                    incident_id = record.incident.id,
-                    attempts = record.attempts,
-                    "alert dropped undelivered past its max age"
-                );
-                self.store.remove_alert(record.id)?;
-                self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let mut pass = Pass::default();
+        for message in due {
+            let Some(endpoint) = self.endpoints.endpoint(&message.destination) else {
+                self.keep_for_later(message, now)?;
+                continue;
+            };
+            if now - message.created_at > chrono_of(endpoint.max_age) {
+                self.drop_expired(&endpoint, &message)?;
                 pass.dropped += 1;
                 continue;
             }
             // Each attempt is stamped with its own time: a slow receiver ahead in the
-            // batch must not make later alerts look stale to the receiver's tolerance.
-            let attempted_at = now
-                + chrono::Duration::from_std(started.elapsed()).unwrap_or(chrono::Duration::zero());
-            match self.deliver(&record, attempted_at).await {
+            // batch must not make later messages look stale to the receiver's tolerance.
+            let attempted_at =
+                now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
+            match self.deliver(&endpoint, &message, attempted_at).await {
                 Ok(()) => {
-                    self.store.remove_alert(record.id)?;
+                    self.store.remove_outbox(message.id)?;
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     pass.delivered += 1;
                 }
                 Err(error) => {
-                    record.attempts = record.attempts.saturating_add(1);
-                    let delay = backoff_delay(
-                        self.settings.retry_initial,
-                        self.settings.retry_max,
-                        record.attempts,
-                        rng,
-                    );
-                    record.next_attempt_at =
-                        now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero());
-                    tracing::warn!(
-                        alert_id = record.id,
-                        attempt = record.attempts,
-                        %error,
-                        retry_in_ms = delay.as_millis() as u64,
-                        "alert delivery failed"
-                    );
-                    record.last_error = Some(error);
-                    self.store.update_alert(&record)?;
-                    self.counters
-                        .failed_attempts
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.reschedule(&endpoint, message, error, now, rng)?;
                     pass.failed += 1;
                 }
             }
         }
-        // Read after the pass: rescheduled failures, alerts not yet due, and due ones
+        // Read after the pass: rescheduled failures, messages not yet due, and due ones
         // beyond this batch (then it is `now` or earlier and the next pass runs at once).
-        pass.next_due = self.store.next_alert_due()?;
+        pass.next_due = self.store.next_outbox_due()?;
         Ok(pass)
     }
 
+    /// Gives up on a message past its endpoint's max age.
+    fn drop_expired(&self, endpoint: &Endpoint, message: &OutboxMessage) -> Result<(), StoreError> {
+        tracing::error!(
+            destination = message.destination.name(),
+            message_id = message.id,
+            event_type = %message.event_type,
+            attempts = message.attempts,
+            "{} dropped undelivered past its max age",
+            endpoint.noun
+        );
+        self.store.remove_outbox(message.id)?;
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Records a failed attempt and schedules the next by the endpoint's backoff.
+    fn reschedule(
+        &self,
+        endpoint: &Endpoint,
+        mut message: OutboxMessage,
+        error: String,
+        now: DateTime<Utc>,
+        rng: &mut impl Rng,
+    ) -> Result<(), StoreError> {
+        message.attempts = message.attempts.saturating_add(1);
+        let delay = backoff_delay(
+            endpoint.retry_initial,
+            endpoint.retry_max,
+            message.attempts,
+            rng,
+        );
+        message.next_attempt_at = now + chrono::Duration::from_std(delay).unwrap_or_default();
+        tracing::warn!(
+            destination = message.destination.name(),
+            message_id = message.id,
+            attempt = message.attempts,
+            %error,
+            retry_in_ms = delay.as_millis() as u64,
+            "{} delivery failed",
+            endpoint.noun
+        );
+        message.last_error = Some(error);
+        self.store.update_outbox(&message)?;
+        self.counters
+            .failed_attempts
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// A message whose destination has no endpoint (turned off since it was enqueued):
+    /// not an attempt, not dropped (its max age is the endpoint's); looked at again
+    /// after [`IDLE_WAIT`], so it neither spins the sender nor fills its batches.
+    fn keep_for_later(
+        &self,
+        mut message: OutboxMessage,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        tracing::warn!(
+            destination = message.destination.name(),
+            message_id = message.id,
+            "no endpoint for the message's destination: kept for later"
+        );
+        message.next_attempt_at = now + chrono_of(IDLE_WAIT);
+        self.store.update_outbox(&message)
+    }
+
     /// One signed POST; `Err` carries a short reason (no secrets).
-    async fn deliver(&self, record: &AlertRecord, now: DateTime<Utc>) -> Result<(), String> {
-        let body = event_body(record);
-        let id = message_id(record);
+    async fn deliver(
+        &self,
+        endpoint: &Endpoint,
+        message: &OutboxMessage,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let body = message.payload.as_bytes().to_vec();
+        let id = message_id(message);
         let timestamp = now.timestamp();
-        let signature = sign(self.key.expose_secret(), &id, timestamp, &body);
+        let signature = sign(endpoint.key.expose_secret(), &id, timestamp, &body);
         let response = self
             .client
-            .post(&self.url)
+            .post(&endpoint.url)
+            .timeout(endpoint.request_timeout)
             .header("content-type", "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -221,7 +261,7 @@ impl AlertSender {
     }
 
     /// Runs the sender until aborted: a pass whenever `wake` fires or the earliest
-    /// scheduled retry is due.
+    /// scheduled message is due, by `clock`.
     pub fn spawn(self: Arc<Self>, wake: Arc<Notify>, clock: SharedClock) -> JoinHandle<()> {
         tokio::spawn(async move {
             let mut rng = rand::rngs::StdRng::from_entropy();
@@ -233,8 +273,8 @@ impl AlertSender {
                         .unwrap_or(IDLE_WAIT)
                         .min(IDLE_WAIT),
                     Err(error) => {
-                        tracing::warn!(%error, "alert pass failed");
-                        self.settings.retry_initial
+                        tracing::warn!(%error, "outbound pass failed");
+                        self.error_wait
                     }
                 };
                 tokio::select! {

@@ -1,7 +1,7 @@
 //! The records of the due-time index: what an entry is ([`DueEntry`]), what it is for
 //! ([`DueKind`]), and the typed views the retry and polling methods return.
 //!
-//! One index serves every "do this at that time" need (retries, polls, the alert
+//! One index serves every "do this at that time" need (retries, polls, the
 //! outbox; operation timers next), so each feature does not grow its own sparse index
 //! with its own maintenance and migration code. A new use is a new [`DueKind`].
 
@@ -22,13 +22,14 @@ pub enum DueKind {
     /// poll anchor (see [`PollEntry::anchor`]), not a due time: the polling interval is
     /// the reader's, who reads this kind with `now - interval`.
     Poll = 2,
-    /// An undelivered alert. Subject: the alert id ([`DueKind::alert_subject`]); no
-    /// payload (the record is in the outbox); time: its next attempt.
+    /// An undelivered outbox message. Subject: the message id
+    /// ([`DueKind::outbox_subject`]); no payload (the record is in the outbox); time: its
+    /// next attempt.
     Outbox = 3,
 }
 
 impl DueKind {
-    /// Every kind, in tie-break order.
+    /// Every kind, in tag order.
     pub const ALL: [DueKind; 3] = [DueKind::Retry, DueKind::Poll, DueKind::Outbox];
 
     /// The kind's stable one-byte tag (it is part of stored keys: never reuse one).
@@ -41,14 +42,15 @@ impl DueKind {
         DueKind::ALL.into_iter().find(|kind| kind.tag() == tag)
     }
 
-    /// The subject of an alert's entry: its id, zero-padded to 20 digits so that
-    /// subjects sort like ids and alerts due at the same millisecond go oldest first.
-    pub fn alert_subject(alert_id: u64) -> String {
-        format!("{alert_id:020}")
+    /// The subject of an outbox message's entry: its id, zero-padded to 20 digits so
+    /// that subjects sort like ids and messages due at the same millisecond go oldest
+    /// first.
+    pub fn outbox_subject(message_id: u64) -> String {
+        format!("{message_id:020}")
     }
 
-    /// The alert id of an [`DueKind::Outbox`] subject.
-    pub fn alert_id(subject: &str) -> Option<u64> {
+    /// The message id of an [`DueKind::Outbox`] subject.
+    pub fn outbox_id(subject: &str) -> Option<u64> {
         subject.parse().ok()
     }
 }
@@ -58,7 +60,7 @@ impl DueKind {
 pub struct DueEntry {
     /// What it is for.
     pub kind: DueKind,
-    /// Whom it is about (an account id, an alert id...): at most one entry per
+    /// Whom it is about (an account id, an outbox message id...): at most one entry per
     /// (kind, subject).
     pub subject: String,
     /// When it is due, kept to the millisecond (times before the epoch count as the

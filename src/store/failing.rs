@@ -11,14 +11,14 @@ use futures::future::BoxFuture;
 
 use super::{
     AccountStore, DueEntry, DueIndex, DueKind, Durability, InboxStore, IncidentStore,
-    IncomingWebhook, IngestOutcome, LinkReceipt, OutboxStore, PollEntry, Resolved, RetryRecord,
-    RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    IncomingWebhook, IngestOutcome, LinkReceipt, OutboxMessage, OutboxStore, PollEntry, Resolved,
+    RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
     SyncGaveUp, SyncOutcome, Transaction,
 };
-use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
+use crate::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 /// Delegates to `inner`; `fail_writes` makes every write answer `Io`, `fail_flush`
 /// makes `durable()` fail (the write landed in memory but never reaches the disk).
@@ -197,11 +197,11 @@ impl DueIndex for FailingStore {
     }
     fn due_entries(
         &self,
-        now: DateTime<Utc>,
-        kind: Option<DueKind>,
+        until: DateTime<Utc>,
+        kind: DueKind,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        self.inner.due_entries(now, kind, limit)
+        self.inner.due_entries(until, kind, limit)
     }
     fn reschedule_due(
         &self,
@@ -218,7 +218,7 @@ impl DueIndex for FailingStore {
     fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError> {
         self.inner.due_entry_of(kind, subject)
     }
-    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    fn next_due(&self, kind: DueKind) -> Result<Option<DateTime<Utc>>, StoreError> {
         self.inner.next_due(kind)
     }
     fn record_retry(&self, record: &RetryRecord) -> Result<(), StoreError> {
@@ -295,22 +295,26 @@ impl IncidentStore for FailingStore {
 }
 
 impl OutboxStore for FailingStore {
-    fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
-        self.inner.pending_alerts(limit)
+    fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.inner.pending_outbox(limit)
     }
-    fn due_alerts(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
-        self.inner.due_alerts(now, limit)
+    fn due_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        self.inner.due_outbox(now, limit)
     }
-    fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
-        self.inner.next_alert_due()
+    fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.inner.next_outbox_due()
     }
-    fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
+    fn update_outbox(&self, message: &OutboxMessage) -> Result<(), StoreError> {
         self.write()?;
-        self.inner.update_alert(record)
+        self.inner.update_outbox(message)
     }
-    fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
+    fn remove_outbox(&self, message_id: u64) -> Result<(), StoreError> {
         self.write()?;
-        self.inner.remove_alert(alert_id)
+        self.inner.remove_outbox(message_id)
     }
 }
 

@@ -15,9 +15,12 @@
 //! - every linked account has one entry in the polling index, written by the same
 //!   transaction as the link, commit or unlink that changes it, so the polling fallback
 //!   reads only what is due;
-//! - retries, polls and the alert outbox share one due-time index ([`DueIndex`], keyed by
-//!   (time, [`DueKind`], subject)): every write that changes an entry does so in the
-//!   transaction of the change that calls for it.
+//! - an outbox message is enqueued in the transaction of the change it announces (today:
+//!   an incident opened or resolved enqueues its alert), so it exists exactly when its
+//!   change does;
+//! - retries, polls and the outbox share one due-time index ([`DueIndex`], keyed by
+//!   ([`DueKind`], time, subject), read one kind at a time): every write that changes
+//!   an entry does so in the transaction of the change that calls for it.
 //!
 //! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
 //! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
@@ -34,16 +37,18 @@ use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, ProviderKind,
     Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
-use crate::incidents::{AlertRecord, Incident, IncidentKind, IncidentQuery, OpenIncident};
+use crate::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 mod due;
 mod facade;
 #[cfg(test)]
 pub(crate) mod failing;
+mod outbox;
 mod sled;
 
 pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
 pub use facade::AsyncStore;
+pub use outbox::{Destination, JsonBody, OutboxMessage};
 pub use sled::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
@@ -352,8 +357,9 @@ pub trait RowStore {
     fn count_transactions(&self, id: &AccountId) -> Result<u64, StoreError>;
 }
 
-/// The due-time index: one durable timer keyed by (time, [`DueKind`], subject) that
-/// serves retries, polls and the alert outbox. The generic operations come first; the
+/// The due-time index: one durable timer keyed by ([`DueKind`], time, subject) that
+/// serves retries, polls and the outbox; every read is of one kind (a poll's time is
+/// its anchor, the others' their due time). The generic operations come first; the
 /// retry and polling methods are views over [`DueKind::Retry`] and [`DueKind::Poll`]
 /// entries (the outbox's live in [`OutboxStore`]). Readers read only the due part of
 /// the index, never every account.
@@ -362,13 +368,17 @@ pub trait DueIndex {
     /// subject has at most one per kind). Not durable until a later `durable()` resolves.
     fn schedule_due(&self, entry: &DueEntry) -> Result<(), StoreError>;
 
-    /// Up to `limit` entries due at or before `now` (to the millisecond), of `kind` or of
-    /// every kind, earliest first; ties go by kind, then subject. Reads only the due
-    /// part of the index.
+    /// Up to `limit` entries of `kind` whose time is at or before `until` (to the
+    /// millisecond), earliest first, ties by subject. Reads only that part of the index.
+    /// One kind at a time, because the kinds' times do not mean the same: for
+    /// [`DueKind::Poll`] the time is an anchor, not a due time (the store does not know
+    /// the polling interval), so a poll's "due" read passes `now - interval` (as
+    /// [`DueIndex::due_polls`] callers do), and a read across kinds would take every
+    /// poll for due.
     fn due_entries(
         &self,
-        now: DateTime<Utc>,
-        kind: Option<DueKind>,
+        until: DateTime<Utc>,
+        kind: DueKind,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError>;
 
@@ -388,8 +398,9 @@ pub trait DueIndex {
     /// The subject's entry of `kind`, if it has one.
     fn due_entry_of(&self, kind: DueKind, subject: &str) -> Result<Option<DueEntry>, StoreError>;
 
-    /// When the earliest entry (of `kind`, or of any kind) is due; `None` if there is none.
-    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// The earliest time among the entries of `kind` (for [`DueKind::Poll`], the oldest
+    /// anchor, not a due time); `None` if it has none.
+    fn next_due(&self, kind: DueKind) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     /// Writes the account's retry record, replacing its previous one (an account has at
     /// most one). Not durable until a later `durable()` resolves.
@@ -441,7 +452,7 @@ pub trait DueIndex {
 }
 
 /// Incidents: at most one open per (account, kind); opening and resolving may enqueue
-/// an alert in the same transaction.
+/// an alert (an [`OutboxMessage`] to [`Destination::Alerts`]) in the same transaction.
 pub trait IncidentStore {
     /// Opens the incident of (account, kind), or refreshes the open one (details,
     /// `updated_at`, occurrences). With `notify`, a newly opened incident also enqueues
@@ -472,25 +483,36 @@ pub trait IncidentStore {
     fn list_incidents(&self, query: &IncidentQuery) -> Result<Vec<Incident>, StoreError>;
 }
 
-/// The alert outbox: undelivered alerts, read by their next attempt's due time.
+/// The outbox: undelivered [`OutboxMessage`]s of every destination, read by their next
+/// attempt's due time. Messages are enqueued only inside the transaction of the change
+/// they announce, by that change's own store method (e.g.
+/// [`IncidentStore::open_incident`]), so there is no standalone enqueue here; what is
+/// here is what the sender needs to deliver, retry and drop them.
 pub trait OutboxStore {
-    /// Up to `limit` undelivered alerts, oldest first, due or not (for inspection; the
-    /// sender reads [`OutboxStore::due_alerts`]).
-    fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError>;
+    /// Up to `limit` undelivered messages, oldest first, due or not (for inspection;
+    /// the sender reads [`OutboxStore::due_outbox`]).
+    fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError>;
 
-    /// Up to `limit` undelivered alerts whose next attempt is due at or before `now` (to
-    /// the millisecond), earliest due first. Reads only the due part of the outbox's
-    /// due-time index, so alerts waiting out a backoff never crowd out due ones.
-    fn due_alerts(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertRecord>, StoreError>;
+    /// Up to `limit` undelivered messages whose next attempt is due at or before `now`
+    /// (to the millisecond), earliest due first. Reads only the due part of the
+    /// outbox's due-time index, so messages waiting out a backoff never crowd out due
+    /// ones.
+    fn due_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError>;
 
-    /// When the earliest undelivered alert is due; `None` when the outbox is empty.
-    fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+    /// When the earliest undelivered message is due; `None` when the outbox is empty.
+    fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
 
-    /// Replaces an undelivered alert's record (after a failed attempt).
-    fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError>;
+    /// Replaces an undelivered message's record (after a failed attempt: attempts, next
+    /// attempt, last error), moving its due-index entry with it. Does nothing if the
+    /// message is gone meanwhile (a concurrent removal wins).
+    fn update_outbox(&self, message: &OutboxMessage) -> Result<(), StoreError>;
 
-    /// Deletes an alert (delivered, or given up on).
-    fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError>;
+    /// Deletes a message (delivered, or given up on), with its due-index entry.
+    fn remove_outbox(&self, message_id: u64) -> Result<(), StoreError>;
 }
 
 /// Making writes durable: the one wait of the store, shared by every writer through

@@ -185,10 +185,6 @@ impl SledStore {
     }
 }
 
-fn kinds(kind: Option<DueKind>) -> Vec<DueKind> {
-    kind.map_or_else(|| DueKind::ALL.to_vec(), |kind| vec![kind])
-}
-
 impl DueIndex for SledStore {
     fn schedule_due(&self, entry: &DueEntry) -> Result<(), StoreError> {
         let millis = keys::due_millis(entry.due_at);
@@ -197,25 +193,13 @@ impl DueIndex for SledStore {
 
     fn due_entries(
         &self,
-        now: DateTime<Utc>,
-        kind: Option<DueKind>,
+        until: DateTime<Utc>,
+        kind: DueKind,
         limit: usize,
     ) -> Result<Vec<DueEntry>, StoreError> {
-        // Each kind is its own range in (time, subject) order; the first `limit` of
-        // their union in (time, kind, subject) order is among the first `limit` of each.
-        let mut found = Vec::new();
-        for kind in kinds(kind) {
-            for raw in self.due_range(kind, Some(end_after(now))).take(limit) {
-                found.push((kind, raw?));
-            }
-        }
-        found.sort_by(|(a_kind, a), (b_kind, b)| {
-            (a.millis, a_kind, &a.subject).cmp(&(b.millis, b_kind, &b.subject))
-        });
-        found.truncate(limit);
-        found
-            .into_iter()
-            .map(|(kind, raw)| raw.into_entry(kind))
+        self.due_range(kind, Some(end_after(until)))
+            .take(limit)
+            .map(|raw| raw?.into_entry(kind))
             .collect()
     }
 
@@ -267,16 +251,11 @@ impl DueIndex for SledStore {
             .transpose()
     }
 
-    fn next_due(&self, kind: Option<DueKind>) -> Result<Option<DateTime<Utc>>, StoreError> {
-        let mut earliest: Option<u64> = None;
-        for kind in kinds(kind) {
-            if let Some(raw) = self.due_range(kind, None).next() {
-                let millis = raw?.millis;
-                earliest = Some(earliest.map_or(millis, |e| e.min(millis)));
-            }
-        }
-        earliest
-            .map(|millis| keys::due_time(millis).ok_or_else(corrupt_key))
+    fn next_due(&self, kind: DueKind) -> Result<Option<DateTime<Utc>>, StoreError> {
+        self.due_range(kind, None)
+            .next()
+            .transpose()?
+            .map(|raw| keys::due_time(raw.millis).ok_or_else(corrupt_key))
             .transpose()
     }
 

@@ -160,7 +160,7 @@ fn summary(entries: &[DueEntry]) -> Vec<(DueKind, &str, DateTime<Utc>)> {
 }
 
 #[tokio::test]
-async fn due_entries_come_earliest_first_with_ties_by_kind_then_subject() {
+async fn due_entries_of_a_kind_come_earliest_first_with_ties_by_subject() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     // Scheduled out of order, several at the same millisecond.
@@ -174,30 +174,38 @@ async fn due_entries_come_earliest_first_with_ties_by_kind_then_subject() {
     ] {
         store.schedule_due(&e).unwrap();
     }
-    let due = store.due_entries(t0() + minutes(10), None, 10).unwrap();
+    let read = |kind| store.due_entries(t0() + minutes(10), kind, 10).unwrap();
+    let retries = read(DueKind::Retry);
     assert_eq!(
-        summary(&due),
+        summary(&retries),
         [
-            (DueKind::Poll, "c", t0()),
             (DueKind::Retry, "a", t0() + minutes(1)),
             (DueKind::Retry, "b", t0() + minutes(1)),
+        ]
+    );
+    assert_eq!(
+        summary(&read(DueKind::Poll)),
+        [
+            (DueKind::Poll, "c", t0()),
             (DueKind::Poll, "z", t0() + minutes(1)),
+        ]
+    );
+    assert_eq!(
+        summary(&read(DueKind::Outbox)),
+        [
             (DueKind::Outbox, "b", t0() + minutes(1)),
             (DueKind::Outbox, "a", t0() + minutes(2)),
         ]
     );
     // Payloads come back with their entries.
-    assert_eq!(due[1].payload, b"ra");
-    assert_eq!(due[2].payload, b"rb");
+    assert_eq!(retries[0].payload, b"ra");
+    assert_eq!(retries[1].payload, b"rb");
     // The same read again gives the same order (nothing depends on write order).
-    assert_eq!(
-        store.due_entries(t0() + minutes(10), None, 10).unwrap(),
-        due
-    );
+    assert_eq!(read(DueKind::Retry), retries);
 }
 
 #[tokio::test]
-async fn due_reads_stop_at_now_and_at_limit_and_can_be_per_kind() {
+async fn due_reads_of_a_kind_stop_at_their_time_and_at_limit() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     for e in [
@@ -217,36 +225,21 @@ async fn due_reads_stop_at_now_and_at_limit_and_can_be_per_kind() {
             .map(|e| e.subject)
             .collect()
     };
-    // Nothing is due before the first entry; `now` itself is included, to the ms.
-    assert!(subjects(t0() - ms(1), None, 10).is_empty());
-    assert_eq!(subjects(t0(), None, 10), ["r1", "o1"]);
-    assert_eq!(subjects(t0() + ms(1), None, 10), ["r1", "o1", "r2", "p1"]);
-    assert_eq!(
-        subjects(t0() + minutes(5), None, 10),
-        ["r1", "o1", "r2", "p1", "r3"]
-    );
+    // Nothing is due before the first entry; `until` itself is included, to the ms.
+    assert!(subjects(t0() - ms(1), DueKind::Retry, 10).is_empty());
+    assert_eq!(subjects(t0() + ms(1), DueKind::Retry, 10), ["r1", "r2"]);
     // The limit keeps the earliest.
-    assert_eq!(subjects(t0() + minutes(5), None, 3), ["r1", "o1", "r2"]);
-    assert!(subjects(t0() + minutes(5), None, 0).is_empty());
-    // Per kind: only that kind, with the same cut-offs.
+    assert!(subjects(t0() + minutes(5), DueKind::Retry, 0).is_empty());
+    // Only that kind, with the same cut-offs.
     assert_eq!(
-        subjects(t0() + minutes(5), Some(DueKind::Retry), 10),
+        subjects(t0() + minutes(5), DueKind::Retry, 10),
         ["r1", "r2", "r3"]
     );
-    assert_eq!(subjects(t0(), Some(DueKind::Retry), 10), ["r1"]);
-    assert_eq!(
-        subjects(t0() + minutes(5), Some(DueKind::Retry), 2),
-        ["r1", "r2"]
-    );
-    assert_eq!(subjects(t0() + minutes(5), Some(DueKind::Poll), 10), ["p1"]);
-    assert_eq!(
-        subjects(t0(), Some(DueKind::Poll), 10),
-        Vec::<String>::new()
-    );
-    assert_eq!(
-        subjects(t0() + minutes(5), Some(DueKind::Outbox), 10),
-        ["o1"]
-    );
+    assert_eq!(subjects(t0(), DueKind::Retry, 10), ["r1"]);
+    assert_eq!(subjects(t0() + minutes(5), DueKind::Retry, 2), ["r1", "r2"]);
+    assert_eq!(subjects(t0() + minutes(5), DueKind::Poll, 10), ["p1"]);
+    assert_eq!(subjects(t0(), DueKind::Poll, 10), Vec::<String>::new());
+    assert_eq!(subjects(t0() + minutes(5), DueKind::Outbox, 10), ["o1"]);
 }
 
 #[tokio::test]
@@ -264,8 +257,16 @@ async fn scheduling_replaces_the_subjects_entry_and_removing_takes_it_out() {
 
     // One entry per (kind, subject): the first one does not linger at its old time.
     assert_eq!(
-        store.due_entries(t0() + minutes(10), None, 10).unwrap(),
-        [poll.clone(), second.clone()]
+        store
+            .due_entries(t0() + minutes(10), DueKind::Retry, 10)
+            .unwrap(),
+        std::slice::from_ref(&second)
+    );
+    assert_eq!(
+        store
+            .due_entries(t0() + minutes(10), DueKind::Poll, 10)
+            .unwrap(),
+        std::slice::from_ref(&poll)
     );
     assert_eq!(
         store.due_entry_of(DueKind::Retry, "acc").unwrap(),
@@ -280,10 +281,18 @@ async fn scheduling_replaces_the_subjects_entry_and_removing_takes_it_out() {
     );
     assert_eq!(store.due_entry_of(DueKind::Retry, "acc").unwrap(), None);
     assert_eq!(
-        store.due_entries(t0() + minutes(10), None, 10).unwrap(),
+        store
+            .due_entries(t0() + minutes(10), DueKind::Retry, 10)
+            .unwrap(),
+        []
+    );
+    assert_eq!(
+        store
+            .due_entries(t0() + minutes(10), DueKind::Poll, 10)
+            .unwrap(),
         [poll]
     );
-    assert_eq!(store.next_due(Some(DueKind::Retry)).unwrap(), None);
+    assert_eq!(store.next_due(DueKind::Retry).unwrap(), None);
 }
 
 #[tokio::test]
@@ -301,7 +310,7 @@ async fn rescheduling_is_a_compare_and_set_on_the_current_entry() {
         Some(moved.clone())
     );
     assert!(store
-        .due_entries(t0() + minutes(9), None, 10)
+        .due_entries(t0() + minutes(9), DueKind::Retry, 10)
         .unwrap()
         .is_empty());
 
@@ -338,17 +347,17 @@ async fn rescheduling_is_a_compare_and_set_on_the_current_entry() {
     assert!(store.reschedule_due(&newer, None).unwrap());
     assert_eq!(store.due_entry_of(DueKind::Retry, "acc").unwrap(), None);
     assert!(store
-        .due_entries(t0() + minutes(60), None, 10)
+        .due_entries(t0() + minutes(60), DueKind::Retry, 10)
         .unwrap()
         .is_empty());
     assert!(!store.reschedule_due(&newer, None).unwrap());
 }
 
 #[tokio::test]
-async fn next_due_is_the_earliest_entry_of_the_kind_or_of_all() {
+async fn next_due_is_the_earliest_entry_of_the_kind() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
-    assert_eq!(store.next_due(None).unwrap(), None);
+    assert_eq!(store.next_due(DueKind::Retry).unwrap(), None);
     store
         .schedule_due(&entry(DueKind::Outbox, "o", t0() + minutes(2), ""))
         .unwrap();
@@ -358,26 +367,33 @@ async fn next_due_is_the_earliest_entry_of_the_kind_or_of_all() {
     store
         .schedule_due(&entry(DueKind::Poll, "p", t0() + minutes(3), ""))
         .unwrap();
-    assert_eq!(store.next_due(None).unwrap(), Some(t0() + minutes(1)));
     assert_eq!(
-        store.next_due(Some(DueKind::Outbox)).unwrap(),
+        store.next_due(DueKind::Retry).unwrap(),
+        Some(t0() + minutes(1))
+    );
+    assert_eq!(
+        store.next_due(DueKind::Outbox).unwrap(),
         Some(t0() + minutes(2))
     );
     assert_eq!(
-        store.next_due(Some(DueKind::Poll)).unwrap(),
+        store.next_due(DueKind::Poll).unwrap(),
         Some(t0() + minutes(3))
     );
     // Moving the earliest later changes the answer.
     store
         .schedule_due(&entry(DueKind::Retry, "r", t0() + minutes(4), ""))
         .unwrap();
-    assert_eq!(store.next_due(None).unwrap(), Some(t0() + minutes(2)));
     assert_eq!(
-        store.next_due(Some(DueKind::Retry)).unwrap(),
+        store.next_due(DueKind::Retry).unwrap(),
         Some(t0() + minutes(4))
     );
     store.remove_due(DueKind::Outbox, "o").unwrap();
-    assert_eq!(store.next_due(None).unwrap(), Some(t0() + minutes(3)));
+    assert_eq!(store.next_due(DueKind::Outbox).unwrap(), None);
+    // A poll's time is its anchor: reading it is the caller's business (`now - interval`).
+    assert_eq!(
+        store.next_due(DueKind::Poll).unwrap(),
+        Some(t0() + minutes(3))
+    );
 }
 
 #[tokio::test]
@@ -388,7 +404,7 @@ async fn due_entries_survive_shutdown_and_reopen() {
         entry(DueKind::Retry, "acc_a", t0() + ms(1), "payload"),
         entry(
             DueKind::Outbox,
-            &DueKind::alert_subject(3),
+            &DueKind::outbox_subject(3),
             t0() + minutes(1),
             "",
         ),
@@ -408,15 +424,16 @@ async fn due_entries_survive_shutdown_and_reopen() {
     }
     let store = open(&dir);
     // Outbox entries are rebuilt from the outbox at open: this one has no alert.
-    assert_eq!(
-        store.due_entries(t0() + minutes(10), None, 10).unwrap(),
-        entries[..2]
-    );
+    let read = |kind| store.due_entries(t0() + minutes(10), kind, 10).unwrap();
+    assert_eq!(read(DueKind::Poll), entries[..1]);
+    assert_eq!(read(DueKind::Retry), entries[1..2]);
+    assert_eq!(read(DueKind::Outbox), []);
     assert_eq!(
         store.due_entry_of(DueKind::Retry, "acc_a").unwrap(),
         Some(entries[1].clone())
     );
     assert_eq!(store.due_entry_of(DueKind::Retry, "gone").unwrap(), None);
-    assert_eq!(store.next_due(None).unwrap(), Some(t0()));
+    assert_eq!(store.next_due(DueKind::Poll).unwrap(), Some(t0()));
+    assert_eq!(store.next_due(DueKind::Outbox).unwrap(), None);
     store.shutdown().await.unwrap();
 }

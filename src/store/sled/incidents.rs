@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(again.opened_at, at(1));
         assert_eq!(again.details, json!({ "minute": 2 }));
         // A refresh is not news: one alert for the opening only.
-        assert_eq!(store.pending_alerts(10).expect("outbox").len(), 1);
+        assert_eq!(store.pending_outbox(10).expect("outbox").len(), 1);
 
         let other_kind = store
             .open_incident(&open("acc_a", IncidentKind::SyncFailed, 3, false))
@@ -317,7 +317,7 @@ mod tests {
             )
             .expect("resolve again")
             .is_none());
-        let alerts = store.pending_alerts(10).expect("outbox");
+        let alerts = store.pending_outbox(10).expect("outbox");
         assert_eq!(alerts.len(), 2, "opened + resolved");
 
         // Opening after resolving is a new incident.
@@ -336,7 +336,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn due_alerts_come_earliest_due_first_and_the_index_follows_every_change() {
+    async fn due_messages_come_earliest_due_first_and_the_index_follows_every_change() {
         let dir = tempfile::tempdir().expect("temp dir");
         let ids = {
             let store = open_store(&dir);
@@ -350,28 +350,28 @@ mod tests {
                     ))
                     .expect("open");
             }
-            let mut alerts = store.pending_alerts(10).expect("outbox");
-            assert_eq!(store.due_alerts(at(0), 10).expect("due"), []);
-            assert_eq!(store.due_alerts(at(1), 10).expect("due"), alerts);
-            assert_eq!(store.next_alert_due().expect("next"), Some(at(1)));
+            let mut alerts = store.pending_outbox(10).expect("outbox");
+            assert_eq!(store.due_outbox(at(0), 10).expect("due"), []);
+            assert_eq!(store.due_outbox(at(1), 10).expect("due"), alerts);
+            assert_eq!(store.next_outbox_due().expect("next"), Some(at(1)));
             // The oldest fails and waits: the younger ones come first, then it.
             alerts[0].next_attempt_at = at(5);
             alerts[0].attempts = 1;
-            store.update_alert(&alerts[0]).expect("update");
+            store.update_outbox(&alerts[0]).expect("update");
             let due: Vec<u64> = store
-                .due_alerts(at(1), 10)
+                .due_outbox(at(1), 10)
                 .expect("due")
                 .iter()
                 .map(|a| a.id)
                 .collect();
             assert_eq!(due, [alerts[1].id, alerts[2].id]);
-            assert_eq!(store.due_alerts(at(1), 1).expect("due").len(), 1);
-            store.remove_alert(alerts[1].id).expect("remove");
-            store.remove_alert(alerts[2].id).expect("remove");
-            assert_eq!(store.due_alerts(at(4), 10).expect("due"), []);
-            assert_eq!(store.next_alert_due().expect("next"), Some(at(5)));
+            assert_eq!(store.due_outbox(at(1), 1).expect("due").len(), 1);
+            store.remove_outbox(alerts[1].id).expect("remove");
+            store.remove_outbox(alerts[2].id).expect("remove");
+            assert_eq!(store.due_outbox(at(4), 10).expect("due"), []);
+            assert_eq!(store.next_outbox_due().expect("next"), Some(at(5)));
             assert_eq!(
-                store.due_alerts(at(5), 10).expect("due"),
+                store.due_outbox(at(5), 10).expect("due"),
                 [alerts[0].clone()]
             );
             store.durable().await.expect("durable");
@@ -405,11 +405,11 @@ mod tests {
             db.flush().expect("flush");
         }
         let store = open_store(&dir);
-        let due = store.due_alerts(at(5), 10).expect("due");
+        let due = store.due_outbox(at(5), 10).expect("due");
         assert_eq!(due.iter().map(|a| a.id).collect::<Vec<_>>(), [ids]);
-        assert_eq!(store.next_alert_due().expect("next"), Some(at(5)));
-        store.remove_alert(ids).expect("remove");
-        assert_eq!(store.next_alert_due().expect("next"), None);
+        assert_eq!(store.next_outbox_due().expect("next"), Some(at(5)));
+        store.remove_outbox(ids).expect("remove");
+        assert_eq!(store.next_outbox_due().expect("next"), None);
     }
 
     #[tokio::test]

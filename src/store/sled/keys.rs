@@ -34,12 +34,12 @@ pub(super) const CLAIMS: &str = "claims";
 pub(super) const INCIDENTS: &str = "incidents";
 /// (account, kind) of each open incident to its id: at most one open per pair.
 pub(super) const INCIDENT_OPEN: &str = "incident_open";
-/// Outbound alerts not yet delivered, by id (big-endian u64).
+/// Undelivered outbox messages, by id (big-endian u64). Records written before the outbox
+/// was generic are alert records, read through a fallback (see `outbox.rs`).
 pub(super) const OUTBOX: &str = "outbox";
 /// The due-time index: (kind tag, due time in big-endian millis, subject) to the
 /// entry's payload, so one kind's due part is one range read from the kind's start.
-/// Byte order is (kind, time, subject); readers of several kinds merge their ranges
-/// into (time, kind, subject) order.
+/// Byte order is (kind, time, subject); every read is of one kind.
 pub(super) const DUE: &str = "due";
 /// (kind tag, subject) to the big-endian millis of the subject's entry in `due`: at most
 /// one entry per (kind, subject), found without a scan. Also holds [`DUE_MIGRATED`].
@@ -449,7 +449,7 @@ mod tests {
         assert!(due_key(DueKind::Retry, 256, "a") < due_key(DueKind::Retry, 256, "b"));
         // One kind's entries are one range: a later kind sorts after every time.
         assert!(due_key(DueKind::Retry, u64::MAX, "z") < due_key(DueKind::Poll, 0, "a"));
-        let key = due_key(DueKind::Outbox, 1_234, &DueKind::alert_subject(77));
+        let key = due_key(DueKind::Outbox, 1_234, &DueKind::outbox_subject(77));
         assert_eq!(
             due_key_parts(&key),
             Some((DueKind::Outbox, 1_234, "00000000000000000077"))
@@ -470,11 +470,11 @@ mod tests {
     }
 
     #[test]
-    fn alert_subjects_sort_like_alert_ids() {
-        assert!(DueKind::alert_subject(9) < DueKind::alert_subject(10));
-        assert!(DueKind::alert_subject(255) < DueKind::alert_subject(u64::MAX));
+    fn outbox_subjects_sort_like_alert_ids() {
+        assert!(DueKind::outbox_subject(9) < DueKind::outbox_subject(10));
+        assert!(DueKind::outbox_subject(255) < DueKind::outbox_subject(u64::MAX));
         assert_eq!(
-            DueKind::alert_id(&DueKind::alert_subject(u64::MAX)),
+            DueKind::outbox_id(&DueKind::outbox_subject(u64::MAX)),
             Some(u64::MAX)
         );
         assert_eq!(

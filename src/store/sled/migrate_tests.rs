@@ -7,10 +7,11 @@ use serde_json::json;
 use tempfile::TempDir;
 
 use super::super::keys::{self, legacy, DUE_MIGRATED, OUTBOX};
+use super::super::outbox::LegacyAlertRecord;
 use super::super::test_support::*;
 use super::super::SledStore;
 use crate::domain::AccountId;
-use crate::incidents::{AlertEventType, AlertRecord, Incident, IncidentKind};
+use crate::incidents::{AlertEventType, Incident, IncidentKind};
 use crate::store::{DueIndex, DueKind, Durability, OutboxStore, PollEntry, RetryRecord};
 
 /// An old-layout index key: big-endian millis, then the account id.
@@ -27,8 +28,8 @@ fn old_outbox_key(at: DateTime<Utc>, id: u64) -> Vec<u8> {
     key
 }
 
-fn alert(id: u64, due_at: DateTime<Utc>) -> AlertRecord {
-    AlertRecord {
+fn alert(id: u64, due_at: DateTime<Utc>) -> LegacyAlertRecord {
+    LegacyAlertRecord {
         id,
         event_type: AlertEventType::Opened,
         incident: Incident {
@@ -130,24 +131,27 @@ fn assert_all_due(store: &SledStore) {
         Some(t0() - minutes(60))
     );
 
-    assert_eq!(store.due_alerts(t0(), 10).unwrap(), []);
+    assert_eq!(store.due_outbox(t0(), 10).unwrap(), []);
     let due: Vec<u64> = store
-        .due_alerts(t0() + minutes(1), 10)
+        .due_outbox(t0() + minutes(1), 10)
         .unwrap()
         .iter()
         .map(|a| a.id)
         .collect();
     assert_eq!(due, [7]);
-    assert_eq!(store.next_alert_due().unwrap(), Some(t0() + minutes(1)));
+    assert_eq!(store.next_outbox_due().unwrap(), Some(t0() + minutes(1)));
 
     // One entry each, nothing doubled.
-    assert_eq!(
-        store
-            .due_entries(t0() + minutes(10), None, 100)
-            .unwrap()
-            .len(),
-        4
-    );
+    let entries: usize = DueKind::ALL
+        .into_iter()
+        .map(|kind| {
+            store
+                .due_entries(t0() + minutes(10), kind, 100)
+                .unwrap()
+                .len()
+        })
+        .sum();
+    assert_eq!(entries, 4);
     assert!(store.due_subjects.contains_key(DUE_MIGRATED).unwrap());
     let names = store.files.db.tree_names();
     for old in legacy::TREES {

@@ -149,7 +149,7 @@ pub struct SledStore {
     /// longer covered by a sync still to come, so it is appended, not dropped.
     claims: Tree,
     /// The due index: (kind, time, subject) of every retry, polling entry and
-    /// undelivered alert, with its payload (see `due.rs`).
+    /// undelivered outbox message, with its payload (see `due.rs`).
     due: Tree,
     /// (kind, subject) to the time of its entry in `due`.
     due_subjects: Tree,
@@ -157,7 +157,7 @@ pub struct SledStore {
     incidents: Tree,
     /// (account, kind) of open incidents to their id.
     incident_open: Tree,
-    /// Undelivered outbound alerts.
+    /// Undelivered outbox messages of every destination ([`crate::store::OutboxMessage`]).
     outbox: Tree,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,

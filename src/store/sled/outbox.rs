@@ -1,14 +1,21 @@
-//! The alert outbox: undelivered alerts by id, each with its [`DueKind::Outbox`] entry in
-//! the due index (subject: the alert id), which is what the sender reads.
+//! The outbox: undelivered [`OutboxMessage`]s by id, each with its [`DueKind::Outbox`]
+//! entry in the due index (subject: the message id), which is what the sender reads.
 //!
 //! The outbox is read through its due-time index, never in id order: during a receiver
-//! outage the oldest alerts keep failing and wait out their backoff, and a read in id
-//! order would hand the sender those not-yet-due ones first, so alerts behind them
+//! outage the oldest messages keep failing and wait out their backoff, and a read in id
+//! order would hand the sender those not-yet-due ones first, so messages behind them
 //! would never be tried. The outbox's entries are rebuilt from the outbox on every open
-//! (the outbox holds at most `alerts.max_age` of alerts), which also covers stores
-//! written before the due index existed, or before the outbox had a due-time index.
+//! (the outbox holds at most a max age of messages), which also covers stores written
+//! before the due index existed, or before the outbox had a due-time index.
+//!
+//! Records written before the outbox was generic are alert records
+//! ([`LegacyAlertRecord`]); they decode through a fallback into the alert message they
+//! stand for, whose body is built exactly as a new alert's is, so an alert enqueued by
+//! an older version is delivered with the same bytes. A failed attempt rewrites such a
+//! record in the current encoding; nothing else converts them.
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 use sled::transaction::Transactional;
 use sled::Tree;
 
@@ -16,8 +23,83 @@ use super::due::TxDue;
 use super::keys::{self, OUTBOX};
 use super::migrate::DueTrees;
 use super::{from_tx, io, tx, SledStore, TxResult};
-use crate::incidents::{AlertEventType, AlertRecord, Incident};
-use crate::store::{DueKind, OutboxStore, StoreError};
+use crate::incidents::{AlertEventType, Incident, IncidentEvent};
+use crate::store::{Destination, DueKind, JsonBody, OutboxMessage, OutboxStore, StoreError};
+
+/// An outbox record as versions before the generic outbox wrote it: an alert about an
+/// incident. Only read (and written by tests that build an old data dir).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub(super) struct LegacyAlertRecord {
+    /// Store-assigned id; also the stable `webhook-id` of every delivery attempt.
+    pub(super) id: u64,
+    /// What happened.
+    pub(super) event_type: AlertEventType,
+    /// The incident as it was at that moment.
+    pub(super) incident: Incident,
+    /// When it was enqueued.
+    pub(super) created_at: DateTime<Utc>,
+    /// When the next attempt is due.
+    pub(super) next_attempt_at: DateTime<Utc>,
+    /// Failed attempts so far.
+    pub(super) attempts: u32,
+    /// What the last failed attempt said.
+    pub(super) last_error: Option<String>,
+}
+
+/// The alert message announcing `event_type` of `incident` at `at`, not yet attempted.
+/// The one place an incident change becomes a message: new alerts and the fallback for
+/// old records both go through it, so both send the same bytes.
+fn alert_message(
+    id: u64,
+    event_type: AlertEventType,
+    incident: &Incident,
+    at: DateTime<Utc>,
+) -> Result<OutboxMessage, StoreError> {
+    let event = IncidentEvent {
+        event_type,
+        timestamp: at,
+        data: incident,
+    };
+    let payload = JsonBody::of(&event).map_err(|e| StoreError::Corrupt {
+        tree: OUTBOX,
+        detail: format!("cannot encode alert body: {e}"),
+    })?;
+    Ok(OutboxMessage {
+        id,
+        destination: Destination::Alerts,
+        event_type: event_type.as_str().to_string(),
+        payload,
+        created_at: at,
+        next_attempt_at: at,
+        attempts: 0,
+        last_error: None,
+    })
+}
+
+impl LegacyAlertRecord {
+    /// The message this old record stands for, with its delivery state kept.
+    fn into_message(self) -> Result<OutboxMessage, StoreError> {
+        let message = alert_message(self.id, self.event_type, &self.incident, self.created_at)?;
+        Ok(OutboxMessage {
+            next_attempt_at: self.next_attempt_at,
+            attempts: self.attempts,
+            last_error: self.last_error,
+            ..message
+        })
+    }
+}
+
+/// Decodes an outbox record: the current [`OutboxMessage`], or else an alert record of
+/// an older version, converted. An unreadable record reports the current format's error.
+pub(super) fn decode_message(bytes: &[u8]) -> Result<OutboxMessage, StoreError> {
+    match keys::decode::<OutboxMessage>(OUTBOX, bytes) {
+        Ok(message) => Ok(message),
+        Err(error) => match keys::decode::<LegacyAlertRecord>(OUTBOX, bytes) {
+            Ok(old) => old.into_message(),
+            Err(_) => Err(error),
+        },
+    }
+}
 
 /// Rewrites the outbox's entries of the due index from the outbox itself. Run once at
 /// open, before any writer: whatever a crash or an older version left in the index, it
@@ -32,10 +114,10 @@ pub(super) fn rebuild_outbox_due(outbox: &Tree, due: &DueTrees<'_>) -> Result<()
     }
     for item in outbox.iter() {
         let (key, bytes) = item.map_err(io)?;
-        match keys::decode::<AlertRecord>(OUTBOX, &bytes) {
-            Ok(record) => {
-                let subject = DueKind::alert_subject(record.id);
-                let millis = keys::due_millis(record.next_attempt_at);
+        match decode_message(&bytes) {
+            Ok(message) => {
+                let subject = DueKind::outbox_subject(message.id);
+                let millis = keys::due_millis(message.next_attempt_at);
                 due.subjects
                     .insert(
                         keys::due_subject_key(DueKind::Outbox, &subject),
@@ -47,7 +129,7 @@ pub(super) fn rebuild_outbox_due(outbox: &Tree, due: &DueTrees<'_>) -> Result<()
                     .map_err(io)?;
             }
             Err(error) => {
-                tracing::error!(alert_key = ?key.as_ref(), %error, "outbox record unreadable: not indexed");
+                tracing::error!(message_key = ?key.as_ref(), %error, "outbox record unreadable: not indexed");
             }
         }
     }
@@ -64,79 +146,75 @@ pub(super) fn enqueue_alert(
     at: DateTime<Utc>,
 ) -> TxResult<()> {
     let id = outbox.generate_id()?;
-    let record = AlertRecord {
-        id,
-        event_type,
-        incident: incident.clone(),
-        created_at: at,
-        next_attempt_at: at,
-        attempts: 0,
-        last_error: None,
-    };
-    outbox.insert(&keys::id_key(id), tx(keys::encode(OUTBOX, &record))?)?;
+    let message = tx(alert_message(id, event_type, incident, at))?;
+    outbox.insert(&keys::id_key(id), tx(keys::encode(OUTBOX, &message))?)?;
     due.put(
         DueKind::Outbox,
-        &DueKind::alert_subject(id),
+        &DueKind::outbox_subject(id),
         keys::due_millis(at),
         &[],
     )
 }
 
 impl SledStore {
-    /// The alert of an outbox entry's subject; `None` for an entry whose alert is gone
-    /// (a removal that raced the read), which the next rebuild drops.
-    fn alert_of_subject(&self, subject: &str) -> Result<Option<AlertRecord>, StoreError> {
-        let Some(id) = DueKind::alert_id(subject) else {
+    /// The message of an outbox entry's subject; `None` for an entry whose message is
+    /// gone (a removal that raced the read), which the next rebuild drops.
+    fn message_of_subject(&self, subject: &str) -> Result<Option<OutboxMessage>, StoreError> {
+        let Some(id) = DueKind::outbox_id(subject) else {
             return Ok(None);
         };
         match self.outbox.get(keys::id_key(id)).map_err(io)? {
-            Some(bytes) => Ok(Some(keys::decode(OUTBOX, &bytes)?)),
+            Some(bytes) => Ok(Some(decode_message(&bytes)?)),
             None => Ok(None),
         }
     }
 }
 
 impl OutboxStore for SledStore {
-    fn pending_alerts(&self, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+    fn pending_outbox(&self, limit: usize) -> Result<Vec<OutboxMessage>, StoreError> {
         self.outbox
             .iter()
             .values()
             .take(limit)
-            .map(|bytes| keys::decode(OUTBOX, &bytes.map_err(io)?))
+            .map(|bytes| decode_message(&bytes.map_err(io)?))
             .collect()
     }
 
     /// One range read of the outbox's part of the due index, then each record by id.
-    fn due_alerts(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<AlertRecord>, StoreError> {
+    fn due_outbox(
+        &self,
+        now: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
         let end = u64::try_from(now.timestamp_millis().saturating_add(1)).unwrap_or(0);
         let mut out = Vec::new();
         for raw in self.due_range(DueKind::Outbox, Some(end)) {
             if out.len() >= limit {
                 break;
             }
-            if let Some(record) = self.alert_of_subject(&raw?.subject)? {
-                out.push(record);
+            if let Some(message) = self.message_of_subject(&raw?.subject)? {
+                out.push(message);
             }
         }
         Ok(out)
     }
 
-    /// The earliest alert's record's exact time (the index keeps milliseconds).
-    fn next_alert_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+    /// The earliest message's record's exact time (the index keeps milliseconds).
+    fn next_outbox_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
         for raw in self.due_range(DueKind::Outbox, None) {
-            if let Some(record) = self.alert_of_subject(&raw?.subject)? {
-                return Ok(Some(record.next_attempt_at));
+            if let Some(message) = self.message_of_subject(&raw?.subject)? {
+                return Ok(Some(message.next_attempt_at));
             }
         }
         Ok(None)
     }
 
-    fn update_alert(&self, record: &AlertRecord) -> Result<(), StoreError> {
+    fn update_outbox(&self, message: &OutboxMessage) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
-        let key = keys::id_key(record.id);
-        let value = keys::encode(OUTBOX, record)?;
-        let subject = DueKind::alert_subject(record.id);
-        let millis = keys::due_millis(record.next_attempt_at);
+        let key = keys::id_key(message.id);
+        let value = keys::encode(OUTBOX, message)?;
+        let subject = DueKind::outbox_subject(message.id);
+        let millis = keys::due_millis(message.next_attempt_at);
         // Only while it is still pending: a concurrent removal (delivered) wins.
         (&self.outbox, &self.due, &self.due_subjects)
             .transaction(|(outbox, entries, subjects)| {
@@ -149,10 +227,10 @@ impl OutboxStore for SledStore {
             .map_err(from_tx)
     }
 
-    fn remove_alert(&self, alert_id: u64) -> Result<(), StoreError> {
+    fn remove_outbox(&self, message_id: u64) -> Result<(), StoreError> {
         let _gate = self.write_gate()?;
-        let key = keys::id_key(alert_id);
-        let subject = DueKind::alert_subject(alert_id);
+        let key = keys::id_key(message_id);
+        let subject = DueKind::outbox_subject(message_id);
         (&self.outbox, &self.due, &self.due_subjects)
             .transaction(|(outbox, entries, subjects)| {
                 // An unreadable record still goes (the sender must be able to drop it),
@@ -165,3 +243,39 @@ impl OutboxStore for SledStore {
             .map_err(from_tx)
     }
 }
+
+/// A standalone enqueue, for tests of the sender that need messages of destinations no
+/// change produces (users enqueue inside their change's transaction).
+#[cfg(test)]
+impl SledStore {
+    pub(crate) fn enqueue_for_test(
+        &self,
+        destination: Destination,
+        payload: &serde_json::Value,
+        at: DateTime<Utc>,
+    ) -> u64 {
+        let id = self.files.db.generate_id().expect("id");
+        let message = OutboxMessage {
+            id,
+            destination,
+            event_type: "test.event".to_string(),
+            payload: JsonBody::of(payload).expect("body"),
+            created_at: at,
+            next_attempt_at: at,
+            attempts: 0,
+            last_error: None,
+        };
+        self.outbox
+            .insert(
+                keys::id_key(id),
+                keys::encode(OUTBOX, &message).expect("encode"),
+            )
+            .expect("insert");
+        self.update_outbox(&message).expect("index");
+        id
+    }
+}
+
+#[cfg(test)]
+#[path = "outbox_tests.rs"]
+mod tests;
