@@ -17,7 +17,6 @@ pub mod clock;
 pub mod config;
 pub mod domain;
 pub mod http;
-pub mod incidents;
 pub mod metrics;
 pub mod outbound;
 pub mod providers;

@@ -1,6 +1,6 @@
 //! The actors' side of incidents: opening and resolving an account's incidents as its
 //! marks (needs reauth, failed, quarantined) come and go, and waking the alert sender
-//! when one changes. The records themselves are the store's ([`crate::incidents`] has
+//! when one changes. The records themselves are the store's ([`crate::domain::incidents`] has
 //! their types); what this adds is the rule that every change wakes outbound alerts,
 //! and the repair of a mark whose incident a crash kept from being written.
 //!
@@ -9,8 +9,8 @@
 //! blocking thread, and make the result durable (`Store::durable`) after.
 
 use super::context::ActorContext;
+use crate::domain::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::domain::{Account, AccountId};
-use crate::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::store::StoreError;
 
 /// The incident kinds the account's marks call for. A relinked needs-reauth mark is on

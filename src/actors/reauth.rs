@@ -30,8 +30,8 @@ use chrono::{DateTime, Utc};
 
 use super::context::ActorContext;
 use super::incidents::{open_incident, resolve_incidents};
+use crate::domain::incidents::IncidentKind;
 use crate::domain::{AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline};
-use crate::incidents::IncidentKind;
 use crate::providers::{DeadlineKind, ErrorClass, WebhookAction};
 use crate::store::StoreError;
 use crate::sync::SyncError;

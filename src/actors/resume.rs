@@ -12,8 +12,8 @@
 use super::context::ActorContext;
 use super::incidents::resolve_incidents;
 use super::registry::{Registry, RegistryError};
+use crate::domain::incidents::IncidentKind;
 use crate::domain::{AccountId, LinkStatus, Quarantine};
-use crate::incidents::IncidentKind;
 
 /// Lifts a quarantine and the `failed` mark of an account whose syncs kept failing
 /// (the latter also starts a sync): clears them in the store, resets the failure count and

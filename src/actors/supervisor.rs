@@ -29,8 +29,8 @@ use super::context::ActorContext;
 use super::incidents::open_incident;
 use super::registry::{Registry, RegistryError, RestartRecord};
 use crate::config::ActorSettings;
+use crate::domain::incidents::IncidentKind;
 use crate::domain::{AccountId, Quarantine};
-use crate::incidents::IncidentKind;
 
 /// The supervisor actor.
 pub struct Supervisor {

@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::{ApiError, ApiPath, ApiQuery, AppState};
-use crate::incidents::{Incident, IncidentKind, IncidentQuery, IncidentState};
+use crate::domain::incidents::{Incident, IncidentKind, IncidentQuery, IncidentState};
 use crate::service;
 
 const MAX_PAGE: usize = 1000;

@@ -14,7 +14,7 @@ use utoipa_axum::routes;
 
 use super::error::ErrorBody;
 use super::{ApiError, AppState};
-use crate::incidents::{IncidentKind, IncidentQuery, IncidentState};
+use crate::domain::incidents::{IncidentKind, IncidentQuery, IncidentState};
 use crate::metrics::{ScrapeValues, CONTENT_TYPE};
 use crate::store::StoreError;
 

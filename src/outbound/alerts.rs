@@ -5,7 +5,7 @@
 //! How an incident change becomes a message: the incident store enqueues it in the
 //! same transaction as the change (`IncidentStore::open_incident` and
 //! `resolve_incident` with `notify`), as an [`OutboxMessage`] to
-//! [`Destination::Alerts`] whose body is [`crate::incidents::IncidentEvent`] (`{"type":
+//! [`Destination::Alerts`] whose body is [`crate::domain::incidents::IncidentEvent`] (`{"type":
 //! "incident.opened" | "incident.resolved", "timestamp", "data": incident}`), so an
 //! alert exists exactly when its change does. The body's shape lives beside the
 //! incident rather than here because the store builds it, and the store sits below

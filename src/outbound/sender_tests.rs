@@ -16,8 +16,8 @@ use sha2::{Digest, Sha256};
 
 use super::*;
 use crate::config::AlertSettings;
+use crate::domain::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::domain::AccountId;
-use crate::incidents::{Incident, IncidentKind, OpenIncident};
 use crate::outbound::signing::decode_secret;
 use crate::outbound::{alerts, Destinations};
 use crate::store::{Destination, Durability, IncidentStore, OutboxStore};

@@ -2,7 +2,7 @@
 //! Incidents themselves are opened and resolved by the actors and the store.
 
 use super::{Context, ServiceError};
-use crate::incidents::{Incident, IncidentQuery};
+use crate::domain::incidents::{Incident, IncidentQuery};
 use crate::store::Resolved;
 
 /// Incidents matching `query` (its `limit` is the page size), with the account filter

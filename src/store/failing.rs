@@ -14,11 +14,11 @@ use super::{
     IncomingWebhook, IngestOutcome, LinkReceipt, OutboxMessage, OutboxStore, PollEntry, Resolved,
     RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
+use crate::domain::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
     SyncGaveUp, SyncOutcome, Transaction,
 };
-use crate::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 /// Delegates to `inner`; `fail_writes` makes every write answer `Io`, `fail_flush`
 /// makes `durable()` fail (the write landed in memory but never reaches the disk).

@@ -33,22 +33,21 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, ProviderKind,
     Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
-use crate::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
 
 mod due;
 mod facade;
 #[cfg(test)]
 pub(crate) mod failing;
-mod outbox;
 mod sled;
 
+pub use crate::domain::outbox::{Destination, JsonBody, OutboxMessage};
 pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
 pub use facade::AsyncStore;
-pub use outbox::{Destination, JsonBody, OutboxMessage};
 pub use sled::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.

@@ -18,8 +18,8 @@ use super::{AccountActor, AccountMessage, AccountState, SyncReason};
 use crate::actors::incidents::resolve_incidents;
 use crate::backoff::backoff_delay;
 use crate::clock::after;
+use crate::domain::incidents::IncidentKind;
 use crate::domain::{Account, AccountId, SyncOutcome};
-use crate::incidents::IncidentKind;
 use crate::store::{RetryRecord, Store, StoreError};
 use crate::sync::{SyncError, SyncProgress, SyncReport};
 

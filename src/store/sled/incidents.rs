@@ -14,8 +14,10 @@ use super::due::TxDue;
 use super::keys::{self, INCIDENTS};
 use super::outbox::enqueue_alert;
 use super::{from_tx, io, tx, SledStore};
+use crate::domain::incidents::{
+    AlertEventType, Incident, IncidentKind, IncidentQuery, OpenIncident,
+};
 use crate::domain::AccountId;
-use crate::incidents::{AlertEventType, Incident, IncidentKind, IncidentQuery, OpenIncident};
 use crate::store::{IncidentStore, StoreError};
 
 /// Decodes a big-endian id key.
@@ -161,7 +163,7 @@ impl IncidentTrees<'_> {
         if query.limit == 0 {
             return Ok(out);
         }
-        if query.state == crate::incidents::IncidentState::Open {
+        if query.state == crate::domain::incidents::IncidentState::Open {
             let mut ids: Vec<u64> = Vec::new();
             for value in self.open.iter().values() {
                 if let Some(id) = id_of(&value.map_err(io)?) {
@@ -246,8 +248,8 @@ mod tests {
     use chrono::TimeZone;
     use serde_json::json;
 
+    use crate::domain::incidents::{IncidentKind, IncidentQuery, IncidentState, OpenIncident};
     use crate::domain::AccountId;
-    use crate::incidents::{IncidentKind, IncidentQuery, IncidentState, OpenIncident};
     use crate::store::{Durability, IncidentStore, OutboxStore, SledStore, SledStoreConfig};
 
     fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {

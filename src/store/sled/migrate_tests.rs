@@ -10,8 +10,8 @@ use super::super::keys::{self, legacy, DUE_MIGRATED, OUTBOX};
 use super::super::outbox::LegacyAlertRecord;
 use super::super::test_support::*;
 use super::super::SledStore;
+use crate::domain::incidents::{AlertEventType, Incident, IncidentKind};
 use crate::domain::AccountId;
-use crate::incidents::{AlertEventType, Incident, IncidentKind};
 use crate::store::{DueIndex, DueKind, Durability, OutboxStore, PollEntry, RetryRecord};
 
 /// An old-layout index key: big-endian millis, then the account id.

@@ -23,7 +23,7 @@ use super::due::TxDue;
 use super::keys::{self, OUTBOX};
 use super::migrate::DueTrees;
 use super::{from_tx, io, tx, SledStore, TxResult};
-use crate::incidents::{AlertEventType, Incident, IncidentEvent};
+use crate::domain::incidents::{AlertEventType, Incident, IncidentEvent};
 use crate::store::{Destination, DueKind, JsonBody, OutboxMessage, OutboxStore, StoreError};
 
 /// An outbox record as versions before the generic outbox wrote it: an alert about an

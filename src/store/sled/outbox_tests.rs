@@ -7,8 +7,8 @@ use tempfile::TempDir;
 use super::super::keys::{self, OUTBOX};
 use super::super::test_support::*;
 use super::{decode_message, LegacyAlertRecord};
+use crate::domain::incidents::{AlertEventType, Incident, IncidentKind, OpenIncident};
 use crate::domain::AccountId;
-use crate::incidents::{AlertEventType, Incident, IncidentKind, OpenIncident};
 use crate::store::{Destination, Durability, IncidentStore, OutboxStore, StoreError};
 
 fn raise(store: &super::SledStore, account: &str) -> Incident {

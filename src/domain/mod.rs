@@ -2,8 +2,15 @@
 //! transactions and inbox entries. They carry no storage or transport detail, so the
 //! store, the providers and the HTTP layer can all speak them without leaking their own
 //! types into each other.
+//!
+//! - this module: accounts, their marks, transactions, inbox entries;
+//! - [`incidents`]: incidents and the events that announce them;
+//! - [`outbox`]: messages waiting to leave acctor.
 
 use std::fmt;
+
+pub mod incidents;
+pub mod outbox;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
