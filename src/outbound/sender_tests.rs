@@ -140,12 +140,13 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {
-    SledStore::open(SledStoreConfig {
-        data_dir: dir.path().to_path_buf(),
-        cache_capacity_bytes: 8 * 1024 * 1024,
-        group_commit_window: Duration::ZERO,
+    crate::store::when_released(|| {
+        SledStore::open(SledStoreConfig {
+            data_dir: dir.path().to_path_buf(),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+            group_commit_window: Duration::ZERO,
+        })
     })
-    .expect("store")
 }
 
 fn raise(store: &SledStore, at: DateTime<Utc>) -> Incident {
@@ -372,7 +373,7 @@ async fn an_alert_left_by_the_alert_only_outbox_is_delivered_with_its_old_body()
         details: serde_json::json!({ "code": "ITEM_LOGIN_REQUIRED", "attempts": 2 }),
     };
     {
-        let db = sled::open(dir.path()).expect("raw sled");
+        let db = crate::store::open_raw(dir.path());
         let record = serde_json::json!({
             "id": 7,
             "event_type": "incident.opened",

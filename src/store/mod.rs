@@ -48,6 +48,8 @@ mod sled;
 pub use crate::domain::outbox::{Destination, JsonBody, OutboxMessage};
 pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
 pub use facade::AsyncStore;
+#[cfg(test)]
+pub(crate) use sled::test_support::{open_raw, when_released};
 pub use sled::{SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.

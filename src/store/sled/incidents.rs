@@ -252,13 +252,15 @@ mod tests {
     use crate::domain::AccountId;
     use crate::store::{Durability, IncidentStore, OutboxStore, SledStore, SledStoreConfig};
 
+    /// Opens (or reopens, once the previous handle let go of sled's lock) the store.
     fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {
-        SledStore::open(SledStoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            cache_capacity_bytes: 8 * 1024 * 1024,
-            group_commit_window: std::time::Duration::ZERO,
+        crate::store::when_released(|| {
+            SledStore::open(SledStoreConfig {
+                data_dir: dir.path().to_path_buf(),
+                cache_capacity_bytes: 8 * 1024 * 1024,
+                group_commit_window: std::time::Duration::ZERO,
+            })
         })
-        .expect("store opens")
     }
 
     fn at(minute: u32) -> chrono::DateTime<chrono::Utc> {
@@ -385,17 +387,7 @@ mod tests {
         {
             // The dropped store's last flush task may still hold the database for a
             // moment (sled's file lock): wait for it to let go.
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            let db = loop {
-                match sled::open(dir.path()) {
-                    Ok(db) => break db,
-                    Err(error) if std::time::Instant::now() < deadline => {
-                        let _ = error;
-                        std::thread::sleep(std::time::Duration::from_millis(5));
-                    }
-                    Err(error) => panic!("raw sled: {error}"),
-                }
-            };
+            let db = super::super::test_support::open_raw(dir.path());
             // The outbox's part of the due index is lost.
             let prefix = [crate::store::DueKind::Outbox.tag()];
             for name in [super::keys::DUE, super::keys::DUE_SUBJECTS] {

@@ -62,7 +62,7 @@ fn retry_record() -> RetryRecord {
 
 /// Writes the previous version's trees straight into a fresh data dir.
 fn write_old_layout(dir: &TempDir) {
-    let db = sled::open(dir.path().join("data")).unwrap();
+    let db = open_raw(&dir.path().join("data"));
     let tree = |name: &str| db.open_tree(name).unwrap();
 
     let record = retry_record();
@@ -185,7 +185,7 @@ async fn a_migration_interrupted_before_its_marker_is_redone_without_doubles() {
     {
         // What a crash right before the marker leaves: the new index half written
         // (here: the retry at another time), the old trees all still there.
-        let db = sled::open(dir.path().join("data")).unwrap();
+        let db = open_raw(&dir.path().join("data"));
         let entries = db.open_tree(keys::DUE).unwrap();
         let subjects = db.open_tree(keys::DUE_SUBJECTS).unwrap();
         let half = super::DueTrees {

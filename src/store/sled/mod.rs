@@ -34,7 +34,7 @@ mod migrate;
 mod outbox;
 mod rows;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::fmt;
 use std::fs::File;

@@ -15,13 +15,15 @@ use crate::store::{
     AccountStore, ApplyMode, DueIndex, DueKind, Durability, PollEntry, RowStore, SyncCommit,
 };
 
+/// Opens (or reopens, once the previous handle let go of sled's lock) the store.
 fn open(dir: &TempDir) -> Arc<SledStore> {
-    SledStore::open(SledStoreConfig {
-        data_dir: dir.path().join("data"),
-        cache_capacity_bytes: 8 * 1024 * 1024,
-        group_commit_window: Duration::ZERO,
+    crate::store::when_released(|| {
+        SledStore::open(SledStoreConfig {
+            data_dir: dir.path().join("data"),
+            cache_capacity_bytes: 8 * 1024 * 1024,
+            group_commit_window: Duration::ZERO,
+        })
     })
-    .unwrap()
 }
 
 fn t0() -> DateTime<Utc> {
