@@ -329,6 +329,13 @@ async fn release_store(store: Arc<SledStore>, within: std::time::Duration) {
         }
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
+    // The group-commit flusher holds the database too: a store dropped without a
+    // shutdown lets it run a last flush and exit on its own, keeping the directory
+    // locked meanwhile. Stopping it here (a no-op after `shutdown`) makes this drop the
+    // database's last handle.
+    if let Err(error) = store.shutdown().await {
+        tracing::warn!(%error, "final flush at release failed");
+    }
     drop(store);
 }
 
