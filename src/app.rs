@@ -336,7 +336,16 @@ async fn release_store(store: Arc<SledStore>, within: std::time::Duration) {
     if let Err(error) = store.shutdown().await {
         tracing::warn!(%error, "final flush at release failed");
     }
+    let data_dir = store.data_dir().to_path_buf();
     drop(store);
+    // sled itself lets go of the directory a moment later (its last background write).
+    let released =
+        tokio::task::spawn_blocking(move || crate::store::wait_until_released(&data_dir, within))
+            .await
+            .unwrap_or(false);
+    if !released {
+        tracing::warn!("store's data dir still locked after release");
+    }
 }
 
 /// Opens the embedded store in `store.data_dir`.

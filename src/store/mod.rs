@@ -50,7 +50,7 @@ pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
 pub use facade::AsyncStore;
 #[cfg(test)]
 pub(crate) use sled::test_support::{open_raw, when_released};
-pub use sled::{SledStore, SledStoreConfig};
+pub use sled::{wait_until_released, SledStore, SledStoreConfig};
 
 /// Errors a store operation can end in.
 #[derive(Debug, thiserror::Error)]

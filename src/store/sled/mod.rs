@@ -396,6 +396,39 @@ impl SledStore {
     }
 }
 
+/// Waits, at most `within`, until no handle holds the sled database in `data_dir` (its
+/// directory lock is free); returns whether it became free. A dropped store lets go of
+/// the lock only when sled's last background write for it ends, a moment after the
+/// drop: a caller that reopens the directory in the same process (an in-process
+/// restart) waits here instead of failing on the lock. Blocking: run it on a blocking
+/// thread.
+pub fn wait_until_released(data_dir: &Path, within: std::time::Duration) -> bool {
+    use fs2::FileExt as _;
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        // sled locks the `db` file inside its directory (an flock, which conflicts
+        // with any other open of the file, in this process too).
+        let free = match std::fs::File::open(data_dir.join("db")) {
+            Ok(file) => {
+                let free = file.try_lock_exclusive().is_ok();
+                if free {
+                    let _ = fs2::FileExt::unlock(&file);
+                }
+                free
+            }
+            // No database file: nothing can hold it.
+            Err(_) => true,
+        };
+        if free {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
 impl Drop for SledStore {
     fn drop(&mut self) {
         // Without a shutdown, still let the flusher exit instead of waiting forever.
