@@ -140,7 +140,7 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {
-    crate::store::when_released(|| {
+    crate::store::when_released(dir.path(), || {
         SledStore::open(SledStoreConfig {
             data_dir: dir.path().to_path_buf(),
             cache_capacity_bytes: 8 * 1024 * 1024,

@@ -254,7 +254,7 @@ mod tests {
 
     /// Opens (or reopens, once the previous handle let go of sled's lock) the store.
     fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {
-        crate::store::when_released(|| {
+        crate::store::when_released(dir.path(), || {
             SledStore::open(SledStoreConfig {
                 data_dir: dir.path().to_path_buf(),
                 cache_capacity_bytes: 8 * 1024 * 1024,

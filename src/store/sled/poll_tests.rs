@@ -17,7 +17,7 @@ use crate::store::{
 
 /// Opens (or reopens, once the previous handle let go of sled's lock) the store.
 fn open(dir: &TempDir) -> Arc<SledStore> {
-    crate::store::when_released(|| {
+    crate::store::when_released(&dir.path().join("data"), || {
         SledStore::open(SledStoreConfig {
             data_dir: dir.path().join("data"),
             cache_capacity_bytes: 8 * 1024 * 1024,

@@ -18,7 +18,7 @@ use sled::Tree;
 pub(super) const TTL: Duration = Duration::from_secs(15 * 60);
 
 pub(super) fn open(dir: &TempDir) -> Arc<SledStore> {
-    when_released(|| {
+    when_released(&dir.path().join("data"), || {
         SledStore::open(SledStoreConfig {
             data_dir: dir.path().join("data"),
             cache_capacity_bytes: 64 * 1024 * 1024,
@@ -29,27 +29,23 @@ pub(super) fn open(dir: &TempDir) -> Arc<SledStore> {
 
 /// Opens the raw sled database at `path` (to write or damage what a test needs).
 pub(crate) fn open_raw(path: &std::path::Path) -> sled::Db {
-    when_released(|| sled::open(path))
+    when_released(path, || sled::open(path))
 }
 
-/// Runs `open` until it no longer fails on sled's file lock: a database dropped a
-/// moment ago lets go of its lock only when sled's last background I/O task for it
-/// ends, so a test that reopens the same directory waits for that (bounded), instead
-/// of failing now and then on a busy machine.
-pub(crate) fn when_released<T, E: std::fmt::Display>(open: impl Fn() -> Result<T, E>) -> T {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        match open() {
-            Ok(opened) => return opened,
-            Err(error)
-                if error.to_string().contains("could not acquire lock")
-                    && std::time::Instant::now() < deadline =>
-            {
-                std::thread::sleep(std::time::Duration::from_millis(5));
-            }
-            Err(error) => panic!("opening the store: {error}"),
-        }
-    }
+/// Opens what is in `data_dir` once sled's directory lock there is free: a database
+/// dropped a moment ago lets go of it only when sled's last background write for it
+/// ends, so a test that reopens the same directory waits for that (bounded, with the
+/// same probe the app's release uses) instead of failing now and then on a busy machine.
+pub(crate) fn when_released<T, E: std::fmt::Display>(
+    data_dir: &std::path::Path,
+    open: impl FnOnce() -> Result<T, E>,
+) -> T {
+    assert!(
+        super::wait_until_released(data_dir, std::time::Duration::from_secs(10)),
+        "{} still locked after 10 s",
+        data_dir.display()
+    );
+    open().unwrap_or_else(|error| panic!("opening the store: {error}"))
 }
 
 pub(super) fn t0() -> DateTime<Utc> {
