@@ -10,7 +10,7 @@
 
 use super::context::ActorContext;
 use crate::domain::incidents::{Incident, IncidentKind, OpenIncident};
-use crate::domain::{Account, AccountId};
+use crate::domain::{Account, AccountId, SyncGaveUp};
 use crate::store::StoreError;
 
 /// The incident kinds the account's marks call for. A relinked needs-reauth mark is on
@@ -24,11 +24,35 @@ fn marked_kinds(account: &Account) -> impl Iterator<Item = IncidentKind> {
                 .is_some_and(|mark| !mark.relinked),
             IncidentKind::NeedsReauth,
         ),
-        (account.failed.is_some(), IncidentKind::SyncFailed),
+        (
+            account.failed.is_some(),
+            account
+                .failed
+                .as_ref()
+                .map_or(IncidentKind::SyncFailed, SyncGaveUp::incident_kind),
+        ),
         (account.quarantine.is_some(), IncidentKind::Quarantined),
     ]
     .into_iter()
     .filter_map(|(marked, kind)| marked.then_some(kind))
+}
+
+/// The details of the incident a `failed` mark keeps open: what failed, how often, and
+/// what a human must do (`action`, with the account's id filled in).
+pub fn gave_up_details(
+    id: &AccountId,
+    mark: &SyncGaveUp,
+    code: Option<&str>,
+    request_id: Option<&str>,
+) -> serde_json::Value {
+    serde_json::json!({
+        "cause": mark.cause,
+        "code": code,
+        "request_id": request_id,
+        "attempts": mark.attempts,
+        "message": mark.reason,
+        "action": mark.cause.action().replace("{id}", id.as_str()),
+    })
 }
 
 /// Opens (or refreshes) the account's incident of `kind`. Not durable until
@@ -78,9 +102,10 @@ pub fn ensure_mark_incidents(ctx: &ActorContext, account: &Account) -> Result<()
             IncidentKind::NeedsReauth => current.needs_reauth.as_ref().map(
                 |mark| serde_json::json!({ "code": mark.code, "request_id": mark.request_id }),
             ),
-            IncidentKind::SyncFailed => current.failed.as_ref().map(
-                |mark| serde_json::json!({ "attempts": mark.attempts, "message": mark.reason }),
-            ),
+            IncidentKind::SyncFailed | IncidentKind::AccessRevoked => current
+                .failed
+                .as_ref()
+                .map(|mark| gave_up_details(&current.id, mark, None, None)),
             IncidentKind::Quarantined => current.quarantine.as_ref().map(
                 |mark| serde_json::json!({ "reason": mark.reason, "failures": mark.failures }),
             ),

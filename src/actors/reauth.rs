@@ -476,7 +476,11 @@ pub async fn after_commit(ctx: &Arc<ActorContext>, id: &AccountId) {
         resolve_incidents(
             &task_ctx,
             &task_id,
-            &[IncidentKind::SyncFailed, IncidentKind::NeedsReauth],
+            &[
+                IncidentKind::SyncFailed,
+                IncidentKind::NeedsReauth,
+                IncidentKind::AccessRevoked,
+            ],
         )
     })
     .await;

@@ -349,6 +349,7 @@ async fn a_relink_clears_the_failed_mark_in_the_store() {
                 reason: "INTERNAL_SERVER_ERROR: boom".into(),
                 attempts: 5,
                 since: Utc::now(),
+                cause: crate::domain::GaveUpCause::AttemptsExhausted,
             }),
         )
         .expect("give up");
@@ -572,6 +573,73 @@ async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one()
     assert!(h.account(&id).needs_reauth.is_none(), "not parked");
     assert!(!h.open(&id, IncidentKind::NeedsReauth));
     provider.release.add_permits(8);
+}
+
+/// The same on the final path: an access revoked for the token a relink replaced while
+/// the sync ran does not mark the account; the new token is tried at once.
+#[tokio::test]
+async fn a_revoked_access_for_the_old_token_after_a_relink_syncs_with_the_new_one() {
+    let (provider, mut received) = scripted(
+        0,
+        vec![api_error(
+            400,
+            "INVALID_ACCESS_TOKEN",
+            ErrorClass::AccessRevoked,
+        )],
+    );
+    let h = harness_with(provider.clone());
+    let id = h.link("item-revoked");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    h.store
+        .relink_account(&id, &AccessToken::new("token-2"))
+        .expect("relink");
+    relinked(&h.ctx, &h.registry, &id).expect("relinked");
+    provider.release.add_permits(1);
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-2"));
+    assert!(h.account(&id).failed.is_none(), "not marked");
+    // Never marked, so no incident was opened (and resolved by the resume) either: an
+    // alert about the old token would be a false alarm.
+    let ever = h
+        .store
+        .list_incidents(&crate::domain::incidents::IncidentQuery {
+            state: crate::domain::incidents::IncidentState::All,
+            kind: Some(IncidentKind::AccessRevoked),
+            account_id: Some(id.clone()),
+            since: None,
+            after: None,
+            limit: 10,
+        })
+        .expect("incidents");
+    assert!(ever.is_empty(), "{ever:?}");
+    provider.release.add_permits(8);
+}
+
+/// Without a relink the same error marks the account at the first failure, with its
+/// incident and no retry record.
+#[tokio::test]
+async fn a_revoked_access_marks_the_account_at_once() {
+    let (provider, mut received) = scripted(
+        1,
+        vec![api_error(
+            400,
+            "INVALID_ACCESS_TOKEN",
+            ErrorClass::AccessRevoked,
+        )],
+    );
+    let h = harness_with(provider.clone());
+    let id = h.link("item-revoked-once");
+    h.registry.activate(&id).expect("activate");
+    assert_eq!(next_call(&mut received).await.as_deref(), Some("token-1"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !h.open(&id, IncidentKind::AccessRevoked) {
+        assert!(tokio::time::Instant::now() < deadline, "never marked");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let failed = h.account(&id).failed.expect("marked failed");
+    assert_eq!(failed.cause, crate::domain::GaveUpCause::AccessRevoked);
+    assert_eq!(failed.attempts, 1);
+    assert!(h.store.retry_of(&id).expect("retry").is_none());
 }
 
 /// An operator's resume does not wait out a backoff: the sync runs at once, although
@@ -870,6 +938,7 @@ async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looke
                 reason: "INTERNAL_SERVER_ERROR: boom".into(),
                 attempts: 5,
                 since: Utc::now(),
+                cause: crate::domain::GaveUpCause::AttemptsExhausted,
             }),
         )
         .expect("mark");

@@ -44,7 +44,11 @@ pub fn resume(
     resolve_incidents(
         ctx,
         id,
-        &[IncidentKind::Quarantined, IncidentKind::SyncFailed],
+        &[
+            IncidentKind::Quarantined,
+            IncidentKind::SyncFailed,
+            IncidentKind::AccessRevoked,
+        ],
     )?;
     if account.failed.is_some() {
         ctx.store.set_sync_gave_up(id, None)?;
@@ -75,6 +79,7 @@ pub fn relinked(
             IncidentKind::PendingExpiration,
             IncidentKind::PendingDisconnect,
             IncidentKind::SyncFailed,
+            IncidentKind::AccessRevoked,
         ],
     )?;
     match registry.send_resume(id) {

@@ -661,6 +661,7 @@ mod tests {
             reason: "boom".into(),
             attempts: 10,
             since: old,
+            cause: crate::domain::GaveUpCause::AttemptsExhausted,
         });
         let mut quarantined = synced_at(2, old + chrono::Duration::seconds(1));
         quarantined.quarantine = Some(Quarantine {

@@ -20,8 +20,9 @@ use crate::domain::AccountId;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentKind {
-    /// Syncs failed `actors.max_sync_attempts` times in a row; the account is marked
-    /// failed until resumed.
+    /// Syncs failed `actors.max_sync_attempts` times in a row, or the provider
+    /// rejected the request itself (a permanent error); the account is marked failed
+    /// until resumed.
     SyncFailed,
     /// The provider needs the user to log in again (ITEM_LOGIN_REQUIRED).
     NeedsReauth,
@@ -31,16 +32,20 @@ pub enum IncidentKind {
     PendingExpiration,
     /// The provider announced that the item will be disconnected.
     PendingDisconnect,
+    /// The provider no longer accepts the account's access token (invalid, revoked,
+    /// item gone); the account is marked `access_revoked` until relinked.
+    AccessRevoked,
 }
 
 impl IncidentKind {
     /// Every kind, for parsing and documentation.
-    pub const ALL: [IncidentKind; 5] = [
+    pub const ALL: [IncidentKind; 6] = [
         IncidentKind::SyncFailed,
         IncidentKind::NeedsReauth,
         IncidentKind::Quarantined,
         IncidentKind::PendingExpiration,
         IncidentKind::PendingDisconnect,
+        IncidentKind::AccessRevoked,
     ];
 
     /// The snake_case name used in the API and in store keys.
@@ -51,6 +56,7 @@ impl IncidentKind {
             IncidentKind::Quarantined => "quarantined",
             IncidentKind::PendingExpiration => "pending_expiration",
             IncidentKind::PendingDisconnect => "pending_disconnect",
+            IncidentKind::AccessRevoked => "access_revoked",
         }
     }
 

@@ -278,6 +278,60 @@ pub struct SyncGaveUp {
     pub attempts: u32,
     /// When it gave up.
     pub since: DateTime<Utc>,
+    /// Why it gave up. Absent in records written before causes existed (they were all
+    /// attempt limits), hence the default.
+    #[serde(default)]
+    pub cause: GaveUpCause,
+}
+
+/// Why acctor stopped retrying an account, and so what a human must do about it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GaveUpCause {
+    /// Syncs failed `actors.max_sync_attempts` times in a row: find out why, then
+    /// resume.
+    #[default]
+    AttemptsExhausted,
+    /// The provider rejected the request itself (bad API keys, a bad field, an answer
+    /// acctor cannot read): retrying cannot help until the cause is fixed, then resume.
+    Permanent,
+    /// The provider no longer accepts the account's access token (invalid, revoked, the
+    /// item is gone): relink it with a new access token, or unlink it.
+    AccessRevoked,
+}
+
+impl SyncGaveUp {
+    /// The kind of incident this mark keeps open.
+    pub fn incident_kind(&self) -> crate::domain::incidents::IncidentKind {
+        match self.cause {
+            GaveUpCause::AccessRevoked => crate::domain::incidents::IncidentKind::AccessRevoked,
+            _ => crate::domain::incidents::IncidentKind::SyncFailed,
+        }
+    }
+}
+
+impl GaveUpCause {
+    /// What a human must do to get the account syncing again, for incidents and the
+    /// status API.
+    pub fn action(self) -> &'static str {
+        match self {
+            GaveUpCause::AttemptsExhausted => {
+                "find out why syncs keep failing (the error and request id say), then resume \
+                 the account: POST /v1/accounts/{id}/resume"
+            }
+            GaveUpCause::Permanent => {
+                "the provider rejects acctor's request itself, so retrying cannot help: fix \
+                 the cause (acctor's provider configuration, or the account at the provider), \
+                 then resume the account: POST /v1/accounts/{id}/resume"
+            }
+            GaveUpCause::AccessRevoked => {
+                "the provider no longer accepts this account's access token: have the user \
+                 link it again and relink it with the new access token (POST /v1/accounts \
+                 with the same provider, item_id and owner_id), or unlink it: \
+                 DELETE /v1/accounts/{id}"
+            }
+        }
+    }
 }
 
 /// Why and when an account was quarantined.

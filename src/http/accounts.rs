@@ -347,11 +347,14 @@ pub struct SyncStatus {
     #[schema(value_type = String)]
     pub account_id: AccountId,
     /// `idle`, `syncing`, `backoff`, `scheduled` (live actor), `restarting` (its actor
-    /// failed and restarts after a backoff), `quarantined`, `failed` (syncs gave up),
-    /// `needs_reauth` (parked until LOGIN_REPAIRED or a relink), `passivated`, or
-    /// `unlinked`.
+    /// failed and restarts after a backoff), `quarantined`, `failed` (syncs gave up, or
+    /// the provider rejected the request itself), `access_revoked` (the provider no
+    /// longer accepts its access token: relink or unlink), `needs_reauth` (parked until
+    /// LOGIN_REPAIRED or a relink), `passivated`, or `unlinked`.
     #[schema(value_type = String, example = "idle")]
     pub state: &'static str,
+    /// What a human must do to get it syncing again, when it waits for one.
+    pub action: Option<String>,
     /// Whether an actor is live for it.
     pub active: bool,
     /// The live actor's report.
@@ -385,8 +388,8 @@ pub struct SyncStatus {
     /// The pending retry of a failed sync (what the sweeper re-drives when due).
     #[schema(value_type = Option<Object>)]
     pub retry: Option<RetryRecord>,
-    /// Set when its syncs failed `actors.max_sync_attempts` times in a row: no more
-    /// retries until `POST …/resume`.
+    /// Set when acctor stopped retrying (`cause`: `attempts_exhausted`, `permanent`,
+    /// `access_revoked`): no more retries until `POST …/resume` or a relink.
     #[schema(value_type = Option<Object>)]
     pub failed: Option<SyncGaveUp>,
     /// Set while it waits for its user to log in again (ITEM_LOGIN_REQUIRED): no syncs
@@ -423,6 +426,7 @@ async fn sync_status(
     Ok(Json(SyncStatus {
         account_id: account.id.clone(),
         state: report.state,
+        action: report.action,
         active: report.actor.is_some(),
         actor: report.actor,
         last_sync_started_at: account.last_sync_started_at,

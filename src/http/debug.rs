@@ -28,7 +28,9 @@ use crate::actors::account::ActorEvent;
 use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, RegistryError, SyncReason};
 use crate::domain::SyncOutcome;
-use crate::domain::{Account, AccountId, LinkStatus, ProviderKind, Quarantine, SyncGaveUp};
+use crate::domain::{
+    Account, AccountId, GaveUpCause, LinkStatus, ProviderKind, Quarantine, SyncGaveUp,
+};
 use crate::service::accounts::{is_quarantined, resolve, state_name};
 use crate::store::{RetryRecord, Store, StoreError};
 
@@ -41,12 +43,13 @@ const SCAN_BUDGET: usize = 10_000;
 /// States a live actor reports; filtering on them means asking the actors.
 const LIVE_STATES: [&str; 4] = ["idle", "syncing", "backoff", "scheduled"];
 /// Every state the `state` filter accepts (`active`: any live actor).
-const STATES: [&str; 12] = [
+const STATES: [&str; 13] = [
     "idle",
     "syncing",
     "backoff",
     "scheduled",
     "failed",
+    "access_revoked",
     "quarantined",
     "needs_reauth",
     "restarting",
@@ -436,11 +439,12 @@ fn prefilter(
         return active;
     }
     let supervision = state.ctx.registry.restart_status(&account.id);
-    let coarse = match (account.status, account.failed.is_some(), active) {
+    let coarse = match (account.status, account.failed.as_ref(), active) {
         (LinkStatus::Unlinked, _, _) => "unlinked",
-        (_, true, _) => "failed",
+        (_, Some(mark), _) if mark.cause == GaveUpCause::AccessRevoked => "access_revoked",
+        (_, Some(_), _) => "failed",
         _ if account.needs_reauth.is_some() => "needs_reauth",
-        (_, false, true) => "live",
+        (_, None, true) => "live",
         _ => state_name(
             account,
             None,

@@ -134,9 +134,9 @@ pub fn body_dedup_key(provider: ProviderKind, external_id: &str, body: &[u8]) ->
 /// `Transient` is retried in place by the page loop, then like any failure by the
 /// account's backoff; `RateLimited` waits at least `actors.rate_limit_backoff`;
 /// `LoginRequired` parks the account; `CursorRejected` reconciles (on a delta sync);
-/// `RestartPagination` restarts the pagination loop. `Permanent` is not retried in
-/// place, but the account still retries it with its ordinary backoff until
-/// `actors.max_sync_attempts` gives up: a permanent failure does not stop retries yet.
+/// `RestartPagination` restarts the pagination loop. `AccessRevoked` and `Permanent`
+/// stop retries at once: the account is marked (`access_revoked` / `failed`) with an
+/// incident saying what a human must do, since the same call would get the same answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ErrorClass {
     /// This one call failed (server error, no answer): the same call may succeed.
@@ -152,8 +152,13 @@ pub enum ErrorClass {
     CursorRejected,
     /// Data changed under the pagination: restart the loop from its first cursor.
     RestartPagination,
-    /// An answer about the request itself (a client error, an undecodable answer):
-    /// the same call gets the same answer.
+    /// The provider no longer accepts this link at all (the access token is invalid or
+    /// revoked, the item is gone): only a new link (a relink with a new access token)
+    /// can help.
+    AccessRevoked,
+    /// An answer about the request itself (a client error, bad API keys, an
+    /// undecodable answer): the same call gets the same answer until someone fixes the
+    /// cause.
     Permanent,
 }
 

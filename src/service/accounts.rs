@@ -7,7 +7,9 @@ use chrono::{DateTime, Utc};
 use super::{blocking, Context, ServiceError};
 use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, SyncReason};
-use crate::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind, Quarantine};
+use crate::domain::{
+    AccessToken, Account, AccountId, GaveUpCause, LinkStatus, ProviderKind, Quarantine,
+};
 use crate::store::{Resolved, RetryRecord, TransactionPage, TransactionQuery};
 use crate::telemetry::record_account;
 
@@ -334,6 +336,8 @@ pub struct SyncReport {
     pub quarantined: bool,
     /// The pending retry record.
     pub retry: Option<RetryRecord>,
+    /// What a human must do to get it syncing again, when it waits for one.
+    pub action: Option<String>,
 }
 
 /// The sync status of `account`: asks its live actor (if any), the store and the
@@ -363,7 +367,28 @@ pub async fn sync_report(ctx: &Context, account: &Account) -> Result<SyncReport,
         supervision,
         quarantined,
         retry,
+        action: required_action(account, quarantined),
     })
+}
+
+/// What a human must do for an account that waits for one (the same words its incident
+/// carries), with its id filled in.
+pub fn required_action(account: &Account, quarantined: bool) -> Option<String> {
+    let action = if account.status == LinkStatus::Unlinked {
+        return None;
+    } else if let Some(mark) = &account.failed {
+        mark.cause.action()
+    } else if account.needs_reauth.as_ref().is_some_and(|m| !m.relinked) {
+        "the user must log in again at the provider (Link's update mode); then a \
+         LOGIN_REPAIRED webhook, or a relink (POST /v1/accounts with the same provider, \
+         item_id and owner_id), resumes syncing"
+    } else if quarantined {
+        "its actor kept failing: look at its last error (GET /debug/actors/{id}), then \
+         resume it: POST /v1/accounts/{id}/resume"
+    } else {
+        return None;
+    };
+    Some(action.replace("{id}", account.id.as_str()))
 }
 
 fn cursor_age(account: &Account, now: DateTime<Utc>) -> Option<i64> {
@@ -387,6 +412,13 @@ pub fn state_name(
     let restarting = supervision.is_some_and(|s| s.restart_due_at.is_some());
     match (&account.status, actor) {
         (LinkStatus::Unlinked, _) => "unlinked",
+        _ if account
+            .failed
+            .as_ref()
+            .is_some_and(|mark| mark.cause == GaveUpCause::AccessRevoked) =>
+        {
+            "access_revoked"
+        }
         _ if account.failed.is_some() => "failed",
         _ if account.needs_reauth.is_some() => "needs_reauth",
         (_, Some(snapshot)) => snapshot.state,

@@ -266,9 +266,11 @@ pub trait AccountStore {
     /// Read-modify-write of the account's login state, for decisions that must not
     /// write back a copy read earlier (a relink landing meanwhile would be lost):
     /// `change` edits the record as stored now and returns whether to write; only its
-    /// `needs_reauth` and `pending_deadline` are kept, edits to other fields are dropped.
-    /// `change` may run more than once (a retried transaction) and must have no other
-    /// effect. A write that leaves a needs-reauth mark also deletes the retry record.
+    /// `needs_reauth`, `pending_deadline`, `login_seen_through` and `failed` (the mark
+    /// of a revoked access or a permanent error, decided against the token the sync
+    /// used) are kept, edits to other fields are dropped. `change` may run more than
+    /// once (a retried transaction) and must have no other effect. A write that leaves
+    /// a needs-reauth or failed mark also deletes the retry record.
     /// Returns the record as stored after the call; `AccountNotFound` if there is none.
     /// Not durable until a later `durable()` resolves.
     fn update_login_state(

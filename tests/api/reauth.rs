@@ -503,3 +503,60 @@ async fn announced_deadlines_open_warnings_that_login_repaired_and_relink_lift()
     env.converge(&account, &item_id).await;
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_revoked_access_token_stops_retries_at_once_until_a_relink() {
+    let env = spawn_env_with(|_| {}).await;
+    let (item_id, token) = env.create_item(4).await;
+    // The README's own example: a placeholder token the provider has never issued.
+    let linked = env
+        .link(
+            &item_id,
+            "access-placeholder",
+            "user-42",
+            &["ada@example.com"],
+        )
+        .await;
+    let account = linked["id"].as_str().expect("id").to_string();
+
+    let status = wait_until(
+        "the access_revoked mark",
+        || env.sync_status(&account),
+        |s| s["state"] == "access_revoked",
+    )
+    .await;
+    // Marked at the first failure, with no retry left behind.
+    assert_eq!(status["failed"]["cause"], "access_revoked", "{status}");
+    assert_eq!(status["failed"]["attempts"], 1, "{status}");
+    assert_eq!(status["retry"], Value::Null, "{status}");
+    assert_eq!(
+        status["last_sync_outcome"]["code"], "INVALID_ACCESS_TOKEN",
+        "{status}"
+    );
+    let action = status["action"].as_str().expect("an action");
+    assert!(action.contains("relink"), "{action}");
+    // The incident says the same, with the provider's code.
+    let incident = open_incident_of(&env, &account, "access_revoked").await;
+    assert_eq!(incident["severity"], "critical", "{incident}");
+    assert_eq!(
+        incident["details"]["code"], "INVALID_ACCESS_TOKEN",
+        "{incident}"
+    );
+    assert_eq!(
+        incident["details"]["action"].as_str(),
+        Some(action),
+        "{incident}"
+    );
+    // The user linked again: the relink with the real token syncs everything.
+    let relinked = relink(&env, &item_id, &token, "user-42").await;
+    assert_eq!(relinked.status(), 200);
+    let status = wait_until(
+        "the relinked account's first commit",
+        || env.sync_status(&account),
+        |s| s["transactions"] == 4 && s["failed"].is_null(),
+    )
+    .await;
+    assert_eq!(status["action"], Value::Null, "{status}");
+    no_open_incidents(&env, &account).await;
+    env.shutdown().await;
+}

@@ -19,7 +19,7 @@ use crate::actors::incidents::resolve_incidents;
 use crate::backoff::backoff_delay;
 use crate::clock::after;
 use crate::domain::incidents::IncidentKind;
-use crate::domain::{Account, AccountId, SyncOutcome};
+use crate::domain::{Account, AccountId, GaveUpCause, SyncOutcome};
 use crate::store::{RetryRecord, Store, StoreError};
 use crate::sync::{SyncError, SyncProgress, SyncReport};
 
@@ -202,17 +202,31 @@ impl AccountActor {
                 );
                 start_wait(myself, state, Phase::Backoff { until }, delay);
             }
-            RetryPlan::GiveUp { attempt } => {
+            RetryPlan::GiveUp { attempt, cause } => {
                 state.attempt = attempt;
                 state.gave_up = true;
                 state.phase = Phase::Idle;
-                state.event("gave_up", format!("after {attempt} attempts"));
+                let (event, message) = match cause {
+                    GaveUpCause::AttemptsExhausted => (
+                        format!("after {attempt} attempts"),
+                        "sync failed too many times, account marked failed",
+                    ),
+                    GaveUpCause::Permanent => (
+                        format!("permanent error {}", error.code()),
+                        "provider rejected the request itself, account marked failed",
+                    ),
+                    GaveUpCause::AccessRevoked => (
+                        format!("access revoked ({})", error.code()),
+                        "provider no longer accepts the access token, account needs a relink",
+                    ),
+                };
+                state.event("gave_up", event);
                 tracing::error!(
                     account_id = %state.id,
                     attempt,
                     code = %error.code(),
                     error = %error,
-                    "sync failed too many times, account marked failed"
+                    "{message}"
                 );
             }
         }
@@ -429,7 +443,12 @@ impl AccountActor {
                 .blocking(move |ctx| {
                     Ok((
                         ctx.store.set_sync_gave_up(&id, None).err(),
-                        resolve_incidents(ctx, &id, &[IncidentKind::SyncFailed]).err(),
+                        resolve_incidents(
+                            ctx,
+                            &id,
+                            &[IncidentKind::SyncFailed, IncidentKind::AccessRevoked],
+                        )
+                        .err(),
                     ))
                 })
                 .await;
@@ -441,7 +460,7 @@ impl AccountActor {
                 tracing::warn!(account_id = %state.id, %error, "could not clear the failed mark after a resume");
             }
             if let Some(error) = incident {
-                tracing::warn!(account_id = %state.id, %error, "could not resolve the sync_failed incident after a resume");
+                tracing::warn!(account_id = %state.id, %error, "could not resolve the failed mark's incident after a resume");
             }
             state.gave_up = false;
         }

@@ -10,13 +10,12 @@ use chrono::{DateTime, Utc};
 use rand::Rng;
 
 use crate::actors::context::ActorContext;
-use crate::actors::incidents::open_incident;
+use crate::actors::incidents::{gave_up_details, open_incident};
 use crate::backoff::backoff_delay;
 use crate::config::ActorSettings;
-use crate::domain::incidents::IncidentKind;
-use crate::domain::{AccountId, SyncGaveUp};
+use crate::domain::{AccessToken, Account, AccountId, GaveUpCause, SyncGaveUp};
 use crate::providers::ErrorClass;
-use crate::store::RetryRecord;
+use crate::store::{RetryRecord, StoreError};
 use crate::sync::SyncError;
 
 /// What the sync task decided after a failure, already written to the store.
@@ -31,10 +30,13 @@ pub enum RetryPlan {
         /// When it is due.
         until: DateTime<Utc>,
     },
-    /// `actors.max_sync_attempts` reached: the account is marked failed.
+    /// No retry: `actors.max_sync_attempts` reached, or the provider said no retry can
+    /// succeed (a permanent error, a revoked access). The account is marked failed.
     GiveUp {
         /// Consecutive failed attempts, this one included.
         attempt: u32,
+        /// Why, and so which incident and state.
+        cause: GaveUpCause,
     },
 }
 
@@ -53,9 +55,11 @@ pub fn is_rate_limited(error: &SyncError) -> bool {
     matches!(error.class(), Some(ErrorClass::RateLimited { .. }))
 }
 
-/// The retry plan after the `previous_attempts + 1`-th consecutive failure: give up
-/// past `max_sync_attempts`, else exponential backoff with full jitter, pushed to at
-/// least the rate-limit window when the provider rate-limited us.
+/// The retry plan after the `previous_attempts + 1`-th consecutive failure: give up at
+/// once on an error no retry can fix (the provider's [`ErrorClass::Permanent`] and
+/// [`ErrorClass::AccessRevoked`]) or past `max_sync_attempts`, else exponential
+/// backoff with full jitter, pushed to at least the rate-limit window when the provider
+/// rate-limited us.
 pub fn plan_retry(
     settings: &ActorSettings,
     error: &SyncError,
@@ -64,8 +68,19 @@ pub fn plan_retry(
     rng: &mut impl Rng,
 ) -> RetryPlan {
     let attempt = previous_attempts.saturating_add(1);
+    let final_cause = match error.class() {
+        Some(ErrorClass::AccessRevoked) => Some(GaveUpCause::AccessRevoked),
+        Some(ErrorClass::Permanent) => Some(GaveUpCause::Permanent),
+        _ => None,
+    };
+    if let Some(cause) = final_cause {
+        return RetryPlan::GiveUp { attempt, cause };
+    }
     if attempt >= settings.max_sync_attempts {
-        return RetryPlan::GiveUp { attempt };
+        return RetryPlan::GiveUp {
+            attempt,
+            cause: GaveUpCause::AttemptsExhausted,
+        };
     }
     let mut delay = backoff_delay(
         settings.sync_retry_initial,
@@ -85,13 +100,19 @@ pub fn plan_retry(
 }
 
 /// Records a failed sync: its outcome on the account, and either a retry record or the
-/// `failed` mark, made durable so a crash does not forget the retry.
+/// `failed` mark with its incident, made durable so a crash does not forget the retry.
+///
+/// Giving up is decided against the access token the sync used (`token`, when the
+/// failure came from the provider), inside the store's read-modify-write: if the
+/// account was relinked meanwhile, the failure is about the replaced token and nothing
+/// is marked; `None` says so (sync again, with the new token).
 pub(super) async fn record_failure(
     ctx: &Arc<ActorContext>,
     id: &AccountId,
     error: &SyncError,
     previous_attempts: u32,
-) -> RetryPlan {
+    token: Option<&AccessToken>,
+) -> Option<RetryPlan> {
     let plan = plan_retry(
         &ctx.settings,
         error,
@@ -99,58 +120,73 @@ pub(super) async fn record_failure(
         ctx.clock.now(),
         &mut rand::thread_rng(),
     );
-    let store = ctx.store.clone();
-    let incident_ctx = ctx.clone();
+    let task_ctx = ctx.clone();
     let failed_id = id.clone();
     let outcome = error.outcome();
     let code = error.code();
     let request_id = error.request_id();
     let reason = error.to_string();
+    let token = token.cloned();
     let recorded = tokio::task::spawn_blocking(move || {
-        let now = incident_ctx.clock.now();
-        store.record_sync_failed(&failed_id, outcome, now)?;
+        let store = &task_ctx.store;
+        let now = task_ctx.clock.now();
         match plan {
-            RetryPlan::Retry { attempt, until, .. } => store.record_retry(&RetryRecord {
-                account_id: failed_id,
-                attempt,
-                due_at: until,
-                code,
-                request_id,
-            }),
-            RetryPlan::GiveUp { attempt } => {
-                store.set_sync_gave_up(
-                    &failed_id,
-                    Some(SyncGaveUp {
-                        reason: format!("{code}: {reason}"),
-                        attempts: attempt,
-                        since: now,
-                    }),
-                )?;
-                open_incident(
-                    &incident_ctx,
-                    &failed_id,
-                    IncidentKind::SyncFailed,
-                    serde_json::json!({
-                        "code": code,
-                        "request_id": request_id,
-                        "attempts": attempt,
-                        "message": reason,
-                    }),
-                )
-                .map(|_| ())
+            RetryPlan::Retry { attempt, until, .. } => {
+                store.record_sync_failed(&failed_id, outcome, now)?;
+                store.record_retry(&RetryRecord {
+                    account_id: failed_id,
+                    attempt,
+                    due_at: until,
+                    code,
+                    request_id,
+                })?;
+                Ok(true)
+            }
+            RetryPlan::GiveUp { attempt, cause } => {
+                let mark = SyncGaveUp {
+                    reason: format!("{code}: {reason}"),
+                    attempts: attempt,
+                    since: now,
+                    cause,
+                };
+                let current =
+                    |account: &Account| token.as_ref().is_none_or(|t| *t == account.access_token);
+                let stored = store.update_login_state(&failed_id, &|account| {
+                    if !current(account) {
+                        return false;
+                    }
+                    account.failed = Some(mark.clone());
+                    true
+                })?;
+                if !current(&stored) {
+                    return Ok(false);
+                }
+                store.record_sync_failed(&failed_id, outcome, now)?;
+                let details =
+                    gave_up_details(&failed_id, &mark, Some(&code), request_id.as_deref());
+                open_incident(&task_ctx, &failed_id, mark.incident_kind(), details)?;
+                Ok::<_, StoreError>(true)
             }
         }
     })
     .await;
     match recorded {
-        Ok(Ok(())) => {
+        Ok(Ok(true)) => {
             if let Err(error) = ctx.store.durable().await {
                 tracing::warn!(account_id = %id, %error, "sync failure record not made durable");
             }
+            Some(plan)
         }
-        _ => tracing::error!(account_id = %id, "could not record sync failure"),
+        Ok(Ok(false)) => None,
+        Ok(Err(error)) => {
+            tracing::error!(account_id = %id, %error, "could not record sync failure");
+            Some(plan)
+        }
+        Err(error) => {
+            tracing::error!(account_id = %id, %error, "could not record sync failure");
+            Some(plan)
+        }
     }
-    plan
 }
 
 #[cfg(test)]
@@ -209,17 +245,45 @@ mod tests {
             assert!(delay >= Duration::from_secs(60), "{delay:?}");
             assert!(until >= now + chrono::Duration::seconds(60));
         }
-        // An ordinary failure stays within the backoff ceiling; so does a permanent
-        // one, which is still retried with the ordinary backoff for now.
-        for error in [
-            api_error(500, "SERVER_ERROR", ErrorClass::Transient),
-            api_error(400, "BAD_REQUEST", ErrorClass::Permanent),
+        // An ordinary failure stays within the backoff ceiling.
+        let error = api_error(500, "SERVER_ERROR", ErrorClass::Transient);
+        let RetryPlan::Retry { delay, .. } = plan_retry(&settings(), &error, 0, now, &mut rng)
+        else {
+            panic!("first failure must be retried");
+        };
+        assert!(delay <= Duration::from_millis(100), "{delay:?}");
+    }
+
+    #[test]
+    fn an_error_no_retry_can_fix_gives_up_at_the_first_failure() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let now = Utc::now();
+        for (class, cause) in [
+            (ErrorClass::Permanent, GaveUpCause::Permanent),
+            (ErrorClass::AccessRevoked, GaveUpCause::AccessRevoked),
         ] {
-            let RetryPlan::Retry { delay, .. } = plan_retry(&settings(), &error, 0, now, &mut rng)
-            else {
-                panic!("first failure must be retried");
-            };
-            assert!(delay <= Duration::from_millis(100), "{delay:?}");
+            let error = api_error(400, "NOPE", class);
+            assert_eq!(
+                plan_retry(&settings(), &error, 0, now, &mut rng),
+                RetryPlan::GiveUp { attempt: 1, cause },
+                "{class:?}"
+            );
+        }
+        // Everything else is retried.
+        for class in [
+            ErrorClass::Transient,
+            ErrorClass::RateLimited { retry_after: None },
+            ErrorClass::CursorRejected,
+            ErrorClass::RestartPagination,
+        ] {
+            let error = api_error(400, "MAYBE", class);
+            assert!(
+                matches!(
+                    plan_retry(&settings(), &error, 0, now, &mut rng),
+                    RetryPlan::Retry { attempt: 1, .. }
+                ),
+                "{class:?}"
+            );
         }
     }
 
@@ -234,7 +298,10 @@ mod tests {
         ));
         assert_eq!(
             plan_retry(&settings(), &error, 3, now, &mut rng),
-            RetryPlan::GiveUp { attempt: 4 }
+            RetryPlan::GiveUp {
+                attempt: 4,
+                cause: GaveUpCause::AttemptsExhausted
+            }
         );
     }
 

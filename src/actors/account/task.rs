@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::retry::{record_failure, SyncFailure};
+use super::retry::{record_failure, RetryPlan, SyncFailure};
 use crate::actors::context::ActorContext;
 use crate::actors::reauth;
 use crate::domain::AccountId;
@@ -64,15 +64,22 @@ pub(super) async fn sync_once(
             clock: ctx.clock.as_ref(),
         };
         let result = run_sync(&env, &prepared.account, prepared.consumed).await;
+        let token = &prepared.account.access_token;
         let error = match result {
             Ok(report) => {
                 reauth::after_commit(ctx, id).await;
                 return TaskOutcome::Finished(Ok(report));
             }
             Err(error) if reauth::is_login_required(&error) => error,
-            Err(error) => return failed(ctx, id, error, attempt).await,
+            Err(error) => match record_failure(ctx, id, &error, attempt, Some(token)).await {
+                Some(plan) => return TaskOutcome::Finished(Err(SyncFailure { error, plan })),
+                // Relinked while this sync ran: see below.
+                None => {
+                    tracing::info!(account_id = %id, code = %error.code(), "final error for a replaced token, syncing again");
+                    continue;
+                }
+            },
         };
-        let token = &prepared.account.access_token;
         match reauth::park_after_error(ctx, id, &error, checked_seq, token).await {
             Ok(true) => {
                 return TaskOutcome::Parked(ParkReport {
@@ -93,13 +100,22 @@ pub(super) async fn sync_once(
     }
 }
 
+/// A failure before the provider was asked (the store, the needs-reauth check): never
+/// final, so always retried or counted towards the attempt limit.
 async fn failed(
     ctx: &Arc<ActorContext>,
     id: &AccountId,
     error: SyncError,
     attempt: u32,
 ) -> TaskOutcome {
-    let plan = record_failure(ctx, id, &error, attempt).await;
+    // Without a token to compare, the failure is recorded whatever the token is now.
+    let plan = record_failure(ctx, id, &error, attempt, None)
+        .await
+        .unwrap_or(RetryPlan::Retry {
+            attempt,
+            delay: std::time::Duration::ZERO,
+            until: ctx.clock.now(),
+        });
     TaskOutcome::Finished(Err(SyncFailure { error, plan }))
 }
 

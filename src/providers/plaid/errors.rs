@@ -30,11 +30,36 @@ pub fn classify(status: u16, error_type: &str, code: &str, message: &str) -> Err
     {
         return ErrorClass::RateLimited { retry_after: None };
     }
-    if status >= 500 {
+    if ACCESS_REVOKED.contains(&code) {
+        return ErrorClass::AccessRevoked;
+    }
+    if status >= 500 || error_type == INSTITUTION_ERROR || TRANSIENT_4XX.contains(&code) {
         return ErrorClass::Transient;
     }
     ErrorClass::Permanent
 }
+
+/// Codes that say the item cannot be used with this access token any more, whatever is
+/// retried: the token is invalid or was revoked, the item was removed, or the user
+/// withdrew consent or every account. Only a new link (Link's update mode or a new Item,
+/// then a relink) helps. `INSTITUTION_NO_LONGER_SUPPORTED` is an institution error, but
+/// final like these.
+const ACCESS_REVOKED: [&str; 7] = [
+    wire::INVALID_ACCESS_TOKEN,
+    "ITEM_NOT_FOUND",
+    "ACCESS_NOT_GRANTED",
+    "USER_PERMISSION_REVOKED",
+    "ITEM_NOT_SUPPORTED",
+    "NO_ACCOUNTS",
+    "INSTITUTION_NO_LONGER_SUPPORTED",
+];
+
+/// Plaid's `error_type` for an institution that is down or not answering (sent with a
+/// 4xx status): Plaid's guidance is to try again later.
+const INSTITUTION_ERROR: &str = "INSTITUTION_ERROR";
+
+/// 4xx codes Plaid documents as "try again later": the data is not ready yet.
+const TRANSIENT_4XX: [&str; 1] = ["PRODUCT_NOT_READY"];
 
 /// A Plaid error answer as a [`ProviderError`], classified.
 pub fn api_error(
@@ -155,13 +180,63 @@ mod tests {
                 "later",
                 ErrorClass::Transient,
             ),
-            // Any other 4xx is about the request itself. (Still retried with the
-            // account's backoff today: see `ErrorClass::Permanent`.)
+            // The link itself is gone: only a relink helps.
             (
                 400,
                 "INVALID_INPUT",
                 "INVALID_ACCESS_TOKEN",
                 "bad token",
+                ErrorClass::AccessRevoked,
+            ),
+            (
+                400,
+                "ITEM_ERROR",
+                "ITEM_NOT_FOUND",
+                "gone",
+                ErrorClass::AccessRevoked,
+            ),
+            (
+                400,
+                "ITEM_ERROR",
+                "USER_PERMISSION_REVOKED",
+                "revoked",
+                ErrorClass::AccessRevoked,
+            ),
+            (
+                400,
+                "INSTITUTION_ERROR",
+                "INSTITUTION_NO_LONGER_SUPPORTED",
+                "gone",
+                ErrorClass::AccessRevoked,
+            ),
+            // Try again later, says Plaid, whatever the 4xx status.
+            (
+                400,
+                "INSTITUTION_ERROR",
+                "INSTITUTION_DOWN",
+                "down",
+                ErrorClass::Transient,
+            ),
+            (
+                400,
+                "INSTITUTION_ERROR",
+                "INSTITUTION_NOT_RESPONDING",
+                "slow",
+                ErrorClass::Transient,
+            ),
+            (
+                400,
+                "ITEM_ERROR",
+                "PRODUCT_NOT_READY",
+                "not yet",
+                ErrorClass::Transient,
+            ),
+            // Any other 4xx is about the request itself: bad keys, a bad field.
+            (
+                400,
+                "INVALID_INPUT",
+                "INVALID_API_KEYS",
+                "bad keys",
                 ErrorClass::Permanent,
             ),
             (

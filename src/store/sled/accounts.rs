@@ -392,9 +392,11 @@ impl AccountStore for SledStore {
                 account.needs_reauth = edited.needs_reauth;
                 account.pending_deadline = edited.pending_deadline;
                 account.login_seen_through = edited.login_seen_through;
+                account.failed = edited.failed;
                 accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
-                if account.needs_reauth.is_some() {
-                    // A parked account is not retried (as with `set_needs_reauth`).
+                if account.needs_reauth.is_some() || account.failed.is_some() {
+                    // A parked account is not retried (as with `set_needs_reauth` and
+                    // `set_sync_gave_up`).
                     TxDue { entries, subjects }.remove(DueKind::Retry, id.as_str())?;
                 }
                 Ok(account)

@@ -65,6 +65,7 @@ async fn retry_records_index_by_due_time_and_leave_with_a_commit() {
         reason: "INTERNAL_SERVER_ERROR".to_string(),
         attempts: 5,
         since: t0(),
+        cause: crate::domain::GaveUpCause::AttemptsExhausted,
     };
     store
         .set_sync_gave_up(&b.id, Some(gave_up.clone()))
