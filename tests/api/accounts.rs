@@ -121,36 +121,62 @@ async fn bad_link_requests_get_clear_json_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlink_keeps_data_unless_purged_and_frees_the_item() {
     let env = spawn_env().await;
-    let (account, item) = env.linked_item(60).await;
+    let (item, token) = env.create_item(60).await;
+    let linked = env
+        .link(&item, &token, "user-42", &["ada@example.com"])
+        .await;
+    let account = linked["id"].as_str().expect("id").to_string();
     env.converge(&account, &item).await;
 
+    // Unlinked by its alias, as the README does it.
     let response = env
         .client
-        .delete(format!("{}/v1/accounts/{account}", env.app_url))
+        .delete(format!("{}/v1/accounts/ada@example.com", env.app_url))
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), 200);
-    let kept = env
-        .get_json(&format!("{}/v1/accounts/{account}", env.app_url))
-        .await;
-    assert_eq!(kept["status"], "unlinked");
+    // Every key it is listed with still finds it, unlinked, with its data.
+    for key in [
+        "ada@example.com",
+        item.as_str(),
+        "user-42",
+        account.as_str(),
+    ] {
+        let kept = env
+            .get_json(&format!("{}/v1/accounts/{key}", env.app_url))
+            .await;
+        assert_eq!(kept["id"], account.as_str(), "{key}");
+        assert_eq!(kept["status"], "unlinked", "{key}");
+        assert_eq!(kept["aliases"], serde_json::json!(["ada@example.com"]));
+    }
     assert_eq!(env.local_transactions(&account).await.len(), 60);
 
+    // Purged by the same alias.
     let response = env
         .client
-        .delete(format!("{}/v1/accounts/{account}?purge=true", env.app_url))
+        .delete(format!(
+            "{}/v1/accounts/ada@example.com?purge=true",
+            env.app_url
+        ))
         .send()
         .await
         .expect("send");
     assert_eq!(response.status(), 200);
-    let response = env
-        .client
-        .get(format!("{}/v1/accounts/{account}", env.app_url))
-        .send()
-        .await
-        .expect("send");
-    assert_eq!(response.status(), 404);
+    for key in ["ada@example.com", account.as_str()] {
+        let response = env
+            .client
+            .get(format!("{}/v1/accounts/{key}", env.app_url))
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), 404, "{key}");
+    }
+    // The item and alias are free for a new link.
+    let again = env
+        .link(&item, &token, "user-42", &["ada@example.com"])
+        .await;
+    assert_ne!(again["id"], account.as_str());
     env.shutdown().await;
 }
 

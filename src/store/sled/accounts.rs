@@ -44,6 +44,19 @@ fn remove_lookup_keys(lookup: &TransactionalTree, account: &Account) -> TxResult
     Ok(())
 }
 
+/// The retired lookup keys of an unlinked account: one per distinct key it is listed
+/// with (item id, aliases, owner id).
+pub(super) fn retired_keys(account: &Account) -> Vec<Vec<u8>> {
+    let mut names: Vec<&str> = vec![&account.item_id, &account.owner_id];
+    names.extend(account.aliases.iter().map(String::as_str));
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .map(|name| keys::retired_key(name, &account.id))
+        .collect()
+}
+
 /// Moves the given unrouted events into `account`'s inbox; returns how many moved
 /// (keys already gone, e.g. adopted by an earlier pass, are skipped).
 fn adopt(
@@ -192,7 +205,13 @@ impl AccountStore for SledStore {
         if let Some(bytes) = self.lookup.get(keys::alias_key(key)).map_err(io)? {
             return Ok(Resolved::Found(keys::decode(LOOKUP, &bytes)?));
         }
-        for prefix in [keys::item_prefix(key), keys::owner_prefix(key)] {
+        // Live keys first: a key an unlinked account shared with a linked one (linked
+        // again under a new id, say) means the linked one.
+        for prefix in [
+            keys::item_prefix(key),
+            keys::owner_prefix(key),
+            keys::retired_prefix(key),
+        ] {
             let mut ids = self.ids_under(&prefix)?;
             match ids.len() {
                 0 => continue,
@@ -257,6 +276,15 @@ impl AccountStore for SledStore {
                     };
                     let previous: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
                     remove_lookup_keys(lookup, &previous)?;
+                    let retired = retired_keys(&previous);
+                    let id_value = tx(keys::encode(LOOKUP, id))?;
+                    for key in &retired {
+                        if purge {
+                            lookup.remove(key.as_slice())?;
+                        } else {
+                            lookup.insert(key.as_slice(), id_value.as_slice())?;
+                        }
+                    }
                     let due = TxDue { entries, subjects };
                     due.remove(DueKind::Poll, id.as_str())?;
                     let mut inbox_removed = 0u64;

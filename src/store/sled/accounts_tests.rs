@@ -3,6 +3,7 @@
 use tempfile::TempDir;
 
 use super::super::keys::{self, ACCOUNTS};
+use super::super::test_support::open_raw;
 use super::super::test_support::*;
 use crate::domain::{AccountId, LinkStatus, SyncOutcome};
 use crate::store::{
@@ -176,7 +177,7 @@ async fn failed_and_started_syncs_touch_only_their_fields() {
 }
 
 #[tokio::test]
-async fn unlink_keeps_data_and_frees_keys_and_purge_deletes_it() {
+async fn unlink_keeps_data_and_retires_keys_and_purge_deletes_it() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     let old = account("item-1", "owner-1", &["alias-1"]);
@@ -200,16 +201,25 @@ async fn unlink_keeps_data_and_frees_keys_and_purge_deletes_it() {
     assert_eq!(kept.cursor.as_deref(), Some("c1"));
     assert_eq!(store.count_transactions(&old.id).unwrap(), 1);
     assert_eq!(store.pending_inbox(&old.id).unwrap()[0].seq, s);
-    for key in ["item-1", "alias-1", "owner-1"] {
+    // Every key it is listed with still finds it (to show or purge it)...
+    for key in ["item-1", "alias-1", "owner-1", old.id.as_str()] {
         assert_eq!(
             store.resolve(key).unwrap(),
-            Resolved::NotFound,
-            "{key} freed"
+            Resolved::Found(old.id.clone()),
+            "{key} still finds the unlinked account"
         );
     }
-    assert_eq!(
-        store.resolve(old.id.as_str()).unwrap(),
-        Resolved::Found(old.id.clone())
+    // ...but webhooks for its item no longer reach it.
+    let unrouted = store.ingest(webhook("item-1", 9, t0()), TTL).unwrap();
+    assert!(
+        matches!(
+            unrouted,
+            IngestOutcome::Accepted {
+                account_id: None,
+                ..
+            }
+        ),
+        "{unrouted:?}"
     );
 
     // The same item and alias can be linked again as a new account.
@@ -223,7 +233,9 @@ async fn unlink_keeps_data_and_frees_keys_and_purge_deletes_it() {
     assert!(
         matches!(routed, IngestOutcome::Accepted { account_id: Some(ref id), .. } if *id == new.id)
     );
-    assert_eq!(store.inbox_depth().unwrap(), 2);
+    // Its item's events kept meanwhile were adopted by the new account.
+    assert_eq!(store.inbox_depth().unwrap(), 3);
+    assert_eq!(store.pending_inbox(&new.id).unwrap().len(), 2);
 
     // Purging the old account deletes its data but not the new account's keys.
     assert!(store.unlink_account(&old.id, true).unwrap().is_some());
@@ -231,7 +243,7 @@ async fn unlink_keeps_data_and_frees_keys_and_purge_deletes_it() {
     assert_eq!(store.count_transactions(&old.id).unwrap(), 0);
     assert_eq!(raw_count(&store.transactions, &old.id), 0);
     assert!(store.pending_inbox(&old.id).unwrap().is_empty());
-    assert_eq!(store.inbox_depth().unwrap(), 1);
+    assert_eq!(store.inbox_depth().unwrap(), 2);
     assert_eq!(
         store.resolve("item-1").unwrap(),
         Resolved::Found(new.id.clone())
@@ -241,6 +253,70 @@ async fn unlink_keeps_data_and_frees_keys_and_purge_deletes_it() {
         Resolved::Found(new.id.clone())
     );
     assert!(store.unlink_account(&old.id, true).unwrap().is_none());
+
+    // Unlinked and purged with no successor: its keys find nothing any more.
+    store.unlink_account(&new.id, false).unwrap();
+    assert_eq!(
+        store.resolve("alias-1").unwrap(),
+        Resolved::Found(new.id.clone())
+    );
+    store.unlink_account(&new.id, true).unwrap();
+    for key in ["item-1", "alias-1", "owner-1"] {
+        assert_eq!(store.resolve(key).unwrap(), Resolved::NotFound, "{key}");
+    }
+}
+
+#[tokio::test]
+async fn a_key_shared_by_two_unlinked_accounts_is_ambiguous() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir);
+    let first = account("item-1", "owner-1", &["ada"]);
+    store.link_account(&first).unwrap();
+    store.unlink_account(&first.id, false).unwrap();
+    let second = account("item-1", "owner-1", &["ada"]);
+    store.link_account(&second).unwrap();
+    store.unlink_account(&second.id, false).unwrap();
+    let Resolved::Ambiguous(ids) = store.resolve("ada").unwrap() else {
+        panic!("expected ambiguous");
+    };
+    let mut expected = vec![first.id.clone(), second.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test]
+async fn unlinked_accounts_of_an_older_store_get_their_keys_at_open() {
+    let dir = TempDir::new().unwrap();
+    let acc = account("item-old", "owner-old", &["old-alias"]);
+    {
+        let store = open(&dir);
+        store.link_account(&acc).unwrap();
+        store.unlink_account(&acc.id, false).unwrap();
+        store.shutdown().await.unwrap();
+    }
+    // As an older version left it: unlinked, no retired keys, no marker.
+    {
+        let db = open_raw(&dir.path().join("data"));
+        let lookup = db.open_tree(keys::LOOKUP).unwrap();
+        let mut removed = 0;
+        for key in lookup.iter().keys() {
+            let key = key.unwrap();
+            if key.first() == Some(&b'r') || key.as_ref() == keys::RETIRED_MIGRATED {
+                lookup.remove(key).unwrap();
+                removed += 1;
+            }
+        }
+        db.flush().unwrap();
+        assert_eq!(removed, 4, "three retired keys and the marker");
+    }
+    let store = open(&dir);
+    for key in ["item-old", "owner-old", "old-alias"] {
+        assert_eq!(
+            store.resolve(key).unwrap(),
+            Resolved::Found(acc.id.clone()),
+            "{key}"
+        );
+    }
 }
 
 #[tokio::test]

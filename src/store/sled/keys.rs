@@ -196,6 +196,26 @@ pub(super) fn owner_key(owner_id: &str, account: &AccountId) -> Vec<u8> {
     k
 }
 
+/// Prefix of the retired lookup keys named `key`: an unlinked account keeps each of its
+/// keys (item id, aliases, owner id) here, so the API still finds it by them (to show or
+/// purge it), while webhooks and new links, which read only the live keys, do not.
+pub(super) fn retired_prefix(key: &str) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    push_prefixed(&mut k, key);
+    k
+}
+
+/// Retired lookup key `key` of the unlinked `account`.
+pub(super) fn retired_key(key: &str, account: &AccountId) -> Vec<u8> {
+    let mut k = retired_prefix(key);
+    k.extend_from_slice(account.as_str().as_bytes());
+    k
+}
+
+/// Marker in the lookup tree: every unlinked account's keys have been retired (stores
+/// written before retired keys existed get them at their first open).
+pub(super) const RETIRED_MIGRATED: &[u8] = b"\0retired";
+
 /// Prefix shared by everything one account owns in the transactions, index and inbox trees.
 pub(super) fn account_prefix(account: &AccountId) -> Vec<u8> {
     prefixed(account.as_str())

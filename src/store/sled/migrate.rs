@@ -12,8 +12,9 @@
 use sled::transaction::Transactional;
 use sled::Tree;
 
+use super::accounts::retired_keys;
 use super::due::{poll_anchor, TxDue};
-use super::keys::{self, legacy, ACCOUNTS, DUE_MIGRATED};
+use super::keys::{self, legacy, ACCOUNTS, DUE_MIGRATED, LOOKUP, RETIRED_MIGRATED};
 use super::{from_tx, io};
 use crate::domain::{Account, LinkStatus};
 use crate::store::{DueKind, StoreError};
@@ -184,6 +185,33 @@ fn backfill_polls(accounts: &Tree, due: &DueTrees<'_>) -> Result<u64, StoreError
         added += 1;
     }
     Ok(added)
+}
+
+/// Gives every unlinked account its retired lookup keys once (a store written before
+/// unlinked accounts kept them could not find one by alias); returns how many accounts.
+/// Idempotent: a key is put at its own place, and the marker goes in last.
+pub(super) fn retire_unlinked_keys(accounts: &Tree, lookup: &Tree) -> Result<u64, StoreError> {
+    if lookup.contains_key(RETIRED_MIGRATED).map_err(io)? {
+        return Ok(0);
+    }
+    let mut retired = 0u64;
+    for item in accounts.iter() {
+        let (_, bytes) = item.map_err(io)?;
+        let account: Account = keys::decode(ACCOUNTS, &bytes)?;
+        if account.status != LinkStatus::Unlinked {
+            continue;
+        }
+        let id_value = keys::encode(LOOKUP, &account.id)?;
+        for key in retired_keys(&account) {
+            lookup.insert(key, id_value.as_slice()).map_err(io)?;
+        }
+        retired += 1;
+    }
+    lookup.insert(RETIRED_MIGRATED, &[]).map_err(io)?;
+    if retired > 0 {
+        tracing::info!(accounts = retired, "unlinked accounts' keys retired");
+    }
+    Ok(retired)
 }
 
 #[cfg(test)]

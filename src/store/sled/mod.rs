@@ -252,6 +252,7 @@ impl SledStore {
             subjects: &due_subjects,
         };
         migrate::migrate_legacy_indexes(&db, &accounts, &due_trees)?;
+        migrate::retire_unlinked_keys(&accounts, &lookup)?;
         let incidents = tree(INCIDENTS)?;
         let incident_open = tree(INCIDENT_OPEN)?;
         let outbox = tree(OUTBOX)?;
