@@ -24,7 +24,7 @@ use crate::actors::sweeper::{SweeperActor, SweeperMessage};
 use crate::actors::{ActorContext, Registry};
 use crate::clock::{self, SharedClock};
 use crate::config::Settings;
-use crate::domain::ProviderKind;
+use crate::domain::{LinkStatus, ProviderKind};
 use crate::http::auth::{resolve_admin_token, AdminTokenSource};
 use crate::http::health::Readiness;
 use crate::http::{router, AppState};
@@ -374,14 +374,26 @@ async fn start_embedded_sandbox(
     settings: &Settings,
     addr: SocketAddr,
 ) -> anyhow::Result<(Sandbox, SandboxHandle)> {
-    let sandbox = Sandbox::new(SandboxConfig {
+    let dir = settings.store.data_dir.join(EMBEDDED_SANDBOX_DIR);
+    let config = SandboxConfig {
         client_id: settings.sandbox.client_id.clone(),
         secret: settings.sandbox.secret.expose_secret().to_string(),
         default_webhook_url: Some(webhook_url(settings, addr)),
         seed: settings.sandbox.seed,
-        data_dir: None,
+        data_dir: Some(dir.clone()),
+    };
+    let reset = settings.sandbox.reset_demo;
+    // File I/O (a reset, the saved state read and rewritten): off the async workers.
+    let sandbox = tokio::task::spawn_blocking(move || -> anyhow::Result<Sandbox> {
+        if reset && dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("resetting the demo: removing {}", dir.display()))?;
+            tracing::info!(dir = %dir.display(), "demo reset: embedded sandbox state removed");
+        }
+        Sandbox::new(config).context("creating the embedded sandbox")
     })
-    .context("creating the embedded sandbox")?;
+    .await
+    .context("creating the embedded sandbox")??;
     let listener = TcpListener::bind(settings.sandbox.listen)
         .await
         .with_context(|| format!("binding the sandbox on {}", settings.sandbox.listen))?;
@@ -445,17 +457,39 @@ fn webhook_url(settings: &Settings, addr: SocketAddr) -> String {
     }
 }
 
-/// Links the demo items (replacing a previous run's: the embedded sandbox lives in
-/// memory, so their items are gone) and starts the activity that keeps them syncing.
+/// Where in the data dir the embedded sandbox keeps its state.
+const EMBEDDED_SANDBOX_DIR: &str = "sandbox";
+
+/// Keeps the demo accounts of a previous run whose items the (restored) embedded
+/// sandbox still has; links new demo items for the others (a first start, a reset, a
+/// sandbox whose state was lost), purging a stale demo account first. Then starts the
+/// activity that keeps the demo items, and only them, syncing.
 async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHandle<()>> {
     let settings = &state.ctx.settings.sandbox;
+    let mut demo_items = Vec::new();
     for n in 0..settings.demo_items {
         let alias = format!("demo-user-{n}@example.com");
         let key = alias.clone();
-        if let Resolved::Found(old) = state.ctx.store.run(move |s| s.resolve(&key)).await? {
-            accounts::unlink(&state.ctx, &old, true)
+        let previous = state
+            .ctx
+            .store
+            .run(move |s| match s.resolve(&key)? {
+                Resolved::Found(id) => s.get_account(&id),
+                _ => Ok(None),
+            })
+            .await?;
+        if let Some(old) = previous {
+            let kept = old.status == LinkStatus::Linked
+                && !settings.reset_demo
+                && sandbox.item_stats(&old.item_id).is_some();
+            if kept {
+                tracing::debug!(account_id = %old.id, alias = %alias, "demo account kept");
+                demo_items.push(old.item_id);
+                continue;
+            }
+            accounts::unlink(&state.ctx, &old.id, true)
                 .await
-                .with_context(|| format!("replacing demo account {old}"))?;
+                .with_context(|| format!("replacing demo account {}", old.id))?;
         }
         let item = sandbox.create_item(settings.demo_history, None);
         let (account, _) = accounts::link(
@@ -471,7 +505,14 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
         .await
         .with_context(|| format!("linking demo item {n}"))?;
         tracing::info!(account_id = %account.id, alias = %alias, item_id = %item.item_id, "demo account linked");
+        demo_items.push(item.item_id);
     }
+    // New demo items are on disk before they are used, not at the next periodic save.
+    let saver = sandbox.clone();
+    tokio::task::spawn_blocking(move || saver.checkpoint())
+        .await
+        .context("saving the embedded sandbox")?
+        .context("saving the embedded sandbox")?;
     let tick = settings.demo_tick;
     Ok(tokio::spawn(async move {
         if tick.is_zero() {
@@ -481,7 +522,7 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
         interval.tick().await;
         loop {
             interval.tick().await;
-            if let Some(item_id) = sandbox.demo_tick().await {
+            if let Some(item_id) = sandbox.demo_tick(&demo_items).await {
                 tracing::debug!(item_id = %item_id, "demo activity: new transaction");
             }
         }

@@ -203,6 +203,9 @@ pub struct SandboxSettings {
     pub demo_tick: Duration,
     /// Seed for generated data.
     pub seed: u64,
+    /// Start the embedded sandbox and the demo afresh (`--reset-demo`): its saved state
+    /// is deleted and the demo accounts are purged and linked again.
+    pub reset_demo: bool,
 }
 
 /// Why configuration could not be loaded.

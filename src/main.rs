@@ -55,7 +55,14 @@ struct Common {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the service (with the embedded sandbox bank when no Plaid URL is configured).
-    Serve(Common),
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Start the embedded sandbox and its demo accounts afresh: delete the sandbox's
+        /// saved state (<data_dir>/sandbox) and link the demo items again under new ids.
+        #[arg(long)]
+        reset_demo: bool,
+    },
     /// Run the simulated providers alone, for a separate acctor, a benchmark or a crash test.
     Sandbox {
         #[command(flatten)]
@@ -81,8 +88,9 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Serve(common) => {
+        Command::Serve { common, reset_demo } => {
             let mut settings = Settings::load(common.config.as_deref())?;
+            settings.sandbox.reset_demo |= reset_demo;
             if let Some(listen) = common.listen {
                 settings.server.listen = listen;
             }

@@ -203,9 +203,16 @@ impl Bank {
         read(&self.tokens).get(token).cloned()
     }
 
-    /// A random item (deterministic for a seed and a creation order).
-    pub fn random_item(&self) -> Option<Arc<Item>> {
-        let mut items: Vec<Arc<Item>> = read(&self.items).values().cloned().collect();
+    /// A random item among `among` (item ids; unknown ones are skipped), deterministic
+    /// for a seed and a creation order.
+    pub fn random_item(&self, among: &[String]) -> Option<Arc<Item>> {
+        let mut items: Vec<Arc<Item>> = {
+            let items = read(&self.items);
+            among
+                .iter()
+                .filter_map(|id| items.get(id).cloned())
+                .collect()
+        };
         if items.is_empty() {
             return None;
         }

@@ -300,11 +300,11 @@ impl Sandbox {
         }
     }
 
-    /// Adds one new transaction to a random item and fires its
-    /// `SYNC_UPDATES_AVAILABLE` webhook (awaited). Returns the item's id, `None` when
-    /// there are no items.
-    pub async fn demo_tick(&self) -> Option<String> {
-        let item = self.inner.bank.random_item()?;
+    /// Adds one new transaction to a random item among `among` (the demo's items: never
+    /// one a user created for themselves) and fires its `SYNC_UPDATES_AVAILABLE`
+    /// webhook (awaited). Returns the item's id, `None` when none of them exists.
+    pub async fn demo_tick(&self, among: &[String]) -> Option<String> {
+        let item = self.inner.bank.random_item(among)?;
         if let Err(e) = item.mutate(1, 0, 0, self.inner.bank.today()) {
             // Adding never needs existing transactions; kept for completeness.
             warn!(item_id = %item.item_id, error = %e, "demo tick failed");

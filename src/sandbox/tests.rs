@@ -839,16 +839,33 @@ async fn admin_errors_are_json_with_a_code() {
 #[tokio::test]
 async fn demo_tick_adds_one_transaction_and_notifies_the_default_webhook() {
     let bank = start().await;
-    assert_eq!(bank.sandbox.demo_tick().await, None);
+    assert_eq!(bank.sandbox.demo_tick(&["item-none".into()]).await, None);
     let mut hook = receiver(&[]).await;
     bank.sandbox.set_default_webhook_url(hook.url.clone());
     let items: Vec<CreatedItem> = (0..3).map(|_| bank.sandbox.create_item(10, None)).collect();
-    let ticked = bank.sandbox.demo_tick().await.unwrap();
-    assert!(items.iter().any(|i| i.item_id == ticked));
+    // A user's own item is never touched by the demo activity.
+    let own = bank.sandbox.create_item(10, None);
+    let demo: Vec<String> = items.iter().map(|i| i.item_id.clone()).collect();
+    for _ in 0..20 {
+        let ticked = bank.sandbox.demo_tick(&demo).await.unwrap();
+        assert!(demo.contains(&ticked), "{ticked}");
+    }
     assert_eq!(
-        bank.sandbox.current_transactions(&ticked).unwrap().len(),
-        11
+        bank.sandbox
+            .current_transactions(&own.item_id)
+            .unwrap()
+            .len(),
+        10
     );
+    hook.drain();
+    let ticked = bank.sandbox.demo_tick(&demo).await.unwrap();
+    // Three items of ten, twenty ticks before this one.
+    let before: usize = 3 * 10 + 20;
+    let total: usize = demo
+        .iter()
+        .map(|id| bank.sandbox.current_transactions(id).unwrap().len())
+        .sum();
+    assert_eq!(total, before + 1);
     let received = hook.drain();
     assert_eq!(received.len(), 1);
     let webhook: Value = serde_json::from_slice(&received[0].1).unwrap();

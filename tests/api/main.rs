@@ -5,6 +5,7 @@ mod budget;
 mod cdp;
 mod convergence;
 mod dashboard;
+mod demo;
 mod helpers;
 mod introspection;
 mod reauth;
