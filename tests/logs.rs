@@ -73,8 +73,16 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
     let spans_sink = spans.clone();
     tracing_subscriber::registry()
         .with(EnvFilter::new("debug,acctor=trace,api=trace,logs=trace"))
-        .with(telemetry::layer(LogFormat::Text, move || text_sink.clone()))
-        .with(telemetry::layer(LogFormat::Json, move || json_sink.clone()))
+        .with(telemetry::layer(
+            LogFormat::Text,
+            move || text_sink.clone(),
+            false,
+        ))
+        .with(telemetry::layer(
+            LogFormat::Json,
+            move || json_sink.clone(),
+            false,
+        ))
         .with(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
@@ -207,6 +215,72 @@ async fn secrets_never_appear_in_logs_across_link_sync_and_webhooks() {
                     && v["level"].is_string()
             }),
             "no JSON line for the provider error {code}"
+        );
+    }
+
+    // The main text lines, as an operator reads them: plain values, the account's span
+    // (id and alias) once, the facts under one name each.
+    let text_lines: Vec<String> = text
+        .text()
+        .lines()
+        // Without the timestamp, which changes from run to run.
+        .map(|line| {
+            line.split_once(' ')
+                .map_or(line, |(_, rest)| rest)
+                .to_string()
+        })
+        .collect();
+    let line_with = |message: &str, context: &str| -> String {
+        text_lines
+            .iter()
+            .find(|line| line.contains(message) && line.contains(context))
+            .unwrap_or_else(|| panic!("no text line {message:?} with {context:?}"))
+            .clone()
+    };
+    assert_eq!(
+        line_with("account linked", &item_id),
+        format!(
+            " INFO http_request{{method=POST route=/v1/accounts account_id={account_id}}}: \
+             acctor::service::accounts: account linked provider=plaid item_id={item_id} \
+             adopted_events=0"
+        )
+    );
+    let committed = line_with("sync committed", &account_id);
+    let prefix = format!(
+        " INFO account{{account_id={account_id} alias=log-alias@example.com}}: \
+         acctor::actors::account::machine: sync committed added="
+    );
+    assert!(committed.starts_with(&prefix), "{committed}");
+    assert!(
+        committed.contains(" modified=") && committed.contains(" request_id="),
+        "{committed}"
+    );
+    let failed = line_with("sync failed", "INTERNAL_SERVER_ERROR");
+    let prefix = format!(
+        " WARN account{{account_id={account_id} alias=log-alias@example.com}}: \
+         acctor::actors::account::machine: sync failed attempt=1 code=INTERNAL_SERVER_ERROR \
+         error=\"500 INTERNAL_SERVER_ERROR:"
+    );
+    assert!(failed.starts_with(&prefix), "{failed}");
+    assert!(failed.contains(" retry_in_ms="), "{failed}");
+    let rejected = line_with("webhook rejected", "provider=plaid");
+    assert!(
+        rejected.starts_with(
+            " WARN http_request{method=POST route=/webhooks/{provider}}: \
+             acctor::service::ingest: webhook rejected provider=plaid error="
+        ),
+        "{rejected}"
+    );
+    // acctor's own lines (libraries log at DEBUG here too, in their own words).
+    for line in text_lines.iter().filter(|line| line.contains(" acctor::")) {
+        // No Rust Debug output (`Some(…)`, `Committed {`), no repeated account id.
+        assert!(
+            !line.contains("Some(") && !line.contains(" { "),
+            "debug output: {line}"
+        );
+        assert!(
+            line.matches("account_id=").count() <= 1,
+            "account id twice: {line}"
         );
     }
 

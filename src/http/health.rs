@@ -194,7 +194,7 @@ async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadinessRep
     let status = if failed.is_empty() {
         StatusCode::OK
     } else {
-        tracing::debug!(failed = ?failed, "not ready");
+        tracing::debug!(failed = %failed.join(","), "not ready");
         StatusCode::SERVICE_UNAVAILABLE
     };
     let report = ReadinessReport {

@@ -23,7 +23,7 @@ use axum::extract::FromRequest;
 use axum::extract::{FromRequestParts, MatchedPath};
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Router};
-use tower_http::trace::TraceLayer;
+use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::Settings;
@@ -92,7 +92,13 @@ pub fn router(state: AppState) -> Router {
         // Per route (so the matched template is known): one span per request, named by
         // template, never by raw path (paths carry aliases such as emails); handlers that
         // resolve an account record `account_id` on it. Headers are never recorded.
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                // A 5xx is acctor's own answer (a 503 while draining, a store failure
+                // it logged where it happened): not an error of the HTTP layer.
+                .on_failure(DefaultOnFailure::new().level(tracing::Level::DEBUG)),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(Arc::new(spec)))

@@ -400,7 +400,7 @@ impl Sandbox {
                 item_id = %item.item_id,
                 webhook_code,
                 copy,
-                status = ?delivery.status,
+                status = %webhooks::status_text(delivery.status),
                 attempts = delivery.attempts,
                 "webhook delivered"
             );
@@ -460,7 +460,7 @@ impl Sandbox {
         for (url, body) in batch {
             let delivery = self.inner.webhooks.deliver(&url, &body).await;
             item.stats.count_webhook();
-            debug!(item_id = %item.item_id, status = ?delivery.status, "held webhook delivered");
+            debug!(item_id = %item.item_id, status = %webhooks::status_text(delivery.status), "held webhook delivered");
         }
     }
 }

@@ -366,7 +366,7 @@ async fn inject(sandbox: &Sandbox, item: &Item, endpoint: Endpoint) -> Result<()
         return Ok(());
     };
     item.stats.count_injected(kind);
-    debug!(item_id = %item.item_id, ?endpoint, ?kind, "fault injected");
+    debug!(item_id = %item.item_id, endpoint = ?endpoint, kind = ?kind, "fault injected");
     match kind {
         ErrorKind::Internal => Err(PlaidApiError::internal_server_error()),
         ErrorKind::RateLimit => Err(PlaidApiError::rate_limited(endpoint)),

@@ -194,7 +194,7 @@ impl WebhookSender {
                 backoff *= 2;
             }
         }
-        warn!(attempts = self.attempts, status = ?status, "webhook delivery gave up");
+        warn!(attempts = self.attempts, status = %status_text(status), "webhook delivery gave up");
         Delivery {
             status,
             attempts: self.attempts,
@@ -219,6 +219,11 @@ pub(crate) fn body(
 
 /// Verifies a webhook like a client would, from the JWK and the JWT only; panics on
 /// any mismatch. Shared by this module's tests and the HTTP tests.
+/// A delivery's HTTP status for the log: the number, or `none` when nothing answered.
+pub(crate) fn status_text(status: Option<u16>) -> String {
+    status.map_or_else(|| "none".to_string(), |s| s.to_string())
+}
+
 #[cfg(test)]
 pub(crate) fn verify_webhook(
     jwk: &PlaidJwk,

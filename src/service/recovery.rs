@@ -18,6 +18,10 @@ pub fn spawn(ctx: Context) {
         match store.accounts_with_pending_inbox() {
             Ok(ids) => {
                 for id in ids {
+                    // A live actor already has its work (the demo's new accounts, say).
+                    if ctx.registry.is_active(&id) {
+                        continue;
+                    }
                     if ctx.registry.activate(&id).is_ok() {
                         nudged += 1;
                     }
@@ -39,6 +43,7 @@ pub fn spawn(ctx: Context) {
             for account in page {
                 if account.status == LinkStatus::Linked
                     && account.cursor.is_none()
+                    && !ctx.registry.is_active(&account.id)
                     && ctx.registry.activate(&account.id).is_ok()
                 {
                     nudged += 1;
@@ -46,7 +51,10 @@ pub fn spawn(ctx: Context) {
             }
         }
         if nudged > 0 {
-            tracing::info!(accounts = nudged, "recovery: re-driving interrupted work");
+            tracing::info!(
+                accounts = nudged,
+                "resuming work a previous run left unfinished"
+            );
         }
     });
 }

@@ -96,7 +96,7 @@ impl AccountActor {
         let attempt = state.attempt;
         let reply_to = myself.clone();
         let mailbox = state.mailbox.clone();
-        let span = tracing::info_span!("sync", account_id = %id, reason = ?reason);
+        let span = tracing::info_span!("sync", reason = reason.name());
         let slot = self.registry.sync_slot();
         state.task = Some(tokio::spawn(
             async move {
@@ -322,7 +322,7 @@ impl AccountActor {
         state.sync_requests += 1;
         state.event("sync_requested", reason.name());
         if state.gave_up {
-            tracing::debug!(account_id = %state.id, ?reason, "sync request ignored: account marked failed");
+            tracing::debug!(account_id = %state.id, reason = reason.name(), "sync request ignored: account marked failed");
             return;
         }
         let now = state.clock.now();
@@ -370,7 +370,7 @@ impl AccountActor {
         state.attempt = 0;
         self.record_committed(state, &report.outcome, took);
         state.needs_reauth = false;
-        tracing::info!(account_id = %state.id, outcome = ?report.outcome, "sync committed");
+        log_committed(&state.id, &report.outcome);
         state.phase = Phase::Idle;
         let since_start = state.sync_started.elapsed();
         let min_interval = self.ctx.settings.min_sync_interval;
@@ -612,4 +612,30 @@ pub(super) fn first_phase(
         }
     }
     Ok((phase, activated))
+}
+
+/// The "sync committed" line: the counts as plain fields, the request id when there was
+/// one.
+fn log_committed(id: &AccountId, outcome: &SyncOutcome) {
+    let SyncOutcome::Committed {
+        added,
+        modified,
+        removed,
+        pages,
+        fallback,
+        request_id,
+    } = outcome
+    else {
+        return;
+    };
+    tracing::info!(
+        account_id = %id,
+        added,
+        modified,
+        removed,
+        pages,
+        fallback,
+        request_id = request_id.as_deref().unwrap_or("-"),
+        "sync committed"
+    );
 }

@@ -31,6 +31,7 @@ use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::Serialize;
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::context::ActorContext;
 use super::incidents::ensure_mark_incidents;
@@ -123,6 +124,9 @@ impl AccountActor {
 /// The actor's state.
 pub struct AccountState {
     id: AccountId,
+    /// Every handler runs in it: log lines say which account (id and first alias)
+    /// whoever sent the message.
+    span: tracing::Span,
     clock: SharedClock,
     provider: ProviderKind,
     mailbox: MailboxCounter,
@@ -214,8 +218,18 @@ impl Actor for AccountActor {
             mailbox_sent(&idle_mailbox);
             AccountMessage::IdleCheck
         });
+        let span = tracing::info_span!(
+            parent: None,
+            "account",
+            account_id = %id,
+            alias = tracing::field::Empty
+        );
+        if let Some(alias) = account.aliases.first() {
+            span.record("alias", alias.as_str());
+        }
         let mut state = AccountState {
             id,
+            span,
             clock,
             provider: account.provider,
             mailbox,
@@ -250,6 +264,19 @@ impl Actor for AccountActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         mailbox_taken(&state.mailbox);
+        let span = state.span.clone();
+        self.dispatch(myself, message, state).instrument(span).await
+    }
+}
+
+impl AccountActor {
+    /// One message, handled in the account's span.
+    async fn dispatch(
+        &self,
+        myself: ActorRef<AccountMessage>,
+        message: AccountMessage,
+        state: &mut AccountState,
+    ) -> Result<(), ActorProcessingErr> {
         match message {
             AccountMessage::SyncRequested(reason) => self.on_sync_requested(&myself, state, reason),
             AccountMessage::SyncFinished(Ok(report)) => self.on_committed(&myself, state, report),

@@ -237,7 +237,13 @@ impl Http {
             .map_err(|e| transport_error(path, &e))?;
         if !status.is_success() {
             let err = api_error(status.as_u16(), &body);
-            debug!(path, status = status.as_u16(), code = err.code(), request_id = ?err.request_id(), "plaid call failed");
+            debug!(
+                path,
+                status = status.as_u16(),
+                code = err.code(),
+                request_id = err.request_id().unwrap_or("-"),
+                "plaid call failed"
+            );
             return Err(err);
         }
         serde_json::from_slice(&body)

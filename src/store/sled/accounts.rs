@@ -182,7 +182,7 @@ impl AccountStore for SledStore {
                 .transaction(|(inbox, unrouted)| adopt(unrouted, inbox, &stragglers, id))
                 .map_err(from_tx)?
         };
-        tracing::info!(account_id = %id, adopted = adopted + late, "account linked");
+        tracing::debug!(account_id = %id, adopted_events = adopted + late, "account record linked");
         Ok(LinkReceipt {
             adopted_events: adopted + late,
         })
@@ -332,7 +332,7 @@ impl AccountStore for SledStore {
             }
         }
         saturating_sub(&self.inbox_depth, inbox_removed);
-        tracing::info!(account_id = %id, purge, "account unlinked");
+        tracing::debug!(account_id = %id, purged = purge, "account record unlinked");
         if purge {
             for key in Self::scan_keys(&self.claims, &prefix)? {
                 self.claims.remove(key).map_err(io)?;

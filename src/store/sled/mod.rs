@@ -317,12 +317,14 @@ impl SledStore {
     /// the flusher. Afterwards writes answer `Closed` and `durable()` answers with the
     /// final flush's result. Idempotent.
     pub async fn shutdown(&self) -> Result<(), StoreError> {
-        {
+        let was_open = {
             let mut closed = self.closed.write().unwrap_or_else(|p| p.into_inner());
-            *closed = true;
-        }
+            !std::mem::replace(&mut *closed, true)
+        };
         let result = self.group.stop().await;
-        tracing::info!(data_dir = %self.data_dir.display(), ok = result.is_ok(), "store closed");
+        if was_open {
+            tracing::info!(data_dir = %self.data_dir.display(), ok = result.is_ok(), "store closed");
+        }
         result
     }
 

@@ -129,7 +129,7 @@ pub(super) fn rebuild_outbox_due(outbox: &Tree, due: &DueTrees<'_>) -> Result<()
                     .map_err(io)?;
             }
             Err(error) => {
-                tracing::error!(message_key = ?key.as_ref(), %error, "outbox record unreadable: not indexed");
+                tracing::error!(message_key = %hex::encode(key.as_ref()), %error, "outbox record unreadable: not indexed");
             }
         }
     }
