@@ -12,5 +12,6 @@ mod retries;
 mod shutdown;
 mod supervision;
 mod surface;
+mod surface_rules;
 mod sync;
 mod webhooks;
