@@ -9,6 +9,7 @@ mod helpers;
 mod introspection;
 mod reauth;
 mod retries;
+mod schemathesis;
 mod shutdown;
 mod supervision;
 mod surface;
