@@ -259,6 +259,7 @@ async fn list(
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 async fn show(
@@ -366,6 +367,7 @@ pub struct TransactionsResponse {
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 async fn transactions(
