@@ -12,8 +12,10 @@
 use std::sync::Arc;
 
 use axum::{Extension, Json};
+use utoipa::openapi::header::HeaderBuilder;
 use utoipa::openapi::link::LinkBuilder;
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as OpenApiDocument, RefOr};
 use utoipa::{Modify, OpenApi};
@@ -215,6 +217,53 @@ pub fn add_links(document: &mut OpenApiDocument) -> Vec<LinkSpec> {
         }
     }
     missing
+}
+
+/// Documents the headers [`super::ApiError`] sets: `Retry-After` (seconds) on every
+/// 429 and on every 503 whose body is the error body (`/readyz`'s 503 is its report and
+/// has none), and `WWW-Authenticate: Bearer` on the 401 of every admin operation (the
+/// ones without their own `security`; webhooks answer a bad signature without it).
+pub fn add_response_headers(document: &mut OpenApiDocument) {
+    for operation in operations_mut(document) {
+        let admin = operation.security.is_none();
+        for (status, response) in operation.responses.responses.iter_mut() {
+            let RefOr::T(response) = response else {
+                continue;
+            };
+            let error_body = response
+                .content
+                .get("application/json")
+                .and_then(|c| match c {
+                    RefOr::T(c) => c.schema.as_ref(),
+                    RefOr::Ref(_) => None,
+                })
+                .is_some_and(|schema| matches!(schema, RefOr::Ref(r) if r.ref_location.ends_with("/ErrorBody")));
+            let header = match status.as_str() {
+                "429" | "503" if error_body => (
+                    "Retry-After",
+                    Type::Integer,
+                    "Seconds to wait before trying again",
+                ),
+                "401" if admin => (
+                    "WWW-Authenticate",
+                    Type::String,
+                    "`Bearer realm=\"acctor\"`: the admin token is a bearer token",
+                ),
+                _ => continue,
+            };
+            let (name, kind, description) = header;
+            let schema = ObjectBuilder::new().schema_type(kind).build();
+            response.headers.insert(
+                name.to_string(),
+                RefOr::T(
+                    HeaderBuilder::new()
+                        .schema(Some(schema))
+                        .description(Some(description))
+                        .build(),
+                ),
+            );
+        }
+    }
 }
 
 fn operations_mut(document: &mut OpenApiDocument) -> impl Iterator<Item = &mut Operation> {

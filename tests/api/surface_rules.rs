@@ -328,6 +328,18 @@ async fn the_document_states_what_is_accepted() {
         assert_eq!(created[target]["operationId"], target, "{created}");
         assert_eq!(created[target]["parameters"]["key"], "$response.body#/id");
     }
+    // The headers the error answers carry are documented where they are sent.
+    let unlink = &spec["paths"]["/v1/accounts/{key}"]["delete"]["responses"];
+    assert!(
+        unlink["503"]["headers"]["Retry-After"].is_object(),
+        "{unlink}"
+    );
+    assert!(
+        unlink["401"]["headers"]["WWW-Authenticate"].is_object(),
+        "{unlink}"
+    );
+    let webhook = &spec["paths"]["/webhooks/{provider}"]["post"]["responses"];
+    assert!(webhook["401"]["headers"].is_null(), "{webhook}");
     let listed = &spec["paths"]["/v1/incidents"]["get"]["responses"]["200"]["links"];
     assert_eq!(listed["first_get_incident"]["operationId"], "get_incident");
     env.shutdown().await;
