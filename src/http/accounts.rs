@@ -5,14 +5,17 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::Json;
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState};
+use super::extract::{FromJson, JsonFields};
+use super::paging::{self, AfterAccount, AfterTransaction, PageToken};
+use super::params;
+use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, NoQuery};
 use crate::actors::registry::RestartSnapshot;
 use crate::actors::ActorSnapshot;
 use crate::config::Settings;
@@ -23,7 +26,29 @@ use crate::domain::{
 use crate::service::accounts::{self, LinkInput, Linked};
 use crate::store::{RetryRecord, TransactionQuery};
 
+/// The largest page of accounts or transactions.
 const MAX_PAGE: usize = 1000;
+/// The default page of `GET /v1/accounts`.
+const ACCOUNTS_PAGE: usize = 100;
+/// The default page of `GET /v1/accounts/{key}/transactions`.
+const TRANSACTIONS_PAGE: usize = 250;
+
+fn accounts_limit_schema() -> utoipa::openapi::Object {
+    params::limit_schema(ACCOUNTS_PAGE, MAX_PAGE)
+}
+
+fn transactions_limit_schema() -> utoipa::openapi::Object {
+    params::limit_schema(TRANSACTIONS_PAGE, MAX_PAGE)
+}
+
+/// The `{key}` of every account route: an account id or any lookup key.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct KeyPath {
+    /// Account id, alias, item id or owner id.
+    #[param(schema_with = params::account_key_schema)]
+    pub key: String,
+}
 
 /// The account routes.
 pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
@@ -36,22 +61,51 @@ pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
         .layer(DefaultBodyLimit::max(settings.server.api_body_limit_bytes))
 }
 
-/// `POST /v1/accounts` body.
+/// `POST /v1/accounts` body: only these fields (any other is refused).
+// Read field by field (`FromJson`), so every refusal names its field; serde's
+// `deny_unknown_fields` is here for the document's `additionalProperties: false`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LinkRequest {
-    /// `plaid`.
+    /// The provider.
+    #[schema(schema_with = params::provider_schema)]
     pub provider: String,
     /// The provider's item id.
+    #[schema(schema_with = item_id_schema)]
     pub item_id: String,
     /// The provider access token (stored, never returned).
-    #[schema(format = Password)]
+    #[schema(schema_with = params::access_token_schema)]
     pub access_token: String,
     /// The owning user's id in the caller's system.
+    #[schema(schema_with = owner_id_schema)]
     pub owner_id: String,
     /// Extra lookup keys, e.g. an email.
     #[serde(default)]
+    #[schema(schema_with = params::aliases_schema)]
     pub aliases: Vec<String>,
+}
+
+fn item_id_schema() -> utoipa::openapi::Object {
+    params::key_schema_described("The provider's item id")
+}
+
+fn owner_id_schema() -> utoipa::openapi::Object {
+    params::key_schema_described("The owning user's id in the caller's system")
+}
+
+impl FromJson for LinkRequest {
+    const FIELDS: &'static [&'static str] =
+        &["provider", "item_id", "access_token", "owner_id", "aliases"];
+
+    fn from_json(fields: &mut JsonFields) -> Result<Self, ApiError> {
+        Ok(LinkRequest {
+            provider: fields.string("provider")?,
+            item_id: fields.string("item_id")?,
+            access_token: fields.string("access_token")?,
+            owner_id: fields.string("owner_id")?,
+            aliases: fields.strings("aliases")?,
+        })
+    }
 }
 
 /// An account as the API shows it: everything but the access token.
@@ -105,10 +159,13 @@ impl From<&Account> for AccountView {
     post,
     path = "/v1/accounts",
     tag = "accounts",
+    operation_id = "link_account",
+    params(NoQuery),
     request_body = LinkRequest,
     responses(
         (status = 201, description = "Linked", body = AccountView),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 200, description = "Relinked: the item was already linked to this owner; its access token was replaced", body = AccountView),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 409, description = "The item id or an alias is already linked (`conflict`)", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -118,6 +175,7 @@ impl From<&Account> for AccountView {
 )]
 async fn link(
     State(state): State<AppState>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
     ApiJson(request): ApiJson<LinkRequest>,
 ) -> Result<(StatusCode, Json<AccountView>), ApiError> {
     let (account, linked) = accounts::link(&state.ctx, request.into()).await?;
@@ -140,15 +198,17 @@ impl From<LinkRequest> for LinkInput {
     }
 }
 
-/// `GET /v1/accounts` query.
+/// `GET /v1/accounts` query (text, parsed by [`params`] so a refusal names the field).
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    /// Continue after this account id.
+    /// Continue after this account id (the previous page's `next`).
+    #[param(schema_with = paging::after_account_schema)]
     pub after: Option<String>,
-    /// Page size (1..=1000, default 100).
-    pub limit: Option<usize>,
+    /// Page size.
+    #[param(schema_with = accounts_limit_schema)]
+    pub limit: Option<String>,
 }
 
 /// A page of accounts.
@@ -156,20 +216,8 @@ pub struct ListQuery {
 pub struct AccountPage {
     /// The accounts.
     pub accounts: Vec<AccountView>,
-    /// Pass as `after` for the next page.
-    #[schema(value_type = Option<String>)]
-    pub next: Option<AccountId>,
-}
-
-fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
-    let limit = limit.unwrap_or(default);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_PAGE}"),
-        ));
-    }
-    Ok(limit)
+    /// Pass as `after` for the next page; `None` on the last.
+    pub next: Option<String>,
 }
 
 /// Lists accounts, paged by id.
@@ -177,10 +225,11 @@ fn page_limit(limit: Option<usize>, default: usize) -> Result<usize, ApiError> {
     get,
     path = "/v1/accounts",
     tag = "accounts",
+    operation_id = "list_accounts",
     params(ListQuery),
     responses(
         (status = 200, description = "A page of accounts", body = AccountPage),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
     )
@@ -189,9 +238,11 @@ async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<AccountPage>, ApiError> {
-    let limit = page_limit(query.limit, 100)?;
-    let (accounts, next) = accounts::list(&state.ctx, query.after.map(AccountId), limit).await?;
+    let after = paging::read_after::<AfterAccount>(query.after.as_deref())?;
+    let limit = params::limit(query.limit.as_deref(), ACCOUNTS_PAGE, MAX_PAGE)?;
+    let (accounts, next) = accounts::list(&state.ctx, after.map(|a| a.0), limit).await?;
     let accounts = accounts.iter().map(AccountView::from).collect();
+    let next = next.map(|id| AfterAccount(id).encode());
     Ok(Json(AccountPage { accounts, next }))
 }
 
@@ -200,18 +251,21 @@ async fn list(
     get,
     path = "/v1/accounts/{key}",
     tag = "accounts",
-    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    operation_id = "get_account",
+    params(KeyPath, NoQuery),
     responses(
         (status = 200, description = "The account", body = AccountView),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 async fn show(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<Json<AccountView>, ApiError> {
     let account = accounts::resolve(&state.ctx, &key).await?;
     Ok(Json(AccountView::from(&account)))
@@ -222,9 +276,10 @@ async fn show(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct UnlinkQuery {
-    /// Also delete the account's transactions, inbox and record.
-    #[serde(default)]
-    pub purge: bool,
+    /// Also delete the account's transactions, inbox and record (without it, the
+    /// account stays readable as `unlinked`).
+    #[param(schema_with = params::flag_schema)]
+    pub purge: Option<String>,
 }
 
 /// The unlink answer.
@@ -242,10 +297,11 @@ pub struct UnlinkResponse {
     delete,
     path = "/v1/accounts/{key}",
     tag = "accounts",
-    params(("key" = String, Path, description = "Account id, alias, item id or owner id"), UnlinkQuery),
+    operation_id = "unlink_account",
+    params(KeyPath, UnlinkQuery),
     responses(
         (status = 200, description = "Unlinked", body = UnlinkResponse),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
@@ -254,14 +310,15 @@ pub struct UnlinkResponse {
 )]
 async fn unlink(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
     ApiQuery(query): ApiQuery<UnlinkQuery>,
 ) -> Result<Json<UnlinkResponse>, ApiError> {
+    let purge = params::flag("purge", query.purge.as_deref())?;
     let account = accounts::resolve(&state.ctx, &key).await?;
-    accounts::unlink(&state.ctx, &account.id, query.purge).await?;
+    accounts::unlink(&state.ctx, &account.id, purge).await?;
     Ok(Json(UnlinkResponse {
         id: account.id,
-        purged: query.purge,
+        purged: purge,
     }))
 }
 
@@ -270,14 +327,18 @@ async fn unlink(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct TransactionsQuery {
-    /// Inclusive lower date bound, `YYYY-MM-DD`.
-    pub start_date: Option<NaiveDate>,
+    /// Inclusive lower date bound, `YYYY-MM-DD` (after `end_date`: an empty page).
+    #[param(schema_with = params::date_schema)]
+    pub start_date: Option<String>,
     /// Inclusive upper date bound, `YYYY-MM-DD`.
-    pub end_date: Option<NaiveDate>,
+    #[param(schema_with = params::date_schema)]
+    pub end_date: Option<String>,
     /// Page token from the previous page's `next`.
+    #[param(schema_with = paging::after_transaction_schema)]
     pub after: Option<String>,
-    /// Page size (1..=1000, default 250).
-    pub limit: Option<usize>,
+    /// Page size.
+    #[param(schema_with = transactions_limit_schema)]
+    pub limit: Option<String>,
 }
 
 /// A page of transactions: the provider's objects, verbatim.
@@ -298,37 +359,36 @@ pub struct TransactionsResponse {
     get,
     path = "/v1/accounts/{key}/transactions",
     tag = "accounts",
-    params(("key" = String, Path, description = "Account id, alias, item id or owner id"), TransactionsQuery),
+    operation_id = "list_transactions",
+    params(KeyPath, TransactionsQuery),
     responses(
         (status = 200, description = "A page of transactions", body = TransactionsResponse),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
 async fn transactions(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
     ApiQuery(query): ApiQuery<TransactionsQuery>,
 ) -> Result<Json<TransactionsResponse>, ApiError> {
-    let limit = page_limit(query.limit, 250)?;
-    if let (Some(start), Some(end)) = (query.start_date, query.end_date) {
-        if start > end {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                "start_date must not be after end_date",
-            ));
-        }
-    }
+    // A start after the end is an empty range, answered as one (no cross-field rule
+    // the document could not state).
+    let start_date = params::date("start_date", query.start_date.as_deref())?;
+    let end_date = params::date("end_date", query.end_date.as_deref())?;
+    let after = paging::read_after::<AfterTransaction>(query.after.as_deref())?;
+    let limit = params::limit(query.limit.as_deref(), TRANSACTIONS_PAGE, MAX_PAGE)?;
     let account = accounts::resolve(&state.ctx, &key).await?;
     let page = accounts::transactions(
         &state.ctx,
         &account.id,
         TransactionQuery {
-            start_date: query.start_date,
-            end_date: query.end_date,
-            after: query.after,
+            start_date,
+            end_date,
+            after: after.map(|a| a.0),
             limit,
         },
     )
@@ -336,7 +396,7 @@ async fn transactions(
     Ok(Json(TransactionsResponse {
         account_id: account.id,
         transactions: page.transactions.into_iter().map(|t| t.body).collect(),
-        next: page.next,
+        next: page.next.map(|token| AfterTransaction(token).encode()),
     }))
 }
 
@@ -406,10 +466,11 @@ pub struct SyncStatus {
     get,
     path = "/v1/accounts/{key}/sync",
     tag = "accounts",
-    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    operation_id = "get_sync_status",
+    params(KeyPath, NoQuery),
     responses(
         (status = 200, description = "The sync status", body = SyncStatus),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
@@ -419,7 +480,8 @@ pub struct SyncStatus {
 )]
 async fn sync_status(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<Json<SyncStatus>, ApiError> {
     let account = accounts::resolve(&state.ctx, &key).await?;
     let report = accounts::sync_report(&state.ctx, &account).await?;
@@ -462,10 +524,11 @@ pub struct SyncRequested {
     post,
     path = "/v1/accounts/{key}/sync",
     tag = "accounts",
-    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    operation_id = "request_sync",
+    params(KeyPath, NoQuery),
     responses(
         (status = 202, description = "Sync requested", body = SyncRequested),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "Ambiguous key, unlinked or quarantined account", body = ErrorBody),
@@ -474,7 +537,8 @@ pub struct SyncRequested {
 )]
 async fn request_sync(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<(StatusCode, Json<SyncRequested>), ApiError> {
     let account = accounts::resolve(&state.ctx, &key).await?;
     accounts::request_sync(&state.ctx, &account).await?;
@@ -505,10 +569,11 @@ pub struct ResumeResponse {
     post,
     path = "/v1/accounts/{key}/resume",
     tag = "accounts",
-    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    operation_id = "resume_account",
+    params(KeyPath, NoQuery),
     responses(
         (status = 200, description = "Resumed", body = ResumeResponse),
-        (status = 400, description = "Invalid key, query or body", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "Ambiguous key or unlinked account", body = ErrorBody),
@@ -517,7 +582,8 @@ pub struct ResumeResponse {
 )]
 async fn resume(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<Json<ResumeResponse>, ApiError> {
     let account = accounts::resolve(&state.ctx, &key).await?;
     let lifted = accounts::resume(&state.ctx, &account).await?;

@@ -13,7 +13,8 @@ use axum::response::IntoResponse;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
+use super::error::ErrorBody;
+use super::{ApiQuery, AppState, NoQuery};
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const STYLE: &str = include_str!("dashboard/dashboard.css");
@@ -36,10 +37,12 @@ const NO_STORE: (header::HeaderName, &str) = (header::CACHE_CONTROL, "no-store")
     get,
     path = "/dashboard",
     tag = "dashboard",
+    operation_id = "dashboard_page",
     security(()),
-    responses((status = 200, description = "The page", body = String, content_type = "text/html"))
+    params(NoQuery),
+    responses((status = 400, description = "An unknown query parameter (this endpoint takes none)", body = ErrorBody), (status = 200, description = "The page", body = String, content_type = "text/html"))
 )]
-async fn index() -> impl IntoResponse {
+async fn index(ApiQuery(_no_query): ApiQuery<NoQuery>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/html; charset=utf-8"), NO_STORE],
         INDEX,
@@ -51,10 +54,12 @@ async fn index() -> impl IntoResponse {
     get,
     path = "/dashboard/dashboard.css",
     tag = "dashboard",
+    operation_id = "dashboard_css",
     security(()),
-    responses((status = 200, description = "The stylesheet", body = String, content_type = "text/css"))
+    params(NoQuery),
+    responses((status = 400, description = "An unknown query parameter (this endpoint takes none)", body = ErrorBody), (status = 200, description = "The stylesheet", body = String, content_type = "text/css"))
 )]
-async fn style() -> impl IntoResponse {
+async fn style(ApiQuery(_no_query): ApiQuery<NoQuery>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/css; charset=utf-8"), NO_STORE],
         STYLE,
@@ -66,10 +71,12 @@ async fn style() -> impl IntoResponse {
     get,
     path = "/dashboard/dashboard.js",
     tag = "dashboard",
+    operation_id = "dashboard_js",
     security(()),
-    responses((status = 200, description = "The script", body = String, content_type = "text/javascript"))
+    params(NoQuery),
+    responses((status = 400, description = "An unknown query parameter (this endpoint takes none)", body = ErrorBody), (status = 200, description = "The script", body = String, content_type = "text/javascript"))
 )]
-async fn script() -> impl IntoResponse {
+async fn script(ApiQuery(_no_query): ApiQuery<NoQuery>) -> impl IntoResponse {
     (
         [
             (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),

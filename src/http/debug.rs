@@ -22,8 +22,11 @@ use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use super::accounts::KeyPath;
 use super::error::ErrorBody;
-use super::{ApiError, ApiPath, ApiQuery, AppState};
+use super::paging::{self, AfterAccount, PageToken};
+use super::params;
+use super::{ApiError, ApiPath, ApiQuery, AppState, NoQuery};
 use crate::actors::account::ActorEvent;
 use crate::actors::registry::RestartSnapshot;
 use crate::actors::{ActorSnapshot, RegistryError, SyncReason};
@@ -36,6 +39,8 @@ use crate::store::{RetryRecord, Store, StoreError};
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
+/// The orders a listing can be sorted in.
+const SORTS: [&str; 3] = ["id", "lag", "last_error"];
 /// Most account records one id-ordered page reads while looking for filter matches;
 /// past it the page ends early and `next` continues the scan.
 const SCAN_BUDGET: usize = 10_000;
@@ -357,10 +362,11 @@ async fn blocking<T: Send + 'static>(
     get,
     path = "/debug/actors/{key}",
     tag = "debug",
-    params(("key" = String, Path, description = "Account id, alias, item id or owner id")),
+    operation_id = "get_actor",
+    params(KeyPath, NoQuery),
     responses(
         (status = 200, description = "The account's actor", body = ActorView),
-        (status = 400, description = "Invalid key or query", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
         (status = 409, description = "Ambiguous key", body = ErrorBody),
@@ -369,7 +375,8 @@ async fn blocking<T: Send + 'static>(
 )]
 async fn show(
     State(state): State<AppState>,
-    ApiPath(key): ApiPath<String>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<Json<ActorView>, ApiError> {
     let account = resolve(&state.ctx, &key).await?;
     // Asked first: the store facts read after it are at least as fresh as its answer.
@@ -388,16 +395,39 @@ async fn show(
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only accounts in this state (see [`ActorView::state`]; `active`: any live actor).
+    #[param(schema_with = state_schema)]
     pub state: Option<String>,
     /// Only accounts of this provider.
+    #[param(schema_with = params::provider_schema)]
     pub provider: Option<String>,
     /// `id` (default), `lag` (most behind first) or `last_error` (most recent failure
     /// first, then the rest by id).
+    #[param(schema_with = sort_schema)]
     pub sort: Option<String>,
-    /// Page size (1..=500, default 50).
-    pub limit: Option<usize>,
-    /// The previous page's `next`.
+    /// Page size.
+    #[param(schema_with = limit_schema)]
+    pub limit: Option<String>,
+    /// The previous page's `next` (with the same `sort`).
+    #[param(schema_with = paging::after_account_schema)]
     pub after: Option<String>,
+}
+
+fn state_schema() -> utoipa::openapi::Object {
+    params::enum_schema(
+        &STATES,
+        "Only accounts in this state (`active`: any live actor).",
+    )
+}
+
+fn sort_schema() -> utoipa::openapi::Object {
+    params::enum_schema(
+        &SORTS,
+        "`id` (default), `lag` (most behind first) or `last_error` (most recent failure first).",
+    )
+}
+
+fn limit_schema() -> utoipa::openapi::Object {
+    params::limit_schema(DEFAULT_LIMIT, MAX_LIMIT)
 }
 
 /// A page of accounts.
@@ -465,18 +495,18 @@ fn last_error_at(account: &Account) -> Option<DateTime<Utc>> {
 /// Picks the page's accounts from the store, without asking any actor. Blocking.
 fn pick_page(
     state: &AppState,
-    query: &ListQuery,
+    after: Option<AccountId>,
     sort: &'static str,
     limit: usize,
     provider: Option<ProviderKind>,
     wanted: Option<&str>,
-) -> Result<(Vec<Account>, Option<String>, usize), ApiError> {
+) -> Result<(Vec<Account>, Option<AccountId>, usize), ApiError> {
     let store = state.ctx.store.blocking();
     let live_only =
         wanted.is_some_and(|w| w == "active" || w == "unresponsive" || LIVE_STATES.contains(&w));
     if sort == "id" && !live_only {
         // Keyset over the store's id order, reading batches until the page is full.
-        let mut after = query.after.clone().map(AccountId);
+        let mut after = after;
         let mut picked = Vec::new();
         let mut scanned = 0;
         loop {
@@ -488,13 +518,13 @@ fn pick_page(
                 if prefilter(state, &account, provider, wanted) {
                     if picked.len() == limit {
                         // One more match exists: the page ends before it.
-                        let next = picked.last().map(|a: &Account| a.id.to_string());
+                        let next = picked.last().map(|a: &Account| a.id.clone());
                         return Ok((picked, next, scanned));
                     }
                     picked.push(account);
                 }
                 if scanned >= SCAN_BUDGET {
-                    return Ok((picked, after.map(|a| a.0), scanned));
+                    return Ok((picked, after, scanned));
                 }
             }
             if exhausted {
@@ -564,15 +594,18 @@ fn pick_page(
         }
         _ => {}
     }
-    let start = match &query.after {
+    let start = match &after {
         None => 0,
-        Some(after) => match candidates.iter().position(|a| a.id.as_str() == after) {
+        Some(after) => match candidates.iter().position(|a| &a.id == after) {
             Some(position) => position + 1,
-            None if sort == "id" => candidates.partition_point(|a| a.id.as_str() <= after.as_str()),
+            None if sort == "id" => candidates.partition_point(|a| &a.id <= after),
+            // A well-formed token whose account left this order (or never was in it):
+            // the listing moved on, which is a conflict with its state, not a bad request.
             None => {
-                return Err(ApiError::bad_request(
-                    "invalid_query",
-                    "`after` is no longer in this order (it changed); start from the first page",
+                return Err(ApiError::new(
+                    axum::http::StatusCode::CONFLICT,
+                    "stale_page_token",
+                    "after: this account is no longer in this order; start from the first page",
                 ))
             }
         },
@@ -580,7 +613,7 @@ fn pick_page(
     let rest = candidates.len().saturating_sub(start);
     let page: Vec<Account> = candidates.into_iter().skip(start).take(limit).collect();
     let next = if rest > limit {
-        page.last().map(|a| a.id.to_string())
+        page.last().map(|a| a.id.clone())
     } else {
         None
     };
@@ -593,11 +626,13 @@ fn pick_page(
     get,
     path = "/debug/actors",
     tag = "debug",
+    operation_id = "list_actors",
     params(ListQuery),
     responses(
         (status = 200, description = "A page of actors", body = ActorPage),
-        (status = 400, description = "Invalid key or query", body = ErrorBody),
+        (status = 400, description = "Invalid request: an unknown query parameter, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 409, description = "With `sort=lag` or `last_error`: the `after` account is no longer in that order (`stale_page_token`); start from the first page", body = ErrorBody),
         (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
@@ -605,42 +640,14 @@ async fn list(
     State(state): State<AppState>,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<ActorPage>, ApiError> {
-    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    if !(1..=MAX_LIMIT).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
-            format!("limit must be between 1 and {MAX_LIMIT}"),
-        ));
-    }
-    let sort: &'static str = match query.sort.as_deref() {
-        None | Some("id") => "id",
-        Some("lag") => "lag",
-        Some("last_error") => "last_error",
-        Some(other) => {
-            return Err(ApiError::bad_request(
-                "invalid_query",
-                format!("sort {other:?} is not one of id, lag, last_error"),
-            ))
-        }
-    };
-    let provider = match query.provider.as_deref() {
-        None => None,
-        Some(name) => Some(ProviderKind::parse(name).ok_or_else(|| {
-            ApiError::bad_request("invalid_query", format!("unknown provider {name:?}"))
-        })?),
-    };
-    let wanted: Option<&'static str> = match query.state.as_deref() {
-        None => None,
-        Some(name) => Some(STATES.iter().copied().find(|s| *s == name).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("state {name:?} is not one of {}", STATES.join(", ")),
-            )
-        })?),
-    };
+    let wanted = params::one_of("state", query.state.as_deref(), &STATES)?;
+    let provider = params::provider("provider", query.provider.as_deref())?;
+    let sort = params::one_of("sort", query.sort.as_deref(), &SORTS)?.unwrap_or("id");
+    let limit = params::limit(query.limit.as_deref(), DEFAULT_LIMIT, MAX_LIMIT)?;
+    let after = paging::read_after::<AfterAccount>(query.after.as_deref())?.map(|a| a.0);
     let picker = state.clone();
     let (accounts, next, scanned) = tokio::task::spawn_blocking(move || {
-        let (page, next, scanned) = pick_page(&picker, &query, sort, limit, provider, wanted)?;
+        let (page, next, scanned) = pick_page(&picker, after, sort, limit, provider, wanted)?;
         let mut facts = Vec::with_capacity(page.len());
         for account in page {
             facts.push(store_facts(
@@ -678,7 +685,7 @@ async fn list(
         .collect();
     Ok(Json(ActorPage {
         actors,
-        next,
+        next: next.map(|id| AfterAccount(id).encode()),
         sort,
         scanned,
     }))
@@ -710,13 +717,19 @@ pub struct Overview {
     get,
     path = "/debug/overview",
     tag = "debug",
+    operation_id = "get_overview",
+    params(NoQuery),
     responses(
         (status = 200, description = "The backlog", body = Overview),
+        (status = 400, description = "An unknown query parameter (this endpoint takes none)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
-async fn overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
+async fn overview(
+    State(state): State<AppState>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
+) -> Result<Json<Overview>, ApiError> {
     let reader = state.clone();
     let values = blocking(move || super::metrics::scrape_values(&reader)).await?;
     Ok(Json(Overview {

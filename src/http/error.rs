@@ -1,9 +1,10 @@
 //! The one HTTP error type. Every failure leaves as a status and a JSON body
 //! `{"error": {"code": "...", "message": "..."}}`; internal details are logged, never
-//! sent. Extractor rejections (bad JSON, bad path, bad query, oversized body) are
-//! mapped here too, so no caller mistake ever gets a plain-text or empty answer.
+//! sent. What callers send is read by [`super::extract`], whose refusals are these too,
+//! so no caller mistake ever gets a plain-text or empty answer, or a deserializer's
+//! words.
 
-use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::BytesRejection;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -184,38 +185,12 @@ impl From<ServiceError> for ApiError {
     }
 }
 
-impl From<JsonRejection> for ApiError {
-    fn from(rejection: JsonRejection) -> Self {
-        let status = rejection.status();
-        let code = match rejection {
-            JsonRejection::MissingJsonContentType(_) => "unsupported_media_type",
-            JsonRejection::JsonSyntaxError(_) => "malformed_json",
-            JsonRejection::JsonDataError(_) => "invalid_body",
-            _ if status == StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-            _ => "invalid_body",
-        };
-        ApiError::new(status, code, rejection.body_text())
-    }
-}
-
 impl From<BytesRejection> for ApiError {
     fn from(rejection: BytesRejection) -> Self {
         let status = rejection.status();
         if status == StatusCode::PAYLOAD_TOO_LARGE {
-            return ApiError::new(status, "payload_too_large", "request body is too large");
+            return ApiError::new(status, "payload_too_large", "body: too large");
         }
-        ApiError::new(status, "invalid_body", rejection.body_text())
-    }
-}
-
-impl From<PathRejection> for ApiError {
-    fn from(rejection: PathRejection) -> Self {
-        ApiError::bad_request("invalid_path", rejection.body_text())
-    }
-}
-
-impl From<QueryRejection> for ApiError {
-    fn from(rejection: QueryRejection) -> Self {
-        ApiError::bad_request("invalid_query", rejection.body_text())
+        ApiError::bad_request("invalid_body", "body: could not be read")
     }
 }

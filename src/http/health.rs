@@ -20,7 +20,8 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::AppState;
+use super::error::ErrorBody;
+use super::{ApiError, ApiQuery, AppState, NoQuery};
 
 /// How long the store probe may take (a write plus a group-commit round) before the
 /// store counts as not writable.
@@ -111,13 +112,19 @@ pub struct Liveness {
     get,
     path = "/healthz",
     tag = "health",
+    operation_id = "healthz",
     security(()),
-    responses((status = 200, description = "The process is up", body = Liveness))
+    params(NoQuery),
+    responses(
+        (status = 200, description = "The process is up", body = Liveness),
+        (status = 400, description = "An unknown query parameter (this endpoint takes none)", body = ErrorBody),
+    )
 )]
-async fn healthz() -> Json<Liveness> {
-    Json(Liveness {
+async fn healthz(query: Result<ApiQuery<NoQuery>, ApiError>) -> Result<Json<Liveness>, ApiError> {
+    query?;
+    Ok(Json(Liveness {
         status: "ok".to_string(),
-    })
+    }))
 }
 
 /// The readiness answer, the same shape for 200 and 503.
@@ -169,13 +176,19 @@ pub struct StoreCheck {
     get,
     path = "/readyz",
     tag = "health",
+    operation_id = "readyz",
     security(()),
+    params(NoQuery),
     responses(
         (status = 200, description = "Ready", body = ReadinessReport),
+        (status = 400, description = "An unknown query parameter (this endpoint takes none)", body = ErrorBody),
         (status = 503, description = "Not ready; `failed` names the checks that failed", body = ReadinessReport),
     )
 )]
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<ReadinessReport>) {
+async fn readyz(
+    State(state): State<AppState>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
+) -> (StatusCode, Json<ReadinessReport>) {
     let shutting_down = state.is_shutting_down();
     let actors = state.readiness.actor_checks();
     // Probed even while shutting down: the store closes only after HTTP has stopped,

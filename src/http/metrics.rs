@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{ApiError, AppState};
+use super::{ApiError, ApiQuery, AppState, NoQuery};
 use crate::domain::incidents::{IncidentKind, IncidentQuery, IncidentState};
 use crate::metrics::{ScrapeValues, CONTENT_TYPE};
 use crate::store::StoreError;
@@ -64,14 +64,20 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
     get,
     path = "/metrics",
     tag = "health",
+    operation_id = "metrics",
     security(()),
+    params(NoQuery),
     responses(
+        (status = 400, description = "An unknown query parameter (this endpoint takes none)", body = ErrorBody),
         (status = 200, description = "OpenMetrics text exposition", body = String,
             content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8"),
         (status = 503, description = "Store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
-async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+async fn metrics(
+    State(state): State<AppState>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
+) -> Result<impl IntoResponse, ApiError> {
     let metrics = state.ctx.metrics.clone();
     let text = tokio::task::spawn_blocking(move || {
         let values = scrape_values(&state)?;

@@ -10,6 +10,9 @@
 //! - [`dashboard`]: `/dashboard` — the operator page (static, embedded).
 //! - [`openapi`]: `/openapi.json`, generated from the handlers' own annotations.
 //! - [`auth`]: the admin bearer token every non-public route needs.
+//! - [`extract`], [`params`], [`paging`]: what callers send (query, body, path, page
+//!   tokens), read under one rule: anything undocumented or out of bounds is a `400`
+//!   naming the parameter, in acctor's words.
 //!
 //! Every route is added through a [`utoipa_axum::router::OpenApiRouter`] with
 //! `routes!(handler)`, so one registration both routes a request and documents the
@@ -19,8 +22,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use axum::extract::FromRequest;
-use axum::extract::{FromRequestParts, MatchedPath};
+use axum::extract::MatchedPath;
 use axum::http::{StatusCode, Uri};
 use axum::{Extension, Router};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
@@ -35,14 +37,18 @@ pub mod auth;
 pub mod dashboard;
 pub mod debug;
 pub mod error;
+pub mod extract;
 pub mod health;
 pub mod incidents;
 pub mod metrics;
 pub mod openapi;
+pub mod paging;
+pub mod params;
 pub mod routes;
 pub mod webhooks;
 
 pub use error::ApiError;
+pub use extract::{ApiJson, ApiPath, ApiQuery, NoQuery};
 
 /// What every handler can reach: the use-cases' context, and what only HTTP needs.
 #[derive(Clone)]
@@ -86,7 +92,13 @@ pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
 /// document, and the admin token check around all of it (public paths are listed in
 /// [`auth::is_public`]).
 pub fn router(state: AppState) -> Router {
-    let (routes, spec) = api(&state.ctx.settings).split_for_parts();
+    let (routes, mut spec) = api(&state.ctx.settings).split_for_parts();
+    // Every operation is in now, so links can name their targets; a unit test keeps
+    // the list of links that found no source empty.
+    openapi::add_response_headers(&mut spec);
+    for link in openapi::add_links(&mut spec) {
+        tracing::error!(from = link.from, status = link.status, name = %link.name, "openapi link has no source operation");
+    }
     let admin = Arc::new(auth::AdminAuth::from_settings(&state.ctx.settings));
     routes
         // Per route (so the matched template is known): one span per request, named by
@@ -133,18 +145,3 @@ async fn method_not_allowed() -> ApiError {
         "method not allowed on this route",
     )
 }
-
-/// `Json` whose rejections are JSON [`ApiError`]s.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-/// `Query` whose rejections are JSON [`ApiError`]s.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Query), rejection(ApiError))]
-pub struct ApiQuery<T>(pub T);
-
-/// `Path` whose rejections are JSON [`ApiError`]s.
-#[derive(FromRequestParts)]
-#[from_request(via(axum::extract::Path), rejection(ApiError))]
-pub struct ApiPath<T>(pub T);

@@ -17,7 +17,8 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::{ApiError, ApiPath, AppState};
+use super::params;
+use super::{ApiError, ApiPath, ApiQuery, AppState, NoQuery};
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::providers::WebhookError;
@@ -45,6 +46,15 @@ pub struct WebhookAck {
     pub routed: bool,
 }
 
+/// The `{provider}` of the webhook route.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct ProviderPath {
+    /// The provider (an unknown or unconfigured one is 404).
+    #[param(schema_with = params::provider_schema)]
+    pub provider: String,
+}
+
 /// Receives a provider webhook: verified by the provider's signature (not the admin
 /// token), deduplicated, written durably, then acknowledged. Plaid gets exactly 200.
 /// Every answer is counted in `acctor_webhooks_total`.
@@ -52,15 +62,17 @@ pub struct WebhookAck {
     post,
     path = "/webhooks/{provider}",
     tag = "webhooks",
+    operation_id = "receive_webhook",
     security(()),
     params(
-        ("provider" = String, Path, description = "The provider: `plaid`"),
+        ProviderPath,
+        NoQuery,
         ("Plaid-Verification" = Option<String>, Header, description = "Plaid's ES256 JWT over the body (required for `plaid`)"),
     ),
     request_body(content = Object, description = "The provider's webhook body, verbatim", content_type = "application/json"),
     responses(
         (status = 200, description = "On disk (accepted or duplicate)", body = WebhookAck),
-        (status = 400, description = "Malformed webhook", body = ErrorBody),
+        (status = 400, description = "Malformed webhook, or an unknown query parameter (this endpoint takes none)", body = ErrorBody),
         (status = 401, description = "Bad or missing provider signature", body = ErrorBody),
         (status = 404, description = "Unknown or unconfigured provider", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -70,13 +82,18 @@ pub struct WebhookAck {
 )]
 async fn receive(
     State(state): State<AppState>,
-    ApiPath(provider): ApiPath<String>,
+    ApiPath(ProviderPath { provider }): ApiPath<ProviderPath>,
+    query: Result<ApiQuery<NoQuery>, ApiError>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<WebhookAck>), ApiError> {
     let metrics = state.ctx.metrics.clone();
     let label = ProviderKind::parse(&provider).map_or("unknown", ProviderKind::as_str);
-    let answer = receive_inner(state, provider.clone(), headers, body).await;
+    // Refusals are counted like every other answer, so the query is checked in here.
+    let answer = match query {
+        Ok(_) => receive_inner(state, provider.clone(), headers, body).await,
+        Err(error) => Err(error),
+    };
     match &answer {
         Ok((_, Json(ack))) => metrics.webhook(label, ack.status, ""),
         Err(error) => metrics.webhook(label, "rejected", rejection_reason(error)),

@@ -69,8 +69,9 @@ async fn bad_link_requests_get_clear_json_errors() {
     );
 
     let (status, body) = post_link(&env, json!({ "provider": "plaid" })).await;
-    assert_eq!(status, 422, "{body}");
+    assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["code"], "invalid_body");
+    assert_eq!(body["error"]["message"], "item_id: required");
 
     let response = env
         .client

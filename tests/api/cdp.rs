@@ -32,7 +32,7 @@ impl Browser {
         assert!(
             std::path::Path::new(CHROMIUM).exists(),
             "{CHROMIUM} is missing: the browser test needs Debian's Chromium. Install it with \
-             `apt-get update && apt-get install -y chromium` (.ci/run does this)"
+             `apt-get update && apt-get install -y chromium`, or run scripts/test, which does"
         );
         let profile = tempfile::tempdir().expect("profile dir");
         let mut child = Command::new(CHROMIUM)

@@ -350,7 +350,7 @@ async fn incident_filters_page_and_reject_bad_values() {
     assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
     let page1 = incidents(&env, "kind=needs_reauth&limit=2").await;
     assert_eq!(page1["incidents"].as_array().map(Vec::len), Some(2));
-    let next = page1["next"].as_u64().expect("next");
+    let next = page1["next"].as_str().expect("next");
     let page2 = incidents(&env, &format!("kind=needs_reauth&limit=2&after={next}")).await;
     assert_eq!(page2["incidents"][0]["id"], ids[2]);
     assert!(page2["next"].is_null());
