@@ -80,6 +80,10 @@ pub enum StoreError {
     /// The store is shutting down and takes no more writes.
     #[error("store is closed")]
     Closed,
+    /// A secret in the store cannot be sealed or opened: its key is not configured, or
+    /// the sealed value was tampered with.
+    #[error("secrets at rest: {0}")]
+    Secret(#[from] crate::secrets::SecretsError),
     /// The operation does not fit the account's state (e.g. staging rows for an account
     /// that has already committed a sync).
     #[error("invalid state: {0}")]
