@@ -56,6 +56,9 @@ struct Common {
 enum Command {
     /// Run the service (with the embedded sandbox bank when no Plaid URL is configured).
     Serve(Common),
+    /// Re-seal every stored secret with the current key (secrets.key), so older keys
+    /// can be removed from the configuration. Run it with the service stopped.
+    RotateKey(Common),
     /// Run the simulated providers alone, for a separate acctor, a benchmark or a crash test.
     Sandbox {
         #[command(flatten)]
@@ -102,6 +105,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ),
                 None => println!("admin api token: from server.admin_token"),
             }
+            if let Some(path) = app.key_source().demo_key_file() {
+                println!(
+                    "secrets at rest: sealed with the demo key in {} (production configures secrets.key or secrets.key_file)",
+                    path.display()
+                );
+            }
             if let Some(url) = app.sandbox_url() {
                 println!("embedded sandbox bank on {url}");
                 println!(
@@ -111,6 +120,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::RotateKey(common) => {
+            let mut settings = Settings::load(common.config.as_deref())?;
+            if let Some(dir) = common.data_dir {
+                settings.store.data_dir = dir;
+            }
+            settings.validate()?;
+            let resealed = acctor::app::rotate_key(&settings).await?;
+            println!(
+                "re-sealed {resealed} secret(s) with the current key; older keys can now be removed from the configuration"
+            );
+            Ok(())
         }
         Command::Sandbox {
             common,
