@@ -9,6 +9,7 @@ mod helpers;
 mod introspection;
 mod reauth;
 mod retries;
+mod secrets;
 mod shutdown;
 mod supervision;
 mod surface;
