@@ -183,6 +183,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rotate_key_reseals_with_the_new_key_so_the_old_one_can_go() {
+        use crate::domain::{AccessToken, Account, ProviderKind};
+        use crate::store::AccountStore;
+        let dir = tempfile::tempdir().unwrap();
+        let (_, k1) = Keyring::generate("k1").unwrap();
+        let (_, k2) = Keyring::generate("k2").unwrap();
+        let secret = |spec: &str| secrecy::SecretString::from(spec.to_owned());
+        let mut settings = settings(dir.path());
+        settings.plaid.base_url = "https://production.plaid.com".into();
+        settings.secrets.key = Some(secret(&k1));
+        let account = Account::new_linked(
+            ProviderKind::Plaid,
+            "item-1".into(),
+            AccessToken::new("access-production-rotated"),
+            "owner-1".into(),
+            Vec::new(),
+            chrono::Utc::now(),
+        );
+        let (keyring, _) = resolve_keyring(&settings).unwrap();
+        let store = open_store(&settings, keyring).unwrap();
+        store.link_account(&account).unwrap();
+        store.shutdown().await.unwrap();
+        drop(store);
+        let released = |dir: PathBuf| async move {
+            tokio::task::spawn_blocking(move || {
+                crate::store::wait_until_released(&dir, Duration::from_secs(10))
+            })
+            .await
+            .unwrap()
+        };
+        assert!(released(dir.path().to_path_buf()).await);
+
+        settings.secrets.key = Some(secret(&k2));
+        settings.secrets.old_keys = vec![secret(&k1)];
+        assert_eq!(rotate_key(&settings).await.unwrap(), 1);
+        assert_eq!(rotate_key(&settings).await.unwrap(), 0);
+
+        settings.secrets.old_keys.clear();
+        let (keyring, _) = resolve_keyring(&settings).unwrap();
+        let store = open_store(&settings, keyring).unwrap();
+        let read = store.get_account(&account.id).unwrap().unwrap();
+        assert_eq!(read.access_token.expose(), "access-production-rotated");
+        store.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
     async fn rotate_key_refuses_a_store_in_use_and_needs_one_to_exist() {
         let dir = tempfile::tempdir().unwrap();
         let settings = settings(dir.path());
