@@ -189,10 +189,7 @@ impl Sealer {
         let mut count = 0;
         for item in tree.iter() {
             let (key, mut bytes) = item.map_err(io)?;
-            loop {
-                let Some((new, n)) = self.reseal(name, &key, &bytes, rotate)? else {
-                    break;
-                };
+            while let Some((new, n)) = self.reseal(name, &key, &bytes, rotate)? {
                 match tree
                     .compare_and_swap(&key, Some(&bytes), Some(new))
                     .map_err(io)?
