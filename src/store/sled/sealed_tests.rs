@@ -182,6 +182,8 @@ async fn a_store_refuses_to_open_without_the_key_its_secrets_need_and_rotation_r
         "{error}"
     );
     assert!(error.to_string().contains("\"k1\""), "{error}");
+    // One line: no source that an error chain would print a second time.
+    assert!(std::error::Error::source(&error).is_none());
 
     // The new key sealing, the old one to open: reads work, then rotation re-seals.
     {
