@@ -52,13 +52,23 @@ struct Common {
     data_dir: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// A TOML file over the compiled-in defaults (config/default.toml): the service's.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory, over the configuration's.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the service (with the embedded sandbox bank when no Plaid URL is configured).
     Serve(Common),
     /// Re-seal every stored secret with the current key (secrets.key), so older keys
     /// can be removed from the configuration. Run it with the service stopped.
-    RotateKey(Common),
+    RotateKey(StoreArgs),
     /// Run the simulated providers alone, for a separate acctor, a benchmark or a crash test.
     Sandbox {
         #[command(flatten)]
@@ -121,9 +131,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             app.run_until_stopped(shutdown_signal()).await
         }
-        Command::RotateKey(common) => {
-            let mut settings = Settings::load(common.config.as_deref())?;
-            if let Some(dir) = common.data_dir {
+        Command::RotateKey(args) => {
+            let mut settings = Settings::load(args.config.as_deref())?;
+            if let Some(dir) = args.data_dir {
                 settings.store.data_dir = dir;
             }
             settings.validate()?;
