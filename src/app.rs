@@ -36,8 +36,12 @@ use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use crate::service;
 use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
-use crate::store::{AsyncStore, SledStore, SledStoreConfig, Store};
+use crate::store::{AsyncStore, SledStore, Store};
 use crate::sync::plaid::SyncParams;
+
+mod secrets;
+
+pub use secrets::{resolve_keyring, rotate_key, KeySource};
 
 /// A built, bound, not yet serving application.
 pub struct App {
@@ -50,6 +54,7 @@ pub struct App {
     store: Arc<SledStore>,
     janitor: JoinHandle<()>,
     admin_token_source: AdminTokenSource,
+    key_source: KeySource,
     alerts: Option<JoinHandle<()>>,
 }
 
@@ -74,7 +79,8 @@ impl App {
         layer: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store>,
     ) -> anyhow::Result<App> {
         settings.validate()?;
-        let store = open_store(&settings)?;
+        let (keyring, key_source) = resolve_keyring(&settings)?;
+        let store = secrets::open_store(&settings, keyring)?;
         // After the store: it creates the data dir the generated token lives in.
         let admin_token_source = admin_token(&mut settings)?;
         let settings = Arc::new(settings);
@@ -176,6 +182,7 @@ impl App {
             store,
             janitor,
             admin_token_source,
+            key_source,
             alerts,
         })
     }
@@ -194,6 +201,11 @@ impl App {
     /// Where the admin token came from (to tell the operator where to find it).
     pub fn admin_token_source(&self) -> &AdminTokenSource {
         &self.admin_token_source
+    }
+
+    /// Where the keys sealing the store's secrets came from.
+    pub fn key_source(&self) -> &KeySource {
+        &self.key_source
     }
 
     /// The bound port.
@@ -232,6 +244,7 @@ impl App {
             store,
             janitor,
             admin_token_source: _,
+            key_source: _,
             alerts,
         } = self;
         tracing::info!(%addr, "acctor listening");
@@ -346,16 +359,6 @@ async fn release_store(store: Arc<SledStore>, within: std::time::Duration) {
     if !released {
         tracing::warn!("store's data dir still locked after release");
     }
-}
-
-/// Opens the embedded store in `store.data_dir`.
-fn open_store(settings: &Settings) -> anyhow::Result<Arc<SledStore>> {
-    SledStore::open(SledStoreConfig {
-        data_dir: settings.store.data_dir.clone(),
-        cache_capacity_bytes: settings.store.cache_capacity_bytes,
-        group_commit_window: settings.store.group_commit_window,
-    })
-    .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))
 }
 
 /// Resolves the admin token (configured, or generated into the data dir) and says

@@ -27,6 +27,9 @@ async fn start(sandbox_url: &str, dir: &tempfile::TempDir) -> (Running, Arc<Fail
     settings.plaid.base_url = sandbox_url.to_string();
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
+    settings.secrets.key = Some(secrecy::SecretString::from(
+        "test:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned(),
+    ));
     let failing = std::sync::Mutex::new(None);
     let app = App::build_with_store_layer(settings, crate::clock::system(), |inner| {
         let store = FailingStore::new(inner);

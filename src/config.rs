@@ -31,6 +31,25 @@ pub struct Settings {
     pub sweeper: SweeperSettings,
     /// Outbound alert webhook on incidents (off unless a URL is set).
     pub alerts: AlertSettings,
+    /// Keys that seal secrets at rest (provider tokens) in the store.
+    #[serde(default)]
+    pub secrets: SecretsSettings,
+}
+
+/// Keys that seal secrets at rest, each written `<key id>:<base64 of 32 bytes>`. With
+/// none set, the embedded demo generates one into `<data_dir>/secrets.key`; a start
+/// with a real provider refuses (a key beside the data protects nothing at rest).
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SecretsSettings {
+    /// The key new values are sealed with (never printed).
+    #[serde(default)]
+    pub key: Option<SecretString>,
+    /// Older keys, only to open values sealed before a rotation (never printed).
+    #[serde(default)]
+    pub old_keys: Vec<SecretString>,
+    /// A file of keys instead of `key`/`old_keys`: one per line, the first seals.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// Outbound alert webhook settings (Standard Webhooks signing).
@@ -416,6 +435,29 @@ impl Settings {
                 "must be at least sweeper.tick",
             ));
         }
+        if self.secrets.key_file.is_some()
+            && (self.secrets.key.is_some() || !self.secrets.old_keys.is_empty())
+        {
+            return Err(invalid(
+                "secrets.key_file",
+                "set either secrets.key_file or secrets.key (with secrets.old_keys), not both",
+            ));
+        }
+        if self.secrets.key.is_none() && !self.secrets.old_keys.is_empty() {
+            return Err(invalid(
+                "secrets.old_keys",
+                "needs secrets.key (the key that seals new values)",
+            ));
+        }
+        if let Some(key) = &self.secrets.key {
+            let specs: Vec<&str> = std::iter::once(key)
+                .chain(&self.secrets.old_keys)
+                .map(|k| k.expose_secret())
+                .collect();
+            if let Err(error) = crate::secrets::Keyring::from_specs(&specs) {
+                return Err(invalid("secrets.key", error.to_string()));
+            }
+        }
         if !self.sandbox.webhook_url.is_empty()
             && !self.sandbox.webhook_url.starts_with("http://")
             && !self.sandbox.webhook_url.starts_with("https://")
@@ -508,6 +550,34 @@ mod tests {
         let printed = format!("{settings:?}");
         assert!(!printed.contains(token), "{printed}");
         assert!(!printed.contains("acctor-demo-secret"), "{printed}");
+    }
+
+    #[test]
+    fn secrets_keys_are_validated_and_never_printed() {
+        let key = format!("k1:{}", "A".repeat(43));
+        let mut settings = Settings::defaults();
+        assert!(settings.secrets.key.is_none() && settings.secrets.key_file.is_none());
+        settings.secrets.key = Some(SecretString::from(key.clone()));
+        settings.validate().expect("a valid key");
+        assert!(!format!("{settings:?}").contains(&key));
+
+        settings.secrets.old_keys = vec![SecretString::from(key.clone())];
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("secrets.key") && err.contains("twice"),
+            "{err}"
+        );
+        settings.secrets.old_keys = vec![SecretString::from("k0:c2hvcnQ".to_owned())];
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("must be 32"), "{err}");
+        assert!(!err.contains("c2hvcnQ"), "{err}");
+
+        settings.secrets.old_keys.clear();
+        settings.secrets.key_file = Some(PathBuf::from("/etc/acctor/keys"));
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("secrets.key_file"), "{err}");
+        settings.secrets.key = None;
+        settings.validate().expect("a key file alone");
     }
 
     #[test]

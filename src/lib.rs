@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod outbound;
 pub mod providers;
 pub mod sandbox;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod sync;

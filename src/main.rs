@@ -52,6 +52,16 @@ struct Common {
     data_dir: Option<PathBuf>,
 }
 
+#[derive(clap::Args, Debug)]
+struct StoreArgs {
+    /// A TOML file over the compiled-in defaults (config/default.toml): the service's.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory, over the configuration's.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the service (with the embedded sandbox bank when no Plaid URL is configured).
@@ -63,6 +73,9 @@ enum Command {
         #[arg(long)]
         reset_demo: bool,
     },
+    /// Re-seal every stored secret with the current key (secrets.key), so older keys
+    /// can be removed from the configuration. Run it with the service stopped.
+    RotateKey(StoreArgs),
     /// Run the simulated providers alone, for a separate acctor, a benchmark or a crash test.
     Sandbox {
         #[command(flatten)]
@@ -110,6 +123,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 ),
                 None => println!("admin api token: from server.admin_token"),
             }
+            if let Some(path) = app.key_source().demo_key_file() {
+                println!(
+                    "secrets at rest: sealed with the demo key in {} (production configures secrets.key or secrets.key_file)",
+                    path.display()
+                );
+            }
             if let Some(url) = app.sandbox_url() {
                 println!("embedded sandbox bank on {url}");
                 println!(
@@ -119,6 +138,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 );
             }
             app.run_until_stopped(shutdown_signal()).await
+        }
+        Command::RotateKey(args) => {
+            let mut settings = Settings::load(args.config.as_deref())?;
+            if let Some(dir) = args.data_dir {
+                settings.store.data_dir = dir;
+            }
+            settings.validate()?;
+            let resealed = acctor::app::rotate_key(&settings).await?;
+            println!(
+                "re-sealed {resealed} secret(s) with the current key; older keys can now be removed from the configuration"
+            );
+            Ok(())
         }
         Command::Sandbox {
             common,

@@ -113,6 +113,9 @@ fn quiet_settings(dir: &std::path::Path, sandbox_url: &str) -> Settings {
     settings.plaid.base_url = sandbox_url.to_string();
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
+    settings.secrets.key = Some(secrecy::SecretString::from(
+        "bench:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned(),
+    ));
     // The benchmarks measure acctor's own work. The client-side request budget (Plaid's
     // per-Item limit, 50 calls a minute by default) would make a 100-page first sync
     // take a minute by design, and it is not what is being measured.
@@ -488,11 +491,16 @@ async fn accounts(count: u64, samples: u64) -> anyhow::Result<()> {
     // Link straight into the store (the HTTP path is measured elsewhere); each account
     // already has a cursor, so activation does not start a sync.
     {
-        let store = SledStore::open(SledStoreConfig {
-            data_dir: dir.path().to_path_buf(),
-            cache_capacity_bytes: cache,
-            group_commit_window: std::time::Duration::from_millis(2),
-        })?;
+        // The keys the app will open this store with.
+        let (keyring, _) = acctor::app::resolve_keyring(&settings)?;
+        let store = SledStore::open_with_keyring(
+            SledStoreConfig {
+                data_dir: dir.path().to_path_buf(),
+                cache_capacity_bytes: cache,
+                group_commit_window: std::time::Duration::from_millis(2),
+            },
+            keyring,
+        )?;
         let started = Instant::now();
         for n in 0..count {
             let account = Account {

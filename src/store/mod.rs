@@ -80,10 +80,22 @@ pub enum StoreError {
     /// The store is shutting down and takes no more writes.
     #[error("store is closed")]
     Closed,
+    /// A secret in the store cannot be sealed or opened: its key is not configured, or
+    /// the sealed value was tampered with.
+    #[error("secrets at rest: {0}")]
+    Secret(crate::secrets::SecretsError),
     /// The operation does not fit the account's state (e.g. staging rows for an account
     /// that has already committed a sync).
     #[error("invalid state: {0}")]
     InvalidState(String),
+}
+
+// By hand rather than `#[from]`, which would also make it the error's source and print
+// the message twice in an error chain.
+impl From<crate::secrets::SecretsError> for StoreError {
+    fn from(error: crate::secrets::SecretsError) -> Self {
+        StoreError::Secret(error)
+    }
 }
 
 /// What resolving a lookup key found.

@@ -45,6 +45,10 @@ pub fn test_settings(data_dir: &std::path::Path, sandbox_url: &str) -> Settings 
     settings.plaid.base_url = sandbox_url.to_string();
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
+    // A real provider URL (the external sandbox) needs a configured key for secrets at rest.
+    settings.secrets.key = Some(secrecy::SecretString::from(
+        "test:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=".to_owned(),
+    ));
     settings.actors.sync_retry_initial = Duration::from_millis(20);
     settings.actors.sync_retry_max = Duration::from_millis(200);
     settings

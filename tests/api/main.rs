@@ -11,6 +11,7 @@ mod introspection;
 mod reauth;
 mod retries;
 mod schemathesis;
+mod secrets;
 mod shutdown;
 mod supervision;
 mod surface;

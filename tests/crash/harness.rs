@@ -177,6 +177,10 @@ impl Acctor {
                 .env("ACCTOR__PLAID__BASE_URL", &self.sandbox_url)
                 .env("ACCTOR__SERVER__ADMIN_TOKEN", admin_token())
                 .env("ACCTOR__SANDBOX__EMBEDDED", "false")
+                .env(
+                    "ACCTOR__SECRETS__KEY",
+                    "crash:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
+                )
                 .env("ACCTOR__SANDBOX__DEMO_ITEMS", "0")
                 .env("ACCTOR__PLAID__SYNC_PAGE_SIZE", "25")
                 // 25-row pages make many calls per sync; the sandbox enforces no per-item

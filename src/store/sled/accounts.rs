@@ -11,7 +11,7 @@ use sled::IVec;
 
 use super::due::{poll_anchor, TxDue};
 use super::inbox::UnroutedEvent;
-use super::keys::{self, ACCOUNTS, INBOX, LOOKUP, UNROUTED};
+use super::keys::{self, INBOX, LOOKUP, UNROUTED};
 use super::{from_tx, io, saturating_sub, tx, SledStore, TxResult};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, LinkStatus, NeedsReauth, PendingDeadline,
@@ -109,7 +109,7 @@ impl AccountStore for SledStore {
         record.status = LinkStatus::Linked;
         let id = &record.id;
         let account_key = keys::account_key(id);
-        let record_bytes = keys::encode(ACCOUNTS, &record)?;
+        let record_bytes = self.encode_account(&record)?;
         let id_value = keys::encode(LOOKUP, id)?;
         let mut claimed = vec![(
             record.item_id.clone(),
@@ -137,7 +137,7 @@ impl AccountStore for SledStore {
             .transaction(|(accounts, lookup, inbox, unrouted, entries, subjects)| {
                 // Relinking the same id replaces its keys rather than adding to them.
                 if let Some(previous) = accounts.get(&account_key)? {
-                    let previous: Account = tx(keys::decode(ACCOUNTS, &previous))?;
+                    let previous = tx(self.decode_account(&account_key, &previous))?;
                     remove_lookup_keys(lookup, &previous)?;
                 }
                 for (name, key) in &claimed {
@@ -148,9 +148,10 @@ impl AccountStore for SledStore {
                     if &holder == id {
                         continue;
                     }
-                    let holder_linked = match accounts.get(keys::account_key(&holder))? {
+                    let holder_key = keys::account_key(&holder);
+                    let holder_linked = match accounts.get(&holder_key)? {
                         Some(bytes) => {
-                            tx(keys::decode::<Account>(ACCOUNTS, &bytes))?.status
+                            tx(self.decode_account(&holder_key, &bytes))?.status
                                 == LinkStatus::Linked
                         }
                         None => false,
@@ -189,10 +190,11 @@ impl AccountStore for SledStore {
     }
 
     fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError> {
+        let key = keys::account_key(id);
         self.accounts
-            .get(keys::account_key(id))
+            .get(&key)
             .map_err(io)?
-            .map(|bytes| keys::decode(ACCOUNTS, &bytes))
+            .map(|bytes| self.decode_account(&key, &bytes))
             .transpose()
     }
 
@@ -233,9 +235,11 @@ impl AccountStore for SledStore {
                 .range::<Vec<u8>, _>((Bound::Excluded(keys::account_key(after)), Bound::Unbounded)),
             None => self.accounts.iter(),
         };
-        iter.values()
-            .take(limit)
-            .map(|bytes| keys::decode(ACCOUNTS, &bytes.map_err(io)?))
+        iter.take(limit)
+            .map(|item| {
+                let (key, bytes) = item.map_err(io)?;
+                self.decode_account(&key, &bytes)
+            })
             .collect()
     }
 
@@ -274,7 +278,7 @@ impl AccountStore for SledStore {
                     let Some(bytes) = accounts.get(&account_key)? else {
                         return Ok(None);
                     };
-                    let previous: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                    let previous = tx(self.decode_account(&account_key, &bytes))?;
                     remove_lookup_keys(lookup, &previous)?;
                     let retired = retired_keys(&previous);
                     let id_value = tx(keys::encode(LOOKUP, id))?;
@@ -307,7 +311,7 @@ impl AccountStore for SledStore {
                         let mut record = previous.clone();
                         record.status = LinkStatus::Unlinked;
                         accounts
-                            .insert(account_key.as_slice(), tx(keys::encode(ACCOUNTS, &record))?)?;
+                            .insert(account_key.as_slice(), tx(self.encode_account(&record))?)?;
                     }
                     Ok(Some((previous, inbox_removed)))
                 },
@@ -411,7 +415,7 @@ impl AccountStore for SledStore {
                         StoreError::AccountNotFound(id.clone()),
                     ));
                 };
-                let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                let mut account = tx(self.decode_account(&key, &bytes))?;
                 // The caller sees the whole record but owns only the login state.
                 let mut edited = account.clone();
                 if !change(&mut edited) {
@@ -421,7 +425,7 @@ impl AccountStore for SledStore {
                 account.pending_deadline = edited.pending_deadline;
                 account.login_seen_through = edited.login_seen_through;
                 account.failed = edited.failed;
-                accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                accounts.insert(key.as_slice(), tx(self.encode_account(&account))?)?;
                 if account.needs_reauth.is_some() || account.failed.is_some() {
                     // A parked account is not retried (as with `set_needs_reauth` and
                     // `set_sync_gave_up`).

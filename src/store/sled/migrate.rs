@@ -15,6 +15,7 @@ use sled::Tree;
 use super::accounts::retired_keys;
 use super::due::{poll_anchor, TxDue};
 use super::keys::{self, legacy, ACCOUNTS, DUE_MIGRATED, LOOKUP, RETIRED_MIGRATED};
+use super::sealed::Sealer;
 use super::{from_tx, io};
 use crate::domain::{Account, LinkStatus};
 use crate::store::{DueKind, StoreError};
@@ -68,6 +69,7 @@ pub(super) fn migrate_legacy_indexes(
     db: &sled::Db,
     accounts: &Tree,
     due: &DueTrees<'_>,
+    sealer: &Sealer,
 ) -> Result<(), StoreError> {
     let names = db.tree_names();
     let present: Vec<&str> = legacy::TREES
@@ -92,7 +94,7 @@ pub(super) fn migrate_legacy_indexes(
         let added = if backfilled {
             0
         } else {
-            backfill_polls(accounts, due)?
+            backfill_polls(accounts, due, sealer)?
         };
         due.subjects.insert(DUE_MIGRATED, &[]).map_err(io)?;
         if !present.is_empty() {
@@ -172,11 +174,12 @@ fn migrate_polls(
 
 /// Gives every linked account without a polling entry one at its anchor (a store
 /// written before the polling index existed); returns how many it added.
-fn backfill_polls(accounts: &Tree, due: &DueTrees<'_>) -> Result<u64, StoreError> {
+fn backfill_polls(accounts: &Tree, due: &DueTrees<'_>, sealer: &Sealer) -> Result<u64, StoreError> {
     let mut added = 0u64;
     for item in accounts.iter() {
-        let (_, bytes) = item.map_err(io)?;
-        let account: Account = keys::decode(ACCOUNTS, &bytes)?;
+        let (key, bytes) = item.map_err(io)?;
+        // Plain (a store of an older version) or sealed, the sealer reads both.
+        let account: Account = sealer.decode(ACCOUNTS, &key, &bytes)?;
         if account.status != LinkStatus::Linked || due.has(DueKind::Poll, account.id.as_str())? {
             continue;
         }
@@ -190,14 +193,19 @@ fn backfill_polls(accounts: &Tree, due: &DueTrees<'_>) -> Result<u64, StoreError
 /// Gives every unlinked account its retired lookup keys once (a store written before
 /// unlinked accounts kept them could not find one by alias); returns how many accounts.
 /// Idempotent: a key is put at its own place, and the marker goes in last.
-pub(super) fn retire_unlinked_keys(accounts: &Tree, lookup: &Tree) -> Result<u64, StoreError> {
+pub(super) fn retire_unlinked_keys(
+    accounts: &Tree,
+    lookup: &Tree,
+    sealer: &Sealer,
+) -> Result<u64, StoreError> {
     if lookup.contains_key(RETIRED_MIGRATED).map_err(io)? {
         return Ok(0);
     }
     let mut retired = 0u64;
     for item in accounts.iter() {
-        let (_, bytes) = item.map_err(io)?;
-        let account: Account = keys::decode(ACCOUNTS, &bytes)?;
+        let (key, bytes) = item.map_err(io)?;
+        // Plain (a store of an older version) or sealed, the sealer reads both.
+        let account: Account = sealer.decode(ACCOUNTS, &key, &bytes)?;
         if account.status != LinkStatus::Unlinked {
             continue;
         }

@@ -33,6 +33,7 @@ mod keys;
 mod migrate;
 mod outbox;
 mod rows;
+mod sealed;
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -60,6 +61,7 @@ use keys::{
     TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
 use migrate::DueTrees;
+use sealed::{Sealer, SECRETS};
 
 /// Where and how to open the sled store.
 #[derive(Clone, Debug)]
@@ -159,6 +161,10 @@ pub struct SledStore {
     incident_open: Tree,
     /// Undelivered outbox messages of every destination ([`crate::store::OutboxMessage`]).
     outbox: Tree,
+    /// Which keys the sealed secrets may need (see `sealed.rs`).
+    secrets: Tree,
+    /// Seals the secret fields of records on the way in, opens them on the way out.
+    sealer: Sealer,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
     inbox_depth: AtomicU64,
     /// `true` once closed. Writers hold a read guard for the whole write, so `shutdown`
@@ -203,13 +209,18 @@ pub(super) fn tx<T>(result: Result<T, StoreError>) -> TxResult<T> {
 }
 
 /// The account record at `key` inside a transaction; `AccountNotFound` aborts it.
-fn read_account(accounts: &TransactionalTree, key: &[u8], id: &AccountId) -> TxResult<Account> {
+fn read_account(
+    sealer: &Sealer,
+    accounts: &TransactionalTree,
+    key: &[u8],
+    id: &AccountId,
+) -> TxResult<Account> {
     let Some(bytes) = accounts.get(key)? else {
         return Err(ConflictableTransactionError::Abort(
             StoreError::AccountNotFound(id.clone()),
         ));
     };
-    tx(keys::decode(ACCOUNTS, &bytes))
+    tx(sealer.decode(ACCOUNTS, key, &bytes))
 }
 
 fn saturating_sub(counter: &AtomicU64, n: u64) {
@@ -222,9 +233,25 @@ fn saturating_sub(counter: &AtomicU64, n: u64) {
 }
 
 impl SledStore {
-    /// Opens (or creates) the store in `config.data_dir` and starts its flusher task.
-    /// Must be called inside a tokio runtime; outside one it returns `StoreError::Io`.
+    /// Opens (or creates) the store with the data dir's own key,
+    /// `<data_dir>/secrets.key`, generated if missing: for tests, benchmarks and the
+    /// embedded demo. A key beside the data is no protection at rest, so a production
+    /// start passes its configured keys to [`SledStore::open_with_keyring`].
     pub fn open(config: SledStoreConfig) -> Result<Arc<SledStore>, StoreError> {
+        let (keyring, _) = crate::secrets::key_file::load_or_generate(&config.data_dir)
+            .map_err(|e| StoreError::Io(e.to_string()))?;
+        Self::open_with_keyring(config, keyring)
+    }
+
+    /// Opens (or creates) the store in `config.data_dir` and starts its flusher task;
+    /// secrets are sealed with `keyring`'s current key. Refuses a keyring that lacks a
+    /// key the stored secrets may be sealed with (`StoreError::Secret`), and seals the
+    /// plain secrets of a data dir written by an older version.
+    /// Must be called inside a tokio runtime; outside one it returns `StoreError::Io`.
+    pub fn open_with_keyring(
+        config: SledStoreConfig,
+        keyring: crate::secrets::Keyring,
+    ) -> Result<Arc<SledStore>, StoreError> {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             StoreError::Io("the sled store must be opened inside a tokio runtime".into())
         })?;
@@ -251,12 +278,15 @@ impl SledStore {
             entries: &due,
             subjects: &due_subjects,
         };
-        migrate::migrate_legacy_indexes(&db, &accounts, &due_trees)?;
-        migrate::retire_unlinked_keys(&accounts, &lookup)?;
+        let sealer = Sealer::new(keyring);
+        migrate::migrate_legacy_indexes(&db, &accounts, &due_trees, &sealer)?;
+        migrate::retire_unlinked_keys(&accounts, &lookup, &sealer)?;
         let incidents = tree(INCIDENTS)?;
         let incident_open = tree(INCIDENT_OPEN)?;
         let outbox = tree(OUTBOX)?;
         outbox::rebuild_outbox_due(&outbox, &due_trees)?;
+        let secrets = tree(SECRETS)?;
+        sealed::prepare(&db, &secrets, &sealed_trees(&accounts), &sealer)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
         let files = Arc::new(DbFiles {
@@ -295,6 +325,8 @@ impl SledStore {
             incidents,
             incident_open,
             outbox,
+            secrets,
+            sealer,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
             group,
@@ -360,9 +392,9 @@ impl SledStore {
         let key = keys::account_key(id);
         self.accounts
             .transaction(|accounts| {
-                let mut account = read_account(accounts, &key, id)?;
+                let mut account = read_account(&self.sealer, accounts, &key, id)?;
                 change(&mut account);
-                accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                accounts.insert(key.as_slice(), tx(self.encode_account(&account))?)?;
                 Ok(())
             })
             .map_err(from_tx)
@@ -379,13 +411,43 @@ impl SledStore {
         let key = keys::account_key(id);
         (&self.accounts, &self.due, &self.due_subjects)
             .transaction(|(accounts, entries, subjects)| {
-                let mut account = read_account(accounts, &key, id)?;
+                let mut account = read_account(&self.sealer, accounts, &key, id)?;
                 change(&mut account);
-                accounts.insert(key.as_slice(), tx(keys::encode(ACCOUNTS, &account))?)?;
+                accounts.insert(key.as_slice(), tx(self.encode_account(&account))?)?;
                 TxDue { entries, subjects }.remove(DueKind::Retry, id.as_str())?;
                 Ok(())
             })
             .map_err(from_tx)
+    }
+
+    /// An account record's bytes, its access token sealed.
+    fn encode_account(&self, account: &Account) -> Result<Vec<u8>, StoreError> {
+        self.sealer
+            .encode(ACCOUNTS, &keys::account_key(&account.id), account)
+    }
+
+    /// An account record from its bytes at `key`, its access token opened.
+    fn decode_account(&self, key: &[u8], bytes: &[u8]) -> Result<Account, StoreError> {
+        self.sealer.decode(ACCOUNTS, key, bytes)
+    }
+
+    /// Re-seals every stored secret that is not sealed with the current key (the
+    /// `acctor rotate-key` command; idempotent) and makes that durable; returns how many
+    /// values it re-sealed. Afterwards the store needs only the current key.
+    pub fn rotate_secrets(&self) -> Result<u64, StoreError> {
+        let _gate = self.write_gate()?;
+        let resealed = sealed::rotate(
+            &self.secrets,
+            &sealed_trees(&self.accounts),
+            &self.sealer,
+            || self.files.flush_and_sync(),
+        )?;
+        tracing::info!(
+            resealed,
+            key_id = self.sealer.current_key_id(),
+            "secrets re-sealed with the current key"
+        );
+        Ok(resealed)
     }
 
     fn incident_trees(&self) -> IncidentTrees<'_> {
@@ -397,6 +459,11 @@ impl SledStore {
             due_subjects: &self.due_subjects,
         }
     }
+}
+
+/// Every tree named in [`sealed::SEALED_FIELDS`], with its name (a test checks they agree).
+fn sealed_trees(accounts: &Tree) -> [(&'static str, &Tree); 1] {
+    [(ACCOUNTS, accounts)]
 }
 
 /// Waits, at most `within`, until no handle holds the sled database in `data_dir` (its

@@ -10,11 +10,12 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 use sled::IVec;
 
 use super::due::TxDue;
-use super::keys::{self, ACCOUNTS, TRANSACTIONS, TXN_INDEX};
+use super::keys::{self, TRANSACTIONS, TXN_INDEX};
 use super::{from_tx, io, saturating_sub, tx, SledStore};
-use crate::domain::{Account, AccountId, LinkStatus, Transaction};
+use crate::domain::{AccountId, LinkStatus, Transaction};
 use crate::store::{
-    ApplyMode, DueKind, RowStore, StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    AccountStore, ApplyMode, DueKind, RowStore, StoreError, SyncCommit, TransactionPage,
+    TransactionQuery,
 };
 
 /// A transaction row prepared outside the transaction so the closure only moves bytes.
@@ -31,10 +32,9 @@ impl SledStore {
     /// Whether the account's rows are visible: only once a sync has committed (staged
     /// rows of a first sync stay hidden until then).
     fn rows_visible(&self, id: &AccountId) -> Result<bool, StoreError> {
-        match self.accounts.get(keys::account_key(id)).map_err(io)? {
-            Some(bytes) => Ok(keys::decode::<Account>(ACCOUNTS, &bytes)?.cursor.is_some()),
-            None => Ok(false),
-        }
+        Ok(self
+            .get_account(id)?
+            .is_some_and(|account| account.cursor.is_some()))
     }
 
     pub(super) fn staging_lock(&self, id: &AccountId) -> Arc<std::sync::Mutex<()>> {
@@ -43,10 +43,9 @@ impl SledStore {
 
     /// Fails unless the account exists and has never committed a sync.
     fn ensure_never_synced(&self, id: &AccountId) -> Result<(), StoreError> {
-        match self.accounts.get(keys::account_key(id)).map_err(io)? {
+        match self.get_account(id)? {
             None => Err(StoreError::AccountNotFound(id.clone())),
-            Some(bytes) => {
-                let account: Account = keys::decode(ACCOUNTS, &bytes)?;
+            Some(account) => {
                 if account.cursor.is_some() {
                     return Err(StoreError::InvalidState(format!(
                         "account {id} has committed a sync; its rows change only by commit"
@@ -171,7 +170,7 @@ impl RowStore for SledStore {
                             StoreError::AccountNotFound(account_id.clone()),
                         ));
                     };
-                    let mut account: Account = tx(keys::decode(ACCOUNTS, &bytes))?;
+                    let mut account = tx(self.decode_account(&account_key, &bytes))?;
                     if commit.mode == ApplyMode::Staged && account.cursor.is_some() {
                         return Err(ConflictableTransactionError::Abort(
                             StoreError::InvalidState(format!(
@@ -208,10 +207,7 @@ impl RowStore for SledStore {
                     account.last_sync_finished_at = Some(commit.finished_at);
                     account.last_sync_outcome = Some(commit.outcome.clone());
                     account.sync_count += 1;
-                    accounts.insert(
-                        account_key.as_slice(),
-                        tx(keys::encode(ACCOUNTS, &account))?,
-                    )?;
+                    accounts.insert(account_key.as_slice(), tx(self.encode_account(&account))?)?;
 
                     let mut removed = 0u64;
                     for key in &consumed {
