@@ -250,7 +250,8 @@ const SECRET_KEYS: &[&str] = &[
 /// variable's text as a TOML-like value (`1234…` a number, `true` a bool, `[a]` an
 /// array), which a text setting then refuses: an all-digit admin token or client id
 /// could not be set, and the error quoted it. This reads variables with `Env` and
-/// parses them as it does, except that text settings keep their text.
+/// parses them as it does, except that text settings (and non-ASCII text) keep their
+/// text.
 struct EnvLayer {
     /// `(section.key, text)`, keys as `Env` maps them (prefix off, `__` to `.`,
     /// lowercase).
@@ -303,7 +304,10 @@ impl figment::Provider for EnvLayer {
         }
         let mut dict = Dict::new();
         for (key, text) in &self.vars {
-            let value = if TEXT_KEYS.contains(&key.as_str()) {
+            // figment 0.10.19's string unescaping slices by char index, so parsing text
+            // with a backslash after a non-ASCII character panics. No non-text setting
+            // takes non-ASCII text other than as a plain string, so it stays one.
+            let value = if TEXT_KEYS.contains(&key.as_str()) || !text.is_ascii() {
                 Value::from(text.clone())
             } else {
                 text.parse().unwrap_or_else(|never| match never {})
