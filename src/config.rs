@@ -243,6 +243,122 @@ pub enum ConfigError {
     },
 }
 
+/// Prefix of the environment variables that override settings (`ACCTOR__SECTION__KEY`).
+const ENV_PREFIX: &str = "ACCTOR__";
+
+/// The settings whose value is text.
+const TEXT_KEYS: &[&str] = &[
+    "server.admin_token",
+    "store.data_dir",
+    "plaid.base_url",
+    "plaid.client_id",
+    "plaid.secret",
+    "sandbox.client_id",
+    "sandbox.secret",
+    "sandbox.webhook_url",
+    "alerts.url",
+    "alerts.secret",
+];
+
+/// The settings whose value is a secret: never quoted in an error.
+const SECRET_KEYS: &[&str] = &[
+    "server.admin_token",
+    "plaid.secret",
+    "sandbox.secret",
+    "alerts.secret",
+];
+
+/// The `ACCTOR__…` variables as a figment provider. figment's `Env` reads every
+/// variable's text as a TOML-like value (`1234…` a number, `true` a bool, `[a]` an
+/// array), which a text setting then refuses: an all-digit admin token or client id
+/// could not be set, and the error quoted it. This reads variables with `Env` and
+/// parses them as it does, except that text settings (and non-ASCII text) keep their
+/// text.
+struct EnvLayer {
+    /// `(section.key, text)`, keys as `Env` maps them (prefix off, `__` to `.`,
+    /// lowercase).
+    vars: Vec<(String, String)>,
+}
+
+impl EnvLayer {
+    fn env() -> Env {
+        Env::prefixed(ENV_PREFIX).split("__")
+    }
+
+    fn from_process() -> EnvLayer {
+        EnvLayer::from_vars(
+            Self::env()
+                .iter()
+                .map(|(key, text)| (key.to_string(), text)),
+        )
+    }
+
+    /// Variables already mapped to keys (tests pass their own instead of the
+    /// process-global environment).
+    fn from_vars(vars: impl IntoIterator<Item = (String, String)>) -> EnvLayer {
+        EnvLayer {
+            vars: vars.into_iter().collect(),
+        }
+    }
+}
+
+impl figment::Provider for EnvLayer {
+    fn metadata(&self) -> figment::Metadata {
+        Self::env().metadata()
+    }
+
+    fn data(
+        &self,
+    ) -> Result<figment::value::Map<figment::Profile, figment::value::Dict>, figment::Error> {
+        use figment::value::{Dict, Value};
+        /// Later variables win; dicts merge (as `Env` merges them).
+        fn merge(into: &mut Dict, from: Dict) {
+            for (key, value) in from {
+                match (into.get_mut(&key), value) {
+                    (Some(Value::Dict(_, existing)), Value::Dict(_, nested)) => {
+                        merge(existing, nested)
+                    }
+                    (_, value) => {
+                        into.insert(key, value);
+                    }
+                }
+            }
+        }
+        let mut dict = Dict::new();
+        for (key, text) in &self.vars {
+            // figment 0.10.19's string unescaping slices by char index, so parsing text
+            // with a backslash after a non-ASCII character panics. No non-text setting
+            // takes non-ASCII text other than as a plain string, so it stays one.
+            let value = if TEXT_KEYS.contains(&key.as_str()) || !text.is_ascii() {
+                Value::from(text.clone())
+            } else {
+                text.parse().unwrap_or_else(|never| match never {})
+            };
+            // `Env::iter` drops keys with an empty segment, so there is a dict.
+            if let Some(nested) = figment::util::nest(key, value).into_dict() {
+                merge(&mut dict, nested);
+            }
+        }
+        Ok(figment::Profile::Default.collect(dict))
+    }
+}
+
+/// A load error as text; an error about a secret names the key without its value
+/// (figment quotes the offending value).
+fn describe(err: figment::Error) -> String {
+    err.into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if SECRET_KEYS.contains(&key.as_str()) {
+                format!("{key}: must be a string (the value is a secret and is not shown)")
+            } else {
+                e.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 impl Settings {
     /// Defaults, then `file` if given, then `ACCTOR__…` environment variables.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -256,10 +372,17 @@ impl Settings {
             }
             figment = figment.merge(Toml::file(path));
         }
-        figment = figment.merge(Env::prefixed("ACCTOR__").split("__"));
+        figment = figment.merge(EnvLayer::from_process());
+        Settings::from_figment(figment)
+    }
+
+    /// The loader's last step: extracts the merged sources and validates them. Tests
+    /// merge their own sources here in place of a file and the (process-global)
+    /// environment.
+    pub(crate) fn from_figment(figment: Figment) -> Result<Settings, ConfigError> {
         let settings: Settings = figment
             .extract()
-            .map_err(|e| ConfigError::Load(e.to_string()))?;
+            .map_err(|e| ConfigError::Load(describe(e)))?;
         settings.validate()?;
         Ok(settings)
     }
@@ -365,15 +488,22 @@ impl Settings {
                     "must be whsec_ followed by a base64 key of 24 to 64 bytes",
                 ));
             }
-            if self.alerts.request_timeout.is_zero()
-                || self.alerts.retry_initial.is_zero()
+            if self.alerts.request_timeout.is_zero() {
+                return Err(invalid(
+                    "alerts.request_timeout",
+                    "must be greater than zero",
+                ));
+            }
+            if self.alerts.retry_initial.is_zero()
                 || self.alerts.retry_initial > self.alerts.retry_max
-                || self.alerts.max_age.is_zero()
             {
                 return Err(invalid(
                     "alerts.retry_initial",
-                    "timeouts and delays must be greater than zero, retry_initial at most retry_max",
+                    "must be greater than zero and at most alerts.retry_max",
                 ));
+            }
+            if self.alerts.max_age.is_zero() {
+                return Err(invalid("alerts.max_age", "must be greater than zero"));
             }
         }
         if self.actors.call_timeout.is_zero() {
@@ -470,6 +600,10 @@ impl Settings {
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "config_fuzz.rs"]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -16,6 +16,8 @@ pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod domain;
+#[cfg(test)]
+pub(crate) mod fuzz_support;
 pub mod http;
 pub mod metrics;
 pub mod outbound;

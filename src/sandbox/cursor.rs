@@ -130,6 +130,10 @@ impl CursorCodec {
 }
 
 #[cfg(test)]
+#[path = "cursor_fuzz.rs"]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

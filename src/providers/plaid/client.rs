@@ -235,8 +235,8 @@ impl Http {
             .bytes()
             .await
             .map_err(|e| transport_error(path, &e))?;
-        if !status.is_success() {
-            let err = api_error(status.as_u16(), &body);
+        let answer = read_answer(path, status.as_u16(), &body);
+        if let Err(err @ ProviderError::Api { .. }) = &answer {
             debug!(
                 path,
                 status = status.as_u16(),
@@ -244,11 +244,23 @@ impl Http {
                 request_id = err.request_id().unwrap_or("-"),
                 "plaid call failed"
             );
-            return Err(err);
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| ProviderError::Decode(format!("{path}: unexpected response: {e}")))
+        answer
     }
+}
+
+/// Reads an answer: a non-2xx status is a classified [`api_error`], a 2xx body must
+/// decode as `Resp`.
+fn read_answer<Resp: DeserializeOwned>(
+    path: &str,
+    status: u16,
+    body: &[u8],
+) -> Result<Resp, ProviderError> {
+    if !(200..300).contains(&status) {
+        return Err(api_error(status, body));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ProviderError::Decode(format!("{path}: unexpected response: {e}")))
 }
 
 /// Describes a failed request without the URL's query or any header.
@@ -387,18 +399,7 @@ impl CursorSource for PlaidClient {
             count: Some(count),
         };
         let response: SyncResponse = self.http.post("/transactions/sync", &request).await?;
-        Ok(DeltaPage {
-            added: to_transactions(response.added, "added")?,
-            modified: to_transactions(response.modified, "modified")?,
-            removed: response
-                .removed
-                .into_iter()
-                .map(|removed| removed.transaction_id)
-                .collect(),
-            next_cursor: response.next_cursor,
-            has_more: response.has_more,
-            request_id: response.request_id,
-        })
+        delta_page(response)
     }
 
     async fn window_page(
@@ -421,10 +422,36 @@ impl CursorSource for PlaidClient {
             }),
         };
         let response: GetResponse = self.http.post("/transactions/get", &request).await?;
-        Ok(WindowPage {
-            transactions: to_transactions(response.transactions, "transactions")?,
-            total: response.total_transactions,
-            request_id: response.request_id,
-        })
+        window_page(response)
     }
 }
+
+/// A `/transactions/sync` answer as a [`DeltaPage`]: every row must carry its id and
+/// a `YYYY-MM-DD` date.
+fn delta_page(response: SyncResponse) -> Result<DeltaPage, ProviderError> {
+    Ok(DeltaPage {
+        added: to_transactions(response.added, "added")?,
+        modified: to_transactions(response.modified, "modified")?,
+        removed: response
+            .removed
+            .into_iter()
+            .map(|removed| removed.transaction_id)
+            .collect(),
+        next_cursor: response.next_cursor,
+        has_more: response.has_more,
+        request_id: response.request_id,
+    })
+}
+
+/// A `/transactions/get` answer as a [`WindowPage`].
+fn window_page(response: GetResponse) -> Result<WindowPage, ProviderError> {
+    Ok(WindowPage {
+        transactions: to_transactions(response.transactions, "transactions")?,
+        total: response.total_transactions,
+        request_id: response.request_id,
+    })
+}
+
+#[cfg(test)]
+#[path = "client_fuzz.rs"]
+mod fuzz;

@@ -44,7 +44,7 @@ pub fn classify(status: u16, error_type: &str, code: &str, message: &str) -> Err
 /// withdrew consent or every account. Only a new link (Link's update mode or a new Item,
 /// then a relink) helps. `INSTITUTION_NO_LONGER_SUPPORTED` is an institution error, but
 /// final like these.
-const ACCESS_REVOKED: [&str; 7] = [
+pub(crate) const ACCESS_REVOKED: [&str; 7] = [
     wire::INVALID_ACCESS_TOKEN,
     "ITEM_NOT_FOUND",
     "ACCESS_NOT_GRANTED",
@@ -56,10 +56,10 @@ const ACCESS_REVOKED: [&str; 7] = [
 
 /// Plaid's `error_type` for an institution that is down or not answering (sent with a
 /// 4xx status): Plaid's guidance is to try again later.
-const INSTITUTION_ERROR: &str = "INSTITUTION_ERROR";
+pub(crate) const INSTITUTION_ERROR: &str = "INSTITUTION_ERROR";
 
 /// 4xx codes Plaid documents as "try again later": the data is not ready yet.
-const TRANSIENT_4XX: [&str; 1] = ["PRODUCT_NOT_READY"];
+pub(crate) const TRANSIENT_4XX: [&str; 1] = ["PRODUCT_NOT_READY"];
 
 /// A Plaid error answer as a [`ProviderError`], classified.
 pub fn api_error(

@@ -14,7 +14,9 @@
 //!   being used for up to [`STALE_IF_ERROR_SECS`]: webhooks keep flowing through a
 //!   provider outage, and a revoked key is still learned at the first successful refresh.
 //!
-//! Time is passed in (unix seconds) so tests drive TTLs without waiting.
+//! Time is passed in (unix seconds) so tests drive TTLs without waiting; it is whatever
+//! the caller says (`verify_webhook_at` replays recorded webhooks at their own time), so
+//! time arithmetic saturates instead of overflowing.
 
 use std::sync::{Arc, Mutex, Weak};
 
@@ -106,7 +108,7 @@ impl KeyCache {
         if let Some(slot) = self.inner.slots.get(kid) {
             match &*slot {
                 Slot::Known { key, fetched_at } => {
-                    if now - fetched_at < KEY_TTL_SECS {
+                    if now.saturating_sub(*fetched_at) < KEY_TTL_SECS {
                         return Ok(Arc::clone(key));
                     }
                     stale = Some((Arc::clone(key), *fetched_at));
@@ -132,7 +134,7 @@ impl KeyCache {
 
         match fetch.await {
             Err(KeyError::Unavailable(reason)) => match stale {
-                Some((key, fetched_at)) if now - fetched_at < STALE_IF_ERROR_SECS => {
+                Some((key, fetched_at)) if now.saturating_sub(fetched_at) < STALE_IF_ERROR_SECS => {
                     warn!(kid, %reason, "verification key refresh failed, using cached key");
                     Ok(key)
                 }
@@ -208,7 +210,7 @@ impl Inner {
         self.slots.insert(
             kid,
             Slot::Unknown {
-                until: now + NEGATIVE_TTL_SECS,
+                until: now.saturating_add(NEGATIVE_TTL_SECS),
             },
         );
         // The new-kid rate cap bounds growth; this bounds what stays after it expires.

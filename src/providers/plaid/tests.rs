@@ -39,15 +39,15 @@ const SECRET: &str = "s3cr3t-do-not-print";
 const SYNC_BODY: &str = r#"{"webhook_type":"TRANSACTIONS","webhook_code":"SYNC_UPDATES_AVAILABLE","item_id":"item-1","initial_update_complete":true,"historical_update_complete":false,"environment":"sandbox"}"#;
 
 // ---------------------------------------------------------------------------------------
-// Signing
+// Signing (shared with the verifier's fuzz properties)
 
-struct Signer {
+pub(super) struct Signer {
     pair: EcdsaKeyPair,
     rng: SystemRandom,
 }
 
 impl Signer {
-    fn generate() -> Signer {
+    pub(super) fn generate() -> Signer {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
@@ -55,7 +55,7 @@ impl Signer {
         Signer { pair, rng }
     }
 
-    fn jwk(&self, kid: &str, expired_at: Option<i64>) -> PlaidJwk {
+    pub(super) fn jwk(&self, kid: &str, expired_at: Option<i64>) -> PlaidJwk {
         let point = self.pair.public_key().as_ref();
         assert_eq!(point.len(), 65);
         PlaidJwk {
@@ -71,7 +71,7 @@ impl Signer {
         }
     }
 
-    fn sign_jws(&self, header: &Value, claims: &Value) -> String {
+    pub(super) fn sign_jws(&self, header: &Value, claims: &Value) -> String {
         let input = format!(
             "{}.{}",
             B64URL.encode(header.to_string()),
@@ -81,7 +81,7 @@ impl Signer {
         format!("{input}.{}", B64URL.encode(signature.as_ref()))
     }
 
-    fn webhook_token(&self, kid: &str, iat: i64, body: &[u8]) -> String {
+    pub(super) fn webhook_token(&self, kid: &str, iat: i64, body: &[u8]) -> String {
         self.sign_jws(
             &json!({"alg": "ES256", "kid": kid, "typ": "JWT"}),
             &json!({"iat": iat, "request_body_sha256": body_sha256(body)}),
@@ -89,7 +89,7 @@ impl Signer {
     }
 }
 
-fn body_sha256(body: &[u8]) -> String {
+pub(super) fn body_sha256(body: &[u8]) -> String {
     hex::encode(ring::digest::digest(&ring::digest::SHA256, body))
 }
 

@@ -137,11 +137,14 @@ impl WebhookVerifier {
         let claims_bytes = decode_segment(claims_b64, &mut claims_buf, "claims")?;
         let claims: Claims<'_> = serde_json::from_slice(claims_bytes)
             .map_err(|_| unauthorized("jwt claims lack iat or request_body_sha256"))?;
-        let age = now.saturating_sub(claims.iat);
-        if age > self.max_age_secs {
+        // In i128: `iat` is whatever the signer put there and `now` whatever the caller
+        // passed, so their difference (and its negation) can leave i64.
+        let age = i128::from(now) - i128::from(claims.iat);
+        let max_age = i128::from(self.max_age_secs);
+        if age > max_age {
             return Err(unauthorized(format!("stale webhook: issued {age}s ago")));
         }
-        if -age > self.max_age_secs {
+        if -age > max_age {
             return Err(unauthorized(format!(
                 "webhook issued {}s in the future",
                 -age
@@ -175,3 +178,7 @@ fn decode_segment<'b>(
         .map_err(|_| unauthorized(format!("jwt {what} is not base64url")))?;
     Ok(&buf[..len])
 }
+
+#[cfg(test)]
+#[path = "verify_fuzz.rs"]
+mod fuzz;

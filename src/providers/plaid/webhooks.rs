@@ -96,6 +96,10 @@ pub(crate) fn triggers_sync(webhook_type: &str, webhook_code: &str) -> bool {
 }
 
 #[cfg(test)]
+#[path = "webhooks_fuzz.rs"]
+pub(super) mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
