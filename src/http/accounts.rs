@@ -54,7 +54,8 @@ pub struct KeyPath {
 pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(link, list))
-        .routes(routes!(show, unlink))
+        .routes(routes!(show, delete))
+        .routes(routes!(unlink))
         .routes(routes!(transactions))
         .routes(routes!(sync_status, request_sync))
         .routes(routes!(resume))
@@ -271,36 +272,27 @@ async fn show(
     Ok(Json(AccountView::from(&account)))
 }
 
-/// `DELETE /v1/accounts/{key}` query.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-#[serde(deny_unknown_fields)]
-pub struct UnlinkQuery {
-    /// Also delete the account's transactions, inbox and record (without it, the
-    /// account stays readable as `unlinked`).
-    #[param(schema_with = params::flag_schema)]
-    pub purge: Option<String>,
-}
-
-/// The unlink answer.
+/// The answer to an unlink or a delete.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UnlinkResponse {
     /// The account.
     #[schema(value_type = String)]
     pub id: AccountId,
-    /// Whether its data was deleted.
+    /// Whether its data was deleted (`DELETE`) or kept (`POST …/unlink`).
     pub purged: bool,
 }
 
-/// Unlinks an account (and deletes its data with `purge=true`).
+/// Unlinks an account and keeps its data: no more syncs, webhooks for its item are no
+/// longer routed to it, and it stays readable (as `unlinked`) by every key it is listed
+/// with, until it is deleted.
 #[utoipa::path(
-    delete,
-    path = "/v1/accounts/{key}",
+    post,
+    path = "/v1/accounts/{key}/unlink",
     tag = "accounts",
     operation_id = "unlink_account",
-    params(KeyPath, UnlinkQuery),
+    params(KeyPath, NoQuery),
     responses(
-        (status = 200, description = "Unlinked", body = UnlinkResponse),
+        (status = 200, description = "Unlinked, data kept", body = UnlinkResponse),
         (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
         (status = 404, description = "No such account", body = ErrorBody),
@@ -311,14 +303,43 @@ pub struct UnlinkResponse {
 async fn unlink(
     State(state): State<AppState>,
     ApiPath(KeyPath { key }): ApiPath<KeyPath>,
-    ApiQuery(query): ApiQuery<UnlinkQuery>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<Json<UnlinkResponse>, ApiError> {
-    let purge = params::flag("purge", query.purge.as_deref())?;
     let account = accounts::resolve(&state.ctx, &key).await?;
-    accounts::unlink(&state.ctx, &account.id, purge).await?;
+    accounts::unlink(&state.ctx, &account.id, false).await?;
     Ok(Json(UnlinkResponse {
         id: account.id,
-        purged: purge,
+        purged: false,
+    }))
+}
+
+/// Deletes an account: unlinks it (if it still is linked) and deletes its record,
+/// transactions and pending webhooks. Afterwards no key finds it (`404`).
+#[utoipa::path(
+    delete,
+    path = "/v1/accounts/{key}",
+    tag = "accounts",
+    operation_id = "delete_account",
+    params(KeyPath, NoQuery),
+    responses(
+        (status = 200, description = "Deleted", body = UnlinkResponse),
+        (status = 400, description = "Invalid request: an unknown query parameter or body field, or a value this document does not allow (the message names it)", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such account", body = ErrorBody),
+        (status = 409, description = "The key is shared by several accounts (`ambiguous_key`)", body = ErrorBody),
+        (status = 503, description = "Store unavailable or shutting down; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
+async fn delete(
+    State(state): State<AppState>,
+    ApiPath(KeyPath { key }): ApiPath<KeyPath>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
+) -> Result<Json<UnlinkResponse>, ApiError> {
+    let account = accounts::resolve(&state.ctx, &key).await?;
+    accounts::unlink(&state.ctx, &account.id, true).await?;
+    Ok(Json(UnlinkResponse {
+        id: account.id,
+        purged: true,
     }))
 }
 

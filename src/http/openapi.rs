@@ -117,26 +117,16 @@ fn account_links(
         request_body: None,
         description,
     };
-    let mut links = vec![
+    vec![
         key("get_account", "The account"),
         key("list_transactions", "Its transactions"),
         key("get_sync_status", "Its sync status"),
         key("request_sync", "Ask it to sync now"),
         key("resume_account", "Lift its quarantine, if any"),
         key("get_actor", "What its actor is doing"),
-    ];
-    links.push(LinkSpec {
-        // The value as it goes on the wire: a boolean constant would be rendered by
-        // some clients in their own spelling (Python: `True`).
-        parameters: vec![("key", id.into()), ("purge", "true".into())],
-        // Without `purge` the account stays readable as `unlinked`; purging is what
-        // makes it gone, so that is the link (a client following it ends the account).
-        ..key(
-            "unlink_account",
-            "Unlink it and delete its data (without `purge` it stays readable as `unlinked`)",
-        )
-    });
-    links
+        key("unlink_account", "Unlink it, keeping its data"),
+        key("delete_account", "Delete it and its data"),
+    ]
 }
 
 /// Every link of the document.

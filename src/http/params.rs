@@ -37,15 +37,6 @@ fn digits(text: &str) -> Option<&str> {
     (!text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())).then_some(text)
 }
 
-/// A boolean flag: `true` or `false`, absent means `false`.
-pub fn flag(name: &str, text: Option<&str>) -> Result<bool, ApiError> {
-    match text {
-        None | Some("false") => Ok(false),
-        Some("true") => Ok(true),
-        Some(_) => Err(invalid(name, "must be true or false")),
-    }
-}
-
 /// One of `allowed` (absent: `None`).
 pub fn one_of(
     name: &str,
@@ -176,14 +167,6 @@ pub fn enum_schema(values: &[&str], description: &str) -> Object {
         .build()
 }
 
-/// The schema of a `true`/`false` flag (default false).
-pub fn flag_schema() -> Object {
-    ObjectBuilder::new()
-        .schema_type(Type::Boolean)
-        .default(Some(false.into()))
-        .build()
-}
-
 /// The schema of a `YYYY-MM-DD` date.
 pub fn date_schema() -> Object {
     ObjectBuilder::new()
@@ -225,12 +208,6 @@ mod tests {
                 "{bad:?}"
             );
         }
-        assert!(flag("purge", Some("true")).unwrap());
-        assert!(!flag("purge", None).unwrap());
-        assert_eq!(
-            flag("force", Some("maybe")).unwrap_err().message,
-            "force: must be true or false"
-        );
         assert_eq!(
             one_of("sort", Some("size"), &["id", "lag"])
                 .unwrap_err()

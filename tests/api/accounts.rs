@@ -132,7 +132,10 @@ async fn unlink_keeps_data_unless_purged_and_frees_the_item() {
     // Unlinked by its alias, as the README does it.
     let response = env
         .client
-        .delete(format!("{}/v1/accounts/ada@example.com", env.app_url))
+        .post(format!(
+            "{}/v1/accounts/ada@example.com/unlink",
+            env.app_url
+        ))
         .send()
         .await
         .expect("send");
@@ -153,13 +156,10 @@ async fn unlink_keeps_data_unless_purged_and_frees_the_item() {
     }
     assert_eq!(env.local_transactions(&account).await.len(), 60);
 
-    // Purged by the same alias.
+    // Deleted by the same alias.
     let response = env
         .client
-        .delete(format!(
-            "{}/v1/accounts/ada@example.com?purge=true",
-            env.app_url
-        ))
+        .delete(format!("{}/v1/accounts/ada@example.com", env.app_url))
         .send()
         .await
         .expect("send");

@@ -138,9 +138,10 @@ async fn bad_values_are_400_naming_the_parameter() {
             format!("{app}/v1/accounts/{account}/sync?force=maybe"),
             "force",
         ),
+        // Deleting is its own verb now: a `purge` flag is not a parameter any more.
         (
             "DELETE",
-            format!("{app}/v1/accounts/{account}?purge=maybe"),
+            format!("{app}/v1/accounts/{account}?purge=true"),
             "purge",
         ),
         ("GET", format!("{app}/v1/accounts?limit=0"), "limit"),
@@ -186,11 +187,16 @@ async fn bad_values_are_400_naming_the_parameter() {
     let (_, body) = send(
         &env,
         "DELETE",
-        &format!("{app}/v1/accounts/{account}?purge=maybe"),
+        &format!("{app}/v1/accounts/{account}?purge=true"),
         None,
     )
     .await;
-    assert_eq!(body["error"]["message"], "purge: must be true or false");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("purge: not a parameter of this endpoint")),
+        "{body}"
+    );
     // The refused requests changed nothing: the account is still linked.
     let still = env.get_json(&format!("{app}/v1/accounts/{account}")).await;
     assert_eq!(still["status"], "linked");
@@ -324,6 +330,7 @@ async fn the_document_states_what_is_accepted() {
         "get_sync_status",
         "request_sync",
         "unlink_account",
+        "delete_account",
     ] {
         assert_eq!(created[target]["operationId"], target, "{created}");
         assert_eq!(created[target]["parameters"]["key"], "$response.body#/id");
