@@ -5,12 +5,12 @@
 use chrono::{DateTime, Utc};
 
 use super::{blocking, Context, ServiceError};
-use crate::actors::registry::RestartSnapshot;
+use crate::actors::registry::{RegistryError, RestartSnapshot};
 use crate::actors::{ActorSnapshot, SyncReason};
 use crate::domain::{
     AccessToken, Account, AccountId, GaveUpCause, LinkStatus, ProviderKind, Quarantine,
 };
-use crate::store::{Resolved, RetryRecord, TransactionPage, TransactionQuery};
+use crate::store::{Resolved, RetryRecord, StoreError, TransactionPage, TransactionQuery};
 use crate::telemetry::record_account;
 
 /// The longest lookup key (item id, owner id, alias, token) accepted.
@@ -116,8 +116,17 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
                 ),
             ));
         }
-        let account = relink(ctx, existing, AccessToken::new(input.access_token)).await?;
-        return Ok((account, Linked::Relinked));
+        let token = AccessToken::new(input.access_token.clone());
+        match relink(ctx, existing, token).await {
+            Ok(account) => return Ok((account, Linked::Relinked)),
+            // Unlinked (or deleted) between the lookup and the relink: the item is free
+            // now, so this is a new link (and a second race is a plain conflict below).
+            Err(ServiceError::Store(StoreError::AccountNotFound(_)))
+            | Err(ServiceError::Registry(RegistryError::NotLinked(_))) => {
+                tracing::debug!(item_id = %input.item_id, "relink target unlinked meanwhile, linking anew");
+            }
+            Err(error) => return Err(error),
+        }
     }
     let account = Account::new_linked(
         provider,
