@@ -40,6 +40,8 @@ mod faults;
 mod generate;
 mod persist;
 mod plaid_api;
+mod stats;
+mod switches;
 mod webhooks;
 
 #[cfg(test)]
