@@ -575,18 +575,29 @@ async fn a_login_error_for_the_old_token_after_a_relink_syncs_with_the_new_one()
     provider.release.add_permits(8);
 }
 
-/// The same on the final path: an access revoked for the token a relink replaced while
-/// the sync ran does not mark the account; the new token is tried at once.
-#[tokio::test]
-async fn a_revoked_access_for_the_old_token_after_a_relink_syncs_with_the_new_one() {
-    let (provider, mut received) = scripted(
-        0,
+/// A provider whose first call answers that the access token is revoked; its first
+/// `permits` calls go at once.
+fn revoked_once(
+    permits: usize,
+) -> (
+    Arc<GatedProvider>,
+    tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    scripted(
+        permits,
         vec![api_error(
             400,
             "INVALID_ACCESS_TOKEN",
             ErrorClass::AccessRevoked,
         )],
-    );
+    )
+}
+
+/// The same on the final path: an access revoked for the token a relink replaced while
+/// the sync ran does not mark the account; the new token is tried at once.
+#[tokio::test]
+async fn a_revoked_access_for_the_old_token_after_a_relink_syncs_with_the_new_one() {
+    let (provider, mut received) = revoked_once(0);
     let h = harness_with(provider.clone());
     let id = h.link("item-revoked");
     h.registry.activate(&id).expect("activate");
@@ -619,14 +630,7 @@ async fn a_revoked_access_for_the_old_token_after_a_relink_syncs_with_the_new_on
 /// incident and no retry record.
 #[tokio::test]
 async fn a_revoked_access_marks_the_account_at_once() {
-    let (provider, mut received) = scripted(
-        1,
-        vec![api_error(
-            400,
-            "INVALID_ACCESS_TOKEN",
-            ErrorClass::AccessRevoked,
-        )],
-    );
+    let (provider, mut received) = revoked_once(1);
     let h = harness_with(provider.clone());
     let id = h.link("item-revoked-once");
     h.registry.activate(&id).expect("activate");

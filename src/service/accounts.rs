@@ -380,8 +380,8 @@ pub async fn sync_report(ctx: &Context, account: &Account) -> Result<SyncReport,
     })
 }
 
-/// What a human must do for an account that waits for one (the same words its incident
-/// carries), with its id filled in.
+/// What a human must do for an account that waits for one, with its id filled in (for
+/// a `failed` mark, the same words as its incident's `action`).
 pub fn required_action(account: &Account, quarantined: bool) -> Option<String> {
     let action = if account.status == LinkStatus::Unlinked {
         return None;
