@@ -121,8 +121,7 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
             Ok(account) => return Ok((account, Linked::Relinked)),
             // Unlinked (or deleted) between the lookup and the relink: the item is free
             // now, so this is a new link (and a second race is a plain conflict below).
-            Err(ServiceError::Store(StoreError::AccountNotFound(_)))
-            | Err(ServiceError::Registry(RegistryError::NotLinked(_))) => {
+            Err(ServiceError::Store(StoreError::AccountNotFound(_))) => {
                 tracing::debug!(item_id = %input.item_id, "relink target unlinked meanwhile, linking anew");
             }
             Err(error) => return Err(error),
@@ -152,7 +151,15 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
     // Activation reads the account: off the async workers.
     let registry = ctx.registry.clone();
     let id = account.id.clone();
-    blocking(move || Ok(registry.activate(&id)?)).await?;
+    match blocking(move || Ok(registry.activate(&id)?)).await {
+        Ok(()) => {}
+        // Unlinked (a concurrent DELETE) between the link and this activation: the link
+        // happened and the unlink after it won; there is nothing to start.
+        Err(ServiceError::Registry(RegistryError::NotLinked(_))) => {
+            tracing::debug!(account_id = %account.id, "linked account unlinked before its activation");
+        }
+        Err(error) => return Err(error),
+    }
     Ok((account, Linked::Created))
 }
 
@@ -188,7 +195,12 @@ async fn relink(
     let id = existing.id.clone();
     let account = blocking(move || {
         let account = store.relink_account(&id, &token)?;
-        crate::actors::resume::relinked(&actors, &registry, &id)?;
+        match crate::actors::resume::relinked(&actors, &registry, &id) {
+            // Unlinked (a concurrent DELETE) right after the relink: the relink happened
+            // and the unlink after it won; there is no actor to tell.
+            Ok(()) | Err(RegistryError::NotLinked(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
         Ok(account)
     })
     .await?;

@@ -70,8 +70,13 @@ async fn schemathesis_with_every_check_finds_nothing() {
             MAX_EXAMPLES,
             "--seed",
             "20261203",
+            // One worker: with two, hypothesis's lambda-description cache is not
+            // thread-safe and now and then fails the run with its own internal error
+            // ("AST constructor recursion depth mismatch"), which is not a finding
+            // about acctor. The stateful phase still varies a little from run to run
+            // (it follows what the server answers), so any failure it reports is real.
             "--workers",
-            "2",
+            "1",
             "--generation-database",
             "none",
             "--request-timeout",
