@@ -8,7 +8,8 @@
 //! [`actors`] serialize the work on each account, [`sync`] says what one sync means for
 //! each provider, [`providers`] talk to the outside, [`outbound`] sends what leaves,
 //! [`store`] keeps the invariants, [`sandbox`] simulates the outside. Arrows point
-//! down that list, never up.
+//! down that list, never up. [`testing`] is for tests and benchmarks only: it starts
+//! throwaway PostgreSQL servers.
 
 pub mod actors;
 pub mod app;
@@ -28,3 +29,4 @@ pub mod service;
 pub mod store;
 pub mod sync;
 pub mod telemetry;
+pub mod testing;
