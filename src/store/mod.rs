@@ -26,6 +26,10 @@
 //! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
 //! [`Store`] is all of them. Async code holds the [`AsyncStore`] facade, which runs
 //! store work on the blocking pool, never on a runtime thread.
+//!
+//! These docs are the contract: the suite in `contract/` (tests only) runs every
+//! behaviour promised here against each backend; a backend's own tests keep only what
+//! is about its internals (trees, files, migrations).
 
 use std::time::Duration;
 
@@ -39,6 +43,8 @@ use crate::domain::{
     Quarantine, SyncGaveUp, SyncOutcome, Transaction,
 };
 
+#[cfg(test)]
+mod contract;
 mod due;
 mod facade;
 #[cfg(test)]

@@ -1,14 +1,15 @@
-//! The polling index (the due index's `Poll` entries): kept in step with link, commit
-//! and unlink, read by anchor time, moved forward only, and backfilled for stores
-//! written before it existed.
+//! The sled polling index's own concerns: no reverse mapping left behind, the backfill
+//! of stores written before it existed, and the repair of entries planted without
+//! one. Its trait behaviour is in the contract suite (`store::contract::polls`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use tempfile::TempDir;
 
 use super::super::keys;
+use super::super::test_support::{ms, t0};
 use super::super::{SledStore, SledStoreConfig};
 use crate::domain::{AccessToken, Account, AccountId, LinkStatus, ProviderKind, SyncOutcome};
 use crate::store::{
@@ -24,14 +25,6 @@ fn open(dir: &TempDir) -> Arc<SledStore> {
             group_commit_window: Duration::ZERO,
         })
     })
-}
-
-fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
-}
-
-fn ms(n: i64) -> chrono::Duration {
-    chrono::Duration::milliseconds(n)
 }
 
 fn account(item_id: &str, created_at: DateTime<Utc>) -> Account {
@@ -82,80 +75,32 @@ fn due(store: &SledStore, by: DateTime<Utc>) -> Vec<(AccountId, DateTime<Utc>)> 
 }
 
 #[tokio::test]
-async fn the_polling_index_follows_link_commit_and_unlink() {
+async fn unlinking_and_clearing_leave_no_entry_and_no_reverse_mapping() {
     let dir = TempDir::new().unwrap();
     let store = open(&dir);
     let a = account("item-a", t0());
     let b = account("item-b", t0() + ms(10));
     store.link_account(&a).unwrap();
     store.link_account(&b).unwrap();
-
-    // Anchored at creation until a sync commits; due means "anchored at or before".
-    assert!(due(&store, t0() - ms(1)).is_empty());
-    assert_eq!(due(&store, t0()), [(a.id.clone(), t0())]);
-    assert_eq!(
-        due(&store, t0() + ms(10)),
-        [(a.id.clone(), t0()), (b.id.clone(), t0() + ms(10))]
-    );
-    assert_eq!(store.due_polls(t0() + ms(10), 1).unwrap().len(), 1, "limit");
-
-    // A commit moves the anchor to its finish time, in the same transaction.
     store.commit_sync(commit_at(&a.id, t0() + ms(500))).unwrap();
-    assert_eq!(due(&store, t0() + ms(499)), [(b.id.clone(), t0() + ms(10))]);
-    assert_eq!(due(&store, t0() + ms(500)).len(), 2);
-
-    // Deferring moves forward only.
-    let b_entry = |anchor| PollEntry {
-        account_id: b.id.clone(),
-        anchor,
-    };
-    store
-        .defer_poll(&b_entry(t0() + ms(10)), t0() + ms(700))
-        .unwrap();
-    store
-        .defer_poll(&b_entry(t0() + ms(700)), t0() + ms(600))
-        .unwrap();
-    assert_eq!(
-        due(&store, t0() + ms(699)),
-        [(a.id.clone(), t0() + ms(500))]
-    );
-    assert_eq!(
-        due(&store, t0() + ms(700))[1],
-        (b.id.clone(), t0() + ms(700))
-    );
-
-    // Unlinked accounts leave the index and a commit (of a sync that was running at the
-    // unlink) does not bring them back.
+    assert_eq!(raw_poll_entries(&store), (2, 2), "moved, not added");
     store.unlink_account(&a.id, false).unwrap();
-    store.commit_sync(commit_at(&a.id, t0() + ms(900))).unwrap();
-    assert_eq!(
-        due(&store, t0() + ms(10_000)),
-        [(b.id.clone(), t0() + ms(700))]
-    );
     store.unlink_account(&b.id, true).unwrap();
-    assert!(due(&store, t0() + ms(10_000)).is_empty());
     assert_eq!(
         raw_poll_entries(&store),
         (0, 0),
         "no entry and no reverse mapping is left"
     );
-
-    // Relinking puts it back, anchored at its last successful sync.
     let mut again = store.get_account(&a.id).unwrap().unwrap();
     again.status = LinkStatus::Linked;
     store.link_account(&again).unwrap();
-    assert_eq!(
-        due(&store, t0() + ms(10_000)),
-        [(a.id.clone(), t0() + ms(900))]
-    );
-
-    // A clear (what the sweeper does with an entry whose account is gone) removes it.
-    let a_entry = PollEntry {
-        account_id: a.id.clone(),
-        anchor: t0() + ms(900),
-    };
-    store.clear_poll(&a_entry).unwrap();
-    assert!(due(&store, t0() + ms(10_000)).is_empty());
+    assert_eq!(raw_poll_entries(&store), (1, 1));
+    store
+        .clear_poll(&PollEntry {
+            account_id: a.id.clone(),
+            anchor: t0() + ms(500),
+        })
+        .unwrap();
     assert_eq!(raw_poll_entries(&store), (0, 0));
     store.shutdown().await.unwrap();
 }

@@ -1,21 +1,19 @@
-//! Helpers shared by the sled store's test files: a fresh store in a temp dir, fixed
-//! times, accounts, webhooks, rows and commits.
+//! Helpers of the sled store's own tests (those that look at its trees and files): a
+//! fresh store in a temp dir and raw counts. The records they build (times, accounts,
+//! webhooks, rows, commits) are the contract suite's builders, re-exported here.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use tempfile::TempDir;
 
 use super::keys::{self};
 use super::{SledStore, SledStoreConfig};
-use crate::domain::{AccessToken, Account, AccountId, ProviderKind, SyncOutcome, Transaction};
-use crate::store::{
-    ApplyMode, IncomingWebhook, IngestOutcome, RowStore, SyncCommit, TransactionQuery,
-};
+use crate::domain::AccountId;
 use sled::Tree;
 
-pub(super) const TTL: Duration = Duration::from_secs(15 * 60);
+pub(super) use crate::store::contract::{
+    account, minutes, ms, row, seq_of, sync, t0, webhook, TTL,
+};
 
 pub(super) fn open(dir: &TempDir) -> Arc<SledStore> {
     when_released(&dir.path().join("data"), || {
@@ -48,100 +46,6 @@ pub(crate) fn when_released<T, E: std::fmt::Display>(
     open().unwrap_or_else(|error| panic!("opening the store: {error}"))
 }
 
-pub(super) fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap()
-}
-
-pub(super) fn minutes(n: i64) -> chrono::Duration {
-    chrono::Duration::minutes(n)
-}
-
-pub(super) fn account(item_id: &str, owner_id: &str, aliases: &[&str]) -> Account {
-    Account::new_linked(
-        ProviderKind::Plaid,
-        item_id.into(),
-        AccessToken::new("access-sandbox-secret"),
-        owner_id.into(),
-        aliases.iter().map(|a| a.to_string()).collect(),
-        t0(),
-    )
-}
-
-pub(super) fn webhook(item_id: &str, dedup: u32, at: DateTime<Utc>) -> IncomingWebhook {
-    let mut dedup_key = [0u8; 32];
-    dedup_key[..4].copy_from_slice(&dedup.to_be_bytes());
-    dedup_key[4..4 + item_id.len().min(28)]
-        .copy_from_slice(&item_id.as_bytes()[..item_id.len().min(28)]);
-    IncomingWebhook {
-        provider: ProviderKind::Plaid,
-        item_id: item_id.into(),
-        kind: "TRANSACTIONS/SYNC_UPDATES_AVAILABLE".into(),
-        dedup_key,
-        body: serde_json::json!({ "item_id": item_id, "n": dedup }),
-        received_at: at,
-    }
-}
-
-pub(super) fn row(id: &str, date: &str) -> Transaction {
-    Transaction {
-        id: id.into(),
-        date: NaiveDate::parse_from_str(date, "%Y-%m-%d").unwrap(),
-        body: serde_json::json!({ "transaction_id": id, "date": date }),
-    }
-}
-
-pub(super) fn sync(
-    account_id: &AccountId,
-    mode: ApplyMode,
-    upserts: Vec<Transaction>,
-    removals: &[&str],
-    consumed: Vec<u64>,
-    cursor: &str,
-) -> SyncCommit {
-    SyncCommit {
-        account_id: account_id.clone(),
-        mode,
-        upserts,
-        removals: removals.iter().map(|r| r.to_string()).collect(),
-        cursor: cursor.into(),
-        consumed,
-        outcome: SyncOutcome::Committed {
-            added: 0,
-            modified: 0,
-            removed: 0,
-            pages: 1,
-            fallback: false,
-            request_id: None,
-        },
-        started_at: t0(),
-        finished_at: t0() + minutes(1),
-    }
-}
-
-pub(super) fn all_rows(store: &SledStore, id: &AccountId) -> Vec<(String, NaiveDate)> {
-    let page = store
-        .list_transactions(
-            id,
-            &TransactionQuery {
-                limit: 1_000_000,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    assert!(page.next.is_none());
-    page.transactions
-        .into_iter()
-        .map(|t| (t.id, t.date))
-        .collect()
-}
-
 pub(super) fn raw_count(tree: &Tree, id: &AccountId) -> usize {
     tree.scan_prefix(keys::account_prefix(id)).count()
-}
-
-pub(super) fn seq_of(outcome: IngestOutcome) -> u64 {
-    match outcome {
-        IngestOutcome::Accepted { seq, .. } => seq,
-        other => panic!("expected Accepted, got {other:?}"),
-    }
 }

@@ -1,0 +1,175 @@
+//! The store contract suite: every behaviour the traits in `store/mod.rs` promise,
+//! written once against `&dyn Store` and run against every backend, so a second
+//! implementation is held to exactly what the first one is.
+//!
+//! A contract test is a plain synchronous `fn behaviour(f: &mut Fixture)`, never an
+//! async one: a backend may run its own runtime inside its synchronous methods (the
+//! PostgreSQL store does), and those must not be called from inside another runtime.
+//! The fixture owns the runtime the sled store's flusher needs and blocks on
+//! `durable()` with it. [`contract_tests!`] turns each listed function into a module
+//! with one `#[test]` per backend; [`Backend`] and [`open`] are the one place that
+//! knows how to open each backend.
+
+use std::sync::Arc;
+
+use tempfile::TempDir;
+
+use super::{SledStore, SledStoreConfig, Store};
+
+mod builders;
+
+mod accounts;
+mod due;
+mod durability;
+mod inbox;
+mod incidents;
+mod outbox;
+mod polls;
+mod rows;
+
+pub(crate) use builders::*;
+
+/// The store implementations the contract runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// [`SledStore`], in a fresh temp directory.
+    Sled,
+}
+
+/// Where one fixture's store keeps its data, the same for every reopen: a fresh
+/// directory (sled's data dir lives under it) and a name unique to the fixture (for a
+/// backend that keeps its data elsewhere, e.g. a database or schema of its own).
+pub(crate) struct Place {
+    /// Removed with the fixture.
+    dir: TempDir,
+    /// Unique per fixture; derived from the directory's name.
+    name: String,
+}
+
+impl Place {
+    fn fresh() -> Place {
+        let dir = TempDir::new().expect("temp dir");
+        let name = dir
+            .path()
+            .file_name()
+            .expect("a temp dir has a name")
+            .to_string_lossy()
+            .to_lowercase()
+            .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        Place { dir, name }
+    }
+
+    /// The fixture's unique name (for a backend that needs one, e.g. a schema).
+    #[expect(dead_code, reason = "the PostgreSQL arm of `open` will use it")]
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Opens `backend`'s store on `place`: a new one the first time, the same data on every
+/// later call. The only per-backend code of the suite: a backend is one arm here and
+/// one line in [`contract_tests!`].
+pub(crate) fn open(
+    backend: Backend,
+    place: &Place,
+    rt: &tokio::runtime::Runtime,
+) -> Arc<dyn Store> {
+    // Opening may start background tasks (sled's group-commit flusher) on the runtime;
+    // nothing else in a contract test runs inside it.
+    let _entered = rt.enter();
+    match backend {
+        Backend::Sled => {
+            let data_dir = place.dir.path().join("data");
+            // A store dropped a moment ago holds sled's lock until its last background
+            // write ends: wait for it instead of failing now and then.
+            let store: Arc<SledStore> = super::when_released(&data_dir, || {
+                SledStore::open(SledStoreConfig {
+                    data_dir: data_dir.clone(),
+                    cache_capacity_bytes: 16 * 1024 * 1024,
+                    group_commit_window: std::time::Duration::ZERO,
+                })
+            });
+            store
+        } // Backend::Postgres => Arc::new(PgStore::open(/* a database or schema named
+          //     place.name(), created if missing */)),
+    }
+}
+
+/// One contract test's world: a runtime, a store on a place of its own, and the way to
+/// reopen that store on the same data.
+pub(crate) struct Fixture {
+    // Declared first so it is dropped before the runtime its flusher runs on.
+    store: Option<Arc<dyn Store>>,
+    rt: tokio::runtime::Runtime,
+    backend: Backend,
+    place: Place,
+}
+
+impl Fixture {
+    /// A fresh, empty store of `backend`.
+    pub(crate) fn new(backend: Backend) -> Fixture {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let place = Place::fresh();
+        let store = open(backend, &place, &rt);
+        Fixture {
+            store: Some(store),
+            rt,
+            backend,
+            place,
+        }
+    }
+
+    /// The store under test (an `Arc`, so a test can hand clones to its threads; they
+    /// must be gone before [`Fixture::reopen`]).
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        self.store.as_ref().expect("the store is open")
+    }
+
+    /// Blocks until everything written so far is durable (`Durability::durable`).
+    pub(crate) fn durable(&self) {
+        let durable = self.store().durable();
+        self.rt.block_on(durable).expect("durable");
+    }
+
+    /// Drops the store and opens the same storage again: what a restart sees. Only
+    /// what a `durable()` covered is promised to be there.
+    pub(crate) fn reopen(&mut self) {
+        let store = self.store.take().expect("the store is open");
+        assert_eq!(
+            Arc::strong_count(&store),
+            1,
+            "a clone of the store outlives the reopen"
+        );
+        drop(store);
+        self.store = Some(open(self.backend, &self.place, &self.rt));
+    }
+}
+
+/// Runs one contract test on a fresh fixture of `backend`.
+pub(crate) fn run(backend: Backend, test: fn(&mut Fixture)) {
+    let mut fixture = Fixture::new(backend);
+    test(&mut fixture);
+}
+
+/// `contract_tests! { behaviour, other_behaviour }` makes, for each listed
+/// `fn behaviour(f: &mut Fixture)` of the calling file, a module `behaviour` with one
+/// `#[test]` per backend (`store::contract::<file>::<behaviour>::sled`).
+macro_rules! contract_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sled() {
+                    $crate::store::contract::run($crate::store::contract::Backend::Sled, super::$name);
+                }
+                // PostgreSQL: `#[test] fn postgres() { run(Backend::Postgres, super::$name); }`
+                // (with whatever `#[ignore]` or env gate its database needs).
+            }
+        )*
+    };
+}
+pub(crate) use contract_tests;
