@@ -36,10 +36,13 @@ use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
 use crate::service;
 use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
-use crate::store::{AsyncStore, SledStore, Store};
+use crate::store::{AsyncStore, Store};
 use crate::sync::plaid::SyncParams;
 
+mod backend;
 mod secrets;
+
+use backend::OpenedStore;
 
 pub use secrets::{resolve_keyring, rotate_key, KeySource};
 
@@ -51,7 +54,7 @@ pub struct App {
     sandbox: Option<EmbeddedSandbox>,
     supervisor: ractor::ActorRef<crate::actors::supervisor::SupervisorMessage>,
     sweeper: ractor::ActorRef<SweeperMessage>,
-    store: Arc<SledStore>,
+    store: OpenedStore,
     janitor: JoinHandle<()>,
     admin_token_source: AdminTokenSource,
     key_source: KeySource,
@@ -80,7 +83,7 @@ impl App {
     ) -> anyhow::Result<App> {
         settings.validate()?;
         let (keyring, key_source) = resolve_keyring(&settings)?;
-        let store = secrets::open_store(&settings, keyring)?;
+        let store = OpenedStore::open(&settings, keyring).await?;
         // After the store: it creates the data dir the generated token lives in.
         let admin_token_source = admin_token(&mut settings)?;
         let settings = Arc::new(settings);
@@ -102,7 +105,7 @@ impl App {
         let mut cursor_sources: HashMap<ProviderKind, DynCursorSource> = HashMap::new();
         cursor_sources.insert(ProviderKind::Plaid, plaid.clone());
 
-        let dyn_store: Arc<dyn Store> = layer(store.clone());
+        let dyn_store: Arc<dyn Store> = layer(store.as_dyn());
         let actors = ActorContext::new(
             dyn_store.clone(),
             cursor_sources,
@@ -315,49 +318,12 @@ impl App {
         }
         let release_within = state.ctx.settings.actors.call_timeout;
         drop(state);
-        release_store(store, release_within).await;
+        store.release(release_within).await;
         served
             .context("the HTTP server task failed")?
             .context("serving HTTP")?;
         tracing::info!("acctor stopped");
         Ok(())
-    }
-}
-
-/// Waits, at most `within`, until `store` is its last handle, then drops it: the data
-/// dir stays locked until sled's last handle is gone, and a caller that reopens the same
-/// data dir right after [`App::run_until_stopped`] (an in-process restart) must find it
-/// free. The tasks stopped before this let go of theirs within moments (a blocking store
-/// call finishes first); one still running past the bound (a recovery scan of a huge
-/// store, say) is logged, and the lock goes with the process.
-async fn release_store(store: Arc<SledStore>, within: std::time::Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    while Arc::strong_count(&store) > 1 {
-        if tokio::time::Instant::now() >= deadline {
-            tracing::warn!(
-                handles = Arc::strong_count(&store) - 1,
-                "store still referenced after shutdown; its data dir stays locked until they finish"
-            );
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    // The group-commit flusher holds the database too: a store dropped without a
-    // shutdown lets it run a last flush and exit on its own, keeping the directory
-    // locked meanwhile. Stopping it here (a no-op after `shutdown`) makes this drop the
-    // database's last handle.
-    if let Err(error) = store.shutdown().await {
-        tracing::warn!(%error, "final flush at release failed");
-    }
-    let data_dir = store.data_dir().to_path_buf();
-    drop(store);
-    // sled itself lets go of the directory a moment later (its last background write).
-    let released =
-        tokio::task::spawn_blocking(move || crate::store::wait_until_released(&data_dir, within))
-            .await
-            .unwrap_or(false);
-    if !released {
-        tracing::warn!("store's data dir still locked after release");
     }
 }
 

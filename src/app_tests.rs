@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::*;
 use crate::sandbox::{Sandbox, SandboxConfig};
 use crate::store::failing::FailingStore;
+use crate::store::SledStore;
 
 struct Running {
     url: String,
@@ -191,7 +192,7 @@ async fn the_store_is_released_only_once_every_other_handle_is_gone() {
         let _ = released.await;
         drop(held);
     });
-    let mut release = tokio::spawn(release_store(store, Duration::from_secs(60)));
+    let mut release = tokio::spawn(OpenedStore::Sled(store).release(Duration::from_secs(60)));
     // Another task still holds a handle: the release waits, the directory is locked.
     assert!(
         tokio::time::timeout(Duration::from_millis(50), &mut release)
@@ -210,7 +211,7 @@ async fn the_store_is_released_only_once_every_other_handle_is_gone() {
     let kept = store.clone();
     tokio::time::timeout(
         Duration::from_secs(30),
-        release_store(store, Duration::from_millis(20)),
+        OpenedStore::Sled(store).release(Duration::from_millis(20)),
     )
     .await
     .expect("gives up after its bound");

@@ -123,6 +123,38 @@ pub struct StoreSettings {
     /// How long a flush round waits for more writers while the store is busy.
     #[serde(with = "humantime_serde")]
     pub group_commit_window: Duration,
+    /// Which store keeps the data: the embedded sled store, or a PostgreSQL database.
+    pub backend: StoreBackend,
+    /// The PostgreSQL store (read only when `backend` is `postgres`).
+    pub postgres: PostgresSettings,
+}
+
+/// Where the data lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// sled, embedded in the process, in `store.data_dir`.
+    Sled,
+    /// PostgreSQL at `store.postgres.url`.
+    Postgres,
+}
+
+/// PostgreSQL store settings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PostgresSettings {
+    /// `postgres://user:password@host:port/database` (never printed: it may hold a
+    /// password).
+    pub url: SecretString,
+    /// The schema holding acctor's tables, created if missing.
+    pub schema: String,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// Longest a statement may run before the database cancels it.
+    #[serde(with = "humantime_serde")]
+    pub statement_timeout: Duration,
+    /// Longest to wait for a connection (to open one, or for a free one in the pool).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
 }
 
 /// Plaid client settings.
@@ -250,6 +282,8 @@ const ENV_PREFIX: &str = "ACCTOR__";
 const TEXT_KEYS: &[&str] = &[
     "server.admin_token",
     "store.data_dir",
+    "store.postgres.url",
+    "store.postgres.schema",
     "plaid.base_url",
     "plaid.client_id",
     "plaid.secret",
@@ -263,6 +297,7 @@ const TEXT_KEYS: &[&str] = &[
 /// The settings whose value is a secret: never quoted in an error.
 const SECRET_KEYS: &[&str] = &[
     "server.admin_token",
+    "store.postgres.url",
     "plaid.secret",
     "sandbox.secret",
     "alerts.secret",
@@ -397,6 +432,64 @@ impl Settings {
     }
 
     /// Checks ranges and relations between values.
+    /// The PostgreSQL settings' own checks (the URL's reachability is checked when the
+    /// store opens, where an unreachable database is one clear line).
+    fn validate_postgres(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_string(),
+        };
+        let postgres = &self.store.postgres;
+        if self.store.backend == StoreBackend::Postgres {
+            let url = postgres.url.expose_secret();
+            if url.is_empty() {
+                return Err(invalid(
+                    "store.postgres.url",
+                    "must be set when store.backend is \"postgres\" (postgres://user:password@host:5432/database)",
+                ));
+            }
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "store.postgres.url",
+                    "must start with postgres:// or postgresql://",
+                ));
+            }
+        }
+        let schema_ok = !postgres.schema.is_empty()
+            && postgres.schema.len() <= 63
+            && postgres
+                .schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && !postgres.schema.as_bytes()[0].is_ascii_digit()
+            && !postgres.schema.starts_with("pg_");
+        if !schema_ok {
+            return Err(invalid(
+                "store.postgres.schema",
+                "must be 1 to 63 lowercase letters, digits or underscores, not starting with a digit or pg_",
+            ));
+        }
+        if !(1..=1000).contains(&postgres.pool_size) {
+            return Err(invalid(
+                "store.postgres.pool_size",
+                "must be between 1 and 1000",
+            ));
+        }
+        if postgres.statement_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "store.postgres.statement_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        if postgres.connect_timeout < Duration::from_millis(100) {
+            return Err(invalid(
+                "store.postgres.connect_timeout",
+                "must be at least 100ms",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
             ConfigError::Invalid {
@@ -440,6 +533,7 @@ impl Settings {
         if self.store.dedup_ttl.is_zero() {
             return Err(invalid("store.dedup_ttl", "must be greater than zero"));
         }
+        self.validate_postgres()?;
         if !(1..=500).contains(&self.plaid.sync_page_size) {
             return Err(invalid("plaid.sync_page_size", "must be between 1 and 500"));
         }

@@ -13,10 +13,11 @@ use std::time::Duration;
 use anyhow::Context;
 use secrecy::ExposeSecret;
 
+use super::backend::{open_sled, OpenedStore};
 use crate::config::Settings;
+use crate::config::StoreBackend;
 use crate::secrets::key_file::{self, KeyFileSource};
 use crate::secrets::Keyring;
-use crate::store::{SledStore, SledStoreConfig};
 
 /// Where the keys in effect came from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,46 +81,38 @@ pub fn resolve_keyring(settings: &Settings) -> anyhow::Result<(Keyring, KeySourc
     })
 }
 
-/// Opens the store in `store.data_dir` with `keyring`.
-pub(super) fn open_store(
-    settings: &Settings,
-    keyring: Keyring,
-) -> anyhow::Result<std::sync::Arc<SledStore>> {
-    SledStore::open_with_keyring(
-        SledStoreConfig {
-            data_dir: settings.store.data_dir.clone(),
-            cache_capacity_bytes: settings.store.cache_capacity_bytes,
-            group_commit_window: settings.store.group_commit_window,
-        },
-        keyring,
-    )
-    .with_context(|| format!("opening the store in {}", settings.store.data_dir.display()))
-}
-
 /// `acctor rotate-key`: re-seals every stored secret with the current key, durably;
-/// returns how many values it re-sealed (0 when all already were: idempotent). The
-/// service must be stopped (a running one holds the store's lock). Afterwards the old
-/// keys can be removed from the configuration.
+/// returns how many values it re-sealed (0 when all already were: idempotent).
+/// Afterwards the old keys can be removed from the configuration. On sled the service
+/// must be stopped (a running one holds the store's lock); on PostgreSQL it may run, as
+/// long as its keyring has the new key too (it reads what this re-seals).
 pub async fn rotate_key(settings: &Settings) -> anyhow::Result<u64> {
-    let data_dir = settings.store.data_dir.clone();
-    if !data_dir.join("db").exists() {
-        anyhow::bail!("no store in {}: nothing to rotate", data_dir.display());
-    }
-    let probe = data_dir.clone();
-    let free = tokio::task::spawn_blocking(move || {
-        crate::store::wait_until_released(&probe, Duration::ZERO)
-    })
-    .await
-    .context("checking the store's lock")?;
-    if !free {
-        anyhow::bail!(
-            "the store in {} is in use (is `acctor serve` running?): stop the service, then run rotate-key",
-            data_dir.display()
-        );
-    }
-    let (keyring, _) = resolve_keyring(settings)?;
-    let key_id = keyring.current_id().to_owned();
-    let store = open_store(settings, keyring)?;
+    let store = match settings.store.backend {
+        StoreBackend::Sled => {
+            let data_dir = settings.store.data_dir.clone();
+            if !data_dir.join("db").exists() {
+                anyhow::bail!("no store in {}: nothing to rotate", data_dir.display());
+            }
+            let probe = data_dir.clone();
+            let free = tokio::task::spawn_blocking(move || {
+                crate::store::wait_until_released(&probe, Duration::ZERO)
+            })
+            .await
+            .context("checking the store's lock")?;
+            if !free {
+                anyhow::bail!(
+                    "the store in {} is in use (is `acctor serve` running?): stop the service, then run rotate-key",
+                    data_dir.display()
+                );
+            }
+            let (keyring, _) = resolve_keyring(settings)?;
+            OpenedStore::Sled(open_sled(settings, keyring)?)
+        }
+        StoreBackend::Postgres => {
+            let (keyring, _) = resolve_keyring(settings)?;
+            OpenedStore::open(settings, keyring).await?
+        }
+    };
     let rotated = tokio::task::spawn_blocking({
         let store = store.clone();
         move || store.rotate_secrets()
@@ -128,15 +121,10 @@ pub async fn rotate_key(settings: &Settings) -> anyhow::Result<u64> {
     .context("re-sealing task")?
     .context("re-sealing the stored secrets");
     store.shutdown().await.context("final flush")?;
-    drop(store);
-    // Free for `acctor serve` once this returns (sled lets go of its lock a moment
-    // after the last handle is dropped).
-    let _ = tokio::task::spawn_blocking(move || {
-        crate::store::wait_until_released(&data_dir, Duration::from_secs(10))
-    })
-    .await;
+    // Free for `acctor serve` once this returns.
+    store.release(Duration::from_secs(10)).await;
     let resealed = rotated?;
-    tracing::info!(resealed, key_id = %key_id, "rotate-key done");
+    tracing::info!(resealed, "rotate-key done");
     Ok(resealed)
 }
 
@@ -202,7 +190,7 @@ mod tests {
             chrono::Utc::now(),
         );
         let (keyring, _) = resolve_keyring(&settings).unwrap();
-        let store = open_store(&settings, keyring).unwrap();
+        let store = open_sled(&settings, keyring).unwrap();
         store.link_account(&account).unwrap();
         store.shutdown().await.unwrap();
         drop(store);
@@ -222,7 +210,7 @@ mod tests {
 
         settings.secrets.old_keys.clear();
         let (keyring, _) = resolve_keyring(&settings).unwrap();
-        let store = open_store(&settings, keyring).unwrap();
+        let store = open_sled(&settings, keyring).unwrap();
         let read = store.get_account(&account.id).unwrap().unwrap();
         assert_eq!(read.access_token.expose(), "access-production-rotated");
         store.shutdown().await.unwrap();
@@ -236,7 +224,7 @@ mod tests {
         assert!(error.contains("no store"), "{error}");
 
         let (keyring, _) = resolve_keyring(&settings).unwrap();
-        let store = open_store(&settings, keyring).unwrap();
+        let store = open_sled(&settings, keyring).unwrap();
         let error = rotate_key(&settings).await.unwrap_err().to_string();
         assert!(error.contains("in use"), "{error}");
         store.shutdown().await.unwrap();

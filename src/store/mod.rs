@@ -49,11 +49,13 @@ mod due;
 mod facade;
 #[cfg(test)]
 pub(crate) mod failing;
+mod postgres;
 mod sled;
 
 pub use crate::domain::outbox::{Destination, JsonBody, OutboxMessage};
 pub use due::{DueEntry, DueKind, PollEntry, RetryRecord};
 pub use facade::AsyncStore;
+pub use postgres::{PgStore, PgStoreConfig};
 #[cfg(test)]
 pub(crate) use sled::test_support::{open_raw, when_released};
 pub use sled::{wait_until_released, SledStore, SledStoreConfig};

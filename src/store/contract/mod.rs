@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use tempfile::TempDir;
 
-use super::{SledStore, SledStoreConfig, Store};
+use super::{PgStore, PgStoreConfig, SledStore, SledStoreConfig, Store};
+use crate::testing::{PgServer, TestDatabase};
 
 mod builders;
 
@@ -34,6 +35,8 @@ pub(crate) use builders::*;
 pub(crate) enum Backend {
     /// [`SledStore`], in a fresh temp directory.
     Sled,
+    /// [`PgStore`], in a fresh database of the process's throwaway PostgreSQL server.
+    Postgres,
 }
 
 /// Where one fixture's store keeps its data, the same for every reopen: a fresh
@@ -44,10 +47,12 @@ pub(crate) struct Place {
     dir: TempDir,
     /// Unique per fixture; derived from the directory's name.
     name: String,
+    /// The PostgreSQL backend's database, created with the place.
+    database: Option<TestDatabase>,
 }
 
 impl Place {
-    fn fresh() -> Place {
+    fn fresh(backend: Backend) -> Place {
         let dir = TempDir::new().expect("temp dir");
         let name = dir
             .path()
@@ -56,11 +61,19 @@ impl Place {
             .to_string_lossy()
             .to_lowercase()
             .replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-        Place { dir, name }
+        let database = (backend == Backend::Postgres).then(|| {
+            PgServer::shared()
+                .and_then(|server| server.create_database())
+                .unwrap_or_else(|error| panic!("throwaway PostgreSQL: {error}"))
+        });
+        Place {
+            dir,
+            name,
+            database,
+        }
     }
 
     /// The fixture's unique name (for a backend that needs one, e.g. a schema).
-    #[expect(dead_code, reason = "the PostgreSQL arm of `open` will use it")]
     pub(crate) fn name(&self) -> &str {
         &self.name
     }
@@ -90,9 +103,34 @@ pub(crate) fn open(
                 })
             });
             store
-        } // Backend::Postgres => Arc::new(PgStore::open(/* a database or schema named
-          //     place.name(), created if missing */)),
+        }
+        Backend::Postgres => {
+            let database = place
+                .database
+                .as_ref()
+                .expect("a postgres place has a database");
+            let store: Arc<PgStore> = PgStore::open(
+                PgStoreConfig {
+                    url: secrecy::SecretString::from(database.url.clone()),
+                    schema: "acctor".into(),
+                    pool_size: 8,
+                    statement_timeout: std::time::Duration::from_secs(30),
+                    connect_timeout: std::time::Duration::from_secs(10),
+                },
+                test_keyring(),
+            )
+            .unwrap_or_else(|error| {
+                panic!("opening the postgres store of {}: {error}", place.name())
+            });
+            store
+        }
     }
+}
+
+/// The key sealing secrets in contract tests' stores.
+fn test_keyring() -> crate::secrets::Keyring {
+    crate::secrets::Keyring::from_specs(&["contract:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio="])
+        .expect("test key")
 }
 
 /// One contract test's world: a runtime, a store on a place of its own, and the way to
@@ -113,7 +151,7 @@ impl Fixture {
             .enable_all()
             .build()
             .expect("runtime");
-        let place = Place::fresh();
+        let place = Place::fresh(backend);
         let store = open(backend, &place, &rt);
         Fixture {
             store: Some(store),
@@ -166,8 +204,10 @@ macro_rules! contract_tests {
                 fn sled() {
                     $crate::store::contract::run($crate::store::contract::Backend::Sled, super::$name);
                 }
-                // PostgreSQL: `#[test] fn postgres() { run(Backend::Postgres, super::$name); }`
-                // (with whatever `#[ignore]` or env gate its database needs).
+                #[test]
+                fn postgres() {
+                    $crate::store::contract::run($crate::store::contract::Backend::Postgres, super::$name);
+                }
             }
         )*
     };

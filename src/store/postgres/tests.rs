@@ -1,0 +1,283 @@
+//! What only the PostgreSQL store has: opening (migrations applied once, in the
+//! configured schema; clear errors for an unreachable database, a missing database and
+//! a schema newer than the binary), the typed columns users query, sealed tokens, and
+//! batched ingest. Behaviour shared with sled is in the contract suite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, TimeZone, Utc};
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::{PgStore, PgStoreConfig};
+use crate::domain::{AccessToken, Account, ProviderKind, SyncOutcome, Transaction};
+use crate::secrets::Keyring;
+use crate::store::{
+    AccountStore, ApplyMode, InboxStore, IncomingWebhook, IngestOutcome, RowStore, StoreError,
+    SyncCommit,
+};
+use crate::testing::{PgServer, TestDatabase};
+
+fn keyring() -> Keyring {
+    Keyring::from_specs(&["k1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio="]).unwrap()
+}
+
+fn config(url: &str) -> PgStoreConfig {
+    PgStoreConfig {
+        url: SecretString::from(url.to_owned()),
+        schema: "acctor".into(),
+        pool_size: 8,
+        statement_timeout: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+fn fresh() -> (&'static PgServer, TestDatabase, Arc<PgStore>) {
+    let server = PgServer::shared().expect("postgres");
+    let db = server.create_database().expect("database");
+    let store = PgStore::open(config(&db.url), keyring()).expect("store opens");
+    (server, db, store)
+}
+
+fn account(item: &str) -> Account {
+    Account::new_linked(
+        ProviderKind::Plaid,
+        item.into(),
+        AccessToken::new("access-sandbox-very-secret"),
+        "owner-1".into(),
+        vec!["ada@example.com".into()],
+        Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap(),
+    )
+}
+
+#[test]
+fn opening_twice_migrates_once_into_the_configured_schema() {
+    let (server, db, store) = fresh();
+    drop(store);
+    let again = PgStore::open(config(&db.url), keyring()).expect("reopens");
+    drop(again);
+    let applied = server
+        .psql(
+            &db.name,
+            "SELECT count(*) FROM acctor._sqlx_migrations WHERE success",
+        )
+        .unwrap();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations"))
+        .unwrap()
+        .count();
+    assert_eq!(applied, files.to_string());
+    let tables = server
+        .psql(
+            &db.name,
+            "SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables \
+             WHERE table_schema = 'acctor' AND table_name IN \
+             ('accounts','aliases','transactions','inbox','due','incidents','outbox','dedup')",
+        )
+        .unwrap();
+    assert_eq!(
+        tables,
+        "accounts,aliases,dedup,due,inbox,incidents,outbox,transactions"
+    );
+    assert_eq!(
+        server
+            .psql(
+                &db.name,
+                "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'"
+            )
+            .unwrap(),
+        "0",
+        "nothing outside the schema"
+    );
+}
+
+#[test]
+fn a_schema_migrated_by_a_newer_acctor_is_refused_in_one_line() {
+    let (server, db, store) = fresh();
+    drop(store);
+    server
+        .psql(
+            &db.name,
+            "INSERT INTO acctor._sqlx_migrations (version, description, success, checksum, execution_time) \
+             VALUES (99991231000000, 'from the future', true, '\\x00', 0)",
+        )
+        .unwrap();
+    let error = PgStore::open(config(&db.url), keyring())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("newer acctor"), "{error}");
+    assert!(error.contains("99991231000000"), "{error}");
+    assert!(!error.contains('\n'), "one line: {error}");
+}
+
+#[test]
+fn an_unreachable_or_missing_database_is_one_clear_line() {
+    // A port nothing listens on: bind one, then let it go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut unreachable = config(&format!("postgres://nobody@127.0.0.1:{port}/x"));
+    unreachable.connect_timeout = Duration::from_secs(2);
+    let error = PgStore::open(unreachable, keyring())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.contains("cannot connect to PostgreSQL at 127.0.0.1"),
+        "{error}"
+    );
+    assert!(!error.contains('\n'), "{error}");
+
+    let server = PgServer::shared().unwrap();
+    let error = PgStore::open(config(&server.url("no_such_database")), keyring())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("no such database"), "{error}");
+}
+
+#[test]
+fn transactions_have_typed_columns_and_tokens_are_sealed() {
+    let (server, db, store) = fresh();
+    let acc = account("item-typed");
+    store.link_account(&acc).unwrap();
+    let body = json!({
+        "transaction_id": "t1", "amount": 12.5, "iso_currency_code": "EUR",
+        "name": "COFFEE 123", "merchant_name": "Coffee", "pending": false,
+        "personal_finance_category": {"primary": "FOOD_AND_DRINK"}, "note": "a\u{0}b"
+    });
+    store
+        .commit_sync(SyncCommit {
+            account_id: acc.id.clone(),
+            mode: ApplyMode::Delta,
+            upserts: vec![Transaction {
+                id: "t1".into(),
+                date: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+                body,
+            }],
+            removals: vec![],
+            cursor: "c1".into(),
+            consumed: vec![],
+            outcome: SyncOutcome::Committed {
+                added: 1,
+                modified: 0,
+                removed: 0,
+                pages: 1,
+                fallback: false,
+                request_id: None,
+            },
+            started_at: Utc::now(),
+            finished_at: Utc::now(),
+        })
+        .unwrap();
+    let row = server
+        .psql(
+            &db.name,
+            "SELECT concat_ws(',', account_id, transaction_id, date, amount, currency, name, merchant, pending, category) \
+             FROM acctor.transactions",
+        )
+        .unwrap();
+    assert_eq!(
+        row,
+        format!(
+            "{},t1,2026-01-02,12.5,EUR,COFFEE 123,Coffee,f,FOOD_AND_DRINK",
+            acc.id
+        )
+    );
+    let dump = server
+        .psql(&db.name, "SELECT record::text FROM acctor.accounts")
+        .unwrap();
+    assert!(!dump.contains("very-secret"), "token in clear: {dump}");
+    assert!(dump.contains("\"sealed\""), "{dump}");
+    assert_eq!(
+        store
+            .get_account(&acc.id)
+            .unwrap()
+            .unwrap()
+            .access_token
+            .expose(),
+        "access-sandbox-very-secret"
+    );
+    // A keyring without the sealing key is refused at open.
+    drop(store);
+    let other = Keyring::from_specs(&["k2:KysrKysrKysrKysrKysrKysrKysrKysrKysrKysrKys="]).unwrap();
+    let error = PgStore::open(config(&db.url), other).unwrap_err();
+    assert!(matches!(error, StoreError::Secret(_)), "{error}");
+}
+
+#[test]
+fn concurrent_webhooks_share_commits_and_each_gets_its_own_outcome() {
+    let (_server, db, store) = fresh();
+    let acc = account("item-burst");
+    store.link_account(&acc).unwrap();
+    // Hold the item's advisory lock (the one ingest takes) so the webhooks pile up
+    // while the first batches wait for it.
+    let mut holder = store.handle.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query(
+            "SELECT pg_advisory_xact_lock(hashtextextended('plaid' || chr(31) || 'item-burst', 0))",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn
+    });
+    let (submitted_before, batches_before) = store.ingest_counts();
+    let threads: Vec<_> = (0..64u32)
+        .map(|n| {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let mut dedup_key = [0u8; 32];
+                dedup_key[..4].copy_from_slice(&(n % 32).to_be_bytes());
+                store
+                    .ingest(
+                        IncomingWebhook {
+                            provider: ProviderKind::Plaid,
+                            item_id: "item-burst".into(),
+                            kind: "TRANSACTIONS/SYNC_UPDATES_AVAILABLE".into(),
+                            dedup_key,
+                            body: json!({ "n": n % 32 }),
+                            received_at: Utc::now(),
+                        },
+                        Duration::from_secs(900),
+                    )
+                    .unwrap()
+            })
+        })
+        .collect();
+    // Every webhook is handed over (a condition, not a timing guess) before the lock goes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while store.ingest_counts().0 < submitted_before + 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "webhooks not submitted"
+        );
+        std::thread::yield_now();
+    }
+    assert_eq!(
+        store.ingest_counts().1,
+        batches_before,
+        "nothing committed while locked"
+    );
+    store.handle.block_on(async {
+        sqlx::query("COMMIT").execute(&mut holder).await.unwrap();
+    });
+    let outcomes: Vec<IngestOutcome> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let accepted = outcomes
+        .iter()
+        .filter(
+            |o| matches!(o, IngestOutcome::Accepted { account_id: Some(id), .. } if *id == acc.id),
+        )
+        .count();
+    assert_eq!(accepted, 32, "one per distinct key: {outcomes:?}");
+    assert_eq!(store.pending_inbox(&acc.id).unwrap().len(), 32);
+    // At most one batch per batcher was taken while the lock was held; everything
+    // else waited in the queue and went in the batchers' next rounds.
+    let batches = store.ingest_counts().1 - batches_before;
+    assert!(
+        batches <= 2 * super::inbox::BATCHERS as u64,
+        "64 webhooks in {batches} commits"
+    );
+}
