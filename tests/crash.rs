@@ -262,6 +262,17 @@ fn sorted(rows: &[Value]) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
+    kills_under_load(false).await;
+}
+
+/// The same on the PostgreSQL store: a SIGKILL aborts the transactions in flight, and
+/// what a 2xx acknowledged was committed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
+    kills_under_load(true).await;
+}
+
+async fn kills_under_load(postgres: bool) {
     let profile = profile();
     let seed = seed();
     let started = Instant::now();
@@ -270,6 +281,9 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
     let webhook_url = format!("http://127.0.0.1:{port}/webhooks/plaid");
     let sandbox = Sandbox::start(&webhook_url);
     let mut acctor = Acctor::new(port, &sandbox.url);
+    if postgres {
+        acctor.use_postgres();
+    }
     acctor.start(&http).await;
 
     let mut accounts = Vec::with_capacity(profile.accounts);
@@ -596,21 +610,31 @@ where
 /// running sync has already read is appended as a new event, so it survives the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn acknowledged_duplicate_webhook_survives_a_kill_after_the_sync_it_coalesced_into() {
-    duplicate_during_sync(true).await;
+    duplicate_during_sync(true, false).await;
+}
+
+/// The same interleaving on the PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_acknowledged_duplicate_webhook_survives_a_kill_after_the_sync_it_coalesced_into(
+) {
+    duplicate_during_sync(true, true).await;
 }
 
 /// The control for the reproduction above: the same steps without the kill converge
 /// (the in-memory follow-up sync runs), so only the crash loses the announcement.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn duplicate_webhook_during_a_sync_is_covered_by_a_follow_up_sync() {
-    duplicate_during_sync(false).await;
+    duplicate_during_sync(false, false).await;
 }
 
-async fn duplicate_during_sync(kill: bool) {
+async fn duplicate_during_sync(kill: bool, postgres: bool) {
     let http = Http::new();
     let port = harness::reserve_port();
     let sandbox = Sandbox::start(&format!("http://127.0.0.1:{port}/webhooks/plaid"));
     let mut acctor = Acctor::new(port, &sandbox.url);
+    if postgres {
+        acctor.use_postgres();
+    }
     // The follow-up sync waits out this interval, which holds the window open.
     acctor.set_env("ACCTOR__ACTORS__MIN_SYNC_INTERVAL", "5s");
     acctor.start(&http).await;

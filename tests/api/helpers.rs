@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use acctor::app::App;
-use acctor::config::Settings;
+use acctor::config::{Settings, StoreBackend};
 use acctor::http::AppState;
 use acctor::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use acctor::testing::PgServer;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
@@ -37,8 +38,50 @@ struct RunningApp {
     join: JoinHandle<anyhow::Result<()>>,
 }
 
+/// Which store this test's acctor runs on. PostgreSQL for the tests under
+/// `on_postgres::` (main.rs includes the sync, webhook, retry, polling, reauth and
+/// supervision modules there a second time; libtest names each test's thread after its
+/// path), and for every test when `ACCTOR_TEST_STORE=postgres`; sled otherwise.
+pub fn backend_of_this_test() -> StoreBackend {
+    let on_postgres = std::thread::current()
+        .name()
+        .is_some_and(|name| name.starts_with("on_postgres::"));
+    let forced = std::env::var("ACCTOR_TEST_STORE").is_ok_and(|v| v == "postgres");
+    if on_postgres || forced {
+        StoreBackend::Postgres
+    } else {
+        StoreBackend::Sled
+    }
+}
+
+/// The PostgreSQL database of a test's data dir: created in the process's throwaway
+/// server the first time, the same one for every restart on that data dir.
+fn database_of(data_dir: &std::path::Path) -> String {
+    static DATABASES: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, String>>,
+    > = std::sync::OnceLock::new();
+    let mut databases = DATABASES
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    databases
+        .entry(data_dir.to_path_buf())
+        .or_insert_with(|| {
+            PgServer::shared()
+                .and_then(|server| server.create_database())
+                .unwrap_or_else(|error| panic!("throwaway PostgreSQL: {error}"))
+                .url
+        })
+        .clone()
+}
+
 pub fn test_settings(data_dir: &std::path::Path, sandbox_url: &str) -> Settings {
     let mut settings = Settings::defaults();
+    if backend_of_this_test() == StoreBackend::Postgres {
+        settings.store.backend = StoreBackend::Postgres;
+        settings.store.postgres.url = secrecy::SecretString::from(database_of(data_dir));
+        settings.store.postgres.pool_size = 8;
+    }
     settings.server.listen = "127.0.0.1:0".parse().expect("addr");
     settings.store.data_dir = data_dir.to_path_buf();
     settings.store.cache_capacity_bytes = 16 * 1024 * 1024;

@@ -18,3 +18,15 @@ mod surface;
 mod surface_rules;
 mod sync;
 mod webhooks;
+
+/// The same tests again on the PostgreSQL store (see `helpers::backend_of_this_test`):
+/// everything that syncs, ingests, retries, polls and parks an account.
+#[path = "."]
+mod on_postgres {
+    mod convergence;
+    mod reauth;
+    mod retries;
+    mod supervision;
+    mod sync;
+    mod webhooks;
+}

@@ -133,6 +133,17 @@ impl Acctor {
         }
     }
 
+    /// Runs every later start on the PostgreSQL store, in a fresh database of the
+    /// process's throwaway server (the same database across kills and restarts).
+    pub fn use_postgres(&mut self) {
+        let database = acctor::testing::PgServer::shared()
+            .and_then(|server| server.create_database())
+            .unwrap_or_else(|error| panic!("throwaway PostgreSQL: {error}"));
+        self.set_env("ACCTOR__STORE__BACKEND", "postgres");
+        self.set_env("ACCTOR__STORE__POSTGRES__URL", &database.url);
+        self.set_env("ACCTOR__STORE__POSTGRES__POOL_SIZE", "8");
+    }
+
     /// Sets an environment variable (e.g. `ACCTOR__ACTORS__MIN_SYNC_INTERVAL`) for every
     /// later start, over the harness defaults.
     pub fn set_env(&mut self, key: &str, value: &str) {
