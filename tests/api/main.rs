@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod helpers;
 mod introspection;
+mod postgres;
 mod reauth;
 mod retries;
 mod schemathesis;

@@ -172,7 +172,10 @@ async fn ingest_batch(
     let bodies: Vec<String> = webhooks.iter().map(|(w, _)| w.body.to_string()).collect();
     let received: Vec<DateTime<Utc>> = webhooks.iter().map(|(w, _)| w.received_at).collect();
     let expires: Vec<DateTime<Utc>> = webhooks.iter().map(|(_, at)| *at).collect();
-    let store = BatchPool { pool };
+    let store = BatchPool {
+        pool,
+        conflicts: AtomicU64::new(0),
+    };
     let rows: Vec<(Option<i64>, Option<String>, bool)> = transaction!(store, |tx| {
         sqlx::query_as(
             "SELECT out_seq, out_account, out_duplicate \
@@ -210,6 +213,8 @@ async fn ingest_batch(
 /// What the `transaction!` macro needs of a store: its pool.
 struct BatchPool<'a> {
     pool: &'a PgPool,
+    /// Counted and dropped: a batch that conflicts is rare and runs again at once.
+    conflicts: AtomicU64,
 }
 
 /// An inbox row as read back.

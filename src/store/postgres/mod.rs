@@ -105,6 +105,8 @@ pub struct PgStore {
     /// `true` once closed; writers hold a read guard for the whole write.
     closed: RwLock<bool>,
     schema: String,
+    /// Transactions run again after a serialization failure or a deadlock.
+    conflicts: std::sync::atomic::AtomicU64,
 }
 
 impl fmt::Debug for PgStore {
@@ -213,6 +215,7 @@ macro_rules! transaction {
                         )));
                     }
                     tracing::debug!(attempt, %error, "transaction conflicted; running it again");
+                    $store.conflicts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     attempt += 1;
                 }
             }
@@ -249,6 +252,7 @@ impl PgStore {
             ingest,
             closed: RwLock::new(false),
             schema: config.schema,
+            conflicts: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -278,6 +282,11 @@ impl PgStore {
     /// ratio is how many webhooks share a commit).
     pub fn ingest_counts(&self) -> (u64, u64) {
         (self.ingest.submitted(), self.ingest.batches())
+    }
+
+    /// Transactions run again so far after a serialization failure or a deadlock.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The pool (tests and benchmarks read what the store wrote).
@@ -340,17 +349,32 @@ async fn connect(config: &PgStoreConfig) -> Result<PgPool, StoreError> {
                 connect_failure(&e)
             ))
         })?;
-    // The schema's name was validated (lowercase letters, digits, underscores).
-    sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", config.schema))
-        .execute(&pool)
+    // Created only when missing: a role that owns a schema made for it by an
+    // administrator needs no CREATE privilege on the database.
+    let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM pg_namespace WHERE nspname = $1")
+        .bind(&config.schema)
+        .fetch_optional(&pool)
         .await
         .map_err(|e| {
             StoreError::Io(format!(
-                "creating schema {}: {}",
+                "reading schema {}: {}",
                 config.schema,
                 connect_failure(&e)
             ))
         })?;
+    if exists.is_none() {
+        // The schema's name was validated (lowercase letters, digits, underscores).
+        sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {}", config.schema))
+            .execute(&pool)
+            .await
+            .map_err(|e| {
+                StoreError::Io(format!(
+                    "creating schema {} (create it for acctor's role, or grant that role CREATE on the database): {}",
+                    config.schema,
+                    connect_failure(&e)
+                ))
+            })?;
+    }
     MIGRATOR
         .run(&pool)
         .await

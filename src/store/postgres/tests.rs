@@ -281,3 +281,119 @@ fn concurrent_webhooks_share_commits_and_each_gets_its_own_outcome() {
         "64 webhooks in {batches} commits"
     );
 }
+
+/// A transaction failing with SQLSTATE 40P01 (deadlock detected) runs again, at most
+/// five times in all; past that the error is surfaced. The failure is provoked by a
+/// trigger raising that SQLSTATE for the first N inserts (counted by a sequence, which
+/// a rollback does not undo), so the test does not depend on which of two deadlocked
+/// sessions the database picks as victim.
+#[test]
+fn a_deadlock_is_retried_a_bounded_number_of_times_then_surfaced() {
+    let (server, db, store) = fresh();
+    let acc = account("item-deadlock");
+    store.link_account(&acc).unwrap();
+    server
+        .psql(
+            &db.name,
+            "CREATE SEQUENCE acctor.provoked; \
+             CREATE TABLE acctor.provoke (failures bigint NOT NULL); \
+             INSERT INTO acctor.provoke VALUES (2); \
+             CREATE FUNCTION acctor.provoke_deadlock() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+               IF nextval('acctor.provoked') <= (SELECT failures FROM acctor.provoke) THEN \
+                 RAISE EXCEPTION 'provoked deadlock' USING ERRCODE = '40P01'; \
+               END IF; \
+               RETURN NEW; \
+             END $$; \
+             CREATE TRIGGER provoke BEFORE INSERT ON acctor.transactions \
+               FOR EACH ROW EXECUTE FUNCTION acctor.provoke_deadlock();",
+        )
+        .unwrap();
+    let commit = |cursor: &str, id: &str| SyncCommit {
+        account_id: acc.id.clone(),
+        mode: ApplyMode::Delta,
+        upserts: vec![Transaction {
+            id: id.into(),
+            date: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+            body: json!({ "transaction_id": id }),
+        }],
+        removals: vec![],
+        cursor: cursor.into(),
+        consumed: vec![],
+        outcome: SyncOutcome::Committed {
+            added: 1,
+            modified: 0,
+            removed: 0,
+            pages: 1,
+            fallback: false,
+            request_id: None,
+        },
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+    };
+    let before = store.conflicts();
+    store
+        .commit_sync(commit("c1", "t1"))
+        .expect("third attempt commits");
+    assert_eq!(store.conflicts() - before, 2);
+    assert_eq!(store.count_transactions(&acc.id).unwrap(), 1);
+
+    // Always failing: five attempts, then the error, and nothing of the commit.
+    server
+        .psql(
+            &db.name,
+            "UPDATE acctor.provoke SET failures = 1000000; ALTER SEQUENCE acctor.provoked RESTART",
+        )
+        .unwrap();
+    let error = store
+        .commit_sync(commit("c2", "t2"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("after 5 attempts"), "{error}");
+    assert!(error.contains("provoked deadlock"), "{error}");
+    assert_eq!(
+        server
+            .psql(&db.name, "SELECT last_value FROM acctor.provoked")
+            .unwrap(),
+        "5"
+    );
+    let account = store.get_account(&acc.id).unwrap().unwrap();
+    assert_eq!(account.cursor.as_deref(), Some("c1"));
+    assert_eq!(store.count_transactions(&acc.id).unwrap(), 1);
+}
+
+/// The privileges the README asks for are enough: a role owning a schema an
+/// administrator created for it opens the store without CREATE on the database; the
+/// same role without its schema gets a line saying what to grant.
+#[test]
+fn a_role_owning_its_schema_needs_no_other_privilege() {
+    let server = PgServer::shared().unwrap();
+    let db = server.create_database().unwrap();
+    let role = format!("app_{}", db.name);
+    server
+        .psql(
+            &db.name,
+            &format!(
+                "CREATE ROLE {role} LOGIN; REVOKE ALL ON DATABASE {db} FROM PUBLIC; \
+                 GRANT CONNECT ON DATABASE {db} TO {role}",
+                db = db.name
+            ),
+        )
+        .unwrap();
+    let url = format!("postgres://{role}@127.0.0.1:{}/{}", server.port(), db.name);
+    let error = PgStore::open(config(&url), keyring())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("creating schema acctor"), "{error}");
+    assert!(error.contains("permission denied"), "{error}");
+
+    server
+        .psql(
+            &db.name,
+            &format!("CREATE SCHEMA acctor AUTHORIZATION {role}"),
+        )
+        .unwrap();
+    let store = PgStore::open(config(&url), keyring()).expect("opens as the schema's owner");
+    store.link_account(&account("item-role")).unwrap();
+    assert_eq!(store.count_accounts().unwrap(), 1);
+}
