@@ -23,6 +23,10 @@ mod webhooks;
 /// The same tests again on the PostgreSQL store (see `helpers::backend_of_this_test`):
 /// everything that syncs, ingests, retries, polls and parks an account.
 #[path = "."]
+#[allow(
+    clippy::duplicate_mod,
+    reason = "the same test files, compiled a second time to run on the other store"
+)]
 mod on_postgres {
     mod convergence;
     mod reauth;
