@@ -58,6 +58,8 @@ enum Command {
         /// durability alone, without the syncs the events trigger.
         #[arg(long)]
         unlinked: bool,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Initial sync of one item.
     InitialSync {
@@ -67,6 +69,8 @@ enum Command {
         /// Repetitions.
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        #[command(flatten)]
+        store: StoreArgs,
     },
     /// Memory per idle account and activation latency.
     Accounts {
@@ -77,6 +81,57 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         samples: u64,
     },
+}
+
+/// Which store a benchmark runs on.
+#[derive(clap::Args, Clone, Debug)]
+struct StoreArgs {
+    /// `sled` or `postgres`.
+    #[arg(long, default_value = "sled", value_parser = ["sled", "postgres"])]
+    store: String,
+    /// The PostgreSQL database to use; without it, a throwaway server with fsync on
+    /// (as a production server has it) is started in a temp dir.
+    #[arg(long)]
+    postgres_url: Option<String>,
+}
+
+/// The database a PostgreSQL run uses, and the server when the run started its own.
+struct PgTarget {
+    url: String,
+    pgbench: std::path::PathBuf,
+    _server: Option<acctor::testing::PgServer>,
+}
+
+impl StoreArgs {
+    /// Starts what the store needs (a throwaway PostgreSQL server, with fsync on).
+    fn prepare(&self) -> anyhow::Result<Option<PgTarget>> {
+        if self.store != "postgres" {
+            return Ok(None);
+        }
+        if let Some(url) = &self.postgres_url {
+            return Ok(Some(PgTarget {
+                url: url.clone(),
+                pgbench: "pgbench".into(),
+                _server: None,
+            }));
+        }
+        let server = acctor::testing::PgServer::start_durable()?;
+        let database = server.create_database()?;
+        eprintln!("throwaway postgresql (fsync on) at port {}", server.port());
+        Ok(Some(PgTarget {
+            url: database.url,
+            pgbench: server.bin_dir().join("pgbench"),
+            _server: Some(server),
+        }))
+    }
+}
+
+fn use_store(settings: &mut Settings, target: Option<&PgTarget>) {
+    if let Some(target) = target {
+        settings.store.backend = acctor::config::StoreBackend::Postgres;
+        settings.store.postgres.url = secrecy::SecretString::from(target.url.clone());
+        settings.store.postgres.pool_size = 32;
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -98,9 +153,18 @@ fn main() -> anyhow::Result<()> {
             seconds,
             accounts,
             unlinked,
-        } => server.block_on(ingest(rates, seconds, accounts, unlinked)),
-        Command::InitialSync { transactions, runs } => {
-            server.block_on(initial_sync(transactions, runs))
+            store,
+        } => {
+            let target = store.prepare()?;
+            server.block_on(ingest(rates, seconds, accounts, unlinked, target.as_ref()))
+        }
+        Command::InitialSync {
+            transactions,
+            runs,
+            store,
+        } => {
+            let target = store.prepare()?;
+            server.block_on(initial_sync(transactions, runs, target.as_ref()))
         }
         Command::Accounts { count, samples } => server.block_on(accounts(count, samples)),
     }
@@ -256,10 +320,12 @@ async fn ingest(
     seconds: u64,
     accounts: u32,
     unlinked: bool,
+    target: Option<&PgTarget>,
 ) -> anyhow::Result<()> {
     let (sandbox, sandbox_handle) = start_sandbox().await?;
     let dir = tempfile::tempdir()?;
-    let settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    let mut settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    use_store(&mut settings, target);
     let app = App::build(settings).await?;
     let app_url = format!("http://{}", app.addr());
     sandbox.set_default_webhook_url(format!("{app_url}/webhooks/plaid"));
@@ -379,9 +445,16 @@ async fn ingest(
                         body: json!({"item_id": item, "n": n}),
                         received_at: chrono::Utc::now(),
                     };
-                    if store.ingest(webhook, Duration::from_secs(900)).is_ok()
-                        && store.durable().await.is_ok()
-                    {
+                    // On the blocking pool, as the app calls the store.
+                    let ingested = {
+                        let store = store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            store.ingest(webhook, Duration::from_secs(900))
+                        })
+                        .await
+                        .is_ok_and(|r| r.is_ok())
+                    };
+                    if ingested && store.durable().await.is_ok() {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -394,9 +467,72 @@ async fn ingest(
             done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
         );
     }
+    if let Some(target) = target {
+        pgbench_ceiling(target, seconds).await?;
+    }
     let _ = stop_app.send(());
     let _ = app_task.await;
     sandbox_handle.shutdown().await?;
+    Ok(())
+}
+
+/// PostgreSQL's own durable single-row insert ceiling on the same server: pgbench,
+/// 16 clients, one INSERT per transaction.
+async fn pgbench_ceiling(target: &PgTarget, seconds: u64) -> anyhow::Result<()> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(&target.url).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS public.bench_ceiling (id bigserial PRIMARY KEY, v integer, at timestamptz DEFAULT now())")
+        .execute(&mut conn)
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let script = dir.path().join("insert.sql");
+    std::fs::write(
+        &script,
+        "INSERT INTO public.bench_ceiling (v) VALUES (:client_id);\n",
+    )?;
+    // pgbench runs as whoever can read the script; the temp dir may be root's only.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644))?;
+    }
+    let output = tokio::process::Command::new(&target.pgbench)
+        .args([
+            "-n",
+            "-c",
+            "16",
+            "-j",
+            "2",
+            "-T",
+            &seconds.to_string(),
+            "-f",
+        ])
+        .arg(&script)
+        .arg(&target.url)
+        .output()
+        .await
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "pgbench failed: {}{}",
+        text,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .unwrap_or("?");
+    let latency = text
+        .lines()
+        .find(|l| l.starts_with("latency average"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .unwrap_or("?");
+    println!(
+        "| postgresql insert ceiling (pgbench, 16 clients) | — | {tps} | 0 | avg {latency} | | | |"
+    );
     Ok(())
 }
 
@@ -416,10 +552,15 @@ fn admin_client(app: &App) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
+async fn initial_sync(
+    transactions: u32,
+    runs: u32,
+    target: Option<&PgTarget>,
+) -> anyhow::Result<()> {
     let (sandbox, sandbox_handle) = start_sandbox().await?;
     let dir = tempfile::tempdir()?;
-    let settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    let mut settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    use_store(&mut settings, target);
     let app = App::build(settings).await?;
     let app_url = format!("http://{}", app.addr());
     let state = app.state().clone();
@@ -443,11 +584,12 @@ async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
         let view: serde_json::Value = response.json().await?;
         let id = AccountId(view["id"].as_str().context("id")?.to_string());
         loop {
+            let read = id.clone();
             let account = state
                 .ctx
                 .store
-                .blocking()
-                .get_account(&id)?
+                .run(move |s| s.get_account(&read))
+                .await?
                 .context("account")?;
             if account.sync_count >= 1 {
                 break;
@@ -455,7 +597,12 @@ async fn initial_sync(transactions: u32, runs: u32) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let elapsed = start.elapsed();
-        let rows = state.ctx.store.blocking().count_transactions(&id)?;
+        let read = id.clone();
+        let rows = state
+            .ctx
+            .store
+            .run(move |s| s.count_transactions(&read))
+            .await?;
         println!(
             "| {transactions} | {run} | {} | {rows} |",
             elapsed.as_millis()

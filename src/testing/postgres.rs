@@ -170,6 +170,8 @@ pub struct PgServer {
     postmaster: Mutex<Option<Child>>,
     /// The process-wide server, which tests must not stop.
     shared: bool,
+    /// fsync on (benchmarks of durable writes); off for tests.
+    durable: bool,
 }
 
 /// Why one attempt at starting the postmaster failed.
@@ -200,7 +202,7 @@ impl PgServer {
         if let Some(server) = SHARED.get() {
             return Ok(server);
         }
-        let server = Self::launch(true)?;
+        let server = Self::launch(true, false)?;
         let server = SHARED.get_or_init(|| server);
         register_exit_cleanup();
         Ok(server)
@@ -209,7 +211,14 @@ impl PgServer {
     /// A server of one's own (tests that stop and restart the database use this).
     /// Stopped, and its data dir removed, on drop.
     pub fn start() -> Result<PgServer, PgHarnessError> {
-        Self::launch(false)
+        Self::launch(false, false)
+    }
+
+    /// A server of one's own with PostgreSQL's durability on (`fsync`, full page
+    /// writes), as a production server has it: for benchmarks of durable writes, whose
+    /// figures mean nothing with fsync off.
+    pub fn start_durable() -> Result<PgServer, PgHarnessError> {
+        Self::launch(false, true)
     }
 
     /// Creates a fresh, uniquely named database and returns it. Safe to call from many
@@ -315,7 +324,7 @@ impl PgServer {
     }
 
     /// initdb into a new temp dir, then the postmaster on a free port.
-    fn launch(shared: bool) -> Result<PgServer, PgHarnessError> {
+    fn launch(shared: bool, durable: bool) -> Result<PgServer, PgHarnessError> {
         let bin_dir = find_bin_dir()?;
         let user = os_user()?;
         let run_dir = create_run_dir(user)?;
@@ -328,6 +337,7 @@ impl PgServer {
             user,
             postmaster: Mutex::new(None),
             shared,
+            durable,
         };
         // From here on, an error drops `server`, which removes the temp dir.
         server.initdb()?;
@@ -405,9 +415,17 @@ impl PgServer {
                 "-c",
                 &format!("unix_socket_directories={}", self.run_dir.display()),
                 "-c",
-                "fsync=off",
+                if self.durable {
+                    "fsync=on"
+                } else {
+                    "fsync=off"
+                },
                 "-c",
-                "full_page_writes=off",
+                if self.durable {
+                    "full_page_writes=on"
+                } else {
+                    "full_page_writes=off"
+                },
                 "-c",
                 "synchronous_commit=on",
                 "-c",

@@ -322,6 +322,10 @@ impl AccountStore for PgStore {
             })
         })?;
         if previous.is_some() {
+            if purge {
+                // Its inbox entries went with it.
+                self.depth.invalidate();
+            }
             tracing::debug!(account_id = %id, purged = purge, "account record unlinked");
         }
         Ok(previous)

@@ -217,6 +217,32 @@ struct BatchPool<'a> {
     conflicts: AtomicU64,
 }
 
+/// How long a depth counted from the table is trusted (this process's own writes keep
+/// it current meanwhile; the recount picks up what other processes did).
+const DEPTH_RECOUNT: Duration = Duration::from_secs(5);
+
+/// The inbox's depth without a `count(*)` per webhook: the back-pressure check reads it
+/// on every ingest, and counting a deep inbox (a backlog for unlinked items, say) on
+/// each would make the hot path slower the more it is needed.
+#[derive(Default)]
+pub(super) struct DepthCache {
+    value: std::sync::atomic::AtomicI64,
+    /// When the table was last counted; `None`: never, or invalidated.
+    counted_at: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl DepthCache {
+    /// Adds (or, negative, takes away) what a write of this process did.
+    pub(super) fn add(&self, n: i64) {
+        self.value.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The next read counts the table (after a write whose effect is not known).
+    pub(super) fn invalidate(&self) {
+        *self.counted_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 /// An inbox row as read back.
 type InboxRow = (i64, String, String, String, DateTime<Utc>, String);
 
@@ -253,7 +279,11 @@ impl InboxStore for PgStore {
             expires_at,
             reply,
         })?;
-        self.block_on(async { outcome.await.map_err(|_| StoreError::Closed)? })
+        let outcome = self.block_on(async { outcome.await.map_err(|_| StoreError::Closed)? })?;
+        if matches!(outcome, IngestOutcome::Accepted { .. }) {
+            self.depth.add(1);
+        }
+        Ok(outcome)
     }
 
     fn pending_inbox(&self, id: &AccountId) -> Result<Vec<InboxEntry>, StoreError> {
@@ -303,13 +333,24 @@ impl InboxStore for PgStore {
     }
 
     fn inbox_depth(&self) -> Result<u64, StoreError> {
-        let n: i64 = self.block_on(async {
-            sqlx::query_scalar("SELECT count(*) FROM inbox")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(db_error)
-        })?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let cache = &self.depth;
+        {
+            let mut counted_at = cache.counted_at.lock().unwrap_or_else(|p| p.into_inner());
+            if counted_at.is_none_or(|at| at.elapsed() >= DEPTH_RECOUNT) {
+                // A write committing while this counts may be counted and then added
+                // again (writers add after their commit): the drift lasts until the
+                // next recount, and a back-pressure threshold can live with it.
+                let n: i64 = self.block_on(async {
+                    sqlx::query_scalar("SELECT count(*) FROM inbox")
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(db_error)
+                })?;
+                cache.value.store(n, Ordering::Relaxed);
+                *counted_at = Some(std::time::Instant::now());
+            }
+        }
+        Ok(u64::try_from(cache.value.load(Ordering::Relaxed)).unwrap_or(0))
     }
 
     fn purge_expired_dedup(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {

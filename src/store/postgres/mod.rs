@@ -107,6 +107,9 @@ pub struct PgStore {
     schema: String,
     /// Transactions run again after a serialization failure or a deadlock.
     conflicts: std::sync::atomic::AtomicU64,
+    /// The inbox's depth, kept up to date by this process's writes and recounted now
+    /// and then (see `inbox.rs`).
+    depth: inbox::DepthCache,
 }
 
 impl fmt::Debug for PgStore {
@@ -253,6 +256,7 @@ impl PgStore {
             closed: RwLock::new(false),
             schema: config.schema,
             conflicts: std::sync::atomic::AtomicU64::new(0),
+            depth: inbox::DepthCache::default(),
         }))
     }
 
@@ -338,6 +342,30 @@ async fn connect(config: &PgStoreConfig) -> Result<PgPool, StoreError> {
         options.get_port(),
         options.get_database().unwrap_or("")
     );
+    // One connection first, for its error: the pool retries refused connections until
+    // its timeout and then reports only that it timed out.
+    let cannot_connect = |reason: String| {
+        StoreError::Io(format!(
+            "cannot connect to PostgreSQL at {target}: {reason}"
+        ))
+    };
+    match tokio::time::timeout(
+        config.connect_timeout,
+        <sqlx::PgConnection as sqlx::Connection>::connect_with(&options),
+    )
+    .await
+    {
+        Err(_) => {
+            return Err(cannot_connect(format!(
+                "no answer within store.postgres.connect_timeout ({:?})",
+                config.connect_timeout
+            )))
+        }
+        Ok(Err(error)) => return Err(cannot_connect(connect_failure(&error))),
+        Ok(Ok(connection)) => {
+            let _ = sqlx::Connection::close(connection).await;
+        }
+    }
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(config.connect_timeout)

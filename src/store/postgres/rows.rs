@@ -60,6 +60,26 @@ fn columns(body: &Value) -> Columns {
     }
 }
 
+/// Whether `value` holds a NUL character anywhere (in a string or a key).
+fn has_nul(value: &Value) -> bool {
+    match value {
+        Value::String(s) => s.contains('\0'),
+        Value::Array(items) => items.iter().any(has_nul),
+        Value::Object(map) => map.iter().any(|(k, v)| k.contains('\0') || has_nul(v)),
+        _ => false,
+    }
+}
+
+/// The JSON text of `value` as jsonb can hold it (see [`jsonb_safe`]); no copy of the
+/// value unless it needs one.
+fn jsonb_text(value: &Value) -> String {
+    if has_nul(value) {
+        jsonb_safe(value).to_string()
+    } else {
+        value.to_string()
+    }
+}
+
 /// jsonb cannot hold `\u0000` in a string: such characters become U+FFFD in the stored
 /// copy (the row still lands; a sync never fails on one odd character).
 pub(super) fn jsonb_safe(value: &Value) -> Value {
@@ -98,8 +118,7 @@ async fn upsert_rows(tx: &mut Tx, account: &AccountId, rows: &[Transaction]) -> 
         if last.get(row.id.as_str()) != Some(&i) {
             continue;
         }
-        let body = jsonb_safe(&row.body);
-        let typed = columns(&body);
+        let typed = columns(&row.body);
         ids.push(row.id.replace('\0', "\u{fffd}"));
         dates.push(row.date);
         amounts.push(typed.amount);
@@ -108,15 +127,15 @@ async fn upsert_rows(tx: &mut Tx, account: &AccountId, rows: &[Transaction]) -> 
         merchants.push(typed.merchant);
         pendings.push(typed.pending);
         categories.push(typed.category);
-        bodies.push(body);
+        bodies.push(jsonb_text(&row.body));
     }
     sqlx::query(
         "INSERT INTO transactions (account_id, transaction_id, date, amount, currency, name, \
              merchant, pending, category, body) \
          SELECT $1, t.id, t.date, t.amount::numeric, t.currency, t.name, t.merchant, t.pending, \
-             t.category, t.body \
+             t.category, t.body::jsonb \
          FROM unnest($2::text[], $3::date[], $4::text[], $5::text[], $6::text[], $7::text[], \
-             $8::boolean[], $9::text[], $10::jsonb[]) \
+             $8::boolean[], $9::text[], $10::text[]) \
              AS t(id, date, amount, currency, name, merchant, pending, category, body) \
          ON CONFLICT (account_id, transaction_id) DO UPDATE SET date = EXCLUDED.date, \
              amount = EXCLUDED.amount, currency = EXCLUDED.currency, name = EXCLUDED.name, \
@@ -237,12 +256,16 @@ impl RowStore for PgStore {
                     account.last_sync_outcome = Some(commit.outcome.clone());
                     account.sync_count += 1;
                     self.put_account(tx, &account).await?;
+                    let mut consumed_rows = 0;
                     if !consumed.is_empty() {
-                        sqlx::query("DELETE FROM inbox WHERE account_id = $1 AND seq = ANY($2)")
-                            .bind(id.as_str())
-                            .bind(consumed)
-                            .execute(&mut **tx)
-                            .await?;
+                        consumed_rows = sqlx::query(
+                            "DELETE FROM inbox WHERE account_id = $1 AND seq = ANY($2)",
+                        )
+                        .bind(id.as_str())
+                        .bind(consumed)
+                        .execute(&mut **tx)
+                        .await?
+                        .rows_affected();
                     }
                     super::due::remove_retry(tx, id).await?;
                     if account.status == LinkStatus::Linked {
@@ -257,10 +280,14 @@ impl RowStore for PgStore {
                         .execute(&mut **tx)
                         .await?;
                     }
-                    Ok(())
+                    Ok(consumed_rows)
                 }
                 .await
             })
+        })
+        .map(|consumed_rows| {
+            self.depth
+                .add(-i64::try_from(consumed_rows).unwrap_or(i64::MAX));
         })
     }
 
@@ -274,6 +301,12 @@ impl RowStore for PgStore {
         self.write(async {
             transaction!(self, |tx| {
                 async {
+                    // Staged rows need not be on disk before the staged commit that
+                    // makes them visible, and that commit's WAL flush covers every
+                    // record written before it: no flush per page.
+                    sqlx::query("SET LOCAL synchronous_commit = off")
+                        .execute(&mut **tx)
+                        .await?;
                     self.never_synced(tx, id).await?;
                     upsert_rows(tx, id, upserts).await?;
                     remove_rows(tx, id, removals).await

@@ -134,6 +134,17 @@ fn an_unreachable_or_missing_database_is_one_clear_line() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("no such database"), "{error}");
+
+    // A role the server does not know: refused at authentication.
+    let stranger = format!(
+        "postgres://no_such_role@127.0.0.1:{}/postgres",
+        server.port()
+    );
+    let error = PgStore::open(config(&stranger), keyring())
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("credentials refused"), "{error}");
+    assert!(!error.contains('\n'), "{error}");
 }
 
 #[test]
