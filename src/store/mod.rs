@@ -1,6 +1,7 @@
-//! Storage: the traits every other layer talks to and the sled implementation behind
-//! them. Nothing outside this module touches sled; a later PostgreSQL implementation is
-//! a second `impl Store`, not a rewrite.
+//! Storage: the traits every other layer talks to and the two implementations behind
+//! them, [`SledStore`] (embedded, the default) and [`PgStore`] (PostgreSQL, tables users
+//! can query). Nothing outside this module touches sled or SQL; `contract/` holds the
+//! tests both implementations pass.
 //!
 //! The invariants live here:
 //! - a webhook is appended to its account's inbox (or kept for an item not linked yet)
@@ -113,7 +114,8 @@ pub enum Resolved {
     Found(AccountId),
     /// No account has this key.
     NotFound,
-    /// The key is an owner id shared by several accounts.
+    /// The key is an owner id shared by several accounts, or a retired key several
+    /// unlinked accounts were listed with.
     Ambiguous(Vec<AccountId>),
 }
 
@@ -206,7 +208,7 @@ pub struct TransactionQuery {
     pub end_date: Option<NaiveDate>,
     /// Continue after this page token (from a previous page's `next`).
     pub after: Option<String>,
-    /// Maximum rows.
+    /// Maximum rows (at least one is returned when there is one: 0 counts as 1).
     pub limit: usize,
 }
 
@@ -230,7 +232,9 @@ pub trait AccountStore {
     /// The stored account record.
     fn get_account(&self, id: &AccountId) -> Result<Option<Account>, StoreError>;
 
-    /// Resolves a canonical id, an alias, a provider item id or an owner id.
+    /// Resolves a canonical id, an alias, a provider item id or an owner id. Live keys
+    /// (those of linked accounts) win; then the retired keys of unlinked accounts (the
+    /// item id, owner id and aliases they were listed with) still find them.
     fn resolve(&self, key: &str) -> Result<Resolved, StoreError>;
 
     /// Accounts in id order, starting after `after`.
@@ -240,8 +244,10 @@ pub trait AccountStore {
         limit: usize,
     ) -> Result<Vec<Account>, StoreError>;
 
-    /// Unlinks: lookup keys go; the record is marked unlinked with its data kept, or,
-    /// with `purge`, the record, transactions and inbox entries are deleted.
+    /// Unlinks: the account's lookup keys stop being live (another account may take
+    /// them) and become retired keys that still resolve to it, and its record is marked
+    /// unlinked with its data kept; or, with `purge`, the record, its keys, transactions,
+    /// inbox entries and retry record are deleted and no key finds it.
     /// Returns the account as it was, `None` if it did not exist.
     fn unlink_account(&self, id: &AccountId, purge: bool) -> Result<Option<Account>, StoreError>;
 
