@@ -75,6 +75,33 @@ fn database_of(data_dir: &std::path::Path) -> String {
         .clone()
 }
 
+/// Everything the PostgreSQL store of `data_dir`'s database holds, as text (for tests
+/// that look for what must not be stored in the clear).
+pub fn postgres_dump(data_dir: &std::path::Path) -> String {
+    let url = database_of(data_dir);
+    let database = url.rsplit('/').next().expect("a database in the url");
+    let server = PgServer::shared().expect("throwaway PostgreSQL");
+    let tables = server
+        .psql(
+            database,
+            "SELECT string_agg(table_name, ' ') FROM information_schema.tables \
+             WHERE table_schema = 'acctor' AND table_type = 'BASE TABLE'",
+        )
+        .expect("list tables");
+    tables
+        .split_whitespace()
+        .map(|table| {
+            server
+                .psql(
+                    database,
+                    &format!("SELECT to_jsonb(t)::text FROM acctor.{table} t"),
+                )
+                .expect("dump table")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 pub fn test_settings(data_dir: &std::path::Path, sandbox_url: &str) -> Settings {
     let mut settings = Settings::defaults();
     if backend_of_this_test() == StoreBackend::Postgres {

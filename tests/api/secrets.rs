@@ -3,6 +3,7 @@
 //! token opens), and a real provider without a configured key refuses to start.
 
 use acctor::app::App;
+use acctor::config::StoreBackend;
 
 use crate::helpers::*;
 
@@ -33,21 +34,39 @@ async fn a_linked_token_is_sealed_on_disk_and_still_syncs_after_a_restart() {
     env.converge(&account, &item_id).await;
     env.stop_app().await;
 
-    // The sandbox keeps its state in memory: every file here is acctor's.
+    // The sandbox keeps its state in memory: every file here is acctor's, and on
+    // PostgreSQL every row of acctor's tables.
+    let (stored, sealed_marker): (Vec<(String, Vec<u8>)>, &[u8]) = match backend_of_this_test() {
+        StoreBackend::Sled => (
+            files_under(env.data_dir.path())
+                .into_iter()
+                .map(|file| {
+                    let bytes = std::fs::read(&file).expect("read");
+                    (file.display().to_string(), bytes)
+                })
+                .collect(),
+            br#""access_token":{"sealed":"v1:test:"#,
+        ),
+        StoreBackend::Postgres => (
+            vec![(
+                "the database".to_string(),
+                postgres_dump(env.data_dir.path()).into_bytes(),
+            )],
+            br#""access_token": {"sealed": "v1:test:"#,
+        ),
+    };
     let mut sealed_records = 0;
-    for file in files_under(env.data_dir.path()) {
-        let bytes = std::fs::read(&file).expect("read");
+    for (place, bytes) in &stored {
         assert!(
-            !contains(&bytes, token.as_bytes()),
-            "{} holds the access token in the clear",
-            file.display()
+            !contains(bytes, token.as_bytes()),
+            "{place} holds the access token in the clear"
         );
-        if contains(&bytes, br#""access_token":{"sealed":"v1:test:"#) {
+        if contains(bytes, sealed_marker) {
             sealed_records += 1;
         }
     }
     // The scan saw the account record, sealed with the configured key.
-    assert!(sealed_records > 0, "no sealed account record found on disk");
+    assert!(sealed_records > 0, "no sealed account record found");
 
     // After a restart the sealed token opens: new transactions still sync.
     env.restart_app().await;

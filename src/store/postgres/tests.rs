@@ -408,3 +408,35 @@ fn a_role_owning_its_schema_needs_no_other_privilege() {
     store.link_account(&account("item-role")).unwrap();
     assert_eq!(store.count_accounts().unwrap(), 1);
 }
+
+/// `acctor rotate-key` on PostgreSQL: tokens sealed with the old key are re-sealed with
+/// the new one (once: a second run re-seals nothing), after which the old key is no
+/// longer needed.
+#[test]
+fn rotating_the_key_reseals_every_token_once() {
+    let (_server, db, store) = fresh();
+    let acc = account("item-rotate");
+    store.link_account(&acc).unwrap();
+    drop(store);
+    let both = Keyring::from_specs(&[
+        "k2:KysrKysrKysrKysrKysrKysrKysrKysrKysrKysrKys=",
+        "k1:KioqKioqKioqKioqKioqKioqKioqKioqKioqKioqKio=",
+    ])
+    .unwrap();
+    let store = PgStore::open(config(&db.url), both).unwrap();
+    assert_eq!(store.rotate_secrets().unwrap(), 1);
+    assert_eq!(store.rotate_secrets().unwrap(), 0, "idempotent");
+    drop(store);
+    let only_new =
+        Keyring::from_specs(&["k2:KysrKysrKysrKysrKysrKysrKysrKysrKysrKysrKys="]).unwrap();
+    let store = PgStore::open(config(&db.url), only_new).expect("the old key is not needed");
+    assert_eq!(
+        store
+            .get_account(&acc.id)
+            .unwrap()
+            .unwrap()
+            .access_token
+            .expose(),
+        "access-sandbox-very-secret"
+    );
+}
