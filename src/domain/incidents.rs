@@ -141,6 +141,31 @@ pub struct OpenIncident {
     pub notify: bool,
 }
 
+impl Incident {
+    /// A new open incident, `id` drawn by the store, for `open`.
+    pub fn opened(id: u64, open: &OpenIncident) -> Incident {
+        Incident {
+            id,
+            kind: open.kind,
+            severity: open.kind.severity(),
+            account_id: open.account_id.clone(),
+            opened_at: open.at,
+            updated_at: open.at,
+            resolved_at: None,
+            occurrences: 1,
+            details: open.details.clone(),
+        }
+    }
+
+    /// The open incident reported again: its details and time refreshed, one more
+    /// occurrence.
+    pub fn refresh(&mut self, open: &OpenIncident) {
+        self.details = open.details.clone();
+        self.updated_at = open.at;
+        self.occurrences = self.occurrences.saturating_add(1);
+    }
+}
+
 /// Which incidents to list.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -236,6 +236,37 @@ impl Account {
     pub fn is_parked(&self) -> bool {
         self.quarantine.is_some() || self.failed.is_some() || self.needs_reauth.is_some()
     }
+
+    /// Relinks the account to `token` (the user went through the provider's update
+    /// flow): the deadlines the provider announced and the `failed` mark are lifted (a
+    /// new token deserves new attempts), and a needs-reauth mark is flagged `relinked`.
+    /// `inbox_seen` is the newest pending inbox entry: what the inbox holds predates the
+    /// new token, so its login errors must not park the account again
+    /// (`NeedsReauth::after_seq`), nor its deadlines reopen their warnings
+    /// (`login_seen_through`).
+    pub fn relink(&mut self, token: &AccessToken, inbox_seen: Option<u64>) {
+        self.access_token = token.clone();
+        self.needs_reauth = self.needs_reauth.take().map(|parked| NeedsReauth {
+            after_seq: parked.after_seq.max(inbox_seen.unwrap_or(0)),
+            relinked: true,
+            ..parked
+        });
+        if inbox_seen.is_some() {
+            self.login_seen_through = self.login_seen_through.max(inbox_seen);
+        }
+        self.pending_deadline = None;
+        self.failed = None;
+    }
+
+    /// Takes the login state (needs-reauth, pending deadline, login events seen, the
+    /// failed mark) from `edited`, and nothing else: what
+    /// `AccountStore::update_login_state` lets its caller change.
+    pub fn take_login_state(&mut self, edited: Account) {
+        self.needs_reauth = edited.needs_reauth;
+        self.pending_deadline = edited.pending_deadline;
+        self.login_seen_through = edited.login_seen_through;
+        self.failed = edited.failed;
+    }
 }
 
 /// Why and since when an account waits for its user to log in again at the provider.

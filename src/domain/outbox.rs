@@ -87,3 +87,31 @@ pub struct OutboxMessage {
     /// What the last failed attempt said.
     pub last_error: Option<String>,
 }
+
+impl OutboxMessage {
+    /// The alert announcing `event_type` of `incident` at `at`, with id `id`, due at
+    /// once. Every store builds alerts here, so their bodies are the same bytes
+    /// whichever store enqueued them.
+    pub fn alert(
+        id: u64,
+        event_type: crate::domain::incidents::AlertEventType,
+        incident: &crate::domain::incidents::Incident,
+        at: DateTime<Utc>,
+    ) -> Result<OutboxMessage, serde_json::Error> {
+        let event = crate::domain::incidents::IncidentEvent {
+            event_type,
+            timestamp: at,
+            data: incident,
+        };
+        Ok(OutboxMessage {
+            id,
+            destination: Destination::Alerts,
+            event_type: event_type.as_str().to_string(),
+            payload: JsonBody::of(&event)?,
+            created_at: at,
+            next_attempt_at: at,
+            attempts: 0,
+            last_error: None,
+        })
+    }
+}

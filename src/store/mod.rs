@@ -119,6 +119,18 @@ pub enum Resolved {
     Ambiguous(Vec<AccountId>),
 }
 
+impl Resolved {
+    /// What a lookup that found `ids` (sorted, distinct) means; `None` when it found
+    /// nothing, so the next kind of key is tried.
+    pub(crate) fn of(mut ids: Vec<AccountId>) -> Option<Resolved> {
+        match ids.len() {
+            0 => None,
+            1 => Some(Resolved::Found(ids.remove(0))),
+            _ => Some(Resolved::Ambiguous(ids)),
+        }
+    }
+}
+
 /// The result of linking an account.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LinkReceipt {
@@ -197,6 +209,19 @@ pub struct SyncCommit {
     pub started_at: DateTime<Utc>,
     /// When it finished.
     pub finished_at: DateTime<Utc>,
+}
+
+impl SyncCommit {
+    /// What the commit records on the account itself: its cursor, the sync's times and
+    /// outcome, one more sync.
+    pub(crate) fn record_on(&self, account: &mut Account) {
+        account.cursor = Some(self.cursor.clone());
+        account.cursor_updated_at = Some(self.finished_at);
+        account.last_sync_started_at = Some(self.started_at);
+        account.last_sync_finished_at = Some(self.finished_at);
+        account.last_sync_outcome = Some(self.outcome.clone());
+        account.sync_count += 1;
+    }
 }
 
 /// A page request over an account's transactions, ordered by (date, id).

@@ -255,11 +255,8 @@ impl AccountStore for PgStore {
                      OR id IN (SELECT account_id FROM aliases WHERE alias = $1 AND NOT live)) \
                  ORDER BY id COLLATE \"C\"",
             ] {
-                let mut ids = self.ids_where(sql, key).await?;
-                match ids.len() {
-                    0 => continue,
-                    1 => return Ok(Resolved::Found(ids.remove(0))),
-                    _ => return Ok(Resolved::Ambiguous(ids)),
+                if let Some(resolved) = Resolved::of(self.ids_where(sql, key).await?) {
+                    return Ok(resolved);
                 }
             }
             Ok(Resolved::NotFound)
@@ -401,10 +398,7 @@ impl AccountStore for PgStore {
                     if !change(&mut edited) {
                         return Ok(account);
                     }
-                    account.needs_reauth = edited.needs_reauth;
-                    account.pending_deadline = edited.pending_deadline;
-                    account.login_seen_through = edited.login_seen_through;
-                    account.failed = edited.failed;
+                    account.take_login_state(edited);
                     self.put_account(tx, &account).await?;
                     if account.needs_reauth.is_some() || account.failed.is_some() {
                         super::due::remove_retry(tx, id).await?;
@@ -446,17 +440,7 @@ impl AccountStore for PgStore {
                             .fetch_one(&mut **tx)
                             .await?;
                     let seen = seen.and_then(|seq| u64::try_from(seq).ok());
-                    account.access_token = token.clone();
-                    account.needs_reauth = account.needs_reauth.clone().map(|parked| NeedsReauth {
-                        after_seq: parked.after_seq.max(seen.unwrap_or(0)),
-                        relinked: true,
-                        ..parked
-                    });
-                    if seen.is_some() {
-                        account.login_seen_through = account.login_seen_through.max(seen);
-                    }
-                    account.pending_deadline = None;
-                    account.failed = None;
+                    account.relink(token, seen);
                     self.put_account(tx, &account).await?;
                     Ok(account)
                 }

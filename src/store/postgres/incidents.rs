@@ -73,17 +73,19 @@ async fn open_for_update(
 
 impl IncidentStore for PgStore {
     fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
-        let details = super::rows::jsonb_safe(&open.details);
-        let details = &details;
+        // jsonb cannot hold some of what provider messages may carry (see `jsonb_safe`).
+        let safe = OpenIncident {
+            details: super::rows::jsonb_safe(&open.details),
+            ..open.clone()
+        };
+        let (safe, details) = (&safe, &safe.details);
         self.write(async {
             transaction!(self, |tx| {
                 async {
                     if let Some(mut incident) =
                         open_for_update(tx, &open.account_id, open.kind).await?
                     {
-                        incident.details = details.clone();
-                        incident.updated_at = open.at;
-                        incident.occurrences = incident.occurrences.saturating_add(1);
+                        incident.refresh(safe);
                         sqlx::query(
                             "UPDATE incidents SET details = $2, updated_at = $3, occurrences = $4 \
                              WHERE id = $1",
@@ -99,17 +101,7 @@ impl IncidentStore for PgStore {
                     let id: i64 = sqlx::query_scalar("SELECT nextval('incident_id_seq')")
                         .fetch_one(&mut **tx)
                         .await?;
-                    let incident = Incident {
-                        id: u64::try_from(id).unwrap_or(0),
-                        kind: open.kind,
-                        severity: open.kind.severity(),
-                        account_id: open.account_id.clone(),
-                        opened_at: open.at,
-                        updated_at: open.at,
-                        resolved_at: None,
-                        occurrences: 1,
-                        details: details.clone(),
-                    };
+                    let incident = Incident::opened(u64::try_from(id).unwrap_or(0), safe);
                     sqlx::query(&format!(
                         "INSERT INTO incidents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $5, NULL, 1, $6)"
                     ))

@@ -6,7 +6,7 @@
 use chrono::{DateTime, Utc};
 
 use super::{db_error, transaction, PgStore, Tx, TxResult};
-use crate::domain::incidents::{AlertEventType, Incident, IncidentEvent};
+use crate::domain::incidents::{AlertEventType, Incident};
 use crate::store::{Destination, DueKind, JsonBody, OutboxMessage, OutboxStore, StoreError};
 
 const COLUMNS: &str =
@@ -81,7 +81,7 @@ pub(super) async fn next_id(tx: &mut Tx) -> TxResult<u64> {
 }
 
 /// Enqueues the alert announcing `event_type` of `incident`, in the caller's
-/// transaction. Its body is built exactly as the sled store builds it.
+/// transaction (the body: [`OutboxMessage::alert`]).
 pub(super) async fn enqueue_alert(
     tx: &mut Tx,
     event_type: AlertEventType,
@@ -89,23 +89,8 @@ pub(super) async fn enqueue_alert(
     at: DateTime<Utc>,
 ) -> TxResult<()> {
     let id = next_id(tx).await?;
-    let event = IncidentEvent {
-        event_type,
-        timestamp: at,
-        data: incident,
-    };
-    let payload = JsonBody::of(&event)
+    let message = OutboxMessage::alert(id, event_type, incident, at)
         .map_err(|e| super::corrupt("outbox", format!("cannot encode alert body: {e}")))?;
-    let message = OutboxMessage {
-        id,
-        destination: Destination::Alerts,
-        event_type: event_type.as_str().to_string(),
-        payload,
-        created_at: at,
-        next_attempt_at: at,
-        attempts: 0,
-        last_error: None,
-    };
     insert_message(tx, &message).await
 }
 

@@ -249,12 +249,7 @@ impl RowStore for PgStore {
                         .execute(&mut **tx)
                         .await?;
                     }
-                    account.cursor = Some(commit.cursor.clone());
-                    account.cursor_updated_at = Some(commit.finished_at);
-                    account.last_sync_started_at = Some(commit.started_at);
-                    account.last_sync_finished_at = Some(commit.finished_at);
-                    account.last_sync_outcome = Some(commit.outcome.clone());
-                    account.sync_count += 1;
+                    commit.record_on(&mut account);
                     self.put_account(tx, &account).await?;
                     let mut consumed_rows = 0;
                     if !consumed.is_empty() {

@@ -11,11 +11,11 @@ use secrecy::SecretString;
 use serde_json::json;
 
 use super::{PgStore, PgStoreConfig};
-use crate::domain::{AccessToken, Account, ProviderKind, SyncOutcome, Transaction};
+use crate::domain::{AccessToken, Account, ProviderKind, Transaction};
 use crate::secrets::Keyring;
+use crate::store::contract::{row, sync};
 use crate::store::{
     AccountStore, ApplyMode, InboxStore, IncomingWebhook, IngestOutcome, RowStore, StoreError,
-    SyncCommit,
 };
 use crate::testing::{PgServer, TestDatabase};
 
@@ -157,29 +157,20 @@ fn transactions_have_typed_columns_and_tokens_are_sealed() {
         "name": "COFFEE 123", "merchant_name": "Coffee", "pending": false,
         "personal_finance_category": {"primary": "FOOD_AND_DRINK"}, "note": "a\u{0}b"
     });
+    let row = Transaction {
+        id: "t1".into(),
+        date: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
+        body,
+    };
     store
-        .commit_sync(SyncCommit {
-            account_id: acc.id.clone(),
-            mode: ApplyMode::Delta,
-            upserts: vec![Transaction {
-                id: "t1".into(),
-                date: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
-                body,
-            }],
-            removals: vec![],
-            cursor: "c1".into(),
-            consumed: vec![],
-            outcome: SyncOutcome::Committed {
-                added: 1,
-                modified: 0,
-                removed: 0,
-                pages: 1,
-                fallback: false,
-                request_id: None,
-            },
-            started_at: Utc::now(),
-            finished_at: Utc::now(),
-        })
+        .commit_sync(sync(
+            &acc.id,
+            ApplyMode::Delta,
+            vec![row],
+            &[],
+            vec![],
+            "c1",
+        ))
         .unwrap();
     let row = server
         .psql(
@@ -320,27 +311,15 @@ fn a_deadlock_is_retried_a_bounded_number_of_times_then_surfaced() {
                FOR EACH ROW EXECUTE FUNCTION acctor.provoke_deadlock();",
         )
         .unwrap();
-    let commit = |cursor: &str, id: &str| SyncCommit {
-        account_id: acc.id.clone(),
-        mode: ApplyMode::Delta,
-        upserts: vec![Transaction {
-            id: id.into(),
-            date: NaiveDate::from_ymd_opt(2026, 1, 2).unwrap(),
-            body: json!({ "transaction_id": id }),
-        }],
-        removals: vec![],
-        cursor: cursor.into(),
-        consumed: vec![],
-        outcome: SyncOutcome::Committed {
-            added: 1,
-            modified: 0,
-            removed: 0,
-            pages: 1,
-            fallback: false,
-            request_id: None,
-        },
-        started_at: Utc::now(),
-        finished_at: Utc::now(),
+    let commit = |cursor: &str, id: &str| {
+        sync(
+            &acc.id,
+            ApplyMode::Delta,
+            vec![row(id, "2026-01-02")],
+            &[],
+            vec![],
+            cursor,
+        )
     };
     let before = store.conflicts();
     store

@@ -214,11 +214,8 @@ impl AccountStore for SledStore {
             keys::owner_prefix(key),
             keys::retired_prefix(key),
         ] {
-            let mut ids = self.ids_under(&prefix)?;
-            match ids.len() {
-                0 => continue,
-                1 => return Ok(Resolved::Found(ids.remove(0))),
-                _ => return Ok(Resolved::Ambiguous(ids)),
+            if let Some(resolved) = Resolved::of(self.ids_under(&prefix)?) {
+                return Ok(resolved);
             }
         }
         Ok(Resolved::NotFound)
@@ -421,10 +418,7 @@ impl AccountStore for SledStore {
                 if !change(&mut edited) {
                     return Ok(account);
                 }
-                account.needs_reauth = edited.needs_reauth;
-                account.pending_deadline = edited.pending_deadline;
-                account.login_seen_through = edited.login_seen_through;
-                account.failed = edited.failed;
+                account.take_login_state(edited);
                 accounts.insert(key.as_slice(), tx(self.encode_account(&account))?)?;
                 if account.needs_reauth.is_some() || account.failed.is_some() {
                     // A parked account is not retried (as with `set_needs_reauth` and
@@ -454,19 +448,7 @@ impl AccountStore for SledStore {
         // announced were lifted by this relink (the user went through update mode), so
         // they must not reopen their warnings either.
         let seen = self.pending_inbox(id)?.iter().map(|entry| entry.seq).max();
-        self.update_account(id, |account| {
-            account.access_token = token.clone();
-            account.needs_reauth = account.needs_reauth.clone().map(|parked| NeedsReauth {
-                after_seq: parked.after_seq.max(seen.unwrap_or(0)),
-                relinked: true,
-                ..parked
-            });
-            if seen.is_some() {
-                account.login_seen_through = account.login_seen_through.max(seen);
-            }
-            account.pending_deadline = None;
-            account.failed = None;
-        })?;
+        self.update_account(id, |account| account.relink(token, seen))?;
         self.get_account(id)?
             .ok_or_else(|| StoreError::AccountNotFound(id.clone()))
     }

@@ -49,9 +49,7 @@ impl IncidentTrees<'_> {
                 if let Some(existing) = index.get(&open_key)? {
                     if let Some(bytes) = incidents.get(&existing)? {
                         let mut incident: Incident = tx(keys::decode(INCIDENTS, &bytes))?;
-                        incident.details = open.details.clone();
-                        incident.updated_at = open.at;
-                        incident.occurrences = incident.occurrences.saturating_add(1);
+                        incident.refresh(open);
                         incidents.insert(&existing, tx(keys::encode(INCIDENTS, &incident))?)?;
                         return Ok(incident);
                     }
@@ -59,17 +57,7 @@ impl IncidentTrees<'_> {
                     // module; if it exists anyway, a fresh incident replaces it below.
                 }
                 let id = incidents.generate_id()?;
-                let incident = Incident {
-                    id,
-                    kind: open.kind,
-                    severity: open.kind.severity(),
-                    account_id: open.account_id.clone(),
-                    opened_at: open.at,
-                    updated_at: open.at,
-                    resolved_at: None,
-                    occurrences: 1,
-                    details: open.details.clone(),
-                };
+                let incident = Incident::opened(id, open);
                 let key = keys::id_key(id);
                 incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
                 index.insert(open_key.as_slice(), &key)?;

@@ -23,8 +23,8 @@ use super::due::TxDue;
 use super::keys::{self, OUTBOX};
 use super::migrate::DueTrees;
 use super::{from_tx, io, tx, SledStore, TxResult};
-use crate::domain::incidents::{AlertEventType, Incident, IncidentEvent};
-use crate::store::{Destination, DueKind, JsonBody, OutboxMessage, OutboxStore, StoreError};
+use crate::domain::incidents::{AlertEventType, Incident};
+use crate::store::{DueKind, OutboxMessage, OutboxStore, StoreError};
 
 /// An outbox record as versions before the generic outbox wrote it: an alert about an
 /// incident. Only read (and written by tests that build an old data dir).
@@ -46,8 +46,8 @@ pub(super) struct LegacyAlertRecord {
     pub(super) last_error: Option<String>,
 }
 
-/// The alert message announcing `event_type` of `incident` at `at`, not yet attempted.
-/// The one place an incident change becomes a message: new alerts and the fallback for
+/// [`OutboxMessage::alert`], its encoding error as the store reports it. The one place
+/// an incident change becomes a message here: new alerts and the fallback for
 /// old records both go through it, so both send the same bytes.
 fn alert_message(
     id: u64,
@@ -55,24 +55,9 @@ fn alert_message(
     incident: &Incident,
     at: DateTime<Utc>,
 ) -> Result<OutboxMessage, StoreError> {
-    let event = IncidentEvent {
-        event_type,
-        timestamp: at,
-        data: incident,
-    };
-    let payload = JsonBody::of(&event).map_err(|e| StoreError::Corrupt {
+    OutboxMessage::alert(id, event_type, incident, at).map_err(|e| StoreError::Corrupt {
         tree: OUTBOX,
         detail: format!("cannot encode alert body: {e}"),
-    })?;
-    Ok(OutboxMessage {
-        id,
-        destination: Destination::Alerts,
-        event_type: event_type.as_str().to_string(),
-        payload,
-        created_at: at,
-        next_attempt_at: at,
-        attempts: 0,
-        last_error: None,
     })
 }
 
@@ -250,7 +235,7 @@ impl OutboxStore for SledStore {
 impl SledStore {
     pub(crate) fn enqueue_for_test(
         &self,
-        destination: Destination,
+        destination: crate::store::Destination,
         payload: &serde_json::Value,
         at: DateTime<Utc>,
     ) -> u64 {
@@ -259,7 +244,7 @@ impl SledStore {
             id,
             destination,
             event_type: "test.event".to_string(),
-            payload: JsonBody::of(payload).expect("body"),
+            payload: crate::store::JsonBody::of(payload).expect("body"),
             created_at: at,
             next_attempt_at: at,
             attempts: 0,

@@ -201,12 +201,7 @@ impl RowStore for SledStore {
                         txn_index.remove(index_key.clone())?;
                     }
 
-                    account.cursor = Some(commit.cursor.clone());
-                    account.cursor_updated_at = Some(commit.finished_at);
-                    account.last_sync_started_at = Some(commit.started_at);
-                    account.last_sync_finished_at = Some(commit.finished_at);
-                    account.last_sync_outcome = Some(commit.outcome.clone());
-                    account.sync_count += 1;
+                    commit.record_on(&mut account);
                     accounts.insert(account_key.as_slice(), tx(self.encode_account(&account))?)?;
 
                     let mut removed = 0u64;
