@@ -87,10 +87,27 @@ async fn a_database_outage_refuses_webhooks_with_503_and_everything_resumes_afte
         "{report}"
     );
 
+    // The sync in flight reaches its commit while the database is away: it fails, and
+    // its actor schedules a retry (seen in memory: every store read fails now).
+    let registry = env.state.as_ref().expect("running").ctx.registry.clone();
+    let account_id = acctor::domain::AccountId(account.clone());
+    until("the sync caught by the outage fails", || {
+        let (registry, account_id) = (registry.clone(), account_id.clone());
+        async move {
+            registry
+                .snapshot(&account_id)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|snapshot| snapshot.attempt >= 1)
+        }
+    })
+    .await;
+
     server.resume().expect("database back");
     until("ready again", || async { readyz(&env).await.0 == 200 }).await;
     env.faults(&item, json!({ "sync_latency_ms": 0 })).await;
-    // The sync the outage failed is retried: the copy catches up with no new webhook.
+    // The failed sync is retried: the copy catches up with no new webhook.
     env.converge(&account, &item).await;
     // The provider retries the refused webhook; it is accepted now.
     let jwt = env.sandbox.sign_webhook(&during, now_unix());
