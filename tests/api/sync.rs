@@ -242,6 +242,17 @@ async fn a_burst_during_a_sync_waits_for_the_minimum_interval_then_syncs_once() 
     // First webhook starts a slow sync (1 s per page); the burst arrives while it runs,
     // all at once as a provider's retries and fan-out do (they share flushes).
     env.mutate(&item, 2, 0, 0).await;
+    // The burst must land after that sync read (claimed) its inbox: it has once its
+    // slow provider call is in flight. (Before it read the inbox, the burst's events are
+    // that sync's own, and rightly consumed by it.)
+    let deadline = tokio::time::Instant::now() + crate::helpers::CONVERGE;
+    while env.stats(&item).await["in_flight_syncs"] != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sync never reached the bank"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     let burst =
         (0..20).map(|n| env.spawn_signed_webhook(sync_webhook_body(&item, json!({ "burst": n }))));
     for status in futures::future::join_all(burst).await {
