@@ -519,10 +519,17 @@ async fn a_revoked_access_token_stops_retries_at_once_until_a_relink() {
         .await;
     let account = linked["id"].as_str().expect("id").to_string();
 
+    // The sync task writes the mark, then the outcome, then the incident, each in its
+    // own store call; its actor notes `gave_up` once all are written.
     let status = wait_until(
-        "the access_revoked mark",
+        "the access_revoked mark, noted by the actor",
         || env.sync_status(&account),
-        |s| s["state"] == "access_revoked",
+        |s| {
+            s["state"] == "access_revoked"
+                && s["actor"]["events"]
+                    .as_array()
+                    .is_some_and(|events| events.iter().any(|e| e["kind"] == "gave_up"))
+        },
     )
     .await;
     // Marked at the first failure, with no retry left behind.
