@@ -70,6 +70,25 @@ pub struct DueEntry {
     pub payload: Vec<u8>,
 }
 
+impl DueEntry {
+    /// `InvalidState` unless `next` (if any) is about the same kind and subject: what
+    /// [`DueIndex::reschedule_due`](super::DueIndex::reschedule_due) accepts.
+    pub(crate) fn check_rescheduled_as(
+        &self,
+        next: Option<&DueEntry>,
+    ) -> Result<(), super::StoreError> {
+        match next {
+            Some(next) if next.kind != self.kind || next.subject != self.subject => {
+                Err(super::StoreError::InvalidState(format!(
+                    "a due entry of {:?} {} cannot be rescheduled as one of {:?} {}",
+                    self.kind, self.subject, next.kind, next.subject
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
 /// A failed sync's pending retry, kept in the store so a restart or a passivation does
 /// not forget it: the sweeper finds due ones through the due-time index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -189,14 +189,7 @@ impl DueIndex for PgStore {
         current: &DueEntry,
         next: Option<&DueEntry>,
     ) -> Result<bool, StoreError> {
-        if let Some(next) = next {
-            if next.kind != current.kind || next.subject != current.subject {
-                return Err(StoreError::InvalidState(format!(
-                    "a due entry of {:?} {} cannot be rescheduled as one of {:?} {}",
-                    current.kind, current.subject, next.kind, next.subject
-                )));
-            }
-        }
+        current.check_rescheduled_as(next)?;
         self.compare_and_set(
             current.kind,
             &current.subject,

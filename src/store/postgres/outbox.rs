@@ -49,27 +49,41 @@ fn destination_text(destination: &Destination) -> Result<String, StoreError> {
 
 /// Inserts `message` (its id drawn by the caller) with its due-index entry.
 pub(super) async fn insert_message(tx: &mut Tx, message: &OutboxMessage) -> TxResult<()> {
-    sqlx::query(&format!(
-        "INSERT INTO outbox ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-    ))
-    .bind(i64::try_from(message.id).unwrap_or(i64::MAX))
-    .bind(destination_text(&message.destination)?)
-    .bind(&message.event_type)
-    .bind(message.payload.as_str())
-    .bind(message.created_at)
-    .bind(message.next_attempt_at)
-    .bind(i32::try_from(message.attempts).unwrap_or(i32::MAX))
-    .bind(&message.last_error)
-    .execute(&mut **tx)
-    .await?;
-    super::due::put_entry(
+    write_message(
         tx,
-        DueKind::Outbox,
-        &DueKind::outbox_subject(message.id),
-        message.next_attempt_at,
-        &[],
+        message,
+        &format!("INSERT INTO outbox ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"),
     )
     .await
+}
+
+/// Writes `message` with `sql` (an insert, or an update of the row if it still exists,
+/// binding the columns in [`COLUMNS`] order), and moves its due-index entry when a row
+/// was written.
+async fn write_message(tx: &mut Tx, message: &OutboxMessage, sql: &str) -> TxResult<()> {
+    let written = sqlx::query(sql)
+        .bind(i64::try_from(message.id).unwrap_or(i64::MAX))
+        .bind(destination_text(&message.destination)?)
+        .bind(&message.event_type)
+        .bind(message.payload.as_str())
+        .bind(message.created_at)
+        .bind(message.next_attempt_at)
+        .bind(i32::try_from(message.attempts).unwrap_or(i32::MAX))
+        .bind(&message.last_error)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+    if written > 0 {
+        super::due::put_entry(
+            tx,
+            DueKind::Outbox,
+            &DueKind::outbox_subject(message.id),
+            message.next_attempt_at,
+            &[],
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// A fresh outbox message id.
@@ -147,32 +161,14 @@ impl OutboxStore for PgStore {
             transaction!(self, |tx| {
                 async {
                     // Only while it is still pending: a concurrent removal (delivered) wins.
-                    let updated = sqlx::query(
+                    write_message(
+                        tx,
+                        message,
                         "UPDATE outbox SET destination = $2, event_type = $3, payload = $4, \
                              created_at = $5, next_attempt_at = $6, attempts = $7, last_error = $8 \
                          WHERE id = $1",
                     )
-                    .bind(i64::try_from(message.id).unwrap_or(i64::MAX))
-                    .bind(destination_text(&message.destination)?)
-                    .bind(&message.event_type)
-                    .bind(message.payload.as_str())
-                    .bind(message.created_at)
-                    .bind(message.next_attempt_at)
-                    .bind(i32::try_from(message.attempts).unwrap_or(i32::MAX))
-                    .bind(&message.last_error)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected();
-                    if updated > 0 {
-                        super::due::put_entry(
-                            tx,
-                            DueKind::Outbox,
-                            &DueKind::outbox_subject(message.id),
-                            message.next_attempt_at,
-                            &[],
-                        )
-                        .await?;
-                    }
+                    .await?;
                     Ok(())
                 }
                 .await

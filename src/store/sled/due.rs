@@ -208,14 +208,7 @@ impl DueIndex for SledStore {
         current: &DueEntry,
         next: Option<&DueEntry>,
     ) -> Result<bool, StoreError> {
-        if let Some(next) = next {
-            if next.kind != current.kind || next.subject != current.subject {
-                return Err(StoreError::InvalidState(format!(
-                    "a due entry of {:?} {} cannot be rescheduled as one of {:?} {}",
-                    current.kind, current.subject, next.kind, next.subject
-                )));
-            }
-        }
+        current.check_rescheduled_as(next)?;
         let current_millis = keys::due_millis(current.due_at);
         self.due_transaction(|due| {
             let still_current =
