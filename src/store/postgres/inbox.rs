@@ -47,12 +47,21 @@ pub(super) struct IngestQueue {
 
 impl IngestQueue {
     /// Starts the batchers on `handle`.
-    pub(super) fn start(handle: &tokio::runtime::Handle, pool: PgPool) -> IngestQueue {
+    pub(super) fn start(
+        handle: &tokio::runtime::Handle,
+        pool: PgPool,
+        conflicts: Arc<AtomicU64>,
+    ) -> IngestQueue {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let batches = Arc::new(AtomicU64::new(0));
         for _ in 0..BATCHERS {
-            handle.spawn(run_batcher(pool.clone(), receiver.clone(), batches.clone()));
+            handle.spawn(run_batcher(
+                pool.clone(),
+                receiver.clone(),
+                batches.clone(),
+                conflicts.clone(),
+            ));
         }
         IngestQueue {
             sender: std::sync::Mutex::new(Some(sender)),
@@ -93,6 +102,7 @@ async fn run_batcher(
     pool: PgPool,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Request>>>,
     batches: Arc<AtomicU64>,
+    conflicts: Arc<AtomicU64>,
 ) {
     loop {
         let batch = {
@@ -111,7 +121,7 @@ async fn run_batcher(
         };
         let webhooks: Vec<(&IncomingWebhook, DateTime<Utc>)> =
             batch.iter().map(|r| (&r.webhook, r.expires_at)).collect();
-        match ingest_batch(&pool, &webhooks).await {
+        match ingest_batch(&pool, &conflicts, &webhooks).await {
             Ok(outcomes) => {
                 batches.fetch_add(1, Ordering::Relaxed);
                 for (request, outcome) in batch.into_iter().zip(outcomes) {
@@ -123,7 +133,7 @@ async fn run_batcher(
             Err(StoreError::Io(_)) if batch.len() > 1 && connection_ok(&pool).await => {
                 for request in batch {
                     let single = [(&request.webhook, request.expires_at)];
-                    let outcome = ingest_batch(&pool, &single)
+                    let outcome = ingest_batch(&pool, &conflicts, &single)
                         .await
                         .and_then(|mut outcomes| outcomes.pop().ok_or_else(missing_outcome));
                     let _ = request.reply.send(outcome);
@@ -163,6 +173,7 @@ fn copy_error(error: &StoreError) -> StoreError {
 /// Ingests `webhooks` in one transaction; their outcomes in order.
 async fn ingest_batch(
     pool: &PgPool,
+    conflicts: &AtomicU64,
     webhooks: &[(&IncomingWebhook, DateTime<Utc>)],
 ) -> Result<Vec<IngestOutcome>, StoreError> {
     let providers: Vec<&str> = webhooks.iter().map(|(w, _)| w.provider.as_str()).collect();
@@ -172,10 +183,7 @@ async fn ingest_batch(
     let bodies: Vec<String> = webhooks.iter().map(|(w, _)| w.body.to_string()).collect();
     let received: Vec<DateTime<Utc>> = webhooks.iter().map(|(w, _)| w.received_at).collect();
     let expires: Vec<DateTime<Utc>> = webhooks.iter().map(|(_, at)| *at).collect();
-    let store = BatchPool {
-        pool,
-        conflicts: AtomicU64::new(0),
-    };
+    let store = BatchPool { pool, conflicts };
     let rows: Vec<(Option<i64>, Option<String>, bool)> = transaction!(store, |tx| {
         sqlx::query_as(
             "SELECT out_seq, out_account, out_duplicate \
@@ -213,8 +221,8 @@ async fn ingest_batch(
 /// What the `transaction!` macro needs of a store: its pool.
 struct BatchPool<'a> {
     pool: &'a PgPool,
-    /// Counted and dropped: a batch that conflicts is rare and runs again at once.
-    conflicts: AtomicU64,
+    /// The store's count of transactions run again.
+    conflicts: &'a AtomicU64,
 }
 
 /// How long a depth counted from the table is trusted (this process's own writes keep
@@ -240,6 +248,15 @@ impl DepthCache {
     /// The next read counts the table (after a write whose effect is not known).
     pub(super) fn invalidate(&self) {
         *self.counted_at.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
+/// The lock if it is free (poisoned counts as free: it guards a timestamp only).
+fn try_lock<T>(mutex: &std::sync::Mutex<T>) -> Option<std::sync::MutexGuard<'_, T>> {
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(std::sync::TryLockError::WouldBlock) => None,
     }
 }
 
@@ -334,8 +351,9 @@ impl InboxStore for PgStore {
 
     fn inbox_depth(&self) -> Result<u64, StoreError> {
         let cache = &self.depth;
-        {
-            let mut counted_at = cache.counted_at.lock().unwrap_or_else(|p| p.into_inner());
+        // One caller recounts; the others (the webhooks arriving meanwhile) read the
+        // value as it stands instead of queueing behind the count.
+        if let Some(mut counted_at) = try_lock(&cache.counted_at) {
             if counted_at.is_none_or(|at| at.elapsed() >= DEPTH_RECOUNT) {
                 // A write committing while this counts may be counted and then added
                 // again (writers add after their commit): the drift lasts until the

@@ -105,8 +105,9 @@ pub struct PgStore {
     /// `true` once closed; writers hold a read guard for the whole write.
     closed: RwLock<bool>,
     schema: String,
-    /// Transactions run again after a serialization failure or a deadlock.
-    conflicts: std::sync::atomic::AtomicU64,
+    /// Transactions run again after a serialization failure or a deadlock (shared
+    /// with the ingest batchers, whose transactions count here too).
+    conflicts: Arc<std::sync::atomic::AtomicU64>,
     /// The inbox's depth, kept up to date by this process's writes and recounted now
     /// and then (see `inbox.rs`).
     depth: inbox::DepthCache,
@@ -245,7 +246,8 @@ impl PgStore {
         let pool = handle.block_on(connect(&config))?;
         let sealer = TokenSealer::new(keyring);
         handle.block_on(sealer.check_keys(&pool))?;
-        let ingest = inbox::IngestQueue::start(&handle, pool.clone());
+        let conflicts = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let ingest = inbox::IngestQueue::start(&handle, pool.clone(), conflicts.clone());
         tracing::info!(schema = %config.schema, pool_size = config.pool_size, "store opened on postgresql");
         Ok(Arc::new(PgStore {
             pool,
@@ -255,7 +257,7 @@ impl PgStore {
             ingest,
             closed: RwLock::new(false),
             schema: config.schema,
-            conflicts: std::sync::atomic::AtomicU64::new(0),
+            conflicts,
             depth: inbox::DepthCache::default(),
         }))
     }
@@ -277,11 +279,6 @@ impl PgStore {
         Ok(())
     }
 
-    /// The schema the store's tables are in.
-    pub fn schema(&self) -> &str {
-        &self.schema
-    }
-
     /// Webhooks ingested so far and the batch transactions that committed them (their
     /// ratio is how many webhooks share a commit).
     pub fn ingest_counts(&self) -> (u64, u64) {
@@ -291,11 +288,6 @@ impl PgStore {
     /// Transactions run again so far after a serialization failure or a deadlock.
     pub fn conflicts(&self) -> u64 {
         self.conflicts.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The pool (tests and benchmarks read what the store wrote).
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// Admits one write, or `Closed`. Hold the guard until the write is done.
