@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::bank::{FaultsUpdate, Item, MutateError};
+use super::plaid_bank::{FaultsUpdate, Item, MutateError};
 use super::faults::RandomFaultsUpdate;
 use super::{plaid_api, Sandbox};
 

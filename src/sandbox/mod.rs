@@ -11,7 +11,7 @@
 //! `LOGIN_REPAIRED`) and read counters that prove how acctor behaved (for example that it never ran two syncs
 //! for one item at once).
 //!
-//! Layout: [`bank`] holds the state and change logs, `faults` the random fault settings
+//! Layout: [`plaid_bank`] holds the state and change logs, `faults` the random fault settings
 //! and draws, `cursor` the opaque sync cursors,
 //! `generate` the deterministic data, `webhooks` signing and delivery, `plaid_api` and
 //! `admin` the HTTP surfaces. Everything lives in memory; the sandbox is the outside
@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 mod admin;
-mod bank;
+mod plaid_bank;
 mod cursor;
 mod faults;
 mod generate;
@@ -49,13 +49,13 @@ mod persist_tests;
 #[cfg(test)]
 mod tests;
 
-pub use bank::{Faults, ItemStatsSnapshot};
+pub use plaid_bank::{Faults, ItemStatsSnapshot};
 pub use faults::{Endpoint, ErrorKind, RandomFaults, Reorder};
 pub use persist::SandboxError;
 pub use webhooks::VERIFICATION_HEADER;
 
 use crate::providers::plaid::wire::PlaidTransaction;
-use bank::{Bank, Item};
+use plaid_bank::{Bank, Item};
 use persist::Persister;
 use webhooks::{WebhookSender, WebhookSigner};
 
@@ -374,7 +374,7 @@ impl Sandbox {
         let body = webhooks::body(webhook_type, webhook_code, &item.item_id, extra);
         let random = self.bank().effective_faults(item);
         let (dropped, duplicated) = {
-            let mut rng = bank::lock(&item.fault_rng);
+            let mut rng = plaid_bank::lock(&item.fault_rng);
             let dropped = faults::draw(random.webhook_drop_rate, &mut rng);
             (
                 dropped,
@@ -427,7 +427,7 @@ impl Sandbox {
         copies: u32,
     ) {
         let (first_held, full) = {
-            let mut held = bank::lock(&item.held_webhooks);
+            let mut held = plaid_bank::lock(&item.held_webhooks);
             let first_held = held.is_empty();
             for _ in 0..copies {
                 held.push((url.to_string(), body.to_vec()));
@@ -452,11 +452,11 @@ impl Sandbox {
     /// Delivers every held webhook of `item` in a seeded random order.
     async fn release_held(&self, item: &Item) {
         use rand::seq::SliceRandom;
-        let mut batch = std::mem::take(&mut *bank::lock(&item.held_webhooks));
+        let mut batch = std::mem::take(&mut *plaid_bank::lock(&item.held_webhooks));
         if batch.is_empty() {
             return;
         }
-        batch.shuffle(&mut *bank::lock(&item.fault_rng));
+        batch.shuffle(&mut *plaid_bank::lock(&item.fault_rng));
         item.stats.count_reordered(batch.len() as u64);
         debug!(item_id = %item.item_id, held = batch.len(), "releasing reordered webhooks");
         for (url, body) in batch {

@@ -36,7 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::bank::{lock, Bank, Faults, Item};
+use super::plaid_bank::{lock, Bank, Faults, Item};
 use super::webhooks::WebhookSigner;
 use crate::providers::plaid::wire::{PlaidAccount, PlaidTransaction};
 

@@ -196,7 +196,7 @@ async fn a_cleanly_restarted_sandbox_keeps_data_cursors_and_webhook_key() {
         .bank()
         .item(&item_id)
         .unwrap()
-        .update_faults(bank::FaultsUpdate {
+        .update_faults(plaid_bank::FaultsUpdate {
             duplicate_webhooks: Some(1),
             ..Default::default()
         });
@@ -266,7 +266,7 @@ async fn an_unclean_stop_keeps_the_saved_data_but_refuses_older_cursors() {
     let item = restarted.bank().item(&created.item_id).unwrap();
     let refused = item.sync_page(restarted.bank().codec(), Some(&cursor), 100);
     assert!(
-        matches!(refused, Err(bank::SyncError::CursorRejected(_))),
+        matches!(refused, Err(plaid_bank::SyncError::CursorRejected(_))),
         "positions handed out after the last save may be lost"
     );
     let fresh = item.sync_page(restarted.bank().codec(), None, 100).unwrap();

@@ -18,7 +18,7 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
-use super::bank::{Item, PendingLink, SyncError};
+use super::plaid_bank::{Item, PendingLink, SyncError};
 use super::faults::{self, Endpoint, ErrorKind};
 use super::{generate, sync_flags, Sandbox, DEFAULT_HISTORY};
 use crate::providers::plaid::wire::{
@@ -362,7 +362,7 @@ async fn inject(sandbox: &Sandbox, item: &Item, endpoint: Endpoint) -> Result<()
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let Some(kind) = faults.draw_error(endpoint, &mut super::bank::lock(&item.fault_rng)) else {
+    let Some(kind) = faults.draw_error(endpoint, &mut super::plaid_bank::lock(&item.fault_rng)) else {
         return Ok(());
     };
     item.stats.count_injected(kind);

@@ -949,5 +949,5 @@ impl ItemState {
 }
 
 #[cfg(test)]
-#[path = "bank_tests.rs"]
+#[path = "plaid_bank_tests.rs"]
 mod tests;
