@@ -5,11 +5,16 @@
 //!
 //! - this module: accounts, their marks, transactions, inbox entries;
 //! - [`incidents`]: incidents and the events that announce them;
-//! - [`outbox`]: messages waiting to leave acctor.
+//! - [`outbox`]: messages waiting to leave acctor;
+//! - [`operations`]: operations that finish later (account openings) and their state
+//!   machine;
+//! - [`flags`]: runtime flags per market and segment, with their change history.
 
 use std::fmt;
 
+pub mod flags;
 pub mod incidents;
+pub mod operations;
 pub mod outbox;
 
 use chrono::{DateTime, NaiveDate, Utc};

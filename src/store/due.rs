@@ -26,11 +26,29 @@ pub enum DueKind {
     /// ([`DueKind::outbox_subject`]); no payload (the record is in the outbox); time: its
     /// next attempt.
     Outbox = 3,
+    /// An operation's next wake-up (the sweeper's "retry due" index): a create or card
+    /// step to retry, or a status poll. Subject: the operation id; no payload; time:
+    /// [`Operation::wake_at`](crate::domain::operations::Operation::wake_at).
+    OperationWake = 4,
+    /// An operation's escalation deadline (the "running too long" index). Subject: the
+    /// operation id; no payload; time:
+    /// [`Operation::deadline_at`](crate::domain::operations::Operation::deadline_at).
+    OperationDeadline = 5,
+    /// An operation waiting for ops after a failure (the "failed" index). Subject: the
+    /// operation id; no payload; time: when it failed.
+    OperationFailed = 6,
 }
 
 impl DueKind {
     /// Every kind, in tag order.
-    pub const ALL: [DueKind; 3] = [DueKind::Retry, DueKind::Poll, DueKind::Outbox];
+    pub const ALL: [DueKind; 6] = [
+        DueKind::Retry,
+        DueKind::Poll,
+        DueKind::Outbox,
+        DueKind::OperationWake,
+        DueKind::OperationDeadline,
+        DueKind::OperationFailed,
+    ];
 
     /// The kind's stable one-byte tag (it is part of stored keys: never reuse one).
     pub fn tag(self) -> u8 {

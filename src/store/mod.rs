@@ -38,7 +38,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
+use crate::domain::flags::{Flag, FlagChange, FlagKey};
 use crate::domain::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
+use crate::domain::operations::{
+    Operation, OperationEvent, OperationId, OperationQuery, OperationState, ReportedStatus,
+    StatusSource,
+};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, ProviderKind,
     Quarantine, SyncGaveUp, SyncOutcome, Transaction,
@@ -97,6 +102,22 @@ pub enum StoreError {
     /// that has already committed a sync).
     #[error("invalid state: {0}")]
     InvalidState(String),
+    /// The operation does not exist.
+    #[error("operation {0} not found")]
+    OperationNotFound(OperationId),
+    /// A commit was built from an older read of the record than the stored one
+    /// (optimistic locking): nothing was written; read again and redo the decision.
+    #[error("{record} {id} changed since it was read (read version {read}, stored {stored})")]
+    VersionConflict {
+        /// Which kind of record.
+        record: &'static str,
+        /// Its id.
+        id: String,
+        /// The version the commit was built from.
+        read: u64,
+        /// The version stored now.
+        stored: u64,
+    },
 }
 
 // By hand rather than `#[from]`, which would also make it the error's source and print
@@ -567,6 +588,178 @@ pub trait OutboxStore {
 
     /// Deletes a message (delivered, or given up on), with its due-index entry.
     fn remove_outbox(&self, message_id: u64) -> Result<(), StoreError>;
+}
+
+/// What creating an operation did.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CreateOutcome {
+    /// The anchor was written (as given, version 1).
+    Created(Operation),
+    /// The customer already has an opening in progress (not terminal) and `force` was
+    /// not set: nothing was written; this is the existing one (the newest, if several).
+    Existing(Operation),
+}
+
+/// A verified bank status to be ingested for an operation.
+#[derive(Clone, Debug)]
+pub struct IncomingOperationEvent {
+    /// The bank's event id.
+    pub event_id: String,
+    /// The bank's tracking id: the routing key once the create call has answered.
+    pub tracking_id: String,
+    /// Our request id the bank echoed: the routing key before that (the anchor is
+    /// written before the call, so it always finds an operation this acctor created).
+    pub request_id: String,
+    /// What was reported.
+    pub report: ReportedStatus,
+    /// Webhook or sandbox.
+    pub source: StatusSource,
+    /// Deduplication key (request id, status): the same key within the TTL is a
+    /// duplicate; a new status for the same request is not.
+    pub dedup_key: [u8; 32],
+    /// When it was received.
+    pub received_at: DateTime<Utc>,
+}
+
+/// What ingesting an operation event did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OperationIngest {
+    /// Appended with this sequence number, to the inbox of `operation_id`, or kept for
+    /// its tracking id (`None`: no operation has that tracking id or request id yet;
+    /// the operation adopts it when its tracking id is recorded).
+    Accepted {
+        /// Sequence number of the event.
+        seq: u64,
+        /// The operation it was routed to.
+        operation_id: Option<OperationId>,
+    },
+    /// Seen within the dedup TTL: nothing written.
+    Duplicate {
+        /// The operation it is about, if known.
+        operation_id: Option<OperationId>,
+    },
+}
+
+/// An incident change written with an operation commit, about that operation.
+#[derive(Clone, Debug)]
+pub enum OperationIncident {
+    /// Open (or refresh) the operation's incident of this kind.
+    Open {
+        /// The kind.
+        kind: IncidentKind,
+        /// Facts to record (a deep link to the operation, attempts, errors).
+        details: serde_json::Value,
+        /// Enqueue an alert in the same transaction when newly opened.
+        notify: bool,
+    },
+    /// Resolve the operation's open incident of this kind, if any.
+    Resolve {
+        /// The kind.
+        kind: IncidentKind,
+        /// Enqueue an alert in the same transaction.
+        notify: bool,
+    },
+}
+
+/// Everything one step of an operation writes, in one transaction.
+#[derive(Clone, Debug)]
+pub struct OperationCommit {
+    /// The operation as it is now; its `version` is the version it was read at (the
+    /// store refuses the commit with `VersionConflict` if the stored one differs, and
+    /// stores it with the version bumped).
+    pub operation: Operation,
+    /// Sequence numbers of the inbox events this step applied (consumed with it).
+    pub consumed: Vec<u64>,
+    /// Incidents opened or resolved with it (at the commit's `operation.updated_at`).
+    pub incidents: Vec<OperationIncident>,
+}
+
+/// What a committed operation step left behind.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OperationReceipt {
+    /// The operation as stored (version bumped).
+    pub operation: Operation,
+    /// Events kept for its tracking id before it had one, moved into its inbox by this
+    /// commit (the commit that recorded the tracking id): the actor drives again.
+    pub adopted: u64,
+}
+
+/// Operations (account openings): their records with history, their lookup keys
+/// (request id, tracking id), their inbox of bank statuses, and the index of each
+/// customer's opening in progress. Every write of a record also keeps its entries in
+/// the due index in step with it, in the same transaction: [`DueKind::OperationWake`]
+/// at [`Operation::wake_at`], [`DueKind::OperationDeadline`] at
+/// [`Operation::deadline_at`], [`DueKind::OperationFailed`] at
+/// [`Operation::failed_at`] (each removed when `None`), subject the operation id; so
+/// the sweeper reads only what is due, never every operation.
+pub trait OperationStore {
+    /// Writes a new operation's anchor (record, request-id key, due entries and, while
+    /// it is open, the customer's in-progress entry) in one transaction, unless the
+    /// customer already has an open one and `force` is false: then `Existing`.
+    fn create_operation(&self, operation: &Operation, force: bool)
+        -> Result<CreateOutcome, StoreError>;
+
+    /// The stored operation.
+    fn get_operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
+
+    /// The operation a key names: its id, its request id or its tracking id.
+    fn find_operation(&self, key: &str) -> Result<Option<OperationId>, StoreError>;
+
+    /// Operations matching `query`, newest first (descending id), at most `limit`.
+    fn list_operations(&self, query: &OperationQuery) -> Result<Vec<Operation>, StoreError>;
+
+    /// How many operations are in each state (states with none are absent). Cheap: not
+    /// a scan of every record.
+    fn count_operations(&self) -> Result<Vec<(OperationState, u64)>, StoreError>;
+
+    /// Deduplicates and appends a bank status to its operation's inbox, resolving the
+    /// tracking id, then the request id; kept for the tracking id when neither is known.
+    /// Not durable until a later `durable()` resolves.
+    fn ingest_operation_event(
+        &self,
+        event: &IncomingOperationEvent,
+        dedup_ttl: Duration,
+    ) -> Result<OperationIngest, StoreError>;
+
+    /// The operation's pending inbox events, by seq.
+    fn pending_operation_events(&self, id: &OperationId)
+        -> Result<Vec<OperationEvent>, StoreError>;
+
+    /// Operations with at least one pending inbox event (restart recovery re-drives
+    /// them). Proportional to the inbox.
+    fn operations_with_pending_events(&self) -> Result<Vec<OperationId>, StoreError>;
+
+    /// Events kept for tracking ids no operation has (yet), oldest first.
+    fn unrouted_operation_events(&self, limit: usize) -> Result<Vec<OperationEvent>, StoreError>;
+
+    /// Applies one step in one transaction: the record (version checked and bumped,
+    /// `updated_at` as given), its due entries, the customer's in-progress entry
+    /// (removed once terminal), the tracking-id key when it is newly set (adopting the
+    /// events kept for it), the consumed inbox events, and the incidents (with their
+    /// alerts). `OperationNotFound` if it does not exist.
+    fn commit_operation(&self, commit: &OperationCommit) -> Result<OperationReceipt, StoreError>;
+}
+
+/// Runtime flags and their change history.
+pub trait FlagStore {
+    /// The flag's stored value; `None` if it was never set (the configured default
+    /// holds).
+    fn get_flag(&self, key: &FlagKey) -> Result<Option<Flag>, StoreError>;
+
+    /// Every flag ever set, by key.
+    fn list_flags(&self) -> Result<Vec<Flag>, StoreError>;
+
+    /// Sets a flag and appends the change (with the value it had) to its history, in
+    /// one transaction. `change.from` is ignored: the store fills it from the stored
+    /// value. Returns the flag as stored and the change as recorded.
+    fn set_flag(&self, change: &FlagChange) -> Result<(Flag, FlagChange), StoreError>;
+
+    /// Recorded changes, newest first: of one flag, or of all (`None`).
+    fn flag_history(
+        &self,
+        key: Option<&FlagKey>,
+        limit: usize,
+    ) -> Result<Vec<FlagChange>, StoreError>;
 }
 
 /// Making writes durable: the one wait of the store, shared by every writer through

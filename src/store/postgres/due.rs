@@ -20,6 +20,9 @@ pub(super) fn kind_text(kind: DueKind) -> &'static str {
         DueKind::Retry => "retry",
         DueKind::Poll => "poll",
         DueKind::Outbox => "outbox",
+        DueKind::OperationWake => "operation_wake",
+        DueKind::OperationDeadline => "operation_deadline",
+        DueKind::OperationFailed => "operation_failed",
     }
 }
 
