@@ -48,6 +48,9 @@ pub mod errors;
 mod verify;
 pub mod wire;
 
+#[cfg(test)]
+mod tests;
+
 pub use client::{BankApi, BankClient, BankClientConfig, IDEMPOTENCY_HEADER};
 pub use verify::{sign, BankWebhook, BankWebhookVerifier};
 pub use wire::{
