@@ -203,6 +203,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", settings.sandbox.listen))?;
             let handle = sandbox.serve(listener).await;
             println!("sandbox bank listening on {}", handle.base_url());
+            println!(
+                "account-opening bank on {}/bank (controls under /bank/admin)",
+                handle.base_url()
+            );
             shutdown_signal().await;
             handle
                 .shutdown()
