@@ -32,7 +32,7 @@ use crate::outbound::{Destinations, Sender};
 use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::{DynCursorSource, DynProvider};
-use crate::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
+use crate::sandbox::{BankSandboxConfig, Sandbox, SandboxConfig, SandboxHandle};
 use crate::service;
 use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
@@ -350,6 +350,12 @@ async fn start_embedded_sandbox(
         default_webhook_url: Some(webhook_url(settings, addr)),
         seed: settings.sandbox.seed,
         data_dir: Some(dir.clone()),
+        // The embedded defaults (`sandbox-bank-key`, `sandbox-bank-webhook-secret`); the
+        // bank's webhook URL is set once acctor's bank webhook route exists.
+        bank: BankSandboxConfig {
+            seed: settings.sandbox.seed,
+            ..BankSandboxConfig::default()
+        },
     };
     let reset = settings.sandbox.reset_demo;
     // File I/O (a reset, the saved state read and rewritten): off the async workers.

@@ -103,6 +103,7 @@ async fn a_store_that_cannot_write_gets_webhooks_503_with_retry_after_never_2xx(
         default_webhook_url: None,
         seed: 3,
         data_dir: None,
+        bank: Default::default(),
     })
     .expect("sandbox");
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -11,7 +11,9 @@ use secrecy::ExposeSecret;
 
 use acctor::app::App;
 use acctor::config::Settings;
-use acctor::sandbox::{Sandbox, SandboxConfig};
+use acctor::sandbox::{
+    BankSandboxConfig, Sandbox, SandboxConfig, DEFAULT_BANK_API_KEY, DEFAULT_BANK_WEBHOOK_SECRET,
+};
 use acctor::telemetry::{self, LogFormat};
 
 /// glibc's allocator spends most of a large sync in lock contention and `malloc_consolidate`
@@ -62,6 +64,21 @@ struct StoreArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// The simulated account-opening bank of `acctor sandbox` (served under `/bank`).
+#[derive(clap::Args, Debug)]
+struct BankArgs {
+    /// Where the bank sends its account-opening status webhooks (none by default).
+    #[arg(long)]
+    bank_webhook_url: Option<String>,
+    /// A secret the bank signs webhooks with; repeat it during a rotation (one `v1`
+    /// signature per secret).
+    #[arg(long = "bank-webhook-secret", default_value = DEFAULT_BANK_WEBHOOK_SECRET)]
+    bank_webhook_secrets: Vec<String>,
+    /// The API key the bank accepts (`Authorization: Bearer <key>`).
+    #[arg(long, default_value = DEFAULT_BANK_API_KEY)]
+    bank_api_key: String,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the service (with the embedded sandbox bank when no Plaid URL is configured).
@@ -83,6 +100,8 @@ enum Command {
         /// Where the sandbox sends webhooks by default (e.g. http://127.0.0.1:8080/webhooks/plaid).
         #[arg(long)]
         webhook_url: Option<String>,
+        #[command(flatten)]
+        bank: BankArgs,
     },
 }
 
@@ -154,6 +173,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Sandbox {
             common,
             webhook_url,
+            bank,
         } => {
             let mut settings = Settings::load(common.config.as_deref())?;
             if let Some(listen) = common.listen {
@@ -170,6 +190,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .then(|| settings.sandbox.webhook_url.clone()),
                 seed: settings.sandbox.seed,
                 data_dir: common.data_dir,
+                bank: BankSandboxConfig {
+                    api_key: bank.bank_api_key,
+                    webhook_url: bank.bank_webhook_url,
+                    webhook_secrets: bank.bank_webhook_secrets,
+                    seed: settings.sandbox.seed,
+                },
             })
             .context("opening the sandbox")?;
             let listener = tokio::net::TcpListener::bind(settings.sandbox.listen)
@@ -177,6 +203,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 .with_context(|| format!("binding {}", settings.sandbox.listen))?;
             let handle = sandbox.serve(listener).await;
             println!("sandbox bank listening on {}", handle.base_url());
+            println!(
+                "account-opening bank on {}/bank (controls under /bank/admin)",
+                handle.base_url()
+            );
             shutdown_signal().await;
             handle
                 .shutdown()

@@ -201,6 +201,7 @@ async fn start_sandbox() -> anyhow::Result<(Sandbox, acctor::sandbox::SandboxHan
         default_webhook_url: None,
         seed: 1,
         data_dir: None,
+        bank: Default::default(),
     })?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let handle = sandbox.clone().serve(listener).await;

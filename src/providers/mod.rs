@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::domain::{AccessToken, ProviderKind, Transaction};
 
+pub mod bank;
 pub mod budget;
 pub mod plaid;
 #[cfg(test)]

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::plaid_bank::{FaultsUpdate, Item, MutateError};
 use super::faults::RandomFaultsUpdate;
+use super::plaid_bank::{FaultsUpdate, Item, MutateError};
 use super::{plaid_api, Sandbox};
 
 /// Largest history or batch the admin API creates in one call.
@@ -90,7 +90,7 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminError> {
 
 fn item(sandbox: &Sandbox, item_id: &str) -> Result<Arc<Item>, AdminError> {
     sandbox
-        .bank()
+        .plaid_bank()
         .item(item_id)
         .ok_or_else(|| AdminError::NotFound(format!("no item {item_id}")))
 }
@@ -187,7 +187,7 @@ async fn mutate(
             request.add as usize,
             request.modify as usize,
             request.remove as usize,
-            sandbox.bank().today(),
+            sandbox.plaid_bank().today(),
         )
         .map_err(|e| match e {
             MutateError::NotEnough { .. } => bad_request("not_enough_transactions", e.to_string()),
@@ -228,11 +228,13 @@ async fn set_global_faults(
     update
         .validate()
         .map_err(|message| bad_request("invalid_fault", message))?;
-    Ok(Json(json!(sandbox.bank().update_global_faults(update))))
+    Ok(Json(json!(sandbox
+        .plaid_bank()
+        .update_global_faults(update))))
 }
 
 async fn get_global_faults(State(sandbox): State<Sandbox>) -> Json<Value> {
-    Json(json!(sandbox.bank().global_faults()))
+    Json(json!(sandbox.plaid_bank().global_faults()))
 }
 
 async fn get_faults(

@@ -1,5 +1,6 @@
 //! The built-in simulated providers: a Plaid-compatible bank that the demo, the
-//! integration tests and the benchmarks run against.
+//! integration tests and the benchmarks run against, and (under `/bank`, see `bank`)
+//! the account-opening bank acctor opens accounts and issues cards at.
 //!
 //! It speaks Plaid's real wire format (the types in `providers::plaid::wire`), so the
 //! same client code talks to Plaid by changing the base URL, and it signs webhooks the
@@ -18,7 +19,8 @@
 //! world, not part of acctor's durable state. Given a data directory, `persist` also
 //! keeps that state on disk (saved every second while it changes and at shutdown), so
 //! a standalone sandbox can restart under a running acctor without invalidating its
-//! cursors or its webhook key.
+//! cursors or its webhook key. The account-opening bank (`bank`) is a module of its own
+//! and is never persisted.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -34,29 +36,38 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 mod admin;
-mod plaid_bank;
+mod bank;
 mod cursor;
 mod faults;
 mod generate;
 mod persist;
 mod plaid_api;
+mod plaid_bank;
 mod stats;
 mod switches;
 mod webhooks;
 
 #[cfg(test)]
+pub(crate) use bank::test_support as bank_test_support;
+#[cfg(test)]
 mod persist_tests;
 #[cfg(test)]
 mod tests;
 
-pub use plaid_bank::{Faults, ItemStatsSnapshot};
+pub use bank::{
+    BankError, BankFaults, BankFaultsUpdate, BankSandbox, BankSandboxConfig, BankStats,
+    ForcedOutcome, InvalidSetting, MarketSettings, MarketUpdate, OpeningSnapshot, Outcome,
+    Transition, DEFAULT_API_KEY as DEFAULT_BANK_API_KEY,
+    DEFAULT_WEBHOOK_SECRET as DEFAULT_BANK_WEBHOOK_SECRET, MARKET_REJECT_REASON,
+};
 pub use faults::{Endpoint, ErrorKind, RandomFaults, Reorder};
 pub use persist::SandboxError;
+pub use plaid_bank::{Faults, ItemStatsSnapshot};
 pub use webhooks::VERIFICATION_HEADER;
 
 use crate::providers::plaid::wire::PlaidTransaction;
-use plaid_bank::{Bank, Item};
 use persist::Persister;
+use plaid_bank::{Bank, Item};
 use webhooks::{WebhookSender, WebhookSigner};
 
 /// The institution items are linked at when none is named.
@@ -79,6 +90,8 @@ pub struct SandboxConfig {
     pub seed: u64,
     /// Where the sandbox keeps its state across restarts; `None`: in memory only.
     pub data_dir: Option<PathBuf>,
+    /// The account-opening bank (kept in memory only, whatever `data_dir` says).
+    pub bank: BankSandboxConfig,
 }
 
 impl fmt::Debug for SandboxConfig {
@@ -89,6 +102,7 @@ impl fmt::Debug for SandboxConfig {
             .field("default_webhook_url", &self.default_webhook_url)
             .field("seed", &self.seed)
             .field("data_dir", &self.data_dir)
+            .field("bank", &self.bank)
             .finish()
     }
 }
@@ -120,7 +134,9 @@ pub struct Sandbox {
 struct Inner {
     client_id: String,
     secret: String,
-    bank: Bank,
+    plaid: Bank,
+    /// The account-opening bank, served under `/bank`.
+    bank: BankSandbox,
     webhooks: WebhookSender,
     persister: Option<Persister>,
 }
@@ -169,7 +185,8 @@ impl Sandbox {
             inner: Arc::new(Inner {
                 client_id: config.client_id,
                 secret: config.secret,
-                bank,
+                plaid: bank,
+                bank: BankSandbox::new(config.bank),
                 webhooks: WebhookSender::new(signer),
                 persister,
             }),
@@ -192,7 +209,7 @@ impl Sandbox {
             return Ok(());
         };
         let started = std::time::Instant::now();
-        let report = persister.save(&self.inner.bank, self.inner.webhooks.signer(), clean)?;
+        let report = persister.save(&self.inner.plaid, self.inner.webhooks.signer(), clean)?;
         if report.items > 0 || report.bank {
             debug!(
                 items = report.items,
@@ -236,10 +253,12 @@ impl Sandbox {
         }
     }
 
-    /// Every route: Plaid's endpoints at the root, the controls under `/admin`.
+    /// Every route: Plaid's endpoints at the root, the controls under `/admin`, the
+    /// account-opening bank under `/bank` (its controls under `/bank/admin`).
     pub fn router(&self) -> axum::Router {
         plaid_api::routes()
             .merge(admin::routes())
+            .nest("/bank", self.inner.bank.router())
             .fallback(plaid_api::not_found)
             .with_state(self.clone())
     }
@@ -286,14 +305,14 @@ impl Sandbox {
     /// Sets where webhooks go for items without their own URL (embedded mode learns
     /// acctor's address only after binding).
     pub fn set_default_webhook_url(&self, url: String) {
-        self.inner.bank.set_default_webhook(Some(url));
+        self.inner.plaid.set_default_webhook(Some(url));
     }
 
     /// Creates an item with `history` generated transactions.
     pub fn create_item(&self, history: u32, webhook: Option<String>) -> CreatedItem {
         let item = self
             .inner
-            .bank
+            .plaid
             .create_item(history, webhook, DEFAULT_INSTITUTION);
         debug!(item_id = %item.item_id, history, "sandbox item created");
         CreatedItem {
@@ -306,8 +325,8 @@ impl Sandbox {
     /// one a user created for themselves) and fires its `SYNC_UPDATES_AVAILABLE`
     /// webhook (awaited). Returns the item's id, `None` when none of them exists.
     pub async fn demo_tick(&self, among: &[String]) -> Option<String> {
-        let item = self.inner.bank.random_item(among)?;
-        if let Err(e) = item.mutate(1, 0, 0, self.inner.bank.today()) {
+        let item = self.inner.plaid.random_item(among)?;
+        if let Err(e) = item.mutate(1, 0, 0, self.inner.plaid.today()) {
             // Adding never needs existing transactions; kept for completeness.
             warn!(item_id = %item.item_id, error = %e, "demo tick failed");
             return None;
@@ -329,20 +348,25 @@ impl Sandbox {
 
     /// The counters of an item.
     pub fn item_stats(&self, item_id: &str) -> Option<ItemStatsSnapshot> {
-        self.inner.bank.item(item_id).map(|i| i.stats.snapshot())
+        self.inner.plaid.item(item_id).map(|i| i.stats.snapshot())
     }
 
     /// The current transactions of an item, sorted by id (what acctor's copy must
     /// equal).
     pub fn current_transactions(&self, item_id: &str) -> Option<Vec<PlaidTransaction>> {
         self.inner
-            .bank
+            .plaid
             .item(item_id)
             .map(|i| i.current_transactions())
     }
 
-    fn bank(&self) -> &Bank {
+    /// The account-opening bank: its controls, outcomes and counters.
+    pub fn bank(&self) -> &BankSandbox {
         &self.inner.bank
+    }
+
+    fn plaid_bank(&self) -> &Bank {
+        &self.inner.plaid
     }
 
     fn credentials_match(&self, client_id: &str, secret: &str) -> bool {
@@ -367,12 +391,12 @@ impl Sandbox {
         webhook_code: &str,
         extra: serde_json::Map<String, serde_json::Value>,
     ) -> Option<u16> {
-        let Some(url) = self.bank().webhook_url_for(item) else {
+        let Some(url) = self.plaid_bank().webhook_url_for(item) else {
             debug!(item_id = %item.item_id, webhook_code, "no webhook url, webhook not sent");
             return None;
         };
         let body = webhooks::body(webhook_type, webhook_code, &item.item_id, extra);
-        let random = self.bank().effective_faults(item);
+        let random = self.plaid_bank().effective_faults(item);
         let (dropped, duplicated) = {
             let mut rng = plaid_bank::lock(&item.fault_rng);
             let dropped = faults::draw(random.webhook_drop_rate, &mut rng);
@@ -442,7 +466,7 @@ impl Sandbox {
             let wait = Duration::from_millis(reorder.hold_ms);
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
-                if let Some(item) = sandbox.bank().item(&item_id) {
+                if let Some(item) = sandbox.plaid_bank().item(&item_id) {
                     sandbox.release_held(&item).await;
                 }
             });

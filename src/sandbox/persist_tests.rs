@@ -27,6 +27,7 @@ fn config(dir: &Path, seed: u64) -> SandboxConfig {
         default_webhook_url: None,
         seed,
         data_dir: Some(dir.to_path_buf()),
+        bank: Default::default(),
     }
 }
 
@@ -193,7 +194,7 @@ async fn a_cleanly_restarted_sandbox_keeps_data_cursors_and_webhook_key() {
     assert_eq!(expected.removed.len(), 3);
     let faults = first
         .sandbox
-        .bank()
+        .plaid_bank()
         .item(&item_id)
         .unwrap()
         .update_faults(plaid_bank::FaultsUpdate {
@@ -207,13 +208,13 @@ async fn a_cleanly_restarted_sandbox_keeps_data_cursors_and_webhook_key() {
 
     // Another configured seed: the stored one must win, or new ids could collide.
     let second = serve(Sandbox::new(config(dir.path(), 99)).unwrap()).await;
-    assert_eq!(second.sandbox.bank().header().seed, 3);
+    assert_eq!(second.sandbox.plaid_bank().header().seed, 3);
     assert_eq!(
         second.sandbox.current_transactions(&item_id).unwrap(),
         transactions_before
     );
     assert_eq!(
-        second.sandbox.bank().item(&item_id).unwrap().faults(),
+        second.sandbox.plaid_bank().item(&item_id).unwrap().faults(),
         faults
     );
     let resumed = second.sync_loop(&token, &settled).await;
@@ -246,9 +247,9 @@ async fn an_unclean_stop_keeps_the_saved_data_but_refuses_older_cursors() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(config(dir.path(), 5)).unwrap();
     let created = sandbox.create_item(40, None);
-    let item = sandbox.bank().item(&created.item_id).unwrap();
+    let item = sandbox.plaid_bank().item(&created.item_id).unwrap();
     let cursor = item
-        .sync_page(sandbox.bank().codec(), None, 100)
+        .sync_page(sandbox.plaid_bank().codec(), None, 100)
         .unwrap()
         .next_cursor;
     sandbox.checkpoint().unwrap();
@@ -263,13 +264,15 @@ async fn an_unclean_stop_keeps_the_saved_data_but_refuses_older_cursors() {
         before
     );
     assert_eq!(kid_of(&restarted.sign_webhook(b"{}", 1)), kid);
-    let item = restarted.bank().item(&created.item_id).unwrap();
-    let refused = item.sync_page(restarted.bank().codec(), Some(&cursor), 100);
+    let item = restarted.plaid_bank().item(&created.item_id).unwrap();
+    let refused = item.sync_page(restarted.plaid_bank().codec(), Some(&cursor), 100);
     assert!(
         matches!(refused, Err(plaid_bank::SyncError::CursorRejected(_))),
         "positions handed out after the last save may be lost"
     );
-    let fresh = item.sync_page(restarted.bank().codec(), None, 100).unwrap();
+    let fresh = item
+        .sync_page(restarted.plaid_bank().codec(), None, 100)
+        .unwrap();
     assert_eq!(ids(&fresh.added), ids(&before));
 }
 
@@ -280,7 +283,7 @@ async fn a_save_rewrites_only_what_changed() {
     let persister = sandbox.inner.persister.as_ref().unwrap();
     let save = || {
         persister
-            .save(sandbox.bank(), sandbox.inner.webhooks.signer(), false)
+            .save(sandbox.plaid_bank(), sandbox.inner.webhooks.signer(), false)
             .unwrap()
     };
     assert_eq!(save(), SaveReport::default(), "new() already saved");
@@ -294,14 +297,16 @@ async fn a_save_rewrites_only_what_changed() {
         }
     );
     assert_eq!(save(), SaveReport::default());
-    let item_a = sandbox.bank().item(&a.item_id).unwrap();
+    let item_a = sandbox.plaid_bank().item(&a.item_id).unwrap();
     item_a
-        .sync_page(sandbox.bank().codec(), None, 5)
+        .sync_page(sandbox.plaid_bank().codec(), None, 5)
         .expect("reading");
     assert_eq!(save(), SaveReport::default(), "a sync changes nothing");
-    item_a.mutate(1, 0, 0, sandbox.bank().today()).unwrap();
+    item_a
+        .mutate(1, 0, 0, sandbox.plaid_bank().today())
+        .unwrap();
     sandbox
-        .bank()
+        .plaid_bank()
         .item(&b.item_id)
         .unwrap()
         .set_login_required(true);
@@ -392,6 +397,7 @@ async fn a_damaged_snapshot_is_a_startup_error() {
 async fn without_a_data_dir_nothing_is_saved() {
     let sandbox = Sandbox::new(SandboxConfig {
         data_dir: None,
+        bank: Default::default(),
         ..config(Path::new("/unused"), 1)
     })
     .unwrap();
@@ -409,7 +415,7 @@ async fn timings() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = Sandbox::new(config(dir.path(), 2)).unwrap();
     let created = sandbox.create_item(50_000, None);
-    let item = sandbox.bank().item(&created.item_id).unwrap();
+    let item = sandbox.plaid_bank().item(&created.item_id).unwrap();
     let started = std::time::Instant::now();
     let copied = item.snapshot_if_changed(None).unwrap();
     println!(

@@ -18,8 +18,8 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
-use super::plaid_bank::{Item, PendingLink, SyncError};
 use super::faults::{self, Endpoint, ErrorKind};
+use super::plaid_bank::{Item, PendingLink, SyncError};
 use super::{generate, sync_flags, Sandbox, DEFAULT_HISTORY};
 use crate::providers::plaid::wire::{
     self, AccessTokenRequest, ItemGetResponse, ItemPublicTokenExchangeRequest,
@@ -296,7 +296,7 @@ fn parse<T: DeserializeOwned>(
 
 fn item_for(sandbox: &Sandbox, access_token: &str) -> Result<std::sync::Arc<Item>, PlaidApiError> {
     sandbox
-        .bank()
+        .plaid_bank()
         .item_by_token(access_token)
         .ok_or_else(PlaidApiError::invalid_access_token)
 }
@@ -321,7 +321,7 @@ fn plaid_item(sandbox: &Sandbox, item: &Item, request_id: &str) -> PlaidItem {
     PlaidItem {
         item_id: item.item_id.clone(),
         institution_id: Some(item.institution_id.clone()),
-        webhook: sandbox.bank().webhook_url_for(item),
+        webhook: sandbox.plaid_bank().webhook_url_for(item),
         error: item
             .login_required()
             .then(|| PlaidApiError::login_required().to_wire(request_id.to_string())),
@@ -357,12 +357,13 @@ fn institution_name(institution_id: &str) -> Option<&'static str> {
 /// a sane timeout ever reads. A `login` leaves the item in `login_required` and, like
 /// `/sandbox/item/reset_login`, delivers `ITEM`/`ERROR` before answering.
 async fn inject(sandbox: &Sandbox, item: &Item, endpoint: Endpoint) -> Result<(), PlaidApiError> {
-    let faults = sandbox.bank().effective_faults(item);
+    let faults = sandbox.plaid_bank().effective_faults(item);
     let latency = faults.latency(endpoint);
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let Some(kind) = faults.draw_error(endpoint, &mut super::plaid_bank::lock(&item.fault_rng)) else {
+    let Some(kind) = faults.draw_error(endpoint, &mut super::plaid_bank::lock(&item.fault_rng))
+    else {
         return Ok(());
     };
     item.stats.count_injected(kind);
@@ -407,7 +408,11 @@ async fn transactions_sync(
     }
     inject(&sandbox, &item, Endpoint::TransactionsSync).await?;
     let count = page_size(request.count)?;
-    let mut page = item.sync_page(sandbox.bank().codec(), request.cursor.as_deref(), count)?;
+    let mut page = item.sync_page(
+        sandbox.plaid_bank().codec(),
+        request.cursor.as_deref(),
+        count,
+    )?;
     let latency_after = item.sync_latency_after();
     if !latency_after.is_zero() {
         tokio::time::sleep(latency_after).await;
@@ -516,7 +521,7 @@ async fn sandbox_public_token_create(
             "initial_products must not be empty",
         ));
     }
-    let public_token = sandbox.bank().create_public_token(PendingLink {
+    let public_token = sandbox.plaid_bank().create_public_token(PendingLink {
         institution_id: request.institution_id,
         webhook: request.options.and_then(|o| o.webhook),
     });
@@ -532,16 +537,20 @@ async fn item_public_token_exchange(
     body: Bytes,
 ) -> Result<Json<ItemPublicTokenExchangeResponse>, PlaidApiError> {
     let request: ItemPublicTokenExchangeRequest = parse(&sandbox, &headers, &body)?;
-    let Some(link) = sandbox.bank().take_public_token(&request.public_token) else {
+    let Some(link) = sandbox
+        .plaid_bank()
+        .take_public_token(&request.public_token)
+    else {
         return Err(PlaidApiError::new(
             "INVALID_INPUT",
             wire::INVALID_PUBLIC_TOKEN,
             "provided public token is invalid, expired or already exchanged",
         ));
     };
-    let item = sandbox
-        .bank()
-        .create_item(DEFAULT_HISTORY, link.webhook, &link.institution_id);
+    let item =
+        sandbox
+            .plaid_bank()
+            .create_item(DEFAULT_HISTORY, link.webhook, &link.institution_id);
     Ok(Json(ItemPublicTokenExchangeResponse {
         access_token: item.access_token.clone(),
         item_id: item.item_id.clone(),
@@ -647,7 +656,7 @@ async fn sandbox_item_fire_webhook(
     if code == "LOGIN_REPAIRED" {
         item.set_login_required(false);
     }
-    let fired = sandbox.bank().webhook_url_for(&item).is_some();
+    let fired = sandbox.plaid_bank().webhook_url_for(&item).is_some();
     if fired {
         sandbox
             .fire(&item, webhook_type, code, webhook_extra(code))
@@ -787,6 +796,7 @@ mod tests {
             default_webhook_url: None,
             seed: 7,
             data_dir: None,
+            bank: Default::default(),
         })
         .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -34,6 +34,7 @@ async fn start() -> Bank {
         default_webhook_url: None,
         seed: 42,
         data_dir: None,
+        bank: Default::default(),
     })
     .unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -880,6 +881,7 @@ async fn same_seed_generates_the_same_items() {
         default_webhook_url: None,
         seed: 7,
         data_dir: None,
+        bank: Default::default(),
     };
     let (a, b) = (
         Sandbox::new(config()).unwrap(),

@@ -135,6 +135,7 @@ pub async fn spawn_env_with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         default_webhook_url: None,
         seed: 7,
         data_dir: None,
+        bank: Default::default(),
     })
     .expect("sandbox");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

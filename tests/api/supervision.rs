@@ -37,6 +37,7 @@ async fn spawn() -> Env {
         default_webhook_url: None,
         seed: 11,
         data_dir: None,
+        bank: Default::default(),
     })
     .expect("sandbox");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
