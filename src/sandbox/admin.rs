@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::plaid_bank::{FaultsUpdate, Item, MutateError};
 use super::faults::RandomFaultsUpdate;
+use super::plaid_bank::{FaultsUpdate, Item, MutateError};
 use super::{plaid_api, Sandbox};
 
 /// Largest history or batch the admin API creates in one call.

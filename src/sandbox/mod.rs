@@ -34,12 +34,12 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 mod admin;
-mod plaid_bank;
 mod cursor;
 mod faults;
 mod generate;
 mod persist;
 mod plaid_api;
+mod plaid_bank;
 mod stats;
 mod switches;
 mod webhooks;
@@ -49,14 +49,14 @@ mod persist_tests;
 #[cfg(test)]
 mod tests;
 
-pub use plaid_bank::{Faults, ItemStatsSnapshot};
 pub use faults::{Endpoint, ErrorKind, RandomFaults, Reorder};
 pub use persist::SandboxError;
+pub use plaid_bank::{Faults, ItemStatsSnapshot};
 pub use webhooks::VERIFICATION_HEADER;
 
 use crate::providers::plaid::wire::PlaidTransaction;
-use plaid_bank::{Bank, Item};
 use persist::Persister;
+use plaid_bank::{Bank, Item};
 use webhooks::{WebhookSender, WebhookSigner};
 
 /// The institution items are linked at when none is named.

@@ -191,15 +191,16 @@ async fn a_cleanly_restarted_sandbox_keeps_data_cursors_and_webhook_key() {
     let expected = first.sync_loop(&token, &settled).await;
     assert_eq!(ids(&expected.added), strings(&later["added"]));
     assert_eq!(expected.removed.len(), 3);
-    let faults = first
-        .sandbox
-        .bank()
-        .item(&item_id)
-        .unwrap()
-        .update_faults(plaid_bank::FaultsUpdate {
-            duplicate_webhooks: Some(1),
-            ..Default::default()
-        });
+    let faults =
+        first
+            .sandbox
+            .bank()
+            .item(&item_id)
+            .unwrap()
+            .update_faults(plaid_bank::FaultsUpdate {
+                duplicate_webhooks: Some(1),
+                ..Default::default()
+            });
     let kid = kid_of(&first.sandbox.sign_webhook(b"{}", 1));
     let jwk_before = first.jwk(&kid).await;
     let transactions_before = first.sandbox.current_transactions(&item_id).unwrap();

@@ -18,8 +18,8 @@ use rand::Rng;
 use serde::de::DeserializeOwned;
 use tracing::debug;
 
-use super::plaid_bank::{Item, PendingLink, SyncError};
 use super::faults::{self, Endpoint, ErrorKind};
+use super::plaid_bank::{Item, PendingLink, SyncError};
 use super::{generate, sync_flags, Sandbox, DEFAULT_HISTORY};
 use crate::providers::plaid::wire::{
     self, AccessTokenRequest, ItemGetResponse, ItemPublicTokenExchangeRequest,
@@ -362,7 +362,8 @@ async fn inject(sandbox: &Sandbox, item: &Item, endpoint: Endpoint) -> Result<()
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    let Some(kind) = faults.draw_error(endpoint, &mut super::plaid_bank::lock(&item.fault_rng)) else {
+    let Some(kind) = faults.draw_error(endpoint, &mut super::plaid_bank::lock(&item.fault_rng))
+    else {
         return Ok(());
     };
     item.stats.count_injected(kind);
