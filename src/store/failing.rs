@@ -14,7 +14,9 @@ use super::{
     IncomingWebhook, IngestOutcome, LinkReceipt, OutboxMessage, OutboxStore, PollEntry, Resolved,
     RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
-use crate::domain::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
+use crate::domain::incidents::{
+    Incident, IncidentKind, IncidentQuery, IncidentSubject, OpenIncident,
+};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
     SyncGaveUp, SyncOutcome, Transaction,
@@ -271,20 +273,20 @@ impl IncidentStore for FailingStore {
     }
     fn resolve_incident(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
         at: DateTime<Utc>,
         notify: bool,
     ) -> Result<Option<Incident>, StoreError> {
         self.write()?;
-        self.inner.resolve_incident(id, kind, at, notify)
+        self.inner.resolve_incident(subject, kind, at, notify)
     }
     fn open_incident_of(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
     ) -> Result<Option<Incident>, StoreError> {
-        self.inner.open_incident_of(id, kind)
+        self.inner.open_incident_of(subject, kind)
     }
     fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
         self.inner.get_incident(incident_id)

@@ -32,7 +32,9 @@ pub(super) const CLAIMS: &str = "claims";
 
 /// Incidents by id (big-endian u64: byte order is opening order).
 pub(super) const INCIDENTS: &str = "incidents";
-/// (account, kind) of each open incident to its id: at most one open per pair.
+/// (subject, kind) of each open incident to its id: at most one open per pair. The
+/// subject is an account or operation id; the two never collide (`acc_` and `op_`), so
+/// account incidents kept the keys they had before operations existed.
 pub(super) const INCIDENT_OPEN: &str = "incident_open";
 /// Undelivered outbox messages, by id (big-endian u64). Records written before the outbox
 /// was generic are alert records, read through a fallback (see `outbox.rs`).
@@ -299,9 +301,10 @@ pub(super) fn id_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-/// Key of the open incident of (account, kind) in `incident_open`.
-pub(super) fn incident_open_key(account: &AccountId, kind: &str) -> Vec<u8> {
-    let mut k = prefixed(account.as_str());
+/// Key of the open incident of (subject, kind) in `incident_open`; `subject` is the
+/// [`IncidentSubject::key`](crate::domain::incidents::IncidentSubject::key).
+pub(super) fn incident_open_key(subject: &str, kind: &str) -> Vec<u8> {
+    let mut k = prefixed(subject);
     k.extend_from_slice(kind.as_bytes());
     k
 }

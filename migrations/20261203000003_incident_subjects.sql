@@ -1,0 +1,16 @@
+-- acctor's PostgreSQL schema, version 3: incidents about operations, runtime flags.
+--
+-- An incident is about an account or, now, an operation (an account opening): exactly
+-- one of `account_id` and `operation_id` is set. Existing rows are all about accounts
+-- and satisfy the check as they are. At most one open incident per (operation, kind),
+-- as per (account, kind) already (`incidents_one_open`; NULL account ids never
+-- collide in it).
+
+ALTER TABLE incidents ALTER COLUMN account_id DROP NOT NULL;
+ALTER TABLE incidents ADD COLUMN operation_id text;
+ALTER TABLE incidents ADD CONSTRAINT incidents_one_subject
+    CHECK ((account_id IS NULL) <> (operation_id IS NULL));
+CREATE UNIQUE INDEX incidents_one_open_per_operation ON incidents (operation_id, kind)
+    WHERE resolved_at IS NULL AND operation_id IS NOT NULL;
+CREATE INDEX incidents_by_operation ON incidents (operation_id, id)
+    WHERE operation_id IS NOT NULL;
