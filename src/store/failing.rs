@@ -10,10 +10,11 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use super::{
-    AccountStore, DueEntry, DueIndex, DueKind, Durability, InboxStore, IncidentStore,
+    AccountStore, DueEntry, DueIndex, DueKind, Durability, FlagStore, InboxStore, IncidentStore,
     IncomingWebhook, IngestOutcome, LinkReceipt, OutboxMessage, OutboxStore, PollEntry, Resolved,
     RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
+use crate::domain::flags::{Flag, FlagChange, FlagKey};
 use crate::domain::incidents::{
     Incident, IncidentKind, IncidentQuery, IncidentSubject, OpenIncident,
 };
@@ -317,6 +318,26 @@ impl OutboxStore for FailingStore {
     fn remove_outbox(&self, message_id: u64) -> Result<(), StoreError> {
         self.write()?;
         self.inner.remove_outbox(message_id)
+    }
+}
+
+impl FlagStore for FailingStore {
+    fn get_flag(&self, key: &FlagKey) -> Result<Option<Flag>, StoreError> {
+        self.inner.get_flag(key)
+    }
+    fn list_flags(&self) -> Result<Vec<Flag>, StoreError> {
+        self.inner.list_flags()
+    }
+    fn set_flag(&self, change: &FlagChange) -> Result<(Flag, FlagChange), StoreError> {
+        self.write()?;
+        self.inner.set_flag(change)
+    }
+    fn flag_history(
+        &self,
+        key: Option<&FlagKey>,
+        limit: usize,
+    ) -> Result<Vec<FlagChange>, StoreError> {
+        self.inner.flag_history(key, limit)
     }
 }
 

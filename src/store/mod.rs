@@ -24,7 +24,8 @@
 //!   an entry does so in the transaction of the change that calls for it.
 //!
 //! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
-//! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
+//! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`FlagStore`],
+//! [`Durability`]);
 //! [`Store`] is all of them. Async code holds the [`AsyncStore`] facade, which runs
 //! store work on the blocking pool, never on a runtime thread.
 //!
@@ -794,6 +795,7 @@ pub trait Store:
     + DueIndex
     + IncidentStore
     + OutboxStore
+    + FlagStore
     + Durability
     + Send
     + Sync
@@ -808,6 +810,7 @@ impl<T> Store for T where
         + DueIndex
         + IncidentStore
         + OutboxStore
+        + FlagStore
         + Durability
         + Send
         + Sync
