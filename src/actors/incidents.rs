@@ -9,7 +9,7 @@
 //! blocking thread, and make the result durable (`Store::durable`) after.
 
 use super::context::ActorContext;
-use crate::domain::incidents::{Incident, IncidentKind, OpenIncident};
+use crate::domain::incidents::{Incident, IncidentKind, IncidentSubject, OpenIncident};
 use crate::domain::{Account, AccountId, SyncGaveUp};
 use crate::store::StoreError;
 
@@ -64,7 +64,7 @@ pub fn open_incident(
     details: serde_json::Value,
 ) -> Result<Incident, StoreError> {
     let incident = ctx.store.open_incident(&OpenIncident {
-        account_id: id.clone(),
+        subject: IncidentSubject::Account(id.clone()),
         kind,
         details,
         at: ctx.clock.now(),
@@ -86,8 +86,9 @@ pub fn open_incident(
 /// meanwhile wins (and one that lands after still resolves what this opens).
 pub fn ensure_mark_incidents(ctx: &ActorContext, account: &Account) -> Result<(), StoreError> {
     let mut missing = Vec::new();
+    let subject = IncidentSubject::Account(account.id.clone());
     for kind in marked_kinds(account) {
-        if ctx.store.open_incident_of(&account.id, kind)?.is_none() {
+        if ctx.store.open_incident_of(&subject, kind)?.is_none() {
             missing.push(kind);
         }
     }
@@ -109,7 +110,12 @@ pub fn ensure_mark_incidents(ctx: &ActorContext, account: &Account) -> Result<()
             IncidentKind::Quarantined => current.quarantine.as_ref().map(
                 |mark| serde_json::json!({ "reason": mark.reason, "failures": mark.failures }),
             ),
-            IncidentKind::PendingExpiration | IncidentKind::PendingDisconnect => None,
+            // Deadlines are not marks, and operations' kinds are never an account's.
+            IncidentKind::PendingExpiration
+            | IncidentKind::PendingDisconnect
+            | IncidentKind::AccountOpeningWebhookNotReceived
+            | IncidentKind::OperationStepFailed
+            | IncidentKind::OperationFailed => None,
         }
         .unwrap_or_default();
         details["source"] = serde_json::json!("recovered");
@@ -127,10 +133,11 @@ pub fn resolve_incidents(
 ) -> Result<u32, StoreError> {
     let mut resolved = 0;
     let notify = ctx.alerts_on();
+    let subject = IncidentSubject::Account(id.clone());
     for &kind in kinds {
-        if let Some(incident) = ctx
-            .store
-            .resolve_incident(id, kind, ctx.clock.now(), notify)?
+        if let Some(incident) =
+            ctx.store
+                .resolve_incident(&subject, kind, ctx.clock.now(), notify)?
         {
             tracing::info!(account_id = %id, kind = %kind, incident_id = incident.id, "incident resolved");
             resolved += 1;

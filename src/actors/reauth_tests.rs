@@ -13,6 +13,7 @@ use crate::actors::registry::{Registry, RegistryError};
 use crate::actors::resume::{relinked, resume};
 use crate::actors::supervisor::write_quarantine;
 use crate::config::Settings;
+use crate::domain::incidents::IncidentSubject;
 use crate::domain::{ProviderKind, Quarantine, SyncGaveUp};
 use crate::providers::test_support::{
     cursor_rejected, delta, hooks, test_action, window, EmptyProvider, FnProvider, EXPIRATION_CODE,
@@ -116,7 +117,7 @@ impl Harness {
 
     pub(super) fn open(&self, id: &AccountId, kind: IncidentKind) -> bool {
         self.store
-            .open_incident_of(id, kind)
+            .open_incident_of(&IncidentSubject::Account(id.clone()), kind)
             .expect("read")
             .is_some()
     }
@@ -617,6 +618,7 @@ async fn a_revoked_access_for_the_old_token_after_a_relink_syncs_with_the_new_on
             state: crate::domain::incidents::IncidentState::All,
             kind: Some(IncidentKind::AccessRevoked),
             account_id: Some(id.clone()),
+            operation_id: None,
             since: None,
             after: None,
             limit: 10,
@@ -968,7 +970,10 @@ async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looke
     ));
     let incident = h
         .store
-        .open_incident_of(&quarantined, IncidentKind::Quarantined)
+        .open_incident_of(
+            &IncidentSubject::Account(quarantined.clone()),
+            IncidentKind::Quarantined,
+        )
         .expect("read")
         .expect("opened");
     assert_eq!(incident.details["failures"], 4);
@@ -988,14 +993,20 @@ async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looke
     }
     let incident = h
         .store
-        .open_incident_of(&parked, IncidentKind::NeedsReauth)
+        .open_incident_of(
+            &IncidentSubject::Account(parked.clone()),
+            IncidentKind::NeedsReauth,
+        )
         .expect("read")
         .expect("open");
     assert_eq!(incident.details["code"], LOGIN_REQUIRED);
     assert_eq!(incident.details["request_id"], "req-9");
     let incident = h
         .store
-        .open_incident_of(&failed, IncidentKind::SyncFailed)
+        .open_incident_of(
+            &IncidentSubject::Account(failed.clone()),
+            IncidentKind::SyncFailed,
+        )
         .expect("read")
         .expect("open");
     assert_eq!(incident.details["attempts"], 5);
@@ -1013,7 +1024,7 @@ async fn a_mark_left_without_its_incident_gets_it_when_the_account_is_next_looke
     ] {
         let incident = h
             .store
-            .open_incident_of(id, kind)
+            .open_incident_of(&IncidentSubject::Account(id.clone()), kind)
             .expect("read")
             .expect("open");
         assert_eq!(incident.occurrences, 1, "{kind}");

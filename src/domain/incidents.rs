@@ -1,11 +1,11 @@
 //! Incidents: conditions that need a human (or at least a human's attention), kept in
 //! the store so they survive restarts and can be listed, filtered and alerted on.
 //!
-//! An incident belongs to one account and has a kind; there is at most one open
-//! incident per (account, kind), so opening the same condition again updates it (its
-//! details and occurrence count) instead of piling up duplicates. When the condition is
-//! lifted (a successful sync, a resume, LOGIN_REPAIRED, a relink) its incident is
-//! resolved. Every open and resolve can enqueue an outbound alert in the same store
+//! An incident is about one subject, an account or an operation ([`IncidentSubject`]),
+//! and has a kind; there is at most one open incident per (subject, kind), so opening
+//! the same condition again updates it (its details and occurrence count) instead of
+//! piling up duplicates. When the condition is lifted (a successful sync, a resume,
+//! LOGIN_REPAIRED, a relink, an operation moving on) its incident is resolved. Every open and resolve can enqueue an outbound alert in the same store
 //! transaction (see [`crate::outbound::alerts`]), so an alert exists exactly when its
 //! change does; [`IncidentEvent`] is that alert's body.
 
@@ -14,6 +14,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::domain::operations::OperationId;
 use crate::domain::AccountId;
 
 /// What kind of condition an incident describes.
@@ -35,17 +36,28 @@ pub enum IncidentKind {
     /// The provider no longer accepts the account's access token (invalid, revoked,
     /// item gone); the account is marked `access_revoked` until relinked.
     AccessRevoked,
+    /// An account opening's outcome did not arrive (neither by webhook nor by polling)
+    /// by its deadline: a customer is waiting. About an operation.
+    AccountOpeningWebhookNotReceived,
+    /// A step of an operation (e.g. the virtual card after an opening) failed and
+    /// needs a human. About an operation.
+    OperationStepFailed,
+    /// An operation ended failed. About an operation.
+    OperationFailed,
 }
 
 impl IncidentKind {
     /// Every kind, for parsing and documentation.
-    pub const ALL: [IncidentKind; 6] = [
+    pub const ALL: [IncidentKind; 9] = [
         IncidentKind::SyncFailed,
         IncidentKind::NeedsReauth,
         IncidentKind::Quarantined,
         IncidentKind::PendingExpiration,
         IncidentKind::PendingDisconnect,
         IncidentKind::AccessRevoked,
+        IncidentKind::AccountOpeningWebhookNotReceived,
+        IncidentKind::OperationStepFailed,
+        IncidentKind::OperationFailed,
     ];
 
     /// The snake_case name used in the API and in store keys.
@@ -57,6 +69,11 @@ impl IncidentKind {
             IncidentKind::PendingExpiration => "pending_expiration",
             IncidentKind::PendingDisconnect => "pending_disconnect",
             IncidentKind::AccessRevoked => "access_revoked",
+            IncidentKind::AccountOpeningWebhookNotReceived => {
+                "account_opening_webhook_not_received"
+            }
+            IncidentKind::OperationStepFailed => "operation_step_failed",
+            IncidentKind::OperationFailed => "operation_failed",
         }
     }
 
@@ -65,11 +82,18 @@ impl IncidentKind {
         IncidentKind::ALL.into_iter().find(|k| k.as_str() == s)
     }
 
-    /// How bad it is: a deadline still ahead is a warning, everything else stops syncs.
+    /// How bad it is: a deadline still ahead is a warning; everything else stops an
+    /// account's syncs or keeps a customer waiting on an operation.
     pub fn severity(self) -> Severity {
         match self {
             IncidentKind::PendingExpiration | IncidentKind::PendingDisconnect => Severity::Warning,
-            _ => Severity::Critical,
+            IncidentKind::SyncFailed
+            | IncidentKind::NeedsReauth
+            | IncidentKind::Quarantined
+            | IncidentKind::AccessRevoked
+            | IncidentKind::AccountOpeningWebhookNotReceived
+            | IncidentKind::OperationStepFailed
+            | IncidentKind::OperationFailed => Severity::Critical,
         }
     }
 }
@@ -86,25 +110,91 @@ impl fmt::Display for IncidentKind {
 pub enum Severity {
     /// Something will break unless someone acts (a deadline ahead).
     Warning,
-    /// Syncing has stopped for the account.
+    /// Syncing has stopped for the account, or a customer waits on an operation that
+    /// is stuck or failed.
     Critical,
 }
 
-/// An incident as stored and served.
+/// What an incident is about: an account or an operation. Ids of the two never collide
+/// (account ids start `acc_`, operation ids `op_`), so [`IncidentSubject::key`] alone
+/// names the subject in store keys.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum IncidentSubject {
+    /// A linked (or unlinked) account.
+    Account(AccountId),
+    /// An operation (an account opening).
+    Operation(OperationId),
+}
+
+impl IncidentSubject {
+    /// The subject's id as a string: its key in the stores' open-incident indexes.
+    pub fn key(&self) -> &str {
+        match self {
+            IncidentSubject::Account(id) => id.as_str(),
+            IncidentSubject::Operation(id) => id.as_str(),
+        }
+    }
+
+    /// The account, when it is one.
+    pub fn account_id(&self) -> Option<&AccountId> {
+        match self {
+            IncidentSubject::Account(id) => Some(id),
+            IncidentSubject::Operation(_) => None,
+        }
+    }
+
+    /// The operation, when it is one.
+    pub fn operation_id(&self) -> Option<&OperationId> {
+        match self {
+            IncidentSubject::Account(_) => None,
+            IncidentSubject::Operation(id) => Some(id),
+        }
+    }
+}
+
+impl fmt::Display for IncidentSubject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+impl From<AccountId> for IncidentSubject {
+    fn from(id: AccountId) -> Self {
+        IncidentSubject::Account(id)
+    }
+}
+
+impl From<OperationId> for IncidentSubject {
+    fn from(id: OperationId) -> Self {
+        IncidentSubject::Operation(id)
+    }
+}
+
+/// An incident as stored and served. Exactly one of `account_id` and `operation_id` is
+/// set (see [`Incident::subject`]); the absent one is left out of the JSON, so an
+/// account's incident reads (and is sent in alerts) as it did before operations
+/// existed, and records written then (`account_id` always present) still decode.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Incident {
     /// Store-assigned, increasing with opening order (newest has the largest id).
     pub id: u64,
     /// What happened: `sync_failed`, `needs_reauth`, `quarantined`,
-    /// `pending_expiration` or `pending_disconnect`.
+    /// `pending_expiration`, `pending_disconnect`, `access_revoked` (about an account);
+    /// `account_opening_webhook_not_received`, `operation_step_failed`,
+    /// `operation_failed` (about an operation).
     #[schema(value_type = String, example = "needs_reauth")]
     pub kind: IncidentKind,
     /// How urgent: `warning` or `critical`.
     #[schema(value_type = String, example = "critical")]
     pub severity: Severity,
-    /// The account it is about.
+    /// The account it is about; absent when it is about an operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String)]
-    pub account_id: AccountId,
+    pub account_id: Option<AccountId>,
+    /// The operation it is about; absent when it is about an account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String)]
+    pub operation_id: Option<OperationId>,
     /// When it was first opened.
     pub opened_at: DateTime<Utc>,
     /// When it was last opened again (details refreshed).
@@ -123,13 +213,23 @@ impl Incident {
     pub fn is_open(&self) -> bool {
         self.resolved_at.is_none()
     }
+
+    /// What it is about. `None` only for a record that breaks the one-subject rule
+    /// (both ids set, or neither), which no store writes and the stores refuse to read.
+    pub fn subject(&self) -> Option<IncidentSubject> {
+        match (&self.account_id, &self.operation_id) {
+            (Some(account), None) => Some(IncidentSubject::Account(account.clone())),
+            (None, Some(operation)) => Some(IncidentSubject::Operation(operation.clone())),
+            _ => None,
+        }
+    }
 }
 
-/// A request to open (or refresh) the incident of one (account, kind).
+/// A request to open (or refresh) the incident of one (subject, kind).
 #[derive(Clone, Debug)]
 pub struct OpenIncident {
-    /// The account.
-    pub account_id: AccountId,
+    /// The account or operation it is about.
+    pub subject: IncidentSubject,
     /// The kind.
     pub kind: IncidentKind,
     /// Facts to record (replace the previous details of a refreshed incident).
@@ -148,7 +248,8 @@ impl Incident {
             id,
             kind: open.kind,
             severity: open.kind.severity(),
-            account_id: open.account_id.clone(),
+            account_id: open.subject.account_id().cloned(),
+            operation_id: open.subject.operation_id().cloned(),
             opened_at: open.at,
             updated_at: open.at,
             resolved_at: None,
@@ -188,6 +289,8 @@ pub struct IncidentQuery {
     pub kind: Option<IncidentKind>,
     /// Only this account.
     pub account_id: Option<AccountId>,
+    /// Only this operation.
+    pub operation_id: Option<OperationId>,
     /// Only incidents opened at or after this time.
     pub since: Option<DateTime<Utc>>,
     /// Continue after (older than) this incident id.
@@ -209,7 +312,11 @@ impl IncidentQuery {
             && self
                 .account_id
                 .as_ref()
-                .is_none_or(|a| a == &incident.account_id)
+                .is_none_or(|a| incident.account_id.as_ref() == Some(a))
+            && self
+                .operation_id
+                .as_ref()
+                .is_none_or(|o| incident.operation_id.as_ref() == Some(o))
             && self.since.is_none_or(|s| incident.opened_at >= s)
     }
 }
@@ -249,4 +356,120 @@ pub struct IncidentEvent<'a> {
     pub timestamp: DateTime<Utc>,
     /// The incident as it was at that moment.
     pub data: &'a Incident,
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    use super::*;
+
+    fn incident(subject: IncidentSubject) -> Incident {
+        let at = Utc
+            .with_ymd_and_hms(2026, 1, 1, 0, 0, 0)
+            .single()
+            .expect("valid time");
+        Incident::opened(
+            7,
+            &OpenIncident {
+                subject,
+                kind: IncidentKind::OperationFailed,
+                details: json!({}),
+                at,
+                notify: false,
+            },
+        )
+    }
+
+    #[test]
+    fn a_subject_is_its_id_and_sets_exactly_one_field() {
+        let account = IncidentSubject::Account(AccountId("acc_1".into()));
+        let operation = IncidentSubject::Operation(OperationId("op_1".into()));
+        assert_eq!(
+            (account.key(), account.to_string()),
+            ("acc_1", "acc_1".into())
+        );
+        assert_eq!(
+            (operation.key(), operation.to_string()),
+            ("op_1", "op_1".into())
+        );
+        let about_account = incident(account.clone());
+        assert_eq!(
+            (
+                about_account.account_id.as_ref(),
+                about_account.operation_id.as_ref()
+            ),
+            (account.account_id(), None)
+        );
+        assert_eq!(about_account.subject(), Some(account));
+        let about_operation = incident(operation.clone());
+        assert_eq!(about_operation.account_id, None);
+        assert_eq!(about_operation.subject(), Some(operation));
+        let mut both = about_operation.clone();
+        both.account_id = Some(AccountId("acc_1".into()));
+        assert_eq!(both.subject(), None);
+        both.account_id = None;
+        both.operation_id = None;
+        assert_eq!(both.subject(), None);
+    }
+
+    #[test]
+    fn json_leaves_out_the_absent_id_and_reads_records_from_before_operations() {
+        let about_account = incident(IncidentSubject::Account(AccountId("acc_1".into())));
+        let value = serde_json::to_value(&about_account).expect("json");
+        assert_eq!(value["account_id"], "acc_1");
+        assert!(value.get("operation_id").is_none(), "{value}");
+        let about_operation = incident(IncidentSubject::Operation(OperationId("op_1".into())));
+        let value = serde_json::to_value(&about_operation).expect("json");
+        assert_eq!(value["operation_id"], "op_1");
+        assert!(value.get("account_id").is_none(), "{value}");
+        // As every version before operations wrote it.
+        let old = json!({
+            "id": 3, "kind": "needs_reauth", "severity": "critical", "account_id": "acc_old",
+            "opened_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "resolved_at": null, "occurrences": 2, "details": {"code": "X"},
+        });
+        let read: Incident = serde_json::from_value(old).expect("an old record");
+        assert_eq!(
+            read.subject(),
+            Some(IncidentSubject::Account(AccountId("acc_old".into())))
+        );
+    }
+
+    #[test]
+    fn every_kind_has_one_name_and_operations_kinds_are_critical() {
+        for kind in IncidentKind::ALL {
+            assert_eq!(IncidentKind::parse(kind.as_str()), Some(kind));
+            assert_eq!(
+                serde_json::to_value(kind).expect("json"),
+                json!(kind.as_str())
+            );
+        }
+        for kind in [
+            IncidentKind::AccountOpeningWebhookNotReceived,
+            IncidentKind::OperationStepFailed,
+            IncidentKind::OperationFailed,
+        ] {
+            assert_eq!(kind.severity(), Severity::Critical, "{kind}");
+        }
+    }
+
+    #[test]
+    fn a_query_filters_by_account_and_by_operation() {
+        let about_account = incident(IncidentSubject::Account(AccountId("acc_1".into())));
+        let about_operation = incident(IncidentSubject::Operation(OperationId("op_1".into())));
+        let by_operation = IncidentQuery {
+            operation_id: Some(OperationId("op_1".into())),
+            ..Default::default()
+        };
+        assert!(by_operation.matches(&about_operation));
+        assert!(!by_operation.matches(&about_account));
+        let by_account = IncidentQuery {
+            account_id: Some(AccountId("acc_1".into())),
+            ..Default::default()
+        };
+        assert!(by_account.matches(&about_account));
+        assert!(!by_account.matches(&about_operation));
+    }
 }

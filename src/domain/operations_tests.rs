@@ -3,7 +3,9 @@ use chrono::TimeZone;
 use super::*;
 
 fn t0() -> DateTime<Utc> {
-    Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0).single().expect("valid time")
+    Utc.with_ymd_and_hms(2026, 12, 3, 9, 0, 0)
+        .single()
+        .expect("valid time")
 }
 
 fn opening(path: OpeningPath) -> Operation {
@@ -63,8 +65,16 @@ fn completed_stores_iban_and_makes_the_card_step_due() {
     );
     assert_eq!(op.iban.as_deref(), Some("NL91ABNA0417164300"));
     assert_eq!(op.card.state, StepState::Pending);
-    assert_eq!(op.state, OperationState::InProgress, "the card step is still to run");
-    assert_eq!(op.wake_at(), Some(at), "the step is due now, the poll is gone");
+    assert_eq!(
+        op.state,
+        OperationState::InProgress,
+        "the card step is still to run"
+    );
+    assert_eq!(
+        op.wake_at(),
+        Some(at),
+        "the step is due now, the poll is gone"
+    );
     assert_eq!(op.deadline_at(), None, "the bank decided: no escalation");
 }
 
@@ -75,7 +85,10 @@ fn terminal_and_decided_operations_ignore_every_later_status() {
     let before = (op.state, op.bank_status, op.iban.clone());
     for status in BankStatus::ALL {
         let applied = op.apply_status(&report(status), StatusSource::Poll, t0());
-        assert!(matches!(applied, Applied::Ignored(_)), "{status}: {applied:?}");
+        assert!(
+            matches!(applied, Applied::Ignored(_)),
+            "{status}: {applied:?}"
+        );
     }
     assert_eq!(before, (op.state, op.bank_status, op.iban.clone()));
 
@@ -114,6 +127,9 @@ fn a_cancelled_operation_has_no_timers() {
         None,
         "cancelled",
     );
-    assert_eq!((op.wake_at(), op.deadline_at(), op.failed_at()), (None, None, None));
+    assert_eq!(
+        (op.wake_at(), op.deadline_at(), op.failed_at()),
+        (None, None, None)
+    );
     assert_eq!(op.finished_at, Some(t0()));
 }

@@ -52,6 +52,10 @@ fn account_schema() -> utoipa::openapi::Object {
     )
 }
 
+fn operation_schema() -> utoipa::openapi::Object {
+    params::operation_id_schema_described("Only this operation's incidents: its operation id")
+}
+
 /// `GET /v1/incidents` query. Every field is text parsed by [`params`], so a bad value
 /// gets a 400 naming it.
 #[derive(Debug, Default, Deserialize, IntoParams)]
@@ -67,6 +71,9 @@ pub struct IncidentsParams {
     /// An account id, alias, item id or owner id.
     #[param(schema_with = account_schema)]
     pub account: Option<String>,
+    /// An operation id.
+    #[param(schema_with = operation_schema)]
+    pub operation_id: Option<String>,
     /// RFC 3339 time: only incidents opened at or after it.
     #[param(schema_with = params::time_schema)]
     pub since: Option<String>,
@@ -100,13 +107,14 @@ pub fn parse_params(params: &IncidentsParams) -> Result<IncidentQuery, ApiError>
         state,
         kind,
         account_id: None,
+        operation_id: params::operation_id("operation_id", params.operation_id.as_deref())?,
         since: params::time("since", params.since.as_deref())?,
         after: paging::read_after::<AfterIncident>(params.after.as_deref())?.map(|a| a.0),
         limit: params::limit(params.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?,
     })
 }
 
-/// Incidents, newest first, filtered by state, kind, account and opening time.
+/// Incidents, newest first, filtered by state, kind, account, operation and opening time.
 #[utoipa::path(
     get,
     path = "/v1/incidents",

@@ -37,6 +37,7 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
         state: IncidentState::Open,
         kind: None,
         account_id: None,
+        operation_id: None,
         since: None,
         after: None,
         limit: usize::MAX,

@@ -12,6 +12,7 @@ use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaFormat, Type};
 use utoipa::openapi::{KnownFormat, Object, RefOr, Schema};
 
 use super::ApiError;
+use crate::domain::operations::OperationId;
 use crate::domain::ProviderKind;
 use crate::service::accounts::{MAX_ALIASES, MAX_KEY_LEN};
 
@@ -73,6 +74,28 @@ pub fn time(name: &str, text: Option<&str>) -> Result<Option<DateTime<Utc>>, Api
             .map_err(|_| invalid(name, "must be an RFC 3339 time, e.g. 2024-05-01T12:00:00Z"))
     })
     .transpose()
+}
+
+/// An operation id: `op_` and 32 hex digits (the canonical id; operations have no
+/// aliases to resolve).
+pub fn operation_id(name: &str, text: Option<&str>) -> Result<Option<OperationId>, ApiError> {
+    text.map(|text| {
+        OperationId::looks_canonical(text)
+            .then(|| OperationId(text.to_string()))
+            .ok_or_else(|| invalid(name, "must be an operation id: op_ and 32 hex digits"))
+    })
+    .transpose()
+}
+
+/// The schema of an operation id, described as `what`.
+pub fn operation_id_schema_described(what: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(35))
+        .max_length(Some(35))
+        .pattern(Some("^op_[0-9a-fA-F]{32}$"))
+        .description(Some(format!("{what}: `op_` and 32 hex digits.")))
+        .build()
 }
 
 /// The names of the providers acctor knows.

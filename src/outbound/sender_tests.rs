@@ -152,7 +152,7 @@ fn open_store(dir: &tempfile::TempDir) -> Arc<SledStore> {
 fn raise(store: &SledStore, at: DateTime<Utc>) -> Incident {
     store
         .open_incident(&OpenIncident {
-            account_id: AccountId("acc_alert".into()),
+            subject: AccountId("acc_alert".into()).into(),
             kind: IncidentKind::NeedsReauth,
             details: serde_json::json!({ "code": "ITEM_LOGIN_REQUIRED" }),
             at,
@@ -298,7 +298,7 @@ async fn alerts_behind_a_failing_batch_are_still_tried_during_an_outage() {
     for n in 0..BATCH + behind {
         store
             .open_incident(&OpenIncident {
-                account_id: AccountId(format!("acc_outage_{n}")),
+                subject: AccountId(format!("acc_outage_{n}")).into(),
                 kind: IncidentKind::SyncFailed,
                 details: serde_json::json!({ "n": n }),
                 at: t0(),
@@ -365,7 +365,8 @@ async fn an_alert_left_by_the_alert_only_outbox_is_delivered_with_its_old_body()
         id: 3,
         kind: IncidentKind::NeedsReauth,
         severity: IncidentKind::NeedsReauth.severity(),
-        account_id: AccountId("acc_old".into()),
+        account_id: Some(AccountId("acc_old".into())),
+        operation_id: None,
         opened_at: t0(),
         updated_at: t0(),
         resolved_at: None,

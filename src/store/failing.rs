@@ -10,11 +10,14 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use super::{
-    AccountStore, DueEntry, DueIndex, DueKind, Durability, InboxStore, IncidentStore,
+    AccountStore, DueEntry, DueIndex, DueKind, Durability, FlagStore, InboxStore, IncidentStore,
     IncomingWebhook, IngestOutcome, LinkReceipt, OutboxMessage, OutboxStore, PollEntry, Resolved,
     RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
-use crate::domain::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
+use crate::domain::flags::{Flag, FlagChange, FlagKey};
+use crate::domain::incidents::{
+    Incident, IncidentKind, IncidentQuery, IncidentSubject, OpenIncident,
+};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
     SyncGaveUp, SyncOutcome, Transaction,
@@ -271,20 +274,20 @@ impl IncidentStore for FailingStore {
     }
     fn resolve_incident(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
         at: DateTime<Utc>,
         notify: bool,
     ) -> Result<Option<Incident>, StoreError> {
         self.write()?;
-        self.inner.resolve_incident(id, kind, at, notify)
+        self.inner.resolve_incident(subject, kind, at, notify)
     }
     fn open_incident_of(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
     ) -> Result<Option<Incident>, StoreError> {
-        self.inner.open_incident_of(id, kind)
+        self.inner.open_incident_of(subject, kind)
     }
     fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
         self.inner.get_incident(incident_id)
@@ -315,6 +318,26 @@ impl OutboxStore for FailingStore {
     fn remove_outbox(&self, message_id: u64) -> Result<(), StoreError> {
         self.write()?;
         self.inner.remove_outbox(message_id)
+    }
+}
+
+impl FlagStore for FailingStore {
+    fn get_flag(&self, key: &FlagKey) -> Result<Option<Flag>, StoreError> {
+        self.inner.get_flag(key)
+    }
+    fn list_flags(&self) -> Result<Vec<Flag>, StoreError> {
+        self.inner.list_flags()
+    }
+    fn set_flag(&self, change: &FlagChange) -> Result<(Flag, FlagChange), StoreError> {
+        self.write()?;
+        self.inner.set_flag(change)
+    }
+    fn flag_history(
+        &self,
+        key: Option<&FlagKey>,
+        limit: usize,
+    ) -> Result<Vec<FlagChange>, StoreError> {
+        self.inner.flag_history(key, limit)
     }
 }
 

@@ -24,7 +24,8 @@
 //!   an entry does so in the transaction of the change that calls for it.
 //!
 //! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
-//! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`Durability`]);
+//! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`FlagStore`],
+//! [`Durability`]);
 //! [`Store`] is all of them. Async code holds the [`AsyncStore`] facade, which runs
 //! store work on the blocking pool, never on a runtime thread.
 //!
@@ -39,7 +40,9 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::flags::{Flag, FlagChange, FlagKey};
-use crate::domain::incidents::{Incident, IncidentKind, IncidentQuery, OpenIncident};
+use crate::domain::incidents::{
+    Incident, IncidentKind, IncidentQuery, IncidentSubject, OpenIncident,
+};
 use crate::domain::operations::{
     Operation, OperationEvent, OperationId, OperationQuery, OperationState, ReportedStatus,
     StatusSource,
@@ -526,28 +529,29 @@ pub trait DueIndex {
     fn clear_poll(&self, entry: &PollEntry) -> Result<(), StoreError>;
 }
 
-/// Incidents: at most one open per (account, kind); opening and resolving may enqueue
-/// an alert (an [`OutboxMessage`] to [`Destination::Alerts`]) in the same transaction.
+/// Incidents: at most one open per (subject, kind), the subject an account or an
+/// operation ([`IncidentSubject`]); opening and resolving may enqueue an alert (an
+/// [`OutboxMessage`] to [`Destination::Alerts`]) in the same transaction.
 pub trait IncidentStore {
-    /// Opens the incident of (account, kind), or refreshes the open one (details,
+    /// Opens the incident of (subject, kind), or refreshes the open one (details,
     /// `updated_at`, occurrences). With `notify`, a newly opened incident also enqueues
     /// an alert in the same transaction. Not durable until a later `durable()`.
     fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError>;
 
-    /// Resolves the open incident of (account, kind), if any, and returns it; with
+    /// Resolves the open incident of (subject, kind), if any, and returns it; with
     /// `notify` an alert is enqueued in the same transaction.
     fn resolve_incident(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
         at: DateTime<Utc>,
         notify: bool,
     ) -> Result<Option<Incident>, StoreError>;
 
-    /// The open incident of (account, kind), if any (one key lookup).
+    /// The open incident of (subject, kind), if any (one key lookup).
     fn open_incident_of(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
     ) -> Result<Option<Incident>, StoreError>;
 
@@ -696,8 +700,11 @@ pub trait OperationStore {
     /// Writes a new operation's anchor (record, request-id key, due entries and, while
     /// it is open, the customer's in-progress entry) in one transaction, unless the
     /// customer already has an open one and `force` is false: then `Existing`.
-    fn create_operation(&self, operation: &Operation, force: bool)
-        -> Result<CreateOutcome, StoreError>;
+    fn create_operation(
+        &self,
+        operation: &Operation,
+        force: bool,
+    ) -> Result<CreateOutcome, StoreError>;
 
     /// The stored operation.
     fn get_operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError>;
@@ -788,6 +795,7 @@ pub trait Store:
     + DueIndex
     + IncidentStore
     + OutboxStore
+    + FlagStore
     + Durability
     + Send
     + Sync
@@ -802,6 +810,7 @@ impl<T> Store for T where
         + DueIndex
         + IncidentStore
         + OutboxStore
+        + FlagStore
         + Durability
         + Send
         + Sync

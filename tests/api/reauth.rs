@@ -363,8 +363,14 @@ async fn incident_filters_page_and_reject_bad_values() {
         incidents(&env, "state=resolved").await["incidents"],
         json!([])
     );
+    // No operation has incidents here: an operation filter finds none of the accounts'.
+    let by_operation = incidents(&env, "operation_id=op_0123456789abcdef0123456789abcdef").await;
+    assert_eq!(by_operation["incidents"], json!([]));
 
+    let account_as_operation = format!("operation_id={}", accounts[0]);
     for (query, field) in [
+        ("operation_id=op_nope", "operation_id"),
+        (account_as_operation.as_str(), "operation_id"),
         ("state=closed", "state"),
         ("kind=fire", "kind"),
         ("since=yesterday", "since"),

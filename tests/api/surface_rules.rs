@@ -320,6 +320,17 @@ async fn the_document_states_what_is_accepted() {
         find(&incidents, "state")["schema"]["enum"],
         json!(["open", "resolved", "all"])
     );
+    let kinds = find(&incidents, "kind")["schema"]["enum"].clone();
+    assert!(
+        kinds
+            .as_array()
+            .is_some_and(|k| k.contains(&json!("account_opening_webhook_not_received"))),
+        "{kinds}"
+    );
+    assert_eq!(
+        find(&incidents, "operation_id")["schema"]["pattern"],
+        "^op_[0-9a-fA-F]{32}$"
+    );
     let key = find(&params("/v1/accounts/{key}", "get"), "key");
     assert_eq!(key["schema"]["maxLength"], 256);
     // A stateful client can walk from a link or a listing to the account routes.

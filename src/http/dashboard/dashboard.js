@@ -199,10 +199,12 @@ function renderIncidents(result) {
     return;
   }
   el.replaceChildren(h("table", {},
-    h("thead", {}, h("tr", {}, h("th", {}, "Kind"), h("th", {}, "Account"), h("th", {}, "Opened"), h("th", {}, "Details"))),
+    h("thead", {}, h("tr", {}, h("th", {}, "Kind"), h("th", {}, "About"), h("th", {}, "Opened"), h("th", {}, "Details"))),
+    // An incident is about an account (click: its actor below) or an operation.
     h("tbody", {}, open.map((i) => h("tr", { onclick: () => i.account_id && select(i.account_id) },
       h("td", {}, i.kind || "–"),
-      h("td", { class: "id" }, i.account_id ? shortId(i.account_id) : "–"),
+      h("td", { class: "id", title: i.account_id || i.operation_id || "" },
+        i.account_id ? shortId(i.account_id) : i.operation_id ? shortId(i.operation_id) : "–"),
       h("td", {}, i.opened_at ? ago(i.opened_at) : "–"),
       h("td", {}, typeof i.details === "string" ? i.details : JSON.stringify(i.details || i.message || "")))))));
 }

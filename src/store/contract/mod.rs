@@ -22,6 +22,7 @@ mod builders;
 mod accounts;
 mod due;
 mod durability;
+mod flags;
 mod inbox;
 mod incidents;
 mod outbox;

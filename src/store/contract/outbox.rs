@@ -26,7 +26,7 @@ fn alerts_for(store: &dyn Store, accounts: &[&str]) -> Vec<OutboxMessage> {
     for account in accounts {
         store
             .open_incident(&OpenIncident {
-                account_id: AccountId(account.to_string()),
+                subject: AccountId(account.to_string()).into(),
                 kind: IncidentKind::NeedsReauth,
                 details: json!({}),
                 at: at(1),

@@ -1,5 +1,7 @@
-//! Incidents on PostgreSQL: opening, refreshing, resolving and listing them. A partial
-//! unique index keeps at most one open incident per (account, kind); opening and
+//! Incidents on PostgreSQL: opening, refreshing, resolving and listing them. An incident
+//! is about an account (`account_id`) or an operation (`operation_id`), a CHECK keeps
+//! exactly one of them set, and partial unique indexes keep at most one open incident
+//! per (account, kind) and per (operation, kind); opening and
 //! resolving enqueue their alert in the same transaction (see `outbox.rs`), so neither
 //! can exist without the other.
 
@@ -8,18 +10,21 @@ use serde_json::Value;
 
 use super::{db_error, transaction, PgStore, Tx, TxResult};
 use crate::domain::incidents::{
-    AlertEventType, Incident, IncidentKind, IncidentQuery, IncidentState, OpenIncident, Severity,
+    AlertEventType, Incident, IncidentKind, IncidentQuery, IncidentState, IncidentSubject,
+    OpenIncident, Severity,
 };
+use crate::domain::operations::OperationId;
 use crate::domain::AccountId;
 use crate::store::{IncidentStore, StoreError};
 
-const COLUMNS: &str =
-    "id, account_id, kind, severity, opened_at, updated_at, resolved_at, occurrences, details";
+const COLUMNS: &str = "id, account_id, operation_id, kind, severity, opened_at, updated_at, \
+     resolved_at, occurrences, details";
 
 /// An incident row as read.
 type IncidentRow = (
     i64,
-    String,
+    Option<String>,
+    Option<String>,
     String,
     String,
     DateTime<Utc>,
@@ -30,21 +35,48 @@ type IncidentRow = (
 );
 
 fn incident_of(row: IncidentRow) -> Result<Incident, StoreError> {
-    let (id, account_id, kind, severity, opened_at, updated_at, resolved_at, occurrences, details) =
-        row;
+    let (
+        id,
+        account_id,
+        operation_id,
+        kind,
+        severity,
+        opened_at,
+        updated_at,
+        resolved_at,
+        occurrences,
+        details,
+    ) = row;
     let bad = |what: String| super::corrupt("incidents", what);
-    Ok(Incident {
+    let incident = Incident {
         id: u64::try_from(id).map_err(|_| bad(format!("negative id {id}")))?,
         kind: IncidentKind::parse(&kind).ok_or_else(|| bad(format!("unknown kind {kind:?}")))?,
         severity: serde_json::from_value::<Severity>(Value::String(severity.clone()))
             .map_err(|_| bad(format!("unknown severity {severity:?}")))?,
-        account_id: AccountId(account_id),
+        account_id: account_id.map(AccountId),
+        operation_id: operation_id.map(OperationId),
         opened_at,
         updated_at,
         resolved_at,
         occurrences: u32::try_from(occurrences).unwrap_or(0),
         details,
-    })
+    };
+    // The table's CHECK makes this impossible; a row that breaks it is not an incident.
+    if incident.subject().is_none() {
+        return Err(bad(format!(
+            "incident {id} has not exactly one of account_id and operation_id"
+        )));
+    }
+    Ok(incident)
+}
+
+/// The column naming `subject` (`account_id` or `operation_id`): the WHERE clause of a
+/// lookup by subject. Never user input.
+fn subject_column(subject: &IncidentSubject) -> &'static str {
+    match subject {
+        IncidentSubject::Account(_) => "account_id",
+        IncidentSubject::Operation(_) => "operation_id",
+    }
 }
 
 fn severity_text(severity: Severity) -> &'static str {
@@ -54,17 +86,18 @@ fn severity_text(severity: Severity) -> &'static str {
     }
 }
 
-/// The open incident of (account, kind), its row locked.
+/// The open incident of (subject, kind), its row locked.
 async fn open_for_update(
     tx: &mut Tx,
-    account: &AccountId,
+    subject: &IncidentSubject,
     kind: IncidentKind,
 ) -> TxResult<Option<Incident>> {
+    let column = subject_column(subject);
     let row: Option<IncidentRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM incidents \
-         WHERE account_id = $1 AND kind = $2 AND resolved_at IS NULL FOR UPDATE"
+         WHERE {column} = $1 AND kind = $2 AND resolved_at IS NULL FOR UPDATE"
     ))
-    .bind(account.as_str())
+    .bind(subject.key())
     .bind(kind.as_str())
     .fetch_optional(&mut **tx)
     .await?;
@@ -83,7 +116,7 @@ impl IncidentStore for PgStore {
             transaction!(self, |tx| {
                 async {
                     if let Some(mut incident) =
-                        open_for_update(tx, &open.account_id, open.kind).await?
+                        open_for_update(tx, &open.subject, open.kind).await?
                     {
                         incident.refresh(safe);
                         sqlx::query(
@@ -103,10 +136,12 @@ impl IncidentStore for PgStore {
                         .await?;
                     let incident = Incident::opened(u64::try_from(id).unwrap_or(0), safe);
                     sqlx::query(&format!(
-                        "INSERT INTO incidents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $5, NULL, 1, $6)"
+                        "INSERT INTO incidents ({COLUMNS}) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $6, NULL, 1, $7)"
                     ))
                     .bind(id)
-                    .bind(open.account_id.as_str())
+                    .bind(open.subject.account_id().map(AccountId::as_str))
+                    .bind(open.subject.operation_id().map(OperationId::as_str))
                     .bind(open.kind.as_str())
                     .bind(severity_text(incident.severity))
                     .bind(open.at)
@@ -114,13 +149,20 @@ impl IncidentStore for PgStore {
                     .execute(&mut **tx)
                     .await
                     // Another process opened it since the check: run again to refresh it.
-                    .map_err(|e| match super::accounts::unique_violation(&e) {
-                        true => super::TxError::Retry(e),
-                        false => super::TxError::from(e),
+                    .map_err(|e| {
+                        match super::accounts::unique_violation(&e) {
+                            true => super::TxError::Retry(e),
+                            false => super::TxError::from(e),
+                        }
                     })?;
                     if open.notify {
-                        super::outbox::enqueue_alert(tx, AlertEventType::Opened, &incident, open.at)
-                            .await?;
+                        super::outbox::enqueue_alert(
+                            tx,
+                            AlertEventType::Opened,
+                            &incident,
+                            open.at,
+                        )
+                        .await?;
                     }
                     Ok(incident)
                 }
@@ -131,19 +173,19 @@ impl IncidentStore for PgStore {
 
     fn resolve_incident(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
         at: DateTime<Utc>,
         notify: bool,
     ) -> Result<Option<Incident>, StoreError> {
         // Most calls find nothing open (every committed sync asks): one cheap read then.
-        if self.open_incident_of(id, kind)?.is_none() {
+        if self.open_incident_of(subject, kind)?.is_none() {
             return Ok(None);
         }
         self.write(async {
             transaction!(self, |tx| {
                 async {
-                    let Some(mut incident) = open_for_update(tx, id, kind).await? else {
+                    let Some(mut incident) = open_for_update(tx, subject, kind).await? else {
                         return Ok(None);
                     };
                     incident.resolved_at = Some(at);
@@ -165,15 +207,16 @@ impl IncidentStore for PgStore {
 
     fn open_incident_of(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
     ) -> Result<Option<Incident>, StoreError> {
+        let column = subject_column(subject);
         let row: Option<IncidentRow> = self.block_on(async {
             sqlx::query_as(&format!(
                 "SELECT {COLUMNS} FROM incidents \
-                 WHERE account_id = $1 AND kind = $2 AND resolved_at IS NULL"
+                 WHERE {column} = $1 AND kind = $2 AND resolved_at IS NULL"
             ))
-            .bind(id.as_str())
+            .bind(subject.key())
             .bind(kind.as_str())
             .fetch_optional(&self.pool)
             .await
@@ -211,13 +254,15 @@ impl IncidentStore for PgStore {
                  WHERE ($1 = 'all' OR ($1 = 'open') = (resolved_at IS NULL)) \
                    AND ($2::text IS NULL OR kind = $2) \
                    AND ($3::text IS NULL OR account_id = $3) \
-                   AND ($4::timestamptz IS NULL OR opened_at >= $4) \
-                   AND ($5::bigint IS NULL OR id < $5) \
-                 ORDER BY id DESC LIMIT $6"
+                   AND ($4::text IS NULL OR operation_id = $4) \
+                   AND ($5::timestamptz IS NULL OR opened_at >= $5) \
+                   AND ($6::bigint IS NULL OR id < $6) \
+                 ORDER BY id DESC LIMIT $7"
             ))
             .bind(state)
             .bind(query.kind.map(IncidentKind::as_str))
             .bind(query.account_id.as_ref().map(AccountId::as_str))
+            .bind(query.operation_id.as_ref().map(OperationId::as_str))
             .bind(query.since)
             .bind(
                 query

@@ -419,3 +419,80 @@ fn rotating_the_key_reseals_every_token_once() {
         "access-sandbox-very-secret"
     );
 }
+
+/// A database migrated by a version from before operations, holding an account's open
+/// incident, is migrated at open: the incident reads as the account's, is refreshed and
+/// resolved by its subject, and the table now refuses a row with no subject (or two).
+#[test]
+fn incidents_of_a_schema_from_before_operations_are_kept_and_subjects_are_checked() {
+    use crate::domain::incidents::{IncidentKind, IncidentSubject, OpenIncident};
+    use crate::domain::AccountId;
+    use crate::store::IncidentStore;
+
+    let server = PgServer::shared().expect("postgres");
+    let db = server.create_database().expect("database");
+    server
+        .psql(&db.name, "CREATE SCHEMA acctor")
+        .expect("schema");
+    // Only the first migration, as the version before operations applied it.
+    let first = sqlx::migrate::Migrator {
+        migrations: std::borrow::Cow::Owned(super::MIGRATOR.iter().take(1).cloned().collect()),
+        ..sqlx::migrate::Migrator::DEFAULT
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let options: sqlx::postgres::PgConnectOptions = db.url.parse().expect("url");
+        let options = options.options([("search_path", "acctor")]);
+        let pool = sqlx::PgPool::connect_with(options).await.expect("connect");
+        first.run(&pool).await.expect("first migration");
+        pool.close().await;
+    });
+    server
+        .psql(
+            &db.name,
+            "INSERT INTO acctor.incidents (id, account_id, kind, severity, opened_at, \
+             updated_at, resolved_at, occurrences, details) VALUES (nextval('acctor.incident_id_seq'), \
+             'acc_old', 'needs_reauth', 'critical', '2026-01-01T00:00:00Z', \
+             '2026-01-01T00:00:00Z', NULL, 1, '{\"code\": \"X\"}')",
+        )
+        .expect("an old incident");
+
+    let store = PgStore::open(config(&db.url), keyring()).expect("migrates and opens");
+    let subject = IncidentSubject::Account(AccountId("acc_old".into()));
+    let old = store
+        .open_incident_of(&subject, IncidentKind::NeedsReauth)
+        .expect("read")
+        .expect("open");
+    assert_eq!(old.subject(), Some(subject.clone()));
+    assert_eq!(old.details, json!({ "code": "X" }));
+    let at = Utc.with_ymd_and_hms(2026, 1, 2, 0, 0, 0).unwrap();
+    let refreshed = store
+        .open_incident(&OpenIncident {
+            subject: subject.clone(),
+            kind: IncidentKind::NeedsReauth,
+            details: json!({}),
+            at,
+            notify: false,
+        })
+        .expect("refresh");
+    assert_eq!((refreshed.id, refreshed.occurrences), (old.id, 2));
+    store
+        .resolve_incident(&subject, IncidentKind::NeedsReauth, at, false)
+        .expect("resolve")
+        .expect("was open");
+
+    for (account, operation) in [("NULL", "NULL"), ("'acc_x'", "'op_x'")] {
+        let refused = server.psql(
+            &db.name,
+            &format!(
+                "INSERT INTO acctor.incidents (id, account_id, operation_id, kind, severity, \
+                 opened_at, updated_at, occurrences, details) VALUES (999, {account}, \
+                 {operation}, 'operation_failed', 'critical', now(), now(), 1, '{{}}')"
+            ),
+        );
+        assert!(refused.is_err(), "{account}, {operation}: {refused:?}");
+    }
+}

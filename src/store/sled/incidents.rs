@@ -1,10 +1,15 @@
 //! Incidents: the sled side of opening, refreshing, resolving and listing them.
 //!
 //! Opening and resolving are one multi-tree transaction over `incidents`,
-//! `incident_open` and the outbox's trees: the at-most-one-open-per-(account, kind)
+//! `incident_open` and the outbox's trees: the at-most-one-open-per-(subject, kind)
 //! index, the incident and its alert change together or not at all, so a crash can
 //! neither leave two open incidents for one condition nor an alert for a change that
 //! never happened.
+//!
+//! Incidents about operations needed no migration: a record is versioned JSON, and one
+//! written before operations existed (`account_id` always present, no `operation_id`)
+//! decodes as an account's incident; the open index's key is the subject's id, which
+//! for an account is the key it had before.
 
 use chrono::{DateTime, Utc};
 use sled::transaction::Transactional;
@@ -15,14 +20,29 @@ use super::keys::{self, INCIDENTS};
 use super::outbox::enqueue_alert;
 use super::{from_tx, io, tx, SledStore};
 use crate::domain::incidents::{
-    AlertEventType, Incident, IncidentKind, IncidentQuery, OpenIncident,
+    AlertEventType, Incident, IncidentKind, IncidentQuery, IncidentSubject, OpenIncident,
 };
-use crate::domain::AccountId;
 use crate::store::{IncidentStore, StoreError};
 
 /// Decodes a big-endian id key.
 fn id_of(key: &[u8]) -> Option<u64> {
     <[u8; 8]>::try_from(key).ok().map(u64::from_be_bytes)
+}
+
+/// An incident record; one without exactly one subject is `Corrupt` (no version of
+/// this store writes one).
+fn decode_incident(bytes: &[u8]) -> Result<Incident, StoreError> {
+    let incident: Incident = keys::decode(INCIDENTS, bytes)?;
+    if incident.subject().is_none() {
+        return Err(StoreError::Corrupt {
+            tree: INCIDENTS,
+            detail: format!(
+                "incident {} has not exactly one of account_id and operation_id",
+                incident.id
+            ),
+        });
+    }
+    Ok(incident)
 }
 
 /// The trees an incident change writes, borrowed from the store.
@@ -37,7 +57,7 @@ pub(super) struct IncidentTrees<'a> {
 
 impl IncidentTrees<'_> {
     pub(super) fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
-        let open_key = keys::incident_open_key(&open.account_id, open.kind.as_str());
+        let open_key = keys::incident_open_key(open.subject.key(), open.kind.as_str());
         (
             self.incidents,
             self.open,
@@ -48,7 +68,7 @@ impl IncidentTrees<'_> {
             .transaction(|(incidents, index, outbox, entries, subjects)| {
                 if let Some(existing) = index.get(&open_key)? {
                     if let Some(bytes) = incidents.get(&existing)? {
-                        let mut incident: Incident = tx(keys::decode(INCIDENTS, &bytes))?;
+                        let mut incident: Incident = tx(decode_incident(&bytes))?;
                         incident.refresh(open);
                         incidents.insert(&existing, tx(keys::encode(INCIDENTS, &incident))?)?;
                         return Ok(incident);
@@ -77,12 +97,12 @@ impl IncidentTrees<'_> {
 
     pub(super) fn resolve_incident(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
         at: DateTime<Utc>,
         notify: bool,
     ) -> Result<Option<Incident>, StoreError> {
-        let open_key = keys::incident_open_key(id, kind.as_str());
+        let open_key = keys::incident_open_key(subject.key(), kind.as_str());
         // Most calls find nothing open (every committed sync asks): skip the
         // transaction, and its process-wide lock, then.
         if self.open.get(&open_key).map_err(io)?.is_none() {
@@ -102,7 +122,7 @@ impl IncidentTrees<'_> {
                 let Some(bytes) = incidents.get(&key)? else {
                     return Ok(None);
                 };
-                let mut incident: Incident = tx(keys::decode(INCIDENTS, &bytes))?;
+                let mut incident: Incident = tx(decode_incident(&bytes))?;
                 incident.resolved_at = Some(at);
                 incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
                 if notify {
@@ -116,22 +136,22 @@ impl IncidentTrees<'_> {
 
     pub(super) fn open_incident_of(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
     ) -> Result<Option<Incident>, StoreError> {
-        let open_key = keys::incident_open_key(id, kind.as_str());
+        let open_key = keys::incident_open_key(subject.key(), kind.as_str());
         let Some(key) = self.open.get(open_key).map_err(io)? else {
             return Ok(None);
         };
         match self.incidents.get(key).map_err(io)? {
-            Some(bytes) => Ok(Some(keys::decode(INCIDENTS, &bytes)?)),
+            Some(bytes) => Ok(Some(decode_incident(&bytes)?)),
             None => Ok(None),
         }
     }
 
     pub(super) fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
         match self.incidents.get(keys::id_key(incident_id)).map_err(io)? {
-            Some(bytes) => Ok(Some(keys::decode(INCIDENTS, &bytes)?)),
+            Some(bytes) => Ok(Some(decode_incident(&bytes)?)),
             None => Ok(None),
         }
     }
@@ -179,7 +199,7 @@ impl IncidentTrees<'_> {
             .rev()
         {
             let (_, bytes) = item.map_err(io)?;
-            let incident: Incident = keys::decode(INCIDENTS, &bytes)?;
+            let incident: Incident = decode_incident(&bytes)?;
             // Ids grow with opening time: once past `since`, nothing older can match.
             if query.since.is_some_and(|since| incident.opened_at < since) {
                 break;
@@ -203,21 +223,22 @@ impl IncidentStore for SledStore {
 
     fn resolve_incident(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
         at: DateTime<Utc>,
         notify: bool,
     ) -> Result<Option<Incident>, StoreError> {
         let _gate = self.write_gate()?;
-        self.incident_trees().resolve_incident(id, kind, at, notify)
+        self.incident_trees()
+            .resolve_incident(subject, kind, at, notify)
     }
 
     fn open_incident_of(
         &self,
-        id: &AccountId,
+        subject: &IncidentSubject,
         kind: IncidentKind,
     ) -> Result<Option<Incident>, StoreError> {
-        self.incident_trees().open_incident_of(id, kind)
+        self.incident_trees().open_incident_of(subject, kind)
     }
 
     fn get_incident(&self, incident_id: u64) -> Result<Option<Incident>, StoreError> {
@@ -240,7 +261,7 @@ mod tests {
     use chrono::TimeZone;
     use serde_json::json;
 
-    use crate::domain::incidents::{IncidentKind, OpenIncident};
+    use crate::domain::incidents::{IncidentKind, IncidentSubject, OpenIncident};
     use crate::domain::AccountId;
     use crate::store::{Durability, IncidentStore, OutboxStore, SledStore, SledStoreConfig};
 
@@ -262,6 +283,60 @@ mod tests {
             .expect("valid time")
     }
 
+    /// A data dir written before incidents could be about operations: its records
+    /// (`account_id` always present, no `operation_id`) and its open index (keyed by
+    /// the account's id) are read as they are, with no migration.
+    #[tokio::test]
+    async fn incidents_written_before_operations_existed_are_read_refreshed_and_resolved() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let id = {
+            let db = super::super::test_support::open_raw(dir.path());
+            let id = db.generate_id().expect("id");
+            let mut record = vec![1u8];
+            record.extend_from_slice(
+                serde_json::json!({
+                    "id": id, "kind": "needs_reauth", "severity": "critical",
+                    "account_id": "acc_old", "opened_at": at(1), "updated_at": at(1),
+                    "resolved_at": null, "occurrences": 1, "details": {"code": "X"},
+                })
+                .to_string()
+                .as_bytes(),
+            );
+            let incidents = db.open_tree(super::keys::INCIDENTS).expect("tree");
+            incidents.insert(id.to_be_bytes(), record).expect("insert");
+            // The old open key: the length-prefixed account id, then the kind.
+            let mut open_key = (b"acc_old".len() as u32).to_be_bytes().to_vec();
+            open_key.extend_from_slice(b"acc_oldneeds_reauth");
+            let open = db.open_tree(super::keys::INCIDENT_OPEN).expect("tree");
+            open.insert(open_key, &id.to_be_bytes()).expect("insert");
+            db.flush().expect("flush");
+            id
+        };
+        let store = open_store(&dir);
+        let subject = IncidentSubject::Account(AccountId("acc_old".into()));
+        let found = store
+            .open_incident_of(&subject, IncidentKind::NeedsReauth)
+            .expect("read")
+            .expect("open");
+        assert_eq!((found.id, found.subject()), (id, Some(subject.clone())));
+        assert_eq!(found.operation_id, None);
+        let refreshed = store
+            .open_incident(&OpenIncident {
+                subject: subject.clone(),
+                kind: IncidentKind::NeedsReauth,
+                details: json!({}),
+                at: at(2),
+                notify: false,
+            })
+            .expect("refresh");
+        assert_eq!((refreshed.id, refreshed.occurrences), (id, 2));
+        let resolved = store
+            .resolve_incident(&subject, IncidentKind::NeedsReauth, at(3), false)
+            .expect("resolve")
+            .expect("was open");
+        assert_eq!((resolved.id, resolved.resolved_at), (id, Some(at(3))));
+    }
+
     #[tokio::test]
     async fn a_lost_outbox_due_index_is_rebuilt_from_the_outbox_at_open() {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -270,7 +345,7 @@ mod tests {
             for n in 0..2 {
                 store
                     .open_incident(&OpenIncident {
-                        account_id: AccountId(format!("acc_{n}")),
+                        subject: IncidentSubject::Account(AccountId(format!("acc_{n}"))),
                         kind: IncidentKind::NeedsReauth,
                         details: json!({}),
                         at: at(1),

@@ -10,6 +10,7 @@
 use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::domain::flags::FlagKey;
 use crate::domain::{AccountId, ProviderKind};
 use crate::store::{DueKind, StoreError};
 
@@ -32,8 +33,17 @@ pub(super) const CLAIMS: &str = "claims";
 
 /// Incidents by id (big-endian u64: byte order is opening order).
 pub(super) const INCIDENTS: &str = "incidents";
-/// (account, kind) of each open incident to its id: at most one open per pair.
+/// (subject, kind) of each open incident to its id: at most one open per pair. The
+/// subject is an account or operation id; the two never collide (`acc_` and `op_`), so
+/// account incidents kept the keys they had before operations existed.
 pub(super) const INCIDENT_OPEN: &str = "incident_open";
+/// Runtime flags by their key ([`flag_key`]).
+pub(super) const FLAGS: &str = "flags";
+/// Every flag's changes by (flag key, inverted seq) ([`flag_history_key`]): one flag's
+/// history is one prefix, newest first in byte order.
+pub(super) const FLAG_HISTORY: &str = "flag_history";
+/// Every change of every flag by inverted seq: the global history, newest first.
+pub(super) const FLAG_CHANGES: &str = "flag_changes";
 /// Undelivered outbox messages, by id (big-endian u64). Records written before the outbox
 /// was generic are alert records, read through a fallback (see `outbox.rs`).
 pub(super) const OUTBOX: &str = "outbox";
@@ -299,10 +309,35 @@ pub(super) fn id_key(id: u64) -> [u8; 8] {
     id.to_be_bytes()
 }
 
-/// Key of the open incident of (account, kind) in `incident_open`.
-pub(super) fn incident_open_key(account: &AccountId, kind: &str) -> Vec<u8> {
-    let mut k = prefixed(account.as_str());
+/// Key of the open incident of (subject, kind) in `incident_open`; `subject` is the
+/// [`IncidentSubject::key`](crate::domain::incidents::IncidentSubject::key).
+pub(super) fn incident_open_key(subject: &str, kind: &str) -> Vec<u8> {
+    let mut k = prefixed(subject);
     k.extend_from_slice(kind.as_bytes());
+    k
+}
+
+/// Key of a flag in `flags`: its path, `name/market/segment` (neither a flag's name nor
+/// a segment contains `/`, so the path names one key).
+pub(super) fn flag_key(key: &FlagKey) -> Vec<u8> {
+    key.path().into_bytes()
+}
+
+/// Prefix of one flag's changes in `flag_history`: its path, length-prefixed so no
+/// flag's prefix is the start of another's (a market may be any string).
+pub(super) fn flag_history_prefix(key: &FlagKey) -> Vec<u8> {
+    prefixed(&key.path())
+}
+
+/// `seq` so that byte order is newest first: `u64::MAX - seq`, big-endian.
+pub(super) fn inverted_seq(seq: u64) -> [u8; 8] {
+    (u64::MAX - seq).to_be_bytes()
+}
+
+/// Key of a flag's change in `flag_history`: its prefix, then the inverted seq.
+pub(super) fn flag_history_key(key: &FlagKey, seq: u64) -> Vec<u8> {
+    let mut k = flag_history_prefix(key);
+    k.extend_from_slice(&inverted_seq(seq));
     k
 }
 
@@ -502,6 +537,23 @@ mod tests {
             Some(DueKind::Outbox)
         );
         assert_eq!(DueKind::from_tag(0), None);
+    }
+
+    #[test]
+    fn flag_history_keys_sort_newest_first_within_one_flag() {
+        use crate::domain::flags::FlagName;
+        use crate::domain::operations::Segment;
+        let key = |market: &str| FlagKey {
+            name: FlagName::AccountOpeningAsync,
+            market: market.into(),
+            segment: Segment::Company,
+        };
+        assert!(flag_history_key(&key("FR"), 9) < flag_history_key(&key("FR"), 8));
+        assert!(inverted_seq(u64::MAX) < inverted_seq(0));
+        // A market that makes one path start with another's cannot share its prefix.
+        let long = key("FR/company/x");
+        assert!(long.path().starts_with(&key("FR").path()));
+        assert!(!flag_history_key(&long, 1).starts_with(&flag_history_prefix(&key("FR"))));
     }
 
     #[test]

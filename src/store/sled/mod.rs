@@ -3,7 +3,8 @@
 //!
 //! This file owns [`SledStore`] itself: opening (and migrating) the trees, the write
 //! gate, shutdown and durability. Each record family implements its trait in its own
-//! file: `accounts.rs`, `inbox.rs`, `rows.rs`, `due.rs`, `incidents.rs`, `outbox.rs`;
+//! file: `accounts.rs`, `inbox.rs`, `rows.rs`, `due.rs`, `incidents.rs`, `outbox.rs`,
+//! `flags.rs`;
 //! `keys.rs` is the byte layout, `migrate.rs` the upgrade of older data dirs at open, and
 //! `group_commit.rs` the one flusher.
 //!
@@ -26,6 +27,7 @@
 
 mod accounts;
 mod due;
+mod flags;
 mod group_commit;
 mod inbox;
 mod incidents;
@@ -57,8 +59,8 @@ use due::TxDue;
 use group_commit::{FlushFn, GroupCommit};
 use incidents::IncidentTrees;
 use keys::{
-    ACCOUNTS, CLAIMS, DEDUP, DUE, DUE_SUBJECTS, INBOX, INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX,
-    TRANSACTIONS, TXN_INDEX, UNROUTED,
+    ACCOUNTS, CLAIMS, DEDUP, DUE, DUE_SUBJECTS, FLAGS, FLAG_CHANGES, FLAG_HISTORY, INBOX,
+    INCIDENTS, INCIDENT_OPEN, LOOKUP, OUTBOX, TRANSACTIONS, TXN_INDEX, UNROUTED,
 };
 use migrate::DueTrees;
 use sealed::{Sealer, SECRETS};
@@ -157,8 +159,14 @@ pub struct SledStore {
     due_subjects: Tree,
     /// Incidents by id.
     incidents: Tree,
-    /// (account, kind) of open incidents to their id.
+    /// (subject, kind) of open incidents to their id.
     incident_open: Tree,
+    /// Runtime flags by path (see `flags.rs`).
+    flags: Tree,
+    /// Each flag's changes by (path, inverted seq): newest first per flag.
+    flag_history: Tree,
+    /// Every flag change by inverted seq: newest first overall.
+    flag_changes: Tree,
     /// Undelivered outbox messages of every destination ([`crate::store::OutboxMessage`]).
     outbox: Tree,
     /// Which keys the sealed secrets may need (see `sealed.rs`).
@@ -283,6 +291,9 @@ impl SledStore {
         migrate::retire_unlinked_keys(&accounts, &lookup, &sealer)?;
         let incidents = tree(INCIDENTS)?;
         let incident_open = tree(INCIDENT_OPEN)?;
+        let flags = tree(FLAGS)?;
+        let flag_history = tree(FLAG_HISTORY)?;
+        let flag_changes = tree(FLAG_CHANGES)?;
         let outbox = tree(OUTBOX)?;
         outbox::rebuild_outbox_due(&outbox, &due_trees)?;
         let secrets = tree(SECRETS)?;
@@ -324,6 +335,9 @@ impl SledStore {
             due_subjects,
             incidents,
             incident_open,
+            flags,
+            flag_history,
+            flag_changes,
             outbox,
             secrets,
             sealer,

@@ -14,7 +14,7 @@ use crate::store::{Destination, Durability, IncidentStore, OutboxStore, StoreErr
 fn raise(store: &super::SledStore, account: &str) -> Incident {
     store
         .open_incident(&OpenIncident {
-            account_id: AccountId(account.into()),
+            subject: AccountId(account.into()).into(),
             kind: IncidentKind::NeedsReauth,
             details: json!({ "code": "ITEM_LOGIN_REQUIRED", "z": 1, "a": [1.5, null] }),
             at: t0(),
