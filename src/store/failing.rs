@@ -10,13 +10,18 @@ use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use super::{
-    AccountStore, DueEntry, DueIndex, DueKind, Durability, FlagStore, InboxStore, IncidentStore,
-    IncomingWebhook, IngestOutcome, LinkReceipt, OutboxMessage, OutboxStore, PollEntry, Resolved,
-    RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    AccountStore, CreateOutcome, DueEntry, DueIndex, DueKind, Durability, FlagStore, InboxStore,
+    IncidentStore, IncomingOperationEvent, IncomingWebhook, IngestOutcome, LinkReceipt,
+    OperationCommit, OperationIngest, OperationReceipt, OperationStore, OutboxMessage, OutboxStore,
+    PollEntry, Resolved, RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage,
+    TransactionQuery,
 };
 use crate::domain::flags::{Flag, FlagChange, FlagKey};
 use crate::domain::incidents::{
     Incident, IncidentKind, IncidentQuery, IncidentSubject, OpenIncident,
+};
+use crate::domain::operations::{
+    Operation, OperationEvent, OperationId, OperationQuery, OperationState,
 };
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
@@ -338,6 +343,53 @@ impl FlagStore for FailingStore {
         limit: usize,
     ) -> Result<Vec<FlagChange>, StoreError> {
         self.inner.flag_history(key, limit)
+    }
+}
+
+impl OperationStore for FailingStore {
+    fn create_operation(
+        &self,
+        operation: &Operation,
+        force: bool,
+    ) -> Result<CreateOutcome, StoreError> {
+        self.write()?;
+        self.inner.create_operation(operation, force)
+    }
+    fn get_operation(&self, id: &OperationId) -> Result<Option<Operation>, StoreError> {
+        self.inner.get_operation(id)
+    }
+    fn find_operation(&self, key: &str) -> Result<Option<OperationId>, StoreError> {
+        self.inner.find_operation(key)
+    }
+    fn list_operations(&self, query: &OperationQuery) -> Result<Vec<Operation>, StoreError> {
+        self.inner.list_operations(query)
+    }
+    fn count_operations(&self) -> Result<Vec<(OperationState, u64)>, StoreError> {
+        self.inner.count_operations()
+    }
+    fn ingest_operation_event(
+        &self,
+        event: &IncomingOperationEvent,
+        dedup_ttl: Duration,
+    ) -> Result<OperationIngest, StoreError> {
+        self.write()?;
+        self.inner.ingest_operation_event(event, dedup_ttl)
+    }
+    fn pending_operation_events(
+        &self,
+        id: &OperationId,
+    ) -> Result<Vec<OperationEvent>, StoreError> {
+        self.inner.pending_operation_events(id)
+    }
+    fn operations_with_pending_events(&self) -> Result<Vec<OperationId>, StoreError> {
+        self.inner.operations_with_pending_events()
+    }
+    fn unrouted_operation_events(&self, limit: usize) -> Result<Vec<OperationEvent>, StoreError> {
+        self.inner.unrouted_operation_events(limit)
+    }
+    fn commit_operation(&self, commit: &OperationCommit) -> Result<OperationReceipt, StoreError> {
+        self.write()?;
+        self.inner.commit_operation(commit)
     }
 }
 

@@ -21,10 +21,17 @@
 //!   change does;
 //! - retries, polls and the outbox share one due-time index ([`DueIndex`], keyed by
 //!   ([`DueKind`], time, subject), read one kind at a time): every write that changes
-//!   an entry does so in the transaction of the change that calls for it.
+//!   an entry does so in the transaction of the change that calls for it;
+//! - an operation is created (record, request-id key, due entries, its customer's
+//!   in-progress entry, per-state count) in one transaction that also decides, race-free,
+//!   whether the customer already has one open; each later step is one version-checked
+//!   transaction that writes the record, moves its due entries, consumes its inbox
+//!   events and adopts those kept for its newly known tracking id, so a bank status
+//!   acknowledged is either pending or applied, never lost.
 //!
 //! The traits are grouped by record family ([`AccountStore`], [`InboxStore`],
 //! [`RowStore`], [`DueIndex`], [`IncidentStore`], [`OutboxStore`], [`FlagStore`],
+//! [`OperationStore`],
 //! [`Durability`]);
 //! [`Store`] is all of them. Async code holds the [`AsyncStore`] facade, which runs
 //! store work on the blocking pool, never on a runtime thread.
@@ -796,6 +803,7 @@ pub trait Store:
     + IncidentStore
     + OutboxStore
     + FlagStore
+    + OperationStore
     + Durability
     + Send
     + Sync
@@ -811,6 +819,7 @@ impl<T> Store for T where
         + IncidentStore
         + OutboxStore
         + FlagStore
+        + OperationStore
         + Durability
         + Send
         + Sync

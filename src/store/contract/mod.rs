@@ -25,6 +25,7 @@ mod durability;
 mod flags;
 mod inbox;
 mod incidents;
+mod operations;
 mod outbox;
 mod polls;
 mod rows;
@@ -196,16 +197,19 @@ pub(crate) fn run(backend: Backend, test: fn(&mut Fixture)) {
 
 /// `contract_tests! { behaviour, other_behaviour }` makes, for each listed
 /// `fn behaviour(f: &mut Fixture)` of the calling file, a module `behaviour` with one
-/// `#[test]` per backend (`store::contract::<file>::<behaviour>::sled`).
+/// `#[test]` per backend (`store::contract::<file>::<behaviour>::sled`). Attributes
+/// written before a name (`#[ignore = "why"]`) go on both of its tests.
 macro_rules! contract_tests {
-    ($($name:ident),* $(,)?) => {
+    ($($(#[$attr:meta])* $name:ident),* $(,)?) => {
         $(
             mod $name {
                 #[test]
+                $(#[$attr])*
                 fn sled() {
                     $crate::store::contract::run($crate::store::contract::Backend::Sled, super::$name);
                 }
                 #[test]
+                $(#[$attr])*
                 fn postgres() {
                     $crate::store::contract::run($crate::store::contract::Backend::Postgres, super::$name);
                 }

@@ -5,7 +5,8 @@
 //! from the synchronous store traits to sqlx, transactions with bounded retries, and
 //! durability. Each record family implements its trait in its own file, as in
 //! `store/sled/`: `accounts.rs`, `inbox.rs` (with the ingest batcher), `rows.rs`,
-//! `due.rs`, `incidents.rs`, `outbox.rs`, `flags.rs`; `sealing.rs` seals access tokens.
+//! `due.rs`, `incidents.rs`, `outbox.rs`, `flags.rs`, `operations.rs`; `sealing.rs` seals
+//! access tokens.
 //!
 //! Choices that differ from sled, and why:
 //! - Every write commits before its method returns (`synchronous_commit` is on for
@@ -29,6 +30,7 @@ mod due;
 mod flags;
 mod inbox;
 mod incidents;
+mod operations;
 mod outbox;
 mod rows;
 mod sealing;

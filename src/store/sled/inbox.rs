@@ -28,11 +28,21 @@ pub(super) struct UnroutedEvent {
 /// entry it repeats (`seq`) is still pending. Plaid sends byte-identical bodies for
 /// distinct `SYNC_UPDATES_AVAILABLE` events, so a repeat of an event whose sync already
 /// committed may announce new data and must not be dropped: it is appended anew.
+/// Without a `seq` (records of older versions, and operation events, whose dedup is by
+/// TTL alone) a repeat is a duplicate until `expires_at`. Every record, whatever wrote
+/// it, expires through [`InboxStore::purge_expired_dedup`].
 #[derive(Clone, Debug, Serialize, Deserialize)]
-struct DedupRecord {
-    expires_at: DateTime<Utc>,
+pub(super) struct DedupRecord {
+    pub(super) expires_at: DateTime<Utc>,
     #[serde(default)]
-    seq: Option<u64>,
+    pub(super) seq: Option<u64>,
+}
+
+/// When a dedup key received at `received_at` stops deduplicating.
+pub(super) fn dedup_expiry(received_at: DateTime<Utc>, ttl: Duration) -> DateTime<Utc> {
+    received_at
+        .checked_add_signed(chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 impl InboxStore for SledStore {
@@ -142,12 +152,7 @@ impl InboxStore for SledStore {
                 }
             }
         }
-        let expires_at = webhook
-            .received_at
-            .checked_add_signed(
-                chrono::Duration::from_std(dedup_ttl).unwrap_or(chrono::Duration::MAX),
-            )
-            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let expires_at = dedup_expiry(webhook.received_at, dedup_ttl);
         self.dedup
             .insert(
                 &dedup_key[..],

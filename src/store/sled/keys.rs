@@ -11,6 +11,7 @@ use chrono::{DateTime, Datelike, NaiveDate, Utc};
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::domain::flags::FlagKey;
+use crate::domain::operations::OperationId;
 use crate::domain::{AccountId, ProviderKind};
 use crate::store::{DueKind, StoreError};
 
@@ -57,6 +58,21 @@ pub(super) const DUE_SUBJECTS: &str = "due_subjects";
 /// Marker in `due_subjects` written once the indexes of older versions were moved into
 /// `due` (no kind has tag 0, so no subject key starts with a NUL byte).
 pub(super) const DUE_MIGRATED: &[u8] = b"\0migrated";
+
+/// Operation records by canonical id (byte order is creation order: see
+/// [`OperationId`]).
+pub(super) const OPERATIONS: &str = "operations";
+/// An operation's lookup keys to its id: `r` + request id, `t` + tracking id.
+pub(super) const OPERATION_KEYS: &str = "operation_keys";
+/// Pending bank statuses by (operation, seq).
+pub(super) const OPERATION_INBOX: &str = "operation_inbox";
+/// Bank statuses for tracking ids no operation has yet, by (tracking id, seq).
+pub(super) const OPERATION_UNROUTED: &str = "operation_unrouted";
+/// Customer id to the ids of its operations in progress (not terminal), sorted: one
+/// key per customer, so a create reads it inside its transaction (no range scans there).
+pub(super) const OPERATION_OPEN: &str = "operation_open";
+/// Operation state name to how many operations are in it (big-endian u64).
+pub(super) const OPERATION_COUNTS: &str = "operation_counts";
 
 /// Trees of older versions, read once by the migration into `due`, then dropped.
 pub(super) mod legacy {
@@ -341,6 +357,61 @@ pub(super) fn flag_history_key(key: &FlagKey, seq: u64) -> Vec<u8> {
     k
 }
 
+/// Key of an operation record: the id's bytes, so the tree iterates in id order.
+pub(super) fn operation_key(id: &OperationId) -> Vec<u8> {
+    id.as_str().as_bytes().to_vec()
+}
+
+/// Key of an operation's request id in `operation_keys`.
+pub(super) fn operation_request_key(request_id: &str) -> Vec<u8> {
+    let mut k = vec![b'r'];
+    k.extend_from_slice(request_id.as_bytes());
+    k
+}
+
+/// Key of an operation's tracking id in `operation_keys`.
+pub(super) fn operation_tracking_key(tracking_id: &str) -> Vec<u8> {
+    let mut k = vec![b't'];
+    k.extend_from_slice(tracking_id.as_bytes());
+    k
+}
+
+/// Prefix of an operation's pending events in `operation_inbox`.
+pub(super) fn operation_inbox_prefix(id: &OperationId) -> Vec<u8> {
+    prefixed(id.as_str())
+}
+
+/// Key of a pending event: the operation's prefix then the big-endian seq.
+pub(super) fn operation_inbox_key(id: &OperationId, seq: u64) -> Vec<u8> {
+    let mut k = operation_inbox_prefix(id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The operation an `operation_inbox` key belongs to.
+pub(super) fn operation_inbox_key_operation(key: &[u8]) -> Option<OperationId> {
+    let len = u32::from_be_bytes(key.get(..4)?.try_into().ok()?) as usize;
+    let id = std::str::from_utf8(key.get(4..4 + len)?).ok()?;
+    Some(OperationId(id.to_string()))
+}
+
+/// Prefix of the events kept for a tracking id in `operation_unrouted`.
+pub(super) fn operation_unrouted_prefix(tracking_id: &str) -> Vec<u8> {
+    prefixed(tracking_id)
+}
+
+/// Key of an event kept for a tracking id: its prefix then the big-endian seq.
+pub(super) fn operation_unrouted_key(tracking_id: &str, seq: u64) -> Vec<u8> {
+    let mut k = operation_unrouted_prefix(tracking_id);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Key of a customer's entry in `operation_open`.
+pub(super) fn operation_customer_key(customer_id: &str) -> Vec<u8> {
+    customer_id.as_bytes().to_vec()
+}
+
 /// A time as stored in due-index keys: unsigned millis since the epoch, times before
 /// it clamped to 0, so big-endian byte order is time order.
 pub(super) fn due_millis(at: DateTime<Utc>) -> u64 {
@@ -488,6 +559,20 @@ mod tests {
     fn inbox_keys_sort_by_seq() {
         let acc = AccountId("acc_1".into());
         assert!(inbox_key(&acc, 255) < inbox_key(&acc, 256));
+    }
+
+    #[test]
+    fn operation_inbox_keys_invert_and_do_not_overlap() {
+        let a = OperationId("op_a".into());
+        let ab = OperationId("op_ab".into());
+        assert_eq!(
+            operation_inbox_key_operation(&operation_inbox_key(&a, 7)),
+            Some(a.clone())
+        );
+        assert!(!operation_inbox_key(&ab, 1).starts_with(&operation_inbox_prefix(&a)));
+        assert!(operation_inbox_key(&a, 255) < operation_inbox_key(&a, 256));
+        assert!(!operation_unrouted_key("tb", 1).starts_with(&operation_unrouted_prefix("t")));
+        assert_ne!(operation_request_key("x"), operation_tracking_key("x"));
     }
 
     #[test]

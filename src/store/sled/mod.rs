@@ -4,7 +4,7 @@
 //! This file owns [`SledStore`] itself: opening (and migrating) the trees, the write
 //! gate, shutdown and durability. Each record family implements its trait in its own
 //! file: `accounts.rs`, `inbox.rs`, `rows.rs`, `due.rs`, `incidents.rs`, `outbox.rs`,
-//! `flags.rs`;
+//! `flags.rs`, `operations.rs`;
 //! `keys.rs` is the byte layout, `migrate.rs` the upgrade of older data dirs at open, and
 //! `group_commit.rs` the one flusher.
 //!
@@ -33,6 +33,7 @@ mod inbox;
 mod incidents;
 mod keys;
 mod migrate;
+mod operations;
 mod outbox;
 mod rows;
 mod sealed;
@@ -171,6 +172,8 @@ pub struct SledStore {
     outbox: Tree,
     /// Which keys the sealed secrets may need (see `sealed.rs`).
     secrets: Tree,
+    /// The operation family's trees (see `operations.rs`).
+    operations: operations::OperationTrees,
     /// Seals the secret fields of records on the way in, opens them on the way out.
     sealer: Sealer,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
@@ -297,6 +300,7 @@ impl SledStore {
         let outbox = tree(OUTBOX)?;
         outbox::rebuild_outbox_due(&outbox, &due_trees)?;
         let secrets = tree(SECRETS)?;
+        let operations = operations::OperationTrees::open(&db)?;
         sealed::prepare(&db, &secrets, &sealed_trees(&accounts), &sealer)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
@@ -340,6 +344,7 @@ impl SledStore {
             flag_changes,
             outbox,
             secrets,
+            operations,
             sealer,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),
