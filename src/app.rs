@@ -19,6 +19,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+use crate::actors::operation::{OperationDeps, OperationRegistry};
 use crate::actors::supervisor::Supervisor;
 use crate::actors::sweeper::{SweeperActor, SweeperMessage};
 use crate::actors::{ActorContext, Registry};
@@ -29,6 +30,7 @@ use crate::http::auth::{resolve_admin_token, AdminTokenSource};
 use crate::http::health::Readiness;
 use crate::http::{router, AppState};
 use crate::outbound::{Destinations, Sender};
+use crate::providers::bank::{BankClient, BankClientConfig, BankWebhookVerifier};
 use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
 use crate::providers::{DynCursorSource, DynProvider};
@@ -37,6 +39,7 @@ use crate::service;
 use crate::service::accounts::{self, LinkInput};
 use crate::store::Resolved;
 use crate::store::{AsyncStore, Store};
+use crate::sync::bank::OpeningParams;
 use crate::sync::plaid::SyncParams;
 
 mod backend;
@@ -73,6 +76,12 @@ impl App {
         Self::build_with_store_layer(settings, clock::system(), |store| store).await
     }
 
+    /// [`App::build`], reading "now" from `clock` for every decision (tests and
+    /// benchmarks jump it to run 30-minute polls and 12-hour deadlines at once).
+    pub async fn build_with_clock(settings: Settings, clock: SharedClock) -> anyhow::Result<App> {
+        Self::build_with_store_layer(settings, clock, |store| store).await
+    }
+
     /// [`App::build`], with everything but the final shutdown flush talking to the store
     /// through `layer(store)`: the seam the tests use to make the store fail. Private on
     /// purpose, so no production path can reach it.
@@ -93,12 +102,19 @@ impl App {
             .with_context(|| format!("binding {}", settings.server.listen))?;
         let addr = listener.local_addr()?;
 
-        let (plaid_base_url, sandbox) = if settings.plaid.base_url.is_empty() {
-            let (sandbox, handle) = start_embedded_sandbox(&settings, addr).await?;
-            (handle.base_url(), Some((sandbox, handle)))
+        // The embedded sandbox plays every provider whose URL is not configured.
+        let sandbox = if settings.plaid.base_url.is_empty() || settings.bank.base_url.is_empty() {
+            Some(start_embedded_sandbox(&settings, addr).await?)
         } else {
-            (settings.plaid.base_url.clone(), None)
+            None
         };
+        let sandbox_url = sandbox.as_ref().map(|(_, handle)| handle.base_url());
+        let pick = |configured: &str, sandbox_path: &str| match (&sandbox_url, configured) {
+            (Some(url), "") => format!("{url}{sandbox_path}"),
+            _ => configured.to_string(),
+        };
+        let plaid_base_url = pick(&settings.plaid.base_url, "");
+        let bank_base_url = pick(&settings.bank.base_url, "/bank");
         let plaid = plaid_client(&settings, plaid_base_url)?;
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, plaid.clone());
@@ -149,6 +165,17 @@ impl App {
             None => None,
         };
 
+        let operations =
+            operation_registry(&settings, bank_base_url, &actors, dyn_store.clone(), &clock)?;
+        let bank_verifier = Arc::new(BankWebhookVerifier::new(
+            settings
+                .bank
+                .webhook_secrets
+                .iter()
+                .map(|s| s.expose_secret().to_string())
+                .collect(),
+            settings.bank.webhook_tolerance,
+        ));
         let state = AppState {
             ctx: service::Context {
                 clock: clock.clone(),
@@ -158,6 +185,8 @@ impl App {
                 actors: actors.clone(),
                 providers: Arc::new(providers),
                 settings: settings.clone(),
+                operations,
+                bank_verifier,
             },
             shutting_down: Arc::new(AtomicBool::new(false)),
             readiness,
@@ -165,7 +194,12 @@ impl App {
 
         let sandbox = match sandbox {
             Some((sandbox, handle)) => {
-                let demo = if settings.sandbox.demo_items > 0 {
+                if settings.sandbox.demo_openings > 0 && settings.bank.base_url.is_empty() {
+                    start_demo_openings(&state, &sandbox).await?;
+                }
+                // Demo items only where the sandbox plays Plaid.
+                let demo = if settings.sandbox.demo_items > 0 && settings.plaid.base_url.is_empty()
+                {
                     Some(start_demo(&state, sandbox).await?)
                 } else {
                     None
@@ -282,7 +316,12 @@ impl App {
             .await;
         // Running syncs commit within `actors.shutdown_grace` or are abandoned; no new
         // one starts. The embedded sandbox stays up for them until this returns.
-        state.ctx.registry.shutdown().await;
+        // Operation steps likewise (a step abandoned wrote nothing; its timer is due).
+        let grace = state.ctx.settings.actors.shutdown_grace;
+        tokio::join!(
+            state.ctx.registry.shutdown(),
+            state.ctx.operations.shutdown(grace)
+        );
         let _ = supervisor
             .stop_and_wait(None, Some(state.ctx.settings.actors.call_timeout))
             .await;
@@ -350,11 +389,18 @@ async fn start_embedded_sandbox(
         default_webhook_url: Some(webhook_url(settings, addr)),
         seed: settings.sandbox.seed,
         data_dir: Some(dir.clone()),
-        // The embedded defaults (`sandbox-bank-key`, `sandbox-bank-webhook-secret`); the
-        // bank's webhook URL is set once acctor's bank webhook route exists.
+        // The bank plays the one acctor is configured for: its API key, its webhook
+        // secrets (it signs with all of them, as a bank rotating would), acctor's route.
         bank: BankSandboxConfig {
+            api_key: settings.bank.api_key.expose_secret().to_string(),
+            webhook_url: Some(format!("http://{addr}/webhooks/bank")),
+            webhook_secrets: settings
+                .bank
+                .webhook_secrets
+                .iter()
+                .map(|s| s.expose_secret().to_string())
+                .collect(),
             seed: settings.sandbox.seed,
-            ..BankSandboxConfig::default()
         },
     };
     let reset = settings.sandbox.reset_demo;
@@ -396,6 +442,47 @@ fn plaid_client(settings: &Settings, base_url: String) -> anyhow::Result<Arc<Pla
     Ok(Arc::new(client))
 }
 
+/// The operation actors' registry, over the bank at `base_url`.
+fn operation_registry(
+    settings: &Settings,
+    base_url: String,
+    actors: &Arc<ActorContext>,
+    store: Arc<dyn Store>,
+    clock: &SharedClock,
+) -> anyhow::Result<Arc<OperationRegistry>> {
+    let bank = BankClient::new(BankClientConfig {
+        base_url,
+        api_key: settings.bank.api_key.expose_secret().to_string(),
+        timeout: settings.bank.request_timeout,
+        legacy_timeout: settings.bank.legacy_timeout,
+    })
+    .context("building the bank client")?;
+    let ops = &settings.operations;
+    let public_url = if ops.public_url.is_empty() {
+        format!("http://{}", settings.server.listen)
+    } else {
+        ops.public_url.clone()
+    };
+    Ok(OperationRegistry::new(Arc::new(OperationDeps {
+        store: AsyncStore::new(store),
+        bank: Arc::new(bank),
+        params: OpeningParams {
+            poll_interval: ops.poll_interval,
+            slow_poll_interval: ops.slow_poll_interval,
+            max_step_attempts: ops.max_step_attempts,
+            retry_initial: ops.step_retry_initial,
+            retry_max: ops.step_retry_max,
+            public_url,
+            alerts_on: !settings.alerts.url.is_empty(),
+        },
+        clock: clock.clone(),
+        metrics: actors.metrics.clone(),
+        passivate_after: settings.actors.passivate_after,
+        call_timeout: settings.actors.call_timeout,
+        alerts: actors.alert_notifier(),
+    })))
+}
+
 /// Starts what runs beside the requests: the dedup janitor, restart recovery and the
 /// sweeper (watched by `/readyz`).
 async fn start_background(
@@ -415,7 +502,8 @@ async fn start_background(
             ctx.registry.clone(),
             ctx.settings.sweeper.clone(),
             ctx.clock.clone(),
-        ),
+        )
+        .with_operations(ctx.operations.clone()),
         (),
     )
     .await
@@ -502,6 +590,87 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
             }
         }
     }))
+}
+
+/// The demo's account openings at the embedded sandbox bank, each for its own demo
+/// customer and made once per data dir (a customer with an opening is left alone): the
+/// Dutch and Belgian ones complete by webhook after a few seconds, the German one goes
+/// through the legacy API (the demo switches its market's flag off, unless someone set
+/// it), and the French market's webhooks are lost on purpose (a silent market): that
+/// one completes at its next poll, or when asked to retry.
+async fn start_demo_openings(state: &AppState, sandbox: &Sandbox) -> anyhow::Result<()> {
+    use crate::domain::flags::{FlagKey, FlagName};
+    use crate::domain::operations::{OperationQuery, Segment};
+    use crate::sandbox::MarketUpdate;
+    let ctx = &state.ctx;
+    let bank = sandbox.bank();
+    let plan = [
+        ("NL", Segment::Company, "Ada Lovelace BV"),
+        ("BE", Segment::Freelancer, "Grace Hopper"),
+        ("DE", Segment::Company, "Emmy Noether GmbH"),
+        ("FR", Segment::Company, "Sophie Germain SAS"),
+    ];
+    let count = (ctx.settings.sandbox.demo_openings as usize).min(plan.len());
+    for (market, _, _) in &plan[..count] {
+        let update = MarketUpdate {
+            delay_ms: Some(2_000),
+            legacy_delay_ms: Some(1_500),
+            silent: Some(*market == "FR"),
+            ..MarketUpdate::default()
+        };
+        bank.set_market(market, update)
+            .map_err(|e| anyhow::anyhow!("demo bank settings: {e}"))?;
+    }
+    let legacy = FlagKey {
+        name: FlagName::AccountOpeningAsync,
+        market: "DE".to_string(),
+        segment: Segment::Company,
+    };
+    let served = |market: &str| ctx.settings.operations.markets.iter().any(|m| m == market);
+    let read = legacy.clone();
+    if count > 2 && served("DE") && ctx.store.run(move |s| s.get_flag(&read)).await?.is_none() {
+        service::flags::set(
+            ctx,
+            legacy,
+            false,
+            "demo".to_string(),
+            Some("the demo shows the legacy path in DE".to_string()),
+        )
+        .await
+        .context("setting the demo's flag")?;
+    }
+    for (n, (market, segment, name)) in plan[..count].iter().enumerate() {
+        if !served(market) {
+            continue;
+        }
+        let customer = format!("demo-customer-{n}");
+        let query = OperationQuery {
+            customer_id: Some(customer.clone()),
+            limit: 1,
+            ..OperationQuery::default()
+        };
+        if !service::operations::list(ctx, query).await?.is_empty() {
+            continue;
+        }
+        let created = service::operations::create(
+            ctx,
+            service::operations::CreateOpening {
+                customer_id: customer.clone(),
+                market: market.to_string(),
+                segment: *segment,
+                legal_name: name.to_string(),
+                email: None,
+                registration_number: None,
+                force: false,
+            },
+        )
+        .await
+        .with_context(|| format!("opening the demo account of {customer}"))?;
+        if let service::operations::Created::New(op) = created {
+            tracing::info!(operation_id = %op.id, customer = %customer, market, "demo account opening started");
+        }
+    }
+    Ok(())
 }
 
 /// Deletes expired dedup records a few times per TTL, so the dedup table holds about one

@@ -76,6 +76,41 @@ impl Clock for ManualClock {
     }
 }
 
+/// The system's wall clock shifted forward by an offset that only grows: time flows as
+/// usual, and a test jumps it by 30 minutes or 12 hours at once (integration tests,
+/// where real servers, sockets and signatures need time to keep moving).
+#[derive(Debug, Default)]
+pub struct ShiftedClock {
+    offset: Mutex<chrono::Duration>,
+}
+
+impl ShiftedClock {
+    /// A clock reading the system time (no offset yet).
+    pub fn new() -> Arc<ShiftedClock> {
+        Arc::new(ShiftedClock::default())
+    }
+
+    /// Jumps the clock forward by `by`.
+    pub fn advance(&self, by: std::time::Duration) {
+        let mut offset = self
+            .offset
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *offset += chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
+    }
+}
+
+impl Clock for ShiftedClock {
+    fn now(&self) -> DateTime<Utc> {
+        // A plain duration: a poisoned lock still holds a valid value.
+        let offset = *self
+            .offset
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Utc::now() + offset
+    }
+}
+
 /// Wall-clock time that advances with tokio's clock: `start` plus the tokio time
 /// elapsed since the clock was made. Under `tokio::time::pause()` it stands still and
 /// jumps with `advance` and auto-advance, so timers (`sleep`, `send_after`) and the

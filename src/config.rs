@@ -23,6 +23,10 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Plaid client.
     pub plaid: PlaidSettings,
+    /// `[bank]`.
+    pub bank: BankSettings,
+    /// `[operations]`.
+    pub operations: OperationSettings,
     /// Account actors.
     pub actors: ActorSettings,
     /// Simulated providers.
@@ -257,6 +261,61 @@ pub struct SandboxSettings {
     /// Start the embedded sandbox and the demo afresh (`--reset-demo`): its saved state
     /// is deleted and the demo accounts are purged and linked again.
     pub reset_demo: bool,
+    /// Whether `POST /v1/sandbox/account-openings/{id}/status` is served.
+    pub simulate_bank_webhooks: bool,
+    /// Account openings the demo starts.
+    pub demo_openings: u32,
+}
+
+/// `[bank]`: the bank that opens accounts.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BankSettings {
+    /// API base URL; empty: the embedded sandbox bank.
+    pub base_url: String,
+    /// Bearer API key.
+    pub api_key: SecretString,
+    /// Webhook signing secrets (one, or two while rotating).
+    pub webhook_secrets: Vec<SecretString>,
+    /// Largest accepted distance between a webhook's timestamp and now.
+    #[serde(with = "humantime_serde")]
+    pub webhook_tolerance: Duration,
+    /// Timeout of one async, status or card call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Timeout of one legacy synchronous call.
+    #[serde(with = "humantime_serde")]
+    pub legacy_timeout: Duration,
+}
+
+/// `[operations]`: account openings.
+#[derive(Clone, Debug, Deserialize)]
+pub struct OperationSettings {
+    /// Accepted markets (ISO 3166-1 alpha-2, upper case).
+    pub markets: Vec<String>,
+    /// The path of a market and segment whose flag was never set.
+    pub async_by_default: bool,
+    /// Status poll interval while the bank has not decided.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Poll interval after escalation.
+    #[serde(with = "humantime_serde")]
+    pub slow_poll_interval: Duration,
+    /// Escalate once after this long without a bank decision.
+    #[serde(with = "humantime_serde")]
+    pub escalate_after: Duration,
+    /// Dedup window of (request id, status).
+    #[serde(with = "humantime_serde")]
+    pub dedup_ttl: Duration,
+    /// Failures of the next step before the operation is step_failed.
+    pub max_step_attempts: u32,
+    /// First retry delay of a failed step.
+    #[serde(with = "humantime_serde")]
+    pub step_retry_initial: Duration,
+    /// Largest retry delay of a failed step.
+    #[serde(with = "humantime_serde")]
+    pub step_retry_max: Duration,
+    /// Base URL of the dashboard for deep links; empty: `http://<server.listen>`.
+    pub public_url: String,
 }
 
 /// Why configuration could not be loaded.
@@ -292,6 +351,9 @@ const TEXT_KEYS: &[&str] = &[
     "sandbox.webhook_url",
     "alerts.url",
     "alerts.secret",
+    "bank.base_url",
+    "bank.api_key",
+    "operations.public_url",
 ];
 
 /// The settings whose value is a secret: never quoted in an error.
@@ -301,6 +363,8 @@ const SECRET_KEYS: &[&str] = &[
     "plaid.secret",
     "sandbox.secret",
     "alerts.secret",
+    "bank.api_key",
+    "bank.webhook_secrets",
 ];
 
 /// The `ACCTOR__…` variables as a figment provider. figment's `Env` reads every
@@ -490,6 +554,92 @@ impl Settings {
         Ok(())
     }
 
+    /// The `[bank]` and `[operations]` checks.
+    fn validate_operations(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, reason: &str| ConfigError::Invalid {
+            field,
+            reason: reason.to_string(),
+        };
+        let url = &self.bank.base_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "bank.base_url",
+                "must start with http:// or https://",
+            ));
+        }
+        if url.is_empty() && !self.sandbox.embedded {
+            return Err(invalid(
+                "bank.base_url",
+                "is empty and sandbox.embedded is false: set the bank's URL or enable the sandbox",
+            ));
+        }
+        let secrets = &self.bank.webhook_secrets;
+        if secrets.is_empty() || secrets.len() > 2 {
+            return Err(invalid(
+                "bank.webhook_secrets",
+                "must hold one secret, or two while rotating",
+            ));
+        }
+        if secrets.iter().any(|s| s.expose_secret().len() < 16) {
+            return Err(invalid(
+                "bank.webhook_secrets",
+                "each secret must be at least 16 characters",
+            ));
+        }
+        for (field, value) in [
+            ("bank.webhook_tolerance", self.bank.webhook_tolerance),
+            ("bank.request_timeout", self.bank.request_timeout),
+            ("bank.legacy_timeout", self.bank.legacy_timeout),
+            ("operations.poll_interval", self.operations.poll_interval),
+            (
+                "operations.slow_poll_interval",
+                self.operations.slow_poll_interval,
+            ),
+            ("operations.escalate_after", self.operations.escalate_after),
+            ("operations.dedup_ttl", self.operations.dedup_ttl),
+            (
+                "operations.step_retry_initial",
+                self.operations.step_retry_initial,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(invalid(field, "must be greater than zero"));
+            }
+        }
+        let ops = &self.operations;
+        if ops.markets.is_empty()
+            || ops
+                .markets
+                .iter()
+                .any(|m| m.len() != 2 || !m.bytes().all(|b| b.is_ascii_uppercase()))
+        {
+            return Err(invalid(
+                "operations.markets",
+                "must list ISO 3166-1 alpha-2 codes in upper case, e.g. [\"NL\", \"BE\"]",
+            ));
+        }
+        if ops.step_retry_initial > ops.step_retry_max {
+            return Err(invalid(
+                "operations.step_retry_initial",
+                "must be at most operations.step_retry_max",
+            ));
+        }
+        if !(1..=100).contains(&ops.max_step_attempts) {
+            return Err(invalid(
+                "operations.max_step_attempts",
+                "must be between 1 and 100",
+            ));
+        }
+        let public = &ops.public_url;
+        if !(public.is_empty() || public.starts_with("http://") || public.starts_with("https://")) {
+            return Err(invalid(
+                "operations.public_url",
+                "must start with http:// or https://",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(field: &'static str, reason: impl Into<String>) -> ConfigError {
             ConfigError::Invalid {
@@ -534,6 +684,7 @@ impl Settings {
             return Err(invalid("store.dedup_ttl", "must be greater than zero"));
         }
         self.validate_postgres()?;
+        self.validate_operations()?;
         if !(1..=500).contains(&self.plaid.sync_page_size) {
             return Err(invalid("plaid.sync_page_size", "must be between 1 and 500"));
         }

@@ -90,6 +90,20 @@ pub struct IncidentLabels {
     pub kind: String,
 }
 
+/// Labels of `acctor_operation_calls_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationCallLabels {
+    /// `create`, `legacy`, `poll` or `card`.
+    pub call: String,
+}
+
+/// Labels of `acctor_operations`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationStateLabels {
+    /// The operation state.
+    pub state: String,
+}
+
 /// Levels read at scrape time from the store and the registry of actors.
 #[derive(Clone, Debug, Default)]
 pub struct ScrapeValues {
@@ -107,6 +121,10 @@ pub struct ScrapeValues {
     pub passivations: u64,
     /// Open incidents by kind (every kind, zeros included).
     pub incidents_open: Vec<(&'static str, u64)>,
+    /// Operations by state (every state, zeros included).
+    pub operations: Vec<(&'static str, u64)>,
+    /// Live operation actors.
+    pub operation_actors_active: u64,
 }
 
 /// Counters whose source of truth is elsewhere (the registry's atomics), copied in at
@@ -156,6 +174,11 @@ pub struct Metrics {
     retry_backlog: Gauge,
     retries_due: Gauge,
     actors_active: Gauge,
+    operations: Family<OperationStateLabels, Gauge>,
+    operation_actors_active: Gauge,
+    operation_calls: Family<OperationCallLabels, Counter>,
+    operation_escalations: Counter,
+    operation_completion: Histogram,
     scraped: Arc<ScrapedCounters>,
 }
 
@@ -261,6 +284,36 @@ impl Metrics {
             "acctor_actors_active",
             "Live account actors (the rest are passivated)",
         );
+        let operations = Family::<OperationStateLabels, Gauge>::default();
+        registry.register(
+            "acctor_operations",
+            "Account-opening operations, by state",
+            operations.clone(),
+        );
+        let operation_actors_active = gauge(
+            &mut registry,
+            "acctor_operation_actors_active",
+            "Live operation actors (the rest are passivated)",
+        );
+        let operation_calls = Family::<OperationCallLabels, Counter>::default();
+        registry.register(
+            "acctor_operation_calls",
+            "Calls to the bank made by operations, by call (create, legacy, poll, card)",
+            operation_calls.clone(),
+        );
+        let operation_escalations = Counter::default();
+        registry.register(
+            "acctor_operation_escalations",
+            "Operations escalated for want of a bank decision",
+            operation_escalations.clone(),
+        );
+        // 1 s to ~3 days: a sandbox opening up to one the bank sat on.
+        let operation_completion = Histogram::new(exponential_buckets(1.0, 2.0, 19));
+        registry.register(
+            "acctor_operation_time_to_completion_seconds",
+            "From an operation's creation to its completion (account open, card issued)",
+            operation_completion.clone(),
+        );
         let scraped = Arc::new(ScrapedCounters::default());
         registry.register_collector(Box::new(scraped.clone()));
         Metrics {
@@ -279,8 +332,41 @@ impl Metrics {
             retry_backlog,
             retries_due,
             actors_active,
+            operations,
+            operation_actors_active,
+            operation_calls,
+            operation_escalations,
+            operation_completion,
             scraped,
         }
+    }
+
+    /// Counts the bank calls one operation step made.
+    pub fn operation_calls(&self, creates: u32, legacy: u32, polls: u32, cards: u32) {
+        for (call, n) in [
+            ("create", creates),
+            ("legacy", legacy),
+            ("poll", polls),
+            ("card", cards),
+        ] {
+            if n > 0 {
+                self.operation_calls
+                    .get_or_create(&OperationCallLabels {
+                        call: call.to_string(),
+                    })
+                    .inc_by(u64::from(n));
+            }
+        }
+    }
+
+    /// Counts one escalation.
+    pub fn operation_escalated(&self) {
+        self.operation_escalations.inc();
+    }
+
+    /// Records a completed operation's time from creation to completion.
+    pub fn operation_completed(&self, took: Duration) {
+        self.operation_completion.observe(took.as_secs_f64());
     }
 
     /// Counts one webhook: `outcome` is `accepted`, `duplicate` or `rejected`, with a
@@ -398,6 +484,15 @@ impl Metrics {
         for (kind, open) in &scrape.incidents_open {
             self.set_incidents_open(kind, *open);
         }
+        for (state, count) in &scrape.operations {
+            self.operations
+                .get_or_create(&OperationStateLabels {
+                    state: state.to_string(),
+                })
+                .set(level(*count));
+        }
+        self.operation_actors_active
+            .set(level(scrape.operation_actors_active));
         self.scraped
             .activations
             .store(scrape.activations, Ordering::Relaxed);

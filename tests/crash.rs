@@ -32,6 +32,8 @@
 
 #[path = "crash/harness.rs"]
 mod harness;
+#[path = "crash/openings.rs"]
+mod openings;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -270,6 +272,18 @@ async fn sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_postgres_sigkilled_acctor_never_loses_nor_doubles_acknowledged_webhooks() {
     kills_under_load(true).await;
+}
+
+/// Account openings under SIGKILL (see `crash/openings.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_acctor_opens_each_account_once_with_one_card() {
+    openings::openings_under_kills(false).await;
+}
+
+/// The same on the PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_sigkilled_acctor_opens_each_account_once_with_one_card() {
+    openings::openings_under_kills(true).await;
 }
 
 async fn kills_under_load(postgres: bool) {

@@ -97,6 +97,12 @@ impl ActorContext {
         let _ = self.alerts.set(sender);
     }
 
+    /// The alert sender's wake-up, when outbound alerts are on (the operation actors
+    /// wake it too).
+    pub fn alert_notifier(&self) -> Option<Arc<Notify>> {
+        self.alerts.get().cloned()
+    }
+
     /// Whether outbound alerts are on (incident changes then enqueue an alert).
     pub(super) fn alerts_on(&self) -> bool {
         self.alerts.get().is_some()

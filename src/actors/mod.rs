@@ -17,6 +17,7 @@
 pub mod account;
 pub mod context;
 pub mod incidents;
+pub mod operation;
 pub mod reauth;
 pub mod registry;
 pub mod resume;

@@ -22,8 +22,16 @@
 //! it is looked at again one interval later, not on every tick, and parked accounts
 //! cannot crowd the batch.
 //!
+//! Operations (account openings) use the same index through three kinds: the due part
+//! of [`DueKind::OperationWake`] (a create or a card step to retry, a status poll) and
+//! of [`DueKind::OperationDeadline`] (overdue: escalate) is read every pass and each
+//! operation's actor is asked to run a step, which moves or removes its entries in the
+//! step's own commit; operations with stale inbox events are re-driven like accounts.
+//! [`DueKind::OperationFailed`] is the index of operations waiting for ops; nothing
+//! re-drives them until ops do.
+//!
 //! It never syncs by itself: every request goes through the registry to the account's
-//! actor, whose mailbox keeps syncs of one account serialized.
+//! (or operation's) actor, whose mailbox keeps the work of one thing serialized.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,11 +45,12 @@ use tokio::task::JoinHandle;
 
 use super::account::SyncReason;
 use super::context::ActorContext;
+use super::operation::OperationRegistry;
 use super::registry::{Registry, RegistryError};
 use crate::clock::SharedClock;
 use crate::config::SweeperSettings;
 use crate::domain::{AccountId, LinkStatus};
-use crate::store::StoreError;
+use crate::store::{DueKind, StoreError};
 
 /// Messages of the sweeper.
 pub enum SweeperMessage {
@@ -70,6 +79,8 @@ pub struct PassReport {
     pub polls_deferred: u64,
     /// Stale polling entries repaired (account gone or unlinked, or synced since).
     pub polls_repaired: u64,
+    /// Operations asked to run a step (a timer due, overdue, or stale events).
+    pub operations_driven: u64,
 }
 
 /// The sweeper's observable state.
@@ -91,6 +102,8 @@ pub struct SweeperSnapshot {
     pub polls_deferred: u64,
     /// Stale polling entries repaired since start.
     pub polls_repaired: u64,
+    /// Operation steps requested since start.
+    pub operations_driven: u64,
     /// Passes that failed on a store error.
     pub failed_passes: u64,
 }
@@ -101,9 +114,16 @@ pub struct SweeperActor {
     registry: Arc<Registry>,
     settings: SweeperSettings,
     clock: SharedClock,
+    operations: Option<Arc<OperationRegistry>>,
 }
 
 impl SweeperActor {
+    /// Also drives the operations of `operations` from their due entries.
+    pub fn with_operations(mut self, operations: Arc<OperationRegistry>) -> Self {
+        self.operations = Some(operations);
+        self
+    }
+
     /// A sweeper reading the store from `ctx` and driving `registry`'s actors, on the
     /// wall clock.
     pub fn new(ctx: Arc<ActorContext>, registry: Arc<Registry>, settings: SweeperSettings) -> Self {
@@ -122,6 +142,7 @@ impl SweeperActor {
             registry,
             settings,
             clock,
+            operations: None,
         }
     }
 }
@@ -186,9 +207,15 @@ impl Actor for SweeperActor {
                 let registry = self.registry.clone();
                 let settings = self.settings.clone();
                 let now = self.clock.now();
+                let operations = self.operations.clone();
                 state.running = Some(tokio::spawn(async move {
                     let result = tokio::task::spawn_blocking(move || {
-                        sweep(&ctx, &registry, &settings, now, scan_stale)
+                        let mut report = sweep(&ctx, &registry, &settings, now, scan_stale)?;
+                        if let Some(operations) = &operations {
+                            report.operations_driven =
+                                operation_pass(&ctx, operations, &settings, now, scan_stale)?;
+                        }
+                        Ok(report)
                     })
                     .await
                     .unwrap_or_else(|e| Err(StoreError::Io(format!("sweep task failed: {e}"))));
@@ -207,6 +234,7 @@ impl Actor for SweeperActor {
                         state.snapshot.polls_requested += report.polls_requested;
                         state.snapshot.polls_deferred += report.polls_deferred;
                         state.snapshot.polls_repaired += report.polls_repaired;
+                        state.snapshot.operations_driven += report.operations_driven;
                         if report != PassReport::default() {
                             tracing::debug!(
                                 retries = report.retries_redriven,
@@ -216,6 +244,7 @@ impl Actor for SweeperActor {
                                 polls = report.polls_requested,
                                 polls_deferred = report.polls_deferred,
                                 polls_repaired = report.polls_repaired,
+                                operations = report.operations_driven,
                                 "sweeper re-drove work"
                             );
                         }
@@ -368,6 +397,54 @@ fn poll_pass(
         }
     }
     Ok(())
+}
+
+/// Asks every operation with a due wake-up or deadline (and, when `scan_stale`, with
+/// inbox events older than `stale_inbox_after`) to run a step. Returns how many.
+fn operation_pass(
+    ctx: &ActorContext,
+    operations: &OperationRegistry,
+    settings: &SweeperSettings,
+    now: DateTime<Utc>,
+    scan_stale: bool,
+) -> Result<u64, StoreError> {
+    let store = &ctx.store;
+    let mut ids = Vec::new();
+    for kind in [DueKind::OperationWake, DueKind::OperationDeadline] {
+        ids.extend(
+            store
+                .due_entries(now, kind, settings.batch)?
+                .into_iter()
+                .map(|e| crate::domain::operations::OperationId(e.subject)),
+        );
+    }
+    if scan_stale {
+        let older_than = now
+            - chrono::Duration::from_std(settings.stale_inbox_after)
+                .unwrap_or(chrono::Duration::zero());
+        for id in store.operations_with_pending_events()? {
+            let oldest = store
+                .pending_operation_events(&id)?
+                .first()
+                .map(|e| e.received_at);
+            if oldest.is_some_and(|at| at <= older_than) {
+                ids.push(id);
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    let mut driven = 0;
+    for id in ids {
+        match operations.drive(&id) {
+            Ok(()) => driven += 1,
+            Err(super::operation::registry::OperationRegistryError::ShuttingDown) => break,
+            Err(error) => {
+                tracing::debug!(operation_id = %id, %error, "sweeper could not drive operation")
+            }
+        }
+    }
+    Ok(driven)
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -72,6 +72,18 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Account openings in flight: memory per waiting operation, then completions per
+    /// second as the bank decides them all (webhooks, in random order).
+    Operations {
+        /// Operations created and left waiting.
+        #[arg(long, default_value_t = 10_000)]
+        count: u64,
+        /// Creates in flight at once.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Memory per idle account and activation latency.
     Accounts {
         /// Linked accounts.
@@ -167,6 +179,14 @@ fn main() -> anyhow::Result<()> {
             server.block_on(initial_sync(transactions, runs, target.as_ref()))
         }
         Command::Accounts { count, samples } => server.block_on(accounts(count, samples)),
+        Command::Operations {
+            count,
+            concurrency,
+            store,
+        } => {
+            let target = store.prepare()?;
+            server.block_on(operations(count, concurrency, target.as_ref()))
+        }
     }
 }
 
@@ -175,6 +195,7 @@ fn quiet_settings(dir: &std::path::Path, sandbox_url: &str) -> Settings {
     settings.server.listen = "127.0.0.1:0".parse().expect("literal address");
     settings.store.data_dir = dir.to_path_buf();
     settings.plaid.base_url = sandbox_url.to_string();
+    settings.bank.base_url = format!("{sandbox_url}/bank");
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
     settings.secrets.key = Some(secrecy::SecretString::from(
@@ -611,6 +632,163 @@ async fn initial_sync(
     }
     let _ = stop_app.send(());
     let _ = app_task.await;
+    sandbox_handle.shutdown().await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- operations
+
+/// Polls `probe` every 50 ms until it holds, for at most `within`.
+async fn wait_until(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + within;
+    while !probe()? {
+        anyhow::ensure!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn operations(
+    count: u64,
+    concurrency: usize,
+    target: Option<&PgTarget>,
+) -> anyhow::Result<()> {
+    use acctor::domain::operations::OperationState;
+    use acctor::sandbox::{ForcedOutcome, MarketUpdate, Outcome};
+    use rand::seq::SliceRandom;
+
+    let (sandbox, sandbox_handle) = start_sandbox().await?;
+    let bank = sandbox.bank();
+    // The bank sits on every opening until the benchmark decides it.
+    bank.set_market(
+        "NL",
+        MarketUpdate {
+            outcome: Some(Outcome::Never),
+            ..MarketUpdate::default()
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = tempfile::tempdir()?;
+    let mut settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
+    use_store(&mut settings, target);
+    // Idle operation actors stop quickly, so "waiting" means passivated.
+    settings.actors.passivate_after = Duration::from_secs(1);
+    let cache = settings.store.cache_capacity_bytes;
+    let app = App::build(settings).await?;
+    let url = format!("http://{}", app.addr());
+    bank.set_webhook_url(Some(format!("{url}/webhooks/bank")));
+    let client = admin_client(&app)?;
+    let state = app.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let rss_start = rss_bytes();
+
+    // Create them all, `concurrency` at a time.
+    let started = Instant::now();
+    let next = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, next) = (client.clone(), url.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            loop {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= count {
+                    return Ok::<_, anyhow::Error>(ids);
+                }
+                let response = client
+                    .post(format!("{url}/v1/operations/account-openings"))
+                    .json(&json!({
+                        "customer_id": format!("bench-customer-{n}"),
+                        "market": "NL",
+                        "segment": "company",
+                        "legal_name": format!("Bench {n} BV"),
+                    }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status() == StatusCode::ACCEPTED,
+                    "create {n}: {}",
+                    response.status()
+                );
+                let body: serde_json::Value = response.json().await?;
+                ids.push(body["id"].as_str().unwrap_or_default().to_string());
+            }
+        }));
+    }
+    let mut ids = Vec::new();
+    for task in tasks {
+        ids.extend(task.await??);
+    }
+    let create_secs = started.elapsed().as_secs_f64();
+    // Every one submitted to the bank (tracking id recorded), every actor passivated.
+    let store = state.ctx.store.blocking().clone();
+    wait_until("every opening submitted", Duration::from_secs(600), || {
+        Ok(bank.stats().openings >= count)
+    })
+    .await?;
+    let operations = state.ctx.operations.clone();
+    wait_until(
+        "operation actors passivated",
+        Duration::from_secs(120),
+        || Ok(operations.stats().active == 0 && operations.stats().steps_running == 0),
+    )
+    .await?;
+    let rss_waiting = rss_bytes();
+
+    // The bank decides them all, in random order, as fast as it can send.
+    let mut tracking: Vec<String> = bank.openings().into_iter().map(|o| o.tracking_id).collect();
+    tracking.shuffle(&mut rand::thread_rng());
+    let started = Instant::now();
+    for tracking_id in &tracking {
+        bank.force_outcome(tracking_id, ForcedOutcome::Complete)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    // Store reads off the runtime's threads (the PostgreSQL store blocks on its own).
+    let deadline = Instant::now() + Duration::from_secs(1200);
+    loop {
+        let store = store.clone();
+        let counts = tokio::task::spawn_blocking(move || store.count_operations()).await??;
+        let completed = counts
+            .iter()
+            .find(|(s, _)| *s == OperationState::Completed)
+            .map_or(0, |(_, n)| *n);
+        if completed >= count {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "timed out: {completed} of {count} completed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let complete_secs = started.elapsed().as_secs_f64();
+    let cards = bank.stats().cards_issued;
+    let store_name = if target.is_some() { "postgres" } else { "sled" };
+    println!("| store | operations | creates/s | RSS before | RSS all waiting | store cache | bytes/waiting op (beyond cache) | bytes/waiting op (all) | completions/s | cards issued |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let grown = rss_waiting.saturating_sub(rss_start);
+    println!(
+        "| {store_name} | {count} | {:.0} | {} MiB | {} MiB | {} MiB | {:.0} | {:.0} | {:.0} | {cards} |",
+        count as f64 / create_secs,
+        rss_start >> 20,
+        rss_waiting >> 20,
+        cache >> 20,
+        grown.saturating_sub(cache) as f64 / count as f64,
+        grown as f64 / count as f64,
+        count as f64 / complete_secs,
+    );
+    anyhow::ensure!(cards == count, "{cards} cards for {count} openings");
+    drop(ids);
+    drop(state);
+    let _ = stop.send(());
+    server.await??;
     sandbox_handle.shutdown().await?;
     Ok(())
 }

@@ -36,7 +36,11 @@ impl OperationId {
 
     /// Whether `s` has the shape of an operation id.
     pub fn looks_canonical(s: &str) -> bool {
-        s.len() == 35 && s.starts_with("op_") && s[3..].bytes().all(|b| b.is_ascii_hexdigit())
+        s.len() == 35
+            && s.starts_with("op_")
+            && s[3..]
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     }
 
     /// The id as a string slice.

@@ -194,6 +194,33 @@ impl JsonFields {
         }
     }
 
+    /// An optional string field (absent or `null`: `None`).
+    pub fn opt_string(&mut self, name: &str) -> Result<Option<String>, ApiError> {
+        match self.object.remove(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text)),
+            Some(_) => Err(invalid_body(name, "must be a string")),
+        }
+    }
+
+    /// A required boolean field.
+    pub fn bool(&mut self, name: &str) -> Result<bool, ApiError> {
+        match self.object.remove(name) {
+            None => Err(invalid_body(name, "required")),
+            Some(Value::Bool(value)) => Ok(value),
+            Some(_) => Err(invalid_body(name, "must be true or false")),
+        }
+    }
+
+    /// An optional boolean field (absent: `default`).
+    pub fn opt_bool(&mut self, name: &str, default: bool) -> Result<bool, ApiError> {
+        match self.object.remove(name) {
+            None => Ok(default),
+            Some(Value::Bool(value)) => Ok(value),
+            Some(_) => Err(invalid_body(name, "must be true or false")),
+        }
+    }
+
     /// An optional array of strings (absent: empty).
     pub fn strings(&mut self, name: &str) -> Result<Vec<String>, ApiError> {
         match self.object.remove(name) {

@@ -49,8 +49,21 @@ pub fn scrape_values(state: &AppState) -> Result<ScrapeValues, StoreError> {
             (kind.as_str(), count)
         })
         .collect();
+    let by_state = store.count_operations()?;
+    let operations = crate::domain::operations::OperationState::ALL
+        .iter()
+        .map(|state| {
+            let count = by_state
+                .iter()
+                .find(|(s, _)| s == state)
+                .map_or(0, |(_, n)| *n);
+            (state.as_str(), count)
+        })
+        .collect();
     Ok(ScrapeValues {
         incidents_open,
+        operations,
+        operation_actors_active: state.ctx.operations.stats().active as u64,
         inbox_depth: store.inbox_depth()?,
         retry_backlog: retry_backlog.len() as u64,
         retries_due: retries_due as u64,

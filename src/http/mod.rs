@@ -5,6 +5,9 @@
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`incidents`]: `/v1/incidents…` — incidents, filtered, newest first.
+//! - [`operations`]: `/v1/operations…` — account openings; `POST /webhooks/bank`; the
+//!   sandbox's simulated bank status.
+//! - [`flags`]: `/v1/flags…` — runtime flags per market and segment, and their history.
 //! - [`debug`]: `/debug/actors…`, `/debug/overview` — actor introspection.
 //! - [`metrics`]: `/metrics` — Prometheus exposition.
 //! - [`dashboard`]: `/dashboard` — the operator page (static, embedded).
@@ -38,10 +41,12 @@ pub mod dashboard;
 pub mod debug;
 pub mod error;
 pub mod extract;
+pub mod flags;
 pub mod health;
 pub mod incidents;
 pub mod metrics;
 pub mod openapi;
+pub mod operations;
 pub mod paging;
 pub mod params;
 pub mod routes;
@@ -82,6 +87,8 @@ pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(accounts::router(settings))
         .merge(health::router())
         .merge(incidents::router())
+        .merge(operations::router(settings))
+        .merge(flags::router(settings))
         .merge(debug::router())
         .merge(metrics::router())
         .merge(dashboard::router())

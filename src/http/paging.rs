@@ -115,6 +115,31 @@ impl PageToken for AfterIncident {
     }
 }
 
+/// A position in operation order (newest first): the last operation id of the
+/// previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterOperation(pub crate::domain::operations::OperationId);
+
+impl PageToken for AfterOperation {
+    const PATTERN: &'static str = "^op_[0-9a-f]{32}$";
+    const DESCRIPTION: &'static str = "The previous page's `next`: the last operation id it held";
+    const MAX_CHARS: usize = 35;
+
+    fn encode(&self) -> String {
+        self.0.to_string()
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        crate::domain::operations::OperationId::looks_canonical(text)
+            .then(|| AfterOperation(crate::domain::operations::OperationId(text.to_string())))
+    }
+}
+
+/// The schema of an operation page token.
+pub fn after_operation_schema() -> Object {
+    after_schema::<AfterOperation>()
+}
+
 /// Reads the `after` parameter: `None` when absent, a 400 naming it when it is not a
 /// token of kind `T`.
 pub fn read_after<T: PageToken>(after: Option<&str>) -> Result<Option<T>, ApiError> {

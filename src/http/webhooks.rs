@@ -102,7 +102,7 @@ async fn receive(
 }
 
 /// The metrics label of a refused webhook, from the status it got.
-fn rejection_reason(error: &ApiError) -> &'static str {
+pub(super) fn rejection_reason(error: &ApiError) -> &'static str {
     match error.status {
         StatusCode::UNAUTHORIZED => "unauthorized",
         StatusCode::BAD_REQUEST => "malformed",
@@ -143,7 +143,7 @@ async fn receive_inner(
 }
 
 /// The answer to a webhook the use-case refused.
-fn api_error(error: IngestError) -> ApiError {
+pub(super) fn api_error(error: IngestError) -> ApiError {
     match error {
         IngestError::UnknownProvider(_) | IngestError::NotConfigured(_) => {
             ApiError::not_found(error.to_string())

@@ -114,6 +114,18 @@ impl Sender {
         &self.counters
     }
 
+    /// Runs store work on the blocking pool: a store call may wait on I/O (and the
+    /// PostgreSQL store blocks on its own runtime), never on this runtime's threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&dyn Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || work(store.as_ref()))
+            .await
+            .map_err(|e| StoreError::Io(format!("outbox store task failed: {e}")))?
+    }
+
     /// Delivers up to one batch of the messages due at `now`, earliest due first (one
     /// attempt each), and reschedules failures.
     pub async fn pass(
@@ -123,10 +135,7 @@ impl Sender {
     ) -> Result<Pass, StoreError> {
         // Only due messages, earliest due first: during a receiver outage the oldest
         // wait out their backoff, and must not use up the batch of those behind.
-        let store = self.store.clone();
-        let due = tokio::task::spawn_blocking(move || store.due_outbox(now, BATCH))
-            .await
-            .map_err(|e| StoreError::Io(format!("outbox read failed: {e}")))??;
+        let due = self.blocking(move |s| s.due_outbox(now, BATCH)).await?;
         // Read first, then made durable: everything announced below is on disk (a
         // change written just before the read is covered by this flush too).
         self.store.durable().await?;
@@ -134,11 +143,11 @@ impl Sender {
         let mut pass = Pass::default();
         for message in due {
             let Some(endpoint) = self.endpoints.endpoint(&message.destination) else {
-                self.keep_for_later(message, now)?;
+                self.keep_for_later(message, now).await?;
                 continue;
             };
             if now - message.created_at > chrono_of(endpoint.max_age) {
-                self.drop_expired(&endpoint, &message)?;
+                self.drop_expired(&endpoint, &message).await?;
                 pass.dropped += 1;
                 continue;
             }
@@ -148,24 +157,29 @@ impl Sender {
                 now + chrono::Duration::from_std(started.elapsed()).unwrap_or_default();
             match self.deliver(&endpoint, &message, attempted_at).await {
                 Ok(()) => {
-                    self.store.remove_outbox(message.id)?;
+                    let id = message.id;
+                    self.blocking(move |s| s.remove_outbox(id)).await?;
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     pass.delivered += 1;
                 }
                 Err(error) => {
-                    self.reschedule(&endpoint, message, error, now, rng)?;
+                    self.reschedule(&endpoint, message, error, now, rng).await?;
                     pass.failed += 1;
                 }
             }
         }
         // Read after the pass: rescheduled failures, messages not yet due, and due ones
         // beyond this batch (then it is `now` or earlier and the next pass runs at once).
-        pass.next_due = self.store.next_outbox_due()?;
+        pass.next_due = self.blocking(|s| s.next_outbox_due()).await?;
         Ok(pass)
     }
 
     /// Gives up on a message past its endpoint's max age.
-    fn drop_expired(&self, endpoint: &Endpoint, message: &OutboxMessage) -> Result<(), StoreError> {
+    async fn drop_expired(
+        &self,
+        endpoint: &Endpoint,
+        message: &OutboxMessage,
+    ) -> Result<(), StoreError> {
         tracing::error!(
             destination = message.destination.name(),
             message_id = message.id,
@@ -174,19 +188,20 @@ impl Sender {
             "{} dropped undelivered past its max age",
             endpoint.noun
         );
-        self.store.remove_outbox(message.id)?;
+        let id = message.id;
+        self.blocking(move |s| s.remove_outbox(id)).await?;
         self.counters.dropped.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Records a failed attempt and schedules the next by the endpoint's backoff.
-    fn reschedule(
+    async fn reschedule(
         &self,
         endpoint: &Endpoint,
         mut message: OutboxMessage,
         error: String,
         now: DateTime<Utc>,
-        rng: &mut impl Rng,
+        rng: &mut (impl Rng + Send),
     ) -> Result<(), StoreError> {
         message.attempts = message.attempts.saturating_add(1);
         let delay = backoff_delay(
@@ -206,7 +221,7 @@ impl Sender {
             endpoint.noun
         );
         message.last_error = Some(error);
-        self.store.update_outbox(&message)?;
+        self.blocking(move |s| s.update_outbox(&message)).await?;
         self.counters
             .failed_attempts
             .fetch_add(1, Ordering::Relaxed);
@@ -216,7 +231,7 @@ impl Sender {
     /// A message whose destination has no endpoint (turned off since it was enqueued):
     /// not an attempt, not dropped (its max age is the endpoint's); looked at again
     /// after [`IDLE_WAIT`], so it neither spins the sender nor fills its batches.
-    fn keep_for_later(
+    async fn keep_for_later(
         &self,
         mut message: OutboxMessage,
         now: DateTime<Utc>,
@@ -227,7 +242,7 @@ impl Sender {
             "no endpoint for the message's destination: kept for later"
         );
         message.next_attempt_at = now + chrono_of(IDLE_WAIT);
-        self.store.update_outbox(&message)
+        self.blocking(move |s| s.update_outbox(&message)).await
     }
 
     /// One signed POST; `Err` carries a short reason (no secrets).

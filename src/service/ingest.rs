@@ -20,6 +20,11 @@ use crate::domain::ProviderKind;
 use crate::providers::WebhookError;
 use crate::store::{IncomingWebhook, IngestOutcome, StoreError};
 
+#[path = "ingest_bank.rs"]
+mod bank;
+
+pub use bank::status_dedup_key;
+
 /// Why a webhook was not acknowledged.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -283,6 +288,37 @@ mod tests {
         let mut settings = Settings::defaults();
         settings.server.max_inbox_depth = max_inbox_depth;
         settings.store.dedup_ttl = Duration::from_secs(60);
+        let operations = crate::actors::operation::OperationRegistry::new(Arc::new(
+            crate::actors::operation::OperationDeps {
+                store: crate::store::AsyncStore::new(store.clone()),
+                // Never called: these tests ingest no bank status.
+                bank: Arc::new(
+                    crate::providers::bank::BankClient::new(
+                        crate::providers::bank::BankClientConfig {
+                            base_url: "http://127.0.0.1:9".to_string(),
+                            api_key: "unused".to_string(),
+                            timeout: Duration::from_secs(1),
+                            legacy_timeout: Duration::from_secs(1),
+                        },
+                    )
+                    .expect("client"),
+                ),
+                params: crate::sync::bank::OpeningParams {
+                    poll_interval: Duration::from_secs(1800),
+                    slow_poll_interval: Duration::from_secs(7200),
+                    max_step_attempts: 3,
+                    retry_initial: Duration::from_secs(1),
+                    retry_max: Duration::from_secs(10),
+                    public_url: "http://acctor.test".to_string(),
+                    alerts_on: false,
+                },
+                clock: crate::clock::system(),
+                metrics: actors.metrics.clone(),
+                passivate_after: Duration::from_secs(1),
+                call_timeout: Duration::from_secs(1),
+                alerts: None,
+            },
+        ));
         let ctx = Context {
             clock: crate::clock::system(),
             store: crate::store::AsyncStore::new(store),
@@ -291,6 +327,11 @@ mod tests {
             actors,
             providers: Arc::new(plugins),
             settings: Arc::new(settings),
+            operations,
+            bank_verifier: Arc::new(crate::providers::bank::BankWebhookVerifier::new(
+                vec!["test-secret-0123456789".to_string()],
+                Duration::from_secs(300),
+            )),
         };
         let ingest = Ingest::new(ctx, Arc::new(AtomicBool::new(false)));
         (dir, ingest)

@@ -12,22 +12,28 @@
 //! - [`incidents`]: incidents, listed and read.
 //! - [`ingest`]: a provider's webhook, from its raw bytes to the acknowledgement.
 //! - [`recovery`]: re-driving interrupted work after a start.
+//! - [`operations`]: account openings (create, read, list, cancel, retry, simulate).
+//! - [`flags`]: runtime flags per market and segment, and their history.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::actors::operation::OperationRegistry;
 use crate::actors::{ActorContext, Registry};
 use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::domain::ProviderKind;
 use crate::metrics::Metrics;
+use crate::providers::bank::BankWebhookVerifier;
 use crate::providers::DynProvider;
 use crate::store::AsyncStore;
 
 pub mod accounts;
 pub mod error;
+pub mod flags;
 pub mod incidents;
 pub mod ingest;
+pub mod operations;
 pub mod recovery;
 
 pub use error::ServiceError;
@@ -50,6 +56,10 @@ pub struct Context {
     pub providers: Arc<HashMap<ProviderKind, DynProvider>>,
     /// Validated settings.
     pub settings: Arc<Settings>,
+    /// The operation actors (account openings).
+    pub operations: Arc<OperationRegistry>,
+    /// Verifies the bank's status webhooks.
+    pub bank_verifier: Arc<BankWebhookVerifier>,
 }
 
 /// Runs synchronous work that reaches the store through the registry (activation

@@ -50,9 +50,37 @@ pub fn spawn(ctx: Context) {
                 }
             }
         }
-        if nudged > 0 {
+        // Operations: acknowledged statuses not applied yet, and every timer already due
+        // (an anchor whose create call a crash interrupted is due at once). The sweeper
+        // would find the timers on its first pass; doing it here does not wait a tick.
+        let mut operations = 0u64;
+        let now = ctx.clock.now();
+        let mut ids = match store.operations_with_pending_events() {
+            Ok(ids) => ids,
+            Err(error) => {
+                tracing::error!(%error, "recovery: could not list pending operation events");
+                Vec::new()
+            }
+        };
+        match store.due_entries(now, crate::store::DueKind::OperationWake, 100_000) {
+            Ok(entries) => ids.extend(
+                entries
+                    .into_iter()
+                    .map(|e| crate::domain::operations::OperationId(e.subject)),
+            ),
+            Err(error) => tracing::error!(%error, "recovery: could not read operation timers"),
+        }
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            if ctx.operations.drive(&id).is_ok() {
+                operations += 1;
+            }
+        }
+        if nudged > 0 || operations > 0 {
             tracing::info!(
                 accounts = nudged,
+                operations,
                 "resuming work a previous run left unfinished"
             );
         }

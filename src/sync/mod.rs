@@ -28,6 +28,7 @@ use crate::domain::SyncOutcome;
 use crate::providers::{ErrorClass, ProviderError};
 use crate::store::StoreError;
 
+pub mod bank;
 pub mod plaid;
 
 /// What a committed sync did.

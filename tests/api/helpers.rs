@@ -3,9 +3,11 @@
 //! sandbox's webhooks to acctor. Every acctor request made through `TestEnv::client`
 //! carries the admin bearer token (set once, as a default header, in `start_app`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use acctor::app::App;
+use acctor::clock::ShiftedClock;
 use acctor::config::{Settings, StoreBackend};
 use acctor::http::AppState;
 use acctor::sandbox::{Sandbox, SandboxConfig, SandboxHandle};
@@ -29,6 +31,9 @@ pub struct TestEnv {
     pub state: Option<AppState>,
     pub sandbox: Sandbox,
     pub data_dir: tempfile::TempDir,
+    /// acctor's clock: the system time, jumped forward by tests (30-minute polls,
+    /// 12-hour deadlines); kept across restarts.
+    pub clock: Arc<ShiftedClock>,
     app: Option<RunningApp>,
     sandbox_handle: Option<SandboxHandle>,
 }
@@ -113,6 +118,7 @@ pub fn test_settings(data_dir: &std::path::Path, sandbox_url: &str) -> Settings 
     settings.store.data_dir = data_dir.to_path_buf();
     settings.store.cache_capacity_bytes = 16 * 1024 * 1024;
     settings.plaid.base_url = sandbox_url.to_string();
+    settings.bank.base_url = format!("{sandbox_url}/bank");
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
     // A real provider URL (the external sandbox) needs a configured key for secrets at rest.
@@ -154,6 +160,7 @@ pub async fn spawn_env_with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
         state: None,
         sandbox,
         data_dir,
+        clock: ShiftedClock::new(),
         app: None,
         sandbox_handle: Some(handle),
     };
@@ -164,13 +171,18 @@ pub async fn spawn_env_with(tweak: impl FnOnce(&mut Settings)) -> TestEnv {
 impl TestEnv {
     /// Starts acctor (again) with `settings` and points the sandbox's webhooks at it.
     pub async fn start_app(&mut self, settings: Settings) {
-        let app = App::build(settings).await.expect("app builds");
+        let app = App::build_with_clock(settings, self.clock.clone())
+            .await
+            .expect("app builds");
         self.app_url = format!("http://{}", app.addr());
         self.admin_token = app.admin_token().expose_secret().to_string();
         self.client = admin_client(&self.admin_token);
         self.state = Some(app.state().clone());
         self.sandbox
             .set_default_webhook_url(format!("{}/webhooks/plaid", self.app_url));
+        self.sandbox
+            .bank()
+            .set_webhook_url(Some(format!("{}/webhooks/bank", self.app_url)));
         let (stop, stopped) = oneshot::channel::<()>();
         let join = tokio::spawn(app.run_until_stopped(async move {
             let _ = stopped.await;

@@ -8,6 +8,7 @@ mod dashboard;
 mod demo;
 mod helpers;
 mod introspection;
+mod operations;
 mod postgres;
 mod reauth;
 mod retries;
@@ -29,6 +30,7 @@ mod webhooks;
 )]
 mod on_postgres {
     mod convergence;
+    mod operations;
     mod reauth;
     mod retries;
     mod supervision;

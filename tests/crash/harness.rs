@@ -49,8 +49,10 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Starts the sandbox on a free port, sending webhooks to `webhook_url`.
+    /// Starts the sandbox on a free port, sending Plaid webhooks to `webhook_url` and
+    /// the account-opening bank's to `/webhooks/bank` beside it.
     pub fn start(webhook_url: &str) -> Sandbox {
+        let bank_webhook_url = webhook_url.replace("/webhooks/plaid", "/webhooks/bank");
         let mut child = Command::new(binary())
             .args([
                 "sandbox",
@@ -58,6 +60,8 @@ impl Sandbox {
                 "127.0.0.1:0",
                 "--webhook-url",
                 webhook_url,
+                "--bank-webhook-url",
+                &bank_webhook_url,
             ])
             .env("RUST_LOG", "error")
             .stdin(Stdio::null())
@@ -186,6 +190,10 @@ impl Acctor {
                 .arg("--data-dir")
                 .arg(self.store_dir())
                 .env("ACCTOR__PLAID__BASE_URL", &self.sandbox_url)
+                .env(
+                    "ACCTOR__BANK__BASE_URL",
+                    format!("{}/bank", self.sandbox_url),
+                )
                 .env("ACCTOR__SERVER__ADMIN_TOKEN", admin_token())
                 .env("ACCTOR__SANDBOX__EMBEDDED", "false")
                 .env(
@@ -374,6 +382,20 @@ impl Http {
         let text = response.text().await.expect("body");
         assert!(status.is_success(), "GET {url}: {status} {text}");
         text
+    }
+
+    /// The underlying client (for answers a test inspects itself).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.0
+    }
+
+    /// PUT `body` to `url`, expecting a 2xx JSON answer.
+    pub async fn put_ok(&self, url: &str, body: &Value) -> Value {
+        let response = self.0.put(url).json(body).send().await.expect("PUT");
+        let status = response.status();
+        let text = response.text().await.expect("body");
+        assert!(status.is_success(), "PUT {url}: {status} {text}");
+        serde_json::from_str(&text).expect("json")
     }
 
     /// POST `body` to `url`, expecting a 2xx JSON answer.

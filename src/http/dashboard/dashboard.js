@@ -6,6 +6,7 @@ const POLL_MS = 1000;
 const params = new URLSearchParams(location.hash.slice(1));
 const token = params.get("token");
 let selected = params.get("account");
+let selectedOp = params.get("operation");
 let incidentsAvailable = true;
 let lastActors = [];
 
@@ -200,13 +201,77 @@ function renderIncidents(result) {
   }
   el.replaceChildren(h("table", {},
     h("thead", {}, h("tr", {}, h("th", {}, "Kind"), h("th", {}, "About"), h("th", {}, "Opened"), h("th", {}, "Details"))),
-    // An incident is about an account (click: its actor below) or an operation.
-    h("tbody", {}, open.map((i) => h("tr", { onclick: () => i.account_id && select(i.account_id) },
+    // An incident is about an account (click: its actor) or an operation (click: its history).
+    h("tbody", {}, open.map((i) => h("tr", { onclick: () => (i.account_id ? select(i.account_id) : i.operation_id && selectOperation(i.operation_id)) },
       h("td", {}, i.kind || "–"),
       h("td", { class: "id", title: i.account_id || i.operation_id || "" },
         i.account_id ? shortId(i.account_id) : i.operation_id ? shortId(i.operation_id) : "–"),
       h("td", {}, i.opened_at ? ago(i.opened_at) : "–"),
       h("td", {}, typeof i.details === "string" ? i.details : JSON.stringify(i.details || i.message || "")))))));
+}
+
+function renderOperations(page) {
+  const body = document.getElementById("ops-body");
+  if (page.notFound) {
+    body.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: 9 }, "Operations are not available on this server.")));
+    return;
+  }
+  const ops = page.operations || [];
+  if (!ops.length) {
+    body.replaceChildren(h("tr", { class: "empty" }, h("td", { colspan: 9 }, "No account openings.")));
+    return;
+  }
+  body.replaceChildren(...ops.map((op) => h("tr", {
+    "data-operation": op.id,
+    class: op.id === selectedOp ? "selected" : "",
+    onclick: () => selectOperation(op.id),
+  },
+    h("td", { class: "id" }, shortId(op.id)),
+    h("td", {}, op.customer_id),
+    h("td", {}, op.market + " · " + op.segment),
+    h("td", {}, op.path),
+    h("td", {}, pill(op.state)),
+    h("td", {}, op.bank_status || "–"),
+    h("td", { class: "id" }, op.iban || "–"),
+    h("td", { class: "num" }, String(op.polls)),
+    h("td", {}, ago(op.created_at)))));
+}
+
+function renderOperationDetail(op) {
+  const el = document.getElementById("op-detail");
+  if (!op || op.notFound) {
+    el.hidden = true;
+    return;
+  }
+  el.hidden = false;
+  el.replaceChildren(
+    h("h3", {}, "Operation " + op.id + " · " + op.state),
+    h("p", { class: "muted" }, "customer " + op.customer_id + " · tracking " + (op.tracking_id || "–") +
+      " · request " + op.request_id + " · card step " + (op.next_step && op.next_step.state)),
+    h("table", {},
+      h("thead", {}, h("tr", {}, h("th", {}, "When"), h("th", {}, "Source"), h("th", {}, "Status"), h("th", {}, "State"), h("th", {}, "Note"))),
+      h("tbody", {}, (op.history || []).map((t) => h("tr", {},
+        h("td", {}, clock(t.at)),
+        h("td", {}, t.source),
+        h("td", {}, t.status || "–"),
+        h("td", {}, pill(t.state)),
+        h("td", {}, t.note))))));
+}
+
+function selectOperation(id) {
+  selectedOp = id;
+  const p = new URLSearchParams(location.hash.slice(1));
+  p.set("operation", id);
+  history.replaceState(null, "", "#" + p.toString());
+  refreshOperations();
+}
+
+async function refreshOperations() {
+  const state = document.getElementById("f-op-state").value;
+  const query = new URLSearchParams({ limit: "50" });
+  if (state) query.set("state", state);
+  renderOperations(await api("/v1/operations?" + query));
+  renderOperationDetail(selectedOp ? await api("/v1/operations/" + encodeURIComponent(selectedOp)) : null);
 }
 
 function select(id) {
@@ -240,6 +305,11 @@ async function refresh() {
     renderOverview(overview);
     renderAccounts(page);
     await refreshDetail();
+    try {
+      await refreshOperations();
+    } catch (error) {
+      document.getElementById("ops-body").textContent = "operations unavailable: " + error.message;
+    }
     if (incidentsAvailable) {
       // Incidents are another module's: a failure there must not blank the rest.
       try {
@@ -264,4 +334,5 @@ async function loop() {
 
 document.getElementById("f-state").addEventListener("change", refresh);
 document.getElementById("f-sort").addEventListener("change", refresh);
+document.getElementById("f-op-state").addEventListener("change", refresh);
 loop();

@@ -60,9 +60,10 @@ pub struct BankClientConfig {
     pub base_url: String,
     /// The API key, sent as `Authorization: Bearer`; never logged.
     pub api_key: String,
-    /// Limit on every request, from connect to the last byte of the answer. The legacy
-    /// synchronous opening waits for the bank's decision within it.
+    /// Limit on every request, from connect to the last byte of the answer.
     pub timeout: Duration,
+    /// Limit on a legacy synchronous opening, which waits for the bank's decision.
+    pub legacy_timeout: Duration,
 }
 
 impl fmt::Debug for BankClientConfig {
@@ -71,6 +72,7 @@ impl fmt::Debug for BankClientConfig {
             .field("base_url", &self.base_url)
             .field("api_key", &"***")
             .field("timeout", &self.timeout)
+            .field("legacy_timeout", &self.legacy_timeout)
             .finish()
     }
 }
@@ -79,6 +81,7 @@ impl fmt::Debug for BankClientConfig {
 pub struct BankClient {
     http: reqwest::Client,
     base_url: reqwest::Url,
+    legacy_timeout: Duration,
 }
 
 impl fmt::Debug for BankClient {
@@ -118,7 +121,11 @@ impl BankClient {
             .user_agent(concat!("acctor/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(config_error)?;
-        Ok(BankClient { http, base_url })
+        Ok(BankClient {
+            http,
+            base_url,
+            legacy_timeout: config.legacy_timeout,
+        })
     }
 
     /// The URL of the path below the base, one segment per element, each escaped (a
@@ -168,17 +175,33 @@ impl BankClient {
         key: &str,
         body: &Req,
     ) -> Result<Resp, ProviderError> {
+        self.post_idempotent_within(what, segments, key, body, None)
+            .await
+    }
+
+    /// [`Self::post_idempotent`] with its own limit instead of the client's.
+    async fn post_idempotent_within<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        segments: &[&str],
+        key: &str,
+        body: &Req,
+        timeout: Option<Duration>,
+    ) -> Result<Resp, ProviderError> {
         if key.is_empty() {
             // The bank would refuse it; a call without a key could open twice on a retry.
             return Err(ProviderError::Transport(format!(
                 "{what}: an idempotency key is required"
             )));
         }
-        let request = self
+        let mut request = self
             .http
             .post(self.url(segments))
             .header(IDEMPOTENCY_HEADER, key)
             .json(body);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         self.call(what, request).await
     }
 }
@@ -270,7 +293,13 @@ impl BankApi for BankClient {
     ) -> Result<StatusReport, ProviderError> {
         const WHAT: &str = "POST /v1/accounts";
         let body: LegacyOpeningBody = self
-            .post_idempotent(WHAT, &["v1", "accounts"], request_id, request)
+            .post_idempotent_within(
+                WHAT,
+                &["v1", "accounts"],
+                request_id,
+                request,
+                Some(self.legacy_timeout),
+            )
             .await?;
         if !body.status.is_terminal() {
             return Err(decode_error(

@@ -18,6 +18,7 @@ fn client(base_url: &str, api_key: &str) -> BankClient {
         base_url: base_url.to_owned(),
         api_key: api_key.to_owned(),
         timeout: Duration::from_secs(10),
+        legacy_timeout: Duration::from_secs(10),
     })
     .unwrap()
 }
@@ -181,6 +182,7 @@ async fn a_legacy_opening_that_never_decides_times_out_as_transient() {
         base_url: env.base_url(),
         api_key: API_KEY.to_owned(),
         timeout: Duration::from_millis(300),
+        legacy_timeout: Duration::from_millis(300),
     })
     .unwrap();
     let err = bank
@@ -377,6 +379,7 @@ fn a_client_needs_an_http_base_url_and_a_sendable_key() {
             base_url: base_url.into(),
             api_key: api_key.into(),
             timeout: Duration::from_secs(1),
+            legacy_timeout: Duration::from_secs(1),
         })
     };
     assert!(build("ftp://bank.example", "k").is_err());
@@ -388,6 +391,7 @@ fn a_client_needs_an_http_base_url_and_a_sendable_key() {
         base_url: "https://bank.example".into(),
         api_key: "very-secret".into(),
         timeout: Duration::from_secs(1),
+        legacy_timeout: Duration::from_secs(1),
     };
     assert!(!format!("{config:?}").contains("very-secret"));
 }

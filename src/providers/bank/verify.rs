@@ -231,7 +231,7 @@ fn parse_body(body: &[u8]) -> Result<BankWebhook, WebhookError> {
         let shown: String = body.status.chars().take(32).collect();
         malformed(format!(
             "unknown status {shown:?}; accepted statuses are {}",
-            BankStatus::accepted()
+            super::wire::accepted_statuses()
         ))
     })?;
     for (name, value) in [

@@ -6,66 +6,17 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-/// Account-opening statuses the bank reports.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum BankStatus {
-    /// The bank has the application and has not started on it.
-    Initiated,
-    /// The bank is checking the application (KYC, compliance).
-    InProgress,
-    /// The account exists: the answer carries its IBAN and BIC.
-    Completed,
-    /// The bank declined the application: the answer carries a reason when it gave one.
-    Rejected,
-}
+/// The statuses on the wire are the domain's (`INITIATED`, `IN_PROGRESS`, `COMPLETED`,
+/// `REJECTED`): one type, so the client, the verifier and the operations agree.
+pub use crate::domain::operations::BankStatus;
 
-impl BankStatus {
-    /// Every status, in lifecycle order.
-    pub const ALL: [BankStatus; 4] = [
-        BankStatus::Initiated,
-        BankStatus::InProgress,
-        BankStatus::Completed,
-        BankStatus::Rejected,
-    ];
-
-    /// The wire name, e.g. `IN_PROGRESS`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            BankStatus::Initiated => "INITIATED",
-            BankStatus::InProgress => "IN_PROGRESS",
-            BankStatus::Completed => "COMPLETED",
-            BankStatus::Rejected => "REJECTED",
-        }
-    }
-
-    /// The status named `text` on the wire (exact, case-sensitive), `None` for any other
-    /// text.
-    pub fn parse(text: &str) -> Option<BankStatus> {
-        BankStatus::ALL
-            .into_iter()
-            .find(|status| status.as_str() == text)
-    }
-
-    /// Whether the bank has decided: nothing follows a terminal status.
-    pub fn is_terminal(self) -> bool {
-        matches!(self, BankStatus::Completed | BankStatus::Rejected)
-    }
-
-    /// The accepted wire names, comma-separated, for error messages.
-    pub(crate) fn accepted() -> String {
-        BankStatus::ALL
-            .iter()
-            .map(|status| status.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
-
-impl std::fmt::Display for BankStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
+/// The accepted wire names, comma-separated, for error messages.
+pub(crate) fn accepted_statuses() -> String {
+    BankStatus::ALL
+        .iter()
+        .map(|status| status.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An application for an account, as both opening APIs take it.

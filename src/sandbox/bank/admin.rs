@@ -3,7 +3,7 @@
 //! methods (tests in-process call those directly). Answers use the house error shape
 //! `{"error": {"code", "message"}}`; bodies deny unknown fields (400).
 //!
-//! - `PUT /admin/markets/{market}` `{outcome?, reject_rate?, delay_ms?, legacy_delay_ms?}`
+//! - `PUT /admin/markets/{market}` `{outcome?, reject_rate?, delay_ms?, legacy_delay_ms?, silent?}`
 //!   → the market's settings; `GET` the same; `GET /admin/markets` every set market.
 //! - `PUT /admin/faults` (see [`super::BankFaultsUpdate`]) → the faults; `GET` the same.
 //! - `POST /admin/openings/{id}/complete` `{}` and `/reject` `{reason?}` → the opening;

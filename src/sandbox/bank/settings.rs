@@ -37,6 +37,10 @@ pub struct MarketSettings {
     pub delay_ms: u64,
     /// How long the legacy synchronous opening blocks before it decides.
     pub legacy_delay_ms: u64,
+    /// Sends no webhooks for this market's openings (they are dropped, counted as
+    /// such): the market's outcomes are found only by polling.
+    #[serde(default)]
+    pub silent: bool,
 }
 
 /// A partial update of [`MarketSettings`]: absent keys keep their value; `reject_rate:
@@ -56,6 +60,9 @@ pub struct MarketUpdate {
     /// New legacy delay.
     #[serde(default)]
     pub legacy_delay_ms: Option<u64>,
+    /// Whether the market's webhooks are all dropped.
+    #[serde(default)]
+    pub silent: Option<bool>,
 }
 
 /// Faults the bank injects, bank-wide.
@@ -171,6 +178,9 @@ impl MarketUpdate {
         }
         if let Some(delay) = self.legacy_delay_ms {
             settings.legacy_delay_ms = delay;
+        }
+        if let Some(silent) = self.silent {
+            settings.silent = silent;
         }
     }
 }

@@ -298,8 +298,14 @@ impl BankState {
     }
 
     /// Draws whether a webhook is dropped and, if not, whether it is duplicated.
-    pub fn draw_webhook_faults(&mut self) -> (bool, bool) {
-        let dropped = draw(self.faults.webhook_drop_rate, &mut self.fault_rng);
+    /// A webhook of a silent market's opening is always dropped.
+    pub fn draw_webhook_faults(&mut self, tracking_id: &str) -> (bool, bool) {
+        let silent = self.openings.get(tracking_id).is_some_and(|o| {
+            self.markets
+                .get(&o.request.market)
+                .is_some_and(|m| m.silent)
+        });
+        let dropped = silent || draw(self.faults.webhook_drop_rate, &mut self.fault_rng);
         let duplicated = !dropped && draw(self.faults.webhook_duplicate_rate, &mut self.fault_rng);
         (dropped, duplicated)
     }

@@ -681,7 +681,7 @@ async fn admin_controls_validate_and_answer_the_current_settings() {
     assert_eq!(status, 200);
     assert_eq!(
         settings,
-        json!({"outcome": "reject", "reject_rate": null, "delay_ms": 5, "legacy_delay_ms": 0})
+        json!({"outcome": "reject", "reject_rate": null, "delay_ms": 5, "legacy_delay_ms": 0, "silent": false})
     );
     let (_, settings) = http
         .admin(put.clone(), "/markets/NL", r#"{"reject_rate": 0.25}"#)

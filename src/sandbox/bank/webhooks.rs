@@ -51,7 +51,7 @@ impl BankSandbox {
                     Plan::Nothing
                 }
                 Some(url) => {
-                    let (dropped, duplicated) = state.draw_webhook_faults();
+                    let (dropped, duplicated) = state.draw_webhook_faults(&event.tracking_id);
                     let copies = 1 + u32::from(duplicated);
                     if dropped {
                         state.stats.webhooks_dropped += 1;

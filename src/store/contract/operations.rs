@@ -36,7 +36,6 @@ contract_tests! {
     a_commit_of_an_unknown_operation_is_not_found,
     a_terminal_commit_frees_the_customer_for_a_new_opening,
     operations_survive_a_reopen,
-    #[ignore = "needs incident subjects (merge)"]
     a_commit_opens_and_resolves_the_operations_incidents_with_alerts,
 }
 
@@ -998,7 +997,7 @@ fn a_commit_opens_and_resolves_the_operations_incidents_with_alerts(f: &mut Fixt
             operation: failed,
             consumed: Vec::new(),
             incidents: vec![OperationIncident::Open {
-                kind: IncidentKind::SyncFailed,
+                kind: IncidentKind::OperationStepFailed,
                 details: serde_json::json!({ "operation_id": op.id.as_str() }),
                 notify: true,
             }],
@@ -1013,7 +1012,24 @@ fn a_commit_opens_and_resolves_the_operations_incidents_with_alerts(f: &mut Fixt
         })
         .unwrap();
     assert_eq!(open.len(), 1);
+    assert_eq!(open[0].operation_id.as_ref(), Some(&op.id));
+    assert_eq!(open[0].account_id, None);
+    assert_eq!(open[0].kind, IncidentKind::OperationStepFailed);
     assert_eq!(open[0].opened_at, t0() + minutes(1));
+    // A failed commit writes no incident either: the stale version is refused whole.
+    let stale = store.commit_operation(&OperationCommit {
+        operation: op.clone(),
+        consumed: Vec::new(),
+        incidents: vec![OperationIncident::Open {
+            kind: IncidentKind::OperationFailed,
+            details: serde_json::json!({}),
+            notify: true,
+        }],
+    });
+    assert!(
+        matches!(stale, Err(StoreError::VersionConflict { .. })),
+        "{stale:?}"
+    );
     assert_eq!(open[0].details["operation_id"], op.id.as_str());
     assert_eq!(store.pending_outbox(10).unwrap().len(), 1);
 
@@ -1026,7 +1042,7 @@ fn a_commit_opens_and_resolves_the_operations_incidents_with_alerts(f: &mut Fixt
             operation: retried,
             consumed: Vec::new(),
             incidents: vec![OperationIncident::Resolve {
-                kind: IncidentKind::SyncFailed,
+                kind: IncidentKind::OperationStepFailed,
                 notify: true,
             }],
         })

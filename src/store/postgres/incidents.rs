@@ -104,6 +104,78 @@ async fn open_for_update(
     Ok(row.map(incident_of).transpose()?)
 }
 
+/// Opens the incident of (subject, kind), or refreshes the open one, on `tx` (an
+/// operation's commit calls it inside its own transaction). `safe` is `open` with its
+/// details made storable (see `jsonb_safe`).
+pub(super) async fn open_in(
+    tx: &mut Tx,
+    open: &OpenIncident,
+    safe: &OpenIncident,
+) -> TxResult<Incident> {
+    let details = &safe.details;
+    if let Some(mut incident) = open_for_update(tx, &open.subject, open.kind).await? {
+        incident.refresh(safe);
+        sqlx::query(
+            "UPDATE incidents SET details = $2, updated_at = $3, occurrences = $4 WHERE id = $1",
+        )
+        .bind(i64::try_from(incident.id).unwrap_or(i64::MAX))
+        .bind(details)
+        .bind(open.at)
+        .bind(i32::try_from(incident.occurrences).unwrap_or(i32::MAX))
+        .execute(&mut **tx)
+        .await?;
+        return Ok(incident);
+    }
+    let id: i64 = sqlx::query_scalar("SELECT nextval('incident_id_seq')")
+        .fetch_one(&mut **tx)
+        .await?;
+    let incident = Incident::opened(u64::try_from(id).unwrap_or(0), safe);
+    sqlx::query(&format!(
+        "INSERT INTO incidents ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $6, NULL, 1, $7)"
+    ))
+    .bind(id)
+    .bind(open.subject.account_id().map(AccountId::as_str))
+    .bind(open.subject.operation_id().map(OperationId::as_str))
+    .bind(open.kind.as_str())
+    .bind(severity_text(incident.severity))
+    .bind(open.at)
+    .bind(details)
+    .execute(&mut **tx)
+    .await
+    // Another process opened it since the check: run again to refresh it.
+    .map_err(|e| match super::accounts::unique_violation(&e) {
+        true => super::TxError::Retry(e),
+        false => super::TxError::from(e),
+    })?;
+    if open.notify {
+        super::outbox::enqueue_alert(tx, AlertEventType::Opened, &incident, open.at).await?;
+    }
+    Ok(incident)
+}
+
+/// Resolves the open incident of (subject, kind), if any, on `tx`.
+pub(super) async fn resolve_in(
+    tx: &mut Tx,
+    subject: &IncidentSubject,
+    kind: IncidentKind,
+    at: DateTime<Utc>,
+    notify: bool,
+) -> TxResult<Option<Incident>> {
+    let Some(mut incident) = open_for_update(tx, subject, kind).await? else {
+        return Ok(None);
+    };
+    incident.resolved_at = Some(at);
+    sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1")
+        .bind(i64::try_from(incident.id).unwrap_or(i64::MAX))
+        .bind(at)
+        .execute(&mut **tx)
+        .await?;
+    if notify {
+        super::outbox::enqueue_alert(tx, AlertEventType::Resolved, &incident, at).await?;
+    }
+    Ok(Some(incident))
+}
+
 impl IncidentStore for PgStore {
     fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
         // jsonb cannot hold some of what provider messages may carry (see `jsonb_safe`).
@@ -111,64 +183,8 @@ impl IncidentStore for PgStore {
             details: super::rows::jsonb_safe(&open.details),
             ..open.clone()
         };
-        let (safe, details) = (&safe, &safe.details);
-        self.write(async {
-            transaction!(self, |tx| {
-                async {
-                    if let Some(mut incident) =
-                        open_for_update(tx, &open.subject, open.kind).await?
-                    {
-                        incident.refresh(safe);
-                        sqlx::query(
-                            "UPDATE incidents SET details = $2, updated_at = $3, occurrences = $4 \
-                             WHERE id = $1",
-                        )
-                        .bind(i64::try_from(incident.id).unwrap_or(i64::MAX))
-                        .bind(details)
-                        .bind(open.at)
-                        .bind(i32::try_from(incident.occurrences).unwrap_or(i32::MAX))
-                        .execute(&mut **tx)
-                        .await?;
-                        return Ok(incident);
-                    }
-                    let id: i64 = sqlx::query_scalar("SELECT nextval('incident_id_seq')")
-                        .fetch_one(&mut **tx)
-                        .await?;
-                    let incident = Incident::opened(u64::try_from(id).unwrap_or(0), safe);
-                    sqlx::query(&format!(
-                        "INSERT INTO incidents ({COLUMNS}) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $6, NULL, 1, $7)"
-                    ))
-                    .bind(id)
-                    .bind(open.subject.account_id().map(AccountId::as_str))
-                    .bind(open.subject.operation_id().map(OperationId::as_str))
-                    .bind(open.kind.as_str())
-                    .bind(severity_text(incident.severity))
-                    .bind(open.at)
-                    .bind(details)
-                    .execute(&mut **tx)
-                    .await
-                    // Another process opened it since the check: run again to refresh it.
-                    .map_err(|e| {
-                        match super::accounts::unique_violation(&e) {
-                            true => super::TxError::Retry(e),
-                            false => super::TxError::from(e),
-                        }
-                    })?;
-                    if open.notify {
-                        super::outbox::enqueue_alert(
-                            tx,
-                            AlertEventType::Opened,
-                            &incident,
-                            open.at,
-                        )
-                        .await?;
-                    }
-                    Ok(incident)
-                }
-                .await
-            })
-        })
+        let safe = &safe;
+        self.write(async { transaction!(self, |tx| open_in(tx, open, safe).await) })
     }
 
     fn resolve_incident(
@@ -183,25 +199,7 @@ impl IncidentStore for PgStore {
             return Ok(None);
         }
         self.write(async {
-            transaction!(self, |tx| {
-                async {
-                    let Some(mut incident) = open_for_update(tx, subject, kind).await? else {
-                        return Ok(None);
-                    };
-                    incident.resolved_at = Some(at);
-                    sqlx::query("UPDATE incidents SET resolved_at = $2 WHERE id = $1")
-                        .bind(i64::try_from(incident.id).unwrap_or(i64::MAX))
-                        .bind(at)
-                        .execute(&mut **tx)
-                        .await?;
-                    if notify {
-                        super::outbox::enqueue_alert(tx, AlertEventType::Resolved, &incident, at)
-                            .await?;
-                    }
-                    Ok(Some(incident))
-                }
-                .await
-            })
+            transaction!(self, |tx| resolve_in(tx, subject, kind, at, notify).await)
         })
     }
 

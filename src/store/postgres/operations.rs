@@ -20,13 +20,14 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::{db_error, transaction, PgStore, Tx, TxError, TxResult};
+use crate::domain::incidents::{IncidentSubject, OpenIncident};
 use crate::domain::operations::{
     OpeningPath, Operation, OperationEvent, OperationId, OperationQuery, OperationState,
     ReportedStatus, StatusSource,
 };
 use crate::store::{
-    CreateOutcome, DueKind, IncomingOperationEvent, OperationCommit, OperationIngest,
-    OperationReceipt, OperationStore, StoreError,
+    CreateOutcome, DueKind, IncomingOperationEvent, OperationCommit, OperationIncident,
+    OperationIngest, OperationReceipt, OperationStore, StoreError,
 };
 
 /// An `operation_events` row as read.
@@ -189,23 +190,37 @@ async fn bump(tx: &mut Tx, state: OperationState, delta: i64) -> TxResult<()> {
     Ok(())
 }
 
-/// Opens and resolves the incidents `commit` carries (with their alerts), inside the
-/// commit's transaction.
-///
-/// NOT WIRED YET. Incidents are about accounts until the incident-subject refactor
-/// (`IncidentSubject::Operation`, `incidents.operation_id`) lands on main; the merge
-/// replaces this body with what `IncidentStore::{open_incident, resolve_incident}` do
-/// in `incidents.rs` (the open incident `FOR UPDATE`, insert or refresh, the alert
-/// through `outbox.rs`), keyed by the operation, at the commit's
-/// `operation.updated_at`, on this `tx`. Until then a commit that carries incidents is
-/// refused whole (rolled back), so none is silently dropped.
-async fn write_operation_incidents(_tx: &mut Tx, commit: &OperationCommit) -> TxResult<()> {
-    if commit.incidents.is_empty() {
-        return Ok(());
+/// Opens and resolves the incidents `commit` carries (with their alerts), about its
+/// operation and at its `updated_at`, on the commit's transaction.
+async fn write_operation_incidents(tx: &mut Tx, commit: &OperationCommit) -> TxResult<()> {
+    let op = &commit.operation;
+    let subject = IncidentSubject::Operation(op.id.clone());
+    for change in &commit.incidents {
+        match change {
+            OperationIncident::Open {
+                kind,
+                details,
+                notify,
+            } => {
+                let open = OpenIncident {
+                    subject: subject.clone(),
+                    kind: *kind,
+                    details: details.clone(),
+                    at: op.updated_at,
+                    notify: *notify,
+                };
+                let safe = OpenIncident {
+                    details: super::rows::jsonb_safe(details),
+                    ..open.clone()
+                };
+                super::incidents::open_in(tx, &open, &safe).await?;
+            }
+            OperationIncident::Resolve { kind, notify } => {
+                super::incidents::resolve_in(tx, &subject, *kind, op.updated_at, *notify).await?;
+            }
+        }
     }
-    Err(TxError::Fail(StoreError::InvalidState(
-        "operation incidents: not wired yet".to_string(),
-    )))
+    Ok(())
 }
 
 impl OperationStore for PgStore {

@@ -12,13 +12,13 @@
 //! for an account is the key it had before.
 
 use chrono::{DateTime, Utc};
-use sled::transaction::Transactional;
+use sled::transaction::{Transactional, TransactionalTree};
 use sled::Tree;
 
 use super::due::TxDue;
 use super::keys::{self, INCIDENTS};
 use super::outbox::enqueue_alert;
-use super::{from_tx, io, tx, SledStore};
+use super::{from_tx, io, tx, SledStore, TxResult};
 use crate::domain::incidents::{
     AlertEventType, Incident, IncidentKind, IncidentQuery, IncidentSubject, OpenIncident,
 };
@@ -45,6 +45,70 @@ fn decode_incident(bytes: &[u8]) -> Result<Incident, StoreError> {
     Ok(incident)
 }
 
+/// Opens the incident of (subject, kind), or refreshes the open one, inside a
+/// transaction over `incidents`, the open index, the outbox and the due index (an
+/// operation's commit calls it inside its own).
+pub(super) fn open_in(
+    incidents: &TransactionalTree,
+    index: &TransactionalTree,
+    outbox: &TransactionalTree,
+    due: TxDue<'_>,
+    open: &OpenIncident,
+) -> TxResult<Incident> {
+    let open_key = keys::incident_open_key(open.subject.key(), open.kind.as_str());
+    if let Some(existing) = index.get(&open_key)? {
+        if let Some(bytes) = incidents.get(&existing)? {
+            let mut incident: Incident = tx(decode_incident(&bytes))?;
+            incident.refresh(open);
+            incidents.insert(&existing, tx(keys::encode(INCIDENTS, &incident))?)?;
+            return Ok(incident);
+        }
+        // An index entry without its incident cannot be written by this module; if it
+        // exists anyway, a fresh incident replaces it below.
+    }
+    let id = incidents.generate_id()?;
+    let incident = Incident::opened(id, open);
+    let key = keys::id_key(id);
+    incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
+    index.insert(open_key.as_slice(), &key)?;
+    if open.notify {
+        enqueue_alert(outbox, due, AlertEventType::Opened, &incident, open.at)?;
+    }
+    Ok(incident)
+}
+
+/// Resolves the open incident of (subject, kind), if any, inside a transaction over
+/// the same trees as [`open_in`].
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the trees of one transaction, then what to resolve"
+)]
+pub(super) fn resolve_in(
+    incidents: &TransactionalTree,
+    index: &TransactionalTree,
+    outbox: &TransactionalTree,
+    due: TxDue<'_>,
+    subject: &IncidentSubject,
+    kind: IncidentKind,
+    at: DateTime<Utc>,
+    notify: bool,
+) -> TxResult<Option<Incident>> {
+    let open_key = keys::incident_open_key(subject.key(), kind.as_str());
+    let Some(key) = index.remove(open_key.as_slice())? else {
+        return Ok(None);
+    };
+    let Some(bytes) = incidents.get(&key)? else {
+        return Ok(None);
+    };
+    let mut incident: Incident = tx(decode_incident(&bytes))?;
+    incident.resolved_at = Some(at);
+    incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
+    if notify {
+        enqueue_alert(outbox, due, AlertEventType::Resolved, &incident, at)?;
+    }
+    Ok(Some(incident))
+}
+
 /// The trees an incident change writes, borrowed from the store.
 pub(super) struct IncidentTrees<'a> {
     pub(super) incidents: &'a Tree,
@@ -57,7 +121,6 @@ pub(super) struct IncidentTrees<'a> {
 
 impl IncidentTrees<'_> {
     pub(super) fn open_incident(&self, open: &OpenIncident) -> Result<Incident, StoreError> {
-        let open_key = keys::incident_open_key(open.subject.key(), open.kind.as_str());
         (
             self.incidents,
             self.open,
@@ -66,31 +129,7 @@ impl IncidentTrees<'_> {
             self.due_subjects,
         )
             .transaction(|(incidents, index, outbox, entries, subjects)| {
-                if let Some(existing) = index.get(&open_key)? {
-                    if let Some(bytes) = incidents.get(&existing)? {
-                        let mut incident: Incident = tx(decode_incident(&bytes))?;
-                        incident.refresh(open);
-                        incidents.insert(&existing, tx(keys::encode(INCIDENTS, &incident))?)?;
-                        return Ok(incident);
-                    }
-                    // An index entry without its incident cannot be written by this
-                    // module; if it exists anyway, a fresh incident replaces it below.
-                }
-                let id = incidents.generate_id()?;
-                let incident = Incident::opened(id, open);
-                let key = keys::id_key(id);
-                incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
-                index.insert(open_key.as_slice(), &key)?;
-                if open.notify {
-                    enqueue_alert(
-                        outbox,
-                        TxDue { entries, subjects },
-                        AlertEventType::Opened,
-                        &incident,
-                        open.at,
-                    )?;
-                }
-                Ok(incident)
+                open_in(incidents, index, outbox, TxDue { entries, subjects }, open)
             })
             .map_err(from_tx)
     }
@@ -116,20 +155,8 @@ impl IncidentTrees<'_> {
             self.due_subjects,
         )
             .transaction(|(incidents, index, outbox, entries, subjects)| {
-                let Some(key) = index.remove(open_key.as_slice())? else {
-                    return Ok(None);
-                };
-                let Some(bytes) = incidents.get(&key)? else {
-                    return Ok(None);
-                };
-                let mut incident: Incident = tx(decode_incident(&bytes))?;
-                incident.resolved_at = Some(at);
-                incidents.insert(&key, tx(keys::encode(INCIDENTS, &incident))?)?;
-                if notify {
-                    let due = TxDue { entries, subjects };
-                    enqueue_alert(outbox, due, AlertEventType::Resolved, &incident, at)?;
-                }
-                Ok(Some(incident))
+                let due = TxDue { entries, subjects };
+                resolve_in(incidents, index, outbox, due, subject, kind, at, notify)
             })
             .map_err(from_tx)
     }

@@ -28,12 +28,13 @@ use super::keys::{
     OPERATION_UNROUTED,
 };
 use super::{from_tx, io, tx, SledStore, TxResult};
+use crate::domain::incidents::{IncidentSubject, OpenIncident};
 use crate::domain::operations::{
     Operation, OperationEvent, OperationId, OperationQuery, OperationState,
 };
 use crate::store::{
-    CreateOutcome, DueKind, IncomingOperationEvent, OperationCommit, OperationIngest,
-    OperationReceipt, OperationStore, StoreError,
+    CreateOutcome, DueKind, IncomingOperationEvent, OperationCommit, OperationIncident,
+    OperationIngest, OperationReceipt, OperationStore, StoreError,
 };
 
 /// The trees of the operation family, opened with the store.
@@ -170,28 +171,53 @@ fn adopt(
     Ok(moved)
 }
 
-/// Opens and resolves the incidents `commit` carries (with their alerts), inside the
-/// commit's transaction: the incident trees and the due index are already part of it.
-///
-/// NOT WIRED YET. Incidents are about accounts until the incident-subject refactor
-/// (`IncidentSubject::Operation`, `OpenIncident.subject`) lands on main; the merge
-/// replaces this body with what `IncidentTrees::{open_incident, resolve_incident}` do
-/// (index key by subject, `generate_id`, `enqueue_alert` through `due`), at the
-/// commit's `operation.updated_at`. Until then a commit that carries incidents is
-/// refused whole (nothing written), so none is silently dropped.
+/// Opens and resolves the incidents `commit` carries (with their alerts), about its
+/// operation and at its `updated_at`, inside the commit's transaction: the incident
+/// trees, the outbox and the due index are already part of it.
 fn write_operation_incidents(
-    _incidents: &TransactionalTree,
-    _incident_open: &TransactionalTree,
-    _outbox: &TransactionalTree,
-    _due: TxDue<'_>,
+    incidents: &TransactionalTree,
+    incident_open: &TransactionalTree,
+    outbox: &TransactionalTree,
+    due: TxDue<'_>,
     commit: &OperationCommit,
 ) -> TxResult<()> {
-    if commit.incidents.is_empty() {
-        return Ok(());
+    let op = &commit.operation;
+    let subject = IncidentSubject::Operation(op.id.clone());
+    for change in &commit.incidents {
+        let due = TxDue {
+            entries: due.entries,
+            subjects: due.subjects,
+        };
+        match change {
+            OperationIncident::Open {
+                kind,
+                details,
+                notify,
+            } => {
+                let open = OpenIncident {
+                    subject: subject.clone(),
+                    kind: *kind,
+                    details: details.clone(),
+                    at: op.updated_at,
+                    notify: *notify,
+                };
+                super::incidents::open_in(incidents, incident_open, outbox, due, &open)?;
+            }
+            OperationIncident::Resolve { kind, notify } => {
+                super::incidents::resolve_in(
+                    incidents,
+                    incident_open,
+                    outbox,
+                    due,
+                    &subject,
+                    *kind,
+                    op.updated_at,
+                    *notify,
+                )?;
+            }
+        }
     }
-    abort(StoreError::InvalidState(
-        "operation incidents: not wired yet".to_string(),
-    ))
+    Ok(())
 }
 
 impl SledStore {
