@@ -194,10 +194,15 @@ impl JsonFields {
         }
     }
 
-    /// An optional string field (absent or `null`: `None`).
+    /// An optional string field (absent: `None`; `null` is refused, as the document
+    /// does not allow it: leave the field out instead).
     pub fn opt_string(&mut self, name: &str) -> Result<Option<String>, ApiError> {
         match self.object.remove(name) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
+            Some(Value::Null) => Err(invalid_body(
+                name,
+                "must be a string (leave the field out instead of null)",
+            )),
             Some(Value::String(text)) => Ok(Some(text)),
             Some(_) => Err(invalid_body(name, "must be a string")),
         }

@@ -15,7 +15,9 @@ use super::params;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, NoQuery};
 use crate::config::Settings;
 use crate::domain::flags::{FlagChange, FlagName};
-use crate::service::flags::{self, FlagView};
+use crate::domain::operations::Segment;
+use crate::service::flags::{self, FlagView, HistoryFilter};
+use crate::service::operations::check_market;
 
 /// The largest history page.
 const MAX_HISTORY: usize = 1000;
@@ -37,37 +39,19 @@ fn name_schema() -> utoipa::openapi::Object {
 }
 
 fn market_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .pattern(Some("^[A-Z]{2}$"))
-        .description(Some(
-            "ISO 3166-1 alpha-2 market; one of `operations.markets` (default NL, BE, DE, FR)",
-        ))
-        .build()
+    params::market_schema("ISO 3166-1 alpha-2 market, one of `operations.markets`")
 }
 
 fn segment_schema() -> utoipa::openapi::Object {
     params::enum_schema(&["company", "freelancer"], "The segment")
 }
 
-fn text_schema(description: &str, max: usize) -> utoipa::openapi::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .min_length(Some(1))
-        .max_length(Some(max))
-        .pattern(Some(
-            "^[^\\u0000-\\u001f\\u007f]*\\S[^\\u0000-\\u001f\\u007f]*$",
-        ))
-        .description(Some(description))
-        .build()
-}
-
 fn by_schema() -> utoipa::openapi::Object {
-    text_schema("Who sets it (recorded)", 100)
+    params::text_schema("Who sets it (recorded)", 100)
 }
 
 fn reason_schema() -> utoipa::openapi::Object {
-    text_schema("Why (recorded)", 500)
+    params::text_schema("Why (recorded)", 500)
 }
 
 fn limit_schema() -> utoipa::openapi::Object {
@@ -221,13 +205,13 @@ async fn set(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct HistoryParams {
-    /// Only this flag (with `market` and `segment`).
+    /// Only this flag.
     #[param(schema_with = name_schema)]
     pub name: Option<String>,
-    /// Only this market (with `name` and `segment`).
+    /// Only this market.
     #[param(schema_with = market_schema)]
     pub market: Option<String>,
-    /// Only this segment (with `name` and `market`).
+    /// Only this segment.
     #[param(schema_with = segment_schema)]
     pub segment: Option<String>,
     /// Page size.
@@ -243,8 +227,8 @@ pub struct FlagHistory {
     pub changes: Vec<FlagChange>,
 }
 
-/// Every recorded flag change, newest first: of all flags, or of one (`name`, `market`
-/// and `segment` together).
+/// Every recorded flag change, newest first, optionally only of one flag name, market
+/// and/or segment.
 #[utoipa::path(
     get,
     path = "/v1/flags/history",
@@ -253,9 +237,8 @@ pub struct FlagHistory {
     params(HistoryParams),
     responses(
         (status = 200, description = "Changes, newest first", body = FlagHistory),
-        (status = 400, description = "An unknown parameter, a partial key, or an invalid value", body = ErrorBody),
+        (status = 400, description = "An unknown parameter, or an invalid value", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
-        (status = 404, description = "No flag of that name", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
     )
 )]
@@ -264,24 +247,29 @@ async fn history(
     ApiQuery(params): ApiQuery<HistoryParams>,
 ) -> Result<Json<FlagHistory>, ApiError> {
     let limit = params::limit(params.limit.as_deref(), DEFAULT_HISTORY, MAX_HISTORY)?;
-    let key = match (&params.name, &params.market, &params.segment) {
-        (None, None, None) => None,
-        (Some(name), Some(market), Some(segment)) => Some(
-            flags::key_of(&state.ctx, name, market, segment).map_err(|e| match e {
-                crate::service::ServiceError::Invalid { message, .. } => {
-                    ApiError::bad_request("invalid_query", message)
-                }
-                other => other.into(),
-            })?,
-        ),
-        _ => {
-            return Err(params::invalid(
-                "name",
-                "name, market and segment go together (all three or none)",
-            ))
+    let bad = |e: crate::service::ServiceError| match e {
+        crate::service::ServiceError::Invalid { message, .. } => {
+            ApiError::bad_request("invalid_query", message)
         }
+        other => other.into(),
+    };
+    let names: Vec<&str> = FlagName::ALL.iter().map(|n| n.as_str()).collect();
+    let name = params::one_of("name", params.name.as_deref(), &names)?.and_then(FlagName::parse);
+    let segment = params::one_of(
+        "segment",
+        params.segment.as_deref(),
+        &["company", "freelancer"],
+    )?
+    .and_then(Segment::parse);
+    if let Some(market) = &params.market {
+        check_market(&state.ctx, market).map_err(bad)?;
+    }
+    let filter = HistoryFilter {
+        name,
+        market: params.market.clone(),
+        segment,
     };
     Ok(Json(FlagHistory {
-        changes: flags::history(&state.ctx, key, limit).await?,
+        changes: flags::history(&state.ctx, filter, limit).await?,
     }))
 }

@@ -103,6 +103,7 @@ pub fn router(state: AppState) -> Router {
     // Every operation is in now, so links can name their targets; a unit test keeps
     // the list of links that found no source empty.
     openapi::add_response_headers(&mut spec);
+    openapi::restrict_markets(&mut spec, &state.ctx.settings.operations.markets);
     for link in openapi::add_links(&mut spec) {
         tracing::error!(from = link.from, status = link.status, name = %link.name, "openapi link has no source operation");
     }

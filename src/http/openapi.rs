@@ -214,6 +214,47 @@ pub fn add_links(document: &mut OpenApiDocument) -> Vec<LinkSpec> {
 /// has none), and `WWW-Authenticate: Bearer` on the 401 of every admin operation (the
 /// ones without their own `security`; webhooks answer a bad signature without it).
 pub fn add_response_headers(document: &mut OpenApiDocument) {
+    add_response_headers_inner(document);
+}
+
+/// Narrows every market schema (the `^[A-Z]{2}$` pattern of
+/// [`super::params::market_schema`]) to an enum of the markets this server serves, so
+/// the document says exactly which values are accepted. `markets` is validated at
+/// start (non-empty, two upper-case letters each).
+pub fn restrict_markets(document: &mut OpenApiDocument, markets: &[String]) {
+    fn walk(value: &mut serde_json::Value, markets: &[String]) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let is_market = map.get("pattern").and_then(|p| p.as_str())
+                    == Some(super::params::MARKET_PATTERN);
+                if is_market {
+                    map.remove("pattern");
+                    map.insert("enum".to_string(), serde_json::json!(markets));
+                }
+                for child in map.values_mut() {
+                    walk(child, markets);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for child in items {
+                    walk(child, markets);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&*document) else {
+        tracing::error!("openapi document does not serialize; markets left as a pattern");
+        return;
+    };
+    walk(&mut value, markets);
+    match serde_json::from_value(value) {
+        Ok(narrowed) => *document = narrowed,
+        Err(error) => tracing::error!(%error, "openapi document with market enums does not parse"),
+    }
+}
+
+fn add_response_headers_inner(document: &mut OpenApiDocument) {
     for operation in operations_mut(document) {
         let admin = operation.security.is_none();
         for (status, response) in operation.responses.responses.iter_mut() {

@@ -61,50 +61,24 @@ pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
         )
 }
 
-fn text_schema(description: &str) -> utoipa::openapi::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .min_length(Some(1))
-        .max_length(Some(MAX_TEXT))
-        .pattern(Some(
-            "^[^\\u0000-\\u001f\\u007f]*\\S[^\\u0000-\\u001f\\u007f]*$",
-        ))
-        .description(Some(description))
-        .build()
-}
-
 fn customer_schema() -> utoipa::openapi::Object {
-    text_schema("The customer's id in the caller's system")
+    params::text_schema("The customer's id in the caller's system", MAX_TEXT)
 }
 
 fn legal_name_schema() -> utoipa::openapi::Object {
-    text_schema("The account holder's legal name")
+    params::text_schema("The account holder's legal name", MAX_TEXT)
 }
 
 fn email_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .min_length(Some(3))
-        .max_length(Some(MAX_TEXT))
-        .pattern(Some(
-            "^[^\\u0000-\\u001f\\u007f@]*@[^\\u0000-\\u001f\\u007f]*$",
-        ))
-        .description(Some("Contact email"))
-        .build()
+    params::email_schema("Contact email (must contain @)", MAX_TEXT)
 }
 
 fn registration_schema() -> utoipa::openapi::Object {
-    text_schema("Chamber of commerce (or equivalent) number")
+    params::text_schema("Chamber of commerce (or equivalent) number", MAX_TEXT)
 }
 
 fn market_schema() -> utoipa::openapi::Object {
-    utoipa::openapi::schema::ObjectBuilder::new()
-        .schema_type(utoipa::openapi::schema::Type::String)
-        .pattern(Some("^[A-Z]{2}$"))
-        .description(Some(
-            "ISO 3166-1 alpha-2 market; one of `operations.markets` (default NL, BE, DE, FR)",
-        ))
-        .build()
+    params::market_schema("ISO 3166-1 alpha-2 market, one of `operations.markets`")
 }
 
 fn segment_schema() -> utoipa::openapi::Object {
@@ -428,10 +402,13 @@ async fn list(
         limit: params::limit(params.limit.as_deref(), DEFAULT_PAGE, MAX_PAGE)?,
     };
     if let Some(customer) = &query.customer_id {
-        if customer.is_empty() || customer.chars().count() > MAX_TEXT {
+        if customer.trim().is_empty()
+            || customer.chars().count() > MAX_TEXT
+            || customer.chars().any(char::is_control)
+        {
             return Err(params::invalid(
                 "customer_id",
-                format!("must be 1 to {MAX_TEXT} characters"),
+                format!("must be 1 to {MAX_TEXT} characters without control characters"),
             ));
         }
     }
@@ -465,7 +442,10 @@ pub struct OperationPath {
 }
 
 fn key_schema() -> utoipa::openapi::Object {
-    text_schema("Operation id (op_…), its request id or the bank's tracking id")
+    params::text_schema(
+        "Operation id (op_…), its request id or the bank's tracking id",
+        MAX_TEXT,
+    )
 }
 
 /// One operation with its full transition history.
@@ -504,11 +484,11 @@ pub struct OpsRequest {
 }
 
 fn by_schema() -> utoipa::openapi::Object {
-    text_schema("Who asks (recorded in the history)")
+    params::text_schema("Who asks (recorded in the history)", MAX_TEXT)
 }
 
 fn reason_schema() -> utoipa::openapi::Object {
-    text_schema("Why (recorded in the history)")
+    params::text_schema("Why (recorded in the history)", MAX_TEXT)
 }
 
 impl FromJson for OpsRequest {
@@ -620,11 +600,11 @@ pub struct SimulateRequest {
 }
 
 fn iban_schema() -> utoipa::openapi::Object {
-    text_schema("IBAN of the opened account")
+    params::text_schema("IBAN of the opened account", MAX_TEXT)
 }
 
 fn bic_schema() -> utoipa::openapi::Object {
-    text_schema("BIC of the opened account")
+    params::text_schema("BIC of the opened account", MAX_TEXT)
 }
 
 impl FromJson for SimulateRequest {

@@ -93,7 +93,7 @@ pub fn operation_id_schema_described(what: &str) -> Object {
         .schema_type(Type::String)
         .min_length(Some(35))
         .max_length(Some(35))
-        .pattern(Some("^op_[0-9a-fA-F]{32}$"))
+        .pattern(Some("^op_[0-9a-f]{32}$"))
         .description(Some(format!("{what}: `op_` and 32 hex digits.")))
         .build()
 }
@@ -113,6 +113,44 @@ pub fn provider(name: &str, text: Option<&str>) -> Result<Option<ProviderKind>, 
 const CONTROL: &str = "\\u0000-\\u001f\\u007f-\\u009f";
 /// Whitespace that is not a control character (the rest of Rust's `char::is_whitespace`).
 const SPACE: &str = "\\u0020\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
+
+/// The schema of a free-text field of at most `max` characters: what
+/// `service::operations::check_text` accepts (something besides whitespace, no control
+/// character).
+pub fn text_schema(description: &str, max: usize) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(key_pattern()))
+        .description(Some(description))
+        .build()
+}
+
+/// The schema of an email address as the services check it: a free-text field with
+/// an `@` (the `@` is the "something besides whitespace").
+pub fn email_schema(description: &str, max: usize) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(max))
+        .pattern(Some(format!("^[^{CONTROL}]*@[^{CONTROL}]*$")))
+        .description(Some(description))
+        .build()
+}
+
+/// The schema of a market: two upper-case letters; [`crate::http::openapi`] narrows it
+/// to the configured `operations.markets` when the document is built.
+pub fn market_schema(description: &str) -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(MARKET_PATTERN))
+        .description(Some(description))
+        .build()
+}
+
+/// The pattern a market schema carries until the document narrows it to an enum.
+pub const MARKET_PATTERN: &str = "^[A-Z]{2}$";
 
 /// The pattern of a lookup key: no control character, and something besides
 /// whitespace (`check_key`'s rule).

@@ -158,9 +158,12 @@ pub async fn set(
         ));
     }
     if let Some(reason) = &reason {
-        if reason.chars().count() > 500 || reason.chars().any(char::is_control) {
+        if reason.trim().is_empty()
+            || reason.chars().count() > 500
+            || reason.chars().any(char::is_control)
+        {
             return Err(ServiceError::invalid_field(
-                "reason must be at most 500 characters without control characters",
+                "reason must be 1 to 500 characters without control characters (leave it out for none)",
             ));
         }
     }
@@ -179,14 +182,54 @@ pub async fn set(
     Ok((FlagView::of(key, Some(flag), default), change))
 }
 
-/// Recorded changes, newest first: of one flag, or of all.
+/// Which flag changes to list: each part narrows, `None` takes all.
+#[derive(Clone, Debug, Default)]
+pub struct HistoryFilter {
+    /// Only this flag.
+    pub name: Option<FlagName>,
+    /// Only this market.
+    pub market: Option<String>,
+    /// Only this segment.
+    pub segment: Option<Segment>,
+}
+
+/// The most changes read to filter the history by part of a key (flag changes are
+/// rare: this is years of them).
+const HISTORY_SCAN: usize = 100_000;
+
+/// Recorded changes, newest first, at most `limit`: of one flag (the whole key given:
+/// read by its index), or filtered by the parts given.
 pub async fn history(
     ctx: &Context,
-    key: Option<FlagKey>,
+    filter: HistoryFilter,
     limit: usize,
 ) -> Result<Vec<FlagChange>, ServiceError> {
-    Ok(ctx
-        .store
-        .run(move |s| s.flag_history(key.as_ref(), limit))
-        .await?)
+    if let (Some(name), Some(market), Some(segment)) =
+        (filter.name, filter.market.clone(), filter.segment)
+    {
+        let key = FlagKey {
+            name,
+            market,
+            segment,
+        };
+        return Ok(ctx
+            .store
+            .run(move |s| s.flag_history(Some(&key), limit))
+            .await?);
+    }
+    let scan = if filter.name.is_none() && filter.market.is_none() && filter.segment.is_none() {
+        limit
+    } else {
+        HISTORY_SCAN
+    };
+    let all = ctx.store.run(move |s| s.flag_history(None, scan)).await?;
+    Ok(all
+        .into_iter()
+        .filter(|c| {
+            filter.name.is_none_or(|n| n == c.key.name)
+                && filter.market.as_ref().is_none_or(|m| *m == c.key.market)
+                && filter.segment.is_none_or(|s| s == c.key.segment)
+        })
+        .take(limit)
+        .collect())
 }

@@ -25,6 +25,7 @@ const PUBLIC: &[(&str, &str)] = &[
     ("/dashboard/dashboard.css", "GET"),
     ("/dashboard/dashboard.js", "GET"),
     ("/webhooks/{provider}", "POST"),
+    ("/webhooks/bank", "POST"),
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),

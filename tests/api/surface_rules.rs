@@ -329,7 +329,7 @@ async fn the_document_states_what_is_accepted() {
     );
     assert_eq!(
         find(&incidents, "operation_id")["schema"]["pattern"],
-        "^op_[0-9a-fA-F]{32}$"
+        "^op_[0-9a-f]{32}$"
     );
     let key = find(&params("/v1/accounts/{key}", "get"), "key");
     assert_eq!(key["schema"]["maxLength"], 256);
