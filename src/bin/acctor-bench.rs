@@ -84,6 +84,17 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// (Run by `operations`.) Opens acctor on a store holding waiting operations, in
+    /// this fresh process, and prints its RSS before and once it serves.
+    #[command(hide = true)]
+    OperationsWaiting {
+        /// The data dir of the store.
+        #[arg(long)]
+        data_dir: std::path::PathBuf,
+        /// The PostgreSQL database, when the store is PostgreSQL.
+        #[arg(long)]
+        postgres_url: Option<String>,
+    },
     /// Memory per idle account and activation latency.
     Accounts {
         /// Linked accounts.
@@ -179,6 +190,10 @@ fn main() -> anyhow::Result<()> {
             server.block_on(initial_sync(transactions, runs, target.as_ref()))
         }
         Command::Accounts { count, samples } => server.block_on(accounts(count, samples)),
+        Command::OperationsWaiting {
+            data_dir,
+            postgres_url,
+        } => server.block_on(operations_waiting(data_dir, postgres_url)),
         Command::Operations {
             count,
             concurrency,
@@ -678,7 +693,7 @@ async fn operations(
     // Idle operation actors stop quickly, so "waiting" means passivated.
     settings.actors.passivate_after = Duration::from_secs(1);
     let cache = settings.store.cache_capacity_bytes;
-    let app = App::build(settings).await?;
+    let app = App::build(settings.clone()).await?;
     let url = format!("http://{}", app.addr());
     bank.set_webhook_url(Some(format!("{url}/webhooks/bank")));
     let client = admin_client(&app)?;
@@ -687,7 +702,6 @@ async fn operations(
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    let rss_start = rss_bytes();
 
     // Create them all, `concurrency` at a time.
     let started = Instant::now();
@@ -696,11 +710,10 @@ async fn operations(
     for _ in 0..concurrency {
         let (client, url, next) = (client.clone(), url.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
             loop {
                 let n = next.fetch_add(1, Ordering::Relaxed);
                 if n >= count {
-                    return Ok::<_, anyhow::Error>(ids);
+                    return Ok::<_, anyhow::Error>(());
                 }
                 let response = client
                     .post(format!("{url}/v1/operations/account-openings"))
@@ -717,30 +730,48 @@ async fn operations(
                     "create {n}: {}",
                     response.status()
                 );
-                let body: serde_json::Value = response.json().await?;
-                ids.push(body["id"].as_str().unwrap_or_default().to_string());
             }
         }));
     }
-    let mut ids = Vec::new();
     for task in tasks {
-        ids.extend(task.await??);
+        task.await??;
     }
     let create_secs = started.elapsed().as_secs_f64();
     // Every one submitted to the bank (tracking id recorded), every actor passivated.
-    let store = state.ctx.store.blocking().clone();
     wait_until("every opening submitted", Duration::from_secs(600), || {
         Ok(bank.stats().openings >= count)
     })
     .await?;
     let operations = state.ctx.operations.clone();
-    wait_until(
-        "operation actors passivated",
-        Duration::from_secs(120),
-        || Ok(operations.stats().active == 0 && operations.stats().steps_running == 0),
-    )
+    wait_until("operation actors passivated", Duration::from_secs(120), || {
+        Ok(operations.stats().active == 0 && operations.stats().steps_running == 0)
+    })
     .await?;
-    let rss_waiting = rss_bytes();
+    let rss_waiting_same_process = rss_bytes();
+    drop((state, operations));
+    let _ = stop.send(());
+    server.await??;
+
+    // A fresh view: acctor started in a process of its own on the store holding the
+    // waiting operations (their polls due in 30 minutes), measured once it serves and
+    // restart recovery is done: what waiting costs, without this process's history.
+    let (rss_before, rss_waiting) = measure_fresh(dir.path(), target)?;
+    // The same on an empty store (same kind): the baseline the operations add to.
+    let empty = tempfile::tempdir()?;
+    let empty_target = match target {
+        Some(_) => Some(fresh_database_of(target)?),
+        None => None,
+    };
+    let (_, rss_empty) = measure_fresh(empty.path(), empty_target.as_ref().or(None))?;
+    let app = App::build(settings).await?;
+    let url = format!("http://{}", app.addr());
+    bank.set_webhook_url(Some(format!("{url}/webhooks/bank")));
+    let state = app.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let store = state.ctx.store.blocking().clone();
 
     // The bank decides them all, in random order, as fast as it can send.
     let mut tracking: Vec<String> = bank.openings().into_iter().map(|o| o.tracking_id).collect();
@@ -771,25 +802,108 @@ async fn operations(
     let complete_secs = started.elapsed().as_secs_f64();
     let cards = bank.stats().cards_issued;
     let store_name = if target.is_some() { "postgres" } else { "sled" };
-    println!("| store | operations | creates/s | RSS before | RSS all waiting | store cache | bytes/waiting op (beyond cache) | bytes/waiting op (all) | completions/s | cards issued |");
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let grown = rss_waiting.saturating_sub(rss_start);
+    println!("| store | operations | creates/s | RSS of the creating process, all waiting | fresh process: before acctor | fresh: serving, empty store | fresh: serving, all waiting | store cache | bytes/waiting op over the empty store | completions/s | cards issued |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     println!(
-        "| {store_name} | {count} | {:.0} | {} MiB | {} MiB | {} MiB | {:.0} | {:.0} | {:.0} | {cards} |",
+        "| {store_name} | {count} | {:.0} | {} MiB | {} MiB | {} MiB | {} MiB | {} MiB | {:.0} | {:.0} | {cards} |",
         count as f64 / create_secs,
-        rss_start >> 20,
+        rss_waiting_same_process >> 20,
+        rss_before >> 20,
+        rss_empty >> 20,
         rss_waiting >> 20,
         cache >> 20,
-        grown.saturating_sub(cache) as f64 / count as f64,
-        grown as f64 / count as f64,
+        rss_waiting.saturating_sub(rss_empty) as f64 / count as f64,
         count as f64 / complete_secs,
     );
     anyhow::ensure!(cards == count, "{cards} cards for {count} openings");
-    drop(ids);
     drop(state);
     let _ = stop.send(());
     server.await??;
     sandbox_handle.shutdown().await?;
+    Ok(())
+}
+
+/// Runs `operations-waiting` on `dir` in a child process: (RSS before acctor, RSS
+/// serving with every operation waiting).
+fn measure_fresh(dir: &std::path::Path, target: Option<&PgTarget>) -> anyhow::Result<(u64, u64)> {
+    let mut child = std::process::Command::new(std::env::current_exe()?);
+    child.arg("operations-waiting").arg("--data-dir").arg(dir);
+    if let Some(target) = target {
+        child.arg("--postgres-url").arg(&target.url);
+    }
+    let output = child.stderr(std::process::Stdio::inherit()).output()?;
+    anyhow::ensure!(output.status.success(), "operations-waiting failed");
+    let measured = String::from_utf8_lossy(&output.stdout);
+    let mut numbers = measured
+        .lines()
+        .filter_map(|l| l.strip_prefix("rss "))
+        .flat_map(|l| l.split_whitespace().map(|n| n.parse::<u64>().unwrap_or(0)));
+    Ok((numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)))
+}
+
+/// Another (empty) database on `target`'s server.
+fn fresh_database_of(target: Option<&PgTarget>) -> anyhow::Result<PgTarget> {
+    let target = target.context("no PostgreSQL target")?;
+    let (base, _) = target
+        .url
+        .rsplit_once('/')
+        .context("a PostgreSQL URL ends in its database")?;
+    let name = format!("bench_empty_{}", std::process::id());
+    let admin = format!("{base}/postgres");
+    std::process::Command::new(target.pgbench.with_file_name("psql"))
+        .args([admin.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
+        .status()?;
+    Ok(PgTarget {
+        url: format!("{base}/{name}"),
+        pgbench: target.pgbench.clone(),
+        _server: None,
+    })
+}
+
+/// The fresh-process half of `operations`: acctor on the store in `data_dir`, every
+/// operation waiting; prints `rss <before> <serving>` in bytes.
+async fn operations_waiting(
+    data_dir: std::path::PathBuf,
+    postgres_url: Option<String>,
+) -> anyhow::Result<()> {
+    // The bank is never called: nothing is due for 30 minutes.
+    let mut settings = quiet_settings(&data_dir, "http://127.0.0.1:9");
+    settings.actors.passivate_after = Duration::from_secs(1);
+    if let Some(url) = postgres_url {
+        settings.store.backend = acctor::config::StoreBackend::Postgres;
+        settings.store.postgres.url = secrecy::SecretString::from(url);
+    }
+    let before = rss_bytes();
+    let app = App::build(settings).await?;
+    let url = format!("http://{}", app.addr());
+    let state = app.state().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !client
+        .get(format!("{url}/readyz"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        anyhow::ensure!(Instant::now() < deadline, "acctor never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Restart recovery drives what is due (nothing) and actors passivate.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let operations = state.ctx.operations.clone();
+    wait_until("operation actors passivated", Duration::from_secs(120), || {
+        Ok(operations.stats().active == 0 && operations.stats().steps_running == 0)
+    })
+    .await?;
+    let serving = rss_bytes();
+    println!("rss {before} {serving}");
+    drop((state, operations));
+    let _ = stop.send(());
+    server.await??;
     Ok(())
 }
 

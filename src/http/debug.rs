@@ -70,6 +70,58 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(list))
         .routes(routes!(show))
         .routes(routes!(overview))
+        .routes(routes!(operation))
+}
+
+/// What `/debug/operations/{id}` shows: the record, its actor's own view (while it is
+/// live) and the bank statuses waiting in its inbox.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct OperationDebug {
+    /// The operation as stored, history included.
+    pub operation: super::operations::OperationView,
+    /// Its actor's snapshot (running step, queued work, last error); `null` when
+    /// passivated.
+    #[schema(value_type = Option<Object>)]
+    pub actor: Option<crate::actors::operation::OperationSnapshot>,
+    /// Bank statuses acknowledged and not yet applied.
+    #[schema(value_type = Vec<Object>)]
+    pub pending_events: Vec<crate::domain::operations::OperationEvent>,
+}
+
+/// One operation's actor, record and pending statuses.
+#[utoipa::path(
+    get,
+    path = "/debug/operations/{id}",
+    tag = "debug",
+    operation_id = "debug_operation",
+    params(super::operations::OperationPath, NoQuery),
+    responses(
+        (status = 200, description = "The operation and its actor", body = OperationDebug),
+        (status = 400, description = "An unknown query parameter", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
+        (status = 404, description = "No such operation", body = ErrorBody),
+        (status = 503, description = "Store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
+    )
+)]
+async fn operation(
+    State(state): State<AppState>,
+    ApiPath(super::operations::OperationPath { id }): ApiPath<super::operations::OperationPath>,
+    ApiQuery(_no_query): ApiQuery<NoQuery>,
+) -> Result<Json<OperationDebug>, ApiError> {
+    let operation = crate::service::operations::get(&state.ctx, &id).await?;
+    let read = operation.id.clone();
+    let pending_events = state
+        .ctx
+        .store
+        .run(move |s| s.pending_operation_events(&read))
+        .await
+        .map_err(crate::service::ServiceError::from)?;
+    let actor = state.ctx.operations.snapshot(&operation.id).await;
+    Ok(Json(OperationDebug {
+        operation: operation.into(),
+        actor,
+        pending_events,
+    }))
 }
 
 /// A running sync, as its actor reports it.
@@ -710,6 +762,11 @@ pub struct Overview {
     pub shutting_down: bool,
     /// Server time (the dashboard computes ages against it).
     pub now: DateTime<Utc>,
+    /// Live operation actors (the rest are passivated).
+    pub operation_actors_active: u64,
+    /// Operations by state (every state, zeros included).
+    #[schema(value_type = Object)]
+    pub operations: std::collections::BTreeMap<String, u64>,
 }
 
 /// Backlog levels (inbox depth, retries, live actors) as JSON.
@@ -741,5 +798,11 @@ async fn overview(
         passivations: values.passivations,
         shutting_down: state.is_shutting_down(),
         now: state.ctx.clock.now(),
+        operation_actors_active: values.operation_actors_active,
+        operations: values
+            .operations
+            .iter()
+            .map(|(state, n)| (state.to_string(), *n))
+            .collect(),
     }))
 }

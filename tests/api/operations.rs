@@ -223,6 +223,33 @@ async fn an_opening_completes_by_webhook_and_issues_exactly_one_card() {
     assert_eq!(completed_by.len(), 1, "{done:#}");
     assert_eq!(completed_by[0]["source"], "webhook");
     assert_eq!(env.cards_of("cus-happy").await, 1);
+    // The debug view: the record, nothing pending, and the overview counts it.
+    let debug = env
+        .get_json(&format!("{}/debug/operations/{id}", env.app_url))
+        .await;
+    assert_eq!(debug["operation"]["id"], id);
+    assert_eq!(debug["pending_events"], json!([]));
+    let overview = env
+        .get_json(&format!("{}/debug/overview", env.app_url))
+        .await;
+    assert_eq!(overview["operations"]["completed"], 1, "{overview}");
+    let metrics = env
+        .client
+        .get(format!("{}/metrics", env.app_url))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains("acctor_operations{state=\"completed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("acctor_operation_time_to_completion_seconds_count 1"),
+        "{metrics}"
+    );
     // By id, request id and tracking id alike.
     for key in [&done["request_id"], &done["tracking_id"]] {
         let again = env.operation(key.as_str().expect("key")).await;

@@ -104,8 +104,16 @@ impl OperationActor {
             let slot = self.registry.upgrade().map(|r| r.step_slot());
             tokio::spawn(async move {
                 let _slot = slot;
-                let result =
-                    run_command(&deps.store, &deps.params, &deps.clock, &id, command).await;
+                // In a task of its own, so a panic (a bug) still answers the caller and
+                // frees the actor for its next step.
+                let command = tokio::spawn(async move {
+                    run_command(&deps.store, &deps.params, &deps.clock, &id, command).await
+                });
+                let result = command.await.unwrap_or_else(|join| {
+                    Err(OpsCommandError::Store(crate::store::StoreError::Io(format!(
+                        "command task failed: {join}"
+                    ))))
+                });
                 let _ = me.send_message(OperationMessage::CommandDone(result, reply));
             });
             return;

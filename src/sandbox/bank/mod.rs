@@ -106,7 +106,13 @@ struct Shared {
     http: reqwest::Client,
     /// Numbers the `x-request-id` of every answer.
     request_seq: AtomicU64,
+    /// Deliveries in flight at once, as a bank's pool of webhook workers limits them
+    /// (10,000 openings deciding together must not open 20,000 connections).
+    deliveries: tokio::sync::Semaphore,
 }
+
+/// Webhook deliveries the bank makes at once.
+const DELIVERY_WORKERS: usize = 32;
 
 impl fmt::Debug for BankSandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -137,6 +143,7 @@ impl BankSandbox {
                 state: Mutex::new(BankState::new(config.seed, config.webhook_url)),
                 http,
                 request_seq: AtomicU64::new(0),
+                deliveries: tokio::sync::Semaphore::new(DELIVERY_WORKERS),
             }),
         }
     }

@@ -115,6 +115,8 @@ impl BankSandbox {
 
     /// POSTs `body` to `url`, signed, retrying failures; whether the receiver took it.
     async fn deliver(&self, url: &str, body: &[u8]) -> bool {
+        // The semaphore is never closed, so acquiring only waits.
+        let _worker = self.shared.deliveries.acquire().await.ok();
         self.lock().stats.webhooks_sent += 1;
         let secrets: Vec<&[u8]> = self.shared.secrets.iter().map(Vec::as_slice).collect();
         let mut backoff = FIRST_BACKOFF;
