@@ -662,6 +662,7 @@ async fn start_demo_openings(state: &AppState, sandbox: &Sandbox) -> anyhow::Res
                 email: None,
                 registration_number: None,
                 force: false,
+                idempotency_key: Some(format!("demo-opening-{n}")),
             },
         )
         .await

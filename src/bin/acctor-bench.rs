@@ -743,9 +743,11 @@ async fn operations(
     })
     .await?;
     let operations = state.ctx.operations.clone();
-    wait_until("operation actors passivated", Duration::from_secs(120), || {
-        Ok(operations.stats().active == 0 && operations.stats().steps_running == 0)
-    })
+    wait_until(
+        "operation actors passivated",
+        Duration::from_secs(120),
+        || Ok(operations.stats().active == 0 && operations.stats().steps_running == 0),
+    )
     .await?;
     let rss_waiting_same_process = rss_bytes();
     drop((state, operations));
@@ -895,9 +897,11 @@ async fn operations_waiting(
     // Restart recovery drives what is due (nothing) and actors passivate.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let operations = state.ctx.operations.clone();
-    wait_until("operation actors passivated", Duration::from_secs(120), || {
-        Ok(operations.stats().active == 0 && operations.stats().steps_running == 0)
-    })
+    wait_until(
+        "operation actors passivated",
+        Duration::from_secs(120),
+        || Ok(operations.stats().active == 0 && operations.stats().steps_running == 0),
+    )
     .await?;
     let serving = rss_bytes();
     println!("rss {before} {serving}");

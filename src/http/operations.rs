@@ -259,7 +259,8 @@ impl From<Operation> for OperationView {
     }
 }
 
-/// The 409 answer: the error and the customer's opening in progress.
+/// The 409 answer: the error and the opening it is about (the customer's opening in
+/// progress, or the one the idempotency key was used for).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ExistingOpening {
     /// `{code: "opening_in_progress", message}`.
@@ -277,13 +278,16 @@ pub struct ExistingOpening {
     path = "/v1/operations/account-openings",
     tag = "operations",
     operation_id = "create_account_opening",
-    params(NoQuery),
+    params(
+        NoQuery,
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A create repeated with the same key returns the operation the first one made (with `Idempotent-Replayed: true`), whatever its state now; the same key with another body is 409 `idempotency_key_reused`."),
+    ),
     request_body(content = CreateRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Created; the bank call runs in the operation's actor", body = OperationView),
         (status = 400, description = "A missing or invalid field, an unknown market or segment (the message names it)", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token", body = ErrorBody),
-        (status = 409, description = "The customer already has an opening in progress (send `force: true` to create another)", body = ExistingOpening),
+        (status = 409, description = "The customer already has an opening in progress (send `force: true` to create another), or the Idempotency-Key was used for another opening", body = ExistingOpening),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 415, description = "Not `application/json`", body = ErrorBody),
         (status = 503, description = "Store unavailable; retry after `Retry-After` seconds", body = ErrorBody),
@@ -292,8 +296,23 @@ pub struct ExistingOpening {
 async fn create(
     State(state): State<AppState>,
     ApiQuery(_no_query): ApiQuery<NoQuery>,
+    headers: HeaderMap,
     ApiJson(request): ApiJson<CreateRequest>,
 ) -> Result<Response, ApiError> {
+    let idempotency_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "invalid_header",
+                        "Idempotency-Key: must be visible ASCII",
+                    )
+                })?
+                .to_string(),
+        ),
+    };
     let segment = Segment::parse(&request.segment).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_field",
@@ -313,11 +332,32 @@ async fn create(
             email: request.email,
             registration_number: request.registration_number,
             force: request.force,
+            idempotency_key,
         },
     )
     .await?;
     Ok(match created {
         Created::New(op) => (StatusCode::ACCEPTED, Json(OperationView::from(op))).into_response(),
+        Created::Replayed(op) => (
+            StatusCode::ACCEPTED,
+            [("idempotent-replayed", "true")],
+            Json(OperationView::from(op)),
+        )
+            .into_response(),
+        Created::KeyReused(op) => {
+            let message = format!(
+                "this Idempotency-Key was used for another opening ({}); use a new key for a new request",
+                op.id
+            );
+            (
+                StatusCode::CONFLICT,
+                Json(ExistingOpening {
+                    error: serde_json::json!({"code": "idempotency_key_reused", "message": message}),
+                    operation: OperationView::from(op),
+                }),
+            )
+                .into_response()
+        }
         Created::Existing(op) => {
             let message = format!(
                 "customer {} already has an opening in progress ({}); send force: true to create another",

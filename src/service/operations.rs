@@ -40,6 +40,10 @@ pub struct CreateOpening {
     pub registration_number: Option<String>,
     /// Create even if the customer has an opening in progress.
     pub force: bool,
+    /// The caller's idempotency key: a create repeated with the same key (a retry after
+    /// a lost answer) returns the operation the first one created, whatever happened to
+    /// it since, instead of opening a second account.
+    pub idempotency_key: Option<String>,
 }
 
 /// What a create did.
@@ -49,6 +53,47 @@ pub enum Created {
     New(Operation),
     /// The customer's opening already in progress; nothing was created.
     Existing(Operation),
+    /// The operation an earlier create with the same idempotency key made.
+    Replayed(Operation),
+    /// The idempotency key was used for another opening (another customer or other
+    /// details): that one; nothing was created.
+    KeyReused(Operation),
+}
+
+/// The request id of a create with the caller's idempotency `key`: derived from it, so
+/// a retry finds the first create's operation (and the bank call repeats the same key).
+fn request_id_for(key: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("acctor-create\0{key}").as_bytes());
+    format!("req_{}", &hex::encode(digest)[..32])
+}
+
+/// The operation an earlier create with `request_id` made, as this create's answer:
+/// `Replayed` for the same details, `KeyReused` for others (the caller's mistake).
+async fn replayed(
+    ctx: &Context,
+    request_id: &str,
+    details: &OpeningDetails,
+) -> Result<Option<Created>, ServiceError> {
+    let key = request_id.to_string();
+    let found = ctx
+        .store
+        .run(move |s| match s.find_operation(&key)? {
+            Some(id) => s.get_operation(&id),
+            None => Ok(None),
+        })
+        .await?;
+    Ok(found.map(|op| {
+        let same = op.details.customer_id == details.customer_id
+            && op.details.market == details.market
+            && op.details.segment == details.segment
+            && op.details.legal_name == details.legal_name;
+        if same {
+            Created::Replayed(op)
+        } else {
+            Created::KeyReused(op)
+        }
+    }))
 }
 
 fn check_text(field: &str, value: &str) -> Result<(), ServiceError> {
@@ -91,11 +136,18 @@ pub async fn create(ctx: &Context, input: CreateOpening) -> Result<Created, Serv
     if let Some(number) = &input.registration_number {
         check_text("registration_number", number)?;
     }
+    if let Some(key) = &input.idempotency_key {
+        if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(ServiceError::invalid_field(
+                "Idempotency-Key must be 1 to 255 visible ASCII characters",
+            ));
+        }
+    }
     let path = opening_path(ctx, &input.market, input.segment).await?;
     let now = ctx.clock.now();
     let escalate_after = chrono::Duration::from_std(ctx.settings.operations.escalate_after)
         .map_err(|e| ServiceError::Internal(format!("escalate_after out of range: {e}")))?;
-    let operation = Operation::new(
+    let mut operation = Operation::new(
         OpeningDetails {
             customer_id: input.customer_id,
             market: input.market,
@@ -108,11 +160,33 @@ pub async fn create(ctx: &Context, input: CreateOpening) -> Result<Created, Serv
         now,
         escalate_after,
     );
+    let keyed = input.idempotency_key.as_deref().map(request_id_for);
+    if let Some(request_id) = &keyed {
+        if let Some(answer) = replayed(ctx, request_id, &operation.details).await? {
+            return Ok(answer);
+        }
+        operation.request_id = request_id.clone();
+    }
+    let details = operation.details.clone();
     let force = input.force;
-    let outcome = ctx
+    let outcome = match ctx
         .store
         .run(move |s| s.create_operation(&operation, force))
-        .await?;
+        .await
+    {
+        Ok(outcome) => outcome,
+        // A concurrent create with the same key won the request id.
+        Err(crate::store::StoreError::InvalidState(_)) if keyed.is_some() => {
+            let request_id = keyed.as_deref().unwrap_or_default();
+            return match replayed(ctx, request_id, &details).await? {
+                Some(answer) => Ok(answer),
+                None => Err(ServiceError::Internal(
+                    "a keyed create lost its request id to no operation".to_string(),
+                )),
+            };
+        }
+        Err(error) => return Err(error.into()),
+    };
     match outcome {
         CreateOutcome::Existing(existing) => Ok(Created::Existing(existing)),
         CreateOutcome::Created(created) => {

@@ -148,6 +148,12 @@ pub async fn run_step(
     };
     let consumed: Vec<u64> = events.iter().map(|e| e.seq).collect();
     for event in &events {
+        // A status can reach an operation before its create call's answer was recorded
+        // (a crash between the bank's answer and the commit, the webhook routed by the
+        // request id): the event names the tracking id, so record it from there.
+        if step.op.tracking_id.is_none() && !event.tracking_id.is_empty() {
+            step.op.tracking_id = Some(event.tracking_id.clone());
+        }
         step.apply(&event.report, event.source, event.received_at);
     }
     step.advance(clock.now()).await;
@@ -234,11 +240,12 @@ impl Step<'_> {
                         self.legacy(now).await;
                     }
                 }
-                OpeningPath::Async => {
-                    if self.op.next_poll_at.is_some_and(|t| t <= now) {
-                        self.poll(now).await;
-                    }
-                }
+                OpeningPath::Async => match self.op.next_poll_at {
+                    Some(at) if at <= now => self.poll(now).await,
+                    Some(_) => {}
+                    // Its tracking id came with a status, not from the create's answer.
+                    None => self.op.next_poll_at = Some(after(now, self.params.poll_interval)),
+                },
             }
         }
         self.escalate_if_overdue(now);

@@ -426,3 +426,50 @@ async fn ops_commands_refuse_terminal_operations_and_re_drive_failed_steps() {
     f.step().await;
     assert!(f.bank.calls_of("create").is_empty());
 }
+
+#[tokio::test]
+async fn a_status_that_beat_the_create_commit_records_its_tracking_id_and_skips_the_create() {
+    let f = Fixture::new().await;
+    let request_id = f.stored().await.request_id;
+    // The bank answered the create, acctor died before committing it, and the bank's
+    // webhook found the operation by its request id.
+    let event = crate::store::IncomingOperationEvent {
+        event_id: "evt_1".into(),
+        tracking_id: "trk_1".into(),
+        request_id: request_id.clone(),
+        report: crate::domain::operations::ReportedStatus {
+            status: BankStatus::InProgress,
+            iban: None,
+            bic: None,
+            reason: None,
+        },
+        source: StatusSource::Webhook,
+        dedup_key: [7; 32],
+        received_at: t0(),
+    };
+    f.store
+        .run(move |s| s.ingest_operation_event(&event, Duration::from_secs(900)))
+        .await
+        .expect("ingest");
+    f.step().await;
+    let op = f.stored().await;
+    assert_eq!(op.tracking_id.as_deref(), Some("trk_1"));
+    assert_eq!(op.bank_status, Some(BankStatus::InProgress));
+    assert!(
+        f.bank.calls_of("create").is_empty(),
+        "the bank already has it"
+    );
+    let poll_at = t0() + chrono::Duration::minutes(30);
+    assert_eq!(op.next_poll_at, Some(poll_at));
+    assert_eq!(f.due(DueKind::OperationWake).await, Some(poll_at));
+    let found = f
+        .store
+        .run(|s| s.find_operation("trk_1"))
+        .await
+        .expect("find");
+    assert_eq!(
+        found,
+        Some(f.id.clone()),
+        "the tracking id finds it from now on"
+    );
+}

@@ -977,3 +977,54 @@ async fn operations_are_listed_newest_first_with_filters_and_pages() {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     env.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_create_retried_with_its_idempotency_key_returns_the_first_operation() {
+    let env = env().await;
+    let create = |body: Value, key: &'static str| {
+        env.client
+            .post(format!("{}/v1/operations/account-openings", env.app_url))
+            .header("idempotency-key", key)
+            .json(&body)
+            .send()
+    };
+    let first = create(opening("cus-key", "NL"), "key-1")
+        .await
+        .expect("create");
+    assert_eq!(first.status(), StatusCode::ACCEPTED);
+    let first: Value = first.json().await.expect("json");
+    let id = first["id"].as_str().expect("id").to_string();
+    // Completed meanwhile: a retry still finds it, and opens nothing at the bank.
+    env.wait_state(&id, "completed").await;
+    let again = create(opening("cus-key", "NL"), "key-1")
+        .await
+        .expect("retry");
+    assert_eq!(again.status(), StatusCode::ACCEPTED);
+    assert_eq!(
+        again
+            .headers()
+            .get("idempotent-replayed")
+            .and_then(|v| v.to_str().ok()),
+        Some("true")
+    );
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["id"], id.as_str());
+    assert_eq!(again["state"], "completed");
+    let listed = env
+        .get_json(&format!(
+            "{}/v1/operations?customer_id=cus-key",
+            env.app_url
+        ))
+        .await;
+    assert_eq!(listed["operations"].as_array().map(Vec::len), Some(1));
+    assert_eq!(env.bank_stats().await["openings"], 1);
+    // The same key for another opening is the caller's mistake.
+    let other = create(opening("cus-other", "NL"), "key-1")
+        .await
+        .expect("reuse");
+    assert_eq!(other.status(), StatusCode::CONFLICT);
+    let other: Value = other.json().await.expect("json");
+    assert_eq!(other["error"]["code"], "idempotency_key_reused");
+    assert_eq!(other["operation"]["id"], id.as_str());
+    env.shutdown().await;
+}

@@ -46,8 +46,8 @@ fn openings_profile() -> OpeningsProfile {
 
 const MARKETS: [&str; 4] = ["NL", "BE", "DE", "FR"];
 
-/// Creates the opening of `customer` until acctor answers (202, or 409 with the one an
-/// earlier, unanswered attempt created); returns its id.
+/// Creates the opening of `customer` until acctor answers (202, new or replayed by its
+/// idempotency key, or 409 with the customer's opening in progress); returns its id.
 async fn open_until_answered(
     http: &Http,
     acctor_url: &str,
@@ -59,6 +59,9 @@ async fn open_until_answered(
         let sent = http
             .client()
             .post(format!("{acctor_url}/v1/operations/account-openings"))
+            // A retry after a lost answer must find the first create's operation, even
+            // when that one has completed meanwhile.
+            .header("idempotency-key", format!("crash-{customer}"))
             .json(&json!({
                 "customer_id": customer,
                 "market": market,

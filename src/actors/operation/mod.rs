@@ -110,9 +110,9 @@ impl OperationActor {
                     run_command(&deps.store, &deps.params, &deps.clock, &id, command).await
                 });
                 let result = command.await.unwrap_or_else(|join| {
-                    Err(OpsCommandError::Store(crate::store::StoreError::Io(format!(
-                        "command task failed: {join}"
-                    ))))
+                    Err(OpsCommandError::Store(crate::store::StoreError::Io(
+                        format!("command task failed: {join}"),
+                    )))
                 });
                 let _ = me.send_message(OperationMessage::CommandDone(result, reply));
             });
