@@ -5,8 +5,8 @@
 //! - [`accounts`]: `/v1/accounts…` — link, read, unlink, transactions, sync status.
 //! - [`health`]: `/healthz`, `/readyz`.
 //! - [`incidents`]: `/v1/incidents…` — incidents, filtered, newest first.
-//! - [`operations`]: `/v1/operations…` — account openings; `POST /webhooks/bank`; the
-//!   sandbox's simulated bank status.
+//! - [`operations`]: `/v1/operations…` — account openings.
+//! - [`bank`]: `POST /webhooks/bank`, and the sandbox's simulated bank status.
 //! - [`flags`]: `/v1/flags…` — runtime flags per market and segment, and their history.
 //! - [`debug`]: `/debug/actors…`, `/debug/overview` — actor introspection.
 //! - [`metrics`]: `/metrics` — Prometheus exposition.
@@ -37,6 +37,7 @@ use crate::service::Context;
 
 pub mod accounts;
 pub mod auth;
+pub mod bank;
 pub mod dashboard;
 pub mod debug;
 pub mod error;
