@@ -98,6 +98,8 @@ pub struct StepReport {
     pub calls: StepCalls,
     /// Whether this step escalated the operation.
     pub escalated: bool,
+    /// Incidents the commit opened or resolved (each may have enqueued an alert).
+    pub incidents: usize,
 }
 
 /// Why a step failed (nothing was written; the actor runs it again later).
@@ -136,6 +138,7 @@ pub async fn run_step(
             adopted: 0,
             calls: StepCalls::default(),
             escalated: false,
+            incidents: 0,
         });
     };
     let mut step = Step {
@@ -172,9 +175,11 @@ pub async fn run_step(
             adopted: 0,
             calls,
             escalated,
+            incidents: 0,
         });
     }
     let applied = consumed.len();
+    let incident_changes = incidents.len();
     let commit = OperationCommit {
         operation: op,
         consumed,
@@ -188,6 +193,7 @@ pub async fn run_step(
         adopted: receipt.adopted,
         calls,
         escalated,
+        incidents: incident_changes,
     })
 }
 

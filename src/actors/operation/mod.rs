@@ -254,6 +254,10 @@ impl Actor for OperationActor {
                 if result.is_ok() {
                     // A retry lifted what held it: drive it now.
                     state.again = true;
+                    // Cancel and retry resolve incidents, whose alerts wait in the outbox.
+                    if let Some(alerts) = &self.deps.alerts {
+                        alerts.notify_one();
+                    }
                 }
                 let _ = reply.send(result);
                 self.start_next(&myself, state);

@@ -63,7 +63,7 @@ impl OperationDeps {
                 }
             }
         }
-        if report.committed {
+        if report.committed && report.incidents > 0 {
             if let Some(alerts) = &self.alerts {
                 alerts.notify_one();
             }
