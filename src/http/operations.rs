@@ -85,6 +85,27 @@ fn limit_schema() -> utoipa::openapi::Object {
     params::limit_schema(DEFAULT_PAGE, MAX_PAGE)
 }
 
+/// The create's headers (documentation only: read from the request's headers).
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct CreateHeaders {
+    /// 1 to 255 visible ASCII characters. A create repeated with the same key returns the
+    /// operation the first one made (with `Idempotent-Replayed: true`), whatever its
+    /// state now; the same key with another body is 409 `idempotency_key_reused`.
+    #[param(rename = "Idempotency-Key", schema_with = idempotency_key_schema)]
+    pub idempotency_key: Option<String>,
+}
+
+fn idempotency_key_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::schema::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(255))
+        .pattern(Some("^[!-~]+$"))
+        .description(Some("1 to 255 visible ASCII characters"))
+        .build()
+}
+
 /// `POST /v1/operations/account-openings` body.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -259,10 +280,7 @@ pub struct ExistingOpening {
     path = "/v1/operations/account-openings",
     tag = "operations",
     operation_id = "create_account_opening",
-    params(
-        NoQuery,
-        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters. A create repeated with the same key returns the operation the first one made (with `Idempotent-Replayed: true`), whatever its state now; the same key with another body is 409 `idempotency_key_reused`."),
-    ),
+    params(NoQuery, CreateHeaders),
     request_body(content = CreateRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Created; the bank call runs in the operation's actor", body = OperationView),
