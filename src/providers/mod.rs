@@ -191,6 +191,29 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
+    /// A request to a provider that did not complete, described without its URL or any
+    /// header (they can carry secrets): `what` names the call, then what failed and the
+    /// chain of causes.
+    pub fn transport(what: &str, err: &reqwest::Error) -> ProviderError {
+        let kind = if err.is_timeout() {
+            "timed out"
+        } else if err.is_connect() {
+            "connection failed"
+        } else if err.is_builder() {
+            "request could not be built"
+        } else {
+            "request failed"
+        };
+        let mut detail = String::new();
+        let mut source = std::error::Error::source(err);
+        while let Some(cause) = source {
+            detail.push_str(": ");
+            detail.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        ProviderError::Transport(format!("{what}: {kind}{detail}"))
+    }
+
     /// The provider's error code, or a short code for transport and decode failures.
     pub fn code(&self) -> &str {
         match self {

@@ -316,13 +316,7 @@ impl Step<'_> {
                 if self.op.tracking_id.is_none() && !answer.tracking_id.is_empty() {
                     self.op.tracking_id = Some(answer.tracking_id.clone());
                 }
-                let report = ReportedStatus {
-                    status: answer.status,
-                    iban: answer.iban,
-                    bic: answer.bic,
-                    reason: answer.reason,
-                };
-                self.apply(&report, StatusSource::SyncApi, now);
+                self.apply(&answer.into(), StatusSource::SyncApi, now);
             }
             Err(error) => self.call_failed("legacy open", &error, now),
         }
@@ -342,13 +336,7 @@ impl Step<'_> {
         self.op.next_poll_at = Some(after(now, interval));
         match self.bank.opening_status(&tracking_id).await {
             Ok(answer) => {
-                let report = ReportedStatus {
-                    status: answer.status,
-                    iban: answer.iban,
-                    bic: answer.bic,
-                    reason: answer.reason,
-                };
-                self.apply(&report, StatusSource::Poll, now);
+                self.apply(&answer.into(), StatusSource::Poll, now);
             }
             Err(error) => {
                 // A failed poll is retried at the next poll: the webhook may still come.

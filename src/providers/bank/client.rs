@@ -146,13 +146,13 @@ impl BankClient {
         let response = request
             .send()
             .await
-            .map_err(|e| transport_error(what, &e))?;
+            .map_err(|e| ProviderError::transport(what, &e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport_error(what, &e))?;
+            .map_err(|e| ProviderError::transport(what, &e))?;
         if !(200..300).contains(&status) {
             let err = errors::api_error(status, &headers, &body);
             debug!(
@@ -204,27 +204,6 @@ impl BankClient {
         }
         self.call(what, request).await
     }
-}
-
-/// Describes a failed request without the URL or any header.
-fn transport_error(what: &str, err: &reqwest::Error) -> ProviderError {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else if err.is_builder() {
-        "request could not be built"
-    } else {
-        "request failed"
-    };
-    let mut detail = String::new();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ProviderError::Transport(format!("{what}: {kind}{detail}"))
 }
 
 fn decode_error(what: &str, reason: impl fmt::Display) -> ProviderError {

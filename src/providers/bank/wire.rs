@@ -10,6 +10,19 @@ use serde::{Deserialize, Serialize};
 /// `REJECTED`): one type, so the client, the verifier and the operations agree.
 pub use crate::domain::operations::BankStatus;
 
+impl From<StatusReport> for crate::domain::operations::ReportedStatus {
+    /// What an answer reports, as the operation's state machine reads it (the tracking
+    /// id is the operation's already).
+    fn from(report: StatusReport) -> Self {
+        crate::domain::operations::ReportedStatus {
+            status: report.status,
+            iban: report.iban,
+            bic: report.bic,
+            reason: report.reason,
+        }
+    }
+}
+
 /// The accepted wire names, comma-separated, for error messages.
 pub(crate) fn accepted_statuses() -> String {
     BankStatus::ALL

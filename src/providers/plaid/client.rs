@@ -229,12 +229,12 @@ impl Http {
             .json(request)
             .send()
             .await
-            .map_err(|e| transport_error(path, &e))?;
+            .map_err(|e| ProviderError::transport(path, &e))?;
         let status = response.status();
         let body = response
             .bytes()
             .await
-            .map_err(|e| transport_error(path, &e))?;
+            .map_err(|e| ProviderError::transport(path, &e))?;
         let answer = read_answer(path, status.as_u16(), &body);
         if let Err(err @ ProviderError::Api { .. }) = &answer {
             debug!(
@@ -261,25 +261,6 @@ fn read_answer<Resp: DeserializeOwned>(
     }
     serde_json::from_slice(body)
         .map_err(|e| ProviderError::Decode(format!("{path}: unexpected response: {e}")))
-}
-
-/// Describes a failed request without the URL's query or any header.
-fn transport_error(path: &str, err: &reqwest::Error) -> ProviderError {
-    let what = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
-    let mut detail = String::new();
-    let mut source = std::error::Error::source(err);
-    while let Some(cause) = source {
-        detail.push_str(": ");
-        detail.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    ProviderError::Transport(format!("{path}: {what}{detail}"))
 }
 
 /// Maps a non-2xx answer: Plaid's error object when it is one, else `HTTP_<status>`;
