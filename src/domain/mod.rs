@@ -16,6 +16,7 @@ pub mod flags;
 pub mod incidents;
 pub mod operations;
 pub mod outbox;
+pub mod stripe;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
@@ -55,6 +56,8 @@ impl fmt::Display for AccountId {
 pub enum ProviderKind {
     /// Plaid (or the built-in Plaid-compatible sandbox bank).
     Plaid,
+    /// Stripe (or the built-in Stripe-compatible sandbox).
+    Stripe,
 }
 
 impl ProviderKind {
@@ -62,6 +65,7 @@ impl ProviderKind {
     pub fn as_str(self) -> &'static str {
         match self {
             ProviderKind::Plaid => "plaid",
+            ProviderKind::Stripe => "stripe",
         }
     }
 
@@ -69,6 +73,7 @@ impl ProviderKind {
     pub fn parse(s: &str) -> Option<Self> {
         match s {
             "plaid" => Some(ProviderKind::Plaid),
+            "stripe" => Some(ProviderKind::Stripe),
             _ => None,
         }
     }
@@ -200,6 +205,10 @@ pub struct Account {
     /// the account once more).
     #[serde(default)]
     pub login_seen_through: Option<u64>,
+    /// A Stripe account's settings (its types, tie rule, Connect); `None` for other
+    /// providers. Its credentials are the access token (see `stripe::StripeCredentials`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stripe: Option<stripe::StripeLink>,
 }
 
 impl Account {
@@ -233,6 +242,7 @@ impl Account {
             needs_reauth: None,
             pending_deadline: None,
             login_seen_through: None,
+            stripe: None,
         }
     }
 

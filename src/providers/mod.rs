@@ -17,6 +17,8 @@ use crate::domain::{AccessToken, ProviderKind, Transaction};
 pub mod bank;
 pub mod budget;
 pub mod plaid;
+pub mod signature;
+pub mod stripe;
 #[cfg(test)]
 pub(crate) mod test_support;
 

@@ -1,36 +1,25 @@
 //! Signing and verification of the bank's status webhooks (`bank-signature`).
 //!
-//! The scheme is Stripe's: the signed payload is `"{t}.{raw body}"`, so the signature
-//! binds the exact bytes and the time together and a captured webhook cannot be replayed
-//! outside the tolerance window. One `v1` per active secret lets the bank sign with the
-//! new and the old secret while a rotation is under way, and lets acctor accept either:
-//! neither side has to switch at the same instant.
-//!
-//! Checks run in a deliberate order: the header is parsed and the timestamp checked
-//! before any HMAC is computed (cheap refusals first), every signature is compared in
-//! constant time (`Mac::verify_slice`), and the body is parsed only once it is known to
-//! be the bank's, so an unsigned body is never interpreted.
+//! The scheme is Stripe's (`providers::signature`): the signed payload is
+//! `"{t}.{raw body}"`, one `v1` per active secret during a rotation. The body is parsed
+//! only once the signature has been checked, so an unsigned body is never interpreted.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use hmac::{Hmac, Mac};
 use http::HeaderMap;
-use sha2::Sha256;
 
 use super::wire::{BankStatus, WebhookBody};
 use super::SIGNATURE_HEADER;
+use crate::providers::signature::TimestampedHmac;
 use crate::providers::WebhookError;
 
-type HmacSha256 = Hmac<Sha256>;
+pub use crate::providers::signature::sign;
 
-/// Longest `bank-signature` header read; a real one with two secrets is ~150 bytes.
-const MAX_HEADER_BYTES: usize = 2048;
-/// Most `v1` entries compared; more than a handful is not a rotation but an attack on
-/// the verifier's time.
-const MAX_SIGNATURES: usize = 8;
-/// An HMAC-SHA256 tag.
-const TAG_BYTES: usize = 32;
+/// The bank's header.
+const SCHEME: TimestampedHmac = TimestampedHmac {
+    header: SIGNATURE_HEADER,
+};
 
 /// A verified status webhook.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,101 +69,6 @@ fn malformed(reason: impl Into<String>) -> WebhookError {
     WebhookError::Malformed(reason.into())
 }
 
-/// The MAC of `"{timestamp}.{body}"` under `secret`.
-fn mac(secret: &[u8], timestamp: &str, body: &[u8]) -> HmacSha256 {
-    // Provably infallible: HMAC takes keys of any length, empty included (long ones
-    // are hashed first); `new_from_slice` only fails for fixed-size-key MACs.
-    let mut mac = <HmacSha256 as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("hmac accepts keys of any length"));
-    mac.update(timestamp.as_bytes());
-    mac.update(b".");
-    mac.update(body);
-    mac
-}
-
-/// The header value for `body` signed at unix time `timestamp` with each of `secrets`
-/// (the sandbox and acctor's simulated-webhook endpoint use it).
-pub fn sign(secrets: &[&[u8]], timestamp: i64, body: &[u8]) -> String {
-    let t = timestamp.to_string();
-    let mut header = format!("t={t}");
-    for secret in secrets {
-        let tag = mac(secret, &t, body).finalize().into_bytes();
-        header.push_str(",v1=");
-        header.push_str(&hex::encode(tag));
-    }
-    header
-}
-
-/// The parts of a `bank-signature` header.
-struct SignatureHeader<'a> {
-    /// The timestamp exactly as sent (it is part of the signed payload).
-    timestamp_text: &'a str,
-    timestamp: i64,
-    /// Every `v1` that decoded to a tag of the right size.
-    tags: Vec<[u8; TAG_BYTES]>,
-}
-
-fn parse_header(headers: &HeaderMap) -> Result<SignatureHeader<'_>, WebhookError> {
-    let mut values = headers.get_all(SIGNATURE_HEADER).iter();
-    let value = values
-        .next()
-        .ok_or_else(|| unauthorized("missing bank-signature header"))?;
-    if values.next().is_some() {
-        return Err(unauthorized("more than one bank-signature header"));
-    }
-    if value.len() > MAX_HEADER_BYTES {
-        return Err(unauthorized("bank-signature header is too long"));
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| unauthorized("bank-signature header is not ascii"))?;
-
-    let mut timestamp_text = None;
-    let mut tags = Vec::new();
-    let mut v1_seen = 0usize;
-    for part in value.split(',') {
-        let Some((key, item)) = part.trim().split_once('=') else {
-            return Err(unauthorized(
-                "bank-signature header is not a list of key=value pairs",
-            ));
-        };
-        match key {
-            "t" if timestamp_text.is_some() => {
-                return Err(unauthorized("bank-signature header has two timestamps"));
-            }
-            "t" => timestamp_text = Some(item),
-            "v1" => {
-                v1_seen += 1;
-                if v1_seen > MAX_SIGNATURES {
-                    return Err(unauthorized(
-                        "bank-signature header has too many signatures",
-                    ));
-                }
-                let mut tag = [0u8; TAG_BYTES];
-                // A v1 that is not 64 hex digits cannot match; other v1s still may.
-                if hex::decode_to_slice(item, &mut tag).is_ok() {
-                    tags.push(tag);
-                }
-            }
-            // Other schemes (a future v2, a test-mode v0) are not ours to check.
-            _ => {}
-        }
-    }
-    let timestamp_text =
-        timestamp_text.ok_or_else(|| unauthorized("bank-signature header has no timestamp"))?;
-    let timestamp = timestamp_text
-        .parse::<i64>()
-        .map_err(|_| unauthorized("bank-signature timestamp is not an integer"))?;
-    if v1_seen == 0 {
-        return Err(unauthorized("bank-signature header has no v1 signature"));
-    }
-    Ok(SignatureHeader {
-        timestamp_text,
-        timestamp,
-        tags,
-    })
-}
-
 impl BankWebhookVerifier {
     /// A verifier accepting a signature by any of `secrets` (the current one and, during
     /// a rotation, the previous one) made within `tolerance` of the verification time.
@@ -200,25 +94,7 @@ impl BankWebhookVerifier {
         if self.secrets.is_empty() {
             return Err(unauthorized("no bank webhook secret is configured"));
         }
-        let header = parse_header(headers)?;
-        // In i128: the timestamp is whatever the sender put there, so the difference can
-        // leave i64.
-        let skew = (i128::from(now.timestamp()) - i128::from(header.timestamp)).unsigned_abs();
-        if skew > u128::from(self.tolerance.as_secs()) {
-            return Err(unauthorized("timestamp outside tolerance"));
-        }
-        let signed = self.secrets.iter().any(|secret| {
-            header.tags.iter().any(|tag| {
-                mac(secret, header.timestamp_text, body)
-                    .verify_slice(tag)
-                    .is_ok()
-            })
-        });
-        if !signed {
-            return Err(unauthorized(
-                "no bank-signature v1 matches a configured secret",
-            ));
-        }
+        SCHEME.verify(headers, body, &self.secrets, self.tolerance, now)?;
         parse_body(body)
     }
 }

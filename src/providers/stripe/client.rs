@@ -1,0 +1,277 @@
+//! The Stripe client: the per-account request budget every call waits for (backfill,
+//! re-fetch, catch-up and pushes share it, so together they stay under Stripe's rate
+//! limit), the API key and `Stripe-Account` headers, the timeout, and the mapping of
+//! answers to [`ProviderError`]s.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tracing::debug;
+
+use super::errors;
+use super::wire::{Event, List};
+use super::{ACCOUNT_HEADER, MAX_PAGE};
+use crate::domain::stripe::{ObjectType, Window};
+use crate::providers::budget::RequestBudget;
+use crate::providers::ProviderError;
+
+/// Whom a call is for: the key to send, the account it is about, whether that account
+/// is a Connect account reached through its platform's key, and which budget it spends.
+#[derive(Clone, Copy)]
+pub struct StripeAccess<'a> {
+    /// The API key (never logged).
+    pub api_key: &'a str,
+    /// `acct_…`: the budget's key, and `Stripe-Account` when `connect`.
+    pub account: &'a str,
+    /// Whether requests carry `Stripe-Account`.
+    pub connect: bool,
+    /// Live-mode key: the live budget.
+    pub livemode: bool,
+}
+
+impl fmt::Debug for StripeAccess<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeAccess")
+            .field("account", &self.account)
+            .field("connect", &self.connect)
+            .field("livemode", &self.livemode)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One list call: a window of `created`, continued after an id.
+#[derive(Clone, Debug)]
+pub struct ListRequest<'a> {
+    /// Objects created within it.
+    pub window: Window,
+    /// Continue after this id (Stripe's `starting_after`).
+    pub starting_after: Option<&'a str>,
+    /// Page size (at most 100).
+    pub limit: u32,
+}
+
+/// What acctor asks of Stripe. The client implements it against Stripe (or the
+/// sandbox); tests script it.
+#[async_trait]
+pub trait StripeApi: Send + Sync + 'static {
+    /// One page of `object_type`'s list endpoint.
+    async fn list(
+        &self,
+        access: StripeAccess<'_>,
+        object_type: ObjectType,
+        request: ListRequest<'_>,
+    ) -> Result<List<Value>, ProviderError>;
+
+    /// One object as Stripe has it now; `None` when it does not exist (any more).
+    async fn retrieve(
+        &self,
+        access: StripeAccess<'_>,
+        object_type: ObjectType,
+        id: &str,
+    ) -> Result<Option<Value>, ProviderError>;
+
+    /// One page of events created at or after `since`, newest first.
+    async fn events(
+        &self,
+        access: StripeAccess<'_>,
+        since: i64,
+        starting_after: Option<&str>,
+        limit: u32,
+    ) -> Result<List<Event>, ProviderError>;
+}
+
+/// A shared Stripe API.
+pub type DynStripeApi = Arc<dyn StripeApi>;
+
+/// How to reach Stripe (or the sandbox) and how fast.
+#[derive(Clone, Debug)]
+pub struct StripeClientConfig {
+    /// `https://api.stripe.com`, or `{sandbox}/stripe`.
+    pub base_url: String,
+    /// Limit on every request, from connect to the last byte.
+    pub timeout: Duration,
+    /// Requests per second per test-mode account (0: unlimited).
+    pub test_rate: u32,
+    /// Requests per second per live-mode account (0: unlimited).
+    pub live_rate: u32,
+}
+
+/// The client. Cheap to share (`Arc` it once): one connection pool, one budget per
+/// mode keyed by account.
+pub struct StripeClient {
+    http: reqwest::Client,
+    base_url: reqwest::Url,
+    test_budget: Option<RequestBudget>,
+    live_budget: Option<RequestBudget>,
+}
+
+impl fmt::Debug for StripeClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StripeClient")
+            .field("base_url", &self.base_url.as_str())
+            .finish_non_exhaustive()
+    }
+}
+
+fn config_error(reason: impl fmt::Display) -> ProviderError {
+    ProviderError::Transport(format!("invalid stripe client configuration: {reason}"))
+}
+
+/// A budget of `per_second` requests, one at a time: spread evenly, so no one-second
+/// window sees more than the rate even right after an idle spell.
+fn budget(per_second: u32) -> Option<RequestBudget> {
+    RequestBudget::new(per_second.saturating_mul(60), 1)
+}
+
+impl StripeClient {
+    /// Builds a client; fails on a base URL that is not http(s).
+    pub fn new(config: StripeClientConfig) -> Result<StripeClient, ProviderError> {
+        let trimmed = config.base_url.trim_end_matches('/');
+        let base_url = reqwest::Url::parse(trimmed)
+            .map_err(|e| config_error(format!("base url {trimmed:?}: {e}")))?;
+        if !matches!(base_url.scheme(), "http" | "https") || base_url.cannot_be_a_base() {
+            return Err(config_error(format!(
+                "base url {trimmed:?} must start with http:// or https://"
+            )));
+        }
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout)
+            .user_agent(concat!("acctor/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(config_error)?;
+        Ok(StripeClient {
+            http,
+            base_url,
+            test_budget: budget(config.test_rate),
+            live_budget: budget(config.live_rate),
+        })
+    }
+
+    /// The budget's waits so far (test and live), for metrics.
+    pub fn budget_waits(&self) -> u64 {
+        self.test_budget.as_ref().map_or(0, RequestBudget::waits)
+            + self.live_budget.as_ref().map_or(0, RequestBudget::waits)
+    }
+
+    fn url(&self, segments: &[&str]) -> reqwest::Url {
+        let mut url = self.base_url.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().push("v1").extend(segments);
+        }
+        url
+    }
+
+    /// A GET for `access`, after waiting for its budget.
+    async fn get<Resp: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        access: StripeAccess<'_>,
+        segments: &[&str],
+        query: &[(&str, String)],
+    ) -> Result<Resp, ProviderError> {
+        let budget = if access.livemode {
+            &self.live_budget
+        } else {
+            &self.test_budget
+        };
+        if let Some(budget) = budget {
+            budget.acquire(access.account).await;
+        }
+        let mut request = self
+            .http
+            .get(self.url(segments))
+            .bearer_auth(access.api_key)
+            .query(query);
+        if access.connect {
+            request = request.header(ACCOUNT_HEADER, access.account);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ProviderError::transport(what, &e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::transport(what, &e))?;
+        if !(200..300).contains(&status) {
+            let err = errors::api_error(status, &headers, &body);
+            debug!(
+                call = what,
+                account = access.account,
+                status,
+                code = err.code(),
+                request_id = err.request_id().unwrap_or("-"),
+                "stripe call failed"
+            );
+            return Err(err);
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Decode(format!("{what}: unexpected response: {e}")))
+    }
+}
+
+#[async_trait]
+impl StripeApi for StripeClient {
+    async fn list(
+        &self,
+        access: StripeAccess<'_>,
+        object_type: ObjectType,
+        request: ListRequest<'_>,
+    ) -> Result<List<Value>, ProviderError> {
+        let mut query = vec![
+            ("limit", request.limit.clamp(1, MAX_PAGE).to_string()),
+            ("created[gte]", request.window.gte.to_string()),
+            ("created[lt]", request.window.lt.to_string()),
+        ];
+        if let Some(after) = request.starting_after {
+            query.push(("starting_after", after.to_owned()));
+        }
+        // Without it, Stripe lists only subscriptions that have not ended.
+        if object_type == ObjectType::Subscriptions {
+            query.push(("status", "all".to_owned()));
+        }
+        self.get("list", access, &[object_type.as_str()], &query)
+            .await
+    }
+
+    async fn retrieve(
+        &self,
+        access: StripeAccess<'_>,
+        object_type: ObjectType,
+        id: &str,
+    ) -> Result<Option<Value>, ProviderError> {
+        match self
+            .get::<Value>("retrieve", access, &[object_type.as_str(), id], &[])
+            .await
+        {
+            Ok(object) if object.get("deleted").and_then(Value::as_bool) == Some(true) => Ok(None),
+            Ok(object) => Ok(Some(object)),
+            Err(error) if errors::is_resource_missing(&error) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn events(
+        &self,
+        access: StripeAccess<'_>,
+        since: i64,
+        starting_after: Option<&str>,
+        limit: u32,
+    ) -> Result<List<Event>, ProviderError> {
+        let mut query = vec![
+            ("limit", limit.clamp(1, MAX_PAGE).to_string()),
+            ("created[gte]", since.to_string()),
+        ];
+        if let Some(after) = starting_after {
+            query.push(("starting_after", after.to_owned()));
+        }
+        self.get("events", access, &["events"], &query).await
+    }
+}
