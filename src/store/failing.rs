@@ -12,9 +12,9 @@ use futures::future::BoxFuture;
 use super::{
     AccountStore, CreateOutcome, DueEntry, DueIndex, DueKind, Durability, FlagStore, InboxStore,
     IncidentStore, IncomingOperationEvent, IncomingWebhook, IngestOutcome, LinkReceipt,
-    OperationCommit, OperationIngest, OperationReceipt, OperationStore, OutboxMessage, OutboxStore,
-    PollEntry, Resolved, RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage,
-    TransactionQuery,
+    ObjectCommit, ObjectPage, ObjectReceipt, ObjectStore, OperationCommit, OperationIngest,
+    OperationReceipt, OperationStore, OutboxMessage, OutboxStore, PollEntry, Resolved, RetryRecord,
+    RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::flags::{Flag, FlagChange, FlagKey};
 use crate::domain::incidents::{
@@ -23,6 +23,7 @@ use crate::domain::incidents::{
 use crate::domain::operations::{
     Operation, OperationEvent, OperationId, OperationQuery, OperationState,
 };
+use crate::domain::stripe::{ObjectQuery, ObjectType, Stamp, StoredObject, StripeState};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
     SyncGaveUp, SyncOutcome, Transaction,
@@ -323,6 +324,37 @@ impl OutboxStore for FailingStore {
     fn remove_outbox(&self, message_id: u64) -> Result<(), StoreError> {
         self.write()?;
         self.inner.remove_outbox(message_id)
+    }
+}
+
+impl ObjectStore for FailingStore {
+    fn stripe_state(&self, id: &AccountId) -> Result<Option<StripeState>, StoreError> {
+        self.inner.stripe_state(id)
+    }
+    fn object_stamps(
+        &self,
+        id: &AccountId,
+        objects: &[(ObjectType, String)],
+    ) -> Result<Vec<Option<Stamp>>, StoreError> {
+        self.inner.object_stamps(id, objects)
+    }
+    fn get_object(
+        &self,
+        id: &AccountId,
+        object_type: ObjectType,
+        object_id: &str,
+    ) -> Result<Option<StoredObject>, StoreError> {
+        self.inner.get_object(id, object_type, object_id)
+    }
+    fn list_objects(&self, query: &ObjectQuery) -> Result<ObjectPage, StoreError> {
+        self.inner.list_objects(query)
+    }
+    fn count_objects(&self, id: &AccountId, object_type: ObjectType) -> Result<u64, StoreError> {
+        self.inner.count_objects(id, object_type)
+    }
+    fn commit_objects(&self, commit: &ObjectCommit) -> Result<ObjectReceipt, StoreError> {
+        self.write()?;
+        self.inner.commit_objects(commit)
     }
 }
 

@@ -54,6 +54,9 @@ use crate::domain::operations::{
     Operation, OperationEvent, OperationId, OperationQuery, OperationState, ReportedStatus,
     StatusSource,
 };
+use crate::domain::stripe::{
+    ObjectQuery, ObjectType, ObjectWrite, Stamp, StoredObject, StripeState,
+};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, ProviderKind,
     Quarantine, SyncGaveUp, SyncOutcome, Transaction,
@@ -246,12 +249,43 @@ impl SyncCommit {
     /// What the commit records on the account itself: its cursor, the sync's times and
     /// outcome, one more sync.
     pub(crate) fn record_on(&self, account: &mut Account) {
-        account.cursor = Some(self.cursor.clone());
-        account.cursor_updated_at = Some(self.finished_at);
-        account.last_sync_started_at = Some(self.started_at);
-        account.last_sync_finished_at = Some(self.finished_at);
-        account.last_sync_outcome = Some(self.outcome.clone());
-        account.sync_count += 1;
+        record_sync_end(
+            account,
+            &self.cursor,
+            &self.outcome,
+            self.started_at,
+            self.finished_at,
+        );
+    }
+}
+
+/// What the end of a committed sync records on its account: the cursor, the sync's
+/// times and outcome, one more sync.
+fn record_sync_end(
+    account: &mut Account,
+    cursor: &str,
+    outcome: &SyncOutcome,
+    started_at: DateTime<Utc>,
+    finished_at: DateTime<Utc>,
+) {
+    account.cursor = Some(cursor.to_owned());
+    account.cursor_updated_at = Some(finished_at);
+    account.last_sync_started_at = Some(started_at);
+    account.last_sync_finished_at = Some(finished_at);
+    account.last_sync_outcome = Some(outcome.clone());
+    account.sync_count += 1;
+}
+
+impl SyncFinish {
+    /// What the commit that ends a Stripe sync records on the account.
+    pub(crate) fn record_on(&self, account: &mut Account) {
+        record_sync_end(
+            account,
+            &self.cursor,
+            &self.outcome,
+            self.started_at,
+            self.finished_at,
+        );
     }
 }
 
@@ -788,6 +822,88 @@ pub trait Durability {
     fn write_probe(&self) -> Result<(), StoreError>;
 }
 
+/// How a Stripe sync's commit ends the sync, when it does (a backfill page or a
+/// catch-up page commits along the way without ending it).
+#[derive(Clone, Debug)]
+pub struct SyncFinish {
+    /// Where the account stands, shown as its cursor (the last event applied).
+    pub cursor: String,
+    /// The outcome recorded on the account.
+    pub outcome: SyncOutcome,
+    /// When the sync started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Everything one step of a Stripe sync writes, in one transaction: the object writes
+/// (each checked by the out-of-order guard against the stored stamp), the account's
+/// sync state, the inbox entries whose events were applied and, at the end of a sync,
+/// its outcome with the retry and poll entries it settles (as [`RowStore::commit_sync`]).
+#[derive(Clone, Debug)]
+pub struct ObjectCommit {
+    /// The account.
+    pub account_id: AccountId,
+    /// The writes, in order: a later write to the same object is checked against the
+    /// earlier one.
+    pub writes: Vec<ObjectWrite>,
+    /// The account's sync state after this step (replaces the stored one).
+    pub state: StripeState,
+    /// Inbox entries consumed.
+    pub consumed: Vec<u64>,
+    /// Set on the commit that ends a sync.
+    pub finish: Option<SyncFinish>,
+}
+
+/// What a commit applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObjectReceipt {
+    /// Writes applied.
+    pub applied: u64,
+    /// Writes the guard skipped (older, a repeat, or a tie the write did not win).
+    pub skipped: u64,
+}
+
+/// A page of stored objects.
+#[derive(Clone, Debug)]
+pub struct ObjectPage {
+    /// The objects, by id.
+    pub objects: Vec<StoredObject>,
+    /// Continue after this id, `None` on the last page.
+    pub next: Option<String>,
+}
+
+/// The local copy of Stripe accounts' objects and each account's sync state.
+pub trait ObjectStore {
+    /// The account's sync state (`None`: never synced).
+    fn stripe_state(&self, id: &AccountId) -> Result<Option<StripeState>, StoreError>;
+
+    /// The stored stamp of each object (tombstones included), in the order asked.
+    fn object_stamps(
+        &self,
+        id: &AccountId,
+        objects: &[(ObjectType, String)],
+    ) -> Result<Vec<Option<Stamp>>, StoreError>;
+
+    /// One object (a tombstone included).
+    fn get_object(
+        &self,
+        id: &AccountId,
+        object_type: ObjectType,
+        object_id: &str,
+    ) -> Result<Option<StoredObject>, StoreError>;
+
+    /// A page of an account's live objects of one type, by id.
+    fn list_objects(&self, query: &ObjectQuery) -> Result<ObjectPage, StoreError>;
+
+    /// How many live objects of a type an account has.
+    fn count_objects(&self, id: &AccountId, object_type: ObjectType) -> Result<u64, StoreError>;
+
+    /// Applies one step in one transaction. Fails with `AccountNotFound` when the
+    /// account is gone, writing nothing.
+    fn commit_objects(&self, commit: &ObjectCommit) -> Result<ObjectReceipt, StoreError>;
+}
+
 /// The storage contract: every record family's trait at once. Methods are synchronous
 /// and short (sled works in memory and writes back in the background); `durable()` is
 /// the one wait, and it is shared by every writer through group commit.
@@ -804,6 +920,7 @@ pub trait Store:
     + OutboxStore
     + FlagStore
     + OperationStore
+    + ObjectStore
     + Durability
     + Send
     + Sync
@@ -820,6 +937,7 @@ impl<T> Store for T where
         + OutboxStore
         + FlagStore
         + OperationStore
+        + ObjectStore
         + Durability
         + Send
         + Sync

@@ -141,6 +141,8 @@ fn parse_body(body: &[u8]) -> Result<BankWebhook, WebhookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::providers::signature::{HmacSha256, MAX_SIGNATURES};
+    use hmac::Mac;
     use http::HeaderValue;
     use serde_json::json;
 

@@ -25,6 +25,7 @@ mod durability;
 mod flags;
 mod inbox;
 mod incidents;
+mod objects;
 mod operations;
 mod outbox;
 mod polls;

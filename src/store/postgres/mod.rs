@@ -30,6 +30,7 @@ mod due;
 mod flags;
 mod inbox;
 mod incidents;
+mod objects;
 mod operations;
 mod outbox;
 mod rows;

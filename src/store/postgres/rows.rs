@@ -19,6 +19,29 @@ use crate::store::{
     ApplyMode, RowStore, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 
+/// What a committed sync settles in the due index, in its transaction: any pending
+/// retry of it is moot, and the next poll is a full interval from `finished_at`. Forward
+/// only (the sweeper may have anchored it later); an unlinked account gets no entry.
+pub(super) async fn settle_due(
+    tx: &mut Tx,
+    account: &crate::domain::Account,
+    finished_at: chrono::DateTime<chrono::Utc>,
+) -> TxResult<()> {
+    super::due::remove_retry(tx, &account.id).await?;
+    if account.status == LinkStatus::Linked {
+        sqlx::query(
+            "INSERT INTO due (kind, subject, due_at) VALUES ('poll', $1, $2) \
+             ON CONFLICT (kind, subject) DO UPDATE SET due_at = EXCLUDED.due_at \
+             WHERE due.due_at < EXCLUDED.due_at",
+        )
+        .bind(account.id.as_str())
+        .bind(to_millis(finished_at))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 /// The typed columns of a transaction row, read from the provider's object (Plaid's
 /// field names; a missing or mistyped field is NULL, never an error).
 struct Columns {
@@ -262,19 +285,7 @@ impl RowStore for PgStore {
                         .await?
                         .rows_affected();
                     }
-                    super::due::remove_retry(tx, id).await?;
-                    if account.status == LinkStatus::Linked {
-                        // Forward only.
-                        sqlx::query(
-                            "INSERT INTO due (kind, subject, due_at) VALUES ('poll', $1, $2) \
-                             ON CONFLICT (kind, subject) DO UPDATE SET due_at = EXCLUDED.due_at \
-                             WHERE due.due_at < EXCLUDED.due_at",
-                        )
-                        .bind(id.as_str())
-                        .bind(to_millis(commit.finished_at))
-                        .execute(&mut **tx)
-                        .await?;
-                    }
+                    settle_due(tx, &account, commit.finished_at).await?;
                     Ok(consumed_rows)
                 }
                 .await

@@ -251,6 +251,11 @@ impl AccountStore for SledStore {
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let account_key = keys::account_key(id);
         let prefix = keys::account_prefix(id);
+        if purge {
+            // Before the account goes: a crash in between leaves an account to purge
+            // again, never objects nobody can reach.
+            self.purge_objects(id)?;
+        }
         let (rows, index, inbox_keys) = if purge {
             (
                 Self::scan_keys(&self.transactions, &prefix)?,

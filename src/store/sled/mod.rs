@@ -33,6 +33,7 @@ mod inbox;
 mod incidents;
 mod keys;
 mod migrate;
+mod objects;
 mod operations;
 mod outbox;
 mod rows;
@@ -174,6 +175,8 @@ pub struct SledStore {
     secrets: Tree,
     /// The operation family's trees (see `operations.rs`).
     operations: operations::OperationTrees,
+    /// The Stripe object family's trees (see `objects.rs`).
+    objects: objects::ObjectTrees,
     /// Seals the secret fields of records on the way in, opens them on the way out.
     sealer: Sealer,
     /// Pending entries in `inbox` + `unrouted`, kept in memory so reading it is O(1).
@@ -301,6 +304,7 @@ impl SledStore {
         outbox::rebuild_outbox_due(&outbox, &due_trees)?;
         let secrets = tree(SECRETS)?;
         let operations = operations::OperationTrees::open(&db)?;
+        let objects = objects::ObjectTrees::open(&db)?;
         sealed::prepare(&db, &secrets, &sealed_trees(&accounts), &sealer)?;
 
         let depth = (inbox.len() + unrouted.len()) as u64;
@@ -345,6 +349,7 @@ impl SledStore {
             outbox,
             secrets,
             operations,
+            objects,
             sealer,
             inbox_depth: AtomicU64::new(depth),
             closed: RwLock::new(false),

@@ -28,6 +28,25 @@ struct PreparedUpsert<'a> {
     index_value: IVec,
 }
 
+/// What a committed sync settles in the due index, inside its transaction: any pending
+/// retry of it is moot, and the next poll is a full interval away (`poll_millis`, the
+/// sync's end). Forward only: the sweeper may have anchored it at its poll request,
+/// later than this sync's end. An unlinked account has no entry and gets none back.
+pub(super) fn settle_due(
+    due: &TxDue<'_>,
+    account: &crate::domain::Account,
+    poll_millis: u64,
+) -> Result<(), ConflictableTransactionError<StoreError>> {
+    let id = account.id.as_str();
+    due.remove(DueKind::Retry, id)?;
+    let anchored = due.millis_of(DueKind::Poll, id)?;
+    if account.status == LinkStatus::Linked && anchored.is_none_or(|current| current < poll_millis)
+    {
+        due.put(DueKind::Poll, id, poll_millis, &[])?;
+    }
+    Ok(())
+}
+
 impl SledStore {
     /// Whether the account's rows are visible: only once a sync has committed (staged
     /// rows of a first sync stay hidden until then).
@@ -210,18 +229,7 @@ impl RowStore for SledStore {
                             removed += 1;
                         }
                     }
-                    // The sync succeeded: any pending retry of it is moot.
-                    let due = TxDue { entries, subjects };
-                    due.remove(DueKind::Retry, account_id.as_str())?;
-                    // ... and the next poll is a full interval away. Forward only (the
-                    // sweeper may have anchored it at its poll request, later than this
-                    // sync's end). An unlinked account has no entry and gets none back.
-                    let anchored = due.millis_of(DueKind::Poll, account_id.as_str())?;
-                    if account.status == LinkStatus::Linked
-                        && anchored.is_none_or(|current| current < poll_millis)
-                    {
-                        due.put(DueKind::Poll, account_id.as_str(), poll_millis, &[])?;
-                    }
+                    settle_due(&TxDue { entries, subjects }, &account, poll_millis)?;
                     Ok(removed)
                 },
             )
