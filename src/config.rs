@@ -27,6 +27,8 @@ pub struct Settings {
     pub bank: BankSettings,
     /// `[operations]`.
     pub operations: OperationSettings,
+    /// `[stripe]`.
+    pub stripe: StripeSettings,
     /// Account actors.
     pub actors: ActorSettings,
     /// Simulated providers.
@@ -287,6 +289,38 @@ pub struct BankSettings {
     pub legacy_timeout: Duration,
 }
 
+/// `[stripe]`: linked Stripe accounts (their keys and endpoint secrets come with each
+/// link, not from here).
+#[derive(Clone, Debug, Deserialize)]
+pub struct StripeSettings {
+    /// API base URL; empty: the embedded sandbox's Stripe.
+    pub base_url: String,
+    /// Timeout of one call.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Requests per second per test-mode account (backfill, re-fetch, catch-up and
+    /// pushes together); 0: unlimited.
+    pub test_rate: u32,
+    /// Requests per second per live-mode account; 0: unlimited.
+    pub live_rate: u32,
+    /// Largest accepted distance between a webhook's timestamp and now.
+    #[serde(with = "humantime_serde")]
+    pub webhook_tolerance: Duration,
+    /// A sync reads `/v1/events` when its last catch-up is older than this (and always
+    /// after a start or a failed sync).
+    #[serde(with = "humantime_serde")]
+    pub catch_up_interval: Duration,
+    /// How long Stripe keeps events: a catch-up from further back re-backfills.
+    #[serde(with = "humantime_serde")]
+    pub event_retention: Duration,
+    /// Tries of one call that was rate limited or failed transiently, waiting out
+    /// `Retry-After` or backing off in between, before the sync fails (its progress
+    /// kept).
+    pub call_attempts: u32,
+    /// Objects per list page (1..=100).
+    pub page_size: u32,
+}
+
 /// `[operations]`: account openings.
 #[derive(Clone, Debug, Deserialize)]
 pub struct OperationSettings {
@@ -353,6 +387,7 @@ const TEXT_KEYS: &[&str] = &[
     "alerts.secret",
     "bank.base_url",
     "bank.api_key",
+    "stripe.base_url",
     "operations.public_url",
 ];
 
@@ -586,7 +621,30 @@ impl Settings {
                 "each secret must be at least 16 characters",
             ));
         }
+        let url = &self.stripe.base_url;
+        if !(url.is_empty() || url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "stripe.base_url",
+                "must start with http:// or https://",
+            ));
+        }
+        if url.is_empty() && !self.sandbox.embedded {
+            return Err(invalid(
+                "stripe.base_url",
+                "is empty and sandbox.embedded is false: set https://api.stripe.com or enable the sandbox",
+            ));
+        }
+        if !(1..=100).contains(&self.stripe.page_size) {
+            return Err(invalid("stripe.page_size", "must be within 1..=100"));
+        }
+        if self.stripe.call_attempts == 0 {
+            return Err(invalid("stripe.call_attempts", "must be at least 1"));
+        }
         for (field, value) in [
+            ("stripe.request_timeout", self.stripe.request_timeout),
+            ("stripe.webhook_tolerance", self.stripe.webhook_tolerance),
+            ("stripe.catch_up_interval", self.stripe.catch_up_interval),
+            ("stripe.event_retention", self.stripe.event_retention),
             ("bank.webhook_tolerance", self.bank.webhook_tolerance),
             ("bank.request_timeout", self.bank.request_timeout),
             ("bank.legacy_timeout", self.bank.legacy_timeout),

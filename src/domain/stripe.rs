@@ -9,7 +9,7 @@
 //! applies; a tie in the same second is decided by the caller (re-fetch for the types
 //! where order matters), never guessed by the store.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use chrono::{DateTime, Utc};
@@ -314,6 +314,10 @@ impl TypeBackfill {
 pub struct StripeState {
     /// Backfill progress per mirrored type.
     pub backfill: BTreeMap<ObjectType, TypeBackfill>,
+    /// The types whose first backfill has completed: their objects are visible (and
+    /// stay visible while a later backfill refreshes them).
+    #[serde(default)]
+    pub visible: BTreeSet<ObjectType>,
     /// Every event created before this (unix seconds) has been applied: the catch-up
     /// from `/v1/events` starts here. `None` until the first backfill has started.
     pub events_checked_through: Option<i64>,
@@ -332,7 +336,7 @@ pub struct StripeState {
 impl StripeState {
     /// Whether `object_type`'s backfill has completed (its objects are visible).
     pub fn is_visible(&self, object_type: ObjectType) -> bool {
-        self.backfill.get(&object_type).is_some_and(|b| b.done)
+        self.visible.contains(&object_type)
     }
 }
 

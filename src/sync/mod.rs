@@ -30,6 +30,7 @@ use crate::store::StoreError;
 
 pub mod bank;
 pub mod plaid;
+pub mod stripe;
 
 /// What a committed sync did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -129,7 +130,7 @@ impl SyncProgress {
         }
     }
 
-    fn page(&self, rows: usize) {
+    pub(crate) fn page(&self, rows: usize) {
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);
         self.pages.fetch_add(1, Ordering::Release);
     }

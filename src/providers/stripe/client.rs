@@ -54,6 +54,17 @@ pub struct ListRequest<'a> {
     pub limit: u32,
 }
 
+/// An answer with Stripe's time when it answered (its `Date` header, in unix seconds):
+/// the clock Stripe stamps events with, so a fetched object's stamp compares with
+/// events' `created` on one clock, whatever acctor's own says.
+#[derive(Clone, Debug)]
+pub struct Fetched<T> {
+    /// The answer.
+    pub value: T,
+    /// When Stripe answered, if it said.
+    pub server_time: Option<i64>,
+}
+
 /// What acctor asks of Stripe. The client implements it against Stripe (or the
 /// sandbox); tests script it.
 #[async_trait]
@@ -64,7 +75,7 @@ pub trait StripeApi: Send + Sync + 'static {
         access: StripeAccess<'_>,
         object_type: ObjectType,
         request: ListRequest<'_>,
-    ) -> Result<List<Value>, ProviderError>;
+    ) -> Result<Fetched<List<Value>>, ProviderError>;
 
     /// One object as Stripe has it now; `None` when it does not exist (any more).
     async fn retrieve(
@@ -72,7 +83,7 @@ pub trait StripeApi: Send + Sync + 'static {
         access: StripeAccess<'_>,
         object_type: ObjectType,
         id: &str,
-    ) -> Result<Option<Value>, ProviderError>;
+    ) -> Result<Fetched<Option<Value>>, ProviderError>;
 
     /// One page of events created at or after `since`, newest first.
     async fn events(
@@ -81,7 +92,7 @@ pub trait StripeApi: Send + Sync + 'static {
         since: i64,
         starting_after: Option<&str>,
         limit: u32,
-    ) -> Result<List<Event>, ProviderError>;
+    ) -> Result<Fetched<List<Event>>, ProviderError>;
 }
 
 /// A shared Stripe API.
@@ -173,7 +184,7 @@ impl StripeClient {
         access: StripeAccess<'_>,
         segments: &[&str],
         query: &[(&str, String)],
-    ) -> Result<Resp, ProviderError> {
+    ) -> Result<Fetched<Resp>, ProviderError> {
         let budget = if access.livemode {
             &self.live_budget
         } else {
@@ -212,9 +223,21 @@ impl StripeClient {
             );
             return Err(err);
         }
-        serde_json::from_slice(&body)
-            .map_err(|e| ProviderError::Decode(format!("{what}: unexpected response: {e}")))
+        let value = serde_json::from_slice(&body)
+            .map_err(|e| ProviderError::Decode(format!("{what}: unexpected response: {e}")))?;
+        Ok(Fetched {
+            value,
+            server_time: server_time(&headers),
+        })
     }
+}
+
+/// Stripe's `Date` header (an HTTP date) as unix seconds.
+fn server_time(headers: &http::HeaderMap) -> Option<i64> {
+    let text = headers.get(http::header::DATE)?.to_str().ok()?;
+    chrono::DateTime::parse_from_rfc2822(text)
+        .ok()
+        .map(|at| at.timestamp())
 }
 
 #[async_trait]
@@ -224,7 +247,7 @@ impl StripeApi for StripeClient {
         access: StripeAccess<'_>,
         object_type: ObjectType,
         request: ListRequest<'_>,
-    ) -> Result<List<Value>, ProviderError> {
+    ) -> Result<Fetched<List<Value>>, ProviderError> {
         let mut query = vec![
             ("limit", request.limit.clamp(1, MAX_PAGE).to_string()),
             ("created[gte]", request.window.gte.to_string()),
@@ -246,14 +269,23 @@ impl StripeApi for StripeClient {
         access: StripeAccess<'_>,
         object_type: ObjectType,
         id: &str,
-    ) -> Result<Option<Value>, ProviderError> {
+    ) -> Result<Fetched<Option<Value>>, ProviderError> {
         match self
             .get::<Value>("retrieve", access, &[object_type.as_str(), id], &[])
             .await
         {
-            Ok(object) if object.get("deleted").and_then(Value::as_bool) == Some(true) => Ok(None),
-            Ok(object) => Ok(Some(object)),
-            Err(error) if errors::is_resource_missing(&error) => Ok(None),
+            Ok(Fetched { value, server_time }) => {
+                let deleted = value.get("deleted").and_then(Value::as_bool) == Some(true);
+                Ok(Fetched {
+                    value: (!deleted).then_some(value),
+                    server_time,
+                })
+            }
+            // Stripe's time is not at hand here; the caller stamps with its own clock.
+            Err(error) if errors::is_resource_missing(&error) => Ok(Fetched {
+                value: None,
+                server_time: None,
+            }),
             Err(error) => Err(error),
         }
     }
@@ -264,7 +296,7 @@ impl StripeApi for StripeClient {
         since: i64,
         starting_after: Option<&str>,
         limit: u32,
-    ) -> Result<List<Event>, ProviderError> {
+    ) -> Result<Fetched<List<Event>>, ProviderError> {
         let mut query = vec![
             ("limit", limit.clamp(1, MAX_PAGE).to_string()),
             ("created[gte]", since.to_string()),

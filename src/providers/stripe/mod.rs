@@ -28,7 +28,7 @@ pub mod verify;
 pub mod wire;
 
 pub use client::{
-    DynStripeApi, ListRequest, StripeAccess, StripeApi, StripeClient, StripeClientConfig,
+    DynStripeApi, Fetched, ListRequest, StripeAccess, StripeApi, StripeClient, StripeClientConfig,
 };
 pub use verify::{sign, verify_event};
 
