@@ -33,6 +33,7 @@ use crate::outbound::{Destinations, Sender};
 use crate::providers::bank::{BankClient, BankClientConfig, BankWebhookVerifier};
 use crate::providers::budget::RequestBudget;
 use crate::providers::plaid::{PlaidClient, PlaidClientConfig};
+use crate::providers::stripe::{DynStripeApi, StripeClient, StripeClientConfig};
 use crate::providers::{DynCursorSource, DynProvider};
 use crate::sandbox::{BankSandboxConfig, Sandbox, SandboxConfig, SandboxHandle};
 use crate::service;
@@ -41,6 +42,7 @@ use crate::store::Resolved;
 use crate::store::{AsyncStore, Store};
 use crate::sync::bank::OpeningParams;
 use crate::sync::plaid::SyncParams;
+use crate::sync::stripe::StripeParams;
 
 mod backend;
 mod secrets;
@@ -103,7 +105,10 @@ impl App {
         let addr = listener.local_addr()?;
 
         // The embedded sandbox plays every provider whose URL is not configured.
-        let sandbox = if settings.plaid.base_url.is_empty() || settings.bank.base_url.is_empty() {
+        let sandbox = if settings.plaid.base_url.is_empty()
+            || settings.bank.base_url.is_empty()
+            || settings.stripe.base_url.is_empty()
+        {
             Some(start_embedded_sandbox(&settings, addr).await?)
         } else {
             None
@@ -115,6 +120,7 @@ impl App {
         };
         let plaid_base_url = pick(&settings.plaid.base_url, "");
         let bank_base_url = pick(&settings.bank.base_url, "/bank");
+        let stripe_base_url = pick(&settings.stripe.base_url, "/stripe");
         let plaid = plaid_client(&settings, plaid_base_url)?;
         let mut providers: HashMap<ProviderKind, DynProvider> = HashMap::new();
         providers.insert(ProviderKind::Plaid, plaid.clone());
@@ -134,6 +140,16 @@ impl App {
                 ..SyncParams::default()
             },
             clock.clone(),
+        );
+        actors.set_stripe(
+            stripe_client(&settings, stripe_base_url)?,
+            StripeParams {
+                page_size: settings.stripe.page_size,
+                catch_up_interval: settings.stripe.catch_up_interval,
+                event_retention: settings.stripe.event_retention,
+                call_attempts: settings.stripe.call_attempts,
+                ..StripeParams::default()
+            },
         );
         let registry = Registry::new(actors.clone());
         if let Some(budget) = plaid.sync_budget() {
@@ -439,6 +455,18 @@ fn plaid_client(settings: &Settings, base_url: String) -> anyhow::Result<Arc<Pla
     ) {
         client = client.with_sync_budget(Arc::new(budget));
     }
+    Ok(Arc::new(client))
+}
+
+/// The Stripe client for `base_url`, with the per-account budgets of `[stripe]`.
+fn stripe_client(settings: &Settings, base_url: String) -> anyhow::Result<DynStripeApi> {
+    let client = StripeClient::new(StripeClientConfig {
+        base_url,
+        timeout: settings.stripe.request_timeout,
+        test_rate: settings.stripe.test_rate,
+        live_rate: settings.stripe.live_rate,
+    })
+    .context("building the Stripe client")?;
     Ok(Arc::new(client))
 }
 

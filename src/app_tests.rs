@@ -27,6 +27,7 @@ async fn start(sandbox_url: &str, dir: &tempfile::TempDir) -> (Running, Arc<Fail
     settings.store.cache_capacity_bytes = 8 * 1024 * 1024;
     settings.plaid.base_url = sandbox_url.to_string();
     settings.bank.base_url = format!("{sandbox_url}/bank");
+    settings.stripe.base_url = format!("{sandbox_url}/stripe");
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
     settings.secrets.key = Some(secrecy::SecretString::from(

@@ -18,9 +18,11 @@ use crate::clock::SharedClock;
 use crate::config::ActorSettings;
 use crate::domain::ProviderKind;
 use crate::metrics::Metrics;
+use crate::providers::stripe::DynStripeApi;
 use crate::providers::DynCursorSource;
 use crate::store::{Store, StoreError};
 use crate::sync::plaid::SyncParams;
+use crate::sync::stripe::StripeParams;
 
 /// What the actors depend on. Read-only after start-up, except the alert wake-up,
 /// which is set once (see [`ActorContext::set_alert_notifier`]).
@@ -43,6 +45,11 @@ pub struct ActorContext {
     /// Wakes the alert sender; set only when outbound alerts are configured, and then
     /// every incident change also enqueues an alert (see [`super::incidents`]).
     alerts: OnceLock<Arc<Notify>>,
+    /// Stripe's API and the Stripe sync's tunables, set once at start-up.
+    stripe: OnceLock<(DynStripeApi, StripeParams)>,
+    /// Stripe accounts caught up from the Events API since this process started: the
+    /// first sync of every other one catches up (acctor may have been down).
+    stripe_caught_up: dashmap::DashSet<crate::domain::AccountId>,
 }
 
 impl ActorContext {
@@ -63,6 +70,8 @@ impl ActorContext {
             clock,
             cursor_sources,
             alerts: OnceLock::new(),
+            stripe: OnceLock::new(),
+            stripe_caught_up: dashmap::DashSet::new(),
         })
     }
 
@@ -89,6 +98,26 @@ impl ActorContext {
         tokio::task::spawn_blocking(move || work(&ctx))
             .await
             .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+    }
+
+    /// Sets Stripe's API (once, at start-up): Stripe accounts sync through it.
+    pub fn set_stripe(&self, api: DynStripeApi, params: StripeParams) {
+        let _ = self.stripe.set((api, params));
+    }
+
+    /// Stripe's API and the sync's tunables, when Stripe is configured.
+    pub fn stripe(&self) -> Option<&(DynStripeApi, StripeParams)> {
+        self.stripe.get()
+    }
+
+    /// Whether `id` has not caught up since this process started.
+    pub(super) fn stripe_needs_catch_up(&self, id: &crate::domain::AccountId) -> bool {
+        !self.stripe_caught_up.contains(id)
+    }
+
+    /// Records that `id` caught up since start.
+    pub(super) fn stripe_caught_up(&self, id: &crate::domain::AccountId) {
+        self.stripe_caught_up.insert(id.clone());
     }
 
     /// Turns on outbound alerts: from now on every incident opened or resolved by the

@@ -211,6 +211,7 @@ fn quiet_settings(dir: &std::path::Path, sandbox_url: &str) -> Settings {
     settings.store.data_dir = dir.to_path_buf();
     settings.plaid.base_url = sandbox_url.to_string();
     settings.bank.base_url = format!("{sandbox_url}/bank");
+    settings.stripe.base_url = format!("{sandbox_url}/stripe");
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
     settings.secrets.key = Some(secrecy::SecretString::from(

@@ -626,3 +626,7 @@ async fn catch_up(
         tally.add(receipt);
     }
 }
+
+#[cfg(test)]
+#[path = "stripe_tests.rs"]
+mod tests;

@@ -119,6 +119,7 @@ pub fn test_settings(data_dir: &std::path::Path, sandbox_url: &str) -> Settings 
     settings.store.cache_capacity_bytes = 16 * 1024 * 1024;
     settings.plaid.base_url = sandbox_url.to_string();
     settings.bank.base_url = format!("{sandbox_url}/bank");
+    settings.stripe.base_url = format!("{sandbox_url}/stripe");
     settings.sandbox.embedded = false;
     settings.sandbox.demo_items = 0;
     // A real provider URL (the external sandbox) needs a configured key for secrets at rest.

@@ -194,6 +194,10 @@ impl Acctor {
                     "ACCTOR__BANK__BASE_URL",
                     format!("{}/bank", self.sandbox_url),
                 )
+                .env(
+                    "ACCTOR__STRIPE__BASE_URL",
+                    format!("{}/stripe", self.sandbox_url),
+                )
                 .env("ACCTOR__SERVER__ADMIN_TOKEN", admin_token())
                 .env("ACCTOR__SANDBOX__EMBEDDED", "false")
                 .env(

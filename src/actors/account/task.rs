@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::retry::{record_failure, RetryPlan, SyncFailure};
 use crate::actors::context::ActorContext;
 use crate::actors::reauth;
-use crate::domain::AccountId;
+use crate::domain::{AccountId, ProviderKind};
 use crate::store::StoreError;
 use crate::sync::plaid::{run_sync, SyncEnv};
 use crate::sync::{SyncError, SyncProgress, SyncReport};
@@ -44,6 +44,9 @@ pub(super) async fn sync_once(
             Ok(prepared) => prepared,
             Err(error) => return failed(ctx, id, error, attempt).await,
         };
+        if prepared.account.provider == ProviderKind::Stripe {
+            return stripe_once(ctx, id, prepared, progress, attempt).await;
+        }
         let checked_seq = prepared.consumed.iter().copied().max().unwrap_or(0);
         match reauth::check(ctx, &prepared.account, &prepared.entries).await {
             Ok(reauth::Check::Proceed) => {}
@@ -95,6 +98,55 @@ pub(super) async fn sync_once(
             Err(store_error) => {
                 tracing::error!(account_id = %id, error = %store_error, "could not park account");
                 return failed(ctx, id, error, attempt).await;
+            }
+        }
+    }
+}
+
+/// One sync of a Stripe account (`sync::stripe`): no login to check, a catch-up from
+/// the Events API on its first sync since start or after a failure.
+async fn stripe_once(
+    ctx: &Arc<ActorContext>,
+    id: &AccountId,
+    prepared: Prepared,
+    progress: &SyncProgress,
+    attempt: u32,
+) -> TaskOutcome {
+    let Some((api, params)) = ctx.stripe() else {
+        let error = SyncError::Provider(crate::providers::ProviderError::Transport(
+            "stripe is not configured in this process".into(),
+        ));
+        return failed(ctx, id, error, attempt).await;
+    };
+    let previous_failed = matches!(
+        prepared.account.last_sync_outcome,
+        Some(crate::domain::SyncOutcome::Failed { .. })
+    );
+    let env = crate::sync::stripe::StripeEnv {
+        api: api.as_ref(),
+        store: &ctx.store,
+        params,
+        progress,
+        clock: ctx.clock.as_ref(),
+        force_catch_up: previous_failed || attempt > 1 || ctx.stripe_needs_catch_up(id),
+    };
+    let result = crate::sync::stripe::run_sync(
+        &env,
+        &prepared.account,
+        &prepared.entries,
+        prepared.consumed,
+    )
+    .await;
+    match result {
+        Ok(report) => {
+            ctx.stripe_caught_up(id);
+            TaskOutcome::Finished(Ok(report))
+        }
+        Err(error) => {
+            let token = &prepared.account.access_token;
+            match record_failure(ctx, id, &error, attempt, Some(token)).await {
+                Some(plan) => TaskOutcome::Finished(Err(SyncFailure { error, plan })),
+                None => failed(ctx, id, error, attempt).await,
             }
         }
     }
