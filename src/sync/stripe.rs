@@ -374,13 +374,10 @@ async fn apply_events(
             .object_name()
             .and_then(ObjectType::of_object)
             .filter(|t| target.link.types.contains(t));
-        match (object_type, event.object_id()) {
-            (Some(object_type), Some(id)) => {
-                let key = (object_type, id.to_owned());
-                by_object.entry(key).or_default().push(event);
-            }
-            // Not a mirrored object (an account.updated, a balance event…): consumed.
-            _ => {}
+        // Not a mirrored object (an account.updated, a balance event…): consumed.
+        if let (Some(object_type), Some(id)) = (object_type, event.object_id()) {
+            let key = (object_type, id.to_owned());
+            by_object.entry(key).or_default().push(event);
         }
     }
     let keys: Vec<(ObjectType, String)> = by_object.keys().cloned().collect();

@@ -381,8 +381,10 @@ fn a_commit_for_a_missing_account_writes_nothing(f: &mut Fixture) {
 
 fn objects_survive_reopen_and_go_with_a_purge(f: &mut Fixture) {
     let id = linked(f.store().as_ref(), "item-reopen");
-    let mut state = StripeState::default();
-    state.events_applied = 7;
+    let state = StripeState {
+        events_applied: 7,
+        ..StripeState::default()
+    };
     f.store()
         .commit_objects(&ObjectCommit {
             state: state.clone(),
