@@ -363,8 +363,14 @@ mod tests {
     async fn refusals_come_in_order_and_keep_nothing() {
         let (_dir, ingest) = ingest(1);
         assert!(matches!(
-            ingest.admit("stripe"),
-            Err(IngestError::UnknownProvider(name)) if name == "stripe"
+            ingest.admit("acme"),
+            Err(IngestError::UnknownProvider(name)) if name == "acme"
+        ));
+        // Known, but its webhooks do not come through this route (yet).
+        let stripe = ingest.admit("stripe").expect("known");
+        assert!(matches!(
+            ingest.receive(stripe, &HeaderMap::new(), b"{}").await,
+            Err(IngestError::NotConfigured(ProviderKind::Stripe))
         ));
         let kind = ingest.admit("plaid").expect("known");
         // Not verified: refused before anything else, nothing appended.

@@ -146,7 +146,16 @@ async fn stripe_once(
             let token = &prepared.account.access_token;
             match record_failure(ctx, id, &error, attempt, Some(token)).await {
                 Some(plan) => TaskOutcome::Finished(Err(SyncFailure { error, plan })),
-                None => failed(ctx, id, error, attempt).await,
+                // Relinked with new credentials while this sync ran: the failure is
+                // about the old ones, so nothing is recorded and the next try is now.
+                None => TaskOutcome::Finished(Err(SyncFailure {
+                    error,
+                    plan: RetryPlan::Retry {
+                        attempt,
+                        delay: std::time::Duration::ZERO,
+                        until: ctx.clock.now(),
+                    },
+                })),
             }
         }
     }
