@@ -303,17 +303,7 @@ impl ObjectStore for PgStore {
                     .bind(state)
                     .execute(&mut **tx)
                     .await?;
-                    let mut consumed_rows = 0;
-                    if !consumed.is_empty() {
-                        consumed_rows = sqlx::query(
-                            "DELETE FROM inbox WHERE account_id = $1 AND seq = ANY($2)",
-                        )
-                        .bind(id.as_str())
-                        .bind(consumed)
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                    }
+                    let consumed_rows = super::rows::consume_inbox(tx, id, consumed).await?;
                     if let Some(finish) = &commit.finish {
                         finish.record_on(&mut account);
                         self.put_account(tx, &account).await?;

@@ -19,6 +19,21 @@ use crate::store::{
     ApplyMode, RowStore, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 
+/// Deletes the inbox entries a commit consumed; how many there were.
+pub(super) async fn consume_inbox(tx: &mut Tx, id: &AccountId, seqs: &[i64]) -> TxResult<u64> {
+    if seqs.is_empty() {
+        return Ok(0);
+    }
+    Ok(
+        sqlx::query("DELETE FROM inbox WHERE account_id = $1 AND seq = ANY($2)")
+            .bind(id.as_str())
+            .bind(seqs)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected(),
+    )
+}
+
 /// What a committed sync settles in the due index, in its transaction: any pending
 /// retry of it is moot, and the next poll is a full interval from `finished_at`. Forward
 /// only (the sweeper may have anchored it later); an unlinked account gets no entry.
@@ -274,17 +289,7 @@ impl RowStore for PgStore {
                     }
                     commit.record_on(&mut account);
                     self.put_account(tx, &account).await?;
-                    let mut consumed_rows = 0;
-                    if !consumed.is_empty() {
-                        consumed_rows = sqlx::query(
-                            "DELETE FROM inbox WHERE account_id = $1 AND seq = ANY($2)",
-                        )
-                        .bind(id.as_str())
-                        .bind(consumed)
-                        .execute(&mut **tx)
-                        .await?
-                        .rows_affected();
-                    }
+                    let consumed_rows = consume_inbox(tx, id, consumed).await?;
                     settle_due(tx, &account, commit.finished_at).await?;
                     Ok(consumed_rows)
                 }
