@@ -25,7 +25,7 @@ type HmacSha256 = Hmac<Sha256>;
 const MAX_HEADER_BYTES: usize = 2048;
 /// Most `v1` entries compared; more than a handful is not a rotation but an attack on
 /// the verifier's time.
-const MAX_SIGNATURES: usize = 8;
+pub(crate) const MAX_SIGNATURES: usize = 8;
 /// An HMAC-SHA256 tag.
 const TAG_BYTES: usize = 32;
 

@@ -141,8 +141,13 @@ fn parse_body(body: &[u8]) -> Result<BankWebhook, WebhookError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hmac::Mac;
     use http::HeaderValue;
     use serde_json::json;
+
+    use crate::providers::signature::MAX_SIGNATURES;
+
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
     const NOW: i64 = 1_800_000_000;
     const TOLERANCE: Duration = Duration::from_secs(300);
