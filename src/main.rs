@@ -207,6 +207,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "account-opening bank on {}/bank (controls under /bank/admin)",
                 handle.base_url()
             );
+            println!(
+                "simulated Stripe on {}/stripe (controls under /stripe/admin)",
+                handle.base_url()
+            );
             shutdown_signal().await;
             handle
                 .shutdown()

@@ -1,6 +1,7 @@
 //! The built-in simulated providers: a Plaid-compatible bank that the demo, the
-//! integration tests and the benchmarks run against, and (under `/bank`, see `bank`)
-//! the account-opening bank acctor opens accounts and issues cards at.
+//! integration tests and the benchmarks run against, (under `/bank`, see `bank`) the
+//! account-opening bank acctor opens accounts and issues cards at, and (under `/stripe`,
+//! see `stripe`) a Stripe-compatible API whose accounts acctor mirrors.
 //!
 //! It speaks Plaid's real wire format (the types in `providers::plaid::wire`), so the
 //! same client code talks to Plaid by changing the base URL, and it signs webhooks the
@@ -19,8 +20,8 @@
 //! world, not part of acctor's durable state. Given a data directory, `persist` also
 //! keeps that state on disk (saved every second while it changes and at shutdown), so
 //! a standalone sandbox can restart under a running acctor without invalidating its
-//! cursors or its webhook key. The account-opening bank (`bank`) is a module of its own
-//! and is never persisted.
+//! cursors or its webhook key. The account-opening bank (`bank`) and Stripe (`stripe`)
+//! are modules of their own and are never persisted.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -44,6 +45,7 @@ mod persist;
 mod plaid_api;
 mod plaid_bank;
 mod stats;
+mod stripe;
 mod switches;
 mod webhooks;
 
@@ -63,6 +65,10 @@ pub use bank::{
 pub use faults::{Endpoint, ErrorKind, RandomFaults, Reorder};
 pub use persist::SandboxError;
 pub use plaid_bank::{Faults, ItemStatsSnapshot};
+pub use stripe::{
+    SandboxAccount, StripeFaults, StripeFaultsUpdate, StripeSandbox, StripeSandboxConfig,
+    StripeStats,
+};
 pub use webhooks::VERIFICATION_HEADER;
 
 use crate::providers::plaid::wire::PlaidTransaction;
@@ -137,6 +143,8 @@ struct Inner {
     plaid: Bank,
     /// The account-opening bank, served under `/bank`.
     bank: BankSandbox,
+    /// The simulated Stripe, served under `/stripe`.
+    stripe: StripeSandbox,
     webhooks: WebhookSender,
     persister: Option<Persister>,
 }
@@ -187,6 +195,8 @@ impl Sandbox {
                 secret: config.secret,
                 plaid: bank,
                 bank: BankSandbox::new(config.bank),
+                // In memory only, like the bank, whatever `data_dir` says.
+                stripe: StripeSandbox::new(StripeSandboxConfig { seed: config.seed }),
                 webhooks: WebhookSender::new(signer),
                 persister,
             }),
@@ -254,11 +264,13 @@ impl Sandbox {
     }
 
     /// Every route: Plaid's endpoints at the root, the controls under `/admin`, the
-    /// account-opening bank under `/bank` (its controls under `/bank/admin`).
+    /// account-opening bank under `/bank` (its controls under `/bank/admin`), Stripe
+    /// under `/stripe` (its controls under `/stripe/admin`).
     pub fn router(&self) -> axum::Router {
         plaid_api::routes()
             .merge(admin::routes())
             .nest("/bank", self.inner.bank.router())
+            .nest("/stripe", self.inner.stripe.router())
             .fallback(plaid_api::not_found)
             .with_state(self.clone())
     }
@@ -363,6 +375,11 @@ impl Sandbox {
     /// The account-opening bank: its controls, outcomes and counters.
     pub fn bank(&self) -> &BankSandbox {
         &self.inner.bank
+    }
+
+    /// The simulated Stripe: its accounts, controls and counters.
+    pub fn stripe(&self) -> &StripeSandbox {
+        &self.inner.stripe
     }
 
     fn plaid_bank(&self) -> &Bank {

@@ -200,8 +200,12 @@ mod tests {
         let mut event: Event = serde_json::from_slice(&event()).unwrap();
         assert!(!event.deletes());
         event.kind = "product.deleted".into();
+        assert!(
+            event.deletes(),
+            "Stripe's shape: the whole object, the type says it"
+        );
         event.data.object = json!({"id": "prod_1", "object": "product", "deleted": true});
-        assert!(event.deletes());
+        assert!(event.deletes(), "the DELETE answer's shape");
         event.kind = "customer.subscription.deleted".into();
         event.data.object = json!({"id": "sub_1", "object": "subscription", "status": "canceled"});
         assert!(!event.deletes());

@@ -52,8 +52,7 @@ pub struct Event {
 /// An event's object.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct EventData {
-    /// The object as of the event (for `*.deleted` of a deletable type,
-    /// `{id, object, deleted: true}`).
+    /// The object as of the event (for a deletion, as it was just before).
     pub object: Value,
     /// The fields an `*.updated` changed, with their previous values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,12 +81,16 @@ impl Event {
         self.data.object.get("object").and_then(Value::as_str)
     }
 
-    /// Whether the event deleted its object: a `*.deleted` event whose object says
-    /// `deleted: true`. (`customer.subscription.deleted` is a cancellation: the
-    /// subscription still exists, so it is an update.)
+    /// Whether the event deleted its object. Stripe's `*.deleted` events carry the
+    /// whole object as it was (only the type says it is gone); an object saying
+    /// `deleted: true` (the DELETE answer's shape) is gone too.
+    /// `customer.subscription.deleted` is the exception: a cancellation, after which the
+    /// subscription still exists (retrievable, `status: canceled`), so it is an update.
     pub fn deletes(&self) -> bool {
-        self.kind.ends_with(".deleted")
-            && self.data.object.get("deleted").and_then(Value::as_bool) == Some(true)
+        if self.data.object.get("deleted").and_then(Value::as_bool) == Some(true) {
+            return true;
+        }
+        self.kind.ends_with(".deleted") && self.kind != "customer.subscription.deleted"
     }
 }
 
