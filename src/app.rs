@@ -591,6 +591,7 @@ async fn start_demo(state: &AppState, sandbox: Sandbox) -> anyhow::Result<JoinHa
                 access_token: item.access_token.clone(),
                 owner_id: format!("demo-user-{n}"),
                 aliases: vec![alias.clone()],
+                stripe: None,
             },
         )
         .await

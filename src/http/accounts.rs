@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::extract::{FromJson, JsonFields};
+use super::link::LinkRequest;
 use super::paging::{self, AfterAccount, AfterTransaction, PageToken};
 use super::params;
 use super::{ApiError, ApiJson, ApiPath, ApiQuery, AppState, NoQuery};
@@ -23,7 +23,7 @@ use crate::domain::{
     Account, AccountId, LinkStatus, NeedsReauth, PendingDeadline, ProviderKind, Quarantine,
     SyncGaveUp, SyncOutcome,
 };
-use crate::service::accounts::{self, LinkInput, Linked};
+use crate::service::accounts::{self, Linked};
 use crate::store::{RetryRecord, TransactionQuery};
 
 /// The largest page of accounts or transactions.
@@ -60,53 +60,6 @@ pub fn router(settings: &Settings) -> OpenApiRouter<AppState> {
         .routes(routes!(sync_status, request_sync))
         .routes(routes!(resume))
         .layer(DefaultBodyLimit::max(settings.server.api_body_limit_bytes))
-}
-
-/// `POST /v1/accounts` body: only these fields (any other is refused).
-// Read field by field (`FromJson`), so every refusal names its field; serde's
-// `deny_unknown_fields` is here for the document's `additionalProperties: false`.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct LinkRequest {
-    /// The provider.
-    #[schema(schema_with = params::provider_schema)]
-    pub provider: String,
-    /// The provider's item id.
-    #[schema(schema_with = item_id_schema)]
-    pub item_id: String,
-    /// The provider access token (stored, never returned).
-    #[schema(schema_with = params::access_token_schema)]
-    pub access_token: String,
-    /// The owning user's id in the caller's system.
-    #[schema(schema_with = owner_id_schema)]
-    pub owner_id: String,
-    /// Extra lookup keys, e.g. an email.
-    #[serde(default)]
-    #[schema(schema_with = params::aliases_schema)]
-    pub aliases: Vec<String>,
-}
-
-fn item_id_schema() -> utoipa::openapi::Object {
-    params::key_schema_described("The provider's item id")
-}
-
-fn owner_id_schema() -> utoipa::openapi::Object {
-    params::key_schema_described("The owning user's id in the caller's system")
-}
-
-impl FromJson for LinkRequest {
-    const FIELDS: &'static [&'static str] =
-        &["provider", "item_id", "access_token", "owner_id", "aliases"];
-
-    fn from_json(fields: &mut JsonFields) -> Result<Self, ApiError> {
-        Ok(LinkRequest {
-            provider: fields.string("provider")?,
-            item_id: fields.string("item_id")?,
-            access_token: fields.string("access_token")?,
-            owner_id: fields.string("owner_id")?,
-            aliases: fields.strings("aliases")?,
-        })
-    }
 }
 
 /// An account as the API shows it: everything but the access token.
@@ -185,18 +138,6 @@ async fn link(
         Linked::Created => StatusCode::CREATED,
     };
     Ok((status, Json(AccountView::from(&account))))
-}
-
-impl From<LinkRequest> for LinkInput {
-    fn from(request: LinkRequest) -> Self {
-        LinkInput {
-            provider: request.provider,
-            item_id: request.item_id,
-            access_token: request.access_token,
-            owner_id: request.owner_id,
-            aliases: request.aliases,
-        }
-    }
 }
 
 /// `GET /v1/accounts` query (text, parsed by [`params`] so a refusal names the field).

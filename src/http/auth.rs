@@ -54,6 +54,10 @@ pub fn is_public(path: &str) -> bool {
     ) || path
         .strip_prefix("/webhooks/")
         .is_some_and(|provider| !provider.is_empty() && !provider.contains('/'))
+        // A Stripe account's own endpoint: `/webhooks/stripe/{account}`.
+        || path
+            .strip_prefix("/webhooks/stripe/")
+            .is_some_and(|account| !account.is_empty() && !account.contains('/'))
 }
 
 /// The expected token, kept only as its digest.

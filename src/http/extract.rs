@@ -226,6 +226,27 @@ impl JsonFields {
         }
     }
 
+    /// Whether the body has `name` (still to be taken).
+    pub fn has(&self, name: &str) -> bool {
+        self.object.contains_key(name)
+    }
+
+    /// A required array of strings.
+    pub fn required_strings(&mut self, name: &str) -> Result<Vec<String>, ApiError> {
+        if !self.has(name) {
+            return Err(invalid_body(name, "required"));
+        }
+        self.strings(name)
+    }
+
+    /// An optional array of strings (absent: `None`).
+    pub fn opt_strings(&mut self, name: &str) -> Result<Option<Vec<String>>, ApiError> {
+        if !self.has(name) {
+            return Ok(None);
+        }
+        self.strings(name).map(Some)
+    }
+
     /// An optional array of strings (absent: empty).
     pub fn strings(&mut self, name: &str) -> Result<Vec<String>, ApiError> {
         match self.object.remove(name) {

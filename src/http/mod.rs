@@ -45,12 +45,14 @@ pub mod extract;
 pub mod flags;
 pub mod health;
 pub mod incidents;
+pub mod link;
 pub mod metrics;
 pub mod openapi;
 pub mod operations;
 pub mod paging;
 pub mod params;
 pub mod routes;
+pub mod stripe;
 pub mod webhooks;
 
 pub use error::ApiError;
@@ -89,6 +91,7 @@ pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(health::router())
         .merge(incidents::router())
         .merge(operations::router(settings))
+        .merge(stripe::router(settings))
         .merge(flags::router(settings))
         .merge(debug::router())
         .merge(metrics::router())

@@ -49,6 +49,7 @@ with the parameter or field it is about."
         (name = "webhooks", description = "Provider webhooks (authenticated by provider signatures)"),
         (name = "health", description = "Liveness and readiness probes, metrics"),
         (name = "incidents", description = "What needed (or needs) a human"),
+        (name = "stripe", description = "The local copy of linked Stripe accounts"),
         (name = "debug", description = "Actor introspection"),
         (name = "dashboard", description = "The operator page (public shell; data via the admin API)"),
         (name = "meta", description = "This document"),

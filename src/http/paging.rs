@@ -135,6 +135,32 @@ impl PageToken for AfterOperation {
     }
 }
 
+/// A position in a Stripe object list (by id): the last object id of the previous
+/// page. Stripe's ids are letters, digits and underscores.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterObject(pub String);
+
+impl PageToken for AfterObject {
+    const PATTERN: &'static str = "^[0-9A-Za-z_]{1,255}$";
+    const DESCRIPTION: &'static str = "The previous page's `next`: the last object id it held";
+    const MAX_CHARS: usize = 255;
+
+    fn encode(&self) -> String {
+        self.0.clone()
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let fits = (1..=255).contains(&text.len())
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        fits.then(|| AfterObject(text.to_string()))
+    }
+}
+
+/// The schema of a Stripe object page token.
+pub fn after_object_schema() -> Object {
+    after_schema::<AfterObject>()
+}
+
 /// The schema of an operation page token.
 pub fn after_operation_schema() -> Object {
     after_schema::<AfterOperation>()

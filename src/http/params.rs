@@ -100,7 +100,10 @@ pub fn operation_id_schema_described(what: &str) -> Object {
 
 /// The names of the providers acctor knows.
 pub fn provider_names() -> Vec<&'static str> {
-    [ProviderKind::Plaid].iter().map(|p| p.as_str()).collect()
+    [ProviderKind::Plaid, ProviderKind::Stripe]
+        .iter()
+        .map(|p| p.as_str())
+        .collect()
 }
 
 /// A provider name.

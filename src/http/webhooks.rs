@@ -17,7 +17,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::ErrorBody;
-use super::params;
 use super::{ApiError, ApiPath, ApiQuery, AppState, NoQuery};
 use crate::config::Settings;
 use crate::domain::ProviderKind;
@@ -50,9 +49,18 @@ pub struct WebhookAck {
 #[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Path)]
 pub struct ProviderPath {
-    /// The provider (an unknown or unconfigured one is 404).
-    #[param(schema_with = params::provider_schema)]
+    /// The provider (an unknown or unconfigured one is 404). Stripe's events and the
+    /// bank's have routes of their own.
+    #[param(schema_with = plaid_only)]
     pub provider: String,
+}
+
+fn plaid_only() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(["plaid"]))
+        .description(Some("A provider whose webhooks come through this route"))
+        .build()
 }
 
 /// Receives a provider webhook: verified by the provider's signature (not the admin
@@ -147,6 +155,9 @@ pub(super) fn api_error(error: IngestError) -> ApiError {
     match error {
         IngestError::UnknownProvider(_) | IngestError::NotConfigured(_) => {
             ApiError::not_found(error.to_string())
+        }
+        IngestError::UnknownAccount(_) => {
+            ApiError::new(StatusCode::NOT_FOUND, "unknown_account", error.to_string())
         }
         IngestError::ShuttingDown => ApiError::unavailable("shutting_down", error.to_string(), 5),
         IngestError::Rejected(WebhookError::Unauthorized(message)) => {

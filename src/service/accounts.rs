@@ -4,6 +4,7 @@
 
 use chrono::{DateTime, Utc};
 
+use super::stripe_link::{self, StripeLinkInput};
 use super::{blocking, Context, ServiceError};
 use crate::actors::registry::{RegistryError, RestartSnapshot};
 use crate::actors::{ActorSnapshot, SyncReason};
@@ -31,6 +32,8 @@ pub struct LinkInput {
     pub owner_id: String,
     /// Extra lookup keys, e.g. an email.
     pub aliases: Vec<String>,
+    /// What a Stripe link brings besides (`None` for other providers).
+    pub stripe: Option<StripeLinkInput>,
 }
 
 /// Whether a link created an account or relinked an existing one.
@@ -66,11 +69,15 @@ pub fn check_key(field: &'static str, value: &str) -> Result<(), ServiceError> {
 fn validate(ctx: &Context, input: &LinkInput) -> Result<(ProviderKind, Vec<String>), ServiceError> {
     let provider = ProviderKind::parse(&input.provider).ok_or_else(|| {
         ServiceError::invalid_field(format!(
-            "provider {:?} is not supported (supported: plaid)",
+            "provider {:?} is not supported (supported: plaid, stripe)",
             input.provider
         ))
     })?;
-    if !ctx.providers.contains_key(&provider) {
+    let configured = match provider {
+        ProviderKind::Stripe => ctx.actors.stripe().is_some(),
+        _ => ctx.providers.contains_key(&provider),
+    };
+    if !configured {
         return Err(ServiceError::invalid_field(format!(
             "provider {provider} is not configured"
         )));
@@ -106,6 +113,20 @@ fn validate(ctx: &Context, input: &LinkInput) -> Result<(ProviderKind, Vec<Strin
 /// owner (`conflict` otherwise). A new account's actor starts the initial sync.
 pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), ServiceError> {
     let (provider, aliases) = validate(ctx, &input)?;
+    let stripe = match (provider, &input.stripe) {
+        (ProviderKind::Stripe, stripe) => Some(stripe_link::validate(
+            &input.item_id,
+            &input.access_token,
+            &stripe.clone().unwrap_or_default(),
+        )?),
+        (_, None) => None,
+        (_, Some(_)) => {
+            return Err(ServiceError::invalid_field(format!(
+                "webhook_secrets, object_types, refetch_on_tie and connect are for provider \
+                 stripe only, not {provider}"
+            )))
+        }
+    };
     if let Some(existing) = linked_item(ctx, provider, &input.item_id).await? {
         if existing.owner_id != input.owner_id {
             return Err(ServiceError::conflict(
@@ -116,7 +137,23 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
                 ),
             ));
         }
-        let token = AccessToken::new(input.access_token.clone());
+        let token = match &stripe {
+            Some((link, token)) => {
+                if existing.stripe.as_ref() != Some(link) {
+                    return Err(ServiceError::conflict(
+                        "conflict",
+                        format!(
+                            "Stripe account {} is already linked as {} with other settings \
+                             (types, refetch_on_tie, connect or mode): a relink replaces only \
+                             the credentials; unlink it first to change them",
+                            existing.item_id, existing.id
+                        ),
+                    ));
+                }
+                token.clone()
+            }
+            None => AccessToken::new(input.access_token.clone()),
+        };
         match relink(ctx, existing, token).await {
             Ok(account) => return Ok((account, Linked::Relinked)),
             // Unlinked (or deleted) between the lookup and the relink: the item is free
@@ -127,14 +164,19 @@ pub async fn link(ctx: &Context, input: LinkInput) -> Result<(Account, Linked), 
             Err(error) => return Err(error),
         }
     }
-    let account = Account::new_linked(
+    let (settings, token) = match stripe {
+        Some((link, token)) => (Some(link), token),
+        None => (None, AccessToken::new(input.access_token)),
+    };
+    let mut account = Account::new_linked(
         provider,
         input.item_id,
-        AccessToken::new(input.access_token),
+        token,
         input.owner_id,
         aliases,
         ctx.clock.now(),
     );
+    account.stripe = settings;
     record_account(&account.id);
     let record = account.clone();
     let receipt = ctx.store.run(move |s| s.link_account(&record)).await?;

@@ -22,6 +22,8 @@ use crate::store::{IncomingWebhook, IngestOutcome, StoreError};
 
 #[path = "ingest_bank.rs"]
 mod bank;
+#[path = "ingest_stripe.rs"]
+mod stripe;
 
 pub use bank::status_dedup_key;
 
@@ -46,6 +48,11 @@ pub enum IngestError {
         /// Events waiting in the inbox.
         depth: u64,
     },
+    /// A Stripe event for an account that is not linked (it cannot be verified either:
+    /// the secrets come with the link). Stripe retries it; once the account is linked,
+    /// its backfill covers what the event said.
+    #[error("no linked Stripe account {0}")]
+    UnknownAccount(String),
     /// The store could not take or persist the event.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -135,16 +142,27 @@ impl Ingest {
             })?;
 
         let effect = verified.effect;
-        let item_id = effect.external_id;
-        let event_kind = verified.kind;
         let incoming = IncomingWebhook {
             provider: kind,
-            item_id: item_id.clone(),
-            kind: event_kind.clone(),
+            item_id: effect.external_id,
+            kind: verified.kind,
             dedup_key: effect.dedup_key,
             body: verified.body,
             received_at: self.ctx.clock.now(),
         };
+        let outcome = self.persist(incoming).await?;
+        Ok(Ack {
+            status: plugin.ack_status(),
+            outcome,
+        })
+    }
+
+    /// Appends a verified event to its account's inbox (or keeps it for an item not
+    /// linked yet), nudges the account's actor and waits until the event is on disk.
+    async fn persist(&self, incoming: IncomingWebhook) -> Result<Outcome, IngestError> {
+        let kind = incoming.provider;
+        let item_id = incoming.item_id.clone();
+        let event_kind = incoming.kind.clone();
         // Off the async workers: sled calls can wait on sled's process-wide lock (held by
         // flush rounds and sync commits), and a blocked worker stalls every request on it.
         // The actor is nudged in the same step, before the durability wait, so a client
@@ -201,10 +219,7 @@ impl Ingest {
             },
         };
         tracing::debug!(provider = %kind, item_id = %item_id, kind = %event_kind, status = outcome.name(), "webhook acknowledged");
-        Ok(Ack {
-            status: plugin.ack_status(),
-            outcome,
-        })
+        Ok(outcome)
     }
 }
 

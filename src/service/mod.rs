@@ -35,6 +35,8 @@ pub mod incidents;
 pub mod ingest;
 pub mod operations;
 pub mod recovery;
+pub mod stripe;
+pub mod stripe_link;
 
 pub use error::ServiceError;
 

@@ -1,10 +1,12 @@
 //! Restart recovery: after a start, re-drives the work a crash may have interrupted.
 //! Acknowledged webhooks wait in the inbox and a first sync that never committed left
-//! no cursor, so both are found in the store and handed to their actors again; the
-//! actors serialize whatever this races with.
+//! no cursor, so both are found in the store and handed to their actors again; every
+//! linked Stripe account syncs, catching up on the events it missed while acctor was
+//! down. The actors serialize whatever this races with.
 
 use super::Context;
-use crate::domain::{AccountId, LinkStatus};
+use crate::actors::SyncReason;
+use crate::domain::{AccountId, LinkStatus, ProviderKind};
 
 /// After a restart, re-drives the work a crash may have interrupted: every account with
 /// pending inbox entries (acknowledged webhooks whose sync never committed) and every
@@ -41,11 +43,22 @@ pub fn spawn(ctx: Context) {
             let Some(last) = page.last() else { break };
             after = Some(last.id.clone());
             for account in page {
-                if account.status == LinkStatus::Linked
-                    && account.cursor.is_none()
-                    && !ctx.registry.is_active(&account.id)
-                    && ctx.registry.activate(&account.id).is_ok()
-                {
+                if account.status != LinkStatus::Linked || ctx.registry.is_active(&account.id) {
+                    continue;
+                }
+                // A Stripe account catches up from the Events API on its first sync
+                // after a start: what happened while acctor was down is read now, not
+                // at the next poll.
+                let stripe = account.provider == ProviderKind::Stripe && !account.is_parked();
+                let woken = if stripe {
+                    ctx.registry
+                        .request_sync(&account.id, SyncReason::Activation)
+                } else if account.cursor.is_none() {
+                    ctx.registry.activate(&account.id)
+                } else {
+                    continue;
+                };
+                if woken.is_ok() {
                     nudged += 1;
                 }
             }

@@ -15,6 +15,7 @@ mod retries;
 mod schemathesis;
 mod secrets;
 mod shutdown;
+mod stripe;
 mod supervision;
 mod surface;
 mod surface_rules;
@@ -22,7 +23,8 @@ mod sync;
 mod webhooks;
 
 /// The same tests again on the PostgreSQL store (see `helpers::backend_of_this_test`):
-/// everything that syncs, ingests, retries, polls and parks an account.
+/// everything that syncs, ingests, retries, polls and parks an account, and mirrors a
+/// Stripe account.
 #[path = "."]
 #[allow(
     clippy::duplicate_mod,
@@ -33,6 +35,7 @@ mod on_postgres {
     mod operations;
     mod reauth;
     mod retries;
+    mod stripe;
     mod supervision;
     mod sync;
     mod webhooks;

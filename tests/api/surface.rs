@@ -26,6 +26,8 @@ const PUBLIC: &[(&str, &str)] = &[
     ("/dashboard/dashboard.js", "GET"),
     ("/webhooks/{provider}", "POST"),
     ("/webhooks/bank", "POST"),
+    ("/webhooks/stripe", "POST"),
+    ("/webhooks/stripe/{account}", "POST"),
     ("/healthz", "GET"),
     ("/readyz", "GET"),
     ("/metrics", "GET"),

@@ -289,11 +289,27 @@ async fn every_documented_operation_refuses_an_unknown_query_parameter() {
 async fn the_document_states_what_is_accepted() {
     let env = spawn_env().await;
     let spec = env.get_json(&format!("{}/openapi.json", env.app_url)).await;
-    let link = &spec["components"]["schemas"]["LinkRequest"];
-    assert_eq!(link["additionalProperties"], false, "{link}");
-    assert_eq!(link["properties"]["provider"]["enum"], json!(["plaid"]));
-    assert!(link["properties"]["item_id"]["pattern"].is_string());
-    assert_eq!(link["properties"]["aliases"]["maxItems"], 16);
+    // One shape per provider: a Plaid link takes no Stripe setting, a Stripe link
+    // needs its endpoint secrets, and both refuse anything they do not list.
+    let branches = spec["components"]["schemas"]["LinkRequest"]["oneOf"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(branches.len(), 2, "{branches:?}");
+    let (plaid, stripe) = (&branches[0], &branches[1]);
+    for link in [plaid, stripe] {
+        assert_eq!(link["additionalProperties"], false, "{link}");
+        assert!(link["properties"]["item_id"]["pattern"].is_string());
+        assert_eq!(link["properties"]["aliases"]["maxItems"], 16);
+    }
+    assert_eq!(plaid["properties"]["provider"]["enum"], json!(["plaid"]));
+    assert!(plaid["properties"]["webhook_secrets"].is_null());
+    assert_eq!(stripe["properties"]["provider"]["enum"], json!(["stripe"]));
+    assert!(stripe["required"]
+        .as_array()
+        .is_some_and(|r| r.contains(&json!("webhook_secrets"))));
+    assert_eq!(stripe["properties"]["webhook_secrets"]["maxItems"], 2);
+    assert_eq!(stripe["properties"]["object_types"]["uniqueItems"], true);
     let params = |path: &str, method: &str| -> Vec<Value> {
         spec["paths"][path][method]["parameters"]
             .as_array()
