@@ -69,6 +69,7 @@ pub struct App {
 struct EmbeddedSandbox {
     handle: SandboxHandle,
     demo: Option<JoinHandle<()>>,
+    stripe_demo: Option<JoinHandle<()>>,
 }
 
 impl App {
@@ -148,6 +149,7 @@ impl App {
                 catch_up_interval: settings.stripe.catch_up_interval,
                 event_retention: settings.stripe.event_retention,
                 call_attempts: settings.stripe.call_attempts,
+                drift_interval: settings.stripe.drift_check_interval,
                 ..StripeParams::default()
             },
         );
@@ -213,6 +215,13 @@ impl App {
                 if settings.sandbox.demo_openings > 0 && settings.bank.base_url.is_empty() {
                     start_demo_openings(&state, &sandbox).await?;
                 }
+                let stripe_demo = if settings.sandbox.demo_stripe_objects > 0
+                    && settings.stripe.base_url.is_empty()
+                {
+                    Some(start_demo_stripe(&state, &sandbox, addr).await?)
+                } else {
+                    None
+                };
                 // Demo items only where the sandbox plays Plaid.
                 let demo = if settings.sandbox.demo_items > 0 && settings.plaid.base_url.is_empty()
                 {
@@ -220,7 +229,11 @@ impl App {
                 } else {
                     None
                 };
-                Some(EmbeddedSandbox { handle, demo })
+                Some(EmbeddedSandbox {
+                    handle,
+                    demo,
+                    stripe_demo,
+                })
             }
             None => None,
         };
@@ -323,6 +336,7 @@ impl App {
         // Undelivered alerts stay in the outbox for the next start.
         background.extend(alerts);
         background.extend(sandbox.as_mut().and_then(|s| s.demo.take()));
+        background.extend(sandbox.as_mut().and_then(|s| s.stripe_demo.take()));
         for task in &background {
             task.abort();
         }
@@ -546,6 +560,75 @@ fn webhook_url(settings: &Settings, addr: SocketAddr) -> String {
     } else {
         settings.sandbox.webhook_url.clone()
     }
+}
+
+/// The alias of the demo's Stripe account.
+const DEMO_STRIPE_ALIAS: &str = "demo-stripe@example.com";
+
+/// Links the demo's Stripe account: a fresh account in the sandbox's Stripe (which
+/// lives in memory, so the one a previous run linked is replaced), some objects of every
+/// type, its events sent to this acctor; then one change per `demo_tick`.
+async fn start_demo_stripe(
+    state: &AppState,
+    sandbox: &Sandbox,
+    addr: SocketAddr,
+) -> anyhow::Result<JoinHandle<()>> {
+    let settings = &state.ctx.settings.sandbox;
+    let previous = state
+        .ctx
+        .store
+        .run(|s| match s.resolve(DEMO_STRIPE_ALIAS)? {
+            Resolved::Found(id) => s.get_account(&id),
+            _ => Ok(None),
+        })
+        .await?;
+    if let Some(old) = previous {
+        accounts::unlink(&state.ctx, &old.id, true)
+            .await
+            .with_context(|| format!("replacing demo Stripe account {}", old.id))?;
+    }
+    let stripe = sandbox.stripe().clone();
+    let account = stripe.create_account(None);
+    stripe.set_webhook_url(
+        &account.id,
+        Some(format!("http://{addr}/webhooks/stripe/{}", account.id)),
+    );
+    for object_type in crate::domain::stripe::ObjectType::ALL {
+        stripe.generate(
+            &account.id,
+            object_type,
+            settings.demo_stripe_objects as usize,
+        );
+    }
+    let (linked, _) = accounts::link(
+        &state.ctx,
+        LinkInput {
+            provider: ProviderKind::Stripe.as_str().to_string(),
+            item_id: account.id.clone(),
+            access_token: account.api_key.clone(),
+            owner_id: "demo-stripe".to_string(),
+            aliases: vec![DEMO_STRIPE_ALIAS.to_string()],
+            stripe: Some(crate::service::stripe_link::StripeLinkInput {
+                webhook_secrets: vec![account.webhook_secret.clone()],
+                ..Default::default()
+            }),
+        },
+    )
+    .await
+    .context("linking the demo Stripe account")?;
+    tracing::info!(account_id = %linked.id, stripe_account = %account.id, alias = DEMO_STRIPE_ALIAS, "demo stripe account linked");
+    let tick = settings.demo_tick;
+    Ok(tokio::spawn(async move {
+        if tick.is_zero() {
+            return;
+        }
+        let mut interval = tokio::time::interval(tick);
+        interval.tick().await;
+        loop {
+            interval.tick().await;
+            stripe.mutate(&account.id, 1);
+        }
+    }))
 }
 
 /// Where in the data dir the embedded sandbox keeps its state.

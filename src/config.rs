@@ -267,6 +267,8 @@ pub struct SandboxSettings {
     pub simulate_bank_webhooks: bool,
     /// Account openings the demo starts.
     pub demo_openings: u32,
+    /// Objects per type of the demo's Stripe account (0: no Stripe demo).
+    pub demo_stripe_objects: u32,
 }
 
 /// `[bank]`: the bank that opens accounts.
@@ -319,6 +321,9 @@ pub struct StripeSettings {
     pub call_attempts: u32,
     /// Objects per list page (1..=100).
     pub page_size: u32,
+    /// How often every mirrored type is listed again and compared with the local copy.
+    #[serde(with = "humantime_serde")]
+    pub drift_check_interval: Duration,
 }
 
 /// `[operations]`: account openings.
@@ -645,6 +650,10 @@ impl Settings {
             ("stripe.webhook_tolerance", self.stripe.webhook_tolerance),
             ("stripe.catch_up_interval", self.stripe.catch_up_interval),
             ("stripe.event_retention", self.stripe.event_retention),
+            (
+                "stripe.drift_check_interval",
+                self.stripe.drift_check_interval,
+            ),
             ("bank.webhook_tolerance", self.bank.webhook_tolerance),
             ("bank.request_timeout", self.bank.request_timeout),
             ("bank.legacy_timeout", self.bank.legacy_timeout),

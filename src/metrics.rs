@@ -104,6 +104,15 @@ pub struct OperationStateLabels {
     pub state: String,
 }
 
+/// Labels of the Stripe mirror's counters.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StripeLabels {
+    /// What happened (`applied`, `stale`, `refetched`, `caught_up`, `repaired`, `removed`).
+    pub outcome: String,
+    /// The object type, where there is one (empty otherwise).
+    pub object_type: String,
+}
+
 /// Levels read at scrape time from the store and the registry of actors.
 #[derive(Clone, Debug, Default)]
 pub struct ScrapeValues {
@@ -179,6 +188,7 @@ pub struct Metrics {
     operation_calls: Family<OperationCallLabels, Counter>,
     operation_escalations: Counter,
     operation_completion: Histogram,
+    stripe: Family<StripeLabels, Counter>,
     scraped: Arc<ScrapedCounters>,
 }
 
@@ -314,6 +324,13 @@ impl Metrics {
             "From an operation's creation to its completion (account open, card issued)",
             operation_completion.clone(),
         );
+        let stripe = Family::<StripeLabels, Counter>::default();
+        registry.register(
+            "acctor_stripe_mirror",
+            "Stripe mirror: events applied or stale (older, repeats), objects re-fetched, \
+             catch-ups from the Events API, and drift repairs and removals by type",
+            stripe.clone(),
+        );
         let scraped = Arc::new(ScrapedCounters::default());
         registry.register_collector(Box::new(scraped.clone()));
         Metrics {
@@ -337,8 +354,26 @@ impl Metrics {
             operation_calls,
             operation_escalations,
             operation_completion,
+            stripe,
             scraped,
         }
+    }
+
+    /// Counts `n` of a Stripe mirror outcome (`object_type` empty when not per type).
+    pub fn stripe_mirror(&self, outcome: &str, object_type: &str, n: u64) {
+        if n > 0 {
+            self.stripe
+                .get_or_create(&StripeLabels {
+                    outcome: outcome.to_string(),
+                    object_type: object_type.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a drift check's repairs or removals of one type.
+    pub fn stripe_drift(&self, object_type: &str, outcome: &str, n: u64) {
+        self.stripe_mirror(outcome, object_type, n);
     }
 
     /// Counts the bank calls one operation step made.

@@ -331,6 +331,54 @@ pub struct StripeState {
     pub refetches: u64,
     /// Catch-ups from `/v1/events` run so far.
     pub catch_ups: u64,
+    /// When the next drift check is due (set once every type is visible).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_drift_check: Option<DateTime<Utc>>,
+    /// What the last drift check found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftReport>,
+}
+
+/// What one drift check found: objects whose local copy differed from Stripe's listing
+/// (changed or created behind acctor's back: no event said so) and were repaired, and
+/// local objects Stripe no longer has, removed once a retrieve confirmed it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DriftReport {
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// When it finished.
+    pub finished_at: DateTime<Utc>,
+    /// Objects compared.
+    pub checked: u64,
+    /// Objects repaired, by type.
+    pub repaired: BTreeMap<ObjectType, u64>,
+    /// Objects removed, by type.
+    pub removed: BTreeMap<ObjectType, u64>,
+    /// The first [`DriftReport::MAX_IDS`] objects repaired or removed, as `type/id`.
+    pub ids: Vec<String>,
+}
+
+impl DriftReport {
+    /// Ids kept in a report.
+    pub const MAX_IDS: usize = 100;
+
+    /// Records a repaired (or removed) object.
+    pub fn record(&mut self, object_type: ObjectType, id: &str, removed: bool) {
+        let counts = if removed {
+            &mut self.removed
+        } else {
+            &mut self.repaired
+        };
+        *counts.entry(object_type).or_default() += 1;
+        if self.ids.len() < Self::MAX_IDS {
+            self.ids.push(format!("{object_type}/{id}"));
+        }
+    }
+
+    /// Objects repaired or removed, all types.
+    pub fn total(&self) -> u64 {
+        self.repaired.values().sum::<u64>() + self.removed.values().sum::<u64>()
+    }
 }
 
 impl StripeState {

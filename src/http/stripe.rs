@@ -23,7 +23,7 @@ use super::params;
 use super::webhooks::{api_error, rejection_reason, WebhookAck};
 use super::{ApiError, ApiPath, ApiQuery, AppState, NoQuery};
 use crate::config::Settings;
-use crate::domain::stripe::{ObjectType, StoredObject};
+use crate::domain::stripe::{DriftReport, ObjectType, StoredObject};
 use crate::domain::AccountId;
 use crate::service::ingest::Outcome;
 use crate::service::stripe as service;
@@ -417,6 +417,13 @@ pub struct StripeReportView {
     pub refetches: u64,
     /// Catch-ups from the Events API.
     pub catch_ups: u64,
+    /// When the next drift check is due.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_drift_check: Option<DateTime<Utc>>,
+    /// What the last drift check found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub drift: Option<DriftReport>,
 }
 
 /// Reads a Stripe account's mirror report.
@@ -471,5 +478,7 @@ async fn report(
         events_stale: state.events_stale,
         refetches: state.refetches,
         catch_ups: state.catch_ups,
+        next_drift_check: state.next_drift_check,
+        drift: state.drift,
     }))
 }

@@ -37,7 +37,7 @@ use super::{SyncError, SyncProgress, SyncReport};
 use crate::clock::Clock;
 use crate::domain::stripe::{
     Guard, ObjectType, ObjectWrite, OnTie, Stamp, StripeCredentials, StripeLink, StripeState,
-    TypeBackfill, Window,
+    TypeBackfill,
 };
 use crate::domain::{Account, InboxEntry, SyncOutcome};
 use crate::providers::stripe::client::ListRequest;
@@ -65,6 +65,8 @@ pub struct StripeParams {
     pub retry_delay: Duration,
     /// Longest backoff between such tries.
     pub max_retry_delay: Duration,
+    /// How often every type is listed again and compared (drift check).
+    pub drift_interval: Duration,
 }
 
 impl Default for StripeParams {
@@ -76,6 +78,7 @@ impl Default for StripeParams {
             call_attempts: 6,
             retry_delay: Duration::from_millis(200),
             max_retry_delay: Duration::from_secs(10),
+            drift_interval: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -95,6 +98,8 @@ pub struct StripeEnv<'a> {
     /// Catch up from the Events API whatever the interval says (the first sync since
     /// acctor started, or after a failed one).
     pub force_catch_up: bool,
+    /// Where the mirror's counters go (events, re-fetches, catch-ups, drift).
+    pub metrics: Option<&'a crate::metrics::Metrics>,
 }
 
 /// What a sync did, for its outcome.
@@ -161,6 +166,7 @@ pub async fn run_sync(
             .unwrap_or_else(|| default_link(false)),
     };
     let mut state = read_state(env, account).await?;
+    let before = state.clone();
     let mut tally = Tally::default();
     plan_backfills(env, &target, &mut state, started_at.timestamp());
 
@@ -192,6 +198,12 @@ pub async fn run_sync(
     if env.force_catch_up || stale {
         catch_up(env, &target, &mut state, &mut tally).await?;
     }
+    if state
+        .next_drift_check
+        .is_some_and(|due| env.clock.now() >= due)
+    {
+        drift::check(env, &target, &mut state).await?;
+    }
 
     let finished_at = env.clock.now();
     let outcome = SyncOutcome::Committed {
@@ -212,6 +224,16 @@ pub async fn run_sync(
         finished_at,
     };
     commit(env, &target, Vec::new(), &state, Vec::new(), Some(finish)).await?;
+    if let Some(metrics) = env.metrics {
+        for (outcome, now, then) in [
+            ("applied", state.events_applied, before.events_applied),
+            ("stale", state.events_stale, before.events_stale),
+            ("refetched", state.refetches, before.refetches),
+            ("caught_up", state.catch_ups, before.catch_ups),
+        ] {
+            metrics.stripe_mirror(outcome, "", now.saturating_sub(then));
+        }
+    }
     Ok(SyncReport {
         outcome,
         follow_up: false,
@@ -454,27 +476,20 @@ fn newest_of(events: &[Event]) -> Option<&Event> {
     )
 }
 
-/// Lists `object_type` page by page until its backfill completes, committing each page
-/// with the progress that resumes it.
-async fn backfill_type(
+/// The next page of a windowed listing of `object_type` from `cursor`, which is moved
+/// past it: the page's objects and the second Stripe answered. `None` once every window
+/// is listed. Shared by backfills and drift checks.
+async fn next_page(
     env: &StripeEnv<'_>,
     target: &Target<'_>,
     object_type: ObjectType,
-    state: &mut StripeState,
-    tally: &mut Tally,
-) -> Result<(), SyncError> {
+    cursor: &mut TypeBackfill,
+) -> Result<Option<(Vec<serde_json::Value>, i64)>, SyncError> {
     loop {
-        let Some(progress) = state.backfill.get(&object_type) else {
-            return Ok(());
+        let Some(window) = cursor.windows.first().copied() else {
+            return Ok(None);
         };
-        if progress.done {
-            return Ok(());
-        }
-        let Some(window) = progress.windows.first().copied() else {
-            finish_backfill(env, target, object_type, state, Vec::new()).await?;
-            return Ok(());
-        };
-        let starting_after = progress.starting_after.clone();
+        let starting_after = cursor.starting_after.clone();
         let listed = call(env.params, "list", || {
             env.api.list(
                 target.access(),
@@ -492,16 +507,13 @@ async fn backfill_type(
             // The object the listing continued after was deleted meanwhile: the window
             // was narrowed to its second at the last page, so list that window afresh.
             Err(error) if starting_after.is_some() && is_missing(&error) => {
-                if let Some(progress) = state.backfill.get_mut(&object_type) {
-                    progress.starting_after = None;
-                }
+                cursor.starting_after = None;
                 continue;
             }
             Err(error) => return Err(error.into()),
         };
         let at = fetched_at(env, &page);
         let objects = page.value.data;
-        let count = objects.len();
         let oldest = objects
             .iter()
             .filter_map(|o| o.get("created").and_then(serde_json::Value::as_i64))
@@ -511,6 +523,48 @@ async fn backfill_type(
             .and_then(|o| o.get("id"))
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned);
+        cursor.pages += 1;
+        cursor.objects += objects.len() as u64;
+        env.progress.page(objects.len());
+        match (page.value.has_more, last_id, oldest) {
+            (true, Some(last_id), Some(oldest)) => {
+                // What is left of the window: objects no newer than the oldest listed,
+                // after the last one listed.
+                if let Some(first) = cursor.windows.first_mut() {
+                    first.lt = (oldest + 1).min(first.lt);
+                }
+                cursor.starting_after = Some(last_id);
+            }
+            _ => {
+                cursor.windows.remove(0);
+                cursor.starting_after = None;
+            }
+        }
+        return Ok(Some((objects, at)));
+    }
+}
+
+/// Lists `object_type` page by page until its backfill completes, committing each page
+/// with the progress that resumes it.
+async fn backfill_type(
+    env: &StripeEnv<'_>,
+    target: &Target<'_>,
+    object_type: ObjectType,
+    state: &mut StripeState,
+    tally: &mut Tally,
+) -> Result<(), SyncError> {
+    loop {
+        let Some(progress) = state.backfill.get_mut(&object_type) else {
+            return Ok(());
+        };
+        if progress.done {
+            return Ok(());
+        }
+        let Some((objects, at)) = next_page(env, target, object_type, progress).await? else {
+            finish_backfill(env, target, object_type, state, Vec::new()).await?;
+            return Ok(());
+        };
+        let listed_all = progress.windows.is_empty();
         let writes: Vec<ObjectWrite> = objects
             .into_iter()
             .filter_map(|object| {
@@ -526,30 +580,7 @@ async fn backfill_type(
             .collect();
         tally.backfilled += writes.len() as u64;
         tally.pages += 1;
-        env.progress.page(count);
-        let Some(progress) = state.backfill.get_mut(&object_type) else {
-            return Ok(());
-        };
-        progress.pages += 1;
-        progress.objects += count as u64;
-        match (page.value.has_more, last_id, oldest) {
-            (true, Some(last_id), Some(oldest)) => {
-                // What is left of the window: objects no newer than the oldest listed,
-                // after the last one listed.
-                if let Some(first) = progress.windows.first_mut() {
-                    *first = Window {
-                        gte: first.gte,
-                        lt: (oldest + 1).min(first.lt),
-                    };
-                }
-                progress.starting_after = Some(last_id);
-            }
-            _ => {
-                progress.windows.remove(0);
-                progress.starting_after = None;
-            }
-        }
-        if progress.windows.is_empty() {
+        if listed_all {
             finish_backfill(env, target, object_type, state, writes).await?;
             return Ok(());
         }
@@ -578,6 +609,11 @@ async fn finish_backfill(
         tracing::info!(account_id = %target.account.id, object_type = %object_type, objects = progress.objects, pages = progress.pages, "stripe backfill completed");
     }
     state.visible.insert(object_type);
+    // Once every type is visible, the drift checks begin, one interval later.
+    let all_visible = target.link.types.iter().all(|t| state.is_visible(*t));
+    if all_visible && state.next_drift_check.is_none() {
+        state.next_drift_check = Some(env.clock.now() + env.params.drift_interval);
+    }
     commit(env, target, writes, state, Vec::new(), None).await?;
     Ok(())
 }
@@ -623,6 +659,9 @@ async fn catch_up(
         tally.add(receipt);
     }
 }
+
+#[path = "stripe_drift.rs"]
+mod drift;
 
 #[cfg(test)]
 #[path = "stripe_tests.rs"]

@@ -302,6 +302,7 @@ impl Harness {
             progress: &self.progress,
             clock: self.clock.as_ref(),
             force_catch_up,
+            metrics: None,
         };
         run_sync(&env, &self.account, &entries, Vec::new()).await
     }
@@ -670,5 +671,62 @@ async fn past_the_event_retention_every_type_is_backfilled_again() {
         h.local(ObjectType::Payouts),
         h.stripe.current(ObjectType::Payouts)
     );
-    assert_eq!(h.stripe.lists.load(Ordering::Relaxed), 2, "listed again");
+    // Listed again by the new backfill, then by the drift check that came due in the
+    // same 31 days (it is what removes what vanished meanwhile without an event).
+    assert_eq!(h.stripe.lists.load(Ordering::Relaxed), 3);
+    assert!(h.state().drift.is_some());
+}
+
+#[tokio::test]
+async fn a_drift_check_repairs_what_changed_without_an_event_and_nothing_newer() {
+    let mut h = Harness::new(&[ObjectType::Products]);
+    h.params.drift_interval = Duration::from_secs(3600);
+    for n in 0..5 {
+        h.stripe.put(
+            ObjectType::Products,
+            object(ObjectType::Products, &format!("prod_{n}"), NOW - 100 + n, 1),
+        );
+    }
+    h.sync_with(Vec::new(), false).await.expect("backfill");
+    let due = h
+        .state()
+        .next_drift_check
+        .expect("scheduled once every type is visible");
+    assert_eq!(due.timestamp(), NOW + 3600);
+    // Behind acctor's back: one changed, one deleted, one created; and one changed by an
+    // event acctor applied after Stripe's listing time (newer than the check's listing).
+    h.stripe.put(
+        ObjectType::Products,
+        object(ObjectType::Products, "prod_0", NOW - 100, 2),
+    );
+    h.stripe.remove(ObjectType::Products, "prod_1");
+    h.stripe.put(
+        ObjectType::Products,
+        object(ObjectType::Products, "prod_9", NOW - 10, 1),
+    );
+    h.sync_with(
+        vec![event(
+            "evt_new",
+            "product.updated",
+            NOW + 7200,
+            object(ObjectType::Products, "prod_2", NOW - 98, 5),
+        )],
+        false,
+    )
+    .await
+    .expect("event");
+    // Not due yet: nothing checked.
+    assert!(h.state().drift.is_none());
+    h.clock.advance(Duration::from_secs(3600));
+    h.sync_with(Vec::new(), false).await.expect("drift check");
+    let report = h.state().drift.expect("a report");
+    assert_eq!(report.repaired[&ObjectType::Products], 2, "{report:?}");
+    assert_eq!(report.removed[&ObjectType::Products], 1, "{report:?}");
+    assert!(report.ids.contains(&"products/prod_1".to_string()));
+    let local = h.local(ObjectType::Products);
+    assert_eq!(local["prod_0"]["v"], 2);
+    assert_eq!(local["prod_2"]["v"], 5, "the newer event's state is kept");
+    assert!(!local.contains_key("prod_1"));
+    assert!(local.contains_key("prod_9"));
+    assert_eq!(h.state().next_drift_check.unwrap().timestamp(), NOW + 7200);
 }

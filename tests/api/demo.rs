@@ -198,3 +198,36 @@ async fn a_restart_keeps_the_demo_and_hand_linked_items_and_a_reset_starts_over(
     }
     demo.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_links_a_stripe_account_that_backfills_and_a_restart_replaces_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let demo = start(dir.path(), false).await;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let report = loop {
+        let report = demo
+            .get("/v1/accounts/demo-stripe@example.com/stripe")
+            .await;
+        let types = report["types"].as_array().cloned().unwrap_or_default();
+        if types.len() == 10 && types.iter().all(|t| t["visible"] == true) {
+            break report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "demo never backfilled: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for object_type in report["types"].as_array().expect("types") {
+        assert_eq!(object_type["held"], 40, "{object_type}");
+    }
+    let first = report["account_id"].clone();
+    demo.stop().await;
+    // The sandbox's Stripe lives in memory: a restart links a fresh demo account.
+    let demo = start(dir.path(), false).await;
+    let again = demo
+        .get("/v1/accounts/demo-stripe@example.com/stripe")
+        .await;
+    assert_ne!(again["account_id"], first);
+    demo.stop().await;
+}

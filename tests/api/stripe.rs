@@ -472,3 +472,78 @@ async fn refused_events_and_links_say_why() {
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_made_behind_acctors_back_is_found_and_repaired() {
+    let env = env_with(|s| s.stripe.drift_check_interval = Duration::from_secs(3600)).await;
+    let account = stripe_account(&env);
+    let stripe = env.sandbox.stripe().clone();
+    let ids = stripe.generate(&account.id, ObjectType::Customers, 50);
+    link(&env, &account, json!({"object_types": ["customers"]})).await;
+    wait_backfilled(&env, &account.id).await;
+    // No events for any of these: only a drift check can see them.
+    stripe
+        .update_object(
+            &account.id,
+            ObjectType::Customers,
+            &ids[3],
+            json!({"name": "Changed quietly"}),
+            false,
+        )
+        .expect("updated");
+    assert!(stripe.delete_object(&account.id, ObjectType::Customers, &ids[7], false));
+    stripe.create_object(
+        &account.id,
+        ObjectType::Customers,
+        json!({"name": "Born quietly"}),
+        false,
+    );
+    assert_ne!(
+        local(&env, &account.id, ObjectType::Customers).await,
+        remote(&env, &account.id, ObjectType::Customers)
+    );
+    // A day later (on acctor's clock) the next sync runs the check.
+    env.clock.advance(Duration::from_secs(2 * 3600));
+    let response = env
+        .client
+        .post(format!("{}/v1/accounts/{}/sync", env.app_url, account.id))
+        .send()
+        .await
+        .expect("sync");
+    assert!(response.status().is_success(), "{}", response.status());
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let drift = loop {
+        let report = report(&env, &account.id).await;
+        if report["drift"].is_object() {
+            break report["drift"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no drift check: {report:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(drift["repaired"]["customers"], 2, "{drift:#}");
+    assert_eq!(drift["removed"]["customers"], 1, "{drift:#}");
+    assert!(drift["ids"]
+        .as_array()
+        .unwrap()
+        .contains(&json!(format!("customers/{}", ids[7]))));
+    assert_eq!(
+        local(&env, &account.id, ObjectType::Customers).await,
+        remote(&env, &account.id, ObjectType::Customers)
+    );
+    let metrics = reqwest::get(format!("{}/metrics", env.app_url))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(
+            "acctor_stripe_mirror_total{outcome=\"repaired\",object_type=\"customers\"} 2"
+        ),
+        "{metrics}"
+    );
+    env.shutdown().await;
+}

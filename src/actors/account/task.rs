@@ -129,6 +129,7 @@ async fn stripe_once(
         progress,
         clock: ctx.clock.as_ref(),
         force_catch_up: previous_failed || attempt > 1 || ctx.stripe_needs_catch_up(id),
+        metrics: Some(ctx.metrics.as_ref()),
     };
     let result = crate::sync::stripe::run_sync(
         &env,
