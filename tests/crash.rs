@@ -34,6 +34,8 @@
 mod harness;
 #[path = "crash/openings.rs"]
 mod openings;
+#[path = "crash/stripe.rs"]
+mod stripe;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -284,6 +286,18 @@ async fn sigkilled_acctor_opens_each_account_once_with_one_card() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_postgres_sigkilled_acctor_opens_each_account_once_with_one_card() {
     openings::openings_under_kills(true).await;
+}
+
+/// A Stripe account's mirror under SIGKILL (see `crash/stripe.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkilled_acctor_mirrors_a_changing_stripe_account_exactly() {
+    stripe::stripe_under_kills(false).await;
+}
+
+/// The same on the PostgreSQL store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_postgres_sigkilled_acctor_mirrors_a_changing_stripe_account_exactly() {
+    stripe::stripe_under_kills(true).await;
 }
 
 async fn kills_under_load(postgres: bool) {
