@@ -71,14 +71,15 @@ impl ObjectType {
         ObjectType::Payouts,
     ];
 
-    /// Types whose same-second events are re-fetched rather than guessed by default:
-    /// their state moves through several steps within a second (a subscription's
-    /// `created` → `updated`, an invoice's `finalized` → `paid`).
-    pub const REFETCH_ON_TIE: [ObjectType; 3] = [
-        ObjectType::Subscriptions,
-        ObjectType::Invoices,
-        ObjectType::PaymentIntents,
-    ];
+    /// Types whose same-second events are re-fetched rather than guessed, by default:
+    /// all of them. Stripe's event ids carry no order, so two events of one object in
+    /// one second cannot be ordered from what they say, and that happens to every type
+    /// (a customer `created` then `updated` at signup, a product and its first edit),
+    /// not only to the ones whose lifecycle runs in bursts (a subscription's `created`
+    /// → `updated`, an invoice's `finalized` → `paid`). A type left out of an account's
+    /// `refetch_on_tie` saves that retrieve and takes the last event delivered in the
+    /// second: a guess, which the next drift check corrects if it was wrong.
+    pub const REFETCH_ON_TIE: [ObjectType; 10] = ObjectType::ALL;
 
     /// The list endpoint's name (`payment_intents`).
     pub fn as_str(self) -> &'static str {

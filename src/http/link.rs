@@ -206,7 +206,8 @@ fn refetch_schema() -> RefOr<Schema> {
     types_schema(
         0,
         "The types whose same-second events are re-fetched rather than ordered by guess \
-         (default: subscriptions, invoices, payment_intents)",
+         (default: every type; a type left out takes the last event delivered in the \
+         second, which the next drift check corrects if it was wrong)",
     )
 }
 

@@ -18,8 +18,8 @@
 //! `created` and id, or the second Stripe answered a listing or retrieve). A sync
 //! groups its events by object and applies the newest; an older one than the stored
 //! stamp, or the same event again, changes nothing. Two different events in the same
-//! second are not guessed at for the types where that matters (`refetch_on_tie`:
-//! subscriptions, invoices and payment intents by default): the object is re-fetched
+//! second are not guessed at for the types in the account's `refetch_on_tie` (all of
+//! them by default; Stripe's event ids carry no order): the object is re-fetched
 //! and what Stripe says now is stored. A `*.deleted` event leaves a tombstone, so a
 //! late, older event cannot bring the object back; a re-fetch answering
 //! `resource_missing` deletes too. The store checks the guard again inside each commit.

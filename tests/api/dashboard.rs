@@ -103,3 +103,46 @@ async fn the_dashboard_shows_accounts_and_a_sync_changing_state() {
     browser.close().await;
     env.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stripe_accounts_view_shows_its_mirror() {
+    let env = spawn_env_with(|_| {}).await;
+    let stripe = env.sandbox.stripe();
+    let account = stripe.create_account(None);
+    for object_type in [
+        acctor::domain::stripe::ObjectType::Products,
+        acctor::domain::stripe::ObjectType::Customers,
+    ] {
+        stripe.generate(&account.id, object_type, 30);
+    }
+    let linked = env
+        .post_json(
+            &format!("{}/v1/accounts", env.app_url),
+            json!({
+                "provider": "stripe", "item_id": account.id, "access_token": account.api_key,
+                "owner_id": "finance", "webhook_secrets": [account.webhook_secret],
+                "object_types": ["products", "customers"],
+            }),
+        )
+        .await;
+    let id = linked["id"].as_str().expect("id").to_string();
+    let mut browser = Browser::launch(1440, 900).await;
+    browser
+        .navigate(&format!(
+            "{}/dashboard#token={}&account={id}",
+            env.app_url, env.admin_token
+        ))
+        .await;
+    browser
+        .wait_for(
+            "the mirror's two types, backfilled, 30 objects each",
+            "[...document.querySelectorAll('#d-body .stripe tr[data-type]')]\
+             .filter(r => r.cells[1].textContent === 'done' && r.cells[2].textContent === '30').length === 2",
+            CONVERGE,
+        )
+        .await;
+    std::fs::write(artifact("dashboard-stripe.png"), browser.screenshot().await)
+        .expect("write screenshot");
+    browser.close().await;
+    env.shutdown().await;
+}

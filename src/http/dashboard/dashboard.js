@@ -149,7 +149,33 @@ function kv(pairs) {
   ]));
 }
 
-function renderDetail(a) {
+function stripeBlock(m) {
+  if (!m || m.notFound) return null;
+  const sum = (o) => Object.values(o || {}).reduce((x, y) => x + y, 0);
+  const drift = m.drift
+    ? sum(m.drift.repaired) + " repaired · " + sum(m.drift.removed) + " removed of " +
+      m.drift.checked.toLocaleString() + " checked, " + ago(m.drift.finished_at) +
+      (m.drift.ids.length ? " (" + m.drift.ids.slice(0, 5).join(", ") + (m.drift.ids.length > 5 ? ", …" : "") + ")" : "")
+    : "none yet";
+  return h("div", { class: "stripe" },
+    h("h3", {}, "Stripe mirror"),
+    h("table", { class: "mini" },
+      h("thead", {}, h("tr", {}, h("th", {}, "type"), h("th", {}, "backfill"), h("th", { class: "num" }, "held"), h("th", { class: "num" }, "pages"))),
+      h("tbody", {}, m.types.map((t) => h("tr", { "data-type": t.object_type },
+        h("td", { class: "mono" }, t.object_type),
+        h("td", {}, t.visible ? (t.done ? "done" : "refreshing") : "running"),
+        h("td", { class: "num" }, t.held.toLocaleString()),
+        h("td", { class: "num" }, String(t.pages)))))),
+    kv([
+      ["account", m.stripe_account + (m.livemode ? " · live" : " · test") + (m.connect ? " · connect" : ""), true],
+      ["events", m.events_applied.toLocaleString() + " applied · " + m.events_stale.toLocaleString() + " stale · " + m.refetches + " re-fetched"],
+      ["catch-ups", String(m.catch_ups) + (m.events_checked_through ? " · through " + clock(new Date(m.events_checked_through * 1000).toISOString()) : "")],
+      ["last drift check", drift],
+      m.next_drift_check && ["next drift check", "in " + duration(Math.max(0, (Date.parse(m.next_drift_check) - Date.now()) / 1000))],
+    ]));
+}
+
+function renderDetail(a, mirror) {
   document.getElementById("d-id").textContent = a.account_id;
   const err = a.last_error;
   const events = a.events
@@ -178,6 +204,7 @@ function renderDetail(a) {
       a.failed && ["failed", a.failed.reason],
       a.actor_error && ["actor", a.actor_error],
     ]),
+    stripeBlock(mirror),
     h("div", { class: "events" }, h("h3", {}, "Recent events"), events));
   document.getElementById("d-body").replaceWith(Object.assign(body, { id: "d-body" }));
 }
@@ -292,7 +319,17 @@ async function refreshDetail() {
     document.getElementById("d-id").textContent = "account not found";
     return;
   }
-  renderDetail(a);
+  // A Stripe account's mirror report is another module's: a failure there must not
+  // blank the actor's view.
+  let mirror = null;
+  if (a.provider === "stripe") {
+    try {
+      mirror = await api("/v1/accounts/" + encodeURIComponent(selected) + "/stripe");
+    } catch (error) {
+      mirror = null;
+    }
+  }
+  renderDetail(a, mirror);
 }
 
 async function refresh() {
