@@ -10,6 +10,7 @@
 //! - `initial-sync`: link an item with 50,000 transactions, time until committed.
 //! - `accounts`: link 1,000,000 accounts, report RSS per idle (passivated) account and
 //!   the p99 time to activate a passivated account.
+//! - `stripe backfill|events|fleet`: the Stripe mirror (module `stripe`).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,9 @@ use acctor::domain::{AccessToken, Account, AccountId, ProviderKind};
 use acctor::sandbox::{Sandbox, SandboxConfig};
 use acctor::store::{AccountStore, Durability};
 use acctor::store::{IncomingWebhook, SledStore, SledStoreConfig};
+
+#[path = "acctor-bench/stripe/mod.rs"]
+mod stripe;
 
 /// glibc's allocator spends most of a large sync in lock contention and `malloc_consolidate`
 /// (measured with perf); mimalloc's per-thread heaps do not.
@@ -104,6 +108,11 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         samples: u64,
     },
+    /// The Stripe mirror: backfill, events per account, events across many accounts.
+    Stripe {
+        #[command(subcommand)]
+        command: stripe::StripeCommand,
+    },
 }
 
 /// Which store a benchmark runs on.
@@ -166,10 +175,18 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let mut server = tokio::runtime::Builder::new_multi_thread();
+    server.worker_threads(2).enable_all();
+    // tokio's default (512) is what acctor's own binary runs with; a smaller pool shows
+    // what the blocked store calls' threads cost.
+    if let Ok(threads) = std::env::var("BENCH_MAX_BLOCKING_THREADS") {
+        server.max_blocking_threads(
+            threads
+                .parse()
+                .context("BENCH_MAX_BLOCKING_THREADS is a number")?,
+        );
+    }
+    let server = server.build()?;
     match cli.command {
         Command::Ingest {
             rates,
@@ -202,6 +219,7 @@ fn main() -> anyhow::Result<()> {
             let target = store.prepare()?;
             server.block_on(operations(count, concurrency, target.as_ref()))
         }
+        Command::Stripe { command } => stripe::run(command, &server),
     }
 }
 
@@ -762,7 +780,10 @@ async fn operations(
     // The same on an empty store (same kind): the baseline the operations add to.
     let empty = tempfile::tempdir()?;
     let empty_target = match target {
-        Some(_) => Some(fresh_database_of(target)?),
+        Some(_) => Some(fresh_database_of(
+            target,
+            &format!("bench_empty_{}", std::process::id()),
+        )?),
         None => None,
     };
     let (_, rss_empty) = measure_fresh(empty.path(), empty_target.as_ref().or(None))?;
@@ -844,14 +865,13 @@ fn measure_fresh(dir: &std::path::Path, target: Option<&PgTarget>) -> anyhow::Re
     Ok((numbers.next().unwrap_or(0), numbers.next().unwrap_or(0)))
 }
 
-/// Another (empty) database on `target`'s server.
-fn fresh_database_of(target: Option<&PgTarget>) -> anyhow::Result<PgTarget> {
+/// Another (empty) database, `name`, on `target`'s server.
+fn fresh_database_of(target: Option<&PgTarget>, name: &str) -> anyhow::Result<PgTarget> {
     let target = target.context("no PostgreSQL target")?;
     let (base, _) = target
         .url
         .rsplit_once('/')
         .context("a PostgreSQL URL ends in its database")?;
-    let name = format!("bench_empty_{}", std::process::id());
     let admin = format!("{base}/postgres");
     std::process::Command::new(target.pgbench.with_file_name("psql"))
         .args([admin.as_str(), "-qc", &format!("CREATE DATABASE {name}")])
