@@ -216,6 +216,26 @@ impl ProviderError {
         ProviderError::Transport(format!("{what}: {kind}{detail}"))
     }
 
+    /// Sends `request` and reads the whole answer: its status, headers and body. A
+    /// request that does not complete (or whose body does not arrive) is
+    /// [`ProviderError::transport`]; what the status means is the caller's.
+    pub async fn read_answer(
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<(u16, HeaderMap, bytes::Bytes), ProviderError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ProviderError::transport(what, &e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ProviderError::transport(what, &e))?;
+        Ok((status, headers, body))
+    }
+
     /// The provider's error code, or a short code for transport and decode failures.
     pub fn code(&self) -> &str {
         match self {

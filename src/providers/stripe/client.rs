@@ -201,16 +201,7 @@ impl StripeClient {
         if access.connect {
             request = request.header(ACCOUNT_HEADER, access.account);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| ProviderError::transport(what, &e))?;
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::transport(what, &e))?;
+        let (status, headers, body) = ProviderError::read_answer(what, request).await?;
         if !(200..300).contains(&status) {
             let err = errors::api_error(status, &headers, &body);
             debug!(

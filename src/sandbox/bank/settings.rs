@@ -139,22 +139,39 @@ pub struct BankFaultsUpdate {
 #[error("{0}")]
 pub struct InvalidSetting(pub String);
 
-fn check_rate(name: &str, rate: Option<f64>) -> Result<(), InvalidSetting> {
-    match rate {
-        Some(rate) if !(0.0..=1.0).contains(&rate) => Err(InvalidSetting(format!(
-            "{name} must be between 0 and 1, got {rate}"
-        ))),
-        _ => Ok(()),
+impl InvalidSetting {
+    /// Refuses a rate outside 0..=1 (NaN included); every simulated provider's fault
+    /// rates go through it.
+    pub(crate) fn check_rate(name: &str, rate: Option<f64>) -> Result<(), InvalidSetting> {
+        match rate {
+            Some(rate) if !(0.0..=1.0).contains(&rate) => Err(InvalidSetting(format!(
+                "{name} must be between 0 and 1, got {rate}"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a delay over `max` milliseconds.
+    pub(crate) fn check_delay(
+        name: &str,
+        delay: Option<u64>,
+        max: u64,
+    ) -> Result<(), InvalidSetting> {
+        match delay {
+            Some(delay) if delay > max => Err(InvalidSetting(format!(
+                "{name} must be at most {max}, got {delay}"
+            ))),
+            _ => Ok(()),
+        }
     }
 }
 
+fn check_rate(name: &str, rate: Option<f64>) -> Result<(), InvalidSetting> {
+    InvalidSetting::check_rate(name, rate)
+}
+
 fn check_delay(name: &str, delay: Option<u64>) -> Result<(), InvalidSetting> {
-    match delay {
-        Some(delay) if delay > MAX_DELAY_MS => Err(InvalidSetting(format!(
-            "{name} must be at most {MAX_DELAY_MS}, got {delay}"
-        ))),
-        _ => Ok(()),
-    }
+    InvalidSetting::check_delay(name, delay, MAX_DELAY_MS)
 }
 
 impl MarketUpdate {

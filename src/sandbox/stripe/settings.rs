@@ -117,21 +117,11 @@ pub struct StripeFaultsUpdate {
 }
 
 fn check_rate(name: &str, rate: Option<f64>) -> Result<(), InvalidSetting> {
-    match rate {
-        Some(rate) if !(0.0..=1.0).contains(&rate) => Err(InvalidSetting(format!(
-            "{name} must be between 0 and 1, got {rate}"
-        ))),
-        _ => Ok(()),
-    }
+    InvalidSetting::check_rate(name, rate)
 }
 
 fn check_delay(name: &str, delay_ms: Option<u64>) -> Result<(), InvalidSetting> {
-    match delay_ms {
-        Some(delay) if delay > MAX_DELAY_MS => Err(InvalidSetting(format!(
-            "{name} must be at most {MAX_DELAY_MS}, got {delay}"
-        ))),
-        _ => Ok(()),
-    }
+    InvalidSetting::check_delay(name, delay_ms, MAX_DELAY_MS)
 }
 
 impl StripeFaultsUpdate {
