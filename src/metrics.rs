@@ -46,6 +46,13 @@ pub struct WebhookLabels {
     pub reason: String,
 }
 
+/// Labels of the Stripe push counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PushLabels {
+    /// `pushed`, `conflict`, `failed` or `retried`.
+    pub outcome: String,
+}
+
 /// Labels of the per-provider sync families.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SyncLabels {
@@ -189,6 +196,7 @@ pub struct Metrics {
     operation_escalations: Counter,
     operation_completion: Histogram,
     stripe: Family<StripeLabels, Counter>,
+    stripe_push: Family<PushLabels, Counter>,
     scraped: Arc<ScrapedCounters>,
 }
 
@@ -331,6 +339,14 @@ impl Metrics {
              catch-ups from the Events API, and drift repairs and removals by type",
             stripe.clone(),
         );
+        let stripe_push = Family::<PushLabels, Counter>::default();
+        registry.register(
+            "acctor_stripe_push",
+            "Local changes pushed to Stripe, by outcome: pushed, conflict (held for a \
+             human), failed (refused by Stripe), retried (Stripe unreachable or rate \
+             limited past the call's tries; pushed again on the account's retry)",
+            stripe_push.clone(),
+        );
         let scraped = Arc::new(ScrapedCounters::default());
         registry.register_collector(Box::new(scraped.clone()));
         Metrics {
@@ -355,6 +371,7 @@ impl Metrics {
             operation_escalations,
             operation_completion,
             stripe,
+            stripe_push,
             scraped,
         }
     }
@@ -369,6 +386,15 @@ impl Metrics {
                 })
                 .inc_by(n);
         }
+    }
+
+    /// Counts a push outcome.
+    pub fn stripe_push(&self, outcome: &str) {
+        self.stripe_push
+            .get_or_create(&PushLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// Counts a drift check's repairs or removals of one type.

@@ -17,6 +17,7 @@ pub mod incidents;
 pub mod operations;
 pub mod outbox;
 pub mod stripe;
+pub mod stripe_push;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};

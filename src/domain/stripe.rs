@@ -258,6 +258,8 @@ pub struct ObjectWrite {
     pub stamp: Stamp,
     /// What to do in the same second as the stored stamp.
     pub on_tie: OnTie,
+    /// What the object's audit trail says about it, if it applies.
+    pub note: super::stripe_push::AuditNote,
 }
 
 /// A time window of `created` values, `[gte, lt)` in unix seconds.
@@ -332,6 +334,10 @@ pub struct StripeState {
     pub refetches: u64,
     /// Catch-ups from `/v1/events` run so far.
     pub catch_ups: u64,
+    /// Events recognised as the echo of one of acctor's own pushes, whose object the
+    /// push's answer had already stored (so they changed nothing and cost no re-fetch).
+    #[serde(default)]
+    pub echoes: u64,
     /// When the next drift check is due (set once every type is visible).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_drift_check: Option<DateTime<Utc>>,

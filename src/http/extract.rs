@@ -226,6 +226,76 @@ impl JsonFields {
         }
     }
 
+    /// An optional boolean field (absent: `None`).
+    pub fn opt_flag(&mut self, name: &str) -> Result<Option<bool>, ApiError> {
+        match self.object.remove(name) {
+            None => Ok(None),
+            Some(Value::Bool(value)) => Ok(Some(value)),
+            Some(_) => Err(invalid_body(name, "must be true or false")),
+        }
+    }
+
+    /// An optional non-negative integer field of at most `max` (absent: `None`).
+    pub fn opt_u64(&mut self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
+        match self.object.remove(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => match n.as_u64().filter(|v| (min..=max).contains(v)) {
+                Some(v) => Ok(Some(v)),
+                None => Err(invalid_body(
+                    name,
+                    format!("must be an integer from {min} to {max}"),
+                )),
+            },
+            Some(_) => Err(invalid_body(
+                name,
+                format!("must be an integer from {min} to {max}"),
+            )),
+        }
+    }
+
+    /// An optional object of string values (absent: `None`).
+    pub fn opt_string_map(
+        &mut self,
+        name: &str,
+    ) -> Result<Option<std::collections::BTreeMap<String, String>>, ApiError> {
+        match self.object.remove(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => map
+                .into_iter()
+                .map(|(key, value)| match value {
+                    Value::String(text) => Ok((key, text)),
+                    _ => Err(invalid_body(
+                        &format!("{name}.{}", shown(&key)),
+                        "must be a string",
+                    )),
+                })
+                .collect::<Result<_, _>>()
+                .map(Some),
+            Some(_) => Err(invalid_body(name, "must be an object of strings")),
+        }
+    }
+
+    /// An optional nested object, its own fields limited to `known` (absent: `None`).
+    pub fn opt_object(
+        &mut self,
+        name: &str,
+        known: &[&str],
+    ) -> Result<Option<JsonFields>, ApiError> {
+        match self.object.remove(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => {
+                if let Some(unknown) = map.keys().find(|k| !known.contains(&k.as_str())) {
+                    return Err(invalid_body(
+                        &format!("{name}.{}", shown(unknown)),
+                        format!("not a field of {name} (fields: {})", known.join(", ")),
+                    ));
+                }
+                Ok(Some(JsonFields { object: map }))
+            }
+            Some(_) => Err(invalid_body(name, "must be an object")),
+        }
+    }
+
     /// Whether the body has `name` (still to be taken).
     pub fn has(&self, name: &str) -> bool {
         self.object.contains_key(name)

@@ -53,6 +53,7 @@ pub mod paging;
 pub mod params;
 pub mod routes;
 pub mod stripe;
+pub mod stripe_push;
 pub mod webhooks;
 
 pub use error::ApiError;
@@ -92,6 +93,7 @@ pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(incidents::router())
         .merge(operations::router(settings))
         .merge(stripe::router(settings))
+        .merge(stripe_push::router())
         .merge(flags::router(settings))
         .merge(debug::router())
         .merge(metrics::router())

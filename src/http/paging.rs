@@ -156,6 +156,62 @@ impl PageToken for AfterObject {
     }
 }
 
+/// A position in an account's push queue: the last change id of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterPush(pub u64);
+
+impl PageToken for AfterPush {
+    const PATTERN: &'static str = "^push_[0-9]{1,19}$";
+    const DESCRIPTION: &'static str = "The previous page's `next`: the last change id it held";
+    const MAX_CHARS: usize = 24;
+
+    fn encode(&self) -> String {
+        format!("push_{}", self.0)
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        parse_push_id(text).map(AfterPush)
+    }
+}
+
+/// The number of a change id (`push_12`), when `text` is one.
+pub fn parse_push_id(text: &str) -> Option<u64> {
+    let digits = text.strip_prefix("push_")?;
+    if digits.is_empty() || digits.len() > 19 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// A position in an object's audit trail: the last entry's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterEntry(pub u64);
+
+impl PageToken for AfterEntry {
+    const PATTERN: &'static str = "^[0-9]{1,19}$";
+    const DESCRIPTION: &'static str = "The previous page's `next`: the last entry's number";
+    const MAX_CHARS: usize = 19;
+
+    fn encode(&self) -> String {
+        self.0.to_string()
+    }
+
+    fn decode(text: &str) -> Option<Self> {
+        let fits = (1..=19).contains(&text.len()) && text.bytes().all(|b| b.is_ascii_digit());
+        fits.then(|| text.parse().ok().map(AfterEntry)).flatten()
+    }
+}
+
+/// The schema of a push queue page token.
+pub fn after_push_schema() -> Object {
+    after_schema::<AfterPush>()
+}
+
+/// The schema of an audit trail page token.
+pub fn after_entry_schema() -> Object {
+    after_schema::<AfterEntry>()
+}
+
 /// The schema of a Stripe object page token.
 pub fn after_object_schema() -> Object {
     after_schema::<AfterObject>()

@@ -170,7 +170,7 @@ async fn receive_account(
     receive(state, Some(account), headers, body).await
 }
 
-fn type_schema() -> Object {
+pub(super) fn type_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .enum_values(Some(ObjectType::ALL.iter().map(|t| t.as_str())))
@@ -230,7 +230,7 @@ pub struct ObjectsQuery {
     pub limit: Option<String>,
 }
 
-fn object_type(name: &str) -> Result<ObjectType, ApiError> {
+pub(super) fn object_type(name: &str) -> Result<ObjectType, ApiError> {
     ObjectType::parse(name).ok_or_else(|| {
         ApiError::bad_request(
             "invalid_path",
@@ -417,6 +417,11 @@ pub struct StripeReportView {
     pub refetches: u64,
     /// Catch-ups from the Events API.
     pub catch_ups: u64,
+    /// Events recognised as the echo of acctor's own pushes (they changed nothing).
+    pub echoes: u64,
+    /// The push queue of local changes at a glance (`GET /v1/stripe/{key}/pushes`
+    /// lists them).
+    pub pushes: super::stripe_push::BacklogView,
     /// When the next drift check is due.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub next_drift_check: Option<DateTime<Utc>>,
@@ -443,11 +448,11 @@ pub struct StripeReportView {
     )
 )]
 async fn report(
-    State(state): State<AppState>,
+    State(app): State<AppState>,
     ApiPath(KeyPath { key }): ApiPath<KeyPath>,
     ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<Json<StripeReportView>, ApiError> {
-    let report = service::report(&state.ctx, &key).await?;
+    let report = service::report(&app.ctx, &key).await?;
     let types = report
         .counts
         .iter()
@@ -465,6 +470,7 @@ async fn report(
         })
         .collect();
     let state = report.state;
+    let state_now = app.ctx.clock.now();
     Ok(Json(StripeReportView {
         account_id: report.account.id,
         stripe_account: report.account.item_id,
@@ -478,6 +484,8 @@ async fn report(
         events_stale: state.events_stale,
         refetches: state.refetches,
         catch_ups: state.catch_ups,
+        echoes: state.echoes,
+        pushes: super::stripe_push::BacklogView::of(report.backlog, state_now),
         next_drift_check: state.next_drift_check,
         drift: state.drift,
     }))

@@ -37,6 +37,7 @@ pub mod operations;
 pub mod recovery;
 pub mod stripe;
 pub mod stripe_link;
+pub mod stripe_push;
 
 pub use error::ServiceError;
 
@@ -75,4 +76,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| ServiceError::Internal(format!("blocking task failed: {e}")))?
+}
+
+/// Checks a free-text field: something besides whitespace, at most `max` characters,
+/// no control characters (what `http::params::text_schema` documents).
+pub(crate) fn check_text(field: &str, value: &str, max: usize) -> Result<(), ServiceError> {
+    if value.trim().is_empty() {
+        return Err(ServiceError::invalid_field(format!(
+            "{field} must not be empty"
+        )));
+    }
+    if value.chars().count() > max || value.chars().any(char::is_control) {
+        return Err(ServiceError::invalid_field(format!(
+            "{field} must be at most {max} characters without control characters"
+        )));
+    }
+    Ok(())
 }

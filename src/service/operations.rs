@@ -97,17 +97,7 @@ async fn replayed(
 }
 
 fn check_text(field: &str, value: &str) -> Result<(), ServiceError> {
-    if value.trim().is_empty() {
-        return Err(ServiceError::invalid_field(format!(
-            "{field} must not be empty"
-        )));
-    }
-    if value.chars().count() > MAX_FIELD || value.chars().any(char::is_control) {
-        return Err(ServiceError::invalid_field(format!(
-            "{field} must be at most {MAX_FIELD} characters without control characters"
-        )));
-    }
-    Ok(())
+    super::check_text(field, value, MAX_FIELD)
 }
 
 /// Checks a market against `operations.markets`.

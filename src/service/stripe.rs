@@ -18,6 +18,8 @@ pub struct StripeReport {
     pub state: StripeState,
     /// Live objects per mirrored type.
     pub counts: Vec<(ObjectType, u64)>,
+    /// The push queue at a glance.
+    pub backlog: crate::domain::stripe_push::PushBacklog,
 }
 
 /// The Stripe account `key` names, with its settings.
@@ -116,7 +118,7 @@ pub async fn report(ctx: &Context, key: &str) -> Result<StripeReport, ServiceErr
     let (account, link) = stripe_account(ctx, key).await?;
     let id = account.id.clone();
     let types = link.types.clone();
-    let (state, counts) = ctx
+    let (state, counts, backlog) = ctx
         .store
         .run(move |store| {
             let state = store.stripe_state(&id)?.unwrap_or_default();
@@ -124,7 +126,7 @@ pub async fn report(ctx: &Context, key: &str) -> Result<StripeReport, ServiceErr
                 .iter()
                 .map(|t| Ok((*t, store.count_objects(&id, *t)?)))
                 .collect::<Result<Vec<_>, crate::store::StoreError>>()?;
-            Ok((state, counts))
+            Ok((state, counts, store.push_backlog(&id)?))
         })
         .await?;
     Ok(StripeReport {
@@ -132,5 +134,6 @@ pub async fn report(ctx: &Context, key: &str) -> Result<StripeReport, ServiceErr
         link,
         state,
         counts,
+        backlog,
     })
 }

@@ -13,8 +13,8 @@ use super::{
     AccountStore, CreateOutcome, DueEntry, DueIndex, DueKind, Durability, FlagStore, InboxStore,
     IncidentStore, IncomingOperationEvent, IncomingWebhook, IngestOutcome, LinkReceipt,
     ObjectCommit, ObjectPage, ObjectReceipt, ObjectStore, OperationCommit, OperationIngest,
-    OperationReceipt, OperationStore, OutboxMessage, OutboxStore, PollEntry, Resolved, RetryRecord,
-    RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
+    OperationReceipt, OperationStore, OutboxMessage, OutboxStore, PollEntry, PushStore, Resolved,
+    RetryRecord, RowStore, Store, StoreError, SyncCommit, TransactionPage, TransactionQuery,
 };
 use crate::domain::flags::{Flag, FlagChange, FlagKey};
 use crate::domain::incidents::{
@@ -24,6 +24,7 @@ use crate::domain::operations::{
     Operation, OperationEvent, OperationId, OperationQuery, OperationState,
 };
 use crate::domain::stripe::{ObjectQuery, ObjectType, Stamp, StoredObject, StripeState};
+use crate::domain::stripe_push::{AuditPage, NewPush, Push, PushBacklog, PushQuery, Resolution};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, Quarantine,
     SyncGaveUp, SyncOutcome, Transaction,
@@ -355,6 +356,46 @@ impl ObjectStore for FailingStore {
     fn commit_objects(&self, commit: &ObjectCommit) -> Result<ObjectReceipt, StoreError> {
         self.write()?;
         self.inner.commit_objects(commit)
+    }
+}
+
+impl PushStore for FailingStore {
+    fn enqueue_push(&self, push: &NewPush) -> Result<Push, StoreError> {
+        self.write()?;
+        self.inner.enqueue_push(push)
+    }
+    fn get_push(&self, id: &AccountId, seq: u64) -> Result<Option<Push>, StoreError> {
+        self.inner.get_push(id, seq)
+    }
+    fn list_pushes(&self, query: &PushQuery) -> Result<(Vec<Push>, Option<u64>), StoreError> {
+        self.inner.list_pushes(query)
+    }
+    fn open_pushes(&self, id: &AccountId) -> Result<Vec<Push>, StoreError> {
+        self.inner.open_pushes(id)
+    }
+    fn push_backlog(&self, id: &AccountId) -> Result<PushBacklog, StoreError> {
+        self.inner.push_backlog(id)
+    }
+    fn resolve_push(
+        &self,
+        id: &AccountId,
+        seq: u64,
+        resolution: Resolution,
+        at: DateTime<Utc>,
+    ) -> Result<Push, StoreError> {
+        self.write()?;
+        self.inner.resolve_push(id, seq, resolution, at)
+    }
+    fn audit_trail(
+        &self,
+        id: &AccountId,
+        object_type: ObjectType,
+        object_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError> {
+        self.inner
+            .audit_trail(id, object_type, object_id, after, limit)
     }
 }
 

@@ -57,6 +57,9 @@ use crate::domain::operations::{
 use crate::domain::stripe::{
     ObjectQuery, ObjectType, ObjectWrite, Stamp, StoredObject, StripeState,
 };
+use crate::domain::stripe_push::{
+    AuditNote, AuditPage, NewPush, Push, PushBacklog, PushQuery, QueueRefusal, Resolution,
+};
 use crate::domain::{
     AccessToken, Account, AccountId, InboxEntry, NeedsReauth, PendingDeadline, ProviderKind,
     Quarantine, SyncGaveUp, SyncOutcome, Transaction,
@@ -853,6 +856,13 @@ pub struct ObjectCommit {
     pub consumed: Vec<u64>,
     /// Set on the commit that ends a sync.
     pub finish: Option<SyncFinish>,
+    /// Changes of the account's push queue whose fate this step decided, stored as
+    /// given; each must still be `pending` in the store (a human resolves only held
+    /// changes, so nothing else changes a pending one), else it is left as it is.
+    pub pushes: Vec<Push>,
+    /// Audit entries that are not object writes (a change queued, held, refused), by
+    /// object.
+    pub audit: Vec<(ObjectType, String, AuditNote)>,
 }
 
 /// What a commit applied.
@@ -904,6 +914,72 @@ pub trait ObjectStore {
     fn commit_objects(&self, commit: &ObjectCommit) -> Result<ObjectReceipt, StoreError>;
 }
 
+/// The push queue of Stripe accounts (local changes to their catalogue) and the audit
+/// trail of their objects. The actor decides a pending change's fate in
+/// [`ObjectStore::commit_objects`], with the object write it makes; the use-cases
+/// queue changes and resolve the held ones here.
+pub trait PushStore {
+    /// Queues a change as the account's next (checking, when the change says which
+    /// version it expects, that the mirror is still at it: `StaleBase` otherwise), with
+    /// the object's "queued" audit entry. Its base is the mirror's current object, or
+    /// the change before it when an earlier change of the same object is still open.
+    fn enqueue_push(&self, push: &NewPush) -> Result<Push, StoreError>;
+
+    /// One change.
+    fn get_push(&self, id: &AccountId, seq: u64) -> Result<Option<Push>, StoreError>;
+
+    /// A page of the account's changes, by number.
+    fn list_pushes(&self, query: &PushQuery) -> Result<(Vec<Push>, Option<u64>), StoreError>;
+
+    /// The account's open changes (pending or held), by number: the actor's queue.
+    fn open_pushes(&self, id: &AccountId) -> Result<Vec<Push>, StoreError>;
+
+    /// The account's queue at a glance.
+    fn push_backlog(&self, id: &AccountId) -> Result<PushBacklog, StoreError>;
+
+    /// A human's answer to a held change (`conflict` or `failed`; `NotHeld` otherwise):
+    /// a retry makes it pending again, based on Stripe's version for a conflict, with
+    /// a new generation (so a new idempotency key); a discard drops it. Recorded in the
+    /// object's audit trail.
+    fn resolve_push(
+        &self,
+        id: &AccountId,
+        seq: u64,
+        resolution: Resolution,
+        at: DateTime<Utc>,
+    ) -> Result<Push, StoreError>;
+
+    /// A page of one object's audit trail, oldest first.
+    fn audit_trail(
+        &self,
+        id: &AccountId,
+        object_type: ObjectType,
+        object_id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<AuditPage, StoreError>;
+}
+
+/// The store's error for a change the queue refuses.
+pub(crate) fn queue_refusal(new: &NewPush, refusal: QueueRefusal) -> StoreError {
+    let object = format!(
+        "{} {}",
+        new.object_type,
+        new.object_id.as_deref().unwrap_or("")
+    );
+    match refusal {
+        QueueRefusal::UnknownObject => {
+            StoreError::InvalidState(format!("{object} is not in the local copy"))
+        }
+        QueueRefusal::StaleBase { expected, current } => StoreError::VersionConflict {
+            record: "stripe object",
+            id: object,
+            read: expected,
+            stored: current,
+        },
+    }
+}
+
 /// The storage contract: every record family's trait at once. Methods are synchronous
 /// and short (sled works in memory and writes back in the background); `durable()` is
 /// the one wait, and it is shared by every writer through group commit.
@@ -921,6 +997,7 @@ pub trait Store:
     + FlagStore
     + OperationStore
     + ObjectStore
+    + PushStore
     + Durability
     + Send
     + Sync
@@ -938,6 +1015,7 @@ impl<T> Store for T where
         + FlagStore
         + OperationStore
         + ObjectStore
+        + PushStore
         + Durability
         + Send
         + Sync

@@ -39,6 +39,7 @@ use crate::domain::stripe::{
     Guard, ObjectType, ObjectWrite, OnTie, Stamp, StripeCredentials, StripeLink, StripeState,
     TypeBackfill,
 };
+use crate::domain::stripe_push::AuditNote;
 use crate::domain::{Account, InboxEntry, SyncOutcome};
 use crate::providers::stripe::client::ListRequest;
 use crate::providers::stripe::wire::Event;
@@ -186,6 +187,8 @@ pub async fn run_sync(
         tally.add(receipt);
     }
 
+    push::push_pending(env, &target, &state).await?;
+
     for object_type in target.link.types.clone() {
         backfill_type(env, &target, object_type, &mut state, &mut tally).await?;
     }
@@ -293,14 +296,27 @@ async fn commit(
     consumed: Vec<u64>,
     finish: Option<SyncFinish>,
 ) -> Result<ObjectReceipt, SyncError> {
+    commit_step(
+        env,
+        ObjectCommit {
+            account_id: target.account.id.clone(),
+            writes,
+            state: state.clone(),
+            consumed,
+            finish,
+            pushes: Vec::new(),
+            audit: Vec::new(),
+        },
+    )
+    .await
+}
+
+/// Commits one step off the async workers.
+async fn commit_step(
+    env: &StripeEnv<'_>,
+    commit: ObjectCommit,
+) -> Result<ObjectReceipt, SyncError> {
     let store = env.store.clone();
-    let commit = ObjectCommit {
-        account_id: target.account.id.clone(),
-        writes,
-        state: state.clone(),
-        consumed,
-        finish,
-    };
     let receipt = tokio::task::spawn_blocking(move || store.commit_objects(&commit))
         .await
         .map_err(|e| StoreError::Io(format!("commit task failed: {e}")))??;
@@ -367,7 +383,22 @@ fn event_write(object_type: ObjectType, event: &Event, on_tie: OnTie) -> ObjectW
         body: (!event.deletes()).then(|| event.data.object.clone()),
         stamp: Stamp::event(event.id.clone(), event.created),
         on_tie,
+        note: event_note(event),
     }
+}
+
+/// What an event says in the audit trail: its type, and its id (with the change of
+/// acctor's it echoes, when one of acctor's pushes caused it).
+fn event_note(event: &Event) -> AuditNote {
+    let source = match event
+        .request
+        .as_ref()
+        .and_then(|r| r.idempotency_key.as_deref())
+    {
+        Some(key) if key.starts_with("acctor-") => format!("event {} (echo of {key})", event.id),
+        _ => format!("event {}", event.id),
+    };
+    AuditNote::inbound(event.kind.clone(), source)
 }
 
 /// The writes `events` make, newest per object, with the guard's verdicts taken and
@@ -428,6 +459,11 @@ async fn apply_events(
             Guard::Newer if !(careful && in_batch_tie) => {
                 writes.push(event_write(object_type, newest, OnTie::Skip));
             }
+            // The echo of acctor's own push, whose answer is what is stored.
+            Guard::Tie if is_stored_echo(env, target, object_type, &id, newest).await? => {
+                state.events_applied -= 1;
+                state.echoes += 1;
+            }
             Guard::Tie if !careful => {
                 writes.push(event_write(object_type, newest, OnTie::Apply));
             }
@@ -451,15 +487,50 @@ async fn apply_events(
         // What Stripe says now is at least as new as anything stored: stamped no older,
         // and applied on a tie.
         let at = fetched_at(env, &fetched).max(not_before);
+        let what = if fetched.value.is_some() {
+            "retrieved"
+        } else {
+            "removed (not at Stripe)"
+        };
         writes.push(ObjectWrite {
             object_type,
             id,
             body: fetched.value,
             stamp: Stamp { at, event_id: None },
             on_tie: OnTie::Apply,
+            note: AuditNote::inbound(what, "re-fetch after a same-second tie"),
         });
     }
     Ok(writes)
+}
+
+/// Whether `event` was caused by one of acctor's own pushes to this account and carries
+/// exactly the object stored (the push's answer): applying it would change nothing,
+/// and re-fetching for the tie would cost a request to learn the same.
+async fn is_stored_echo(
+    env: &StripeEnv<'_>,
+    target: &Target<'_>,
+    object_type: ObjectType,
+    id: &str,
+    event: &Event,
+) -> Result<bool, SyncError> {
+    let own = event
+        .request
+        .as_ref()
+        .and_then(|r| r.idempotency_key.as_deref())
+        .and_then(|key| crate::domain::stripe_push::own_push(&target.account.id, key))
+        .is_some();
+    if !own || event.deletes() {
+        return Ok(false);
+    }
+    let store = env.store.clone();
+    let account = target.account.id.clone();
+    let object_id = id.to_owned();
+    let stored =
+        tokio::task::spawn_blocking(move || store.get_object(&account, object_type, &object_id))
+            .await
+            .map_err(|e| StoreError::Io(format!("store task failed: {e}")))??;
+    Ok(stored.and_then(|o| o.body).as_ref() == Some(&event.data.object))
 }
 
 /// The event that decides an object's state among `events` (sorted by created, id):
@@ -575,6 +646,7 @@ async fn backfill_type(
                     body: Some(object),
                     stamp: Stamp { at, event_id: None },
                     on_tie: OnTie::Skip,
+                    note: AuditNote::inbound("listed", "backfill"),
                 })
             })
             .collect();
@@ -662,6 +734,9 @@ async fn catch_up(
 
 #[path = "stripe_drift.rs"]
 mod drift;
+
+#[path = "stripe_push.rs"]
+mod push;
 
 #[cfg(test)]
 #[path = "stripe_tests.rs"]

@@ -10,6 +10,7 @@
 //! than the listing (an event applied after Stripe answered) is left alone, and every
 //! write still goes through the store's guard.
 
+use crate::domain::stripe_push::AuditNote;
 use std::collections::HashSet;
 
 use super::{call, commit, fetched_at, next_page, StripeEnv, Target};
@@ -142,6 +143,7 @@ async fn check_type(
                     body: Some(object),
                     stamp: Stamp { at, event_id: None },
                     on_tie: OnTie::Apply,
+                    note: AuditNote::inbound("repaired", "drift check"),
                 });
             }
             seen.insert(id);
@@ -170,12 +172,14 @@ async fn check_type(
         };
         if differs {
             report.record(object_type, &id, removed);
+            let what = if removed { "removed" } else { "repaired" };
             writes.push(ObjectWrite {
                 object_type,
                 id,
                 body: fetched.value,
                 stamp: Stamp { at, event_id: None },
                 on_tie: OnTie::Apply,
+                note: AuditNote::inbound(what, "drift check"),
             });
         }
     }

@@ -188,6 +188,29 @@ impl StripeApi for FakeStripe {
             limit,
         )))
     }
+
+    async fn write(
+        &self,
+        _access: StripeAccess<'_>,
+        _object_type: ObjectType,
+        _id: Option<&str>,
+        _params: &serde_json::Map<String, Value>,
+        _idempotency_key: &str,
+    ) -> Result<Fetched<Value>, ProviderError> {
+        Err(no_writes())
+    }
+}
+
+fn no_writes() -> ProviderError {
+    ProviderError::Api {
+        status: 400,
+        error_type: "invalid_request_error".into(),
+        code: "not_scripted".into(),
+        message: "the scripted stripe takes no writes (pushes are tested against the sandbox)"
+            .into(),
+        request_id: None,
+        class: crate::providers::ErrorClass::Permanent,
+    }
 }
 
 fn event(id: &str, kind: &str, created: i64, object: Value) -> Event {

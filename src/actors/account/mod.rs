@@ -67,6 +67,8 @@ pub enum SyncReason {
     Retry,
     /// The sweeper's polling fallback: no successful sync for `sweeper.poll_interval`.
     Poll,
+    /// A local change was queued for the provider (a Stripe push).
+    Push,
 }
 
 impl SyncReason {
@@ -79,6 +81,7 @@ impl SyncReason {
             SyncReason::Manual => "manual",
             SyncReason::Retry => "retry",
             SyncReason::Poll => "poll",
+            SyncReason::Push => "push",
         }
     }
 }

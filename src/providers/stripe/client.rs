@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tracing::debug;
 
 use super::errors;
@@ -93,6 +93,46 @@ pub trait StripeApi: Send + Sync + 'static {
         starting_after: Option<&str>,
         limit: u32,
     ) -> Result<Fetched<List<Event>>, ProviderError>;
+
+    /// Creates (`id` `None`: `POST /v1/{type}`) or updates (`POST /v1/{type}/{id}`) an
+    /// object with `params`, form-encoded as Stripe takes them, under
+    /// `idempotency_key`: the object as Stripe has it after the write.
+    async fn write(
+        &self,
+        access: StripeAccess<'_>,
+        object_type: ObjectType,
+        id: Option<&str>,
+        params: &Map<String, Value>,
+        idempotency_key: &str,
+    ) -> Result<Fetched<Value>, ProviderError>;
+}
+
+/// `params` as Stripe's form encoding: nested objects as `parent[key]`, lists as
+/// `parent[0]`, booleans as `true`/`false`, `null` as the empty string (which unsets a
+/// field at Stripe).
+pub fn form_encode(params: &Map<String, Value>) -> Vec<(String, String)> {
+    fn walk(name: String, value: &Value, out: &mut Vec<(String, String)>) {
+        match value {
+            Value::Object(map) => {
+                for (key, value) in map {
+                    walk(format!("{name}[{key}]"), value, out);
+                }
+            }
+            Value::Array(items) => {
+                for (index, value) in items.iter().enumerate() {
+                    walk(format!("{name}[{index}]"), value, out);
+                }
+            }
+            Value::Null => out.push((name, String::new())),
+            Value::String(text) => out.push((name, text.clone())),
+            other => out.push((name, other.to_string())),
+        }
+    }
+    let mut out = Vec::new();
+    for (key, value) in params {
+        walk(key.clone(), value, &mut out);
+    }
+    out
 }
 
 /// A shared Stripe API.
@@ -185,6 +225,17 @@ impl StripeClient {
         segments: &[&str],
         query: &[(&str, String)],
     ) -> Result<Fetched<Resp>, ProviderError> {
+        let request = self.http.get(self.url(segments)).query(query);
+        self.send(what, access, request).await
+    }
+
+    /// Sends `request` for `access`, after waiting for its budget.
+    async fn send<Resp: DeserializeOwned>(
+        &self,
+        what: &'static str,
+        access: StripeAccess<'_>,
+        request: reqwest::RequestBuilder,
+    ) -> Result<Fetched<Resp>, ProviderError> {
         let budget = if access.livemode {
             &self.live_budget
         } else {
@@ -193,11 +244,7 @@ impl StripeClient {
         if let Some(budget) = budget {
             budget.acquire(access.account).await;
         }
-        let mut request = self
-            .http
-            .get(self.url(segments))
-            .bearer_auth(access.api_key)
-            .query(query);
+        let mut request = request.bearer_auth(access.api_key);
         if access.connect {
             request = request.header(ACCOUNT_HEADER, access.account);
         }
@@ -296,5 +343,25 @@ impl StripeApi for StripeClient {
             query.push(("starting_after", after.to_owned()));
         }
         self.get("events", access, &["events"], &query).await
+    }
+
+    async fn write(
+        &self,
+        access: StripeAccess<'_>,
+        object_type: ObjectType,
+        id: Option<&str>,
+        params: &Map<String, Value>,
+        idempotency_key: &str,
+    ) -> Result<Fetched<Value>, ProviderError> {
+        let url = match id {
+            Some(id) => self.url(&[object_type.as_str(), id]),
+            None => self.url(&[object_type.as_str()]),
+        };
+        let request = self
+            .http
+            .post(url)
+            .header(super::IDEMPOTENCY_HEADER, idempotency_key)
+            .form(&form_encode(params));
+        self.send("write", access, request).await
     }
 }

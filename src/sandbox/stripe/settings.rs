@@ -55,6 +55,11 @@ pub struct StripeFaults {
     /// Stripe's do (the default); off: `{id, object, deleted: true}`, the API's answer
     /// to a DELETE. See the module docs of `stripe`.
     pub deleted_events_full_object: bool,
+    /// Probability (0..=1) that a write with an `Idempotency-Key` is applied (and its
+    /// answer saved for the key) but answered 500, as when the connection breaks after
+    /// Stripe did the work: only a retry under the same key learns what happened.
+    #[serde(default)]
+    pub write_answer_lost_rate: f64,
 }
 
 impl Default for StripeFaults {
@@ -72,6 +77,7 @@ impl Default for StripeFaults {
             webhook_shuffle: false,
             webhook_attempts: DEFAULT_WEBHOOK_ATTEMPTS,
             deleted_events_full_object: true,
+            write_answer_lost_rate: 0.0,
         }
     }
 }
@@ -114,6 +120,9 @@ pub struct StripeFaultsUpdate {
     /// See [`StripeFaults::deleted_events_full_object`].
     #[serde(default)]
     pub deleted_events_full_object: Option<bool>,
+    /// See [`StripeFaults::write_answer_lost_rate`].
+    #[serde(default)]
+    pub write_answer_lost_rate: Option<f64>,
 }
 
 fn check_rate(name: &str, rate: Option<f64>) -> Result<(), InvalidSetting> {
@@ -132,6 +141,7 @@ impl StripeFaultsUpdate {
         check_rate("rate_limit_rate", self.rate_limit_rate)?;
         check_rate("webhook_drop_rate", self.webhook_drop_rate)?;
         check_rate("webhook_duplicate_rate", self.webhook_duplicate_rate)?;
+        check_rate("write_answer_lost_rate", self.write_answer_lost_rate)?;
         check_delay("latency_ms", self.latency_ms)?;
         check_delay("webhook_delay_ms", self.webhook_delay_ms)?;
         check_delay(
@@ -169,6 +179,7 @@ impl StripeFaultsUpdate {
             webhook_shuffle,
             webhook_attempts,
             deleted_events_full_object,
+            write_answer_lost_rate,
         } = self;
         fn set<T>(target: &mut T, value: Option<T>) {
             if let Some(value) = value {
@@ -192,6 +203,10 @@ impl StripeFaultsUpdate {
         );
         set(&mut faults.webhook_delay_ms, delay(webhook_delay_ms));
         set(&mut faults.webhook_shuffle, webhook_shuffle);
+        set(
+            &mut faults.write_answer_lost_rate,
+            rate(write_answer_lost_rate),
+        );
         set(
             &mut faults.webhook_attempts,
             webhook_attempts.map(|n| n.clamp(1, MAX_WEBHOOK_ATTEMPTS)),

@@ -23,6 +23,9 @@ pub struct StripeStats {
     pub rate_limited: u64,
     /// 500s answered by the `error_rate` fault.
     pub errors_injected: u64,
+    /// Writes applied but answered 500 by the `write_answer_lost_rate` fault.
+    #[serde(default)]
+    pub answers_lost: u64,
     /// Objects actually created per `Idempotency-Key` (a replay creates nothing): more
     /// than one for a key means exactly-once broke.
     pub creates_by_idempotency_key: BTreeMap<String, u64>,

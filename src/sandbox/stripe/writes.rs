@@ -98,7 +98,7 @@ async fn write(
     let key = idempotency_key(headers)?;
     let fingerprint = Value::Object(params.clone()).to_string();
     let now = sandbox.now();
-    let (answer, deliveries) = {
+    let (answer, deliveries, lost) = {
         let mut state = sandbox.lock();
         if let Some(key) = &key {
             let saved = state
@@ -124,7 +124,12 @@ async fn write(
         };
         let applied = apply(&mut state, &account, params, request, now)?;
         let answer = applied.changed.object.to_string();
+        let mut lost = false;
         if let (Some(key), Some(acct)) = (&key, state.account_mut(&account)) {
+            lost = super::state::draw(acct.faults.write_answer_lost_rate, &mut acct.fault_rng);
+            if lost {
+                acct.stats.answers_lost += 1;
+            }
             acct.idempotency.insert(
                 key.clone(),
                 SavedAnswer {
@@ -142,9 +147,12 @@ async fn write(
                     .or_default() += 1;
             }
         }
-        (answer, applied.changed.deliveries)
+        (answer, applied.changed.deliveries, lost)
     };
     sandbox.enqueue(deliveries);
+    if lost {
+        return Err(ApiError::internal());
+    }
     Ok(json(StatusCode::OK, answer))
 }
 

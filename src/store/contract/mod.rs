@@ -29,6 +29,7 @@ mod objects;
 mod operations;
 mod outbox;
 mod polls;
+mod pushes;
 mod rows;
 
 pub(crate) use builders::*;

@@ -11,6 +11,7 @@ use super::{account, contract_tests, t0, webhook, Fixture};
 use crate::domain::stripe::{
     ObjectQuery, ObjectType, ObjectWrite, OnTie, Stamp, StripeState, TypeBackfill,
 };
+use crate::domain::stripe_push::AuditNote;
 use crate::domain::{AccountId, SyncOutcome};
 use crate::store::{IngestOutcome, ObjectCommit, ObjectReceipt, Store, SyncFinish};
 
@@ -36,6 +37,7 @@ fn write(id: &str, name: &str, stamp: Stamp, on_tie: OnTie) -> ObjectWrite {
         body: Some(json!({"id": id, "object": "product", "name": name})),
         stamp,
         on_tie,
+        note: AuditNote::inbound("product.updated", "test"),
     }
 }
 
@@ -46,6 +48,8 @@ fn commit(id: &AccountId, writes: Vec<ObjectWrite>) -> ObjectCommit {
         state: StripeState::default(),
         consumed: Vec::new(),
         finish: None,
+        pushes: Vec::new(),
+        audit: Vec::new(),
     }
 }
 
@@ -284,6 +288,8 @@ fn a_commit_writes_state_consumes_inbox_and_ends_the_sync_together(f: &mut Fixtu
             state: state.clone(),
             consumed: vec![seq],
             finish: Some(finish),
+            pushes: Vec::new(),
+            audit: Vec::new(),
         })
         .expect("commit");
     assert_eq!(store.stripe_state(&id).expect("state"), Some(state));

@@ -33,6 +33,7 @@ mod incidents;
 mod objects;
 mod operations;
 mod outbox;
+mod pushes;
 mod rows;
 mod sealing;
 

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::pushes::{insert_audit, put_decided, AuditRow};
 use super::{corrupt, db_error, transaction, PgStore, Tx, TxError, TxResult};
 use crate::domain::stripe::{Guard, ObjectQuery, ObjectType, Stamp, StoredObject, StripeState};
 use crate::domain::AccountId;
@@ -80,11 +81,12 @@ async fn stamps_for_update(
 }
 
 /// The writes of a commit that the guard lets through, one per object (the last),
-/// with the version each gets; and how many were skipped.
-async fn guarded(
+/// with the version each gets; how many were skipped; and the audit entry of each
+/// applied write, in order.
+async fn guarded<'c>(
     tx: &mut Tx,
-    commit: &ObjectCommit,
-) -> TxResult<(Vec<StoredObject>, ObjectReceipt)> {
+    commit: &'c ObjectCommit,
+) -> TxResult<(Vec<StoredObject>, ObjectReceipt, Vec<AuditRow<'c>>)> {
     let mut by_type: HashMap<ObjectType, Vec<&str>> = HashMap::new();
     for write in &commit.writes {
         by_type
@@ -101,6 +103,7 @@ async fn guarded(
     let now = Utc::now();
     let mut receipt = ObjectReceipt::default();
     let mut out: HashMap<(ObjectType, String), StoredObject> = HashMap::new();
+    let mut audit = Vec::new();
     for write in &commit.writes {
         let key = (write.object_type, write.id.clone());
         let stored = current.get(&key);
@@ -122,8 +125,14 @@ async fn guarded(
             },
         );
         receipt.applied += 1;
+        audit.push(AuditRow {
+            object_type: write.object_type,
+            object_id: &write.id,
+            note: &write.note,
+            version: Some(version),
+        });
     }
-    Ok((out.into_values().collect(), receipt))
+    Ok((out.into_values().collect(), receipt, audit))
 }
 
 async fn upsert_objects(
@@ -168,6 +177,28 @@ async fn upsert_objects(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+impl PgStore {
+    /// One stored object, read inside a transaction.
+    pub(super) async fn object_in(
+        &self,
+        tx: &mut Tx,
+        account: &AccountId,
+        object_type: ObjectType,
+        object_id: &str,
+    ) -> TxResult<Option<StoredObject>> {
+        let row: Option<ObjectRow> = sqlx::query_as(
+            "SELECT object_type, object_id, body, stamp_at, stamp_event, version, updated_at \
+             FROM stripe_objects WHERE account_id = $1 AND object_type = $2 AND object_id = $3",
+        )
+        .bind(account.as_str())
+        .bind(object_type.as_str())
+        .bind(object_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        Ok(row.map(object_of).transpose()?)
+    }
 }
 
 impl ObjectStore for PgStore {
@@ -301,8 +332,18 @@ impl ObjectStore for PgStore {
                     let Some(mut account) = self.account_for_update(tx, id).await? else {
                         return Err(TxError::Fail(StoreError::AccountNotFound(id.clone())));
                     };
-                    let (objects, receipt) = guarded(tx, commit).await?;
+                    let (objects, receipt, mut audit) = guarded(tx, commit).await?;
                     upsert_objects(tx, id, &objects).await?;
+                    audit.extend(commit.audit.iter().map(|(object_type, object_id, note)| {
+                        AuditRow {
+                            object_type: *object_type,
+                            object_id,
+                            note,
+                            version: None,
+                        }
+                    }));
+                    insert_audit(tx, id, Utc::now(), &audit).await?;
+                    put_decided(tx, &commit.pushes).await?;
                     sqlx::query(
                         "INSERT INTO stripe_state (account_id, state) VALUES ($1, $2) \
                          ON CONFLICT (account_id) DO UPDATE SET state = EXCLUDED.state",

@@ -36,6 +36,7 @@ mod migrate;
 mod objects;
 mod operations;
 mod outbox;
+mod pushes;
 mod rows;
 mod sealed;
 #[cfg(test)]

@@ -17,6 +17,7 @@ use super::keys::{self};
 use super::rows::settle_due;
 use super::{from_tx, io, saturating_sub, tx, SledStore};
 use crate::domain::stripe::{Guard, ObjectQuery, ObjectType, Stamp, StoredObject, StripeState};
+use crate::domain::stripe_push::{AuditEntry, Push, PushStatus};
 use crate::domain::AccountId;
 use crate::store::{ObjectCommit, ObjectPage, ObjectReceipt, ObjectStore, StoreError};
 
@@ -24,11 +25,23 @@ use crate::store::{ObjectCommit, ObjectPage, ObjectReceipt, ObjectStore, StoreEr
 pub(super) const STRIPE_OBJECTS: &str = "stripe_objects";
 /// Tree of sync states by account.
 pub(super) const STRIPE_STATE: &str = "stripe_state";
+/// Tree of push queue changes by (account, number).
+pub(super) const STRIPE_PUSHES: &str = "stripe_pushes";
+/// Tree of each account's last change number.
+pub(super) const STRIPE_PUSH_SEQ: &str = "stripe_push_seq";
+/// Tree of audit entries by (account, type, id, 0xFF, number).
+pub(super) const STRIPE_AUDIT: &str = "stripe_audit";
 
 /// The trees of the object family, opened with the store.
 pub(super) struct ObjectTrees {
     objects: Tree,
     state: Tree,
+    pub(super) pushes: Tree,
+    pub(super) push_seq: Tree,
+    pub(super) audit: Tree,
+    /// Queueing reads the account's open changes before its transaction (to queue a
+    /// change behind an open one of the same object): one queueing at a time.
+    pub(super) enqueue: std::sync::Mutex<()>,
 }
 
 impl ObjectTrees {
@@ -37,6 +50,10 @@ impl ObjectTrees {
         Ok(ObjectTrees {
             objects: db.open_tree(STRIPE_OBJECTS).map_err(io)?,
             state: db.open_tree(STRIPE_STATE).map_err(io)?,
+            pushes: db.open_tree(STRIPE_PUSHES).map_err(io)?,
+            push_seq: db.open_tree(STRIPE_PUSH_SEQ).map_err(io)?,
+            audit: db.open_tree(STRIPE_AUDIT).map_err(io)?,
+            enqueue: std::sync::Mutex::new(()),
         })
     }
 }
@@ -53,14 +70,40 @@ fn type_prefix(account: &AccountId, object_type: ObjectType) -> Vec<u8> {
     key
 }
 
-fn object_key(account: &AccountId, object_type: ObjectType, id: &str) -> Vec<u8> {
+pub(super) fn object_key(account: &AccountId, object_type: ObjectType, id: &str) -> Vec<u8> {
     let mut key = type_prefix(account, object_type);
     key.extend_from_slice(id.as_bytes());
     key
 }
 
+/// The key of change `seq` of `account`.
+pub(super) fn push_key(account: &AccountId, seq: u64) -> Vec<u8> {
+    let mut key = keys::account_prefix(account);
+    key.extend_from_slice(&seq.to_be_bytes());
+    key
+}
+
+/// The prefix of one object's audit trail: its object key, then 0xFF (never in an id).
+pub(super) fn audit_prefix(account: &AccountId, object_type: ObjectType, id: &str) -> Vec<u8> {
+    let mut key = object_key(account, object_type, id);
+    key.push(0xFF);
+    key
+}
+
+/// Writes an audit entry inside a transaction.
+pub(super) fn audit_insert(
+    audit: &sled::transaction::TransactionalTree,
+    account: &AccountId,
+    entry: &AuditEntry,
+) -> Result<(), sled::transaction::ConflictableTransactionError<StoreError>> {
+    let mut key = audit_prefix(account, entry.object_type, &entry.object_id);
+    key.extend_from_slice(&entry.seq.to_be_bytes());
+    audit.insert(key, tx(keys::encode(STRIPE_AUDIT, entry))?)?;
+    Ok(())
+}
+
 impl SledStore {
-    fn read_object(&self, key: &[u8]) -> Result<Option<StoredObject>, StoreError> {
+    pub(super) fn read_object(&self, key: &[u8]) -> Result<Option<StoredObject>, StoreError> {
         match self.objects.objects.get(key).map_err(io)? {
             Some(bytes) => Ok(Some(keys::decode(STRIPE_OBJECTS, &bytes)?)),
             None => Ok(None),
@@ -75,6 +118,15 @@ impl SledStore {
         }
         self.objects
             .state
+            .remove(keys::account_key(id))
+            .map_err(io)?;
+        for tree in [&self.objects.pushes, &self.objects.audit] {
+            for key in Self::scan_keys(tree, &prefix)? {
+                tree.remove(key).map_err(io)?;
+            }
+        }
+        self.objects
+            .push_seq
             .remove(keys::account_key(id))
             .map_err(io)?;
         Ok(())
@@ -181,6 +233,11 @@ impl ObjectStore for SledStore {
             .map(|seq| keys::inbox_key(account_id, *seq))
             .collect();
         let now = chrono::Utc::now();
+        let push_keys: Vec<Vec<u8>> = commit
+            .pushes
+            .iter()
+            .map(|p| push_key(account_id, p.seq))
+            .collect();
 
         let (receipt, inbox_removed) = (
             &self.accounts,
@@ -189,54 +246,92 @@ impl ObjectStore for SledStore {
             &self.inbox,
             &self.due,
             &self.due_subjects,
+            &self.objects.pushes,
+            &self.objects.audit,
         )
-            .transaction(|(accounts, objects, state, inbox, entries, subjects)| {
-                let Some(bytes) = accounts.get(&account_key)? else {
-                    return Err(sled::transaction::ConflictableTransactionError::Abort(
-                        StoreError::AccountNotFound(account_id.clone()),
-                    ));
-                };
-                let mut receipt = ObjectReceipt::default();
-                for (write, key) in commit.writes.iter().zip(&write_keys) {
-                    let stored: Option<StoredObject> = match objects.get(key)? {
-                        Some(bytes) => Some(tx(keys::decode(STRIPE_OBJECTS, &bytes))?),
-                        None => None,
+            .transaction(
+                |(accounts, objects, state, inbox, entries, subjects, pushes, audit)| {
+                    let Some(bytes) = accounts.get(&account_key)? else {
+                        return Err(sled::transaction::ConflictableTransactionError::Abort(
+                            StoreError::AccountNotFound(account_id.clone()),
+                        ));
                     };
-                    let verdict = Guard::check(&write.stamp, stored.as_ref().map(|o| &o.stamp));
-                    if !verdict.applies(write.on_tie) {
-                        receipt.skipped += 1;
-                        continue;
+                    let mut receipt = ObjectReceipt::default();
+                    for (write, key) in commit.writes.iter().zip(&write_keys) {
+                        let stored: Option<StoredObject> = match objects.get(key)? {
+                            Some(bytes) => Some(tx(keys::decode(STRIPE_OBJECTS, &bytes))?),
+                            None => None,
+                        };
+                        let verdict = Guard::check(&write.stamp, stored.as_ref().map(|o| &o.stamp));
+                        if !verdict.applies(write.on_tie) {
+                            receipt.skipped += 1;
+                            continue;
+                        }
+                        let object = StoredObject {
+                            object_type: write.object_type,
+                            id: write.id.clone(),
+                            body: write.body.clone(),
+                            stamp: write.stamp.clone(),
+                            updated_at: now,
+                            version: stored.map_or(0, |o| o.version) + 1,
+                        };
+                        objects.insert(
+                            key.as_slice(),
+                            tx(keys::encode_compressed(STRIPE_OBJECTS, &object))?,
+                        )?;
+                        receipt.applied += 1;
+                        let entry = AuditEntry {
+                            seq: audit.generate_id()?,
+                            object_type: write.object_type,
+                            object_id: write.id.clone(),
+                            at: now,
+                            version: Some(object.version),
+                            note: write.note.clone(),
+                        };
+                        audit_insert(audit, account_id, &entry)?;
                     }
-                    let object = StoredObject {
-                        object_type: write.object_type,
-                        id: write.id.clone(),
-                        body: write.body.clone(),
-                        stamp: write.stamp.clone(),
-                        updated_at: now,
-                        version: stored.map_or(0, |o| o.version) + 1,
-                    };
-                    objects.insert(
-                        key.as_slice(),
-                        tx(keys::encode_compressed(STRIPE_OBJECTS, &object))?,
-                    )?;
-                    receipt.applied += 1;
-                }
-                state.insert(account_key.as_slice(), state_bytes.as_slice())?;
-                let mut removed = 0u64;
-                for key in &consumed {
-                    if inbox.remove(key.as_slice())?.is_some() {
-                        removed += 1;
+                    for (object_type, object_id, note) in &commit.audit {
+                        let entry = AuditEntry {
+                            seq: audit.generate_id()?,
+                            object_type: *object_type,
+                            object_id: object_id.clone(),
+                            at: now,
+                            version: None,
+                            note: note.clone(),
+                        };
+                        audit_insert(audit, account_id, &entry)?;
                     }
-                }
-                if let Some(finish) = &commit.finish {
-                    let mut account = tx(self.decode_account(&account_key, &bytes))?;
-                    finish.record_on(&mut account);
-                    accounts.insert(account_key.as_slice(), tx(self.encode_account(&account))?)?;
-                    let poll_millis = keys::due_millis(finish.finished_at);
-                    settle_due(&TxDue { entries, subjects }, &account, poll_millis)?;
-                }
-                Ok((receipt, removed))
-            })
+                    for (push, key) in commit.pushes.iter().zip(&push_keys) {
+                        let pending = match pushes.get(key)? {
+                            Some(bytes) => {
+                                tx(keys::decode::<Push>(STRIPE_PUSHES, &bytes))?.status
+                                    == PushStatus::Pending
+                            }
+                            None => false,
+                        };
+                        if pending {
+                            pushes
+                                .insert(key.as_slice(), tx(keys::encode(STRIPE_PUSHES, push))?)?;
+                        }
+                    }
+                    state.insert(account_key.as_slice(), state_bytes.as_slice())?;
+                    let mut removed = 0u64;
+                    for key in &consumed {
+                        if inbox.remove(key.as_slice())?.is_some() {
+                            removed += 1;
+                        }
+                    }
+                    if let Some(finish) = &commit.finish {
+                        let mut account = tx(self.decode_account(&account_key, &bytes))?;
+                        finish.record_on(&mut account);
+                        accounts
+                            .insert(account_key.as_slice(), tx(self.encode_account(&account))?)?;
+                        let poll_millis = keys::due_millis(finish.finished_at);
+                        settle_due(&TxDue { entries, subjects }, &account, poll_millis)?;
+                    }
+                    Ok((receipt, removed))
+                },
+            )
             .map_err(from_tx)?;
         saturating_sub(&self.inbox_depth, inbox_removed);
         for key in &consumed {
