@@ -165,13 +165,15 @@ async fn decide(
                 id.clone(),
                 AuditNote::outbound("conflict held (changed at Stripe)", push),
             ));
-            // What the check saw is the freshest copy there is.
+            // What the check saw is the freshest copy there is: Stripe answered after
+            // everything stored was written (the actor writes one thing at a time), so
+            // it wins a tie, as a re-fetch does.
             decision.writes.push(ObjectWrite {
                 object_type: push.object_type,
                 id,
                 body: current.value,
                 stamp: Stamp { at, event_id: None },
-                on_tie: OnTie::Skip,
+                on_tie: OnTie::Apply,
                 note: AuditNote::inbound("retrieved", format!("conflict check of {}", push.id())),
             });
             return Ok(decision);

@@ -16,6 +16,7 @@ mod schemathesis;
 mod secrets;
 mod shutdown;
 mod stripe;
+mod stripe_push;
 mod supervision;
 mod surface;
 mod surface_rules;
@@ -36,6 +37,7 @@ mod on_postgres {
     mod reauth;
     mod retries;
     mod stripe;
+    mod stripe_push;
     mod supervision;
     mod sync;
     mod webhooks;
