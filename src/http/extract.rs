@@ -239,7 +239,16 @@ impl JsonFields {
     pub fn opt_u64(&mut self, name: &str, min: u64, max: u64) -> Result<Option<u64>, ApiError> {
         match self.object.remove(name) {
             None => Ok(None),
-            Some(Value::Number(n)) => match n.as_u64().filter(|v| (min..=max).contains(v)) {
+            // JSON Schema's integers are mathematical: `800.0` is one.
+            Some(Value::Number(n)) => match n
+                .as_u64()
+                .or_else(|| {
+                    n.as_f64()
+                        .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f <= max as f64)
+                        .map(|f| f as u64)
+                })
+                .filter(|v| (min..=max).contains(v))
+            {
                 Some(v) => Ok(Some(v)),
                 None => Err(invalid_body(
                     name,
