@@ -303,6 +303,8 @@ pub async fn change(ctx: &Context, key: &str, input: ChangeInput) -> Result<Push
             ),
             other => ServiceError::Store(other),
         })?;
+    // Acknowledged only once on disk: a 202 promises the change will be pushed.
+    ctx.store.durable().await?;
     wake(ctx, &push).await;
     Ok(push)
 }
@@ -377,6 +379,7 @@ pub async fn resolve(
             StoreError::InvalidState(message) => ServiceError::conflict("not_held", message),
             other => ServiceError::Store(other),
         })?;
+    ctx.store.durable().await?;
     if push.status == PushStatus::Pending {
         wake(ctx, &push).await;
     }

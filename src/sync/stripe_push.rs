@@ -183,6 +183,9 @@ async fn decide(
         // Recorded before the write: from now on, its answer may be lost.
         push.sent_at = Some(now);
         record(env, target, state, push.clone(), Decision::none()).await?;
+        // On disk before the write leaves: after a crash, the change must be known as
+        // possibly applied, or its own write would be taken for someone else's.
+        env.store.durable().await?;
     }
     let key = push.idempotency_key();
     let written = call(env.params, "write", || {

@@ -6,6 +6,11 @@
 //! what a 2xx acknowledged was on disk, and what never arrived was caught up from the
 //! Events API after the restart. Each object is held once (ids are the keys); repeats
 //! are counted as stale, not applied twice.
+//!
+//! Meanwhile products are created through acctor's push queue. Every change acctor
+//! acknowledged (202) ends pushed, and Stripe created exactly one product per change
+//! (the sandbox counts creates per idempotency key): a push cut by a kill after Stripe
+//! did the work is sent again under the same key and answered from Stripe's record.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +28,7 @@ const TYPES: [&str; 4] = ["products", "customers", "subscriptions", "invoices"];
 /// The size of one run.
 struct StripeProfile {
     changes: u64,
+    pushes: usize,
     kills: usize,
     converge: Duration,
 }
@@ -31,11 +37,13 @@ fn stripe_profile() -> StripeProfile {
     match std::env::var("ACCTOR_CRASH_LONG").as_deref() {
         Ok("1") | Ok("true") | Ok("yes") => StripeProfile {
             changes: 3_000,
+            pushes: 600,
             kills: 15,
             converge: Duration::from_secs(180),
         },
         _ => StripeProfile {
             changes: 300,
+            pushes: 60,
             kills: 3,
             converge: Duration::from_secs(90),
         },
@@ -179,6 +187,39 @@ pub(super) async fn stripe_under_kills(postgres: bool) {
             done.store(true, Ordering::SeqCst);
         })
     };
+    // Local changes, pushed through acctor: the ones it acknowledged must land once.
+    let pusher = {
+        let (http, url, count) = (
+            http.clone(),
+            format!("{}/v1/stripe/{id}/products", acctor.url()),
+            profile.pushes,
+        );
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut n = 0;
+            // Until `count` changes were acknowledged (bounded: a dead acctor refuses).
+            while acknowledged.len() < count && n < count * 50 {
+                let sent = http
+                    .client()
+                    .post(&url)
+                    .json(&json!({"name": format!("Pushed {n}"), "metadata": {"crash": "yes"}}))
+                    .send()
+                    .await;
+                n += 1;
+                match sent {
+                    Ok(response) if response.status().as_u16() == 202 => {
+                        let answer: Value = response.json().await.expect("json");
+                        acknowledged.push(answer["id"].as_str().expect("id").to_owned());
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    // Killed before it answered (or not started yet): not acknowledged,
+                    // so never sent again; the next change waits a little for acctor.
+                    _ => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+            acknowledged
+        })
+    };
     let mut marks: Vec<u64> = (0..profile.kills)
         .map(|_| rng.gen_range(profile.changes / 10..profile.changes * 9 / 10))
         .collect();
@@ -195,6 +236,7 @@ pub(super) async fn stripe_under_kills(postgres: bool) {
         acctor.start(&http).await;
     }
     load.await.expect("load");
+    let acknowledged = pusher.await.expect("pusher");
     assert!(done.load(Ordering::SeqCst));
     acctor.kill();
     kills += 1;
@@ -203,6 +245,8 @@ pub(super) async fn stripe_under_kills(postgres: bool) {
     // No more events: what acctor holds must become what Stripe holds.
     let base = format!("{}/stripe", sandbox.url);
     let deadline = Instant::now() + profile.converge;
+    // The queued changes first: until they are pushed, Stripe's products still change.
+    let pushes = settled_pushes(&http, &acctor, &id, deadline).await;
     for object_type in TYPES {
         let want = remote(&http, &base, &key, object_type).await;
         loop {
@@ -221,15 +265,44 @@ pub(super) async fn stripe_under_kills(postgres: bool) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let report = http
-        .get_ok(&format!("{}/v1/accounts/{id}/stripe", acctor.url()))
-        .await;
-    assert!(report["catch_ups"].as_u64().unwrap_or(0) >= 1, "{report:#}");
+    // The first sync after the last start catches up from the Events API; equality
+    // can be reached before it commits (when no event was lost since the last kill).
+    let report = loop {
+        let report = http
+            .get_ok(&format!("{}/v1/accounts/{id}/stripe", acctor.url()))
+            .await;
+        if report["catch_ups"].as_u64().unwrap_or(0) >= 1 {
+            break report;
+        }
+        assert!(Instant::now() < deadline, "never caught up: {report:#}");
+        // Polling an observable end state with a deadline, not sleeping to synchronize.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let stats = http.get_ok(&format!("{admin}/{id}/stats")).await;
+    let creates = stats["creates_by_idempotency_key"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        creates.values().all(|n| n == 1),
+        "a change created more than one product: {creates:?}"
+    );
+    assert!(!acknowledged.is_empty(), "some changes were acknowledged");
+    for push_id in &acknowledged {
+        let push = pushes
+            .get(push_id)
+            .unwrap_or_else(|| panic!("acknowledged {push_id} is not in the queue"));
+        assert_eq!(push["status"], "pushed", "{push:#}");
+        let key = push["idempotency_key"].as_str().expect("key");
+        assert_eq!(creates.get(key), Some(&json!(1)), "{push_id} created once");
+    }
     eprintln!(
-        "stripe crash run: {kills} kills, {} changes, {} webhooks delivered, {} failed, \
-         {} events applied, {} stale, {} re-fetches, {} catch-ups, in {:?}",
+        "stripe crash run: {kills} kills, {} changes, {} of {} pushes acknowledged and \
+         pushed once, {} webhooks delivered, {} failed, {} events applied, {} stale, \
+         {} re-fetches, {} catch-ups, in {:?}",
         changed.load(Ordering::SeqCst),
+        acknowledged.len(),
+        profile.pushes,
         stats["webhooks_delivered"],
         stats["webhooks_failed"],
         report["events_applied"],
@@ -239,4 +312,41 @@ pub(super) async fn stripe_under_kills(postgres: bool) {
         started.elapsed()
     );
     acctor.terminate(Duration::from_secs(30)).await;
+}
+
+/// The account's push queue once nothing is pending, by change id.
+async fn settled_pushes(
+    http: &Http,
+    acctor: &Acctor,
+    account: &str,
+    deadline: Instant,
+) -> BTreeMap<String, Value> {
+    loop {
+        let mut all = BTreeMap::new();
+        let mut after: Option<String> = None;
+        let backlog = loop {
+            let mut url = format!("{}/v1/stripe/{account}/pushes?limit=1000", acctor.url());
+            if let Some(after) = &after {
+                url.push_str(&format!("&after={after}"));
+            }
+            let page = http.get_ok(&url).await;
+            for push in page["pushes"].as_array().cloned().unwrap_or_default() {
+                all.insert(push["id"].as_str().expect("id").to_owned(), push);
+            }
+            match page["next"].as_str() {
+                Some(next) => after = Some(next.to_owned()),
+                None => break page["backlog"].clone(),
+            }
+        };
+        if backlog["pending"] == 0 {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "pushes never settled: {backlog:#}; log tail:\n{}",
+            acctor.log_tail()
+        );
+        // Polling an observable end state with a deadline, not sleeping to synchronize.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
