@@ -149,6 +149,18 @@ function kv(pairs) {
   ]));
 }
 
+// The push queue of local changes: depth, oldest age, what waits for a human.
+function pushes(p, echoes) {
+  if (!p) return "none";
+  const parts = [p.pending + " pending"];
+  if (p.oldest_pending_age_seconds != null) parts.push("oldest " + duration(p.oldest_pending_age_seconds));
+  if (p.retrying) parts.push(p.retrying + " retrying");
+  if (p.conflicts) parts.push(p.conflicts + " conflict" + (p.conflicts > 1 ? "s" : ""));
+  if (p.failed) parts.push(p.failed + " failed");
+  parts.push(p.pushed + " pushed", echoes + " echoes");
+  return parts.join(" · ") + (p.last_error ? " — " + p.last_error : "");
+}
+
 function stripeBlock(m) {
   if (!m || m.notFound) return null;
   const sum = (o) => Object.values(o || {}).reduce((x, y) => x + y, 0);
@@ -170,6 +182,7 @@ function stripeBlock(m) {
       ["account", m.stripe_account + (m.livemode ? " · live" : " · test") + (m.connect ? " · connect" : ""), true],
       ["events", m.events_applied.toLocaleString() + " applied · " + m.events_stale.toLocaleString() + " stale · " + m.refetches + " re-fetched"],
       ["catch-ups", String(m.catch_ups) + (m.events_checked_through ? " · through " + clock(new Date(m.events_checked_through * 1000).toISOString()) : "")],
+      ["pushes", pushes(m.pushes, m.echoes)],
       ["last drift check", drift],
       m.next_drift_check && ["next drift check", "in " + duration(Math.max(0, (Date.parse(m.next_drift_check) - Date.now()) / 1000))],
     ]));
