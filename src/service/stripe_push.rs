@@ -333,22 +333,20 @@ pub async fn list(
     let (pushes, next, backlog) = ctx
         .store
         .run(move |store| {
+            // Two reads, not one snapshot: the backlog first, so the page is at least as
+            // new as it (a change it counts as pending may show as pushed, never the
+            // other way round).
+            let backlog = store.push_backlog(&id)?;
             let (pushes, next) = store.list_pushes(&PushQuery {
                 account_id: id.clone(),
                 statuses,
                 after,
                 limit,
             })?;
-            Ok((pushes, next, store.push_backlog(&id)?))
+            Ok((pushes, next, backlog))
         })
         .await?;
     Ok((account, pushes, next, backlog))
-}
-
-/// The account's push backlog.
-pub async fn backlog(ctx: &Context, account: &Account) -> Result<PushBacklog, ServiceError> {
-    let id = account.id.clone();
-    Ok(ctx.store.run(move |store| store.push_backlog(&id)).await?)
 }
 
 /// One change.

@@ -338,7 +338,8 @@ async fn settled_pushes(
                 None => break page["backlog"].clone(),
             }
         };
-        if backlog["pending"] == 0 {
+        // The page and the backlog are two reads: both must say nothing is pending.
+        if backlog["pending"] == 0 && all.values().all(|p| p["status"] != "pending") {
             return all;
         }
         assert!(
