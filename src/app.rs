@@ -150,6 +150,7 @@ impl App {
                 event_retention: settings.stripe.event_retention,
                 call_attempts: settings.stripe.call_attempts,
                 drift_interval: settings.stripe.drift_check_interval,
+                backfill_parallel: settings.stripe.backfill_parallel as usize,
                 ..StripeParams::default()
             },
         );

@@ -321,6 +321,8 @@ pub struct StripeSettings {
     pub call_attempts: u32,
     /// Objects per list page (1..=100).
     pub page_size: u32,
+    /// Windows of `created` a backfill lists at once per type (1..=16).
+    pub backfill_parallel: u32,
     /// How often every mirrored type is listed again and compared with the local copy.
     #[serde(with = "humantime_serde")]
     pub drift_check_interval: Duration,
@@ -641,6 +643,9 @@ impl Settings {
         }
         if !(1..=100).contains(&self.stripe.page_size) {
             return Err(invalid("stripe.page_size", "must be within 1..=100"));
+        }
+        if !(1..=16).contains(&self.stripe.backfill_parallel) {
+            return Err(invalid("stripe.backfill_parallel", "must be within 1..=16"));
         }
         if self.stripe.call_attempts == 0 {
             return Err(invalid("stripe.call_attempts", "must be at least 1"));

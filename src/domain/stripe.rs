@@ -262,17 +262,34 @@ pub struct ObjectWrite {
     pub note: super::stripe_push::AuditNote,
 }
 
-/// A time window of `created` values, `[gte, lt)` in unix seconds.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// A time window of `created` values, `[gte, lt)` in unix seconds, and where its
+/// listing stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Window {
     /// Inclusive lower bound.
     pub gte: i64,
     /// Exclusive upper bound.
     pub lt: i64,
+    /// The last object listed in it (Stripe's `starting_after`), once its listing began.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 
-/// Where one type's backfill stands. Saved after every page: a restart or a rate limit
-/// resumes from `windows[0]` after `starting_after`, never from the beginning.
+impl Window {
+    /// A window not listed yet.
+    pub fn new(gte: i64, lt: i64) -> Window {
+        Window {
+            gte,
+            lt,
+            after: None,
+        }
+    }
+}
+
+/// Where one type's backfill stands. Saved after every round of pages: a restart or a
+/// rate limit resumes each window after its last listed object, never from the
+/// beginning. A dense window is split as it is listed, and several windows are listed
+/// at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TypeBackfill {
     /// Whether every window has been listed (the type's objects are visible).
@@ -280,9 +297,11 @@ pub struct TypeBackfill {
     /// When this backfill started: its pages are stamped no older than this, and
     /// objects created after it arrive by event.
     pub started_at: i64,
-    /// The windows still to list, the first one in progress.
+    /// The windows still to list.
     pub windows: Vec<Window>,
-    /// The last object listed in the first window (Stripe's `starting_after`).
+    /// How states written before windows carried their own cursor said where the first
+    /// window stood; [`TypeBackfill::normalize`] moves it into that window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub starting_after: Option<String>,
     /// Pages listed so far.
     pub pages: u64,
@@ -294,16 +313,23 @@ pub struct TypeBackfill {
 }
 
 impl TypeBackfill {
+    /// Moves a cursor stored the old way (`starting_after`, for the first window) into
+    /// its window.
+    pub fn normalize(&mut self) {
+        if let Some(after) = self.starting_after.take() {
+            if let Some(first) = self.windows.first_mut() {
+                first.after.get_or_insert(after);
+            }
+        }
+    }
+
     /// A backfill of everything created before `started_at`.
     pub fn new(started_at: i64) -> TypeBackfill {
         TypeBackfill {
             done: false,
             started_at,
             // Stripe launched in 2011; nothing at it is older.
-            windows: vec![Window {
-                gte: 1_293_840_000,
-                lt: started_at.saturating_add(1),
-            }],
+            windows: vec![Window::new(1_293_840_000, started_at.saturating_add(1))],
             starting_after: None,
             pages: 0,
             objects: 0,

@@ -37,6 +37,8 @@ struct FakeStripe {
     fail_list_call: Mutex<Option<u64>>,
     retrieves: AtomicU64,
     event_lists: AtomicU64,
+    /// The lower bounds of the windows listed.
+    windows: Mutex<std::collections::BTreeSet<i64>>,
 }
 
 fn object(object_type: ObjectType, id: &str, created: i64, version: u32) -> Value {
@@ -127,6 +129,7 @@ impl StripeApi for FakeStripe {
         request: ListRequest<'_>,
     ) -> Result<Fetched<List<Value>>, ProviderError> {
         let call = self.lists.fetch_add(1, Ordering::Relaxed) + 1;
+        self.windows.lock().unwrap().insert(request.window.gte);
         if *self.fail_list_call.lock().unwrap() == Some(call) {
             return Err(rate_limited());
         }
@@ -290,6 +293,8 @@ impl Harness {
                 page_size: 100,
                 call_attempts: 1,
                 retry_delay: Duration::from_millis(1),
+                // One window at a time (exact page counts); the split tests widen it.
+                backfill_parallel: 1,
                 ..StripeParams::default()
             },
             clock: ManualClock::new(chrono::DateTime::from_timestamp(NOW, 0).unwrap()),
@@ -457,6 +462,105 @@ async fn a_rate_limited_backfill_resumes_after_the_last_page_it_committed() {
     );
     assert_eq!(h.state().backfill[&ObjectType::Customers].pages, 5);
     assert!(h.state().is_visible(ObjectType::Customers));
+}
+
+/// 3,000 customers, one every 10 seconds.
+fn dense(h: &Harness) {
+    for n in 0..3000 {
+        h.stripe.put(
+            ObjectType::Customers,
+            object(
+                ObjectType::Customers,
+                &format!("cus_{n:04}"),
+                NOW - 40_000 + n * 10,
+                1,
+            ),
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_dense_type_is_split_into_windows_listed_side_by_side_without_overlap() {
+    let mut h = Harness::new(&[ObjectType::Customers]);
+    h.params.backfill_parallel = 4;
+    dense(&h);
+    h.sync_with(Vec::new(), false).await.expect("sync");
+    assert_eq!(
+        h.local(ObjectType::Customers),
+        h.stripe.current(ObjectType::Customers)
+    );
+    let progress = &h.state().backfill[&ObjectType::Customers];
+    // Every object listed exactly once: no two windows overlap.
+    assert_eq!(progress.objects, 3000);
+    let windows = h.stripe.windows.lock().unwrap().len();
+    assert!(
+        windows >= 3,
+        "the window was split: {windows} windows listed"
+    );
+    // 30 pages of objects, and at most one empty listing (the oldest window).
+    let calls = h.stripe.lists.load(Ordering::Relaxed);
+    assert!((30..=32).contains(&calls), "{calls} list calls");
+    assert!(progress.done && progress.windows.is_empty());
+}
+
+#[tokio::test]
+async fn a_round_cut_by_a_rate_limit_keeps_its_pages_and_resumes_every_window() {
+    let mut h = Harness::new(&[ObjectType::Customers]);
+    h.params.backfill_parallel = 4;
+    dense(&h);
+    // Rounds of 1, 2, 3… windows as the type splits: the fifth list call, in the middle
+    // of the third round, is refused.
+    *h.stripe.fail_list_call.lock().unwrap() = Some(5);
+    let result = h.sync_with(Vec::new(), false).await;
+    assert!(
+        matches!(result, Err(SyncError::Provider(ref e)) if e.code() == "rate_limit"),
+        "{result:?}"
+    );
+    let state = h.state();
+    let progress = &state.backfill[&ObjectType::Customers];
+    // Every page that came is committed, the other windows' pages of the cut round too.
+    let calls = h.stripe.lists.load(Ordering::Relaxed);
+    assert!(
+        calls > 5,
+        "the round went on past the refused call: {calls}"
+    );
+    assert_eq!(
+        progress.pages,
+        calls - 1,
+        "the pages that came are committed"
+    );
+    assert_eq!(
+        h.store
+            .count_objects(h.id(), ObjectType::Customers)
+            .unwrap(),
+        progress.objects
+    );
+    assert!(progress.windows.len() > 1, "{:?}", progress.windows);
+    h.sync_with(Vec::new(), false).await.expect("resumed");
+    assert_eq!(
+        h.local(ObjectType::Customers),
+        h.stripe.current(ObjectType::Customers)
+    );
+    assert_eq!(
+        h.state().backfill[&ObjectType::Customers].objects,
+        3000,
+        "nothing listed twice across the cut"
+    );
+}
+
+#[test]
+fn a_cursor_stored_before_windows_carried_their_own_moves_into_the_first() {
+    let legacy = json!({
+        "done": false, "started_at": 100, "windows": [{"gte": 1, "lt": 50}, {"gte": 50, "lt": 101}],
+        "starting_after": "cus_9", "pages": 3, "objects": 300
+    });
+    let mut backfill: TypeBackfill = serde_json::from_value(legacy).expect("old state reads");
+    backfill.normalize();
+    assert_eq!(backfill.windows[0].after.as_deref(), Some("cus_9"));
+    assert_eq!(backfill.windows[1].after, None);
+    assert_eq!(backfill.starting_after, None);
+    let written = serde_json::to_value(&backfill).expect("json");
+    assert!(written.get("starting_after").is_none(), "{written}");
 }
 
 #[tokio::test]

@@ -143,6 +143,7 @@ pub(crate) fn access(account: &SandboxAccount) -> StripeAccess<'_> {
 pub(crate) const ALL_TIME: Window = Window {
     gte: 0,
     lt: i64::MAX,
+    after: None,
 };
 
 /// Every id of `window`, paged with acctor's client `limit` at a time.
@@ -162,7 +163,7 @@ pub(crate) async fn list_all(
                 access,
                 object_type,
                 ListRequest {
-                    window,
+                    window: window.clone(),
                     starting_after: after.as_deref(),
                     limit,
                 },

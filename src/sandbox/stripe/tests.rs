@@ -67,15 +67,12 @@ async fn created_windows_select_exactly_their_objects() {
     let account = env.stripe.create_account(None);
     env.stripe.generate(&account.id, ObjectType::Customers, 600);
     let all = env.stripe.objects(&account.id, ObjectType::Customers);
-    let window = Window {
-        gte: created(&all[400]),
-        lt: created(&all[100]),
-    };
+    let window = Window::new(created(&all[400]), created(&all[100]));
     let listed = list_all(
         &env.client(),
         access(&account),
         ObjectType::Customers,
-        window,
+        window.clone(),
         37,
     )
     .await;

@@ -110,7 +110,7 @@ async fn fetch_floor(
     let window = TypeBackfill::new(bench.stripe().now())
         .windows
         .first()
-        .copied()
+        .cloned()
         .context("a new backfill has a window")?;
     let started = Instant::now();
     for object_type in types {
@@ -121,7 +121,7 @@ async fn fetch_floor(
                     access,
                     *object_type,
                     ListRequest {
-                        window,
+                        window: window.clone(),
                         starting_after: after.as_deref(),
                         limit: 100,
                     },

@@ -28,6 +28,8 @@ pub(super) struct Bench {
     pub app_url: String,
     /// Where the sandbox sends events: the app, or the timing pass-through.
     webhook_base: String,
+    /// The sandbox's latency per API call of the accounts it makes.
+    api_latency_ms: u64,
     /// A client for acctor's admin API.
     pub client: reqwest::Client,
     state: AppState,
@@ -46,6 +48,8 @@ impl Bench {
         let mut settings = quiet_settings(dir.path(), &sandbox_handle.base_url());
         use_store(&mut settings, options.database.as_ref());
         settings.stripe.test_rate = options.test_rate;
+        settings.stripe.backfill_parallel = options.backfill_parallel;
+        let api_latency_ms = options.api_latency_ms;
         let stripe_base_url = settings.stripe.base_url.clone();
         let app = App::build(settings).await?;
         let app_url = format!("http://{}", app.addr());
@@ -67,6 +71,7 @@ impl Bench {
             stripe_base_url,
             app_url,
             webhook_base,
+            api_latency_ms,
             client,
             state,
             latency,
@@ -95,6 +100,15 @@ impl Bench {
         );
         for (object_type, count) in types.iter().zip(per_type) {
             self.stripe().generate(&account.id, *object_type, *count);
+        }
+        if self.api_latency_ms > 0 {
+            self.stripe().set_faults(
+                &account.id,
+                acctor::sandbox::StripeFaultsUpdate {
+                    latency_ms: Some(self.api_latency_ms),
+                    ..Default::default()
+                },
+            );
         }
         account
     }

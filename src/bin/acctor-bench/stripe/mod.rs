@@ -118,6 +118,13 @@ pub struct Common {
     /// `[stripe] test_rate`: requests per second per test-mode account; 0 unlimited.
     #[arg(long, default_value_t = 0)]
     test_rate: u32,
+    /// `[stripe] backfill_parallel`: windows of one type listed at once.
+    #[arg(long, default_value_t = 4)]
+    backfill_parallel: u32,
+    /// Added by the sandbox to every API call of the account (as a distant Stripe
+    /// would take), in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    api_latency_ms: u64,
     #[command(flatten)]
     store: StoreArgs,
 }
@@ -217,6 +224,10 @@ fn run_database(target: Option<&PgTarget>, run: u32) -> anyhow::Result<Option<Pg
 struct RunOptions {
     /// `[stripe] test_rate`.
     test_rate: u32,
+    /// `[stripe] backfill_parallel`.
+    backfill_parallel: u32,
+    /// The sandbox's latency per API call.
+    api_latency_ms: u64,
     /// The run's own PostgreSQL database, when the store is PostgreSQL.
     database: Option<PgTarget>,
     /// Webhooks through the timing pass-through.
@@ -227,6 +238,8 @@ impl RunOptions {
     fn new(common: &Common, database: Option<PgTarget>, latency: bool) -> RunOptions {
         RunOptions {
             test_rate: common.test_rate,
+            backfill_parallel: common.backfill_parallel,
+            api_latency_ms: common.api_latency_ms,
             database,
             latency,
         }
