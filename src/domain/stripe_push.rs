@@ -166,6 +166,10 @@ pub struct Push {
     /// no longer has it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub theirs: Option<Value>,
+    /// The `Idempotency-Key` the caller queued it with: the same key again answers with
+    /// this change instead of queueing another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
 }
 
 impl Push {
@@ -221,6 +225,19 @@ pub struct NewPush {
     pub expected_version: Option<u64>,
     /// When it was asked for.
     pub at: DateTime<Utc>,
+    /// The caller's `Idempotency-Key`, if it sent one.
+    pub client_key: Option<String>,
+}
+
+impl NewPush {
+    /// Whether `push` is this very change asked for again (the same key with the same
+    /// object, action and parameters).
+    pub fn is_repeat_of(&self, push: &Push) -> bool {
+        self.object_type == push.object_type
+            && self.object_id == push.object_id
+            && self.action == push.action
+            && self.params == push.params
+    }
 }
 
 /// A human's answer to a held change.
@@ -357,6 +374,11 @@ pub struct AuditPage {
 pub enum QueueRefusal {
     /// The object is not in the mirror (or was deleted at Stripe).
     UnknownObject,
+    /// The caller's `Idempotency-Key` already queued another change.
+    KeyReused {
+        /// The change it queued.
+        seq: u64,
+    },
     /// The caller's expected version is not the mirror's any more.
     StaleBase {
         /// The version the caller expected.
@@ -425,6 +447,7 @@ impl Push {
             pushed_at: None,
             result: None,
             theirs: None,
+            client_key: new.client_key.clone(),
         })
     }
 
@@ -530,6 +553,7 @@ mod tests {
             pushed_at: None,
             result: None,
             theirs: None,
+            client_key: None,
         }
     }
 

@@ -6,7 +6,7 @@
 //! translation: the rules are `service::stripe_push`.
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -434,6 +434,48 @@ pub struct AuditPath {
     pub object_id: String,
 }
 
+/// The caller's idempotency key of a change.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Header)]
+pub struct IdempotencyHeader {
+    /// Sent again with the same key and the same change, the request answers with the
+    /// change it queued the first time instead of queueing another; with another change,
+    /// `409 idempotency_key_reused`. Kept as long as the change is.
+    #[serde(rename = "Idempotency-Key")]
+    #[param(schema_with = idempotency_key_schema)]
+    pub idempotency_key: Option<String>,
+}
+
+fn idempotency_key_schema() -> Object {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_KEY))
+        .pattern(Some("^[!-~]+$"))
+        .description(Some("1 to 255 visible ASCII characters (a UUID, say)"))
+        .build()
+}
+
+/// Longest idempotency key (Stripe's limit).
+const MAX_KEY: usize = 255;
+
+/// The request's `Idempotency-Key`, checked.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let valid = value.len() <= MAX_KEY
+        && !value.is_empty()
+        && value.as_bytes().iter().all(|b| (b'!'..=b'~').contains(b));
+    if !valid {
+        return Err(ApiError::bad_request(
+            "invalid_header",
+            "Idempotency-Key: 1 to 255 visible ASCII characters",
+        ));
+    }
+    Ok(value.to_str().ok().map(str::to_owned))
+}
+
 /// The optional base version of a change.
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -547,8 +589,11 @@ pub struct PushView {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<Value>,
-    /// The `Idempotency-Key` its write carries.
+    /// The `Idempotency-Key` its write to Stripe carries.
     pub idempotency_key: String,
+    /// The `Idempotency-Key` the caller queued it with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_key: Option<String>,
     /// Tries that failed without an answer.
     pub attempts: u32,
     /// Times it was retried by a human.
@@ -573,6 +618,7 @@ impl From<Push> for PushView {
         PushView {
             id: push.id(),
             idempotency_key: push.idempotency_key(),
+            client_key: push.client_key,
             account_id: push.account_id,
             object_type: push.object_type,
             object_id: push.object_id,
@@ -712,8 +758,10 @@ pub struct AuditResponse {
 async fn queue(
     state: &AppState,
     key: &str,
-    input: ChangeInput,
+    headers: &HeaderMap,
+    mut input: ChangeInput,
 ) -> Result<(StatusCode, Json<PushView>), ApiError> {
+    input.client_key = idempotency_key(headers)?;
     let push = service::change(&state.ctx, key, input).await?;
     Ok((StatusCode::ACCEPTED, Json(push.into())))
 }
@@ -726,7 +774,7 @@ async fn queue(
     path = "/v1/stripe/{key}/products",
     tag = "stripe",
     operation_id = "create_stripe_product",
-    params(AccountPath, NoQuery),
+    params(AccountPath, NoQuery, IdempotencyHeader),
     request_body(content = ProductCreateRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = PushView),
@@ -741,6 +789,7 @@ async fn queue(
 )]
 async fn create_product(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(AccountPath { key }): ApiPath<AccountPath>,
     ApiQuery(_no_query): ApiQuery<NoQuery>,
     ApiJson(body): ApiJson<ProductCreateRequest>,
@@ -757,8 +806,9 @@ async fn create_product(
             ..CatalogFields::default()
         },
         base_version: None,
+        client_key: None,
     };
-    queue(&state, &key, input).await
+    queue(&state, &key, &headers, input).await
 }
 
 /// Updates a product: queued, then pushed unless the product changed at Stripe after
@@ -768,7 +818,7 @@ async fn create_product(
     path = "/v1/stripe/{key}/products/{object_id}",
     tag = "stripe",
     operation_id = "update_stripe_product",
-    params(CatalogObjectPath, ChangeQuery),
+    params(CatalogObjectPath, ChangeQuery, IdempotencyHeader),
     request_body(content = ProductUpdateRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = PushView),
@@ -783,6 +833,7 @@ async fn create_product(
 )]
 async fn update_product(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(path): ApiPath<CatalogObjectPath>,
     ApiQuery(query): ApiQuery<ChangeQuery>,
     ApiJson(body): ApiJson<ProductUpdateRequest>,
@@ -800,8 +851,9 @@ async fn update_product(
             ..CatalogFields::default()
         },
         base_version: base_version(&query)?,
+        client_key: None,
     };
-    queue(&state, &path.key, input).await
+    queue(&state, &path.key, &headers, input).await
 }
 
 async fn archive(
@@ -809,6 +861,7 @@ async fn archive(
     object_type: ObjectType,
     path: CatalogObjectPath,
     query: &ChangeQuery,
+    headers: &HeaderMap,
 ) -> Result<(StatusCode, Json<PushView>), ApiError> {
     object_id(&path.object_id)?;
     let input = ChangeInput {
@@ -817,8 +870,9 @@ async fn archive(
         object_id: Some(path.object_id),
         fields: CatalogFields::default(),
         base_version: base_version(query)?,
+        client_key: None,
     };
-    queue(state, &path.key, input).await
+    queue(state, &path.key, headers, input).await
 }
 
 /// Archives a product (`active=false` at Stripe: it stays, for what refers to it).
@@ -827,7 +881,7 @@ async fn archive(
     path = "/v1/stripe/{key}/products/{object_id}/archive",
     tag = "stripe",
     operation_id = "archive_stripe_product",
-    params(CatalogObjectPath, ChangeQuery),
+    params(CatalogObjectPath, ChangeQuery, IdempotencyHeader),
     responses(
         (status = 202, description = "Queued", body = PushView),
         (status = 400, description = "Invalid request (the message names the parameter)", body = ErrorBody),
@@ -839,10 +893,11 @@ async fn archive(
 )]
 async fn archive_product(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(path): ApiPath<CatalogObjectPath>,
     ApiQuery(query): ApiQuery<ChangeQuery>,
 ) -> Result<(StatusCode, Json<PushView>), ApiError> {
-    archive(&state, ObjectType::Products, path, &query).await
+    archive(&state, ObjectType::Products, path, &query, &headers).await
 }
 
 /// Creates a price of a product: queued, then pushed.
@@ -851,7 +906,7 @@ async fn archive_product(
     path = "/v1/stripe/{key}/prices",
     tag = "stripe",
     operation_id = "create_stripe_price",
-    params(AccountPath, NoQuery),
+    params(AccountPath, NoQuery, IdempotencyHeader),
     request_body(content = PriceCreateRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = PushView),
@@ -866,6 +921,7 @@ async fn archive_product(
 )]
 async fn create_price(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(AccountPath { key }): ApiPath<AccountPath>,
     ApiQuery(_no_query): ApiQuery<NoQuery>,
     ApiJson(body): ApiJson<PriceCreateRequest>,
@@ -887,8 +943,9 @@ async fn create_price(
             ..CatalogFields::default()
         },
         base_version: None,
+        client_key: None,
     };
-    queue(&state, &key, input).await
+    queue(&state, &key, &headers, input).await
 }
 
 /// Updates a price (nickname, lookup key, active, metadata): queued, then pushed unless
@@ -898,7 +955,7 @@ async fn create_price(
     path = "/v1/stripe/{key}/prices/{object_id}",
     tag = "stripe",
     operation_id = "update_stripe_price",
-    params(CatalogObjectPath, ChangeQuery),
+    params(CatalogObjectPath, ChangeQuery, IdempotencyHeader),
     request_body(content = PriceUpdateRequest, content_type = "application/json"),
     responses(
         (status = 202, description = "Queued", body = PushView),
@@ -913,6 +970,7 @@ async fn create_price(
 )]
 async fn update_price(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(path): ApiPath<CatalogObjectPath>,
     ApiQuery(query): ApiQuery<ChangeQuery>,
     ApiJson(body): ApiJson<PriceUpdateRequest>,
@@ -930,8 +988,9 @@ async fn update_price(
             ..CatalogFields::default()
         },
         base_version: base_version(&query)?,
+        client_key: None,
     };
-    queue(&state, &path.key, input).await
+    queue(&state, &path.key, &headers, input).await
 }
 
 /// Archives a price (`active=false` at Stripe).
@@ -940,7 +999,7 @@ async fn update_price(
     path = "/v1/stripe/{key}/prices/{object_id}/archive",
     tag = "stripe",
     operation_id = "archive_stripe_price",
-    params(CatalogObjectPath, ChangeQuery),
+    params(CatalogObjectPath, ChangeQuery, IdempotencyHeader),
     responses(
         (status = 202, description = "Queued", body = PushView),
         (status = 400, description = "Invalid request (the message names the parameter)", body = ErrorBody),
@@ -952,10 +1011,11 @@ async fn update_price(
 )]
 async fn archive_price(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiPath(path): ApiPath<CatalogObjectPath>,
     ApiQuery(query): ApiQuery<ChangeQuery>,
 ) -> Result<(StatusCode, Json<PushView>), ApiError> {
-    archive(&state, ObjectType::Prices, path, &query).await
+    archive(&state, ObjectType::Prices, path, &query, &headers).await
 }
 
 /// Lists an account's local changes, by number, with the backlog (depth, oldest age,

@@ -238,6 +238,9 @@ pub struct ChangeInput {
     pub fields: CatalogFields,
     /// The version the caller saw (`stale_base` if the local copy moved on since).
     pub base_version: Option<u64>,
+    /// The caller's `Idempotency-Key`: asked again with it, the same change is answered
+    /// with, not queued twice.
+    pub client_key: Option<String>,
 }
 
 /// The Stripe account `key` names, with its settings.
@@ -282,6 +285,7 @@ pub async fn change(ctx: &Context, key: &str, input: ChangeInput) -> Result<Push
         params,
         expected_version: input.base_version,
         at: ctx.clock.now(),
+        client_key: input.client_key,
     };
     let push = ctx
         .store
@@ -292,6 +296,10 @@ pub async fn change(ctx: &Context, key: &str, input: ChangeInput) -> Result<Push
                 "{message} of account {} (is its backfill done?)",
                 account.id
             )),
+            StoreError::Conflict { key, .. } => ServiceError::conflict(
+                "idempotency_key_reused",
+                format!("{key} was queued with this key: use a new key for a new change"),
+            ),
             StoreError::VersionConflict {
                 id, read, stored, ..
             } => ServiceError::conflict(

@@ -923,6 +923,8 @@ pub trait PushStore {
     /// version it expects, that the mirror is still at it: `StaleBase` otherwise), with
     /// the object's "queued" audit entry. Its base is the mirror's current object, or
     /// the change before it when an earlier change of the same object is still open.
+    /// A change with a caller's key that already queued the same change answers with
+    /// that change, queueing nothing; one that queued another change is `Conflict`.
     fn enqueue_push(&self, push: &NewPush) -> Result<Push, StoreError>;
 
     /// One change.
@@ -971,6 +973,13 @@ pub(crate) fn queue_refusal(new: &NewPush, refusal: QueueRefusal) -> StoreError 
         QueueRefusal::UnknownObject => {
             StoreError::InvalidState(format!("{object} is not in the local copy"))
         }
+        QueueRefusal::KeyReused { seq } => StoreError::Conflict {
+            key: format!(
+                "Idempotency-Key {:?} (push_{seq}, another change)",
+                new.client_key.as_deref().unwrap_or("")
+            ),
+            account_id: new.account_id.clone(),
+        },
         QueueRefusal::StaleBase { expected, current } => StoreError::VersionConflict {
             record: "stripe object",
             id: object,

@@ -645,5 +645,41 @@ async fn bad_changes_are_refused_with_what_is_wrong() {
         .get_json(&format!("{}/v1/stripe/{key}/pushes", env.app_url))
         .await;
     assert_eq!(queue_view["pushes"].as_array().expect("pushes").len(), 0);
+    // A caller's Idempotency-Key: the same change again is answered with the first.
+    let path = format!("{}/v1/stripe/{key}/products", env.app_url);
+    let post = |idempotency: &'static str, name: &'static str| {
+        env.client
+            .post(&path)
+            .header("Idempotency-Key", idempotency)
+            .json(&json!({"name": name}))
+            .send()
+    };
+    let first = post("order-7", "Once").await.expect("post");
+    assert_eq!(first.status().as_u16(), 202);
+    let first: Value = first.json().await.expect("json");
+    let again = post("order-7", "Once").await.expect("post");
+    assert_eq!(again.status().as_u16(), 202);
+    let again: Value = again.json().await.expect("json");
+    assert_eq!(again["id"], first["id"], "{again:#}");
+    assert_eq!(again["client_key"], "order-7");
+    let reused = post("order-7", "Twice").await.expect("post");
+    assert_eq!(reused.status().as_u16(), 409);
+    let reused: Value = reused.json().await.expect("json");
+    assert_eq!(
+        reused["error"]["code"], "idempotency_key_reused",
+        "{reused:#}"
+    );
+    let bad = post("has a space", "x").await;
+    let bad = bad.expect("post");
+    assert_eq!(bad.status().as_u16(), 400);
+    wait_settled(&env, key).await;
+    let queue_view = env
+        .get_json(&format!("{}/v1/stripe/{key}/pushes", env.app_url))
+        .await;
+    assert_eq!(
+        queue_view["pushes"].as_array().expect("pushes").len(),
+        1,
+        "one change for the key: {queue_view:#}"
+    );
     env.shutdown().await;
 }

@@ -24,6 +24,40 @@ contract_tests! {
     held_changes_are_retried_against_theirs_or_discarded,
     the_backlog_listing_and_audit_trail_page_in_order,
     pushes_survive_reopen_and_go_with_a_purge,
+    a_callers_key_answers_with_its_change_and_refuses_another,
+}
+
+fn a_callers_key_answers_with_its_change_and_refuses_another(f: &mut Fixture) {
+    let store = f.store().clone();
+    let id = linked(store.as_ref(), "item-a");
+    let other = linked(store.as_ref(), "item-b");
+    let keyed = |account: &AccountId, name: &str| NewPush {
+        client_key: Some("req-1".into()),
+        ..change(account, None, PushAction::Create, name)
+    };
+    let first = store.enqueue_push(&keyed(&id, "one")).expect("first");
+    assert_eq!(first.client_key.as_deref(), Some("req-1"));
+    // The same change with the same key: the same change, nothing queued.
+    let again = store.enqueue_push(&keyed(&id, "one")).expect("again");
+    assert_eq!(again, first);
+    assert_eq!(store.open_pushes(&id).expect("open").len(), 1);
+    // Another change with the key: refused, nothing queued.
+    assert!(matches!(
+        store.enqueue_push(&keyed(&id, "two")),
+        Err(StoreError::Conflict { .. })
+    ));
+    assert_eq!(store.open_pushes(&id).expect("open").len(), 1);
+    // Keys are per account.
+    let elsewhere = store.enqueue_push(&keyed(&other, "two")).expect("other");
+    assert_eq!(elsewhere.seq, 1);
+    // Still answered once the change is decided.
+    let mut pushed = first.clone();
+    pushed.status = PushStatus::Pushed;
+    decide(store.as_ref(), &id, pushed.clone());
+    assert_eq!(
+        store.enqueue_push(&keyed(&id, "one")).expect("replay"),
+        pushed
+    );
 }
 
 fn linked(store: &dyn Store, item: &str) -> AccountId {
@@ -65,6 +99,7 @@ fn change(account: &AccountId, object_id: Option<&str>, action: PushAction, name
         params,
         expected_version: None,
         at: t0(),
+        client_key: None,
     }
 }
 

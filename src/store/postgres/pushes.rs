@@ -10,7 +10,7 @@ use super::{corrupt, db_error, transaction, PgStore, Tx, TxError, TxResult};
 use crate::domain::stripe::ObjectType;
 use crate::domain::stripe_push::{
     AuditEntry, AuditNote, AuditPage, Direction, NewPush, Push, PushBacklog, PushQuery, PushStatus,
-    Resolution,
+    QueueRefusal, Resolution,
 };
 use crate::domain::AccountId;
 use crate::store::{queue_refusal as refusal_error, PushStore, StoreError};
@@ -30,7 +30,7 @@ pub(super) async fn put_push(tx: &mut Tx, push: &Push) -> TxResult<()> {
     let record = record_of(push)?;
     sqlx::query(
         "INSERT INTO stripe_pushes (account_id, seq, object_type, object_id, action, status, \
-             created_at, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             created_at, record, client_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
          ON CONFLICT (account_id, seq) DO UPDATE SET object_id = EXCLUDED.object_id, \
              status = EXCLUDED.status, record = EXCLUDED.record",
     )
@@ -42,6 +42,7 @@ pub(super) async fn put_push(tx: &mut Tx, push: &Push) -> TxResult<()> {
     .bind(push.status.as_str())
     .bind(push.created_at)
     .bind(record)
+    .bind(push.client_key.as_deref())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -146,6 +147,26 @@ impl PushStore for PgStore {
                         return Err(TxError::Fail(StoreError::AccountNotFound(
                             new.account_id.clone(),
                         )));
+                    }
+                    if let Some(client_key) = &new.client_key {
+                        let earlier: Option<Value> = sqlx::query_scalar(
+                            "SELECT record FROM stripe_pushes \
+                             WHERE account_id = $1 AND client_key = $2",
+                        )
+                        .bind(new.account_id.as_str())
+                        .bind(client_key)
+                        .fetch_optional(&mut **tx)
+                        .await?;
+                        if let Some(earlier) = earlier {
+                            let earlier = push_of(earlier)?;
+                            if new.is_repeat_of(&earlier) {
+                                return Ok(earlier);
+                            }
+                            return Err(TxError::Fail(refusal_error(
+                                new,
+                                QueueRefusal::KeyReused { seq: earlier.seq },
+                            )));
+                        }
                     }
                     let last: Option<i64> = sqlx::query_scalar(
                         "SELECT max(seq) FROM stripe_pushes WHERE account_id = $1",

@@ -31,6 +31,8 @@ pub(super) const STRIPE_PUSHES: &str = "stripe_pushes";
 pub(super) const STRIPE_PUSH_SEQ: &str = "stripe_push_seq";
 /// Tree of audit entries by (account, type, id, 0xFF, number).
 pub(super) const STRIPE_AUDIT: &str = "stripe_audit";
+/// Tree of the callers' idempotency keys by (account, key): the change each queued.
+pub(super) const STRIPE_PUSH_KEYS: &str = "stripe_push_keys";
 
 /// The trees of the object family, opened with the store.
 pub(super) struct ObjectTrees {
@@ -39,6 +41,7 @@ pub(super) struct ObjectTrees {
     pub(super) pushes: Tree,
     pub(super) push_seq: Tree,
     pub(super) audit: Tree,
+    pub(super) push_keys: Tree,
     /// Queueing reads the account's open changes before its transaction (to queue a
     /// change behind an open one of the same object): one queueing at a time.
     pub(super) enqueue: std::sync::Mutex<()>,
@@ -53,6 +56,7 @@ impl ObjectTrees {
             pushes: db.open_tree(STRIPE_PUSHES).map_err(io)?,
             push_seq: db.open_tree(STRIPE_PUSH_SEQ).map_err(io)?,
             audit: db.open_tree(STRIPE_AUDIT).map_err(io)?,
+            push_keys: db.open_tree(STRIPE_PUSH_KEYS).map_err(io)?,
             enqueue: std::sync::Mutex::new(()),
         })
     }
@@ -120,7 +124,11 @@ impl SledStore {
             .state
             .remove(keys::account_key(id))
             .map_err(io)?;
-        for tree in [&self.objects.pushes, &self.objects.audit] {
+        for tree in [
+            &self.objects.pushes,
+            &self.objects.audit,
+            &self.objects.push_keys,
+        ] {
             for key in Self::scan_keys(tree, &prefix)? {
                 tree.remove(key).map_err(io)?;
             }

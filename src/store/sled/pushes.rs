@@ -8,12 +8,13 @@ use sled::transaction::{ConflictableTransactionError, Transactional};
 
 use super::keys;
 use super::objects::{
-    audit_insert, audit_prefix, object_key, push_key, STRIPE_AUDIT, STRIPE_PUSHES, STRIPE_PUSH_SEQ,
+    audit_insert, audit_prefix, object_key, push_key, STRIPE_AUDIT, STRIPE_PUSHES,
+    STRIPE_PUSH_KEYS, STRIPE_PUSH_SEQ,
 };
 use super::{from_tx, io, tx, SledStore};
 use crate::domain::stripe::ObjectType;
 use crate::domain::stripe_push::{
-    AuditEntry, AuditPage, NewPush, Push, PushBacklog, PushQuery, Resolution,
+    AuditEntry, AuditPage, NewPush, Push, PushBacklog, PushQuery, QueueRefusal, Resolution,
 };
 use crate::domain::AccountId;
 use crate::store::{queue_refusal as refusal_error, PushStore, StoreError};
@@ -45,17 +46,43 @@ impl PushStore for SledStore {
             }
             None => None,
         };
+        let client_key = new.client_key.as_ref().map(|key| {
+            let mut bytes = keys::account_prefix(&new.account_id);
+            bytes.extend_from_slice(key.as_bytes());
+            bytes
+        });
         let push = (
             &self.accounts,
             &self.objects.pushes,
             &self.objects.push_seq,
             &self.objects.audit,
+            &self.objects.push_keys,
         )
-            .transaction(|(accounts, pushes, seqs, audit)| {
+            .transaction(|(accounts, pushes, seqs, audit, push_keys)| {
                 if accounts.get(&account_key)?.is_none() {
                     return Err(ConflictableTransactionError::Abort(
                         StoreError::AccountNotFound(new.account_id.clone()),
                     ));
+                }
+                if let Some(client_key) = &client_key {
+                    if let Some(seq) = push_keys.get(client_key)? {
+                        let seq = tx(keys::decode::<u64>(STRIPE_PUSH_KEYS, &seq))?;
+                        let earlier = match pushes.get(push_key(&new.account_id, seq))? {
+                            Some(bytes) => tx(keys::decode::<Push>(STRIPE_PUSHES, &bytes))?,
+                            None => {
+                                return Err(ConflictableTransactionError::Abort(
+                                    StoreError::Corrupt {
+                                        tree: STRIPE_PUSH_KEYS,
+                                        detail: format!("key of missing push_{seq}"),
+                                    },
+                                ))
+                            }
+                        };
+                        if new.is_repeat_of(&earlier) {
+                            return Ok(earlier);
+                        }
+                        return tx(Err(refusal_error(new, QueueRefusal::KeyReused { seq })));
+                    }
                 }
                 let last = match seqs.get(&account_key)? {
                     Some(bytes) => tx(keys::decode::<u64>(STRIPE_PUSH_SEQ, &bytes))?,
@@ -71,6 +98,12 @@ impl PushStore for SledStore {
                     push_key(&new.account_id, push.seq),
                     tx(keys::encode(STRIPE_PUSHES, &push))?,
                 )?;
+                if let Some(client_key) = &client_key {
+                    push_keys.insert(
+                        client_key.as_slice(),
+                        tx(keys::encode(STRIPE_PUSH_KEYS, &push.seq))?,
+                    )?;
+                }
                 if let Some(object_id) = &push.object_id {
                     let entry = AuditEntry {
                         seq: audit.generate_id()?,
