@@ -13,7 +13,8 @@
 use crate::domain::stripe_push::AuditNote;
 use std::collections::HashSet;
 
-use super::{call, commit, fetched_at, next_page, StripeEnv, Target};
+use super::backfill::next_page;
+use super::{call, commit, fetched_at, StripeEnv, Target};
 use crate::domain::stripe::{
     DriftReport, ObjectQuery, ObjectType, ObjectWrite, OnTie, Stamp, StoredObject, StripeState,
     TypeBackfill,

@@ -16,6 +16,7 @@ use crate::clock::ManualClock;
 use crate::domain::stripe::{ObjectQuery, StripeCredentials};
 use crate::domain::{AccountId, InboxEntry, ProviderKind};
 use crate::providers::stripe::wire::{EventData, List};
+use crate::providers::stripe::ListRequest;
 use crate::store::{SledStore, SledStoreConfig};
 
 /// Stripe's clock in these tests (unix seconds).
