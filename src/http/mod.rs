@@ -53,6 +53,7 @@ pub mod paging;
 pub mod params;
 pub mod routes;
 pub mod stripe;
+pub mod stripe_catalog;
 pub mod stripe_push;
 pub mod webhooks;
 
@@ -93,6 +94,7 @@ pub fn api(settings: &Settings) -> OpenApiRouter<AppState> {
         .merge(incidents::router())
         .merge(operations::router(settings))
         .merge(stripe::router(settings))
+        .merge(stripe_catalog::router())
         .merge(stripe_push::router())
         .merge(flags::router(settings))
         .merge(debug::router())

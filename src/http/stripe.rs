@@ -178,7 +178,7 @@ pub(super) fn type_schema() -> Object {
         .build()
 }
 
-fn object_id_schema() -> Object {
+pub(super) fn object_id_schema() -> Object {
     ObjectBuilder::new()
         .schema_type(Type::String)
         .pattern(Some(AfterObject::PATTERN))
@@ -297,6 +297,17 @@ async fn objects(
     }))
 }
 
+/// Refuses what is not a Stripe id (the `object_id` of a path).
+pub(super) fn check_object_id(id: &str) -> Result<(), ApiError> {
+    if AfterObject::decode(id).is_none() {
+        return Err(ApiError::bad_request(
+            "invalid_path",
+            "object_id: Stripe ids are 1 to 255 letters, digits and underscores",
+        ));
+    }
+    Ok(())
+}
+
 /// One object as stored, with what wrote it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ObjectView {
@@ -356,12 +367,7 @@ async fn object(
     ApiQuery(_no_query): ApiQuery<NoQuery>,
 ) -> Result<Json<ObjectView>, ApiError> {
     let object_type = object_type(&path.object_type)?;
-    if AfterObject::decode(&path.object_id).is_none() {
-        return Err(ApiError::bad_request(
-            "invalid_path",
-            "object_id: Stripe ids are 1 to 255 letters, digits and underscores",
-        ));
-    }
+    check_object_id(&path.object_id)?;
     let (account, object) =
         service::object(&state.ctx, &path.key, object_type, path.object_id).await?;
     Ok(Json(ObjectView::of(account.id, object)))

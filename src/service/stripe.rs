@@ -23,7 +23,10 @@ pub struct StripeReport {
 }
 
 /// The Stripe account `key` names, with its settings.
-async fn stripe_account(ctx: &Context, key: &str) -> Result<(Account, StripeLink), ServiceError> {
+pub(super) async fn stripe_account(
+    ctx: &Context,
+    key: &str,
+) -> Result<(Account, StripeLink), ServiceError> {
     let account = accounts::resolve(ctx, key).await?;
     match (account.provider, account.stripe.clone()) {
         (ProviderKind::Stripe, Some(link)) => Ok((account, link)),

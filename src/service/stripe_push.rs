@@ -9,13 +9,14 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use super::{accounts, blocking, check_text, Context, ServiceError};
+use super::stripe::stripe_account;
+use super::{blocking, check_text, Context, ServiceError};
 use crate::actors::SyncReason;
-use crate::domain::stripe::{ObjectType, StripeLink};
+use crate::domain::stripe::ObjectType;
 use crate::domain::stripe_push::{
     AuditPage, NewPush, Push, PushAction, PushBacklog, PushQuery, PushStatus, Resolution,
 };
-use crate::domain::{Account, ProviderKind};
+use crate::domain::Account;
 use crate::store::StoreError;
 
 /// Longest product name (Stripe's limit).
@@ -241,18 +242,6 @@ pub struct ChangeInput {
     /// The caller's `Idempotency-Key`: asked again with it, the same change is answered
     /// with, not queued twice.
     pub client_key: Option<String>,
-}
-
-/// The Stripe account `key` names, with its settings.
-async fn stripe_account(ctx: &Context, key: &str) -> Result<(Account, StripeLink), ServiceError> {
-    let account = accounts::resolve(ctx, key).await?;
-    match (account.provider, account.stripe.clone()) {
-        (ProviderKind::Stripe, Some(link)) => Ok((account, link)),
-        _ => Err(ServiceError::NotFound(format!(
-            "account {} is not a Stripe account",
-            account.id
-        ))),
-    }
 }
 
 /// Queues a change and wakes the account's actor to push it.

@@ -17,7 +17,7 @@ use super::keys::{self};
 use super::rows::settle_due;
 use super::{from_tx, io, saturating_sub, tx, SledStore};
 use crate::domain::stripe::{Guard, ObjectQuery, ObjectType, Stamp, StoredObject, StripeState};
-use crate::domain::stripe_push::{AuditEntry, Push, PushStatus};
+use crate::domain::stripe_push::{AuditEntry, AuditNote, Push, PushStatus};
 use crate::domain::AccountId;
 use crate::store::{ObjectCommit, ObjectPage, ObjectReceipt, ObjectStore, StoreError};
 
@@ -94,15 +94,26 @@ pub(super) fn audit_prefix(account: &AccountId, object_type: ObjectType, id: &st
     key
 }
 
-/// Writes an audit entry inside a transaction.
+/// Numbers and writes an audit entry of `object_type`/`object_id` inside a transaction.
 pub(super) fn audit_insert(
     audit: &sled::transaction::TransactionalTree,
     account: &AccountId,
-    entry: &AuditEntry,
+    (object_type, object_id): (ObjectType, &str),
+    at: chrono::DateTime<chrono::Utc>,
+    version: Option<u64>,
+    note: &AuditNote,
 ) -> Result<(), sled::transaction::ConflictableTransactionError<StoreError>> {
-    let mut key = audit_prefix(account, entry.object_type, &entry.object_id);
+    let entry = AuditEntry {
+        seq: audit.generate_id()?,
+        object_type,
+        object_id: object_id.to_owned(),
+        at,
+        version,
+        note: note.clone(),
+    };
+    let mut key = audit_prefix(account, object_type, object_id);
     key.extend_from_slice(&entry.seq.to_be_bytes());
-    audit.insert(key, tx(keys::encode(STRIPE_AUDIT, entry))?)?;
+    audit.insert(key, tx(keys::encode(STRIPE_AUDIT, &entry))?)?;
     Ok(())
 }
 
@@ -288,26 +299,24 @@ impl ObjectStore for SledStore {
                             tx(keys::encode_compressed(STRIPE_OBJECTS, &object))?,
                         )?;
                         receipt.applied += 1;
-                        let entry = AuditEntry {
-                            seq: audit.generate_id()?,
-                            object_type: write.object_type,
-                            object_id: write.id.clone(),
-                            at: now,
-                            version: Some(object.version),
-                            note: write.note.clone(),
-                        };
-                        audit_insert(audit, account_id, &entry)?;
+                        audit_insert(
+                            audit,
+                            account_id,
+                            (write.object_type, &write.id),
+                            now,
+                            Some(object.version),
+                            &write.note,
+                        )?;
                     }
                     for (object_type, object_id, note) in &commit.audit {
-                        let entry = AuditEntry {
-                            seq: audit.generate_id()?,
-                            object_type: *object_type,
-                            object_id: object_id.clone(),
-                            at: now,
-                            version: None,
-                            note: note.clone(),
-                        };
-                        audit_insert(audit, account_id, &entry)?;
+                        audit_insert(
+                            audit,
+                            account_id,
+                            (*object_type, object_id),
+                            now,
+                            None,
+                            note,
+                        )?;
                     }
                     for (push, key) in commit.pushes.iter().zip(&push_keys) {
                         let pending = match pushes.get(key)? {

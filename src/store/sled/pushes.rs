@@ -105,15 +105,14 @@ impl PushStore for SledStore {
                     )?;
                 }
                 if let Some(object_id) = &push.object_id {
-                    let entry = AuditEntry {
-                        seq: audit.generate_id()?,
-                        object_type: push.object_type,
-                        object_id: object_id.clone(),
-                        at: new.at,
-                        version: None,
-                        note: push.queued_note(),
-                    };
-                    audit_insert(audit, &new.account_id, &entry)?;
+                    audit_insert(
+                        audit,
+                        &new.account_id,
+                        (push.object_type, object_id),
+                        new.at,
+                        None,
+                        &push.queued_note(),
+                    )?;
                 }
                 Ok(push)
             })
@@ -192,15 +191,7 @@ impl PushStore for SledStore {
                     .map_err(StoreError::InvalidState))?;
                 pushes.insert(key.as_slice(), tx(keys::encode(STRIPE_PUSHES, &push))?)?;
                 if let Some(object_id) = &push.object_id {
-                    let entry = AuditEntry {
-                        seq: audit.generate_id()?,
-                        object_type: push.object_type,
-                        object_id: object_id.clone(),
-                        at,
-                        version: None,
-                        note,
-                    };
-                    audit_insert(audit, id, &entry)?;
+                    audit_insert(audit, id, (push.object_type, object_id), at, None, &note)?;
                 }
                 Ok(push)
             })
